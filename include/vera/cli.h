@@ -1,0 +1,11 @@
+/* cli.h: the sub-commands of the vera-dist executable (dispatched in main.c). Each takes the
+ * argv after the sub-command name removed (argv[0] stays the program name) and returns the
+ * process exit code; bad input dies through vd_die with a one-line message. */
+#ifndef VERA_CLI_H
+#define VERA_CLI_H
+
+int vd_train_main(int argc, char **argv);        /* train.c  : vera-dist [train] --config ... */
+int vd_init_model_main(int argc, char **argv);   /* init_model.c : vera-dist init-model --out DIR ... */
+int vd_prepare_data_main(int argc, char **argv); /* prepare_data.c : vera-dist prepare-data --in TEXT --out DIR */
+
+#endif

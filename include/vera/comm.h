@@ -1,0 +1,29 @@
+/* comm.h: the collectives seam. The CPU backend uses MPI; a GPU backend supplies its own
+ * all-reduce on device memory (NCCL) behind the same calls. Counts are elements. */
+#ifndef VERA_COMM_H
+#define VERA_COMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct vd_comm {
+    int32_t rank;        /* global rank */
+    int32_t world;       /* number of ranks */
+    int32_t local_rank;  /* rank among the ranks on this node (MPI_Comm_split_type SHARED) */
+    int32_t local_size;  /* ranks on this node */
+    int32_t owns_mpi;    /* 1 when vd_comm_init called MPI_Init */
+} vd_comm;
+
+void vd_comm_init(vd_comm *c, int *argc, char ***argv);
+void vd_comm_free(vd_comm *c); /* MPI_Finalize */
+/* In-place sum over all ranks; count in elements. Every rank must call with the same count. */
+void vd_comm_allreduce_sum_f32(const vd_comm *c, float *buf, size_t count);
+void vd_comm_allreduce_sum_f64(const vd_comm *c, double *buf, size_t count);
+void vd_comm_allreduce_max_i32(const vd_comm *c, int32_t *buf, size_t count);
+void vd_comm_bcast(const vd_comm *c, void *buf, size_t bytes, int32_t root);
+/* Gathers one uint64 from every rank into out[world] on every rank. */
+void vd_comm_allgather_u64(const vd_comm *c, uint64_t value, uint64_t *out);
+void vd_comm_barrier(const vd_comm *c);
+void vd_comm_abort(int code);
+
+#endif

@@ -1,0 +1,53 @@
+/* common.h: error handling, checked allocation and I/O, hashing.
+ * Every fatal error goes through vd_die(), which prints one line and ends all ranks
+ * (comm registers an abort hook that calls MPI_Abort), so no rank is left hanging. */
+#ifndef VERA_COMMON_H
+#define VERA_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define VD_PATH_MAX 4096
+
+/* Prints "vera-dist: error: <message>" (with "[rank k]" when world > 1) and ends the job. */
+void vd_die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+/* Like vd_die, for internal failures: adds file:line. */
+void vd_die_at(const char *file, int line, const char *fmt, ...) __attribute__((noreturn, format(printf, 3, 4)));
+/* Printed on rank 0 only (or always when rank unknown). */
+void vd_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void vd_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* comm installs these so vd_die can abort every rank and prefix the rank. */
+void vd_set_abort_hook(void (*hook)(int code));
+void vd_set_rank_info(int rank, int world);
+int vd_rank(void);
+
+void *vd_malloc_check(size_t size, const char *file, int line);
+void *vd_calloc_check(size_t n, size_t size, const char *file, int line);
+FILE *vd_fopen_check(const char *path, const char *mode, const char *file, int line);
+void vd_fread_check(void *ptr, size_t size, size_t n, FILE *f, const char *path, const char *file, int line);
+void vd_fwrite_check(const void *ptr, size_t size, size_t n, FILE *f, const char *path, const char *file, int line);
+void vd_fclose_check(FILE *f, const char *path, const char *file, int line);
+#define mallocCheck(n) vd_malloc_check((n), __FILE__, __LINE__)
+#define callocCheck(n, s) vd_calloc_check((n), (s), __FILE__, __LINE__)
+#define fopenCheck(p, m) vd_fopen_check((p), (m), __FILE__, __LINE__)
+#define freadCheck(ptr, s, n, f, p) vd_fread_check((ptr), (s), (n), (f), (p), __FILE__, __LINE__)
+#define fwriteCheck(ptr, s, n, f, p) vd_fwrite_check((ptr), (s), (n), (f), (p), __FILE__, __LINE__)
+#define fcloseCheck(f, p) vd_fclose_check((f), (p), __FILE__, __LINE__)
+/* Internal invariant (never user input): dies with file:line. */
+#define vd_require(cond) do { if (!(cond)) vd_die_at(__FILE__, __LINE__, "internal check failed: %s", #cond); } while (0)
+
+/* Writes a whole file atomically: tmp name in the same directory, fsync, rename.
+ * A crash leaves either the old file or the new one, never a half-written one. */
+void vd_write_file_atomic(const char *path, const void *data, size_t n);
+/* mkdir -p; dies with the path on failure. */
+void vd_mkdir_p(const char *path);
+int vd_path_exists(const char *path);
+
+/* 64-bit FNV-1a over bytes, chained by seed; used for configuration hashes and checksums. */
+uint64_t vd_hash64(const void *data, size_t n, uint64_t seed);
+
+double vd_time_s(void); /* monotonic seconds */
+
+#endif

@@ -1,0 +1,71 @@
+/* config.h: the run configuration. Defaults, then an INI file (--config, parsed with libinih),
+ * then --key value / --key=value on the command line; the command line wins.
+ * Every key is in one table in config.c with its type, default, range and help text. */
+#ifndef VERA_CONFIG_H
+#define VERA_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include "vera/common.h"
+
+/* Bits of target_modules, in the order the layers appear inside a GPT-2 block. */
+typedef enum {
+    VD_TARGET_ATTN_QKV  = 1 << 0, /* attn.c_attn  (C -> 3C) */
+    VD_TARGET_ATTN_PROJ = 1 << 1, /* attn.c_proj  (C -> C)  */
+    VD_TARGET_MLP_FC    = 1 << 2, /* mlp.c_fc     (C -> 4C) */
+    VD_TARGET_MLP_PROJ  = 1 << 3, /* mlp.c_proj   (4C -> C) */
+    VD_TARGET_ALL       = 0xF,
+} vd_target;
+
+typedef struct vd_config {
+    char config_path[VD_PATH_MAX]; /* the --config file, "" if none */
+    /* [model] */
+    char model[VD_PATH_MAX];       /* Hugging Face GPT-2 directory: config.json + model.safetensors */
+    /* [data] */
+    char train_data[VD_PATH_MAX];  /* glob of llm.c token shards */
+    char val_data[VD_PATH_MAX];    /* glob for eval loss; "" = no eval */
+    char out_dir[VD_PATH_MAX];     /* metrics.jsonl, final adapter */
+    /* [vera] */
+    int32_t r;                     /* rank of the shared projections */
+    float d_initial;               /* initial value of every lambda_d */
+    uint64_t projection_prng_key;  /* seed of torch's MT19937 stream for A and B */
+    char target_modules[256];      /* as given, e.g. "attn.c_attn,mlp.c_fc" or "all" */
+    uint32_t target_mask;          /* parsed vd_target bits */
+    float vera_dropout;            /* dropout probability on the adapter input */
+    /* [train] */
+    int32_t batch_size;            /* sequences per micro-batch per rank */
+    int32_t seq_len;               /* tokens per sequence */
+    int32_t grad_accum;            /* micro-batches per optimizer step per rank */
+    float lr;                      /* peak learning rate */
+    float min_lr_ratio;            /* cosine decays to lr * min_lr_ratio */
+    int32_t warmup_steps;
+    int32_t max_steps;
+    float weight_decay;            /* AdamW decoupled weight decay */
+    float beta1, beta2, adam_eps;
+    float grad_clip;               /* clip by global norm; 0 = off */
+    uint64_t seed;                 /* dropout stream */
+    /* [log] */
+    int32_t log_every;
+    int32_t eval_every;            /* 0 = never (besides the end, if val_data is set) */
+    int32_t eval_seqs;             /* validation sequences per eval (global, world-size independent) */
+    int32_t overwrite;             /* 1: allow replacing outputs already in out_dir */
+    /* [system] */
+    int32_t threads;               /* threads per rank; 0 = node cores / ranks on the node */
+    char device[16];               /* "cpu" (cuda comes with the GPU backend) */
+} vd_config;
+
+void vd_config_defaults(vd_config *c);
+/* Applies --config FILE (if present anywhere in argv) then every --key value pair.
+ * argv[0..first-1] are skipped (program name, sub-command). Dies with a one-line error
+ * naming the key (and file:line for INI) and the accepted range on any bad key or value. */
+void vd_config_parse(vd_config *c, int argc, char **argv, int first);
+/* Same checks as the parser, on the whole struct (cross-key rules such as warmup <= max_steps). */
+void vd_config_validate(const vd_config *c);
+void vd_config_print_help(FILE *f);
+/* Canonical "key = value\n" lines in table order; returns the length. Used for the
+ * cross-rank configuration hash and for the checkpoint. */
+size_t vd_config_serialize(const vd_config *c, char *buf, size_t cap);
+/* Parses a target_modules string ("all" or a comma-separated subset); returns 0 if invalid. */
+uint32_t vd_config_parse_targets(const char *s);
+
+#endif

@@ -1,0 +1,1 @@
+/* adapter.c: being written */

@@ -1,0 +1,1 @@
+/* init_model.c: being written */

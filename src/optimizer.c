@@ -1,0 +1,1 @@
+/* optimizer.c: being written */

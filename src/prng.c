@@ -1,0 +1,1 @@
+/* prng.c: being written */
