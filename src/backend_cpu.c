@@ -1,1 +1,364 @@
-/* backend_cpu.c: being written */
+/* backend_cpu.c: the CPU backend. GEMMs through CBLAS (OpenBLAS), everything else as short
+ * OpenMP loops. "Device" memory is host memory. */
+#define _POSIX_C_SOURCE 200809L
+#include "vera/backend.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vera/common.h"
+#include "vera/prng.h"
+
+/* OpenBLAS exports this; declared here so we do not depend on which cblas.h is first on the path. */
+void openblas_set_num_threads(int num_threads);
+
+void vd_backend_cpu_set_threads(int32_t n) {
+    if (n < 1) n = 1;
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+}
+
+/* ---- memory ---- */
+static void *cpu_alloc(size_t bytes) {
+    /* 64-byte alignment for vector loads; calloc-equivalent semantics */
+    size_t rounded = (bytes + 63) / 64 * 64;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, rounded ? rounded : 64) != 0) vd_die("out of memory allocating %zu bytes", bytes);
+    memset(p, 0, rounded);
+    return p;
+}
+static void cpu_free(void *p) { free(p); }
+static void cpu_memcpy(void *dst, const void *src, size_t bytes) { if (bytes) memmove(dst, src, bytes); }
+static void cpu_zero(void *p, size_t bytes) { if (bytes) memset(p, 0, bytes); }
+
+/* ---- dense ---- */
+static void cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float beta, float *C, int ldc) {
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+static void cpu_add_bias(float *out, const float *bias, int N, int OC) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float *o = out + (size_t)n * OC;
+        for (int c = 0; c < OC; c++) o[c] += bias[c];
+    }
+}
+
+/* ---- transformer ---- */
+static void cpu_encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe,
+                                int B, int T, int C) {
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            float *o = out + ((size_t)b * T + t) * C;
+            const float *te = wte + (size_t)tokens[b * T + t] * C;
+            const float *pe = wpe + (size_t)t * C;
+            for (int c = 0; c < C; c++) o[c] = te[c] + pe[c];
+        }
+    }
+}
+
+static void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                  const float *b, int N, int C, float eps) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        double m = 0.0;
+        for (int c = 0; c < C; c++) m += x[c];
+        m /= C;
+        double v = 0.0;
+        for (int c = 0; c < C; c++) { double d = x[c] - m; v += d * d; }
+        v /= C;
+        float s = (float)(1.0 / sqrt(v + eps));
+        float *o = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) o[c] = ((float)(x[c] - m)) * s * w[c] + b[c];
+        mean[n] = (float)m;
+        rstd[n] = s;
+    }
+}
+
+static void cpu_layernorm_backward(float *dinp, const float *dout, const float *inp, const float *w,
+                                   const float *mean, const float *rstd, int N, int C) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        const float *g = dout + (size_t)n * C;
+        float *dx = dinp + (size_t)n * C;
+        float m = mean[n], s = rstd[n];
+        /* two reductions: mean of dnorm and mean of dnorm * norm */
+        double a = 0.0, bsum = 0.0;
+        for (int c = 0; c < C; c++) {
+            float norm = (x[c] - m) * s;
+            float dnorm = w[c] * g[c];
+            a += dnorm;
+            bsum += dnorm * norm;
+        }
+        float ma = (float)(a / C), mb = (float)(bsum / C);
+        for (int c = 0; c < C; c++) {
+            float norm = (x[c] - m) * s;
+            float dnorm = w[c] * g[c];
+            dx[c] += s * (dnorm - ma - norm * mb);
+        }
+    }
+}
+
+static void cpu_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    #pragma omp parallel for collapse(3) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            for (int t = 0; t < T; t++) {
+                const float *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                float *a = att + (((size_t)b * NH + h) * T + t) * T;
+                float maxv = -INFINITY;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *k = qkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
+                    float s = 0.0f;
+                    for (int i = 0; i < hs; i++) s += q[i] * k[i];
+                    s *= scale;
+                    a[t2] = s;
+                    if (s > maxv) maxv = s;
+                }
+                float sum = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
+                float inv = 1.0f / sum;
+                for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
+                for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+                float *o = out + ((size_t)b * T + t) * C + h * hs;
+                for (int i = 0; i < hs; i++) o[i] = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *v = qkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
+                    float w = a[t2];
+                    for (int i = 0; i < hs; i++) o[i] += w * v[i];
+                }
+            }
+        }
+    }
+}
+
+static void cpu_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
+                                   const float *att, int B, int T, int C, int NH) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    /* each (b, h) pair writes only its own head's slices of dqkv: no races */
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            for (int t = 0; t < T; t++) {
+                float *dq = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                for (int i = 0; i < hs; i++) dq[i] = 0.0f;
+                for (int i = 0; i < hs; i++) dq[C + i] = 0.0f;
+                for (int i = 0; i < hs; i++) dq[2 * C + i] = 0.0f;
+            }
+            for (int t = 0; t < T; t++) {
+                const float *a = att + (((size_t)b * NH + h) * T + t) * T;
+                float *da = datt + (((size_t)b * NH + h) * T + t) * T;
+                const float *go = dout + ((size_t)b * T + t) * C + h * hs;
+                const float *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                float *dq = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                /* through the weighted sum of values */
+                float dot = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *v = qkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
+                    float *dv = dqkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
+                    float s = 0.0f;
+                    for (int i = 0; i < hs; i++) { s += go[i] * v[i]; dv[i] += a[t2] * go[i]; }
+                    da[t2] = s;
+                    dot += a[t2] * s;
+                }
+                /* through the softmax and the scaled dot products */
+                for (int t2 = 0; t2 <= t; t2++) {
+                    float dpre = a[t2] * (da[t2] - dot) * scale;
+                    const float *k = qkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
+                    float *dk = dqkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
+                    for (int i = 0; i < hs; i++) { dq[i] += dpre * k[i]; dk[i] += dpre * q[i]; }
+                }
+            }
+        }
+    }
+}
+
+#define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
+static void cpu_gelu_forward(float *out, const float *inp, size_t n) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALE * (x + 0.044715f * x * x * x)));
+    }
+}
+
+static void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float x = inp[i];
+        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
+        float th = tanhf(u);
+        float sech2 = 1.0f - th * th;
+        float local = 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[i] = local * dout[i];
+    }
+}
+
+static void cpu_add(float *out, const float *a, const float *b, size_t n) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+static void cpu_accumulate(float *a, const float *b, size_t n) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) a[i] += b[i];
+}
+
+static void cpu_softmax_xent_forward(float *losses, float *probs, const float *logits, const int32_t *targets,
+                                     int N, int V) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *l = logits + (size_t)n * V;
+        float *p = probs + (size_t)n * V;
+        float maxv = -INFINITY;
+        for (int v = 0; v < V; v++) if (l[v] > maxv) maxv = l[v];
+        double sum = 0.0;
+        float lt = l[targets[n]];
+        for (int v = 0; v < V; v++) { float e = expf(l[v] - maxv); p[v] = e; sum += e; }
+        float inv = (float)(1.0 / sum);
+        for (int v = 0; v < V; v++) p[v] *= inv;
+        /* log-sum-exp form keeps the loss exact even when the target's probability underflows */
+        losses[n] = (float)(log(sum) + maxv - lt);
+    }
+}
+
+static void cpu_softmax_xent_backward(float *dlogits, const float *probs, const int32_t *targets, float dloss,
+                                      int N, int V) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *p = probs + (size_t)n * V;
+        float *d = dlogits + (size_t)n * V;
+        for (int v = 0; v < V; v++) d[v] = p[v] * dloss;
+        d[targets[n]] -= dloss;
+    }
+}
+
+static double cpu_sum(const float *x, size_t n) {
+    /* fixed order: the result must not depend on the thread count (determinism) */
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += x[i];
+    return s;
+}
+
+/* ---- adapter vectors ---- */
+static void cpu_scale_cols(float *out, const float *inp, const float *vec, int N, int C) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) o[c] = x[c] * vec[c];
+    }
+}
+
+static void cpu_scale_cols_add(float *out, const float *inp, const float *vec, int N, int C) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) o[c] += x[c] * vec[c];
+    }
+}
+
+static void cpu_vera_vector_grads(float *db, float *dd, const float *M, const float *Bs, const float *b,
+                                  const float *d, int out, int r) {
+    /* db: one row of M per output */
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < out; i++) {
+        const float *m = M + (size_t)i * r;
+        const float *bb = Bs + (size_t)i * r;
+        float s = 0.0f;
+        for (int k = 0; k < r; k++) s += bb[k] * d[k] * m[k];
+        db[i] += s;
+    }
+    /* dd: a column reduction, kept serial over i (fixed order) and parallel over k */
+    #pragma omp parallel for schedule(static)
+    for (int k = 0; k < r; k++) {
+        float s = 0.0f;
+        for (int i = 0; i < out; i++) s += b[i] * Bs[(size_t)i * r + k] * M[(size_t)i * r + k];
+        dd[k] += s;
+    }
+}
+
+float vd_dropout_uniform(uint64_t seed, uint64_t row, uint64_t col) {
+    uint64_t h = vd_mix64(seed ^ vd_mix64(row * 0x9E3779B97F4A7C15ULL + col));
+    return (float)(h >> 40) * (1.0f / 16777216.0f);
+}
+
+static void cpu_dropout(float *out, const float *inp, int N, int C, float p, uint64_t seed, uint64_t row0) {
+    float keep_scale = 1.0f / (1.0f - p);
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) {
+            float u = vd_dropout_uniform(seed, row0 + (uint64_t)n, (uint64_t)c);
+            o[c] = u >= p ? x[c] * keep_scale : 0.0f;
+        }
+    }
+}
+
+/* ---- optimizer ---- */
+static double cpu_sum_sq(const float *x, size_t n) {
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+    return s;
+}
+
+static void cpu_adamw(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
+                      float beta2, float eps, float weight_decay, int32_t t, float grad_scale) {
+    /* torch.optim.AdamW (single-tensor path): decay, lerp the first moment, then addcdiv */
+    float bc1 = 1.0f - powf(beta1, (float)t);
+    float bc2_sqrt = sqrtf(1.0f - powf(beta2, (float)t));
+    float step_size = lr / bc1;
+    for (size_t i = 0; i < n; i++) {
+        float g = grads[i] * grad_scale;
+        float p = params[i] * (1.0f - lr * weight_decay);
+        m[i] += (1.0f - beta1) * (g - m[i]);
+        v[i] = v[i] * beta2 + (1.0f - beta2) * g * g;
+        float denom = sqrtf(v[i]) / bc2_sqrt + eps;
+        params[i] = p - step_size * (m[i] / denom);
+    }
+}
+
+static const vd_backend g_cpu = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .to_device = cpu_memcpy,
+    .to_host = cpu_memcpy,
+    .zero = cpu_zero,
+    .copy = cpu_memcpy,
+    .gemm = cpu_gemm,
+    .add_bias = cpu_add_bias,
+    .encoder_forward = cpu_encoder_forward,
+    .layernorm_forward = cpu_layernorm_forward,
+    .layernorm_backward = cpu_layernorm_backward,
+    .attention_forward = cpu_attention_forward,
+    .attention_backward = cpu_attention_backward,
+    .gelu_forward = cpu_gelu_forward,
+    .gelu_backward = cpu_gelu_backward,
+    .add = cpu_add,
+    .accumulate = cpu_accumulate,
+    .softmax_xent_forward = cpu_softmax_xent_forward,
+    .softmax_xent_backward = cpu_softmax_xent_backward,
+    .sum = cpu_sum,
+    .scale_cols = cpu_scale_cols,
+    .scale_cols_add = cpu_scale_cols_add,
+    .vera_vector_grads = cpu_vera_vector_grads,
+    .dropout = cpu_dropout,
+    .sum_sq = cpu_sum_sq,
+    .adamw = cpu_adamw,
+};
+
+const vd_backend *vd_backend_cpu(void) { return &g_cpu; }

@@ -19,7 +19,7 @@ void vd_set_abort_hook(void (*hook)(int code)) { g_abort_hook = hook; }
 void vd_set_rank_info(int rank, int world) { g_rank = rank; g_world = world; }
 int vd_rank(void) { return g_rank; }
 
-static void vd_vdie(const char *where, const char *fmt, va_list ap) {
+__attribute__((noreturn)) static void vd_vdie(const char *where, const char *fmt, va_list ap) {
     char msg[2048];
     vsnprintf(msg, sizeof(msg), fmt, ap);
     /* one line: collapse newlines a caller may have let through */

@@ -1,1 +1,790 @@
-/* config.c: being written */
+/* config.c: the run configuration, driven by one table of keys.
+ *
+ * Every key lives in g_keys[] below with its INI section, type, place in vd_config, default,
+ * accepted range and help text. Defaults, the INI reader, the command line, --help, the
+ * canonical serialization and validation all walk that table, so adding a key is one line
+ * and the six views of it can never disagree.
+ *
+ * Order of application: defaults, then the --config INI file, then --key value pairs in the
+ * order given (the command line wins). Every bad key or value dies with one line naming the
+ * key (and file:line for the INI) and what is accepted. */
+#define _POSIX_C_SOURCE 200809L
+#include "vera/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <float.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ini.h>
+
+/* ----------------------------------------------------------------------------------------- */
+/* the table */
+
+typedef enum { KT_INT, KT_FLOAT, KT_U64, KT_STRING, KT_BOOL, KT_TARGETS } key_type;
+
+/* Range bounds are inclusive unless these flags open them: lr is in (0, 10], betas in [0, 1). */
+enum { MIN_OPEN = 1 << 0, MAX_OPEN = 1 << 1 };
+
+typedef struct {
+    const char *name;
+    const char *section;
+    key_type type;
+    size_t offset;        /* into vd_config */
+    size_t size;          /* sizeof the field: the buffer size for strings */
+    const char *def;      /* default, as text: it goes through the same parser as user input */
+    double min, max;      /* KT_INT and KT_FLOAT only (u64 keys take all of 0..2^64-1) */
+    unsigned flags;       /* MIN_OPEN / MAX_OPEN */
+    const char *choices;  /* KT_STRING: "a|b|c" if only these spellings are accepted */
+    const char *help;
+} vd_key;
+
+#define FIELD(f) offsetof(vd_config, f), sizeof(((vd_config *)0)->f)
+#define I32_BIG 1000000000.0 /* step-like counts: far beyond any run, far below INT32_MAX */
+
+static const vd_key g_keys[] = {
+    /* [model] */
+    {"model", "model", KT_STRING, FIELD(model), "", 0, 0, 0, NULL,
+     "Hugging Face GPT-2 directory holding config.json and model.safetensors"},
+    /* [data] */
+    {"train_data", "data", KT_STRING, FIELD(train_data), "", 0, 0, 0, NULL,
+     "glob of llm.c token shards to train on, e.g. data/train_*.bin"},
+    {"val_data", "data", KT_STRING, FIELD(val_data), "", 0, 0, 0, NULL,
+     "glob of token shards for the validation loss; empty = no evaluation"},
+    {"out_dir", "data", KT_STRING, FIELD(out_dir), "out", 0, 0, 0, NULL,
+     "directory for metrics.jsonl, checkpoints and the final adapter"},
+    /* [vera] */
+    {"r", "vera", KT_INT, FIELD(r), "256", 1, 65536, 0, NULL,
+     "rank of the shared frozen random projections A (r x in) and B (out x r)"},
+    {"d_initial", "vera", KT_FLOAT, FIELD(d_initial), "0.1", 0, 100, MIN_OPEN, NULL,
+     "initial value of every entry of the scaling vector d (b starts at 0, so d must not)"},
+    {"projection_prng_key", "vera", KT_U64, FIELD(projection_prng_key), "0", 0, 0, 0, NULL,
+     "seed of the MT19937 stream (as in torch) that draws the projections A and B"},
+    {"target_modules", "vera", KT_TARGETS, FIELD(target_modules), "attn.c_attn", 0, 0, 0, NULL,
+     "layers that get an adapter: all, or a comma-separated subset of attn.c_attn, "
+     "attn.c_proj, mlp.c_fc, mlp.c_proj"},
+    {"vera_dropout", "vera", KT_FLOAT, FIELD(vera_dropout), "0", 0, 1, MAX_OPEN, NULL,
+     "dropout probability on the adapter input while training; 0 = off"},
+    /* [train] */
+    {"batch_size", "train", KT_INT, FIELD(batch_size), "4", 1, 65536, 0, NULL,
+     "sequences per micro-batch on each rank"},
+    {"seq_len", "train", KT_INT, FIELD(seq_len), "64", 1, 1 << 20, 0, NULL,
+     "tokens per sequence (at most the model's n_positions)"},
+    {"grad_accum", "train", KT_INT, FIELD(grad_accum), "1", 1, 65536, 0, NULL,
+     "micro-batches accumulated per optimizer step on each rank"},
+    {"lr", "train", KT_FLOAT, FIELD(lr), "4e-3", 0, 10, MIN_OPEN, NULL,
+     "peak learning rate, reached at the end of warmup"},
+    {"min_lr_ratio", "train", KT_FLOAT, FIELD(min_lr_ratio), "0.1", 0, 1, 0, NULL,
+     "the cosine schedule decays to lr * min_lr_ratio at max_steps"},
+    {"warmup_steps", "train", KT_INT, FIELD(warmup_steps), "10", 0, I32_BIG, 0, NULL,
+     "optimizer steps of linear learning-rate warmup"},
+    {"max_steps", "train", KT_INT, FIELD(max_steps), "100", 1, I32_BIG, 0, NULL,
+     "optimizer steps to run"},
+    {"weight_decay", "train", KT_FLOAT, FIELD(weight_decay), "0", 0, 10, 0, NULL,
+     "AdamW decoupled weight decay on the adapter vectors"},
+    {"beta1", "train", KT_FLOAT, FIELD(beta1), "0.9", 0, 1, MAX_OPEN, NULL,
+     "AdamW decay rate of the first moment"},
+    {"beta2", "train", KT_FLOAT, FIELD(beta2), "0.999", 0, 1, MAX_OPEN, NULL,
+     "AdamW decay rate of the second moment"},
+    {"adam_eps", "train", KT_FLOAT, FIELD(adam_eps), "1e-8", 0, 1, MIN_OPEN, NULL,
+     "AdamW epsilon, added to the denominator"},
+    {"grad_clip", "train", KT_FLOAT, FIELD(grad_clip), "1", 0, 1e6, 0, NULL,
+     "clip the global gradient norm to this value; 0 = no clipping"},
+    {"seed", "train", KT_U64, FIELD(seed), "1337", 0, 0, 0, NULL,
+     "seed of the dropout stream (the masks do not depend on the number of ranks)"},
+    /* [log] */
+    {"log_every", "log", KT_INT, FIELD(log_every), "1", 1, I32_BIG, 0, NULL,
+     "print and record the training loss every N steps"},
+    {"eval_every", "log", KT_INT, FIELD(eval_every), "0", 0, I32_BIG, 0, NULL,
+     "validation loss every N steps; 0 = only at the end (when val_data is set)"},
+    {"eval_seqs", "log", KT_INT, FIELD(eval_seqs), "64", 1, 1 << 20, 0, NULL,
+     "validation sequences per evaluation, in total over all ranks"},
+    {"overwrite", "log", KT_BOOL, FIELD(overwrite), "0", 0, 1, 0, NULL,
+     "1: allow replacing outputs already present in out_dir"},
+    /* [system] */
+    {"threads", "system", KT_INT, FIELD(threads), "0", 0, 65536, 0, NULL,
+     "threads per rank; 0 = the node's cores divided by the ranks on that node"},
+    {"device", "system", KT_STRING, FIELD(device), "cpu", 0, 0, 0, "cpu|cuda|auto",
+     "where to compute: cpu, cuda, or auto (cuda when available)"},
+};
+#define NKEYS ((int)(sizeof(g_keys) / sizeof(g_keys[0])))
+
+static const char *const g_sections[] = {"model", "data", "vera", "train", "log", "system"};
+#define NSECTIONS ((int)(sizeof(g_sections) / sizeof(g_sections[0])))
+
+/* target_modules names, in vd_target bit order (which is also the canonical order). */
+static const char *const g_target_names[] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+#define NTARGETS 4
+
+/* ----------------------------------------------------------------------------------------- */
+/* small helpers */
+
+static const vd_key *find_key(const char *name) {
+    for (int i = 0; i < NKEYS; i++) if (strcmp(g_keys[i].name, name) == 0) return &g_keys[i];
+    return NULL;
+}
+
+/* Levenshtein distance, with '-' and '_' counted equal so --max-steps suggests max_steps.
+ * Names longer than 63 characters are never close to a key. */
+static int edit_distance(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63) return 99;
+    int row[64];
+    for (size_t j = 0; j <= lb; j++) row[j] = (int)j;
+    for (size_t i = 1; i <= la; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= lb; j++) {
+            char ca = a[i - 1] == '-' ? '_' : a[i - 1], cb = b[j - 1] == '-' ? '_' : b[j - 1];
+            int best = diag + (ca != cb);
+            if (row[j] + 1 < best) best = row[j] + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            diag = row[j];
+            row[j] = best;
+        }
+    }
+    return row[lb];
+}
+
+/* Closest of names[0..n-1] within edit distance 2, or NULL. */
+static const char *closest(const char *word, const char *const *names, int n) {
+    const char *best = NULL;
+    int best_d = 3;
+    for (int i = 0; i < n; i++) {
+        int d = edit_distance(word, names[i]);
+        if (d < best_d) { best_d = d; best = names[i]; }
+    }
+    return best;
+}
+
+static const char *closest_key(const char *word) {
+    const char *names[NKEYS];
+    for (int i = 0; i < NKEYS; i++) names[i] = g_keys[i].name;
+    return closest(word, names, NKEYS);
+}
+
+/* "[1, 65536]", "(0, 10]", "[0, 1)": the accepted range of a numeric key, for messages. */
+static void format_range(const vd_key *k, char *out, size_t cap) {
+    if (k->type == KT_U64) { snprintf(out, cap, "[0, 18446744073709551615]"); return; }
+    snprintf(out, cap, "%c%.10g, %.10g%c", (k->flags & MIN_OPEN) ? '(' : '[', k->min, k->max,
+             (k->flags & MAX_OPEN) ? ')' : ']');
+}
+
+static int in_range(const vd_key *k, double v) {
+    if (k->flags & MIN_OPEN ? !(v > k->min) : !(v >= k->min)) return 0;
+    if (k->flags & MAX_OPEN ? !(v < k->max) : !(v <= k->max)) return 0;
+    return 1;
+}
+
+/* Value for messages: long values are cut so the error stays one readable line. */
+static void quote_value(const char *v, char *out, size_t cap) {
+    size_t n = strlen(v);
+    if (n + 3 <= cap) snprintf(out, cap, "'%s'", v);
+    else snprintf(out, cap, "'%.*s...'", (int)(cap > 8 ? cap - 8 : 0), v);
+}
+
+static void trim_into(const char *s, char *out, size_t cap, size_t *len_out) {
+    while (*s && isspace((unsigned char)*s)) s++;
+    size_t n = strlen(s);
+    while (n > 0 && isspace((unsigned char)s[n - 1])) n--;
+    *len_out = n;
+    if (n >= cap) n = cap - 1; /* the caller checks *len_out against the field size */
+    memcpy(out, s, n);
+    out[n] = 0;
+}
+
+/* ----------------------------------------------------------------------------------------- */
+/* target_modules */
+
+#define TARGETS_ACCEPTED "accepted: all, or a comma-separated subset of attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj"
+
+/* Parses "all" or a comma-separated subset; on failure returns 0 and says what is wrong in err. */
+static uint32_t parse_targets(const char *s, char *err, size_t errcap) {
+    uint32_t mask = 0;
+    int n_items = 0, saw_all = 0;
+    const char *p = s;
+    for (;;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        /* trim the item */
+        while (len > 0 && isspace((unsigned char)*p)) { p++; len--; }
+        while (len > 0 && isspace((unsigned char)p[len - 1])) len--;
+        char item[64];
+        if (len == 0) {
+            snprintf(err, errcap, "%s", n_items == 0 && !end ? "empty value" : "empty entry in the list");
+            return 0;
+        }
+        if (len >= sizeof(item)) {
+            snprintf(err, errcap, "unknown module '%.20s...'", p);
+            return 0;
+        }
+        memcpy(item, p, len);
+        item[len] = 0;
+        n_items++;
+        uint32_t bit = 0;
+        if (strcmp(item, "all") == 0) { saw_all = 1; bit = VD_TARGET_ALL; }
+        for (int t = 0; t < NTARGETS && !bit; t++) if (strcmp(item, g_target_names[t]) == 0) bit = 1u << t;
+        if (!bit) {
+            const char *names[NTARGETS + 1] = {"all", g_target_names[0], g_target_names[1], g_target_names[2],
+                                               g_target_names[3]};
+            const char *hint = closest(item, names, NTARGETS + 1);
+            char hintbuf[64] = "";
+            if (hint) snprintf(hintbuf, sizeof(hintbuf), " (did you mean '%s'?)", hint);
+            snprintf(err, errcap, "unknown module '%s'%s", item, hintbuf);
+            return 0;
+        }
+        if (saw_all && n_items > 1) {
+            snprintf(err, errcap, "'all' cannot be combined with other modules");
+            return 0;
+        }
+        if (mask & bit) {
+            snprintf(err, errcap, "'%s' is listed twice", item);
+            return 0;
+        }
+        mask |= bit;
+        if (!end) break;
+        p = end + 1;
+    }
+    return mask;
+}
+
+uint32_t vd_config_parse_targets(const char *s) {
+    char err[256];
+    return parse_targets(s, err, sizeof(err));
+}
+
+/* The canonical spelling of a mask: "all" or the names in block order. */
+static void format_targets(uint32_t mask, char *out, size_t cap) {
+    if (mask == VD_TARGET_ALL) { snprintf(out, cap, "all"); return; }
+    out[0] = 0;
+    size_t used = 0;
+    for (int t = 0; t < NTARGETS; t++) {
+        if (!(mask & (1u << t))) continue;
+        int w = snprintf(out + used, cap - used, "%s%s", used ? "," : "", g_target_names[t]);
+        if (w < 0 || (size_t)w >= cap - used) break;
+        used += (size_t)w;
+    }
+}
+
+/* ----------------------------------------------------------------------------------------- */
+/* setting one key from text: the single parser behind defaults, INI, CLI and vd_config_set */
+
+/* Parses value for key k into c. On failure leaves c unchanged, writes a message (without the
+ * key name: callers prefix "--r: " or "file:line: r: ") and returns -1. */
+static int set_key(vd_config *c, const vd_key *k, const char *raw, char *err, size_t errcap) {
+    char *field = (char *)c + k->offset;
+    char range[64], shown[96];
+    format_range(k, range, sizeof(range));
+    quote_value(raw, shown, sizeof(shown));
+
+    /* values are trimmed everywhere, so "--r ' 64'" and "r = 64" mean the same */
+    char v[VD_PATH_MAX];
+    size_t len;
+    trim_into(raw, v, sizeof(v), &len);
+    if (len >= sizeof(v)) {
+        snprintf(err, errcap, "value is longer than %zu characters", sizeof(v) - 1);
+        return -1;
+    }
+    for (const char *p = v; *p; p++) {
+        if (iscntrl((unsigned char)*p)) { /* a newline would break the serialized form */
+            snprintf(err, errcap, "value contains a control character (byte 0x%02x)", (unsigned char)*p);
+            return -1;
+        }
+    }
+
+    switch (k->type) {
+    case KT_INT: {
+        char *end;
+        errno = 0;
+        long long x = strtoll(v, &end, 10);
+        if (end == v || *end != 0 || errno == ERANGE || !in_range(k, (double)x)) {
+            snprintf(err, errcap, "expected an integer in %s, got %s", range, shown);
+            return -1;
+        }
+        *(int32_t *)field = (int32_t)x;
+        return 0;
+    }
+    case KT_FLOAT: {
+        char *end;
+        double x = strtod(v, &end);
+        /* range check on the stored float: 1e-50 becomes 0 and must fail lr > 0 */
+        float f = (float)x;
+        if (end == v || *end != 0 || !isfinite(x) || !isfinite(f) || !in_range(k, (double)f)) {
+            snprintf(err, errcap, "expected a number in %s, got %s", range, shown);
+            return -1;
+        }
+        *(float *)field = f == 0.0f ? 0.0f : f; /* "-0" and "0" must serialize (and hash) alike */
+        return 0;
+    }
+    case KT_U64: {
+        /* strtoull accepts "-1" and wraps it to 2^64-1: only digits (after an optional '+') */
+        const char *d = v + (v[0] == '+');
+        char *end = NULL;
+        errno = 0;
+        unsigned long long x = isdigit((unsigned char)d[0]) ? strtoull(d, &end, 10) : 0;
+        if (!isdigit((unsigned char)d[0]) || *end != 0 || errno == ERANGE) {
+            snprintf(err, errcap, "expected an integer in %s, got %s", range, shown);
+            return -1;
+        }
+        *(uint64_t *)field = (uint64_t)x;
+        return 0;
+    }
+    case KT_BOOL: {
+        int b;
+        if (strcmp(v, "1") == 0 || strcmp(v, "true") == 0) b = 1;
+        else if (strcmp(v, "0") == 0 || strcmp(v, "false") == 0) b = 0;
+        else {
+            snprintf(err, errcap, "expected 0, 1, true or false, got %s", shown);
+            return -1;
+        }
+        *(int32_t *)field = b;
+        return 0;
+    }
+    case KT_STRING: {
+        if (len >= k->size) {
+            snprintf(err, errcap, "value is longer than %zu characters", k->size - 1);
+            return -1;
+        }
+        if (k->choices) {
+            int ok = 0;
+            for (const char *p = k->choices; *p;) {
+                size_t n = strcspn(p, "|");
+                if (n == len && strncmp(p, v, n) == 0) ok = 1;
+                p += n + (p[n] == '|');
+            }
+            if (!ok) {
+                char list[128];
+                size_t used = 0;
+                for (const char *p = k->choices; *p && used + 3 < sizeof(list); p++) {
+                    if (*p == '|') { list[used++] = ','; list[used++] = ' '; }
+                    else list[used++] = *p;
+                }
+                list[used] = 0;
+                snprintf(err, errcap, "expected one of %s, got %s", list, shown);
+                return -1;
+            }
+        }
+        memcpy(field, v, len + 1);
+        return 0;
+    }
+    case KT_TARGETS: {
+        if (len >= k->size) {
+            snprintf(err, errcap, "value is longer than %zu characters", k->size - 1);
+            return -1;
+        }
+        char why[256];
+        uint32_t mask = parse_targets(v, why, sizeof(why));
+        if (!mask) {
+            if (len == 0) snprintf(err, errcap, "empty value; %s", TARGETS_ACCEPTED);
+            else snprintf(err, errcap, "%s in %s; %s", why, shown, TARGETS_ACCEPTED);
+            return -1;
+        }
+        memcpy(field, v, len + 1);
+        c->target_mask = mask;
+        return 0;
+    }
+    }
+    vd_die_at(__FILE__, __LINE__, "key %s has an unknown type %d", k->name, (int)k->type);
+}
+
+int vd_config_set(vd_config *c, const char *key, const char *value, char *err, size_t errcap) {
+    const vd_key *k = find_key(key);
+    if (!k) {
+        const char *hint = closest_key(key);
+        if (hint) snprintf(err, errcap, "unknown key '%s' (did you mean '%s'?)", key, hint);
+        else snprintf(err, errcap, "unknown key '%s' (see vera-dist --help for the keys)", key);
+        return -1;
+    }
+    char why[512];
+    if (set_key(c, k, value, why, sizeof(why)) != 0) {
+        snprintf(err, errcap, "%s: %s", key, why);
+        return -1;
+    }
+    return 0;
+}
+
+void vd_config_defaults(vd_config *c) {
+    memset(c, 0, sizeof(*c));
+    for (int i = 0; i < NKEYS; i++) {
+        char err[512];
+        /* a default outside its own range is a bug in the table, not user input */
+        if (set_key(c, &g_keys[i], g_keys[i].def, err, sizeof(err)) != 0)
+            vd_die_at(__FILE__, __LINE__, "default of %s: %s", g_keys[i].name, err);
+    }
+}
+
+/* ----------------------------------------------------------------------------------------- */
+/* the INI file */
+
+typedef struct {
+    FILE *f;
+    const char *path;
+    int line;              /* line the reader returned last = the line being handled */
+    char *buf;             /* getline buffer */
+    size_t bufcap;
+    int long_line;         /* line that did not fit the parser's buffer, 0 if none */
+    int max_line;          /* the longest line that fits */
+    int err_line;          /* first line our handler rejected, 0 if none */
+    char err[1024];
+    vd_config *c;
+    int set_at[sizeof(g_keys) / sizeof(g_keys[0])]; /* line where each key was set, 0 = not yet */
+} ini_ctx;
+
+/* The reader behind ini_parse_stream. It counts lines (libinih's handler gets no line number),
+ * refuses lines longer than the parser's fixed buffer (libinih would silently split them, so a
+ * long path could be cut), and drops leading whitespace so an indented line is an ordinary
+ * line rather than a Python-configparser continuation of the previous value. */
+static char *ini_reader_fn(char *str, int num, void *stream) {
+    ini_ctx *x = stream;
+    ssize_t n = getline(&x->buf, &x->bufcap, x->f);
+    if (n < 0) return NULL;
+    x->line++;
+    char *s = x->buf;
+    size_t len = strlen(s); /* stops at an embedded NUL, as libinih would */
+    while (len > 0 && (s[len - 1] == '\n' || s[len - 1] == '\r')) s[--len] = 0;
+    while (*s == ' ' || *s == '\t') { s++; len--; }
+    if ((*s == ';' || *s == '#') && len + 1 > (size_t)num) {
+        len = 1; /* a long comment is still just a comment: hand over its first character */
+        s[1] = 0;
+    }
+    if (len + 1 > (size_t)num) {
+        x->long_line = x->line;
+        x->max_line = num - 1;
+        return NULL; /* ends parsing; vd_config_load_ini reports it */
+    }
+    memcpy(str, s, len + 1);
+    return str;
+}
+
+static int ini_fail(ini_ctx *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int ini_fail(ini_ctx *x, const char *fmt, ...) {
+    if (!x->err_line) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(x->err, sizeof(x->err), fmt, ap);
+        va_end(ap);
+        x->err_line = x->line;
+    }
+    return 0; /* libinih then reports this line as the first error, unless an earlier one exists */
+}
+
+/* Strips an inline '#' comment (libinih strips ';' ones itself) and one pair of matching
+ * quotes, so value = 'data/train_*.bin' works as a shell user would expect. */
+static int ini_clean_value(ini_ctx *x, const char *key, const char *value, char *out, size_t cap) {
+    size_t n = strlen(value);
+    if (n >= cap) return ini_fail(x, "%s: value is longer than %zu characters", key, cap - 1);
+    memcpy(out, value, n + 1);
+    if (out[0] == '"' || out[0] == '\'') {
+        char *close = strchr(out + 1, out[0]);
+        if (!close) return ini_fail(x, "%s: the value opens a quote (%c) that is never closed", key, out[0]);
+        const char *rest = close + 1;
+        while (isspace((unsigned char)*rest)) rest++;
+        if (*rest && *rest != '#')
+            return ini_fail(x, "%s: unexpected text '%s' after the closing quote", key, rest);
+        *close = 0;
+        memmove(out, out + 1, strlen(out + 1) + 1);
+        return 1;
+    }
+    for (char *p = out; *p; p++) {
+        if (*p == '#' && p > out && isspace((unsigned char)p[-1])) { *p = 0; break; }
+    }
+    size_t m = strlen(out);
+    while (m > 0 && isspace((unsigned char)out[m - 1])) out[--m] = 0;
+    return 1;
+}
+
+static int ini_handler_fn(void *user, const char *section, const char *name, const char *value) {
+    ini_ctx *x = user;
+    if (x->err_line) return 1; /* only the first error is reported; ignore the rest */
+    const vd_key *k = find_key(name);
+    if (!k) {
+        const char *hint = closest_key(name);
+        char hintbuf[96] = "";
+        if (hint) snprintf(hintbuf, sizeof(hintbuf), " (did you mean '%s'?)", hint);
+        return ini_fail(x, "unknown key '%s'%s", name, hintbuf);
+    }
+    if (section[0] == 0)
+        return ini_fail(x, "key '%s' is outside any section; put it under [%s]", name, k->section);
+    int known = 0;
+    for (int i = 0; i < NSECTIONS; i++) known |= strcmp(section, g_sections[i]) == 0;
+    if (!known) {
+        const char *hint = closest(section, g_sections, NSECTIONS);
+        char hintbuf[96] = "";
+        if (hint) snprintf(hintbuf, sizeof(hintbuf), " (did you mean [%s]?)", hint);
+        return ini_fail(x, "unknown section [%s]%s; sections are [model] [data] [vera] [train] [log] [system]",
+                        section, hintbuf);
+    }
+    if (strcmp(section, k->section) != 0)
+        return ini_fail(x, "key '%s' belongs in section [%s], not [%s]", name, k->section, section);
+    int idx = (int)(k - g_keys);
+    if (x->set_at[idx])
+        return ini_fail(x, "key '%s' is set twice (first at line %d)", name, x->set_at[idx]);
+    char clean[VD_PATH_MAX];
+    if (!ini_clean_value(x, name, value, clean, sizeof(clean))) return 0;
+    char why[512];
+    if (set_key(x->c, k, clean, why, sizeof(why)) != 0) return ini_fail(x, "%s: %s", name, why);
+    x->set_at[idx] = x->line;
+    return 1;
+}
+
+static void vd_config_load_ini(vd_config *c, const char *path) {
+    ini_ctx x;
+    memset(&x, 0, sizeof(x));
+    x.path = path;
+    x.c = c;
+    x.f = fopen(path, "r");
+    if (!x.f) vd_die("--config %s: cannot open (%s)", path, strerror(errno));
+    int ret = ini_parse_stream(ini_reader_fn, &x, ini_handler_fn, &x);
+    int read_error = ferror(x.f);
+    fclose(x.f);
+    free(x.buf);
+    if (read_error) vd_die("--config %s: read failed", path);
+    /* libinih returns the first failing line (ours or a syntax error); a too-long line ended
+     * the parse, so anything it reported lies before it */
+    if (ret > 0 && ret == x.err_line) vd_die("%s:%d: %s", path, ret, x.err);
+    if (ret > 0)
+        vd_die("%s:%d: syntax error: expected 'key = value', '[section]' or a comment (; or #)", path, ret);
+    if (ret < 0) vd_die("--config %s: the INI parser failed (code %d)", path, ret);
+    if (x.long_line)
+        vd_die("%s:%d: line is longer than the INI reader's limit of %d characters; shorten it or pass "
+               "the value on the command line", path, x.long_line, x.max_line);
+}
+
+/* ----------------------------------------------------------------------------------------- */
+/* the command line */
+
+/* One --key value pair. Splits --key=value; a missing value is an error naming the key. */
+typedef struct { const char *key; size_t keylen; const char *value; } cli_arg;
+
+/* Reads argv[*i] (and maybe argv[*i + 1]) into a; advances *i past what it used. */
+static void cli_next(int argc, char **argv, int *i, cli_arg *a) {
+    const char *s = argv[*i];
+    if (strncmp(s, "--", 2) != 0 || s[2] == 0 || s[2] == '=') {
+        if (s[0] == '-' && s[1] != '-' && s[1] != 0)
+            vd_die("unexpected argument '%s': options take two dashes (--key value)", s);
+        vd_die("unexpected argument '%s': options are --key value or --key=value (see --help)", s);
+    }
+    a->key = s + 2;
+    const char *eq = strchr(a->key, '=');
+    if (eq) {
+        a->keylen = (size_t)(eq - a->key);
+        a->value = eq + 1;
+        *i += 1;
+        return;
+    }
+    a->keylen = strlen(a->key);
+    /* a value is required; "--model --r 8" almost certainly forgot the model's path */
+    if (*i + 1 >= argc) vd_die("--%s: missing value (expected --%s VALUE)", a->key, a->key);
+    const char *next = argv[*i + 1];
+    if (strncmp(next, "--", 2) == 0)
+        vd_die("--%s: missing value (the next argument is the option '%s')", a->key, next);
+    a->value = next;
+    *i += 2;
+}
+
+static int cli_is(const cli_arg *a, const char *name) {
+    return strlen(name) == a->keylen && strncmp(a->key, name, a->keylen) == 0;
+}
+
+void vd_config_parse(vd_config *c, int argc, char **argv, int first) {
+    /* pass 1: check the shape of the whole command line and find --config, which is applied
+     * before any --key so that the command line wins wherever it appears */
+    const char *config = NULL;
+    for (int i = first; i < argc;) {
+        cli_arg a;
+        cli_next(argc, argv, &i, &a);
+        if (cli_is(&a, "config")) {
+            if (config) vd_die("--config: given twice ('%s' and '%s'); pass one file", config, a.value);
+            if (a.value[0] == 0) vd_die("--config: missing value (expected --config FILE)");
+            config = a.value;
+        }
+    }
+    if (config) {
+        if (strlen(config) >= sizeof(c->config_path))
+            vd_die("--config: path is longer than %zu characters", sizeof(c->config_path) - 1);
+        vd_config_load_ini(c, config);
+        snprintf(c->config_path, sizeof(c->config_path), "%s", config);
+    }
+    /* pass 2: every --key value, in order */
+    for (int i = first; i < argc;) {
+        cli_arg a;
+        cli_next(argc, argv, &i, &a);
+        if (cli_is(&a, "config")) continue;
+        char key[128];
+        if (a.keylen >= sizeof(key)) vd_die("--%.40s...: unknown option", a.key);
+        memcpy(key, a.key, a.keylen);
+        key[a.keylen] = 0;
+        const vd_key *k = find_key(key);
+        if (!k) {
+            const char *hint = closest_key(key);
+            if (hint) vd_die("--%s: unknown option (did you mean --%s?)", key, hint);
+            vd_die("--%s: unknown option (see vera-dist --help for the keys)", key);
+        }
+        char why[512];
+        if (set_key(c, k, a.value, why, sizeof(why)) != 0) vd_die("--%s: %s", key, why);
+    }
+}
+
+/* ----------------------------------------------------------------------------------------- */
+/* validation, help, serialization */
+
+void vd_config_validate(const vd_config *c) {
+    /* every key again, for structs filled in by code rather than by the parser */
+    for (int i = 0; i < NKEYS; i++) {
+        const vd_key *k = &g_keys[i];
+        const char *field = (const char *)c + k->offset;
+        char range[64];
+        format_range(k, range, sizeof(range));
+        switch (k->type) {
+        case KT_INT: {
+            int32_t v = *(const int32_t *)field;
+            if (!in_range(k, (double)v)) vd_die("%s = %d is out of range %s", k->name, (int)v, range);
+            break;
+        }
+        case KT_FLOAT: {
+            float v = *(const float *)field;
+            if (!isfinite(v) || !in_range(k, (double)v))
+                vd_die("%s = %.9g is out of range %s", k->name, (double)v, range);
+            break;
+        }
+        case KT_BOOL: {
+            int32_t v = *(const int32_t *)field;
+            if (v != 0 && v != 1) vd_die("%s = %d: expected 0 or 1", k->name, (int)v);
+            break;
+        }
+        case KT_U64: break; /* every value is valid */
+        case KT_STRING:
+        case KT_TARGETS: {
+            if (!memchr(field, 0, k->size)) vd_die("%s: value is not terminated", k->name);
+            vd_config tmp = *c; /* re-parse a copy: same spelling rules as the parser */
+            char err[512];
+            if (set_key(&tmp, k, field, err, sizeof(err)) != 0) vd_die("%s: %s", k->name, err);
+            if (k->type == KT_TARGETS && tmp.target_mask != c->target_mask)
+                vd_die("target_modules '%s' does not match target_mask 0x%x (set it with vd_config_set)",
+                       c->target_modules, (unsigned)c->target_mask);
+            break;
+        }
+        }
+    }
+    /* cross-key rules */
+    if (!c->model[0]) vd_die("model is not set. HINT: pass --model DIR or set [model] model in the config");
+    if (!c->train_data[0])
+        vd_die("train_data is not set. HINT: pass --train_data GLOB or set [data] train_data in the config");
+    if (!c->out_dir[0]) vd_die("out_dir is empty. HINT: pass --out_dir DIR or set [data] out_dir in the config");
+    if (c->warmup_steps > c->max_steps)
+        vd_die("warmup_steps (%d) must be <= max_steps (%d)", (int)c->warmup_steps, (int)c->max_steps);
+    if (c->eval_every > 0 && !c->val_data[0])
+        vd_die("eval_every = %d but val_data is empty. HINT: set [data] val_data, or eval_every = 0",
+               (int)c->eval_every);
+    /* token rows of one micro-batch are counted in int32 by the model */
+    if ((int64_t)c->batch_size * c->seq_len > INT32_MAX)
+        vd_die("batch_size * seq_len = %lld exceeds %d token rows per micro-batch",
+               (long long)c->batch_size * c->seq_len, INT32_MAX);
+}
+
+static const char *type_name(const vd_key *k) {
+    switch (k->type) {
+    case KT_INT: return "INT";
+    case KT_FLOAT: return "FLOAT";
+    case KT_U64: return "U64";
+    case KT_BOOL: return "BOOL";
+    case KT_TARGETS: return "LIST";
+    case KT_STRING: return k->choices ? "NAME" : "PATH";
+    }
+    return "?";
+}
+
+void vd_config_print_help(FILE *f) {
+    fprintf(f,
+            "usage: vera-dist [train] --config FILE [--key value ...]\n"
+            "       vera-dist init-model --out DIR [...]     write a small random GPT-2 (tests, demo)\n"
+            "       vera-dist prepare-data --in TEXT --out DIR [...]  tokenize text into llm.c shards\n"
+            "       vera-dist <sub-command> --help\n"
+            "\n"
+            "Train VeRA adapters on a GPT-2 with MPI data parallelism (mpirun -n N vera-dist ...).\n"
+            "Settings: the defaults below, then the INI file given by --config, then --key value\n"
+            "or --key=value on the command line, in order (the command line wins).\n");
+    for (int s = 0; s < NSECTIONS; s++) {
+        fprintf(f, "\n[%s]\n", g_sections[s]);
+        for (int i = 0; i < NKEYS; i++) {
+            const vd_key *k = &g_keys[i];
+            if (strcmp(k->section, g_sections[s]) != 0) continue;
+            char opt[64], range[64] = "";
+            snprintf(opt, sizeof(opt), "--%s %s", k->name, type_name(k));
+            if (k->type == KT_INT || k->type == KT_FLOAT || k->type == KT_U64) {
+                char r[48];
+                format_range(k, r, sizeof(r));
+                snprintf(range, sizeof(range), ", range %s", r);
+            } else if (k->choices) {
+                snprintf(range, sizeof(range), ", one of %s", k->choices);
+            } else if (k->type == KT_BOOL) {
+                snprintf(range, sizeof(range), ", 0/1/true/false");
+            }
+            int quoted = k->type == KT_STRING || k->type == KT_TARGETS;
+            fprintf(f, "  %-28s default %s%s%s%s\n      %s\n", opt, quoted ? "\"" : "", k->def,
+                    quoted ? "\"" : "", range, k->help);
+        }
+    }
+}
+
+/* Shortest "%.Ng" that reads back as the same float; %.9g always does. Deterministic: the
+ * text is a function of the float's bits only. */
+static void format_float(float v, char *out, size_t cap) {
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(out, cap, "%.*g", prec, (double)v);
+        if ((float)strtod(out, NULL) == v) return;
+    }
+}
+
+size_t vd_config_serialize(const vd_config *c, char *buf, size_t cap) {
+    size_t total = 0;
+    for (int i = 0; i < NKEYS; i++) {
+        const vd_key *k = &g_keys[i];
+        const char *field = (const char *)c + k->offset;
+        char val[VD_PATH_MAX];
+        switch (k->type) {
+        case KT_INT:
+        case KT_BOOL: snprintf(val, sizeof(val), "%d", (int)*(const int32_t *)field); break;
+        case KT_FLOAT: format_float(*(const float *)field, val, sizeof(val)); break;
+        case KT_U64: snprintf(val, sizeof(val), "%" PRIu64, *(const uint64_t *)field); break;
+        case KT_STRING: snprintf(val, sizeof(val), "%.*s", (int)k->size, field); break;
+        case KT_TARGETS: format_targets(c->target_mask, val, sizeof(val)); break;
+        }
+        /* snprintf semantics: the full length is counted even when buf is too small */
+        int w = snprintf(total < cap ? buf + total : NULL, total < cap ? cap - total : 0, "%s = %s\n", k->name, val);
+        if (w < 0) vd_die_at(__FILE__, __LINE__, "snprintf failed serializing %s", k->name);
+        total += (size_t)w;
+    }
+    if (cap > 0 && total >= cap) buf[cap - 1] = 0;
+    return total;
+}
+
+/* Copies the key of a "key = value" line (up to the first space or '='). */
+static void line_key(const char *line, size_t len, char *out, size_t cap) {
+    size_t n = 0;
+    while (n < len && line[n] != ' ' && line[n] != '=') n++;
+    if (cap == 0) return;
+    if (n >= cap) n = cap - 1;
+    memcpy(out, line, n);
+    out[n] = 0;
+}
+
+const char *vd_config_first_difference(const char *a, const char *b, char *key_out, size_t cap) {
+    while (*a || *b) {
+        size_t la = strcspn(a, "\n"), lb = strcspn(b, "\n");
+        if (la != lb || memcmp(a, b, la) != 0) {
+            /* a line missing on one side (older checkpoint) is named from the side that has it */
+            if (la > 0 || *a) line_key(a, la, key_out, cap);
+            else line_key(b, lb, key_out, cap);
+            return key_out;
+        }
+        a += la + (a[la] == '\n');
+        b += lb + (b[lb] == '\n');
+    }
+    return NULL;
+}

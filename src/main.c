@@ -1,1 +1,24 @@
-int main(void) { return 0; }
+/* main.c: vera-dist entry point; dispatches the sub-commands in include/vera/cli.h. */
+#include <stdio.h>
+#include <string.h>
+
+#include "vera/cli.h"
+
+int main(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[1], "--version")) {
+        printf("vera-dist 0.1.0\n");
+        return 0;
+    }
+    if (argc >= 2 && argv[1][0] != '-') {
+        /* shift the sub-command out so each main sees its own options from argv[1] */
+        const char *sub = argv[1];
+        argv[1] = argv[0];
+        if (!strcmp(sub, "init-model")) return vd_init_model_main(argc - 1, argv + 1);
+        if (!strcmp(sub, "prepare-data")) return vd_prepare_data_main(argc - 1, argv + 1);
+        if (!strcmp(sub, "train")) return vd_train_main(argc - 1, argv + 1);
+        fprintf(stderr, "vera-dist: error: unknown sub-command '%s' (expected train, init-model or prepare-data; "
+                        "see vera-dist --help)\n", sub);
+        return 1;
+    }
+    return vd_train_main(argc, argv);
+}

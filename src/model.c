@@ -1,1 +1,161 @@
-/* model.c: being written */
+/* model.c: GPT-2 forward and backward on a backend, base weights frozen. Only the adapter's
+ * vectors receive gradients; no weight gradient or optimizer state exists for the base. */
+#include "vera/model.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "vera/adapter.h"
+#include "vera/backend.h"
+#include "vera/common.h"
+
+void vd_gpt2_init(vd_gpt2 *m, const vd_backend *be, const vd_gpt2_config *cfg, const float *host_params) {
+    memset(m, 0, sizeof(*m));
+    m->config = *cfg;
+    m->be = be;
+    m->num_params = vd_gpt2_num_params(cfg);
+    m->params_memory = be->alloc(sizeof(float) * m->num_params);
+    be->to_device(m->params_memory, host_params, sizeof(float) * m->num_params);
+    vd_gpt2_params_point(&m->params, cfg, m->params_memory);
+}
+
+void vd_gpt2_alloc_acts(vd_gpt2 *m, int32_t B, int32_t T) {
+    const vd_backend *be = m->be;
+    size_t L = (size_t)m->config.n_layer, C = (size_t)m->config.channels, NH = (size_t)m->config.n_head;
+    size_t V = (size_t)m->config.vocab_size, N = (size_t)B * T;
+    m->B = B;
+    m->T = T;
+#define ACT(ptr, count) (ptr) = be->alloc(sizeof(float) * (count))
+    ACT(m->encoded, N * C);
+    ACT(m->ln1, L * N * C);
+    ACT(m->ln1_mean, L * N);
+    ACT(m->ln1_rstd, L * N);
+    ACT(m->qkv, L * N * 3 * C);
+    ACT(m->atty, L * N * C);
+    ACT(m->att, L * (size_t)B * NH * T * T);
+    ACT(m->residual2, L * N * C);
+    ACT(m->ln2, L * N * C);
+    ACT(m->ln2_mean, L * N);
+    ACT(m->ln2_rstd, L * N);
+    ACT(m->fch, L * N * 4 * C);
+    ACT(m->fch_gelu, L * N * 4 * C);
+    ACT(m->residual3, L * N * C);
+    ACT(m->lnf, N * C);
+    ACT(m->lnf_mean, N);
+    ACT(m->lnf_rstd, N);
+    ACT(m->logits, N * V);
+    ACT(m->losses, N);
+    ACT(m->dresidual, N * C);
+    ACT(m->dbuf_a, N * 4 * C);
+    ACT(m->dbuf_b, N * 4 * C);
+    ACT(m->dqkv, N * 3 * C);
+    ACT(m->datt, (size_t)B * NH * T * T);
+    ACT(m->proj_out, N * C);
+#undef ACT
+    m->inputs = be->alloc(sizeof(int32_t) * N);
+    m->targets = be->alloc(sizeof(int32_t) * N);
+}
+
+static int32_t gpt2_module(const vd_gpt2 *m, int32_t l, int kind) {
+    return m->vera ? m->vera->module_of[l * 4 + kind] : -1;
+}
+
+double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets, int32_t nb,
+                       const vd_fwd_ctx *ctx) {
+    const vd_backend *be = m->be;
+    vd_require(m->encoded != NULL && nb >= 1 && nb <= m->B);
+    int32_t B = nb, T = m->T, C = m->config.channels, NH = m->config.n_head, V = m->config.vocab_size;
+    int32_t L = m->config.n_layer, N = B * T;
+    float eps = m->config.ln_eps;
+    vd_gpt2_params *p = &m->params;
+    vd_vera *vera = m->vera;
+    m->last_B = nb;
+
+    be->to_device(m->inputs, inputs, sizeof(int32_t) * (size_t)N);
+    be->encoder_forward(m->encoded, m->inputs, p->wte, p->wpe, B, T, C);
+    for (int32_t l = 0; l < L; l++) {
+        size_t NC = (size_t)N * C;
+        const float *residual = l == 0 ? m->encoded : m->residual3 + (size_t)(l - 1) * NC;
+        float *ln1 = m->ln1 + l * NC, *qkv = m->qkv + l * NC * 3, *atty = m->atty + l * NC;
+        float *att = m->att + (size_t)l * B * NH * T * T;
+        float *res2 = m->residual2 + l * NC, *ln2 = m->ln2 + l * NC;
+        float *fch = m->fch + l * NC * 4, *fch_gelu = m->fch_gelu + l * NC * 4, *res3 = m->residual3 + l * NC;
+        be->layernorm_forward(ln1, m->ln1_mean + (size_t)l * N, m->ln1_rstd + (size_t)l * N, residual,
+                              p->ln1w + (size_t)l * C, p->ln1b + (size_t)l * C, N, C, eps);
+        vd_linear_forward(vera, be, gpt2_module(m, l, 0), qkv, ln1, p->qkvw + (size_t)l * C * 3 * C,
+                          p->qkvb + (size_t)l * 3 * C, N, C, 3 * C, ctx);
+        be->attention_forward(atty, att, qkv, B, T, C, NH);
+        vd_linear_forward(vera, be, gpt2_module(m, l, 1), m->proj_out, atty, p->attprojw + (size_t)l * C * C,
+                          p->attprojb + (size_t)l * C, N, C, C, ctx);
+        be->add(res2, residual, m->proj_out, NC);
+        be->layernorm_forward(ln2, m->ln2_mean + (size_t)l * N, m->ln2_rstd + (size_t)l * N, res2,
+                              p->ln2w + (size_t)l * C, p->ln2b + (size_t)l * C, N, C, eps);
+        vd_linear_forward(vera, be, gpt2_module(m, l, 2), fch, ln2, p->fcw + (size_t)l * C * 4 * C,
+                          p->fcb + (size_t)l * 4 * C, N, C, 4 * C, ctx);
+        be->gelu_forward(fch_gelu, fch, NC * 4);
+        vd_linear_forward(vera, be, gpt2_module(m, l, 3), m->proj_out, fch_gelu,
+                          p->fcprojw + (size_t)l * 4 * C * C, p->fcprojb + (size_t)l * C, N, 4 * C, C, ctx);
+        be->add(res3, res2, m->proj_out, NC);
+    }
+    const float *last = m->residual3 + (size_t)(L - 1) * N * C;
+    be->layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, last, p->lnfw, p->lnfb, N, C, eps);
+    /* tied LM head: logits = lnf wte^T */
+    be->gemm(0, 1, N, V, C, 1.0f, m->lnf, C, p->wte, C, 0.0f, m->logits, V);
+    if (!targets) return 0.0;
+    be->to_device(m->targets, targets, sizeof(int32_t) * (size_t)N);
+    /* softmax in place over the logits: backward turns them into dlogits in place too */
+    be->softmax_xent_forward(m->losses, m->logits, m->logits, m->targets, N, V);
+    return be->sum(m->losses, (size_t)N);
+}
+
+void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
+    const vd_backend *be = m->be;
+    int32_t B = m->last_B, T = m->T, C = m->config.channels, NH = m->config.n_head, V = m->config.vocab_size;
+    int32_t L = m->config.n_layer, N = B * T;
+    size_t NC = (size_t)N * C;
+    vd_gpt2_params *p = &m->params;
+    vd_vera *vera = m->vera;
+
+    be->softmax_xent_backward(m->logits, m->logits, m->targets, dloss, N, V);
+    float *dlnf = m->dbuf_a;
+    be->gemm(0, 0, N, C, V, 1.0f, m->logits, V, p->wte, C, 0.0f, dlnf, C);
+    be->zero(m->dresidual, sizeof(float) * NC);
+    be->layernorm_backward(m->dresidual, dlnf, m->residual3 + (size_t)(L - 1) * NC, p->lnfw, m->lnf_mean,
+                           m->lnf_rstd, N, C);
+    /* m->dresidual now holds dL/d(output of block l); walk the blocks backwards */
+    for (int32_t l = L - 1; l >= 0; l--) {
+        const float *residual = l == 0 ? m->encoded : m->residual3 + (size_t)(l - 1) * NC;
+        float *dfch_gelu = m->dbuf_a, *dfch = m->dbuf_b;
+        vd_linear_backward(vera, be, gpt2_module(m, l, 3), dfch_gelu, m->dresidual,
+                           p->fcprojw + (size_t)l * 4 * C * C, N, 4 * C, C, ctx);
+        be->gelu_backward(dfch, m->fch + l * NC * 4, dfch_gelu, NC * 4);
+        float *dln2 = m->dbuf_a;
+        vd_linear_backward(vera, be, gpt2_module(m, l, 2), dln2, dfch, p->fcw + (size_t)l * C * 4 * C, N, C,
+                           4 * C, ctx);
+        be->layernorm_backward(m->dresidual, dln2, m->residual2 + l * NC, p->ln2w + (size_t)l * C,
+                               m->ln2_mean + (size_t)l * N, m->ln2_rstd + (size_t)l * N, N, C);
+        float *datty = m->dbuf_a;
+        vd_linear_backward(vera, be, gpt2_module(m, l, 1), datty, m->dresidual, p->attprojw + (size_t)l * C * C,
+                           N, C, C, ctx);
+        be->attention_backward(m->dqkv, m->datt, datty, m->qkv + l * NC * 3,
+                               m->att + (size_t)l * B * NH * T * T, B, T, C, NH);
+        float *dln1 = m->dbuf_a;
+        vd_linear_backward(vera, be, gpt2_module(m, l, 0), dln1, m->dqkv, p->qkvw + (size_t)l * C * 3 * C, N, C,
+                           3 * C, ctx);
+        be->layernorm_backward(m->dresidual, dln1, residual, p->ln1w + (size_t)l * C,
+                               m->ln1_mean + (size_t)l * N, m->ln1_rstd + (size_t)l * N, N, C);
+    }
+}
+
+void vd_gpt2_free(vd_gpt2 *m) {
+    const vd_backend *be = m->be;
+    float *bufs[] = {m->params_memory, m->encoded, m->ln1, m->ln1_mean, m->ln1_rstd, m->qkv, m->atty, m->att,
+                     m->residual2, m->ln2, m->ln2_mean, m->ln2_rstd, m->fch, m->fch_gelu, m->residual3, m->lnf,
+                     m->lnf_mean, m->lnf_rstd, m->logits, m->losses, m->dresidual, m->dbuf_a, m->dbuf_b,
+                     m->dqkv, m->datt, m->proj_out};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+        if (bufs[i]) be->free(bufs[i]);
+    if (m->inputs) be->free(m->inputs);
+    if (m->targets) be->free(m->targets);
+    memset(m, 0, sizeof(*m));
+}

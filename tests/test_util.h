@@ -28,7 +28,7 @@ static int vd_test_failures = 0;
 /* Runs fn(arg) in a child process and checks that it exits non-zero with `needle` in its
  * stderr (the one-line error). Returns 1 on success. */
 typedef void (*vd_test_fn)(void *arg);
-static int vd_expect_die(vd_test_fn fn, void *arg, const char *needle) {
+__attribute__((unused)) static int vd_expect_die(vd_test_fn fn, void *arg, const char *needle) {
     int fds[2];
     if (pipe(fds) != 0) { perror("pipe"); return 0; }
     fflush(stdout); fflush(stderr);

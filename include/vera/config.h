@@ -67,5 +67,12 @@ void vd_config_print_help(FILE *f);
 size_t vd_config_serialize(const vd_config *c, char *buf, size_t cap);
 /* Parses a target_modules string ("all" or a comma-separated subset); returns 0 if invalid. */
 uint32_t vd_config_parse_targets(const char *s);
+/* Sets one key from text with the parser's rules (for code and tests). Returns 0, or -1 with
+ * a one-line message naming the key in err; c is unchanged on failure. */
+int vd_config_set(vd_config *c, const char *key, const char *value, char *err, size_t errcap);
+/* Compares two vd_config_serialize outputs line by line. Returns NULL if they are equal, else
+ * copies the key of the first differing line into key_out and returns key_out. */
+const char *vd_config_first_difference(const char *serialized_a, const char *serialized_b,
+                                       char *key_out, size_t cap);
 
 #endif

@@ -35,6 +35,9 @@ void vd_dataset_open(vd_dataset *ds, const char *pattern, int32_t seq_len, int32
  * Dies naming the shard and token offset if an id >= vocab_size. */
 void vd_dataset_get(const vd_dataset *ds, uint64_t n, int32_t *inputs, int32_t *targets);
 uint64_t vd_dataset_epoch(const vd_dataset *ds, uint64_t n);
+/* Checks every token id of every shard against vocab_size (vd_dataset_get checks only the
+ * sequences it returns, since a full scan of a large dataset is slow). Dies like vd_dataset_get. */
+void vd_dataset_validate_all(const vd_dataset *ds);
 void vd_dataset_close(vd_dataset *ds);
 
 /* Writes one shard (header + tokens) atomically. */

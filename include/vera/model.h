@@ -60,4 +60,63 @@ void vd_gpt2_param_name(int which, int32_t l, char *out, size_t cap);
 /* Hash of shapes and contents: the base-model fingerprint stored in checkpoints. */
 uint64_t vd_gpt2_fingerprint(const vd_gpt2_config *cfg, const float *params);
 
+
+/* ---- model.c: the model on a backend ---- */
+struct vd_backend;
+struct vd_vera;
+
+/* Per forward call: what dropout needs to draw a world-size independent mask. */
+typedef struct {
+    int32_t training;       /* 1: dropout on; 0: eval */
+    uint64_t dropout_seed;  /* mixes run seed and optimizer step */
+    uint64_t row0;          /* global index of this micro-batch's first token row */
+} vd_fwd_ctx;
+
+typedef struct vd_gpt2 {
+    vd_gpt2_config config;
+    const struct vd_backend *be;
+    vd_gpt2_params params;   /* frozen weights, named pointers into params_memory (device) */
+    float *params_memory;
+    size_t num_params;
+    struct vd_vera *vera;    /* adapter (owned by the caller); NULL = plain GPT-2 */
+    int32_t B, T;            /* activation capacity: up to B sequences of exactly T tokens */
+    /* activations kept for backward (device); L = n_layer, N = B*T */
+    float *encoded;          /* (N, C)        embeddings = input of block 0 */
+    float *ln1;              /* (L, N, C) */
+    float *ln1_mean, *ln1_rstd; /* (L, N) */
+    float *qkv;              /* (L, N, 3C) */
+    float *atty;             /* (L, N, C)     attention output before c_proj */
+    float *att;              /* (L, B, NH, T, T) causal softmax */
+    float *residual2;        /* (L, N, C) */
+    float *ln2;              /* (L, N, C) */
+    float *ln2_mean, *ln2_rstd; /* (L, N) */
+    float *fch;              /* (L, N, 4C) */
+    float *fch_gelu;         /* (L, N, 4C) */
+    float *residual3;        /* (L, N, C)     output of each block */
+    float *lnf;              /* (N, C) */
+    float *lnf_mean, *lnf_rstd; /* (N) */
+    float *logits;           /* (N, V) logits, then softmax, then dlogits in place */
+    float *losses;           /* (N) */
+    int32_t *inputs, *targets; /* (N) */
+    /* backward scratch */
+    float *dresidual;        /* (N, C) */
+    float *dbuf_a, *dbuf_b;  /* (N, 4C) */
+    float *dqkv;             /* (N, 3C) */
+    float *datt;             /* (B, NH, T, T) */
+    float *proj_out;         /* (N, C)  c_proj / mlp.c_proj output before the residual add */
+    int32_t last_B;          /* sequences in the last forward */
+} vd_gpt2;
+
+/* Uploads host_params (vd_gpt2_params order) to the backend. */
+void vd_gpt2_init(vd_gpt2 *m, const struct vd_backend *be, const vd_gpt2_config *cfg, const float *host_params);
+void vd_gpt2_alloc_acts(vd_gpt2 *m, int32_t B, int32_t T);
+/* Forward on nb <= B sequences of T tokens (host arrays of nb*T ids). With targets, returns
+ * the sum of token losses (and keeps what backward needs); without, returns 0. */
+double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets, int32_t nb,
+                       const vd_fwd_ctx *ctx);
+/* Backward of (dloss * sum of token losses) of the last forward: accumulates the adapter's
+ * b/d gradients into m->vera->grads. Frozen weights get no gradient. */
+void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx);
+void vd_gpt2_free(vd_gpt2 *m);
+
 #endif

@@ -1,0 +1,85 @@
+/* adapter.h: VeRA. Owns the shared frozen projections A (r x max_in) and B (max_out x r),
+ * the trainable vectors of every adapted layer in ONE contiguous buffer, and the gradient
+ * buffer that is all-reduced once per optimizer step. The model calls vd_linear_forward /
+ * vd_linear_backward for each of its four linear layers; an adapted one adds
+ * y += b * (B[:out] (d * (A[:, :in] x))) as in docs/vera-math (PEFT's definition). */
+#ifndef VERA_ADAPTER_H
+#define VERA_ADAPTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vera/backend.h"
+#include "vera/config.h"
+#include "vera/model.h"
+
+typedef struct {
+    char name[96];      /* module path, e.g. "transformer.h.0.attn.c_attn" */
+    int32_t layer;      /* block index */
+    vd_target kind;     /* which of the four linear layers */
+    int32_t in, out;    /* base layer shape (Conv1D in x out) */
+    size_t off_b;       /* offset of lambda_b (out) in params / grads */
+    size_t off_d;       /* offset of lambda_d (r)   in params / grads */
+    const float *W0;    /* (in, out) frozen base weight (device), owned by the model */
+    float *U;           /* (N, r) u = A[:, :in] x of the last forward, kept for backward */
+    float *weff;        /* (in, out) W0 + dW^T when this module uses the merged backward, else NULL */
+} vd_vera_module;
+
+typedef struct {
+    int32_t r;
+    float d_initial;
+    uint64_t key;          /* projection_prng_key */
+    uint32_t target_mask;  /* vd_target bits */
+    float dropout;
+} vd_vera_options;
+
+typedef enum { VD_WEFF_AUTO = 0, VD_WEFF_ALWAYS, VD_WEFF_NEVER } vd_weff_policy;
+
+typedef struct vd_vera {
+    const vd_backend *be;
+    vd_vera_options opt;
+    int32_t max_in, max_out;
+    int32_t n_modules;
+    vd_vera_module *modules;  /* (n_modules) PEFT's order: block by block, c_attn, c_proj, c_fc, c_proj */
+    int32_t *module_of;       /* (n_layer * 4) module index of (block, kind) or -1 */
+    size_t n_trainable;       /* sum over modules of (out + r) */
+    size_t n_reduce;          /* n_trainable + 1: the loss sum rides in the last slot */
+    uint64_t proj_checksum;   /* hash of A and B as generated */
+    float *A;                 /* (r, max_in) device */
+    float *B;                 /* (max_out, r) device */
+    float *params;            /* (n_trainable) device: [lambda_b, lambda_d] per module */
+    float *grads;             /* (n_reduce) device: gradients, then the loss sum */
+    /* scratch, sized for N = B*T tokens */
+    int32_t N;
+    float *xdrop;             /* (N, max_in) dropped adapter input */
+    float *tmp_r;             /* (N, r) */
+    float *tmp_out;           /* (N, max(max_out, max_in)) */
+    float *M;                 /* (max_out, r) G^T U */
+    float *tmp_w;             /* (max_in, max_out) dW^T while building weff */
+    vd_weff_policy weff_policy;
+} vd_vera;
+
+/* Lays out the modules of `m`'s architecture, draws A and B from opt.key (host, then
+ * uploaded), sets b = 0 and d = d_initial, and binds each module to m's frozen weight. */
+void vd_vera_init(vd_vera *v, const vd_backend *be, vd_gpt2 *m, const vd_vera_options *opt);
+/* Allocates per-token buffers for N tokens per micro-batch; tokens_per_step (per rank) decides
+ * which modules use the merged input gradient (see docs/architecture.md). */
+void vd_vera_alloc_acts(vd_vera *v, int32_t N, int64_t tokens_per_step, vd_weff_policy policy);
+/* Must run after params change (each optimizer step): rebuilds the merged weights. */
+void vd_vera_refresh(vd_vera *v);
+void vd_vera_zero_grads(vd_vera *v);
+void vd_vera_free(vd_vera *v);
+
+/* One linear layer of the model, adapted when module >= 0.
+ * out (N, outd) = inp (N, in) W (in, outd) + bias [+ VeRA]. */
+void vd_linear_forward(vd_vera *v, const vd_backend *be, int32_t module, float *out, const float *inp,
+                       const float *W, const float *bias, int32_t N, int32_t in, int32_t outd,
+                       const vd_fwd_ctx *ctx);
+/* dinp (N, in) = dout W^T [+ adapter path]; accumulates lambda_b / lambda_d gradients. */
+void vd_linear_backward(vd_vera *v, const vd_backend *be, int32_t module, float *dinp, const float *dout,
+                        const float *W, int32_t N, int32_t in, int32_t outd, const vd_fwd_ctx *ctx);
+
+/* Seed of module's dropout mask for this forward (the backend draws element (row, col) from it). */
+uint64_t vd_vera_dropout_seed(const vd_fwd_ctx *ctx, int32_t module);
+
+#endif

@@ -1,0 +1,75 @@
+/* backend.h: the seam between the model and the hardware. The model, adapter and optimizer
+ * call only these operations on buffers the backend allocated ("device" pointers: host
+ * memory for the CPU backend, GPU memory for a CUDA backend). A second backend fills the
+ * same table; no #ifdef reaches the model code. All tensors are fp32, row-major. */
+#ifndef VERA_BACKEND_H
+#define VERA_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct vd_backend {
+    const char *name;
+    /* ---- memory ---- */
+    void *(*alloc)(size_t bytes);                              /* zero-filled; dies on failure */
+    void (*free)(void *p);
+    void (*to_device)(void *dst, const void *src, size_t bytes);
+    void (*to_host)(void *dst, const void *src, size_t bytes);
+    void (*zero)(void *p, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes);    /* device to device */
+
+    /* ---- dense ---- */
+    /* C (M x N) = alpha * op(A) op(B) + beta * C; op(A) is M x K, op(B) is K x N. */
+    void (*gemm)(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                 const float *B, int ldb, float beta, float *C, int ldc);
+    void (*add_bias)(float *out, const float *bias, int N, int OC);           /* out[n,:] += bias */
+
+    /* ---- transformer ---- */
+    void (*encoder_forward)(float *out, const int32_t *tokens, const float *wte, const float *wpe,
+                            int B, int T, int C);
+    void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                              const float *b, int N, int C, float eps);
+    /* dinp += d(LN)/d(inp)^T dout; no weight gradients (frozen). */
+    void (*layernorm_backward)(float *dinp, const float *dout, const float *inp, const float *w,
+                               const float *mean, const float *rstd, int N, int C);
+    /* qkv (B,T,3C) -> out (B,T,C); att (B,NH,T,T) keeps the causal softmax for backward. */
+    void (*attention_forward)(float *out, float *att, const float *qkv, int B, int T, int C, int NH);
+    /* dqkv = ...; datt is scratch of att's size. */
+    void (*attention_backward)(float *dqkv, float *datt, const float *dout, const float *qkv,
+                               const float *att, int B, int T, int C, int NH);
+    void (*gelu_forward)(float *out, const float *inp, size_t n);             /* GELU, tanh form */
+    void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n); /* dinp = */
+    void (*add)(float *out, const float *a, const float *b, size_t n);        /* out = a + b */
+    void (*accumulate)(float *a, const float *b, size_t n);                   /* a += b */
+    /* losses[n] = -log softmax(logits[n])[targets[n]]; probs keeps the softmax (N, V). */
+    void (*softmax_xent_forward)(float *losses, float *probs, const float *logits,
+                                 const int32_t *targets, int N, int V);
+    /* dlogits = (probs - onehot(target)) * dloss; written over probs is allowed. */
+    void (*softmax_xent_backward)(float *dlogits, const float *probs, const int32_t *targets,
+                                  float dloss, int N, int V);
+    double (*sum)(const float *x, size_t n);                                  /* result on host */
+
+    /* ---- adapter vectors ---- */
+    void (*scale_cols)(float *out, const float *inp, const float *vec, int N, int C); /* out[n,c] = inp[n,c]*vec[c] */
+    void (*scale_cols_add)(float *out, const float *inp, const float *vec, int N, int C); /* out += */
+    /* From M = G^T U (out x r): db[i] += sum_k B[i,k] d[k] M[i,k]; dd[k] += sum_i b[i] B[i,k] M[i,k]. */
+    void (*vera_vector_grads)(float *db, float *dd, const float *M, const float *Bs, const float *b,
+                              const float *d, int out, int r);
+    /* Inverted dropout with a counter-based mask: element (row, c) is kept iff
+     * mix(seed, row0 + row, c) >= p; kept values are scaled by 1/(1-p). out may equal inp. */
+    void (*dropout)(float *out, const float *inp, int N, int C, float p, uint64_t seed, uint64_t row0);
+
+    /* ---- optimizer ---- */
+    double (*sum_sq)(const float *x, size_t n);                               /* result on host */
+    /* AdamW (PyTorch semantics) on n values; grads are multiplied by grad_scale first. */
+    void (*adamw)(float *params, const float *grads, float *m, float *v, size_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int32_t t, float grad_scale);
+} vd_backend;
+
+const vd_backend *vd_backend_cpu(void);
+/* The dropout stream every backend must reproduce: uniform in [0,1) for element (row, col). */
+float vd_dropout_uniform(uint64_t seed, uint64_t row, uint64_t col);
+/* Threads this rank uses for OpenMP and OpenBLAS (its share of the node's cores). */
+void vd_backend_cpu_set_threads(int32_t n);
+
+#endif
