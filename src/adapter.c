@@ -60,7 +60,7 @@ void vd_vera_init(vd_vera *v, const vd_backend *be, vd_gpt2 *m, const vd_vera_op
         }
     }
     v->n_trainable = off;
-    v->n_reduce = off + 1;
+    v->n_reduce = off + 2; /* + loss sum + stop-request count */
 
     /* projections: generated on the host from the key, identical on every rank and backend */
     size_t na = (size_t)opt->r * v->max_in, nbm = (size_t)v->max_out * opt->r;

@@ -29,7 +29,9 @@
 typedef enum { KT_INT, KT_FLOAT, KT_U64, KT_STRING, KT_BOOL, KT_TARGETS } key_type;
 
 /* Range bounds are inclusive unless these flags open them: lr is in (0, 10], betas in [0, 1). */
-enum { MIN_OPEN = 1 << 0, MAX_OPEN = 1 << 1 };
+enum { MIN_OPEN = 1 << 0, MAX_OPEN = 1 << 1,
+       /* may differ between a checkpoint and the run resuming it: it does not change the math */
+       RESUME_FREE = 1 << 2 };
 
 typedef struct {
     const char *name;
@@ -52,11 +54,11 @@ static const vd_key g_keys[] = {
     {"model", "model", KT_STRING, FIELD(model), "", 0, 0, 0, NULL,
      "Hugging Face GPT-2 directory holding config.json and model.safetensors"},
     /* [data] */
-    {"train_data", "data", KT_STRING, FIELD(train_data), "", 0, 0, 0, NULL,
+    {"train_data", "data", KT_STRING, FIELD(train_data), "", 0, 0, RESUME_FREE, NULL,
      "glob of llm.c token shards to train on, e.g. data/train_*.bin"},
-    {"val_data", "data", KT_STRING, FIELD(val_data), "", 0, 0, 0, NULL,
+    {"val_data", "data", KT_STRING, FIELD(val_data), "", 0, 0, RESUME_FREE, NULL,
      "glob of token shards for the validation loss; empty = no evaluation"},
-    {"out_dir", "data", KT_STRING, FIELD(out_dir), "out", 0, 0, 0, NULL,
+    {"out_dir", "data", KT_STRING, FIELD(out_dir), "out", 0, 0, RESUME_FREE, NULL,
      "directory for metrics.jsonl, checkpoints and the final adapter"},
     /* [vera] */
     {"r", "vera", KT_INT, FIELD(r), "256", 1, 65536, 0, NULL,
@@ -68,14 +70,17 @@ static const vd_key g_keys[] = {
     {"target_modules", "vera", KT_TARGETS, FIELD(target_modules), "attn.c_attn", 0, 0, 0, NULL,
      "layers that get an adapter: all, or a comma-separated subset of attn.c_attn, "
      "attn.c_proj, mlp.c_fc, mlp.c_proj"},
+    {"init_adapter", "vera", KT_STRING, FIELD(init_adapter), "", 0, 0, RESUME_FREE, NULL,
+     "start from a PEFT VeRA adapter directory (adapter_config.json + adapter_model.safetensors) "
+     "instead of b = 0, d = d_initial; ignored when resuming from a checkpoint"},
     {"vera_dropout", "vera", KT_FLOAT, FIELD(vera_dropout), "0", 0, 1, MAX_OPEN, NULL,
      "dropout probability on the adapter input while training; 0 = off"},
     /* [train] */
-    {"batch_size", "train", KT_INT, FIELD(batch_size), "4", 1, 65536, 0, NULL,
+    {"batch_size", "train", KT_INT, FIELD(batch_size), "4", 1, 65536, RESUME_FREE, NULL,
      "sequences per micro-batch on each rank"},
     {"seq_len", "train", KT_INT, FIELD(seq_len), "64", 1, 1 << 20, 0, NULL,
      "tokens per sequence (at most the model's n_positions)"},
-    {"grad_accum", "train", KT_INT, FIELD(grad_accum), "1", 1, 65536, 0, NULL,
+    {"grad_accum", "train", KT_INT, FIELD(grad_accum), "1", 1, 65536, RESUME_FREE, NULL,
      "micro-batches accumulated per optimizer step on each rank"},
     {"lr", "train", KT_FLOAT, FIELD(lr), "4e-3", 0, 10, MIN_OPEN, NULL,
      "peak learning rate, reached at the end of warmup"},
@@ -83,7 +88,7 @@ static const vd_key g_keys[] = {
      "the cosine schedule decays to lr * min_lr_ratio at max_steps"},
     {"warmup_steps", "train", KT_INT, FIELD(warmup_steps), "10", 0, I32_BIG, 0, NULL,
      "optimizer steps of linear learning-rate warmup"},
-    {"max_steps", "train", KT_INT, FIELD(max_steps), "100", 1, I32_BIG, 0, NULL,
+    {"max_steps", "train", KT_INT, FIELD(max_steps), "100", 1, I32_BIG, RESUME_FREE, NULL,
      "optimizer steps to run"},
     {"weight_decay", "train", KT_FLOAT, FIELD(weight_decay), "0", 0, 10, 0, NULL,
      "AdamW decoupled weight decay on the adapter vectors"},
@@ -98,23 +103,34 @@ static const vd_key g_keys[] = {
     {"seed", "train", KT_U64, FIELD(seed), "1337", 0, 0, 0, NULL,
      "seed of the dropout stream (the masks do not depend on the number of ranks)"},
     /* [log] */
-    {"log_every", "log", KT_INT, FIELD(log_every), "1", 1, I32_BIG, 0, NULL,
+    {"log_every", "log", KT_INT, FIELD(log_every), "1", 1, I32_BIG, RESUME_FREE, NULL,
      "print and record the training loss every N steps"},
-    {"eval_every", "log", KT_INT, FIELD(eval_every), "0", 0, I32_BIG, 0, NULL,
+    {"eval_every", "log", KT_INT, FIELD(eval_every), "0", 0, I32_BIG, RESUME_FREE, NULL,
      "validation loss every N steps; 0 = only at the end (when val_data is set)"},
-    {"eval_seqs", "log", KT_INT, FIELD(eval_seqs), "64", 1, 1 << 20, 0, NULL,
+    {"eval_seqs", "log", KT_INT, FIELD(eval_seqs), "64", 1, 1 << 20, RESUME_FREE, NULL,
      "validation sequences per evaluation, in total over all ranks"},
-    {"overwrite", "log", KT_BOOL, FIELD(overwrite), "0", 0, 1, 0, NULL,
+    {"overwrite", "log", KT_BOOL, FIELD(overwrite), "0", 0, 1, RESUME_FREE, NULL,
      "1: allow replacing outputs already present in out_dir"},
     /* [system] */
-    {"threads", "system", KT_INT, FIELD(threads), "0", 0, 65536, 0, NULL,
+    {"threads", "system", KT_INT, FIELD(threads), "0", 0, 65536, RESUME_FREE, NULL,
      "threads per rank; 0 = the node's cores divided by the ranks on that node"},
-    {"device", "system", KT_STRING, FIELD(device), "cpu", 0, 0, 0, "cpu|cuda|auto",
+    {"device", "system", KT_STRING, FIELD(device), "cpu", 0, 0, RESUME_FREE, "cpu|cuda|auto",
      "where to compute: cpu, cuda, or auto (cuda when available)"},
+    /* [checkpoint] */
+    {"ckpt_every", "checkpoint", KT_INT, FIELD(ckpt_every), "100", 0, I32_BIG, RESUME_FREE, NULL,
+     "write a checkpoint every N optimizer steps (and always at the end); 0 = only at the end"},
+    {"keep_last", "checkpoint", KT_INT, FIELD(keep_last), "3", 1, 1000000, RESUME_FREE, NULL,
+     "keep the newest N checkpoints in out_dir/checkpoints"},
+    {"save_projection", "checkpoint", KT_BOOL, FIELD(save_projection), "1", 0, 1, RESUME_FREE, NULL,
+     "1: store A and B in checkpoints; 0: store only their checksum and regenerate them from the key"},
+    {"resume", "checkpoint", KT_STRING, FIELD(resume), "auto", 0, 0, RESUME_FREE, NULL,
+     "auto: continue from the newest valid checkpoint in out_dir; none: start fresh; or a checkpoint file"},
+    {"ckpt_delay_ms", "checkpoint", KT_INT, FIELD(ckpt_delay_ms), "0", 0, 60000, RESUME_FREE, NULL,
+     "testing only: sleep this long between datasets while writing a checkpoint"},
 };
 #define NKEYS ((int)(sizeof(g_keys) / sizeof(g_keys[0])))
 
-static const char *const g_sections[] = {"model", "data", "vera", "train", "log", "system"};
+static const char *const g_sections[] = {"model", "data", "vera", "train", "log", "system", "checkpoint"};
 #define NSECTIONS ((int)(sizeof(g_sections) / sizeof(g_sections[0])))
 
 /* target_modules names, in vd_target bit order (which is also the canonical order). */
@@ -787,4 +803,9 @@ const char *vd_config_first_difference(const char *a, const char *b, char *key_o
         b += lb + (b[lb] == '\n');
     }
     return NULL;
+}
+
+int vd_config_key_resume_free(const char *key) {
+    const vd_key *k = find_key(key);
+    return k != NULL && (k->flags & RESUME_FREE) != 0;
 }

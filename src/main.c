@@ -16,7 +16,9 @@ int main(int argc, char **argv) {
         if (!strcmp(sub, "init-model")) return vd_init_model_main(argc - 1, argv + 1);
         if (!strcmp(sub, "prepare-data")) return vd_prepare_data_main(argc - 1, argv + 1);
         if (!strcmp(sub, "train")) return vd_train_main(argc - 1, argv + 1);
-        fprintf(stderr, "vera-dist: error: unknown sub-command '%s' (expected train, init-model or prepare-data; "
+        if (!strcmp(sub, "forward")) return vd_forward_main(argc - 1, argv + 1);
+        if (!strcmp(sub, "export")) return vd_export_main(argc - 1, argv + 1);
+        fprintf(stderr, "vera-dist: error: unknown sub-command '%s' (expected train, init-model, prepare-data, forward or export; "
                         "see vera-dist --help)\n", sub);
         return 1;
     }

@@ -279,7 +279,8 @@ float *vd_gpt2_load_hf(const char *dir, vd_gpt2_config *cfg) {
         if (!first_unknown) first_unknown = st.tensors[i].name;
         n_unknown++;
     }
-    if (n_unknown) vd_warn("%s: ignoring %d tensor(s) that are not GPT-2 parameters (first: %s)", st_path, n_unknown, first_unknown);
+    if (n_unknown && vd_rank() == 0) /* every rank loads the model: warn once */
+        vd_warn("%s: ignoring %d tensor(s) that are not GPT-2 parameters (first: %s)", st_path, n_unknown, first_unknown);
     free(used);
     vd_safetensors_close(&st);
     return params;

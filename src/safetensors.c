@@ -56,7 +56,8 @@ static const vd_dtype_info *vd_dtype_lookup(const char *name) {
 }
 
 /* IEEE half -> float, exact for every input: subnormals are renormalised, inf stays inf, and
- * NaN keeps its sign and payload (shifted into the top of the float mantissa). */
+ * NaN keeps its sign and payload (shifted into the top of the float mantissa) and comes out
+ * quiet, as the hardware conversion (F16C vcvtph2ps, which torch's .float() uses) does. */
 static float vd_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     uint32_t exp = (h >> 10) & 0x1fu;
@@ -64,6 +65,7 @@ static float vd_f16_to_f32(uint16_t h) {
     uint32_t bits;
     if (exp == 0x1f) {
         bits = sign | 0x7f800000u | (mant << 13);           /* inf / NaN */
+        if (mant) bits |= 0x00400000u;                       /* quiet a signalling NaN */
     } else if (exp != 0) {
         bits = sign | ((exp + (127 - 15)) << 23) | (mant << 13); /* normal: rebias */
     } else if (mant == 0) {
@@ -214,7 +216,8 @@ void vd_safetensors_open(vd_safetensors *st, const char *path) {
     uint64_t data_size = file_size - 8 - header_len;
     st->data = bytes + 8 + header_len;
 
-    cJSON *root = cJSON_ParseWithLength(header, (size_t)header_len);
+    const char *json_end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(header, (size_t)header_len, &json_end, 0);
     if (!root) {
         const char *where = cJSON_GetErrorPtr();
         long at = (where && where >= header && where <= header + header_len) ? (long)(where - header) : -1;
@@ -222,6 +225,11 @@ void vd_safetensors_open(vd_safetensors *st, const char *path) {
                    (unsigned long long)header_len);
     }
     if (!cJSON_IsObject(root)) vd_st_fail(st, root, "header is not a JSON object (expected {\"name\": {...}, ...})");
+    /* only the space padding may follow the object (the reference parser rejects anything else) */
+    for (const char *p = json_end; p && p < header + header_len; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+            vd_st_fail(st, root, "header has bytes after the JSON object at byte %ld (expected only space padding)",
+                       (long)(p - header));
 
     int n = 0;
     for (const cJSON *it = root->child; it; it = it->next)

@@ -1,15 +1,19 @@
 /* train.c: the training driver. Owns the run: configuration, data, model, adapter, optimizer,
- * the one all-reduce per optimizer step, logging and metrics. Only rank 0 writes files. */
+ * the one all-reduce per optimizer step, checkpoints, resume, preemption, logging and metrics.
+ * Only rank 0 writes files. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vera/adapter.h"
 #include "vera/backend.h"
+#include "vera/checkpoint.h"
 #include "vera/cli.h"
 #include "vera/comm.h"
 #include "vera/common.h"
@@ -17,8 +21,33 @@
 #include "vera/data.h"
 #include "vera/model.h"
 #include "vera/optimizer.h"
+#include "vera/peft.h"
 #include "vera/prng.h"
 #include "vera/safetensors.h"
+
+/* ---- signals: SIGTERM / SIGUSR1 ask for a checkpoint and a clean stop ---- */
+static volatile sig_atomic_t g_stop_signal = 0;
+
+static void train_on_signal(int sig) {
+    if (g_stop_signal) {
+        /* second signal: leave now; checkpoint writes are atomic, so nothing is corrupted */
+        static const char msg[] = "vera-dist: second signal received: exiting immediately\n";
+        ssize_t ignored = write(2, msg, sizeof(msg) - 1);
+        (void)ignored;
+        _exit(128 + sig);
+    }
+    g_stop_signal = sig;
+}
+
+static void train_install_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = train_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    if (sigaction(SIGTERM, &sa, NULL) != 0 || sigaction(SIGUSR1, &sa, NULL) != 0)
+        vd_die("cannot install signal handlers");
+}
 
 /* This rank's share of the node's cores: the cores it is bound to when the launcher binds
  * ranks, otherwise the node's cores divided by the ranks MPI says share the node. */
@@ -57,15 +86,36 @@ static void train_check_config(const vd_config *cfg, const vd_comm *comm) {
     vd_die("ranks started with different configurations");
 }
 
-static void train_check_projections(const vd_vera *v, const vd_comm *comm) {
-    uint64_t *all = mallocCheck(sizeof(uint64_t) * (size_t)comm->world);
-    vd_comm_allgather_u64(comm, v->proj_checksum, all);
-    for (int32_t i = 0; i < comm->world; i++)
-        if (all[i] != all[0])
-            vd_die("projection checksum differs between rank 0 (%016llx) and rank %d (%016llx): the ranks "
-                   "generated different A/B from projection_prng_key",
-                   (unsigned long long)all[0], (int)i, (unsigned long long)all[i]);
-    free(all);
+/* Everything one run holds; functions below take it whole. */
+typedef struct {
+    vd_config cfg;
+    vd_comm comm;
+    const vd_backend *be;
+    int32_t threads;
+    vd_gpt2_config mc;
+    uint64_t model_fingerprint;
+    vd_gpt2 model;
+    vd_vera vera;
+    vd_adamw opt;
+    vd_adamw_options ao;
+    vd_dataset train, val;
+    int has_val;
+    int32_t B, T;
+    uint64_t S;                /* sequences per optimizer step, global */
+    int32_t *inputs, *targets; /* host (B*T) */
+    char metrics_path[VD_PATH_MAX + 32], adapter_path[VD_PATH_MAX + 32], status_path[VD_PATH_MAX + 32];
+    char config_text[1 << 16];
+    FILE *metrics;
+    int32_t step;              /* optimizer steps completed */
+    float last_loss;
+} train_run;
+
+static void train_write_status(const train_run *run, const char *state) {
+    if (run->comm.rank != 0) return;
+    char buf[256];
+    int n = snprintf(buf, sizeof(buf), "{\"state\": \"%s\", \"step\": %d, \"max_steps\": %d}\n", state,
+                     (int)run->step, (int)run->cfg.max_steps);
+    vd_write_file_atomic(run->status_path, buf, (size_t)n);
 }
 
 /* Adapter tensors under PEFT's names, so the final file reads like a PEFT adapter. */
@@ -92,11 +142,207 @@ static void train_save_adapter(const char *path, const vd_vera *v, const vd_conf
     free(hp);
 }
 
+/* ---- checkpoints ---- */
+
+static void train_write_checkpoint(train_run *run) {
+    if (run->comm.rank != 0) return;
+    const vd_backend *be = run->be;
+    const vd_vera *v = &run->vera;
+    vd_checkpoint ck;
+    memset(&ck, 0, sizeof(ck));
+    ck.config_text = run->config_text;
+    ck.config_hash = vd_hash64(run->config_text, strlen(run->config_text), 0);
+    ck.model = run->mc;
+    ck.model_fingerprint = run->model_fingerprint;
+    ck.r = v->opt.r;
+    ck.max_in = v->max_in;
+    ck.max_out = v->max_out;
+    ck.projection_prng_key = v->opt.key;
+    snprintf(ck.target_modules, sizeof(ck.target_modules), "%s", run->cfg.target_modules);
+    ck.projection_checksum = v->proj_checksum;
+    ck.step = run->step;
+    ck.tokens_seen = (uint64_t)run->step * run->S * (uint64_t)run->T;
+    ck.next_sequence = (uint64_t)run->step * run->S;
+    ck.global_batch_seqs = run->S;
+    ck.world_size = run->comm.world;
+    ck.dropout_seed = run->cfg.seed;
+    ck.adam_t = run->opt.t;
+    ck.last_loss = run->last_loss;
+    ck.n_modules = v->n_modules;
+    ck.modules = callocCheck((size_t)v->n_modules, sizeof(vd_ckpt_module));
+    for (int32_t i = 0; i < v->n_modules; i++) {
+        snprintf(ck.modules[i].name, sizeof(ck.modules[i].name), "%s", v->modules[i].name);
+        ck.modules[i].out = v->modules[i].out;
+        ck.modules[i].off_b = v->modules[i].off_b;
+        ck.modules[i].off_d = v->modules[i].off_d;
+    }
+    ck.n_trainable = v->n_trainable;
+    size_t bytes = sizeof(float) * v->n_trainable;
+    ck.params = mallocCheck(bytes);
+    ck.exp_avg = mallocCheck(bytes);
+    ck.exp_avg_sq = mallocCheck(bytes);
+    be->to_host(ck.params, v->params, bytes);
+    be->to_host(ck.exp_avg, run->opt.m, bytes);
+    be->to_host(ck.exp_avg_sq, run->opt.v, bytes);
+    if (run->cfg.save_projection) {
+        size_t na = sizeof(float) * (size_t)v->opt.r * v->max_in, nb = sizeof(float) * (size_t)v->max_out * v->opt.r;
+        ck.A = mallocCheck(na);
+        ck.B = mallocCheck(nb);
+        be->to_host(ck.A, v->A, na);
+        be->to_host(ck.B, v->B, nb);
+    }
+    char path[VD_PATH_MAX + 64];
+    vd_checkpoint_path(run->cfg.out_dir, run->step, path, sizeof(path));
+    vd_checkpoint_write(path, &ck, run->cfg.ckpt_delay_ms);
+    vd_checkpoint_prune(run->cfg.out_dir, run->cfg.keep_last);
+    ck.config_text = NULL; /* borrowed */
+    vd_checkpoint_free(&ck);
+    vd_log("checkpoint: wrote %s\n", path);
+}
+
+/* Refuses a checkpoint whose math differs from this run's, naming the field. */
+static void train_check_compatible(const train_run *run, const vd_checkpoint *ck, const char *path) {
+    /* walk both canonical texts line by line (same keys, same order); only keys that change
+     * the math must match */
+    const char *pa = ck->config_text, *pb = run->config_text;
+    while (*pa || *pb) {
+        size_t la = strcspn(pa, "\n"), lb = strcspn(pb, "\n");
+        if (la != lb || memcmp(pa, pb, la) != 0) {
+            char lineA[1024], lineB[1024], key[128] = "?";
+            snprintf(lineA, sizeof(lineA), "%.*s", (int)la, pa);
+            snprintf(lineB, sizeof(lineB), "%.*s", (int)lb, pb);
+            vd_config_first_difference(lineA, lineB, key, sizeof(key));
+            if (!vd_config_key_resume_free(key))
+                vd_die("resume: %s was written with '%s', this run has '%s' (this changes the math; HINT: use the "
+                       "checkpoint's value, or --resume none --overwrite 1 to start over)", path, lineA, lineB);
+        }
+        pa += la + (pa[la] == '\n');
+        pb += lb + (pb[lb] == '\n');
+    }
+    if (ck->model_fingerprint != run->model_fingerprint)
+        vd_die("resume: %s belongs to another base model (fingerprint %016llx, this model %s is %016llx)", path,
+               (unsigned long long)ck->model_fingerprint, run->cfg.model, (unsigned long long)run->model_fingerprint);
+    if (ck->global_batch_seqs != run->S)
+        vd_die("resume: %s used a global batch of %llu sequences; this run has batch_size %d x grad_accum %d x %d "
+               "ranks = %llu (HINT: keep batch_size * grad_accum * ranks unchanged)", path,
+               (unsigned long long)ck->global_batch_seqs, (int)run->B, (int)run->cfg.grad_accum,
+               (int)run->comm.world, (unsigned long long)run->S);
+    if (ck->r != run->vera.opt.r || ck->max_in != run->vera.max_in || ck->max_out != run->vera.max_out)
+        vd_die("resume: %s has projections of r %d, %dx%d; this run %d, %dx%d", path, (int)ck->r,
+               (int)ck->max_in, (int)ck->max_out, (int)run->vera.opt.r, (int)run->vera.max_in, (int)run->vera.max_out);
+    if (ck->projection_checksum != run->vera.proj_checksum)
+        vd_die("resume: %s: projection checksum %016llx does not match the projections regenerated from "
+               "projection_prng_key %llu (%016llx)", path, (unsigned long long)ck->projection_checksum,
+               (unsigned long long)run->vera.opt.key, (unsigned long long)run->vera.proj_checksum);
+    if (ck->n_trainable != run->vera.n_trainable || ck->n_modules != run->vera.n_modules)
+        vd_die("resume: %s has %zu trainable values in %d layers; this run has %zu in %d", path, ck->n_trainable,
+               (int)ck->n_modules, run->vera.n_trainable, (int)run->vera.n_modules);
+    for (int32_t i = 0; i < ck->n_modules; i++)
+        if (strcmp(ck->modules[i].name, run->vera.modules[i].name) != 0 || ck->modules[i].off_b != run->vera.modules[i].off_b)
+            vd_die("resume: %s: adapted layer %d is %s, this run has %s", path, (int)i, ck->modules[i].name,
+                   run->vera.modules[i].name);
+}
+
+/* Keeps the metrics rows up to `step`: rows a crashed run wrote past its last checkpoint go. */
+static void train_trim_metrics(const char *path, int32_t step) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return;
+    size_t cap = 1 << 16, len = 0;
+    char *buf = mallocCheck(cap), line[4096];
+    while (fgets(line, sizeof(line), f)) {
+        int s = -1;
+        if (sscanf(line, "{\"step\": %d", &s) != 1 || s > step) continue;
+        size_t n = strlen(line);
+        if (len + n + 1 > cap) { cap = 2 * (len + n + 1); buf = realloc(buf, cap); if (!buf) vd_die("out of memory"); }
+        memcpy(buf + len, line, n);
+        len += n;
+    }
+    fclose(f);
+    vd_write_file_atomic(path, buf, len);
+    free(buf);
+}
+
+/* Chooses where the run starts (rank 0 decides, everyone receives the state). */
+static void train_resume(train_run *run) {
+    const vd_config *cfg = &run->cfg;
+    typedef struct { int32_t found, step, adam_t; float last_loss; } resume_head;
+    resume_head head = {0, 0, 0, 0.0f};
+    size_t n = run->vera.n_trainable;
+    float *state = callocCheck(3 * n, sizeof(float)); /* params, exp_avg, exp_avg_sq */
+    char chosen[VD_PATH_MAX + 64] = "";
+    if (run->comm.rank == 0) {
+        char **paths = NULL;
+        int32_t np = vd_checkpoint_list(cfg->out_dir, &paths);
+        int have_outputs = np > 0 || vd_path_exists(run->metrics_path) || vd_path_exists(run->adapter_path);
+        vd_checkpoint ck;
+        char err[1024];
+        int ok = 0;
+        if (!strcmp(cfg->resume, "none")) {
+            if (have_outputs && !cfg->overwrite)
+                vd_die("out_dir: %s already holds a run (%d checkpoint(s), metrics) and resume is 'none' "
+                       "(HINT: --resume auto continues it; --overwrite 1 starts over and deletes it)",
+                       cfg->out_dir, (int)np);
+        } else if (!strcmp(cfg->resume, "auto")) {
+            for (int32_t i = 0; i < np && !ok; i++) {
+                if (vd_checkpoint_read(paths[i], &ck, err, sizeof(err)) == 0) {
+                    ok = 1;
+                    snprintf(chosen, sizeof(chosen), "%s", paths[i]);
+                } else {
+                    vd_warn("resume: skipping invalid checkpoint: %s", err);
+                }
+            }
+            if (!ok && have_outputs && !cfg->overwrite)
+                vd_die("out_dir: %s holds outputs but no valid checkpoint to resume from "
+                       "(HINT: --overwrite 1 starts over and deletes them)", cfg->out_dir);
+        } else {
+            if (vd_checkpoint_read(cfg->resume, &ck, err, sizeof(err)) != 0) vd_die("resume: %s", err);
+            ok = 1;
+            snprintf(chosen, sizeof(chosen), "%s", cfg->resume);
+        }
+        if (ok) {
+            train_check_compatible(run, &ck, chosen);
+            if (ck.step > cfg->max_steps)
+                vd_die("resume: %s is at step %lld, beyond max_steps %d (HINT: raise max_steps)", chosen,
+                       (long long)ck.step, (int)cfg->max_steps);
+            head = (resume_head){1, (int32_t)ck.step, ck.adam_t, ck.last_loss};
+            memcpy(state, ck.params, sizeof(float) * n);
+            memcpy(state + n, ck.exp_avg, sizeof(float) * n);
+            memcpy(state + 2 * n, ck.exp_avg_sq, sizeof(float) * n);
+            vd_checkpoint_free(&ck);
+        } else if (have_outputs) {
+            /* --overwrite 1: the old run goes, so its checkpoints never mix with this one's */
+            for (int32_t i = 0; i < np; i++)
+                if (unlink(paths[i]) != 0) vd_die("%s: cannot delete old checkpoint", paths[i]);
+            unlink(run->adapter_path);
+        }
+        vd_checkpoint_list_free(paths, np);
+    }
+    vd_comm_bcast(&run->comm, &head, sizeof(head), 0);
+    if (head.found) {
+        vd_comm_bcast(&run->comm, state, sizeof(float) * 3 * n, 0);
+        const vd_backend *be = run->be;
+        be->to_device(run->vera.params, state, sizeof(float) * n);
+        be->to_device(run->opt.m, state + n, sizeof(float) * n);
+        be->to_device(run->opt.v, state + 2 * n, sizeof(float) * n);
+        run->opt.t = head.adam_t;
+        run->step = head.step;
+        run->last_loss = head.last_loss;
+        vd_vera_refresh(&run->vera);
+        vd_log("resume: continuing from %s at step %d\n", run->comm.rank == 0 ? chosen : "checkpoint", (int)head.step);
+    } else if (run->cfg.init_adapter[0]) {
+        vd_peft_load_dir(&run->vera, run->cfg.init_adapter);
+        vd_log("resume: starting fresh from the PEFT adapter %s\n", run->cfg.init_adapter);
+    } else {
+        vd_log("resume: starting fresh\n");
+    }
+    free(state);
+}
+
 typedef struct {
     const vd_comm *comm;
     vd_gpt2 *model;
     const vd_dataset *val;
-    int32_t *inputs, *targets;  /* host (B*T) */
+    int32_t *inputs, *targets;
     int32_t B, T, eval_seqs;
 } train_eval;
 
@@ -125,6 +371,132 @@ static void train_format_eta(double seconds, char *out, size_t cap) {
     else snprintf(out, cap, "%ld:%02ld", s / 60, s % 60);
 }
 
+/* One optimizer step: grad_accum micro-batches, the one all-reduce, AdamW. Returns 1 if any
+ * rank asked to stop (the request rides in the same all-reduce). */
+static int train_step(train_run *run, float *loss_out, float *lr_out, float *norm_out) {
+    const vd_backend *be = run->be;
+    vd_vera *vera = &run->vera;
+    int32_t B = run->B, T = run->T, world = run->comm.world, rank = run->comm.rank, step = run->step;
+    uint64_t S = run->S;
+    vd_vera_zero_grads(vera);
+    double loss_sum = 0.0;
+    float dloss = 1.0f / (float)(S * (uint64_t)T);
+    for (int32_t micro = 0; micro < run->cfg.grad_accum; micro++) {
+        /* rank k's part of the global batch: see docs/data-format.md, "Global batch order" */
+        uint64_t first = (uint64_t)step * S + ((uint64_t)micro * world + rank) * (uint64_t)B;
+        for (int32_t b = 0; b < B; b++)
+            vd_dataset_get(&run->train, first + (uint64_t)b, run->inputs + (size_t)b * T, run->targets + (size_t)b * T);
+        vd_fwd_ctx ctx = {1, vd_mix64(run->cfg.seed ^ vd_mix64((uint64_t)step + 1)), first * (uint64_t)T};
+        loss_sum += vd_gpt2_forward(&run->model, run->inputs, run->targets, B, &ctx);
+        vd_gpt2_backward(&run->model, dloss, &ctx);
+    }
+    float extra[2] = {(float)loss_sum, g_stop_signal ? 1.0f : 0.0f};
+    be->to_device(vera->grads + vera->n_trainable, extra, sizeof(extra));
+    /* the one collective of the step: every gradient, the loss and the stop flag, one buffer */
+    vd_comm_allreduce_sum_f32(&run->comm, vera->grads, vera->n_reduce);
+    be->to_host(extra, vera->grads + vera->n_trainable, sizeof(extra));
+    *loss_out = extra[0] / (float)(S * (uint64_t)T);
+    *lr_out = vd_lr_schedule(&run->ao, step);
+    *norm_out = vd_adamw_step(&run->opt, vera->params, vera->grads, *lr_out);
+    vd_vera_refresh(vera);
+    run->step++;
+    return extra[1] > 0.0f;
+}
+
+static void train_setup(train_run *run, int argc, char **argv) {
+    vd_config *cfg = &run->cfg;
+    vd_comm_init(&run->comm, &argc, &argv);
+    vd_config_defaults(cfg);
+    vd_config_parse(cfg, argc, argv, 1);
+    vd_config_validate(cfg);
+    train_check_config(cfg, &run->comm);
+    vd_config_serialize(cfg, run->config_text, sizeof(run->config_text));
+    train_install_signals();
+
+    if (!strcmp(cfg->device, "cuda"))
+        vd_die("device: 'cuda' requested but this build has no CUDA backend (HINT: use --device cpu or auto)");
+    if (!strcmp(cfg->device, "auto")) vd_log("device: auto -> cpu (this build has no CUDA backend)\n");
+    run->be = vd_backend_cpu();
+    run->threads = train_pick_threads(cfg, &run->comm);
+    vd_backend_cpu_set_threads(run->threads);
+    snprintf(run->metrics_path, sizeof(run->metrics_path), "%s/metrics.jsonl", cfg->out_dir);
+    snprintf(run->adapter_path, sizeof(run->adapter_path), "%s/adapter_final.safetensors", cfg->out_dir);
+    snprintf(run->status_path, sizeof(run->status_path), "%s/status.json", cfg->out_dir);
+
+    /* ---- model and data: everything is validated before anything is written ---- */
+    float *host_params = vd_gpt2_load_hf(cfg->model, &run->mc);
+    if (cfg->seq_len > run->mc.max_seq_len)
+        vd_die("seq_len: %d is larger than the model's context n_positions = %d (%s/config.json)",
+               (int)cfg->seq_len, (int)run->mc.max_seq_len, cfg->model);
+    run->model_fingerprint = vd_gpt2_fingerprint(&run->mc, host_params);
+    memset(&run->val, 0, sizeof(run->val));
+    vd_dataset_open(&run->train, cfg->train_data, cfg->seq_len, run->mc.vocab_size, "train_data");
+    run->has_val = cfg->val_data[0] != 0;
+    if (run->has_val) vd_dataset_open(&run->val, cfg->val_data, cfg->seq_len, run->mc.vocab_size, "val_data");
+
+    run->B = cfg->batch_size;
+    run->T = cfg->seq_len;
+    run->S = (uint64_t)run->B * (uint64_t)cfg->grad_accum * (uint64_t)run->comm.world;
+    vd_gpt2_init(&run->model, run->be, &run->mc, host_params);
+    free(host_params);
+    vd_gpt2_alloc_acts(&run->model, run->B, run->T);
+    vd_vera_options vo = {cfg->r, cfg->d_initial, cfg->projection_prng_key, cfg->target_mask, cfg->vera_dropout};
+    vd_vera_init(&run->vera, run->be, &run->model, &vo);
+    vd_weff_policy policy = VD_WEFF_AUTO;
+    const char *weff_env = getenv("VERA_WEFF"); /* debugging / benchmarking knob */
+    if (weff_env && !strcmp(weff_env, "always")) policy = VD_WEFF_ALWAYS;
+    if (weff_env && !strcmp(weff_env, "never")) policy = VD_WEFF_NEVER;
+    vd_vera_alloc_acts(&run->vera, run->B * run->T, (int64_t)run->B * run->T * cfg->grad_accum, policy);
+
+    /* every rank generated A and B itself: they must agree */
+    uint64_t *all = mallocCheck(sizeof(uint64_t) * (size_t)run->comm.world);
+    vd_comm_allgather_u64(&run->comm, run->vera.proj_checksum, all);
+    for (int32_t i = 0; i < run->comm.world; i++)
+        if (all[i] != all[0])
+            vd_die("projection checksum differs between rank 0 (%016llx) and rank %d (%016llx): the ranks "
+                   "generated different A/B from projection_prng_key",
+                   (unsigned long long)all[0], (int)i, (unsigned long long)all[i]);
+    free(all);
+    run->ao = (vd_adamw_options){cfg->lr, cfg->min_lr_ratio, cfg->warmup_steps, cfg->max_steps, cfg->beta1,
+                                 cfg->beta2, cfg->adam_eps, cfg->weight_decay, cfg->grad_clip};
+    vd_adamw_init(&run->opt, run->be, run->vera.n_trainable, &run->ao);
+    run->inputs = mallocCheck(sizeof(int32_t) * (size_t)run->B * run->T);
+    run->targets = mallocCheck(sizeof(int32_t) * (size_t)run->B * run->T);
+}
+
+static void train_print_summary(const train_run *run) {
+    const vd_config *cfg = &run->cfg;
+    const vd_vera *v = &run->vera;
+    int32_t n_weff = 0;
+    for (int32_t i = 0; i < v->n_modules; i++) n_weff += v->modules[i].weff != NULL;
+    vd_log("vera-dist: %d rank(s), %d thread(s) per rank, backend %s\n", (int)run->comm.world, (int)run->threads,
+           run->be->name);
+    vd_log("model: %s: %d layers, %d heads, %d dim, vocab %d, context %d, %zu frozen parameters\n", cfg->model,
+           (int)run->mc.n_layer, (int)run->mc.n_head, (int)run->mc.channels, (int)run->mc.vocab_size,
+           (int)run->mc.max_seq_len, run->model.num_params);
+    vd_log("vera: r=%d, %d adapted layers (%s), A %dx%d, B %dx%d, projection checksum %016llx\n", (int)cfg->r,
+           (int)v->n_modules, cfg->target_modules, (int)cfg->r, (int)v->max_in, (int)v->max_out, (int)cfg->r,
+           (unsigned long long)v->proj_checksum);
+    vd_log("trainable parameters: %zu (sum over adapted layers of out + r)\n", v->n_trainable);
+    vd_log("all-reduce per optimizer step: %zu floats = %zu bytes (trainable gradients + loss + stop flag)\n",
+           v->n_reduce, sizeof(float) * v->n_reduce);
+    vd_log("input gradient: merged W0+dW on %d of %d adapted layers, factored on the rest\n", (int)n_weff,
+           (int)v->n_modules);
+    vd_log("data: %s: %llu sequences of %d tokens per epoch; global batch %llu sequences = %llu tokens\n",
+           cfg->train_data, (unsigned long long)run->train.n_seqs, (int)run->T, (unsigned long long)run->S,
+           (unsigned long long)(run->S * (uint64_t)run->T));
+}
+
+static void train_free(train_run *run) {
+    free(run->inputs);
+    free(run->targets);
+    vd_adamw_free(&run->opt);
+    vd_vera_free(&run->vera);
+    vd_gpt2_free(&run->model);
+    vd_dataset_close(&run->train);
+    if (run->has_val) vd_dataset_close(&run->val);
+}
+
 int vd_train_main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -132,175 +504,100 @@ int vd_train_main(int argc, char **argv) {
             return 0;
         }
     }
-    vd_comm comm;
-    vd_comm_init(&comm, &argc, &argv);
-    vd_config cfg;
-    vd_config_defaults(&cfg);
-    vd_config_parse(&cfg, argc, argv, 1);
-    vd_config_validate(&cfg);
-    train_check_config(&cfg, &comm);
-
-    if (!strcmp(cfg.device, "cuda"))
-        vd_die("device: 'cuda' requested but this build has no CUDA backend (HINT: use --device cpu or auto)");
-    const vd_backend *be = vd_backend_cpu();
-    int32_t threads = train_pick_threads(&cfg, &comm);
-    vd_backend_cpu_set_threads(threads);
-
-    /* ---- outputs: refuse to overwrite before anything is loaded or written ---- */
-    char metrics_path[VD_PATH_MAX + 32], adapter_path[VD_PATH_MAX + 32];
-    snprintf(metrics_path, sizeof(metrics_path), "%s/metrics.jsonl", cfg.out_dir);
-    snprintf(adapter_path, sizeof(adapter_path), "%s/adapter_final.safetensors", cfg.out_dir);
-    if (comm.rank == 0 && !cfg.overwrite && (vd_path_exists(metrics_path) || vd_path_exists(adapter_path)))
-        vd_die("out_dir: %s already holds a run (metrics.jsonl / adapter_final.safetensors) "
-               "(HINT: choose another out_dir or pass --overwrite 1)", cfg.out_dir);
-
-    /* ---- model and data ---- */
-    vd_gpt2_config mc;
-    float *host_params = vd_gpt2_load_hf(cfg.model, &mc);
-    if (cfg.seq_len > mc.max_seq_len)
-        vd_die("seq_len: %d is larger than the model's context n_positions = %d (%s/config.json)",
-               (int)cfg.seq_len, (int)mc.max_seq_len, cfg.model);
-    vd_dataset train, val;
-    memset(&val, 0, sizeof(val));
-    vd_dataset_open(&train, cfg.train_data, cfg.seq_len, mc.vocab_size, "train_data");
-    int has_val = cfg.val_data[0] != 0;
-    if (has_val) vd_dataset_open(&val, cfg.val_data, cfg.seq_len, mc.vocab_size, "val_data");
-
-    int32_t B = cfg.batch_size, T = cfg.seq_len, world = comm.world, rank = comm.rank;
-    uint64_t S = (uint64_t)B * (uint64_t)cfg.grad_accum * (uint64_t)world; /* sequences per step */
-    vd_gpt2 model;
-    vd_gpt2_init(&model, be, &mc, host_params);
-    free(host_params);
-    vd_gpt2_alloc_acts(&model, B, T);
-    vd_vera vera;
-    vd_vera_options vo = {cfg.r, cfg.d_initial, cfg.projection_prng_key, cfg.target_mask, cfg.vera_dropout};
-    vd_vera_init(&vera, be, &model, &vo);
-    vd_weff_policy policy = VD_WEFF_AUTO;
-    const char *weff_env = getenv("VERA_WEFF"); /* debugging / benchmarking knob */
-    if (weff_env && !strcmp(weff_env, "always")) policy = VD_WEFF_ALWAYS;
-    if (weff_env && !strcmp(weff_env, "never")) policy = VD_WEFF_NEVER;
-    vd_vera_alloc_acts(&vera, B * T, (int64_t)B * T * cfg.grad_accum, policy);
-    train_check_projections(&vera, &comm);
-    vd_adamw_options ao = {cfg.lr, cfg.min_lr_ratio, cfg.warmup_steps, cfg.max_steps, cfg.beta1, cfg.beta2,
-                           cfg.adam_eps, cfg.weight_decay, cfg.grad_clip};
-    vd_adamw opt;
-    vd_adamw_init(&opt, be, vera.n_trainable, &ao);
-
-    size_t allreduce_bytes = sizeof(float) * vera.n_reduce;
-    int32_t n_weff = 0;
-    for (int32_t i = 0; i < vera.n_modules; i++) n_weff += vera.modules[i].weff != NULL;
-    vd_log("vera-dist: %d rank(s), %d thread(s) per rank, backend %s\n", (int)world, (int)threads, be->name);
-    vd_log("model: %s: %d layers, %d heads, %d dim, vocab %d, context %d, %zu frozen parameters\n", cfg.model,
-           (int)mc.n_layer, (int)mc.n_head, (int)mc.channels, (int)mc.vocab_size, (int)mc.max_seq_len,
-           model.num_params);
-    vd_log("vera: r=%d, %d adapted layers (%s), A %dx%d, B %dx%d, projection checksum %016llx\n", (int)cfg.r,
-           (int)vera.n_modules, cfg.target_modules, (int)cfg.r, (int)vera.max_in, (int)vera.max_out, (int)cfg.r,
-           (unsigned long long)vera.proj_checksum);
-    vd_log("trainable parameters: %zu (sum over adapted layers of out + r)\n", vera.n_trainable);
-    vd_log("all-reduce per optimizer step: %zu floats = %zu bytes (trainable gradients + loss)\n", vera.n_reduce,
-           allreduce_bytes);
-    vd_log("input gradient: merged W0+dW on %d of %d adapted layers, factored on the rest\n", (int)n_weff,
-           (int)vera.n_modules);
-    vd_log("data: %s: %llu sequences of %d tokens per epoch; global batch %llu sequences = %llu tokens\n",
-           cfg.train_data, (unsigned long long)train.n_seqs, (int)T, (unsigned long long)S,
-           (unsigned long long)(S * (uint64_t)T));
-
-    FILE *metrics = NULL;
+    static train_run run; /* large (config text); static keeps it off the stack */
+    memset(&run, 0, sizeof(run));
+    train_setup(&run, argc, argv);
+    train_print_summary(&run);
+    const vd_config *cfg = &run.cfg;
+    int32_t rank = run.comm.rank;
+    if (rank == 0) vd_mkdir_p(cfg->out_dir);
+    train_resume(&run);
     if (rank == 0) {
-        vd_mkdir_p(cfg.out_dir);
-        metrics = fopenCheck(metrics_path, "w");
+        if (run.step > 0) train_trim_metrics(run.metrics_path, run.step);
+        run.metrics = fopenCheck(run.metrics_path, run.step > 0 ? "a" : "w");
     }
+    train_write_status(&run, "running");
 
-    int32_t *inputs = mallocCheck(sizeof(int32_t) * (size_t)B * T);
-    int32_t *targets = mallocCheck(sizeof(int32_t) * (size_t)B * T);
-    train_eval ev = {&comm, &model, has_val ? &val : NULL, inputs, targets, B, T, cfg.eval_seqs};
-    float dloss = 1.0f / (float)(S * (uint64_t)T);
-    uint64_t epoch = 0;
+    train_eval ev = {&run.comm, &run.model, run.has_val ? &run.val : NULL, run.inputs, run.targets, run.B, run.T,
+                     cfg->eval_seqs};
+    size_t allreduce_bytes = sizeof(float) * run.vera.n_reduce;
+    uint64_t epoch = run.step > 0 ? vd_dataset_epoch(&run.train, (uint64_t)run.step * run.S - 1) : 0;
+    int32_t first_step = run.step;
     double t_start = vd_time_s();
-    float last_loss = 0.0f;
-    for (int32_t step = 0; step < cfg.max_steps; step++) {
+    int stopped = 0;
+    while (run.step < cfg->max_steps) {
         double t0 = vd_time_s();
-        uint64_t e_last = vd_dataset_epoch(&train, (uint64_t)step * S + S - 1);
+        uint64_t e_last = vd_dataset_epoch(&run.train, (uint64_t)run.step * run.S + run.S - 1);
         if (e_last > epoch) {
             epoch = e_last;
-            vd_log("epoch %llu starts at step %d\n", (unsigned long long)epoch, (int)step + 1);
+            vd_log("epoch %llu starts at step %d\n", (unsigned long long)epoch, (int)run.step + 1);
         }
-        vd_vera_zero_grads(&vera);
-        double loss_sum = 0.0;
-        for (int32_t micro = 0; micro < cfg.grad_accum; micro++) {
-            /* rank k's part of the global batch: see docs/data-format.md, "Global batch order" */
-            uint64_t first = (uint64_t)step * S + ((uint64_t)micro * world + rank) * (uint64_t)B;
-            for (int32_t b = 0; b < B; b++)
-                vd_dataset_get(&train, first + (uint64_t)b, inputs + (size_t)b * T, targets + (size_t)b * T);
-            vd_fwd_ctx ctx = {1, vd_mix64(cfg.seed ^ vd_mix64((uint64_t)step + 1)), first * (uint64_t)T};
-            loss_sum += vd_gpt2_forward(&model, inputs, targets, B, &ctx);
-            vd_gpt2_backward(&model, dloss, &ctx);
-        }
-        float loss_slot = (float)loss_sum;
-        be->to_device(vera.grads + vera.n_trainable, &loss_slot, sizeof(float));
-        /* the one collective of the step: every gradient and the loss, one buffer */
-        vd_comm_allreduce_sum_f32(&comm, vera.grads, vera.n_reduce);
-        be->to_host(&loss_slot, vera.grads + vera.n_trainable, sizeof(float));
-        float loss = loss_slot / (float)(S * (uint64_t)T);
-        float lr = vd_lr_schedule(&ao, step);
-        float norm = vd_adamw_step(&opt, vera.params, vera.grads, lr);
-        vd_vera_refresh(&vera);
+        float loss, lr, norm;
+        stopped = train_step(&run, &loss, &lr, &norm);
         double ms = 1e3 * (vd_time_s() - t0);
-        if (!isfinite(loss)) vd_die("loss is %f at step %d (HINT: lower lr)", (double)loss, (int)step + 1);
-        last_loss = loss;
+        if (!isfinite(loss)) vd_die("loss is %f at step %d (HINT: lower lr)", (double)loss, (int)run.step);
+        run.last_loss = loss;
+        int32_t step = run.step; /* 1-based number of the step just taken */
 
         double val_loss = NAN;
-        int do_eval = has_val && ((cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0) || step + 1 == cfg.max_steps);
+        int do_eval = run.has_val && ((cfg->eval_every > 0 && step % cfg->eval_every == 0) || step == cfg->max_steps);
         if (do_eval) val_loss = train_evaluate(&ev);
-        uint64_t tokens = (uint64_t)(step + 1) * S * (uint64_t)T;
         if (rank == 0) {
             double elapsed = vd_time_s() - t_start;
-            double tok_s = (double)(S * (uint64_t)T) / (ms / 1e3);
-            if ((step + 1) % cfg.log_every == 0 || step == 0 || step + 1 == cfg.max_steps || do_eval) {
+            double tok_s = (double)(run.S * (uint64_t)run.T) / (ms / 1e3);
+            if (step % cfg->log_every == 0 || step == first_step + 1 || step == cfg->max_steps || do_eval) {
                 char eta[32];
-                train_format_eta(elapsed / (step + 1) * (cfg.max_steps - step - 1), eta, sizeof(eta));
+                train_format_eta(elapsed / (step - first_step) * (cfg->max_steps - step), eta, sizeof(eta));
                 printf("step %*d/%d | loss %.4f | lr %.2e | grad norm %.4f | %.0f tok/s | %.1f ms | ETA %s",
-                       (int)snprintf(NULL, 0, "%d", (int)cfg.max_steps), (int)step + 1, (int)cfg.max_steps,
+                       (int)snprintf(NULL, 0, "%d", (int)cfg->max_steps), (int)step, (int)cfg->max_steps,
                        (double)loss, (double)lr, (double)norm, tok_s, ms, eta);
                 if (do_eval) printf(" | val loss %.4f", val_loss);
                 printf("\n");
                 fflush(stdout);
             }
-            fprintf(metrics, "{\"step\": %d, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens\": %llu, "
-                             "\"ms\": %.3f, \"allreduce_bytes\": %zu, \"epoch\": %llu",
-                    (int)step + 1, (double)loss, (double)lr, (double)norm, (unsigned long long)tokens, ms,
-                    allreduce_bytes, (unsigned long long)epoch);
-            if (do_eval) fprintf(metrics, ", \"val_loss\": %.9g", val_loss);
-            fprintf(metrics, "}\n");
-            if (fflush(metrics) != 0) vd_die("%s: write failed", metrics_path);
+            fprintf(run.metrics, "{\"step\": %d, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens\": %llu, "
+                                 "\"ms\": %.3f, \"allreduce_bytes\": %zu, \"epoch\": %llu",
+                    (int)step, (double)loss, (double)lr, (double)norm,
+                    (unsigned long long)((uint64_t)step * run.S * (uint64_t)run.T), ms, allreduce_bytes,
+                    (unsigned long long)epoch);
+            if (do_eval) fprintf(run.metrics, ", \"val_loss\": %.9g", val_loss);
+            fprintf(run.metrics, "}\n");
+            if (fflush(run.metrics) != 0) vd_die("%s: write failed", run.metrics_path);
+        }
+        if (stopped) break;
+        if (cfg->ckpt_every > 0 && step % cfg->ckpt_every == 0 && step < cfg->max_steps) {
+            train_write_checkpoint(&run);
+            train_write_status(&run, "running");
         }
     }
 
     /* every rank must hold the same vectors: one hash per rank, compared */
-    float *hp = mallocCheck(sizeof(float) * vera.n_trainable);
-    be->to_host(hp, vera.params, sizeof(float) * vera.n_trainable);
-    uint64_t h = vd_hash64(hp, sizeof(float) * vera.n_trainable, 0);
+    float *hp = mallocCheck(sizeof(float) * run.vera.n_trainable);
+    run.be->to_host(hp, run.vera.params, sizeof(float) * run.vera.n_trainable);
+    uint64_t h = vd_hash64(hp, sizeof(float) * run.vera.n_trainable, 0);
     free(hp);
-    uint64_t *all = mallocCheck(sizeof(uint64_t) * (size_t)world);
-    vd_comm_allgather_u64(&comm, h, all);
-    for (int32_t i = 0; i < world; i++)
+    uint64_t *all = mallocCheck(sizeof(uint64_t) * (size_t)run.comm.world);
+    vd_comm_allgather_u64(&run.comm, h, all);
+    for (int32_t i = 0; i < run.comm.world; i++)
         if (all[i] != all[0]) vd_die("trainable vectors diverged: rank %d differs from rank 0", (int)i);
     free(all);
-    if (rank == 0) {
-        fcloseCheck(metrics, metrics_path);
-        train_save_adapter(adapter_path, &vera, &cfg);
+
+    train_write_checkpoint(&run);
+    if (rank == 0) fcloseCheck(run.metrics, run.metrics_path);
+    if (stopped) {
+        train_write_status(&run, "preempted");
+        vd_log("vera-dist: stopped by signal after step %d; checkpoint written; continue with --resume auto\n",
+               (int)run.step);
+    } else {
+        if (rank == 0) train_save_adapter(run.adapter_path, &run.vera, cfg);
+        train_write_status(&run, "finished");
         vd_log("done: %d steps, final loss %.4f, %.1f s; trainable vectors hash %016llx (identical on all %d "
                "ranks); wrote %s\n",
-               (int)cfg.max_steps, (double)last_loss, vd_time_s() - t_start, (unsigned long long)h, (int)world,
-               adapter_path);
+               (int)run.step, (double)run.last_loss, vd_time_s() - t_start, (unsigned long long)h,
+               (int)run.comm.world, run.adapter_path);
     }
-    free(inputs);
-    free(targets);
-    vd_adamw_free(&opt);
-    vd_vera_free(&vera);
-    vd_gpt2_free(&model);
-    vd_dataset_close(&train);
-    if (has_val) vd_dataset_close(&val);
-    vd_comm_free(&comm);
+    vd_comm_barrier(&run.comm); /* nobody leaves before rank 0 has written */
+    train_free(&run);
+    vd_comm_free(&run.comm);
     return 0;
 }

@@ -96,6 +96,25 @@ static void test_round_trip(void) {
           "header order not kept");
     vd_safetensors_close(&st);
     unlink(path);
+
+    /* the padding for every header length mod 8 (names of 1..8 characters) */
+    for (int len = 1; len <= 8; len++) {
+        char name[16];
+        memset(name, 'n', (size_t)len);
+        name[len] = 0;
+        vd_st_entry one = {name, a, 1, {3}};
+        vd_safetensors_write_f32(path, &one, 1, NULL, 0);
+        f = fopen(path, "rb");
+        hl = 0;
+        CHECK(f && fread(&hl, 8, 1, f) == 1, "cannot read back %s", path);
+        if (f) fclose(f);
+        CHECK(hl % 8 == 0, "name length %d: header length %llu not a multiple of 8", len, (unsigned long long)hl);
+        vd_safetensors_open(&st, path);
+        vd_safetensors_read_f32(&st, &st.tensors[0], got);
+        CHECK(got[2] == a[2], "name length %d: value lost", len);
+        vd_safetensors_close(&st);
+    }
+    unlink(path);
 }
 
 /* F16 and BF16 as torch/safetensors store them (little-endian), covering zero, normal,
@@ -103,8 +122,8 @@ static void test_round_trip(void) {
 static void test_half_types(void) {
     char path[512];
     path_in_dir(path, sizeof(path), "half.safetensors");
-    static const uint16_t f16[10] = {0x3c00, 0xc000, 0x0001, 0x03ff, 0x0400, 0x7bff, 0x7c00, 0xfc00, 0x8000, 0x7e01};
-    static const uint32_t f16_want[10] = {
+    static const uint16_t f16[11] = {0x3c00, 0xc000, 0x0001, 0x03ff, 0x0400, 0x7bff, 0x7c00, 0xfc00, 0x8000, 0x7e01, 0xfc01};
+    static const uint32_t f16_want[11] = {
         0x3f800000, /* 1.0 */
         0xc0000000, /* -2.0 */
         0x33800000, /* 2^-24, smallest subnormal */
@@ -115,18 +134,19 @@ static void test_half_types(void) {
         0xff800000, /* -inf */
         0x80000000, /* -0 */
         0x7fc02000, /* quiet NaN, payload kept */
+        0xffc02000, /* signalling NaN: quieted, as torch's .float() (F16C) does */
     };
     static const uint16_t bf16[6] = {0x3f80, 0xc040, 0x0001, 0x7f80, 0xffc1, 0x8000};
     static const uint32_t bf16_want[6] = {0x3f800000, 0xc0400000, 0x00010000, 0x7f800000, 0xffc10000, 0x80000000};
     static const int32_t ints[2] = {7, -7};
-    uint8_t data[20 + 12 + 8];
-    memcpy(data, f16, 20);
-    memcpy(data + 20, bf16, 12);
-    memcpy(data + 32, ints, 8);
+    uint8_t data[22 + 12 + 8];
+    memcpy(data, f16, 22);
+    memcpy(data + 22, bf16, 12);
+    memcpy(data + 34, ints, 8);
     const char *header = "{\"__metadata__\":{\"format\":\"pt\"},"
-                         "\"h\":{\"dtype\":\"F16\",\"shape\":[2,5],\"data_offsets\":[0,20]},"
-                         "\"b\":{\"dtype\":\"BF16\",\"shape\":[6],\"data_offsets\":[20,32]},"
-                         "\"i\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[32,40]}}";
+                         "\"h\":{\"dtype\":\"F16\",\"shape\":[11],\"data_offsets\":[0,22]},"
+                         "\"b\":{\"dtype\":\"BF16\",\"shape\":[6],\"data_offsets\":[22,34]},"
+                         "\"i\":{\"dtype\":\"I32\",\"shape\":[2],\"data_offsets\":[34,42]}}";
     CHECK(strlen(header) % 8 != 0, "test wants an unaligned data section");
     write_header_file(path, header, data, sizeof(data));
 
@@ -139,10 +159,10 @@ static void test_half_types(void) {
     CHECK(h && h->dtype == VD_DTYPE_F16, "F16 dtype");
     CHECK(b && b->dtype == VD_DTYPE_BF16, "BF16 dtype");
     CHECK(i && i->dtype == VD_DTYPE_OTHER && strcmp(i->dtype_name, "I32") == 0, "I32 dtype");
-    float out[10];
+    float out[11];
     if (h) {
         vd_safetensors_read_f32(&st, h, out);
-        for (int k = 0; k < 10; k++)
+        for (int k = 0; k < 11; k++)
             CHECK(f32_bits(out[k]) == f16_want[k], "F16 0x%04x -> 0x%08x, want 0x%08x", f16[k], f32_bits(out[k]), f16_want[k]);
     }
     if (b) {
@@ -153,7 +173,8 @@ static void test_half_types(void) {
     vd_safetensors_close(&st);
 }
 
-/* Exhaustive F16 check: every finite half converts to the value ldexp gives. */
+/* Exhaustive F16 check: every finite half converts to the value ldexp gives (checked once against
+ * torch: all 65536 results equal torch.float16 -> .float() bit for bit). */
 static void test_f16_all(void) {
     char path[512];
     path_in_dir(path, sizeof(path), "f16all.safetensors");
@@ -170,7 +191,9 @@ static void test_f16_all(void) {
         int e = (k >> 10) & 0x1f, m = k & 0x3ff;
         double sign = (k & 0x8000) ? -1.0 : 1.0;
         if (e == 31) {
-            bad += m ? !isnan(out[k]) : !(isinf(out[k]) && (out[k] < 0) == (sign < 0));
+            /* NaN: sign and payload kept, quiet bit set (what torch's .float() gives) */
+            uint32_t nan_bits = ((k & 0x8000u) << 16) | 0x7fc00000u | ((uint32_t)m << 13);
+            bad += m ? f32_bits(out[k]) != nan_bits : !(isinf(out[k]) && (out[k] < 0) == (sign < 0));
             continue;
         }
         double want = e ? sign * ldexp(1024 + m, e - 25) : sign * ldexp(m, -24);
@@ -264,6 +287,8 @@ static void test_malformed(void) {
                       "{\"x\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,0]}}", 8,
                       "tensor x: data_offsets span 0 bytes");
     expect_bad_header("json.safetensors", "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],", 8, "header is not valid JSON");
+    expect_bad_header("trail.safetensors", "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}  xyz", 8,
+                      "header has bytes after the JSON object at byte 56");
     expect_bad_header("notobj.safetensors", "[1, 2, 3]", 8, "header is not a JSON object");
     expect_bad_header("dtype.safetensors", "{\"x\":{\"dtype\":\"F99\",\"shape\":[1],\"data_offsets\":[0,4]}}", 8,
                       "tensor x: unknown dtype \"F99\"");

@@ -43,12 +43,13 @@ typedef struct vd_vera {
     vd_vera_module *modules;  /* (n_modules) PEFT's order: block by block, c_attn, c_proj, c_fc, c_proj */
     int32_t *module_of;       /* (n_layer * 4) module index of (block, kind) or -1 */
     size_t n_trainable;       /* sum over modules of (out + r) */
-    size_t n_reduce;          /* n_trainable + 1: the loss sum rides in the last slot */
+    size_t n_reduce;          /* n_trainable + 2: the loss sum and the stop-request count ride along */
     uint64_t proj_checksum;   /* hash of A and B as generated */
     float *A;                 /* (r, max_in) device */
     float *B;                 /* (max_out, r) device */
     float *params;            /* (n_trainable) device: [lambda_b, lambda_d] per module */
-    float *grads;             /* (n_reduce) device: gradients, then the loss sum */
+    float *grads;             /* (n_reduce) device: gradients, then the loss sum, then the number of
+                               * ranks that received a stop signal (SIGTERM/SIGUSR1) */
     /* scratch, sized for N = B*T tokens */
     int32_t N;
     float *xdrop;             /* (N, max_in) dropped adapter input */

@@ -32,6 +32,7 @@ typedef struct vd_config {
     char target_modules[256];      /* as given, e.g. "attn.c_attn,mlp.c_fc" or "all" */
     uint32_t target_mask;          /* parsed vd_target bits */
     float vera_dropout;            /* dropout probability on the adapter input */
+    char init_adapter[VD_PATH_MAX]; /* PEFT adapter directory to start from; "" = b 0, d d_initial */
     /* [train] */
     int32_t batch_size;            /* sequences per micro-batch per rank */
     int32_t seq_len;               /* tokens per sequence */
@@ -52,6 +53,12 @@ typedef struct vd_config {
     /* [system] */
     int32_t threads;               /* threads per rank; 0 = node cores / ranks on the node */
     char device[16];               /* "cpu" (cuda comes with the GPU backend) */
+    /* [checkpoint] */
+    int32_t ckpt_every;            /* steps between checkpoints; 0 = only at the end */
+    int32_t keep_last;             /* checkpoints kept */
+    int32_t save_projection;       /* 1: store A and B in checkpoints */
+    char resume[VD_PATH_MAX];      /* "auto", "none" or a checkpoint path */
+    int32_t ckpt_delay_ms;         /* testing only: slow checkpoint writes down */
 } vd_config;
 
 void vd_config_defaults(vd_config *c);
@@ -74,5 +81,9 @@ int vd_config_set(vd_config *c, const char *key, const char *value, char *err, s
  * copies the key of the first differing line into key_out and returns key_out. */
 const char *vd_config_first_difference(const char *serialized_a, const char *serialized_b,
                                        char *key_out, size_t cap);
+
+/* 1 if key may differ between a checkpoint and the run that resumes it (logging, paths,
+ * max_steps, the per-rank split of an unchanged global batch, ...); 0 if it changes the math. */
+int vd_config_key_resume_free(const char *key);
 
 #endif

@@ -14,15 +14,44 @@ make_model "$TMP/model" 2 2 32 256 64
 make_data "$TMP/data" 20000
 OUT="$TMP/out"
 BASE=(--model "$TMP/model" --train_data "$TMP/data/train_*.bin" --val_data "$TMP/data/val_*.bin"
-      --out_dir "$OUT" --batch_size 2 --seq_len 32 --max_steps 2 --warmup_steps 0 --r 8 --threads 1)
+      --out_dir "$OUT" --overwrite 1 --batch_size 2 --seq_len 32 --max_steps 2 --warmup_steps 0 --r 8 --threads 1)
 
 # A good run first: the baseline must work, and its output is what the bad runs must not touch.
 vd_mpirun 2 "$TMP/good.log" "${BASE[@]}"
 [[ -s "$OUT/metrics.jsonl" && -s "$OUT/adapter_final.safetensors" ]] || fail "the good run wrote no output"
 snapshot() { (cd "$OUT" && ls -A && sha256sum -- *); }
 BEFORE="$(snapshot)"
+cp -a "$OUT" "$TMP/out.orig"
 
+# Every case runs; failures are collected and reported together at the end.
 NCASES=0
+FAILED=()
+case_fail() {
+  echo "FAIL [$TEST_NAME] $1: $2" >&2
+  FAILED+=("$1")
+}
+# check_case NAME LOG RC 'REGEX1;REGEX2': the checks above on one finished run
+check_case() {
+  local name="$1" log="$2" rc="$3" pats="$4"
+  NCASES=$((NCASES + 1))
+  if [[ "$(snapshot)" != "$BEFORE" ]]; then
+    case_fail "$name" "the existing output in out_dir changed: $(cd "$OUT" && ls -l | tail -n +2 | tr '\n' ';')"
+    rm -rf "$OUT" && cp -a "$TMP/out.orig" "$OUT"
+  fi
+  if [[ $rc -eq 124 || $rc -eq 137 ]]; then
+    tail -n 20 "$log" >&2; case_fail "$name" "timed out after ${MPI_TIMEOUT}s (hang)"; return
+  fi
+  if [[ $rc -eq 0 ]]; then
+    tail -n 20 "$log" >&2; case_fail "$name" "exit code 0, expected a failure"; return
+  fi
+  local -a pat_list
+  IFS=';' read -r -a pat_list <<<"$pats"
+  # assert_error exits on failure: run it in a subshell to keep going
+  if ! (assert_error "$log" "${pat_list[@]}") 2>"$log.why"; then
+    tail -n 20 "$log.why" >&2; case_fail "$name" "error message check failed"; return
+  fi
+  note "$name: rc=$rc: $(grep -E -m1 "$ERR_RE" "$log")"
+}
 # expect_error NAME NP 'REGEX1;REGEX2' ARGS... : NP=0 runs vera-dist without mpirun.
 expect_error() {
   local name="$1" np="$2" pats="$3"; shift 3
@@ -32,14 +61,7 @@ expect_error() {
   else
     run_logged "$log" "$MPIRUN" -np "$np" "$VD" "$@" || rc=$?
   fi
-  [[ $rc -ne 124 && $rc -ne 137 ]] || { cat "$log" >&2; fail "$name: timed out after ${MPI_TIMEOUT}s (hang)"; }
-  [[ $rc -ne 0 ]] || { cat "$log" >&2; fail "$name: exit code 0, expected a failure"; }
-  local -a pat_list
-  IFS=';' read -r -a pat_list <<<"$pats"
-  assert_error "$log" "${pat_list[@]}"
-  [[ "$(snapshot)" == "$BEFORE" ]] || fail "$name: the existing output in out_dir changed"
-  NCASES=$((NCASES + 1))
-  note "$name: rc=$rc: $(grep -E -m1 "$ERR_RE" "$log")"
+  check_case "$name" "$log" "$rc" "$pats"
 }
 
 # ---------------------------------------------------------------- data
@@ -110,12 +132,7 @@ expect_error bad_value_on_2_ranks 2 "grad_accum" "${BASE[@]}" --grad_accum 0
 # ranks started with different configurations (MPMD): the error names the key
 log="$TMP/case.different_configs.log"; rc=0
 run_logged "$log" "$MPIRUN" -np 1 "$VD" "${BASE[@]}" --lr 0.01 : -np 1 "$VD" "${BASE[@]}" --lr 0.02 || rc=$?
-[[ $rc -ne 124 && $rc -ne 137 ]] || { cat "$log" >&2; fail "different_configs: timed out (hang)"; }
-[[ $rc -ne 0 ]] || { cat "$log" >&2; fail "different_configs: exit code 0"; }
-assert_error "$log" "different configuration" "'lr'"
-[[ "$(snapshot)" == "$BEFORE" ]] || fail "different_configs: the existing output in out_dir changed"
-NCASES=$((NCASES + 1))
-note "different_configs: rc=$rc: $(grep -E -m1 "$ERR_RE" "$log")"
+check_case different_configs "$log" "$rc" "different configuration;'lr'"
 
 # existing output without --overwrite (the only case without --overwrite 1)
 expect_error out_dir_exists 2 "out_dir;$OUT;overwrite" "${BASE[@]}" --overwrite 0
@@ -126,4 +143,7 @@ expect_error prepare_data_exists 0 "--out;overwrite" prepare-data --in "$TMP/tex
 expect_error init_model_bad_heads 0 "heads|dim" init-model --out "$TMP/m3" --layers 1 --heads 3 --dim 32 \
   --vocab 256 --ctx 64 --seed 1
 
+if [[ ${#FAILED[@]} -gt 0 ]]; then
+  fail "${#FAILED[@]} of $NCASES cases failed: ${FAILED[*]}"
+fi
 note "PASS ($NCASES cases)"

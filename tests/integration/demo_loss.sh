@@ -79,7 +79,7 @@ awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < 0.9 * a) }' ||
 note "loss $first -> $last over $STEPS steps"
 
 # ---- a subset of targets: attn.c_attn only ----
-vd_mpirun 1 "$TMP/sub.log" --config "$TMP/demo.ini" --max_steps 1 --threads 1 --target_modules attn.c_attn \
+vd_mpirun 1 "$TMP/sub.log" --config "$TMP/demo.ini" --max_steps 1 --warmup_steps 0 --threads 1 --target_modules attn.c_attn \
   --out_dir "$TMP/sub" --eval_every 0
 N_QKV=$(( L * (3*C + R) ))
 got=$(log_trainable "$TMP/sub.log")
@@ -87,7 +87,7 @@ got=$(log_trainable "$TMP/sub.log")
 b=$(metrics_field "$TMP/sub/metrics.jsonl" allreduce_bytes)
 [[ "$b" == $(( 4 * (N_QKV + 1) )) ]] || fail "attn.c_attn: allreduce_bytes $b != 4*(N+1) = $(( 4 * (N_QKV + 1) ))"
 # and a mixed pair: attn.c_proj (C -> C) + mlp.c_fc (C -> 4C)
-vd_mpirun 1 "$TMP/sub2.log" --config "$TMP/demo.ini" --max_steps 1 --threads 1 \
+vd_mpirun 1 "$TMP/sub2.log" --config "$TMP/demo.ini" --max_steps 1 --warmup_steps 0 --threads 1 \
   --target_modules attn.c_proj,mlp.c_fc --out_dir "$TMP/sub2" --eval_every 0
 N_PAIR=$(( L * (C + R + 4*C + R) ))
 got=$(log_trainable "$TMP/sub2.log")

@@ -1,0 +1,75 @@
+/* checkpoint.h: HDF5 checkpoints (docs/checkpoint-format.md). Rank 0 writes them atomically
+ * (temporary name in the same directory, flush, fsync, rename); readers verify structure,
+ * shapes and checksums before anything in the file is used. The in-memory form is a plain
+ * host struct, so the trainer never touches HDF5 and the file never depends on the backend. */
+#ifndef VERA_CHECKPOINT_H
+#define VERA_CHECKPOINT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vera/model.h"
+
+#define VD_CKPT_FORMAT "vera-dist-checkpoint"
+#define VD_CKPT_VERSION 1
+
+/* One adapted layer as stored: its module path and vector lengths, in PEFT order. */
+typedef struct {
+    char name[96];        /* e.g. "transformer.h.0.attn.c_attn" */
+    int32_t out;          /* length of lambda_b */
+    size_t off_b, off_d;  /* offsets of lambda_b / lambda_d in the flat arrays below */
+} vd_ckpt_module;
+
+typedef struct {
+    /* identity: what the vectors belong to */
+    char *config_text;            /* vd_config_serialize output of the run that wrote it (malloc'd) */
+    uint64_t config_hash;         /* vd_hash64 of config_text */
+    vd_gpt2_config model;         /* base model shape */
+    uint64_t model_fingerprint;   /* vd_gpt2_fingerprint of the base model */
+    int32_t r, max_in, max_out;
+    uint64_t projection_prng_key;
+    char target_modules[256];     /* canonical form */
+    uint64_t projection_checksum; /* vd_vera.proj_checksum: hash of A then B as generated */
+    /* progress */
+    int64_t step;                 /* optimizer steps completed */
+    uint64_t tokens_seen;         /* global tokens consumed */
+    uint64_t next_sequence;       /* global sequence index the next step starts at */
+    uint64_t global_batch_seqs;   /* sequences per optimizer step (batch_size*grad_accum*world) */
+    int32_t world_size;           /* ranks of the run that wrote it (information only) */
+    uint64_t dropout_seed;        /* run seed; masks are counter-based on (seed, step) */
+    int32_t adam_t;               /* AdamW bias-correction step count */
+    float last_loss;              /* loss of the last completed step */
+    /* tensors (host, fp32) */
+    int32_t n_modules;
+    vd_ckpt_module *modules;      /* (n_modules) */
+    size_t n_trainable;
+    float *params;                /* (n_trainable) lambda_b / lambda_d, at modules' offsets */
+    float *exp_avg;               /* (n_trainable) AdamW first moment */
+    float *exp_avg_sq;            /* (n_trainable) AdamW second moment */
+    float *A;                     /* (r, max_in) or NULL when not stored */
+    float *B;                     /* (max_out, r) or NULL when not stored */
+} vd_checkpoint;
+
+/* Writes ck to path atomically (path + ".tmp.<pid>", H5Fflush, fsync, rename, fsync dir).
+ * Stores A and B only if ck->A and ck->B are non-NULL. delay_ms > 0 sleeps between writing
+ * datasets (tests use it to kill a writer mid-file). Dies (vd_die) on any I/O error. */
+void vd_checkpoint_write(const char *path, const vd_checkpoint *ck, int32_t delay_ms);
+/* Reads and verifies path into ck (allocating its arrays). Returns 0 on success; on any
+ * problem (not HDF5, missing group/dataset/attribute, wrong shape, checksum mismatch,
+ * truncated) returns -1 with a one-line reason in err, leaves ck freed, and never dies. */
+int vd_checkpoint_read(const char *path, vd_checkpoint *ck, char *err, size_t errcap);
+void vd_checkpoint_free(vd_checkpoint *ck);
+/* Checksum over params, exp_avg and exp_avg_sq (and the scalars that drive resume). */
+uint64_t vd_checkpoint_data_checksum(const vd_checkpoint *ck);
+
+/* Checkpoint files in dir/checkpoints matching step_XXXXXXXX.h5, newest (highest step) first.
+ * Returns the count; *paths is a malloc'd array of malloc'd strings (free with
+ * vd_checkpoint_list_free). Missing directory = 0. */
+int32_t vd_checkpoint_list(const char *out_dir, char ***paths);
+void vd_checkpoint_list_free(char **paths, int32_t n);
+/* Removes all but the newest keep_last checkpoints, and stale temporary files. */
+void vd_checkpoint_prune(const char *out_dir, int32_t keep_last);
+/* out_dir/checkpoints/step_%08lld.h5 */
+void vd_checkpoint_path(const char *out_dir, int64_t step, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,1 @@
+/* checkpoint.c: being written */

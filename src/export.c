@@ -1,0 +1,118 @@
+/* export.c: `vera-dist export --checkpoint FILE --format peft|merged --out DIR`.
+ * peft:   adapter_config.json + adapter_model.safetensors that PeftModel.from_pretrained loads;
+ * merged: the base model with W0 + dW folded into each adapted weight, in the Hugging Face
+ *         GPT-2 format transformers loads without PEFT. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vera/adapter.h"
+#include "vera/backend.h"
+#include "vera/checkpoint.h"
+#include "vera/cli.h"
+#include "vera/common.h"
+#include "vera/config.h"
+#include "vera/model.h"
+#include "vera/peft.h"
+
+/* The checkpoint's configuration text back into a vd_config. */
+static void export_config_from_text(vd_config *cfg, const char *text, const char *path) {
+    vd_config_defaults(cfg);
+    const char *p = text;
+    while (*p) {
+        size_t len = strcspn(p, "\n");
+        char line[VD_PATH_MAX + 128];
+        snprintf(line, sizeof(line), "%.*s", (int)len, p);
+        char *eq = strstr(line, " = ");
+        if (eq) {
+            *eq = 0;
+            char err[512];
+            if (vd_config_set(cfg, line, eq + 3, err, sizeof(err)) != 0)
+                vd_die("%s: stored configuration: %s", path, err);
+        }
+        p += len + (p[len] == '\n');
+    }
+}
+
+int vd_export_main(int argc, char **argv) {
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: vera-dist export --checkpoint FILE --format peft|merged --out DIR [--model DIR]\n"
+               "                        [--save_projection 0|1] [--overwrite 1]\n"
+               "peft:   DIR/adapter_config.json + adapter_model.safetensors for PeftModel.from_pretrained\n"
+               "        (save_projection 1, the default, also stores vera_A/vera_B)\n"
+               "merged: DIR/config.json + model.safetensors with W0 + dW merged, for transformers alone\n"
+               "--model overrides the base model directory recorded in the checkpoint.\n");
+        return 0;
+    }
+    const char *ckpath = vd_cli_take_option(&argc, argv, "checkpoint");
+    const char *format = vd_cli_take_option(&argc, argv, "format");
+    const char *out = vd_cli_take_option(&argc, argv, "out");
+    const char *model_dir = vd_cli_take_option(&argc, argv, "model");
+    const char *save_proj = vd_cli_take_option(&argc, argv, "save_projection");
+    const char *overwrite = vd_cli_take_option(&argc, argv, "overwrite");
+    if (argc > 1) vd_die("export: unknown argument '%s' (see vera-dist export --help)", argv[1]);
+    if (!ckpath) vd_die("export: --checkpoint FILE is required");
+    if (!out) vd_die("export: --out DIR is required");
+    if (!format || (strcmp(format, "peft") != 0 && strcmp(format, "merged") != 0))
+        vd_die("export: --format must be peft or merged, got '%s'", format ? format : "");
+    int save_projection = 1;
+    if (save_proj) {
+        if (!strcmp(save_proj, "1") || !strcmp(save_proj, "true")) save_projection = 1;
+        else if (!strcmp(save_proj, "0") || !strcmp(save_proj, "false")) save_projection = 0;
+        else vd_die("export: --save_projection must be 0 or 1, got '%s'", save_proj);
+    }
+    int force = overwrite && (!strcmp(overwrite, "1") || !strcmp(overwrite, "true"));
+    char probe[VD_PATH_MAX + 64];
+    snprintf(probe, sizeof(probe), "%s/%s", out, !strcmp(format, "peft") ? "adapter_model.safetensors" : "model.safetensors");
+    if (vd_path_exists(probe) && !force) vd_die("export: %s already exists (HINT: --overwrite 1 replaces it)", probe);
+
+    vd_checkpoint ck;
+    char err[1024];
+    if (vd_checkpoint_read(ckpath, &ck, err, sizeof(err)) != 0) vd_die("export: %s", err);
+    vd_config cfg;
+    export_config_from_text(&cfg, ck.config_text, ckpath);
+    if (model_dir) snprintf(cfg.model, sizeof(cfg.model), "%s", model_dir);
+
+    const vd_backend *be = vd_backend_cpu();
+    vd_gpt2_config mc;
+    float *host = vd_gpt2_load_hf(cfg.model, &mc);
+    if (vd_gpt2_fingerprint(&mc, host) != ck.model_fingerprint)
+        vd_die("export: %s was trained on another base model than %s (fingerprint differs; HINT: --model DIR)",
+               ckpath, cfg.model);
+    vd_gpt2 model;
+    vd_gpt2_init(&model, be, &mc, host);
+    vd_vera vera;
+    vd_vera_options vo = {cfg.r, cfg.d_initial, cfg.projection_prng_key, cfg.target_mask, 0.0f};
+    vd_vera_init(&vera, be, &model, &vo);
+    if (vera.proj_checksum != ck.projection_checksum || vera.n_trainable != ck.n_trainable)
+        vd_die("export: %s: projections regenerated from the stored key do not match its checksum", ckpath);
+    be->to_device(vera.params, ck.params, sizeof(float) * ck.n_trainable);
+
+    if (!strcmp(format, "peft")) {
+        size_t na = (size_t)vera.opt.r * vera.max_in, nbm = (size_t)vera.max_out * vera.opt.r;
+        float *A = mallocCheck(sizeof(float) * na), *Bm = mallocCheck(sizeof(float) * nbm);
+        be->to_host(A, vera.A, sizeof(float) * na);
+        be->to_host(Bm, vera.B, sizeof(float) * nbm);
+        vd_peft_save_dir(out, &vera, ck.params, A, Bm, save_projection, cfg.model);
+        free(A);
+        free(Bm);
+        printf("export: wrote PEFT adapter %s (step %lld, %d layers, save_projection %d)\n", out, (long long)ck.step,
+               (int)vera.n_modules, save_projection);
+    } else {
+        /* the merged weights are exactly what the trainer's merged backward uses */
+        vd_vera_alloc_acts(&vera, 1, 1, VD_WEFF_ALWAYS);
+        for (int32_t i = 0; i < vera.n_modules; i++) {
+            const vd_vera_module *md = &vera.modules[i];
+            size_t off = (size_t)(md->W0 - model.params_memory);
+            be->to_host(host + off, md->weff, sizeof(float) * (size_t)md->in * md->out);
+        }
+        vd_gpt2_save_hf(out, &mc, host);
+        printf("export: wrote merged model %s (step %lld, %d layers merged)\n", out, (long long)ck.step,
+               (int)vera.n_modules);
+    }
+    free(host);
+    vd_vera_free(&vera);
+    vd_gpt2_free(&model);
+    vd_checkpoint_free(&ck);
+    return 0;
+}

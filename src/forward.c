@@ -1,0 +1,136 @@
+/* forward.c: `vera-dist forward`: one forward and backward on the first batch_size sequences
+ * of a token shard, written to a safetensors file (logits, loss, A, B, and the gradient of every
+ * lambda_b / lambda_d). The PEFT conformance tests compare it with transformers + PEFT. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "vera/adapter.h"
+#include "vera/backend.h"
+#include "vera/cli.h"
+#include "vera/common.h"
+#include "vera/config.h"
+#include "vera/data.h"
+#include "vera/model.h"
+#include "vera/peft.h"
+#include "vera/safetensors.h"
+
+const char *vd_cli_take_option(int *argc, char **argv, const char *name) {
+    size_t ln = strlen(name);
+    for (int i = 1; i < *argc; i++) {
+        const char *a = argv[i];
+        const char *value = NULL;
+        int used = 0;
+        if (!strncmp(a, "--", 2) && !strncmp(a + 2, name, ln) && a[2 + ln] == '=') {
+            value = a + 3 + ln;
+            used = 1;
+        } else if (!strncmp(a, "--", 2) && !strcmp(a + 2, name)) {
+            if (i + 1 >= *argc) vd_die("--%s: missing value", name);
+            value = argv[i + 1];
+            used = 2;
+        }
+        if (used) {
+            for (int j = i; j + used < *argc; j++) argv[j] = argv[j + used];
+            *argc -= used;
+            argv[*argc] = NULL;
+            return value;
+        }
+    }
+    return NULL;
+}
+
+/* A PEFT adapter directory or a single safetensors file with PEFT's key names. */
+static void forward_load_adapter(vd_vera *v, const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) vd_die("--adapter: %s does not exist", path);
+    if (S_ISDIR(st.st_mode)) vd_peft_load_dir(v, path);
+    else vd_peft_load_vectors(v, path);
+}
+
+int vd_forward_main(int argc, char **argv) {
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: vera-dist forward --model DIR --tokens GLOB --out FILE.safetensors [--adapter FILE|DIR]\n"
+               "                         [--batch_size B --seq_len T --r R --target_modules ... (any config key)]\n"
+               "One forward + backward on the first batch_size sequences of the token shards; writes logits\n"
+               "[B,T,V], loss [1], vera_A, vera_B and <module>.vera_lambda_b.grad / .vera_lambda_d.grad\n"
+               "(gradients of the mean token loss) to FILE.\n");
+        return 0;
+    }
+    const char *tokens = vd_cli_take_option(&argc, argv, "tokens");
+    const char *out = vd_cli_take_option(&argc, argv, "out");
+    const char *adapter = vd_cli_take_option(&argc, argv, "adapter");
+    if (!tokens) vd_die("forward: --tokens GLOB is required (llm.c token shards)");
+    if (!out) vd_die("forward: --out FILE is required");
+    vd_config cfg;
+    vd_config_defaults(&cfg);
+    vd_config_parse(&cfg, argc, argv, 1);
+    snprintf(cfg.train_data, sizeof(cfg.train_data), "%s", tokens);
+    vd_config_validate(&cfg);
+    const vd_backend *be = vd_backend_cpu();
+    if (cfg.threads > 0) vd_backend_cpu_set_threads(cfg.threads);
+
+    vd_gpt2_config mc;
+    float *host_params = vd_gpt2_load_hf(cfg.model, &mc);
+    if (cfg.seq_len > mc.max_seq_len)
+        vd_die("seq_len: %d is larger than the model's context n_positions = %d", (int)cfg.seq_len, (int)mc.max_seq_len);
+    vd_dataset ds;
+    vd_dataset_open(&ds, tokens, cfg.seq_len, mc.vocab_size, "tokens");
+    int32_t B = cfg.batch_size, T = cfg.seq_len, V = mc.vocab_size, N = B * T;
+    if ((uint64_t)B > ds.n_seqs) vd_die("--tokens: %s holds %llu sequences, batch_size is %d", tokens, (unsigned long long)ds.n_seqs, (int)B);
+    int32_t *inputs = mallocCheck(sizeof(int32_t) * (size_t)N), *targets = mallocCheck(sizeof(int32_t) * (size_t)N);
+    for (int32_t b = 0; b < B; b++) vd_dataset_get(&ds, (uint64_t)b, inputs + (size_t)b * T, targets + (size_t)b * T);
+
+    vd_gpt2 model;
+    vd_gpt2_init(&model, be, &mc, host_params);
+    free(host_params);
+    vd_gpt2_alloc_acts(&model, B, T);
+    vd_vera vera;
+    vd_vera_options vo = {cfg.r, cfg.d_initial, cfg.projection_prng_key, cfg.target_mask, 0.0f};
+    vd_vera_init(&vera, be, &model, &vo);
+    vd_vera_alloc_acts(&vera, N, N, VD_WEFF_AUTO);
+    if (adapter) forward_load_adapter(&vera, adapter);
+
+    vd_fwd_ctx ctx = {0, 0, 0};
+    vd_gpt2_forward(&model, inputs, NULL, B, &ctx);
+    float *logits = mallocCheck(sizeof(float) * (size_t)N * V);
+    be->to_host(logits, model.logits, sizeof(float) * (size_t)N * V);
+    vd_vera_zero_grads(&vera);
+    float loss = (float)(vd_gpt2_forward(&model, inputs, targets, B, &ctx) / N);
+    vd_gpt2_backward(&model, 1.0f / (float)N, &ctx);
+
+    size_t na = (size_t)cfg.r * vera.max_in, nbm = (size_t)vera.max_out * cfg.r;
+    float *A = mallocCheck(sizeof(float) * na), *Bm = mallocCheck(sizeof(float) * nbm);
+    float *grads = mallocCheck(sizeof(float) * vera.n_trainable);
+    be->to_host(A, vera.A, sizeof(float) * na);
+    be->to_host(Bm, vera.B, sizeof(float) * nbm);
+    be->to_host(grads, vera.grads, sizeof(float) * vera.n_trainable);
+    int32_t n = 4 + 2 * vera.n_modules;
+    vd_st_entry *e = callocCheck((size_t)n, sizeof(vd_st_entry));
+    char (*names)[192] = callocCheck((size_t)n, 192);
+    e[0] = (vd_st_entry){"logits", logits, 3, {B, T, V}};
+    e[1] = (vd_st_entry){"loss", &loss, 1, {1}};
+    e[2] = (vd_st_entry){"vera_A", A, 2, {cfg.r, vera.max_in}};
+    e[3] = (vd_st_entry){"vera_B", Bm, 2, {vera.max_out, cfg.r}};
+    for (int32_t i = 0; i < vera.n_modules; i++) {
+        const vd_vera_module *md = &vera.modules[i];
+        snprintf(names[2 * i], 192, "%s.vera_lambda_b.grad", md->name);
+        snprintf(names[2 * i + 1], 192, "%s.vera_lambda_d.grad", md->name);
+        e[4 + 2 * i] = (vd_st_entry){names[2 * i], grads + md->off_b, 1, {md->out}};
+        e[5 + 2 * i] = (vd_st_entry){names[2 * i + 1], grads + md->off_d, 1, {cfg.r}};
+    }
+    vd_safetensors_write_f32(out, e, n, NULL, 0);
+    printf("forward: %d sequences of %d tokens, loss %.6f, wrote %s\n", (int)B, (int)T, (double)loss, out);
+    free(names);
+    free(e);
+    free(A);
+    free(Bm);
+    free(grads);
+    free(logits);
+    free(inputs);
+    free(targets);
+    vd_vera_free(&vera);
+    vd_gpt2_free(&model);
+    vd_dataset_close(&ds);
+    return 0;
+}

@@ -1,0 +1,201 @@
+/* peft_io.c: reading and writing PEFT's VeRA adapter directories. */
+#include "vera/peft.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vera/common.h"
+#include "vera/safetensors.h"
+
+static const char *const k_module_suffix[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+
+static int peft_bits_equal(const float *a, const float *b, size_t n) { return memcmp(a, b, sizeof(float) * n) == 0; }
+
+/* Compares a projection stored in the file with ours, bit for bit. */
+static void peft_check_projection(const vd_vera *v, const vd_safetensors *st, const char *key, const float *dev,
+                                  int64_t rows, int64_t cols) {
+    const vd_st_tensor *t = vd_safetensors_find(st, key);
+    if (!t) return;
+    if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
+        vd_die("%s: %s has shape [%lld, %lld], expected [%lld, %lld] (other r, target_modules or model?)", st->path,
+               key, (long long)(t->ndim > 0 ? t->shape[0] : -1), (long long)(t->ndim > 1 ? t->shape[1] : -1),
+               (long long)rows, (long long)cols);
+    size_t n = (size_t)(rows * cols);
+    float *file = mallocCheck(sizeof(float) * n), *ours = mallocCheck(sizeof(float) * n);
+    vd_safetensors_read_f32(st, t, file);
+    v->be->to_host(ours, dev, sizeof(float) * n);
+    if (!peft_bits_equal(file, ours, n))
+        vd_die("%s: %s differs from the projection regenerated from projection_prng_key %llu", st->path, key,
+               (unsigned long long)v->opt.key);
+    free(file);
+    free(ours);
+}
+
+void vd_peft_load_vectors(vd_vera *v, const char *path) {
+    vd_safetensors st;
+    vd_safetensors_open(&st, path);
+    float *hp = mallocCheck(sizeof(float) * v->n_trainable);
+    char key[256];
+    for (int32_t i = 0; i < v->n_modules; i++) {
+        const vd_vera_module *md = &v->modules[i];
+        const char *what[2] = {"vera_lambda_b", "vera_lambda_d"};
+        int64_t len[2] = {md->out, v->opt.r};
+        size_t off[2] = {md->off_b, md->off_d};
+        for (int j = 0; j < 2; j++) {
+            snprintf(key, sizeof(key), "base_model.model.%s.%s", md->name, what[j]);
+            const vd_st_tensor *t = vd_safetensors_find(&st, key);
+            if (!t) vd_die("%s: missing tensor %s (HINT: target_modules must match the adapter's)", path, key);
+            if (vd_st_tensor_numel(t) != len[j] || t->ndim != 1)
+                vd_die("%s: tensor %s has %lld elements, expected %lld", path, key, (long long)vd_st_tensor_numel(t),
+                       (long long)len[j]);
+            vd_safetensors_read_f32(&st, t, hp + off[j]);
+        }
+    }
+    /* a vector for a module this run does not adapt means the configurations differ */
+    for (int32_t k = 0; k < st.n_tensors; k++) {
+        const char *name = st.tensors[k].name;
+        if (!strstr(name, ".vera_lambda_")) continue;
+        int known = 0;
+        for (int32_t i = 0; i < v->n_modules && !known; i++) {
+            snprintf(key, sizeof(key), "base_model.model.%s.vera_lambda_", v->modules[i].name);
+            known = strncmp(name, key, strlen(key)) == 0;
+        }
+        if (!known) vd_die("%s: tensor %s belongs to a layer this run does not adapt (HINT: check target_modules)", path, name);
+    }
+    peft_check_projection(v, &st, "base_model.vera_A", v->A, v->opt.r, v->max_in);
+    peft_check_projection(v, &st, "base_model.vera_B", v->B, v->max_out, v->opt.r);
+    v->be->to_device(v->params, hp, sizeof(float) * v->n_trainable);
+    free(hp);
+    vd_safetensors_close(&st);
+    vd_vera_refresh(v);
+}
+
+static char *peft_read_text(const char *path) {
+    FILE *f = fopenCheck(path, "rb");
+    if (fseek(f, 0, SEEK_END) != 0) vd_die("%s: cannot seek", path);
+    long n = ftell(f);
+    if (n < 0 || n > (1 << 24)) vd_die("%s: unexpected size", path);
+    rewind(f);
+    char *buf = mallocCheck((size_t)n + 1);
+    freadCheck(buf, 1, (size_t)n, f, path);
+    buf[n] = 0;
+    fcloseCheck(f, path);
+    return buf;
+}
+
+/* PEFT matches a target name against the end of a module path ("c_attn" matches
+ * "transformer.h.0.attn.c_attn"); map each name to our four kinds. */
+static uint32_t peft_targets_mask(const cJSON *targets, const char *path) {
+    uint32_t mask = 0;
+    if (cJSON_IsString(targets)) {
+        if (!strcmp(targets->valuestring, "all-linear")) return VD_TARGET_ALL;
+        vd_die("%s: target_modules is a regular expression ('%s'); only lists are supported", path, targets->valuestring);
+    }
+    if (!cJSON_IsArray(targets)) vd_die("%s: target_modules is missing or not a list", path);
+    const cJSON *t;
+    cJSON_ArrayForEach(t, targets) {
+        if (!cJSON_IsString(t)) vd_die("%s: target_modules holds a non-string", path);
+        int hit = 0;
+        for (int k = 0; k < 4; k++) {
+            const char *full = k_module_suffix[k];
+            size_t lf = strlen(full), ln = strlen(t->valuestring);
+            if (ln <= lf && !strcmp(full + lf - ln, t->valuestring) && (ln == lf || full[lf - ln - 1] == '.')) {
+                mask |= 1u << k;
+                hit = 1;
+            }
+        }
+        if (!hit) vd_die("%s: target_modules entry '%s' matches no GPT-2 linear layer", path, t->valuestring);
+    }
+    return mask;
+}
+
+void vd_peft_load_dir(vd_vera *v, const char *dir) {
+    char path[VD_PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
+    char *text = peft_read_text(path);
+    cJSON *root = cJSON_Parse(text);
+    if (!root) vd_die("%s: not valid JSON", path);
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
+    if (!cJSON_IsString(type) || strcmp(type->valuestring, "VERA") != 0)
+        vd_die("%s: peft_type is not \"VERA\"", path);
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "r");
+    if (!cJSON_IsNumber(r) || (int32_t)r->valuedouble != v->opt.r)
+        vd_die("%s: r is %g, this run has r = %d", path, cJSON_IsNumber(r) ? r->valuedouble : -1.0, (int)v->opt.r);
+    const cJSON *key = cJSON_GetObjectItemCaseSensitive(root, "projection_prng_key");
+    /* JSON numbers are doubles: compare through the text to keep 64-bit keys exact */
+    char want[32];
+    snprintf(want, sizeof(want), "%llu", (unsigned long long)v->opt.key);
+    char *got = key ? cJSON_PrintUnformatted(key) : NULL;
+    if (!got || (strcmp(got, want) != 0 && (double)v->opt.key != key->valuedouble))
+        vd_die("%s: projection_prng_key is %s, this run has %s", path, got ? got : "missing", want);
+    free(got);
+    uint32_t mask = peft_targets_mask(cJSON_GetObjectItemCaseSensitive(root, "target_modules"), path);
+    if (mask != v->opt.target_mask)
+        vd_die("%s: target_modules select other layers than this run's target_modules", path);
+    const cJSON *ltt = cJSON_GetObjectItemCaseSensitive(root, "layers_to_transform");
+    if (ltt && !cJSON_IsNull(ltt)) vd_die("%s: layers_to_transform is not supported", path);
+    cJSON_Delete(root);
+    free(text);
+    snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
+    vd_peft_load_vectors(v, path);
+}
+
+void vd_peft_save_dir(const char *dir, const vd_vera *v, const float *params, const float *A, const float *B,
+                      int save_projection, const char *base_model_path) {
+    vd_mkdir_p(dir);
+    int32_t n = v->n_modules * 2 + (save_projection ? 2 : 0);
+    vd_st_entry *e = callocCheck((size_t)n, sizeof(vd_st_entry));
+    char (*names)[160] = callocCheck((size_t)n, 160);
+    for (int32_t i = 0; i < v->n_modules; i++) {
+        const vd_vera_module *md = &v->modules[i];
+        snprintf(names[2 * i], 160, "base_model.model.%s.vera_lambda_b", md->name);
+        snprintf(names[2 * i + 1], 160, "base_model.model.%s.vera_lambda_d", md->name);
+        e[2 * i] = (vd_st_entry){names[2 * i], params + md->off_b, 1, {md->out}};
+        e[2 * i + 1] = (vd_st_entry){names[2 * i + 1], params + md->off_d, 1, {v->opt.r}};
+    }
+    if (save_projection) {
+        e[n - 2] = (vd_st_entry){"base_model.vera_A", A, 2, {v->opt.r, v->max_in}};
+        e[n - 1] = (vd_st_entry){"base_model.vera_B", B, 2, {v->max_out, v->opt.r}};
+    }
+    char path[VD_PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
+    const char *meta[] = {"format", "pt"};
+    vd_safetensors_write_f32(path, e, n, meta, 1);
+    free(names);
+    free(e);
+
+    cJSON *root = cJSON_CreateObject();
+    cJSON *am = cJSON_AddObjectToObject(root, "auto_mapping");
+    cJSON_AddStringToObject(am, "base_model_class", "GPT2LMHeadModel");
+    cJSON_AddStringToObject(am, "parent_library", "transformers.models.gpt2.modeling_gpt2");
+    if (base_model_path && base_model_path[0]) cJSON_AddStringToObject(root, "base_model_name_or_path", base_model_path);
+    else cJSON_AddNullToObject(root, "base_model_name_or_path");
+    cJSON_AddStringToObject(root, "bias", "none");
+    cJSON_AddNumberToObject(root, "d_initial", (double)v->opt.d_initial);
+    cJSON_AddBoolToObject(root, "fan_in_fan_out", 1); /* GPT-2's Conv1D stores weights in x out */
+    cJSON_AddBoolToObject(root, "inference_mode", 1);
+    cJSON_AddBoolToObject(root, "init_weights", 1);
+    cJSON_AddNullToObject(root, "layers_pattern");
+    cJSON_AddNullToObject(root, "layers_to_transform");
+    cJSON_AddNullToObject(root, "modules_to_save");
+    cJSON_AddStringToObject(root, "peft_type", "VERA");
+    /* cJSON prints doubles; a 64-bit key above 2^53 needs its exact digits */
+    char keytext[32];
+    snprintf(keytext, sizeof(keytext), "%llu", (unsigned long long)v->opt.key);
+    cJSON_AddItemToObject(root, "projection_prng_key", cJSON_CreateRaw(keytext));
+    cJSON_AddNumberToObject(root, "r", v->opt.r);
+    cJSON_AddNullToObject(root, "revision");
+    cJSON_AddBoolToObject(root, "save_projection", save_projection != 0);
+    cJSON *targets = cJSON_AddArrayToObject(root, "target_modules");
+    for (int k = 0; k < 4; k++)
+        if (v->opt.target_mask & (1u << k)) cJSON_AddItemToArray(targets, cJSON_CreateString(k_module_suffix[k]));
+    cJSON_AddNullToObject(root, "task_type");
+    cJSON_AddNumberToObject(root, "vera_dropout", (double)v->opt.dropout);
+    char *json = cJSON_Print(root);
+    if (!json) vd_die("out of memory writing adapter_config.json");
+    snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
+    vd_write_file_atomic(path, json, strlen(json));
+    free(json);
+    cJSON_Delete(root);
+}

@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# cluster.sh: a real single-node Slurm cluster on loopback, for tests.
+#
+#   DIR=$(bash tests/slurm/cluster.sh start [DIR])   # prints the state directory (only that, on stdout)
+#   export SLURM_CONF=$DIR/slurm.conf                # then sbatch / srun / squeue / scontrol work
+#   bash tests/slurm/cluster.sh status DIR
+#   bash tests/slurm/cluster.sh stop DIR             # kills exactly the daemons start started, removes DIR
+#
+# What start does (Debian 12, run as root; see ../shared/design/platform-notes.md):
+#   * installs slurm-wlm and munge with apt-get when they are missing;
+#   * reuses a munged that already answers, otherwise starts one as the munge user and records
+#     its PID (stop ends it only if start started it);
+#   * writes a private slurm.conf into DIR (nothing in /etc changes): the node is `hostname -s`
+#     at 127.0.0.1 with CPUs=2 and the real socket/core counts, cons_tres + CR_Core,
+#     proctrack/linuxproc, task/none, MpiDefault=pmix, no accounting, JobRequeue=1, a short
+#     KillWait, free TCP ports for slurmctld and slurmd (so it never collides with a system
+#     Slurm or another test cluster);
+#   * starts `slurmctld -D -i` and `slurmd -D` with setsid in the background, records their PIDs
+#     in DIR, and waits (bounded) until sinfo reports the node idle.
+# Logs: DIR/slurmctld.log, DIR/slurmd.log (DIR/*.out hold the daemons' own stdout/stderr).
+# Environment: VERA_SLURM_START_TIMEOUT (seconds to wait for an idle node, default 60),
+#              VERA_SLURM_CPUS (CPUs of the node, default 2).
+set -euo pipefail
+
+say() { echo "[cluster] $*" >&2; }
+die() { echo "[cluster] error: $*" >&2; exit 1; }
+
+usage() { sed -n '2,8p' "$0" >&2; exit 2; }
+
+need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root (slurmd needs it; SlurmUser=root)"; }
+
+install_if_missing() {
+  local missing=() p st
+  for p in slurm-wlm munge; do
+    st=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+    [[ "$st" == installed ]] || missing+=("$p")
+  done
+  for p in slurmctld slurmd sbatch munged; do
+    command -v "$p" >/dev/null 2>&1 || [[ -x /usr/sbin/$p ]] || { [[ " ${missing[*]} " == *" slurm-wlm "* ]] || missing+=(slurm-wlm); }
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get to install them"
+  say "installing ${missing[*]} (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y --no-install-recommends "${missing[@]}" >/tmp/vera-cluster-apt.log 2>&1; then
+    apt-get update -q >>/tmp/vera-cluster-apt.log 2>&1 || true
+    apt-get install -y --no-install-recommends "${missing[@]}" >>/tmp/vera-cluster-apt.log 2>&1 ||
+      { tail -n 20 /tmp/vera-cluster-apt.log >&2; die "apt-get install ${missing[*]} failed"; }
+  fi
+}
+
+munge_works() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
+
+start_munge() {
+  local dir="$1"
+  if munge_works; then
+    say "munged already running: reusing it"
+    return 0
+  fi
+  if pgrep -x munged >/dev/null 2>&1; then
+    die "a munged is running but 'munge -n | unmunge' fails (check /etc/munge/munge.key and /run/munge)"
+  fi
+  if [[ ! -s /etc/munge/munge.key ]]; then
+    say "creating /etc/munge/munge.key"
+    mkdir -p /etc/munge && chown munge:munge /etc/munge && chmod 700 /etc/munge
+    if command -v mungekey >/dev/null 2>&1; then
+      runuser -u munge -- mungekey --create --keyfile=/etc/munge/munge.key
+    else
+      dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 status=none
+      chown munge:munge /etc/munge/munge.key
+    fi
+    chmod 400 /etc/munge/munge.key
+  fi
+  mkdir -p /run/munge /var/lib/munge /var/log/munge
+  chown munge:munge /run/munge /var/lib/munge /var/log/munge
+  chmod 755 /run/munge
+  # --force: a socket/pid file left by a munged that died is replaced (none answers, checked above)
+  runuser -u munge -- /usr/sbin/munged --force || die "munged failed to start (see /var/log/munge/munged.log)"
+  local i pid=""
+  for ((i = 0; i < 50; i++)); do
+    if munge_works; then
+      pid=$(cat /run/munge/munged.pid 2>/dev/null || true)
+      break
+    fi
+    sleep 0.1
+  done
+  [[ -n "$pid" ]] || die "munged started but does not answer (see /var/log/munge/munged.log)"
+  echo "$pid" >"$dir/munged.pid"
+  say "started munged (pid $pid)"
+}
+
+# a TCP port nobody listens on, from a range unlikely to be used by anything else
+free_port() {
+  local used p i
+  used=$(ss -Htan 2>/dev/null | awk '{ n = split($4, a, ":"); print a[n] }' | sort -u)
+  for ((i = 0; i < 200; i++)); do
+    p=$((20000 + RANDOM % 20000))
+    grep -qx "$p" <<<"$used" && continue
+    grep -qx "$p" <<<"${TAKEN_PORTS:-}" && continue
+    TAKEN_PORTS="${TAKEN_PORTS:-}"$'\n'"$p"
+    echo "$p"
+    return 0
+  done
+  die "no free TCP port found"
+}
+
+write_conf() {
+  local dir="$1" host="$2"
+  local cpus="${VERA_SLURM_CPUS:-2}" sockets cores threads
+  # real topology from slurmd -C (what slurmd will report; a mismatch would drain the node)
+  local c
+  c=$(slurmd -C 2>/dev/null | head -n 1 || true)
+  sockets=$(sed -n 's/.*SocketsPerBoard=\([0-9]*\).*/\1/p' <<<"$c")
+  cores=$(sed -n 's/.*CoresPerSocket=\([0-9]*\).*/\1/p' <<<"$c")
+  threads=$(sed -n 's/.*ThreadsPerCore=\([0-9]*\).*/\1/p' <<<"$c")
+  if [[ -z "$sockets" || -z "$cores" || -z "$threads" ]]; then
+    sockets=$(lscpu | awk -F: '/^Socket\(s\)/ { gsub(/ /, "", $2); print $2 }')
+    cores=$(lscpu | awk -F: '/^Core\(s\) per socket/ { gsub(/ /, "", $2); print $2 }')
+    threads=$(lscpu | awk -F: '/^Thread\(s\) per core/ { gsub(/ /, "", $2); print $2 }')
+  fi
+  [[ -n "$sockets" && -n "$cores" && -n "$threads" ]] || die "could not read the CPU topology (slurmd -C, lscpu)"
+  # CPUs must match sockets*cores*threads for slurmd; only lower it when the machine has more
+  local real=$((sockets * cores * threads))
+  [[ $cpus -le $real ]] || cpus=$real
+  local nodeline="NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus"
+  [[ $cpus -eq $real ]] && nodeline+=" Sockets=$sockets CoresPerSocket=$cores ThreadsPerCore=$threads"
+  local ctld_port slurmd_port
+  ctld_port=$(free_port)
+  slurmd_port=$(free_port)
+  mkdir -p "$dir/state" "$dir/spool"
+  cat >"$dir/slurm.conf" <<EOF
+# private test cluster written by tests/slurm/cluster.sh
+ClusterName=veratest
+SlurmctldHost=$host(127.0.0.1)
+SlurmctldPort=$ctld_port
+SlurmdPort=$slurmd_port
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+StateSaveLocation=$dir/state
+SlurmdSpoolDir=$dir/spool
+SlurmctldPidFile=$dir/slurmctld.pidfile
+SlurmdPidFile=$dir/slurmd.pidfile
+SlurmctldLogFile=$dir/slurmctld.log
+SlurmdLogFile=$dir/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=pmix
+ReturnToService=2
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+# fast turn-around for tests: short grace between SIGTERM and SIGKILL, requeue allowed
+KillWait=5
+JobRequeue=1
+MinJobAge=600
+InactiveLimit=0
+$nodeline State=UNKNOWN
+PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP
+EOF
+}
+
+# start one daemon with setsid in the background; records its PID in DIR/NAME.pid
+start_daemon() {
+  local dir="$1" name="$2"; shift 2
+  # a script has no job control, so the background child is not a group leader and setsid
+  # execs in place: $! is the daemon itself
+  SLURM_CONF="$dir/slurm.conf" setsid "$@" </dev/null >"$dir/$name.out" 2>&1 &
+  local pid=$!
+  echo "$pid" >"$dir/$name.pid"
+  sleep 0.2
+  kill -0 "$pid" 2>/dev/null || { cat "$dir/$name.out" "$dir/$name.log" >&2 2>/dev/null || true; die "$name exited at once"; }
+  say "started $name (pid $pid)"
+}
+
+cmd_start() {
+  need_root
+  local dir="${1:-}"
+  if [[ -z "$dir" ]]; then
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/vera-slurm.XXXXXX")
+  else
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+  fi
+  [[ ! -e "$dir/slurmctld.pid" ]] || die "$dir already holds a cluster (stop it first)"
+  install_if_missing
+  local host
+  host=$(hostname -s)
+  start_munge "$dir"
+  write_conf "$dir" "$host"
+  export SLURM_CONF="$dir/slurm.conf"
+  start_daemon "$dir" slurmctld slurmctld -D -i
+  start_daemon "$dir" slurmd slurmd -D
+  local timeout="${VERA_SLURM_START_TIMEOUT:-60}" t0=$SECONDS st=""
+  while ((SECONDS - t0 < timeout)); do
+    st=$(sinfo -h -N -n "$host" -o %T 2>/dev/null | head -n 1 || true)
+    [[ "$st" == idle ]] && break
+    for n in slurmctld slurmd; do
+      kill -0 "$(cat "$dir/$n.pid")" 2>/dev/null ||
+        { tail -n 30 "$dir/$n.log" "$dir/$n.out" >&2 2>/dev/null || true; cmd_stop "$dir" >/dev/null 2>&1 || true; die "$n died while starting"; }
+    done
+    sleep 0.2
+  done
+  if [[ "$st" != idle ]]; then
+    say "node state '${st:-unknown}' after ${timeout}s; logs:"
+    tail -n 30 "$dir/slurmctld.log" "$dir/slurmd.log" >&2 2>/dev/null || true
+    cmd_stop "$dir" >/dev/null 2>&1 || true
+    die "the node did not become idle within ${timeout}s"
+  fi
+  say "node $host idle after $((SECONDS - t0)) s; SLURM_CONF=$dir/slurm.conf"
+  echo "$dir"
+}
+
+alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+cmd_status() {
+  local dir="${1:?usage: cluster.sh status DIR}" n rc=0
+  for n in munged slurmctld slurmd; do
+    if [[ -f "$dir/$n.pid" ]]; then
+      if alive "$dir/$n.pid"; then echo "$n: running (pid $(cat "$dir/$n.pid"))"; else echo "$n: dead"; rc=1; fi
+    elif [[ $n == munged ]]; then
+      echo "munged: not started by us ($(munge_works && echo answering || echo NOT answering))"
+    else
+      echo "$n: not started"; rc=1
+    fi
+  done
+  if [[ -f "$dir/slurm.conf" ]]; then
+    SLURM_CONF="$dir/slurm.conf" sinfo -N 2>&1 || rc=1
+    SLURM_CONF="$dir/slurm.conf" squeue 2>&1 || true
+  fi
+  return $rc
+}
+
+# stop PIDFILE: TERM, wait up to 10 s, then KILL; only the PID recorded in the file
+stop_pid() {
+  local f="$1" pid i
+  [[ -f "$f" ]] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+    # the daemons are not our children (setsid in another shell), so poll instead of wait
+    for ((i = 0; i < 25; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    say "stopped $(basename "$f" .pid) (pid $pid)"
+  fi
+  rm -f "$f"
+}
+
+cmd_stop() {
+  local dir="${1:?usage: cluster.sh stop DIR}"
+  [[ -d "$dir" ]] || return 0
+  [[ -f "$dir/slurm.conf" || -f "$dir/slurmctld.pid" ]] || die "$dir does not look like a cluster directory"
+  export SLURM_CONF="$dir/slurm.conf"
+  if alive "$dir/slurmctld.pid" && alive "$dir/slurmd.pid"; then
+    # end the jobs still in this private cluster, then any step processes slurmd still knows
+    local i jobs pids
+    jobs=$(squeue -h -o %i 2>/dev/null || true)
+    if [[ -n "$jobs" ]]; then
+      say "cancelling jobs left in the cluster: $(tr '\n' ' ' <<<"$jobs")"
+      # shellcheck disable=SC2086
+      scancel $jobs 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do
+        [[ -z "$(squeue -h -o %i 2>/dev/null || true)" ]] && break
+        sleep 0.2
+      done
+    fi
+    pids=$(scontrol listpids 2>/dev/null | awk 'NR > 1 && $1 ~ /^[0-9]+$/ { print $1 }' || true)
+    for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
+  fi
+  stop_pid "$dir/slurmd.pid"
+  stop_pid "$dir/slurmctld.pid"
+  stop_pid "$dir/munged.pid"
+  if [[ "${VERA_KEEP_TMP:-0}" == 1 ]]; then
+    say "kept $dir"
+  else
+    rm -rf "$dir"
+  fi
+}
+
+case "${1:-}" in
+  start) shift; cmd_start "$@" ;;
+  stop) shift; cmd_stop "$@" ;;
+  status) shift; cmd_status "$@" ;;
+  *) usage ;;
+esac
