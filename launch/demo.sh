@@ -44,8 +44,11 @@ fi
 MPIRUN=(mpirun -np 2)
 if [[ $(nproc) -lt 2 ]]; then MPIRUN+=(--oversubscribe); fi
 
-say "training on 2 MPI ranks: ${MPIRUN[*]} build/vera-dist --config configs/demo.ini --overwrite 1 $*"
-"${MPIRUN[@]}" "$VD" --config configs/demo.ini --overwrite 1 "$@"
+# a rerun starts over (and replaces the previous demo run) rather than resuming it
+FRESH=(--overwrite 1)
+if "$VD" --help 2>/dev/null | grep -q -- '--resume'; then FRESH+=(--resume none); fi
+say "training on 2 MPI ranks: ${MPIRUN[*]} build/vera-dist --config configs/demo.ini ${FRESH[*]} $*"
+"${MPIRUN[@]}" "$VD" --config configs/demo.ini "${FRESH[@]}" "$@"
 
 # where did it write? (out_dir may be overridden on the command line)
 OUT_DIR=$(sed -n -E 's/^[[:space:]]*out_dir[[:space:]]*=[[:space:]]*([^;#[:space:]]+).*/\1/p' configs/demo.ini | tail -n 1)

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vera/comm.h"
 #include "vera/common.h"
 #include "vera/prng.h"
 
@@ -331,6 +332,12 @@ static void cpu_adamw(float *params, const float *grads, float *m, float *v, siz
     }
 }
 
+static const vd_comm *g_comm = NULL;
+
+static void cpu_allreduce_sum(float *buf, size_t count) {
+    if (g_comm) vd_comm_allreduce_sum_f32(g_comm, buf, count);
+}
+
 static const vd_backend g_cpu = {
     .name = "cpu",
     .alloc = cpu_alloc,
@@ -359,6 +366,12 @@ static const vd_backend g_cpu = {
     .dropout = cpu_dropout,
     .sum_sq = cpu_sum_sq,
     .adamw = cpu_adamw,
+    .allreduce_sum = cpu_allreduce_sum,
 };
+
+const vd_backend *vd_backend_cpu_init(const vd_comm *comm) {
+    g_comm = comm;
+    return &g_cpu;
+}
 
 const vd_backend *vd_backend_cpu(void) { return &g_cpu; }

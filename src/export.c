@@ -75,7 +75,7 @@ int vd_export_main(int argc, char **argv) {
 
     const vd_backend *be = vd_backend_cpu();
     vd_gpt2_config mc;
-    float *host = vd_gpt2_load_hf(cfg.model, &mc);
+    float *host = vd_gpt2_load(cfg.model, &mc);
     if (vd_gpt2_fingerprint(&mc, host) != ck.model_fingerprint)
         vd_die("export: %s was trained on another base model than %s (fingerprint differs; HINT: --model DIR)",
                ckpath, cfg.model);

@@ -71,7 +71,7 @@ int vd_forward_main(int argc, char **argv) {
     if (cfg.threads > 0) vd_backend_cpu_set_threads(cfg.threads);
 
     vd_gpt2_config mc;
-    float *host_params = vd_gpt2_load_hf(cfg.model, &mc);
+    float *host_params = vd_gpt2_load(cfg.model, &mc);
     if (cfg.seq_len > mc.max_seq_len)
         vd_die("seq_len: %d is larger than the model's context n_positions = %d", (int)cfg.seq_len, (int)mc.max_seq_len);
     vd_dataset ds;

@@ -3,7 +3,8 @@
  *
  * The buffer holds the 16 tensors of vd_gpt2_params in order; per-layer tensors are stacked
  * over layers (L, ...). Linear weights keep the Hugging Face Conv1D layout (in x out), so a
- * checkpoint's bytes are copied as they are, never transposed. */
+ * checkpoint's bytes are copied as they are, never transposed. llm.c model files (.bin) are the
+ * second source: their linear weights are nn.Linear's (out x in) and are transposed on load. */
 #define _POSIX_C_SOURCE 200809L
 #include "vera/model.h"
 
@@ -12,6 +13,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "vera/common.h"
 #include "vera/prng.h"
@@ -284,6 +286,139 @@ float *vd_gpt2_load_hf(const char *dir, vd_gpt2_config *cfg) {
     free(used);
     vd_safetensors_close(&st);
     return params;
+}
+
+/* ----------------------------------------------------------------------------------------- */
+/* llm.c model files (gpt2_124M.bin, written by llm.c's train_gpt2.py write_model) */
+
+#define VD_LLMC_MAGIC 20240326
+#define VD_LLMC_HEADER_INTS 256
+
+/* bfloat16 is the top half of a float: widening is exact. */
+static float vd_llmc_bf16(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
+/* Reads n parameters of `esize` bytes (4: fp32, 2: bf16) from f into dst as fp32. */
+static void vd_llmc_read(FILE *f, const char *path, float *dst, size_t n, int esize, void *scratch) {
+    if (esize == 4) {
+        freadCheck(dst, sizeof(float), n, f, path);
+        return;
+    }
+    uint16_t *b = scratch;
+    freadCheck(b, sizeof(uint16_t), n, f, path);
+    for (size_t i = 0; i < n; i++) dst[i] = vd_llmc_bf16(b[i]);
+}
+
+/* A header field in [lo, hi], or die naming the file and the field. */
+static int32_t vd_llmc_field(const int32_t *h, int idx, const char *name, int64_t lo, int64_t hi, const char *path) {
+    int32_t v = h[idx];
+    if (v < lo || v > hi)
+        vd_die("%s: llm.c header field %d (%s) = %d is not valid (expected %lld..%lld)", path, idx, name, (int)v,
+               (long long)lo, (long long)hi);
+    return v;
+}
+
+float *vd_gpt2_load_llmc(const char *path, vd_gpt2_config *cfg) {
+    FILE *f = fopenCheck(path, "rb");
+    if (fseek(f, 0, SEEK_END) != 0) vd_die("%s: cannot seek (%s)", path, strerror(errno));
+    long fsize = ftell(f);
+    if (fsize < 0) vd_die("%s: cannot tell size (%s)", path, strerror(errno));
+    if (fseek(f, 0, SEEK_SET) != 0) vd_die("%s: cannot seek (%s)", path, strerror(errno));
+    const long header_bytes = VD_LLMC_HEADER_INTS * (long)sizeof(int32_t);
+    if (fsize < header_bytes)
+        vd_die("%s: truncated: %ld bytes, shorter than the %ld-byte llm.c model header", path, fsize, header_bytes);
+    int32_t h[VD_LLMC_HEADER_INTS];
+    freadCheck(h, sizeof(int32_t), VD_LLMC_HEADER_INTS, f, path);
+    if (h[0] != VD_LLMC_MAGIC)
+        vd_die("%s: wrong magic %d (expected %d: an llm.c GPT-2 model file such as gpt2_124M.bin)", path, (int)h[0],
+               VD_LLMC_MAGIC);
+    if (h[1] != 3 && h[1] != 5)
+        vd_die("%s: unsupported llm.c model version %d (expected 3: fp32 or 5: bf16 parameters)", path, (int)h[1]);
+    int esize = h[1] == 3 ? 4 : 2;
+    cfg->max_seq_len = vd_llmc_field(h, 2, "max_seq_len", 1, 1 << 24, path);
+    cfg->vocab_size = vd_llmc_field(h, 3, "vocab_size", 1, 1 << 24, path);
+    cfg->n_layer = vd_llmc_field(h, 4, "num_layers", 1, 1024, path);
+    cfg->n_head = vd_llmc_field(h, 5, "num_heads", 1, 4096, path);
+    cfg->channels = vd_llmc_field(h, 6, "channels", 1, 1 << 20, path);
+    int32_t Vp = vd_llmc_field(h, 7, "padded_vocab_size", cfg->vocab_size, 1 << 24, path);
+    cfg->ln_eps = 1e-5f; /* llm.c's LayerNorm epsilon */
+    if (cfg->channels % cfg->n_head != 0)
+        vd_die("%s: channels %d is not divisible by num_heads %d (expected channels %% num_heads == 0)", path,
+               (int)cfg->channels, (int)cfg->n_head);
+
+    /* llm.c's 16 tensors, in its order (= vd_gpt2_params order) with its shapes: linear
+     * weights are nn.Linear's (out, in); ours are Conv1D's (in, out). */
+    int64_t C = cfg->channels, L = cfg->n_layer;
+    size_t sizes[VD_GPT2_NUM_PARAMS];
+    vd_gpt2_param_sizes(cfg, sizes);
+    /* the file holds Vp rows of wte, we keep V */
+    uint64_t file_params = 0;
+    for (int i = 0; i < VD_GPT2_NUM_PARAMS; i++) file_params += sizes[i];
+    file_params += (uint64_t)(Vp - cfg->vocab_size) * (uint64_t)C;
+    uint64_t want = (uint64_t)header_bytes + file_params * (uint64_t)esize;
+    if ((uint64_t)fsize != want)
+        vd_die("%s: %s: header (version %d, maxT %d, V %d, Vp %d, L %d, NH %d, C %d) needs %llu bytes, file has %ld",
+               path, (uint64_t)fsize < want ? "truncated" : "too long", (int)h[1], (int)cfg->max_seq_len,
+               (int)cfg->vocab_size, (int)Vp, (int)cfg->n_layer, (int)cfg->n_head, (int)cfg->channels,
+               (unsigned long long)want, fsize);
+
+    float *params = mallocCheck(vd_gpt2_num_params(cfg) * sizeof(float));
+    /* tmp: the padded wte or one layer's linear weight before the transpose; scratch: the
+     * bf16 bits of the largest single read */
+    size_t n_tmp = (size_t)Vp * (size_t)C, n_scratch;
+    if ((size_t)(4 * C * C) > n_tmp) n_tmp = (size_t)(4 * C * C);
+    n_scratch = n_tmp;
+    for (int i = 1; i < VD_GPT2_NUM_PARAMS; i++)
+        if (i != 4 && i != 6 && i != 10 && i != 12 && sizes[i] > n_scratch) n_scratch = sizes[i];
+    float *tmp = mallocCheck(n_tmp * sizeof(float));
+    void *scratch = esize == 2 ? mallocCheck(n_scratch * sizeof(uint16_t)) : NULL;
+    float *dst = params;
+    for (int which = 0; which < VD_GPT2_NUM_PARAMS; which++) {
+        /* rows x cols of one layer's linear weight in the file (out x in); 0 = copy as is */
+        int64_t rows = 0, cols = 0;
+        switch (which) {
+        case 4:  rows = 3 * C; cols = C;     break; /* qkvw */
+        case 6:  rows = C;     cols = C;     break; /* attprojw */
+        case 10: rows = 4 * C; cols = C;     break; /* fcw */
+        case 12: rows = C;     cols = 4 * C; break; /* fcprojw */
+        default: break;
+        }
+        if (which == 0) {
+            vd_llmc_read(f, path, tmp, (size_t)Vp * (size_t)C, esize, scratch);
+            memcpy(dst, tmp, sizes[0] * sizeof(float)); /* rows V..Vp-1 are padding */
+        } else if (rows == 0) {
+            vd_llmc_read(f, path, dst, sizes[which], esize, scratch);
+        } else {
+            size_t per = (size_t)(rows * cols);
+            for (int64_t l = 0; l < L; l++) {
+                vd_llmc_read(f, path, tmp, per, esize, scratch);
+                float *o = dst + (size_t)l * per;
+                for (int64_t r = 0; r < rows; r++)
+                    for (int64_t c = 0; c < cols; c++) o[c * rows + r] = tmp[r * cols + c];
+            }
+        }
+        dst += sizes[which];
+    }
+    vd_require((size_t)(dst - params) == vd_gpt2_num_params(cfg));
+    free(tmp);
+    free(scratch);
+    fcloseCheck(f, path);
+    return params;
+}
+
+float *vd_gpt2_load(const char *path, vd_gpt2_config *cfg) {
+    struct stat st;
+    if (stat(path, &st) != 0)
+        vd_die("%s: %s (expected a Hugging Face GPT-2 directory with config.json and model.safetensors, or an "
+               "llm.c model file such as gpt2_124M.bin)", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) return vd_gpt2_load_hf(path, cfg);
+    if (S_ISREG(st.st_mode)) return vd_gpt2_load_llmc(path, cfg);
+    vd_die("%s: neither a directory nor a regular file (expected a Hugging Face GPT-2 directory or an llm.c "
+           "model file)", path);
 }
 
 /* ----------------------------------------------------------------------------------------- */

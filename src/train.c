@@ -393,7 +393,7 @@ static int train_step(train_run *run, float *loss_out, float *lr_out, float *nor
     float extra[2] = {(float)loss_sum, g_stop_signal ? 1.0f : 0.0f};
     be->to_device(vera->grads + vera->n_trainable, extra, sizeof(extra));
     /* the one collective of the step: every gradient, the loss and the stop flag, one buffer */
-    vd_comm_allreduce_sum_f32(&run->comm, vera->grads, vera->n_reduce);
+    be->allreduce_sum(vera->grads, vera->n_reduce);
     be->to_host(extra, vera->grads + vera->n_trainable, sizeof(extra));
     *loss_out = extra[0] / (float)(S * (uint64_t)T);
     *lr_out = vd_lr_schedule(&run->ao, step);
@@ -416,7 +416,7 @@ static void train_setup(train_run *run, int argc, char **argv) {
     if (!strcmp(cfg->device, "cuda"))
         vd_die("device: 'cuda' requested but this build has no CUDA backend (HINT: use --device cpu or auto)");
     if (!strcmp(cfg->device, "auto")) vd_log("device: auto -> cpu (this build has no CUDA backend)\n");
-    run->be = vd_backend_cpu();
+    run->be = vd_backend_cpu_init(&run->comm);
     run->threads = train_pick_threads(cfg, &run->comm);
     vd_backend_cpu_set_threads(run->threads);
     snprintf(run->metrics_path, sizeof(run->metrics_path), "%s/metrics.jsonl", cfg->out_dir);
@@ -424,7 +424,7 @@ static void train_setup(train_run *run, int argc, char **argv) {
     snprintf(run->status_path, sizeof(run->status_path), "%s/status.json", cfg->out_dir);
 
     /* ---- model and data: everything is validated before anything is written ---- */
-    float *host_params = vd_gpt2_load_hf(cfg->model, &run->mc);
+    float *host_params = vd_gpt2_load(cfg->model, &run->mc);
     if (cfg->seq_len > run->mc.max_seq_len)
         vd_die("seq_len: %d is larger than the model's context n_positions = %d (%s/config.json)",
                (int)cfg->seq_len, (int)run->mc.max_seq_len, cfg->model);

@@ -378,6 +378,168 @@ static void test_init_model_cli(void) {
     CHECK_DIES(run_cli, &bad7, "init-model: --seed '-1' is not valid (expected an integer in 0..4294967295)");
 }
 
+/* ---- llm.c model files (vd_gpt2_load_llmc, vd_gpt2_load) ---- */
+
+static uint16_t f32_to_bf16_rne(float x) {
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* Writes params (vd_gpt2_params order, Conv1D layout) as llm.c does: header, wte padded to Vp
+ * rows of zeros, linear weights transposed to (out, in); version 3 fp32, 5 bf16. Written by
+ * hand here, independent of model_io.c. */
+static void write_llmc(const char *path, const vd_gpt2_config *c, const float *params, int version, int32_t Vp) {
+    FILE *f = fopen(path, "wb");
+    if (!f) { perror(path); exit(1); }
+    int32_t h[256] = {20240326, version, c->max_seq_len, c->vocab_size, c->n_layer, c->n_head, c->channels, Vp};
+    fwrite(h, 4, 256, f);
+    size_t sizes[VD_GPT2_NUM_PARAMS];
+    vd_gpt2_param_sizes(c, sizes);
+    int64_t C = c->channels;
+    const float *p = params;
+    for (int w = 0; w < VD_GPT2_NUM_PARAMS; w++) {
+        size_t n = sizes[w];
+        float *buf = malloc(sizeof(float) * (w == 0 ? (size_t)Vp * C : n));
+        if (w == 0) {
+            memcpy(buf, p, n * sizeof(float));
+            for (size_t i = n; i < (size_t)Vp * C; i++) buf[i] = 0.0f;
+        } else if (w == 4 || w == 6 || w == 10 || w == 12) {
+            int64_t in = w == 12 ? 4 * C : C, out = w == 4 ? 3 * C : w == 10 ? 4 * C : C;
+            for (int64_t l = 0; l < c->n_layer; l++)
+                for (int64_t i = 0; i < in; i++)
+                    for (int64_t o = 0; o < out; o++) buf[l * in * out + o * in + i] = p[l * in * out + i * out + o];
+        } else {
+            memcpy(buf, p, n * sizeof(float));
+        }
+        size_t cnt = w == 0 ? (size_t)Vp * C : n;
+        for (size_t i = 0; i < cnt; i++) {
+            if (version == 3) fwrite(&buf[i], 4, 1, f);
+            else { uint16_t b = f32_to_bf16_rne(buf[i]); fwrite(&b, 2, 1, f); }
+        }
+        free(buf);
+        p += n;
+    }
+    fclose(f);
+}
+
+static void load_llmc(void *arg) {
+    vd_gpt2_config c;
+    free(vd_gpt2_load_llmc((const char *)arg, &c));
+}
+static void load_any(void *arg) {
+    vd_gpt2_config c;
+    free(vd_gpt2_load((const char *)arg, &c));
+}
+
+/* Copies src to dst with header int `idx` set to `value` (idx < 0: unchanged), dropping `cut`
+ * bytes from the end and appending `extra` zero bytes. */
+static void rewrite(const char *src, const char *dst, int idx, int32_t value, long cut, int extra) {
+    FILE *f = fopen(src, "rb");
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *buf = malloc((size_t)n + 16);
+    if (fread(buf, 1, (size_t)n, f) != (size_t)n) { perror(src); exit(1); }
+    fclose(f);
+    if (idx >= 0) memcpy(buf + 4 * idx, &value, 4);
+    n -= cut;
+    for (int i = 0; i < extra; i++) buf[n++] = 0;
+    f = fopen(dst, "wb");
+    fwrite(buf, 1, (size_t)n, f);
+    fclose(f);
+    free(buf);
+}
+
+static void test_llmc(void) {
+    const vd_gpt2_config *c = &k_cfg; /* V 50 -> Vp 64 */
+    float *p = random_params(c, 21);
+    for (size_t i = 0; i < vd_gpt2_num_params(c); i++) p[i] += 1e-3f * (float)(i % 7); /* biases, LN non-trivial */
+    size_t n = vd_gpt2_num_params(c);
+    char v3[512], v5[512], bad[512], needle[1024];
+    sub(v3, sizeof(v3), "gpt2_v3.bin");
+    sub(v5, sizeof(v5), "gpt2_v5.bin");
+    write_llmc(v3, c, p, 3, 64);
+    write_llmc(v5, c, p, 5, 64);
+
+    vd_gpt2_config got;
+    memset(&got, 0, sizeof(got));
+    float *q = vd_gpt2_load_llmc(v3, &got);
+    CHECK(got.max_seq_len == 12 && got.vocab_size == 50 && got.n_layer == 2 && got.n_head == 2 && got.channels == 16 &&
+          got.ln_eps == 1e-5f, "llm.c v3 config: T %d V %d L %d H %d C %d eps %g", got.max_seq_len, got.vocab_size,
+          got.n_layer, got.n_head, got.channels, got.ln_eps);
+    CHECK(memcmp(p, q, n * sizeof(float)) == 0, "llm.c v3: parameters differ from what was written");
+    CHECK(vd_gpt2_fingerprint(&got, q) == vd_gpt2_fingerprint(c, p), "llm.c v3: fingerprint differs from the HF one");
+    free(q);
+    q = vd_gpt2_load(v3, &got); /* a regular file goes to the llm.c reader */
+    CHECK(memcmp(p, q, n * sizeof(float)) == 0, "vd_gpt2_load(file) did not read the llm.c file");
+    free(q);
+
+    q = vd_gpt2_load_llmc(v5, &got);
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)f32_to_bf16_rne(p[i]) << 16;
+        float want;
+        memcpy(&want, &u, 4);
+        ok &= q[i] == want;
+    }
+    CHECK(ok, "llm.c v5: parameters are not the bf16-rounded values widened to fp32");
+    free(q);
+
+    /* a directory goes to the HF reader */
+    char dir[512];
+    sub(dir, sizeof(dir), "llmc_hf");
+    vd_gpt2_save_hf(dir, c, p);
+    q = vd_gpt2_load(dir, &got);
+    CHECK(memcmp(p, q, n * sizeof(float)) == 0, "vd_gpt2_load(dir) did not read the HF directory");
+    free(q);
+    sub(bad, sizeof(bad), "no_such_model");
+    snprintf(needle, sizeof(needle), "%s: No such file or directory (expected a Hugging Face GPT-2 directory", bad);
+    CHECK_DIES(load_any, bad, needle);
+
+    /* bad files: each error names the file and what was expected */
+    long size3 = 1024 + 4 * (long)(n + (64 - 50) * 16);
+    sub(bad, sizeof(bad), "magic.bin");
+    rewrite(v3, bad, 0, 20240520, 0, 0); /* a token shard's magic */
+    snprintf(needle, sizeof(needle), "%s: wrong magic 20240520 (expected 20240326", bad);
+    CHECK_DIES(load_llmc, bad, needle);
+    sub(bad, sizeof(bad), "version.bin");
+    rewrite(v3, bad, 1, 4, 0, 0);
+    snprintf(needle, sizeof(needle), "%s: unsupported llm.c model version 4 (expected 3: fp32 or 5: bf16 parameters)", bad);
+    CHECK_DIES(load_llmc, bad, needle);
+    sub(bad, sizeof(bad), "trunc.bin");
+    rewrite(v3, bad, -1, 0, 4, 0);
+    snprintf(needle, sizeof(needle), "%s: truncated: header (version 3, maxT 12, V 50, Vp 64, L 2, NH 2, C 16) needs %ld bytes, file has %ld",
+             bad, size3, size3 - 4);
+    CHECK_DIES(load_llmc, bad, needle);
+    sub(bad, sizeof(bad), "long.bin");
+    rewrite(v3, bad, -1, 0, 0, 1);
+    snprintf(needle, sizeof(needle), "%s: too long: header", bad);
+    CHECK_DIES(load_llmc, bad, needle);
+    sub(bad, sizeof(bad), "short.bin");
+    rewrite(v3, bad, -1, 0, size3 - 10, 0);
+    snprintf(needle, sizeof(needle), "%s: truncated: 10 bytes, shorter than the 1024-byte llm.c model header", bad);
+    CHECK_DIES(load_llmc, bad, needle);
+    sub(bad, sizeof(bad), "v5_as_v3.bin"); /* version 5 data with a version 3 header: a size mismatch */
+    rewrite(v5, bad, 1, 3, 0, 0);
+    snprintf(needle, sizeof(needle), "%s: truncated: header (version 3", bad);
+    CHECK_DIES(load_llmc, bad, needle);
+    sub(bad, sizeof(bad), "vp.bin");
+    rewrite(v3, bad, 7, 49, 0, 0);
+    snprintf(needle, sizeof(needle), "%s: llm.c header field 7 (padded_vocab_size) = 49 is not valid (expected 50..", bad);
+    CHECK_DIES(load_llmc, bad, needle);
+    sub(bad, sizeof(bad), "layers.bin");
+    rewrite(v3, bad, 4, 0, 0, 0);
+    snprintf(needle, sizeof(needle), "%s: llm.c header field 4 (num_layers) = 0 is not valid", bad);
+    CHECK_DIES(load_llmc, bad, needle);
+    sub(bad, sizeof(bad), "heads.bin");
+    rewrite(v3, bad, 5, 3, 0, 0);
+    snprintf(needle, sizeof(needle), "%s: channels 16 is not divisible by num_heads 3", bad);
+    CHECK_DIES(load_llmc, bad, needle);
+    free(p);
+}
+
 int main(void) {
     snprintf(g_dir, sizeof(g_dir), "/tmp/vd_test_model_io_XXXXXX");
     if (!mkdtemp(g_dir)) { perror("mkdtemp"); return 1; }
@@ -388,6 +550,7 @@ int main(void) {
     test_bad_tensors();
     test_bad_config();
     test_init_model_cli();
+    test_llmc();
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g_dir);
     if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", g_dir);

@@ -64,8 +64,17 @@ typedef struct vd_backend {
     /* AdamW (PyTorch semantics) on n values; grads are multiplied by grad_scale first. */
     void (*adamw)(float *params, const float *grads, float *m, float *v, size_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int32_t t, float grad_scale);
+
+    /* ---- collectives on backend memory ---- */
+    /* In-place sum of count floats over all ranks (count in elements, same on every rank).
+     * CPU: MPI_Allreduce on the host buffer; a GPU backend: NCCL on the device buffer. */
+    void (*allreduce_sum)(float *buf, size_t count);
 } vd_backend;
 
+struct vd_comm;
+/* The CPU backend; comm (may be NULL for single-process tools) carries its all-reduce. */
+const vd_backend *vd_backend_cpu_init(const struct vd_comm *comm);
+/* The CPU backend without a communicator (single process: allreduce_sum is the identity). */
 const vd_backend *vd_backend_cpu(void);
 /* The dropout stream every backend must reproduce: uniform in [0,1) for element (row, col). */
 float vd_dropout_uniform(uint64_t seed, uint64_t row, uint64_t col);

@@ -44,7 +44,7 @@ size_t vd_gpt2_num_params(const vd_gpt2_config *cfg);
 /* Points the named pointers into one contiguous buffer laid out in that order. */
 void vd_gpt2_params_point(vd_gpt2_params *p, const vd_gpt2_config *cfg, float *buf);
 
-/* ---- model_io.c: Hugging Face directories ---- */
+/* ---- model_io.c: Hugging Face directories and llm.c model files ---- */
 /* Reads DIR/config.json and DIR/model.safetensors (names with or without the "transformer."
  * prefix; F32/BF16/F16 converted to fp32). Returns a malloc'd contiguous host buffer in
  * vd_gpt2_params order. Dies naming the file and tensor on missing tensors or wrong shapes. */
@@ -52,6 +52,17 @@ float *vd_gpt2_load_hf(const char *dir, vd_gpt2_config *cfg);
 /* Writes DIR/config.json and DIR/model.safetensors as GPT2LMHeadModel.save_pretrained does
  * (F32, "transformer." names, tied lm_head left out). Creates DIR. */
 void vd_gpt2_save_hf(const char *dir, const vd_gpt2_config *cfg, const float *params);
+/* Reads an llm.c model file (gpt2_124M.bin as llm.c's train_gpt2.py writes it): int32[256]
+ * header (magic 20240326; version 3 = fp32 or 5 = bf16 parameters; [2] maxT, [3] V, [4] L,
+ * [5] NH, [6] C, [7] padded vocab Vp >= V), then the 16 tensors in vd_gpt2_params order with
+ * wte padded to Vp rows and linear weights stored out x in. Returns the same host buffer as
+ * vd_gpt2_load_hf: padding rows dropped, weights transposed to Conv1D's in x out, bf16 widened
+ * to fp32; ln_eps = 1e-5. The file size must match the header exactly. Dies naming the file and
+ * what was expected (wrong magic, unsupported version, bad field, truncated, too long). */
+float *vd_gpt2_load_llmc(const char *path, vd_gpt2_config *cfg);
+/* The `model` key: a directory is a Hugging Face GPT-2 directory (vd_gpt2_load_hf), a regular
+ * file an llm.c model file (vd_gpt2_load_llmc). Dies naming the path if it is neither. */
+float *vd_gpt2_load(const char *path, vd_gpt2_config *cfg);
 /* GPT-2 initialisation: N(0, 0.02) weights and embeddings, residual projections
  * (attn.c_proj, mlp.c_proj) N(0, 0.02/sqrt(2L)), biases 0, LayerNorm weight 1 bias 0. */
 void vd_gpt2_init_random(const vd_gpt2_config *cfg, float *params, uint64_t seed);

@@ -185,6 +185,14 @@ vera_main() {
       vera_requeue || return 1
       return 0
       ;;
+    "")
+      if ((rc == 0)); then
+        vera_log "exited 0 without $status_file (a vera-dist without status.json): treating the run as finished"
+        return 0
+      fi
+      vera_log "the run did not finish (exit code $rc, no status.json); not requeueing. Resubmit to continue from the newest checkpoint."
+      return "$rc"
+      ;;
     *)
       vera_log "the run did not finish (exit code $rc); not requeueing. Resubmit to continue from the newest checkpoint."
       ((rc != 0)) || rc=1

@@ -13,13 +13,19 @@ MPI_TIMEOUT=60
 make_model "$TMP/model" 2 2 32 256 64
 make_data "$TMP/data" 20000
 OUT="$TMP/out"
-BASE=(--model "$TMP/model" --train_data "$TMP/data/train_*.bin" --val_data "$TMP/data/val_*.bin"
+# Builds with checkpoints resume from out_dir by default; a new run over old output is
+# --resume none --overwrite 1.
+NEW_RUN=()
+if "$VD" --help 2>/dev/null | grep -q -- '--resume'; then NEW_RUN=(--resume none); fi
+BASE=("${NEW_RUN[@]}" --model "$TMP/model" --train_data "$TMP/data/train_*.bin" --val_data "$TMP/data/val_*.bin"
       --out_dir "$OUT" --overwrite 1 --batch_size 2 --seq_len 32 --max_steps 2 --warmup_steps 0 --r 8 --threads 1)
 
 # A good run first: the baseline must work, and its output is what the bad runs must not touch.
 vd_mpirun 2 "$TMP/good.log" "${BASE[@]}"
 [[ -s "$OUT/metrics.jsonl" && -s "$OUT/adapter_final.safetensors" ]] || fail "the good run wrote no output"
-snapshot() { (cd "$OUT" && ls -A && sha256sum -- *); }
+
+# every file under out_dir (checkpoints included) with its checksum
+snapshot() { (cd "$OUT" && find . -type f -exec sha256sum {} + | sort -k 2); }
 BEFORE="$(snapshot)"
 cp -a "$OUT" "$TMP/out.orig"
 
@@ -35,7 +41,7 @@ check_case() {
   local name="$1" log="$2" rc="$3" pats="$4"
   NCASES=$((NCASES + 1))
   if [[ "$(snapshot)" != "$BEFORE" ]]; then
-    case_fail "$name" "the existing output in out_dir changed: $(cd "$OUT" && ls -l | tail -n +2 | tr '\n' ';')"
+    case_fail "$name" "the existing output in out_dir changed: $(diff <(echo "$BEFORE") <(snapshot) | grep '^[<>]' | tr '\n' ';')"
     rm -rf "$OUT" && cp -a "$TMP/out.orig" "$OUT"
   fi
   if [[ $rc -eq 124 || $rc -eq 137 ]]; then
@@ -50,17 +56,18 @@ check_case() {
   if ! (assert_error "$log" "${pat_list[@]}") 2>"$log.why"; then
     tail -n 20 "$log.why" >&2; case_fail "$name" "error message check failed"; return
   fi
-  note "$name: rc=$rc: $(grep -E -m1 "$ERR_RE" "$log")"
+  note "$name: rc=$rc, ${CASE_TIME:-?}s: $(grep -E -m1 "$ERR_RE" "$log")"
 }
 # expect_error NAME NP 'REGEX1;REGEX2' ARGS... : NP=0 runs vera-dist without mpirun.
 expect_error() {
   local name="$1" np="$2" pats="$3"; shift 3
-  local log="$TMP/case.$name.log" rc=0
+  local log="$TMP/case.$name.log" rc=0 t0=$SECONDS
   if [[ "$np" == 0 ]]; then
     run_logged "$log" "$VD" "$@" || rc=$?
   else
     run_logged "$log" "$MPIRUN" -np "$np" "$VD" "$@" || rc=$?
   fi
+  CASE_TIME=$((SECONDS - t0))
   check_case "$name" "$log" "$rc" "$pats"
 }
 

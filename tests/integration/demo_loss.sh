@@ -4,7 +4,8 @@
 #  * "trainable parameters: N" equals the formula sum over adapted layers of (out + r):
 #    all four targets: L*(3C + C + 4C + C) + 4*L*r; attn.c_attn only: L*(3C + r);
 #  * every metrics.jsonl row has step, loss, lr, grad_norm, tokens, ms, allreduce_bytes, with
-#    steps 1..max_steps in order, allreduce_bytes = 4*(N + 1) and tokens = step * global batch;
+#    steps 1..max_steps in order, allreduce_bytes = 4*(N + 2) (gradients, loss, stop flag) and
+#    tokens = step * global batch;
 #  * val_loss appears exactly on the steps that are multiples of eval_every (and the last);
 #  * adapter_final.safetensors is written.
 source "$(dirname "$0")/common.sh"
@@ -50,9 +51,12 @@ N_ALL=$(( L * (3*C + C + 4*C + C) + 4 * L * R ))
 got=$(log_trainable "$TMP/run.log")
 [[ "$got" == "$N_ALL" ]] || fail "trainable parameters: log says '$got', formula L*(9C) + 4*L*r = $N_ALL"
 note "trainable parameters (all): $got = formula"
-BYTES=$(( 4 * (N_ALL + 1) ))
+# the one all-reduce carries the trainable gradients plus EXTRA floats: the loss sum and the
+# stop-request flag (docs/architecture.md, "One optimizer step")
+EXTRA=2
+BYTES=$(( 4 * (N_ALL + EXTRA) ))
 bad=$(metrics_field "$M" allreduce_bytes | grep -v -x -c "$BYTES" || true)
-[[ "$bad" -eq 0 ]] || fail "$bad rows have allreduce_bytes != 4*(N+1) = $BYTES"
+[[ "$bad" -eq 0 ]] || fail "$bad rows have allreduce_bytes != 4*(N+$EXTRA) = $BYTES"
 grep -q "= $BYTES bytes" "$TMP/run.log" || fail "the start-up log does not report $BYTES all-reduce bytes"
 
 # ---- row fields ----
@@ -85,7 +89,7 @@ N_QKV=$(( L * (3*C + R) ))
 got=$(log_trainable "$TMP/sub.log")
 [[ "$got" == "$N_QKV" ]] || fail "trainable parameters (attn.c_attn): log says '$got', formula L*(3C + r) = $N_QKV"
 b=$(metrics_field "$TMP/sub/metrics.jsonl" allreduce_bytes)
-[[ "$b" == $(( 4 * (N_QKV + 1) )) ]] || fail "attn.c_attn: allreduce_bytes $b != 4*(N+1) = $(( 4 * (N_QKV + 1) ))"
+[[ "$b" == $(( 4 * (N_QKV + EXTRA) )) ]] || fail "attn.c_attn: allreduce_bytes $b != 4*(N+$EXTRA) = $(( 4 * (N_QKV + EXTRA) ))"
 # and a mixed pair: attn.c_proj (C -> C) + mlp.c_fc (C -> 4C)
 vd_mpirun 1 "$TMP/sub2.log" --config "$TMP/demo.ini" --max_steps 1 --warmup_steps 0 --threads 1 \
   --target_modules attn.c_proj,mlp.c_fc --out_dir "$TMP/sub2" --eval_every 0

@@ -19,7 +19,8 @@
 #     in DIR, and waits (bounded) until sinfo reports the node idle.
 # Logs: DIR/slurmctld.log, DIR/slurmd.log (DIR/*.out hold the daemons' own stdout/stderr).
 # Environment: VERA_SLURM_START_TIMEOUT (seconds to wait for an idle node, default 60),
-#              VERA_SLURM_CPUS (CPUs of the node, default 2).
+#              VERA_SLURM_CPUS (CPUs of the node, default 2),
+#              VERA_SLURM_CRED_EXPIRE (credential lifetime = requeue delay in seconds, default 5).
 set -euo pipefail
 
 say() { echo "[cluster] $*" >&2; }
@@ -138,6 +139,9 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# the step credential lifetime is also how long a requeued job waits before it may start
+# again (default 120 s); short, so a requeue test does not sit idle for two minutes
+AuthInfo=cred_expire=${VERA_SLURM_CRED_EXPIRE:-5}
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pidfile
@@ -147,6 +151,9 @@ SlurmdLogFile=$dir/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 SchedulerType=sched/backfill
+# look at pending jobs every second (defaults: 60 s / 30 s), so a requeued job starts as soon
+# as its requeue delay has passed
+SchedulerParameters=sched_interval=1,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ProctrackType=proctrack/linuxproc
@@ -237,20 +244,34 @@ cmd_status() {
   return $rc
 }
 
-# stop PIDFILE: TERM, wait up to 10 s, then KILL; only the PID recorded in the file
-stop_pid() {
-  local f="$1" pid i
-  [[ -f "$f" ]] || return 0
-  pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
+# stop_pids PIDFILE...: TERM to each recorded PID at once, wait up to 10 s, then KILL; only
+# the PIDs recorded in those files (the daemons are not our children: poll, do not wait)
+stop_pids() {
+  local f pid i left
+  local -a pids=() names=()
+  for f in "$@"; do
+    [[ -f "$f" ]] || continue
+    pid=$(cat "$f")
+    rm -f "$f"
+    kill -0 "$pid" 2>/dev/null || continue
     kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-    # the daemons are not our children (setsid in another shell), so poll instead of wait
-    for ((i = 0; i < 25; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    say "stopped $(basename "$f" .pid) (pid $pid)"
-  fi
-  rm -f "$f"
+    pids+=("$pid"); names+=("$(basename "$f" .pid)")
+  done
+  [[ ${#pids[@]} -gt 0 ]] || return 0
+  for ((i = 0; i < 100; i++)); do
+    left=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+    ((left)) || break
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null; done
+  for ((i = 0; i < 25; i++)); do
+    left=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+    ((left)) || break
+    sleep 0.1
+  done
+  for i in "${!pids[@]}"; do say "stopped ${names[$i]} (pid ${pids[$i]})"; done
 }
 
 cmd_stop() {
@@ -274,9 +295,9 @@ cmd_stop() {
     pids=$(scontrol listpids 2>/dev/null | awk 'NR > 1 && $1 ~ /^[0-9]+$/ { print $1 }' || true)
     for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
   fi
-  stop_pid "$dir/slurmd.pid"
-  stop_pid "$dir/slurmctld.pid"
-  stop_pid "$dir/munged.pid"
+  stop_pids "$dir/slurmd.pid" "$dir/slurmctld.pid"
+  # munged last (and only if we started it): the Slurm daemons talk to it while stopping
+  stop_pids "$dir/munged.pid"
   if [[ "${VERA_KEEP_TMP:-0}" == 1 ]]; then
     say "kept $dir"
   else

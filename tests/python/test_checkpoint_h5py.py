@@ -1,0 +1,306 @@
+"""HDF5 checkpoints as other tools see them: h5py and h5dump read what vera-dist writes, and every
+object, type, shape and checksum is exactly as docs/checkpoint-format.md documents it.
+
+A tiny model is trained for 4 steps with --ckpt_every 2 (with and without --save_projection);
+then each checkpoint is opened with h5py and checked against the document:
+  * the exact set of groups, datasets and attributes, with their dtypes and shapes;
+  * progress values (step, tokens_seen, next_sequence, adam_t, last_loss against metrics.jsonl);
+  * module_order for target_modules = all, and the flat layout it implies;
+  * the three checksums recomputed in Python from the documented definitions;
+  * the final checkpoint's lambda_b / lambda_d equal adapter_final.safetensors;
+  * `h5dump -H` exits 0; the docs' h5py snippet runs on the file.
+
+Run:  VERA_DIST_BIN=build/vera-dist /root/.cache/vera-dist/venv/bin/python -m pytest tests/python
+The binary path defaults to build/vera-dist under the repository root; the tests skip, saying
+why, when it or h5py is missing. (Debian's h5py works too, with /usr/bin/python3.)
+"""
+import contextlib
+import io
+import json
+import os
+import pathlib
+import random
+import re
+import shutil
+import struct
+import subprocess
+
+import pytest
+
+np = pytest.importorskip("numpy")
+h5py = pytest.importorskip("h5py")
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BIN = pathlib.Path(os.environ.get("VERA_DIST_BIN", str(REPO / "build" / "vera-dist")))
+if not BIN.is_absolute():
+    BIN = REPO / BIN
+DOC = REPO / "docs" / "checkpoint-format.md"
+
+LAYERS, HEADS, DIM, VOCAB, CTX = 2, 2, 32, 256, 64
+R, BATCH, SEQ, STEPS, EVERY, SEED, KEY = 4, 2, 32, 4, 2, 1234, 7
+KINDS = ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+KIND_IN = {"attn.c_attn": 1, "attn.c_proj": 1, "mlp.c_fc": 1, "mlp.c_proj": 4}    # x n_embd
+KIND_OUT = {"attn.c_attn": 3, "attn.c_proj": 1, "mlp.c_fc": 4, "mlp.c_proj": 1}   # x n_embd
+MODULES = [f"transformer.h.{l}.{k}" for l in range(LAYERS) for k in KINDS]        # PEFT order
+
+ROOT_ATTRS = {"format": "S", "format_version": "<i4", "step": "<i8", "tokens_seen": "<u8",
+              "next_sequence": "<u8", "global_batch_seqs": "<u8", "dropout_seed": "<u8",
+              "world_size": "<i4", "adam_t": "<i4", "last_loss": "<f4", "data_checksum": "<u8",
+              "created": "S"}
+MODEL_ATTRS = {"n_layer": "<i4", "n_head": "<i4", "n_embd": "<i4", "vocab_size": "<i4",
+               "n_positions": "<i4", "layer_norm_epsilon": "<f4", "fingerprint": "<u8"}
+VERA_ATTRS = {"r": "<i4", "max_in": "<i4", "max_out": "<i4", "projection_prng_key": "<u8",
+              "target_modules": "S", "projection_checksum": "<u8", "save_projection": "<i4"}
+
+M64 = (1 << 64) - 1
+
+
+def fnv(data, seed=0):
+    """vd_hash64: 64-bit FNV-1a with the seed folded into the offset basis (docs, "Checksums")."""
+    h = 14695981039346656037 ^ seed
+    for c in bytes(data):
+        h = ((h ^ c) * 1099511628211) & M64
+    return h
+
+
+def run(cmd, what):
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, f"{what} failed ({p.returncode}): {' '.join(map(str, cmd))}\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    if not BIN.exists():
+        pytest.skip(f"vera-dist binary not found at {BIN} (build the vera-dist target or set VERA_DIST_BIN)")
+    d = tmp_path_factory.mktemp("ckpt_inputs")
+    run([BIN, "init-model", "--out", d / "model", "--layers", LAYERS, "--heads", HEADS, "--dim", DIM,
+         "--vocab", VOCAB, "--ctx", CTX], "init-model")
+    rng = random.Random(0)
+    words = "the a one every cat dog model rank node token layer vector sees reads writes keeps".split()
+    (d / "text.txt").write_text(" ".join(rng.choice(words) for _ in range(20000)) + "\n")
+    run([BIN, "prepare-data", "--in", d / "text.txt", "--out", d / "data"], "prepare-data")
+    return d
+
+
+def train(inputs, out, save_projection):
+    run([BIN, "--model", inputs / "model", "--train_data", inputs / "data" / "train_*.bin", "--out_dir", out,
+         "--target_modules", "all", "--r", R, "--batch_size", BATCH, "--seq_len", SEQ, "--grad_accum", 1,
+         "--max_steps", STEPS, "--warmup_steps", 0, "--ckpt_every", EVERY, "--save_projection", save_projection,
+         "--seed", SEED, "--projection_prng_key", KEY, "--threads", 1, "--log_every", 1], "training")
+    ckdir = out / "checkpoints"
+    files = sorted(ckdir.glob("step_*.h5")) if ckdir.is_dir() else []
+    assert files, (f"vera-dist wrote no checkpoints in {ckdir} (does this build write HDF5 checkpoints? "
+                   f"the trainer side may not have landed yet)")
+    return files
+
+
+@pytest.fixture(scope="module", params=[1, 0], ids=["save_projection=1", "save_projection=0"])
+def run_dir(request, inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"run_sp{request.param}") / "run"
+    files = train(inputs, out, request.param)
+    return out, files, request.param
+
+
+def check_attrs(obj, spec, where):
+    assert set(obj.attrs.keys()) == set(spec), \
+        f"{where}: attributes {sorted(obj.attrs.keys())}, documented {sorted(spec)}"
+    for name, kind in spec.items():
+        v = obj.attrs.get_id(name)
+        assert v.shape == (), f"{where} attribute {name} is not a scalar: shape {v.shape}"
+        dt = v.dtype
+        if kind == "S":
+            assert dt.kind == "S", f"{where} attribute {name}: dtype {dt}, documented a fixed-length string"
+            tid = v.get_type()
+            assert tid.get_cset() == h5py.h5t.CSET_UTF8 and tid.get_strpad() == h5py.h5t.STR_NULLTERM, \
+                f"{where} attribute {name}: not a NUL-terminated UTF-8 string"
+        else:
+            assert dt == np.dtype(kind), f"{where} attribute {name}: dtype {dt.str}, documented {kind}"
+
+
+def flat(f, tree, order):
+    """The documented flat layout: lambda_b then lambda_d of each module in module_order."""
+    return np.concatenate([np.concatenate([f[f"{tree}/{m}/lambda_b"][()], f[f"{tree}/{m}/lambda_d"][()]])
+                           for m in order]).astype("<f4")
+
+
+def metrics_loss(out, step):
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row.get("step") == step:
+            return row["loss"]
+    raise AssertionError(f"no metrics.jsonl row for step {step}")
+
+
+def safetensors_f32(path):
+    """Minimal safetensors reader (8-byte header length, JSON header, raw data)."""
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        assert info["dtype"] == "F32", f"{name}: {info['dtype']}"
+        a, b = info["data_offsets"]
+        out[name] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype="<f4").reshape(info["shape"])
+    return out
+
+
+def check_checkpoint(path, out, save_projection):
+    step_from_name = int(re.fullmatch(r"step_(\d{8,})\.h5", path.name).group(1))
+    C = DIM
+    with h5py.File(path, "r") as f:
+        want_top = {"config", "model", "vera", "adapter", "optimizer"} | ({"projection"} if save_projection else set())
+        assert set(f.keys()) == want_top, f"{path.name}: top-level objects {sorted(f.keys())}, documented {sorted(want_top)}"
+
+        # ---- root ----
+        check_attrs(f, ROOT_ATTRS, "/")
+        a = f.attrs
+        assert a["format"] == b"vera-dist-checkpoint" and a["format_version"] == 1
+        step = int(a["step"])
+        gbs = BATCH * 1 * 1   # batch_size x grad_accum x world_size
+        assert step == step_from_name
+        assert int(a["global_batch_seqs"]) == gbs
+        assert int(a["next_sequence"]) == step * gbs
+        assert int(a["tokens_seen"]) == step * gbs * SEQ
+        assert int(a["world_size"]) == 1 and int(a["adam_t"]) == step and int(a["dropout_seed"]) == SEED
+        assert a["last_loss"] == np.float32(metrics_loss(out, step)), \
+            f"last_loss {a['last_loss']} != metrics.jsonl loss at step {step}"
+        assert re.fullmatch(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", a["created"]), a["created"]
+
+        # ---- /config ----
+        cfg = f["config"]
+        assert isinstance(cfg, h5py.Dataset) and cfg.shape == () and cfg.dtype.kind == "S"
+        check_attrs(cfg, {"hash": "<u8"}, "/config")
+        text = cfg[()]
+        assert int(cfg.attrs["hash"]) == fnv(text), "/config hash is not vd_hash64(text, 0)"
+        lines = text.decode().splitlines()
+        assert lines and all(re.fullmatch(r"[a-z_0-9]+ = .*", l) for l in lines), f"not key = value lines: {lines[:5]}"
+        kv = dict(l.split(" = ", 1) for l in lines)
+        assert kv["r"] == str(R) and kv["save_projection"] == str(save_projection) and kv["max_steps"] == str(STEPS)
+
+        # ---- /model, /vera ----
+        check_attrs(f["model"], MODEL_ATTRS, "/model")
+        m = f["model"].attrs
+        assert (m["n_layer"], m["n_head"], m["n_embd"], m["vocab_size"], m["n_positions"]) == (LAYERS, HEADS, DIM, VOCAB, CTX)
+        assert abs(float(m["layer_norm_epsilon"]) - 1e-5) < 1e-9
+        check_attrs(f["vera"], VERA_ATTRS, "/vera")
+        v = f["vera"].attrs
+        max_in, max_out = 4 * C, 4 * C
+        assert (v["r"], v["max_in"], v["max_out"]) == (R, max_in, max_out)
+        assert int(v["projection_prng_key"]) == KEY and v["target_modules"] == b"all"
+        assert v["save_projection"] == save_projection
+
+        # ---- /adapter and /optimizer ----
+        order = [s.decode() for s in f["adapter"].attrs["module_order"]]
+        assert order == MODULES, f"module_order {order}"
+        assert set(f["adapter"].attrs.keys()) == {"module_order"}
+        for tree in ("adapter", "optimizer/exp_avg", "optimizer/exp_avg_sq"):
+            assert set(f[tree].keys()) == set(MODULES), f"/{tree}: {sorted(f[tree].keys())}"
+            for name in MODULES:
+                g = f[f"{tree}/{name}"]
+                assert set(g.keys()) == {"lambda_b", "lambda_d"}, f"/{tree}/{name}: {sorted(g.keys())}"
+                out_w = KIND_OUT[name.split(".", 3)[3]] * C
+                for ds, n in (("lambda_b", out_w), ("lambda_d", R)):
+                    d = g[ds]
+                    assert d.dtype == np.dtype("<f4") and d.shape == (n,), \
+                        f"/{tree}/{name}/{ds}: {d.dtype.str} {d.shape}, documented <f4 ({n},)"
+                    assert d.chunks is None and d.compression is None, f"/{tree}/{name}/{ds} is not contiguous"
+                    assert np.all(np.isfinite(d[()]))
+        assert set(f["optimizer"].keys()) == {"exp_avg", "exp_avg_sq"}
+        params = flat(f, "adapter", order)
+        m1 = flat(f, "optimizer/exp_avg", order)
+        m2 = flat(f, "optimizer/exp_avg_sq", order)
+        n_trainable = sum(KIND_OUT[k] * C + R for k in KINDS) * LAYERS
+        assert params.size == n_trainable
+        assert np.all(m2 >= 0) and np.any(m2 > 0) and np.any(m1 != 0), "moments look untrained"
+
+        # ---- /projection ----
+        if save_projection:
+            assert set(f["projection"].keys()) == {"A", "B"}
+            A, B = f["projection/A"], f["projection/B"]
+            assert A.dtype == np.dtype("<f4") and A.shape == (R, max_in), f"A {A.dtype} {A.shape}"
+            assert B.dtype == np.dtype("<f4") and B.shape == (max_out, R), f"B {B.dtype} {B.shape}"
+            proj = fnv(B[()].tobytes(), fnv(A[()].tobytes()))
+            assert proj == int(v["projection_checksum"]), "projection_checksum != vd_hash64(B, vd_hash64(A, 0))"
+
+        # ---- data_checksum, exactly as documented ----
+        h = fnv(params.tobytes())
+        h = fnv(m1.tobytes(), h)
+        h = fnv(m2.tobytes(), h)
+
+        def u64(x):
+            return int(x) & M64
+
+        def fbits(x):
+            return struct.unpack("<I", np.float32(x).tobytes())[0]
+        words = [a["step"], a["tokens_seen"], a["next_sequence"], a["global_batch_seqs"], a["adam_t"],
+                 a["world_size"], a["dropout_seed"], fbits(a["last_loss"]), cfg.attrs["hash"], m["fingerprint"],
+                 m["n_layer"], m["n_head"], m["n_embd"], m["vocab_size"], m["n_positions"],
+                 fbits(m["layer_norm_epsilon"]), v["r"], v["max_in"], v["max_out"], v["projection_prng_key"],
+                 v["projection_checksum"]]
+        h = fnv(b"".join(struct.pack("<Q", u64(w)) for w in words), h)
+        h = fnv(v["target_modules"], h)
+        assert h == int(a["data_checksum"]), "data_checksum does not follow the documented definition"
+        return step, dict(zip(order, [(f[f"adapter/{n}/lambda_b"][()], f[f"adapter/{n}/lambda_d"][()]) for n in order]))
+
+
+def test_checkpoint_objects(run_dir):
+    out, files, save_projection = run_dir
+    want = [f"step_{s:08d}.h5" for s in range(EVERY, STEPS + 1, EVERY)]
+    assert [p.name for p in files] == want, f"checkpoints {[p.name for p in files]}, expected {want}"
+    leftovers = [p.name for p in (out / "checkpoints").iterdir() if ".tmp." in p.name]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+    last = None
+    for p in files:
+        last = check_checkpoint(p, out, save_projection)
+    # the final checkpoint holds the vectors the run exported
+    step, vectors = last
+    assert step == STEPS
+    st = safetensors_f32(out / "adapter_final.safetensors")
+    for name, (b, d) in vectors.items():
+        assert np.array_equal(st[f"base_model.model.{name}.vera_lambda_b"].reshape(-1), b), f"{name} lambda_b"
+        assert np.array_equal(st[f"base_model.model.{name}.vera_lambda_d"].reshape(-1), d), f"{name} lambda_d"
+
+
+def test_save_projection_size(inputs, tmp_path):
+    """Without /projection the file is smaller by exactly about A and B's bytes."""
+    sizes = {}
+    for sp in (1, 0):
+        files = train(inputs, tmp_path / f"sp{sp}", sp)
+        sizes[sp] = files[-1].stat().st_size
+    ab = 4 * (R * 4 * DIM + 4 * DIM * R)
+    assert sizes[1] - sizes[0] >= ab, f"sizes {sizes}: A and B are {ab} bytes"
+
+
+def test_h5dump_reads(run_dir):
+    h5dump = shutil.which("h5dump")
+    if not h5dump:
+        pytest.skip("h5dump not found (Debian: apt-get install hdf5-tools)")
+    _, files, _ = run_dir
+    for p in files:
+        r = subprocess.run([h5dump, "-H", str(p)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"h5dump -H {p} exited {r.returncode}: {r.stderr}"
+        assert "GROUP \"adapter\"" in r.stdout and "transformer.h.1.mlp.c_proj" in r.stdout
+        r = subprocess.run([h5dump, "-a", "/step", str(p)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and re.search(r"\(0\): %d\b" % int(p.stem.split("_")[1]), r.stdout), r.stdout
+
+
+def test_doc_snippet_runs(run_dir):
+    """The ```python block of docs/checkpoint-format.md runs on a real checkpoint."""
+    _, files, _ = run_dir
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    assert len(blocks) == 1, f"expected one python block in {DOC}, found {len(blocks)}"
+    code, n = re.subn(r'^path = ".*"$', f"path = {str(files[-1])!r}", blocks[0], count=1, flags=re.M)
+    assert n == 1, "the snippet has no `path = \"...\"` line to substitute"
+    stdout = io.StringIO()
+    scope = {}
+    with contextlib.redirect_stdout(stdout):
+        exec(compile(code, str(DOC), "exec"), scope)
+    printed = stdout.getvalue()
+    assert f"step {STEPS}" in printed, printed
+    for name in MODULES:
+        assert name in printed, f"{name} not printed:\n{printed}"
+    assert isinstance(scope.get("config"), str) and f"r = {R}" in scope["config"]
