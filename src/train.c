@@ -433,6 +433,10 @@ static void train_setup(train_run *run, int argc, char **argv) {
     vd_dataset_open(&run->train, cfg->train_data, cfg->seq_len, run->mc.vocab_size, "train_data");
     run->has_val = cfg->val_data[0] != 0;
     if (run->has_val) vd_dataset_open(&run->val, cfg->val_data, cfg->seq_len, run->mc.vocab_size, "val_data");
+    /* every token id checked now, split over the ranks, so bad data never costs existing output */
+    vd_dataset_validate_part(&run->train, run->comm.rank, run->comm.world);
+    if (run->has_val) vd_dataset_validate_part(&run->val, run->comm.rank, run->comm.world);
+    vd_comm_barrier(&run->comm);
 
     run->B = cfg->batch_size;
     run->T = cfg->seq_len;

@@ -11,7 +11,7 @@
 # part failed.
 set -uo pipefail
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 JOBS="${VERA_JOBS:-$(nproc)}"
 export CTEST_OUTPUT_ON_FAILURE=1
 # Open MPI on one host (the integration tests set these too; here for anything else)

@@ -1,6 +1,7 @@
 /* test_model_io.c: GPT-2 parameter layout, random init, Hugging Face directory round trip,
  * fingerprint, hub-style names, and every bad directory dying with the file and tensor named.
- * Also drives `init-model` through vd_init_model_main. */
+ * Also drives `init-model` through vd_init_model_main, and reads llm.c model files (versions 3
+ * and 5, padded vocabulary; bad headers and sizes die naming the file). */
 #define _POSIX_C_SOURCE 200809L
 #include <fcntl.h>
 #include <stdint.h>

@@ -38,6 +38,9 @@ uint64_t vd_dataset_epoch(const vd_dataset *ds, uint64_t n);
 /* Checks every token id of every shard against vocab_size (vd_dataset_get checks only the
  * sequences it returns, since a full scan of a large dataset is slow). Dies like vd_dataset_get. */
 void vd_dataset_validate_all(const vd_dataset *ds);
+/* The same over shards part, part + parts, ...: ranks split the scan (part = rank, parts =
+ * world) so a whole dataset is checked before a run writes anything. */
+void vd_dataset_validate_part(const vd_dataset *ds, int32_t part, int32_t parts);
 void vd_dataset_close(vd_dataset *ds);
 
 /* Writes one shard (header + tokens) atomically. */

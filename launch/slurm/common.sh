@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # common.sh: shared logic of the vera-dist Slurm batch scripts (sourced, not run).
 #
 # The batch scripts set LAUNCHER, VERA_BIN, CONFIG, OUT_DIR, EXTRA_ARGS (and DEVICE) at their

@@ -6,6 +6,7 @@
 source "$(dirname "$0")/common.sh"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:halt_on_error=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+# shellcheck disable=SC2034 # read by vd_mpirun in common.sh
 MPI_TIMEOUT=300
 
 make_model "$TMP/model" 2 2 32 256 64

@@ -96,7 +96,7 @@ expect_error wrong_magic 2 "train_data;magic/train_000000\.bin;magic;20240520" \
 # 70 bytes are ASCII, so rank 0's first sequences are clean and only rank 1 hits a bad id:
 # rank 1 must end rank 0 too (no hang in the all-reduce).
 make_model "$TMP/model128" 2 2 32 128 64
-{ head -c 70 /dev/zero | tr '\0' 'a'; for i in $(seq 400); do printf 'h\xc3\xa9llo w\xc3\xb6rld '; done; } >"$TMP/high.txt"
+{ head -c 70 /dev/zero | tr '\0' 'a'; for _ in $(seq 400); do printf 'h\xc3\xa9llo w\xc3\xb6rld '; done; } >"$TMP/high.txt"
 vd_run "$TMP/prep-high.log" prepare-data --in "$TMP/high.txt" --out "$TMP/high" --val_fraction 0
 expect_error token_id_ge_vocab 2 "train_data;high/train_000000\.bin;token id;128" \
   "${BASE[@]}" --model "$TMP/model128" --train_data "$TMP/high/train_*.bin" --val_data ""

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # common.sh: shared helpers for the integration tests (sourced, not run).
 # Each test is run by ctest as: bash tests/integration/<name>.sh PATH/TO/vera-dist
 # It sets up a private temp dir (removed on exit unless VERA_KEEP_TMP=1), the Open MPI
@@ -8,6 +9,7 @@ set -euo pipefail
 VD="${1:?usage: bash $0 PATH/TO/vera-dist}"
 [[ -x "$VD" ]] || { echo "FAIL: vera-dist binary '$VD' is not executable" >&2; exit 1; }
 VD="$(cd "$(dirname "$VD")" && pwd)/$(basename "$VD")"
+# shellcheck disable=SC2034 # for the tests that source this file
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TEST_NAME="$(basename "$0" .sh)"
 
@@ -50,7 +52,7 @@ vd_mpirun() {
   local rc=0
   run_logged "$log" "$MPIRUN" -np "$np" "$VD" "$@" || rc=$?
   if [[ $rc -ne 0 ]]; then
-    tail -n 30 "$log" >&2
+    tail -n 80 "$log" >&2
     [[ $rc -eq 124 ]] && fail "timed out after ${MPI_TIMEOUT}s: mpirun -np $np vera-dist $*"
     fail "exit code $rc: mpirun -np $np vera-dist $*"
   fi

@@ -73,7 +73,7 @@ paste -d' ' <(metrics_field "$M" step) <(metrics_field "$M" tokens) |
 want=$(seq $EVAL $EVAL $STEPS; echo $STEPS)
 want=$(sort -n -u <<<"$want")
 have=$(paste -d' ' <(metrics_field "$M" step) <(metrics_field "$M" val_loss) | awk 'NF == 2 { print $1 }')
-[[ "$have" == "$want" ]] || fail "val_loss rows at steps [$(echo $have)], expected [$(echo $want)]"
+[[ "$have" == "$want" ]] || fail "val_loss rows at steps [$(tr '\n' ' ' <<<"$have")], expected [$(tr '\n' ' ' <<<"$want")]"
 
 # ---- the loss falls ----
 first=$(metrics_field "$M" loss | head -n 1)

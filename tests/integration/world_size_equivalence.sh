@@ -12,7 +12,7 @@ STEPS=20
 make_model "$TMP/model" 2 2 32 256 64
 make_data "$TMP/data" 30000
 COMMON=(--model "$TMP/model" --train_data "$TMP/data/train_*.bin" --val_data "$TMP/data/val_*.bin"
-        --batch_size 2 --seq_len 32 --max_steps $STEPS --warmup_steps 2 --lr 3e-2 --r 16
+        --batch_size 2 --seq_len 32 --max_steps "$STEPS" --warmup_steps 2 --lr 3e-2 --r 16
         --target_modules all --eval_every 5 --eval_seqs 8 --threads 1 --log_every 5)
 
 # run NAME NP GRAD_ACCUM [extra args]

@@ -45,6 +45,10 @@ from conftest import (ALL4, batch, make_gpt2, max_rel, mean_ce, peft_model, peft
                       read_metrics, set_vectors, vd_forward, vd_targets, vd_train, vera_config, vera_vectors,
                       write_shard)
 
+# known noise from the libraries, not from what is tested
+pytestmark = [pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning"),
+              pytest.mark.filterwarnings("ignore:Specified to not (save|load) vera_A:UserWarning")]
+
 LOGIT_RTOL = 1e-5
 LOSS_RTOL = 1e-5
 GRAD_RTOL = 2e-5

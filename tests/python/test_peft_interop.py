@@ -39,6 +39,10 @@ from conftest import (ALL4, LLMC_MAGIC, batch, checkpoint_of, error_lines, make_
                       peft_model, peft_projections, random_tokens, read_metrics, run_vd, set_vectors, vd_forward,
                       vd_targets, vd_train, vera_config, vera_vectors, write_llmc, write_shard)
 
+# known noise from the libraries, not from what is tested
+pytestmark = [pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning"),
+              pytest.mark.filterwarnings("ignore:Specified to not (save|load) vera_A:UserWarning")]
+
 LOGIT_RTOL = 1e-5
 LOSS_RTOL = 1e-5
 

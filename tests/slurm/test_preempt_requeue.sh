@@ -26,7 +26,9 @@
 #        the same world size; the result says which) and adapter_final.safetensors is identical.
 # Everything is bounded by timeouts; on failure the job output and the Slurm logs are printed.
 # Skips (exit 77) when not root. VERA_KEEP_TMP=1 keeps the temp dir (and the cluster's).
-source "$(dirname "$0")/../integration/common.sh"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck disable=SC1091
+source "$REPO_ROOT/tests/integration/common.sh"
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "SKIP [$TEST_NAME]: needs root (slurmd runs as root with SlurmUser=root)"
