@@ -164,10 +164,11 @@ uint64_t vd_vera_dropout_seed(const vd_fwd_ctx *ctx, int32_t module) {
 void vd_linear_forward(vd_vera *v, const vd_backend *be, int32_t module, float *out, const float *inp,
                        const float *W, const float *bias, int32_t N, int32_t in, int32_t outd,
                        const vd_fwd_ctx *ctx) {
-    be->gemm(0, 0, N, outd, in, 1.0f, inp, in, W, outd, 0.0f, out, outd);
+    vd_vera_module *md = module >= 0 ? &v->modules[module] : NULL;
+    /* with a merged weight (no dropout) the adapter term is already inside W0 + dW */
+    be->gemm(0, 0, N, outd, in, 1.0f, inp, in, md && md->weff ? md->weff : W, outd, 0.0f, out, outd);
     be->add_bias(out, bias, N, outd);
-    if (module < 0) return;
-    vd_vera_module *md = &v->modules[module];
+    if (!md) return;
     int32_t r = v->opt.r;
     const float *b = v->params + md->off_b, *d = v->params + md->off_d;
     const float *x = inp;
@@ -175,8 +176,10 @@ void vd_linear_forward(vd_vera *v, const vd_backend *be, int32_t module, float *
         be->dropout(v->xdrop, inp, N, in, v->opt.dropout, vd_vera_dropout_seed(ctx, module), ctx->row0);
         x = v->xdrop;
     }
-    /* U = x A[:, :in]^T (kept), then z = (U diag(d)) B[:out]^T, out += z diag(b) */
+    /* U = x A[:, :in]^T is kept for the vector gradients (M = G^T U) */
     be->gemm(0, 1, N, r, in, 1.0f, x, in, v->A, v->max_in, 0.0f, md->U, r);
+    if (md->weff) return;
+    /* factored: z = (U diag(d)) B[:out]^T, out += z diag(b) (PEFT's order of operations) */
     be->scale_cols(v->tmp_r, md->U, d, N, r);
     be->gemm(0, 1, N, outd, r, 1.0f, v->tmp_r, r, v->B, r, 0.0f, v->tmp_out, outd);
     be->scale_cols_add(out, v->tmp_out, b, N, outd);

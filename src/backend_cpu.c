@@ -108,7 +108,75 @@ static void cpu_layernorm_backward(float *dinp, const float *dout, const float *
     }
 }
 
+/* Sequences at least this long run attention as per-(batch, head) GEMMs (QK^T, PV and their
+ * backward) through BLAS; shorter ones use the direct loops, where call overhead would win. */
+int vd_cpu_attention_gemm_min_t = 128;
+
+static void cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                     const float *B, int ldb, float beta, float *C, int ldc);
+
+/* Causal softmax of each row of S (T x T) in place, rows above t masked to 0. */
+static void cpu_causal_softmax_rows(float *S, int T) {
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float *a = S + (size_t)t * T;
+        float maxv = -INFINITY;
+        for (int t2 = 0; t2 <= t; t2++) if (a[t2] > maxv) maxv = a[t2];
+        float sum = 0.0f;
+        for (int t2 = 0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
+        float inv = 1.0f / sum;
+        for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
+        for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+    }
+}
+
+static void cpu_attention_forward_gemm(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            const float *q = qkv + (size_t)b * T * 3 * C + (size_t)h * hs;
+            float *S = att + (((size_t)b * NH + h) * T) * T;
+            cpu_gemm(0, 1, T, T, hs, scale, q, 3 * C, q + C, 3 * C, 0.0f, S, T);
+            cpu_causal_softmax_rows(S, T);
+            cpu_gemm(0, 0, T, hs, T, 1.0f, S, T, q + 2 * C, 3 * C, 0.0f, out + (size_t)b * T * C + (size_t)h * hs, C);
+        }
+    }
+}
+
+static void cpu_attention_backward_gemm(float *dqkv, float *datt, const float *dout, const float *qkv,
+                                        const float *att, int B, int T, int C, int NH) {
+    int hs = C / NH;
+    float scale = 1.0f / sqrtf((float)hs);
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < NH; h++) {
+            size_t off = (size_t)b * T * 3 * C + (size_t)h * hs;
+            const float *q = qkv + off, *P = att + (((size_t)b * NH + h) * T) * T;
+            const float *dO = dout + (size_t)b * T * C + (size_t)h * hs;
+            float *dP = datt + (((size_t)b * NH + h) * T) * T;
+            cpu_gemm(0, 1, T, T, hs, 1.0f, dO, C, q + 2 * C, 3 * C, 0.0f, dP, T);           /* dP = dO V^T */
+            cpu_gemm(1, 0, T, hs, T, 1.0f, P, T, dO, C, 0.0f, dqkv + off + 2 * C, 3 * C);    /* dV = P^T dO */
+            /* dS = P * (dP - rowsum(P * dP)) * scale, in place over dP (masked entries stay 0) */
+            #pragma omp parallel for schedule(static)
+            for (int t = 0; t < T; t++) {
+                const float *p = P + (size_t)t * T;
+                float *d = dP + (size_t)t * T;
+                float dot = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) dot += p[t2] * d[t2];
+                for (int t2 = 0; t2 <= t; t2++) d[t2] = p[t2] * (d[t2] - dot) * scale;
+                for (int t2 = t + 1; t2 < T; t2++) d[t2] = 0.0f;
+            }
+            cpu_gemm(0, 0, T, hs, T, 1.0f, dP, T, q + C, 3 * C, 0.0f, dqkv + off, 3 * C);    /* dQ = dS K */
+            cpu_gemm(1, 0, T, hs, T, 1.0f, dP, T, q, 3 * C, 0.0f, dqkv + off + C, 3 * C);    /* dK = dS^T Q */
+        }
+    }
+}
+
 static void cpu_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
+    if (T >= vd_cpu_attention_gemm_min_t) {
+        cpu_attention_forward_gemm(out, att, qkv, B, T, C, NH);
+        return;
+    }
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
     #pragma omp parallel for collapse(3) schedule(static)
@@ -145,6 +213,10 @@ static void cpu_attention_forward(float *out, float *att, const float *qkv, int 
 
 static void cpu_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
                                    const float *att, int B, int T, int C, int NH) {
+    if (T >= vd_cpu_attention_gemm_min_t) {
+        cpu_attention_backward_gemm(dqkv, datt, dout, qkv, att, B, T, C, NH);
+        return;
+    }
     int hs = C / NH;
     float scale = 1.0f / sqrtf((float)hs);
     /* each (b, h) pair writes only its own head's slices of dqkv: no races */

@@ -78,6 +78,9 @@ const vd_backend *vd_backend_cpu_init(const struct vd_comm *comm);
 const vd_backend *vd_backend_cpu(void);
 /* The dropout stream every backend must reproduce: uniform in [0,1) for element (row, col). */
 float vd_dropout_uniform(uint64_t seed, uint64_t row, uint64_t col);
+/* The CPU backend runs attention through BLAS GEMMs for seq_len >= this (default 128), with
+ * direct loops below it; tests lower it to compare the two paths. */
+extern int vd_cpu_attention_gemm_min_t;
 /* Threads this rank uses for OpenMP and OpenBLAS (its share of the node's cores). */
 void vd_backend_cpu_set_threads(int32_t n);
 

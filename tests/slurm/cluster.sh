@@ -20,7 +20,10 @@
 # Logs: DIR/slurmctld.log, DIR/slurmd.log (DIR/*.out hold the daemons' own stdout/stderr).
 # Environment: VERA_SLURM_START_TIMEOUT (seconds to wait for an idle node, default 60),
 #              VERA_SLURM_CPUS (CPUs of the node, default 2),
-#              VERA_SLURM_CRED_EXPIRE (credential lifetime = requeue delay in seconds, default 5).
+#              VERA_SLURM_CRED_EXPIRE (credential lifetime = requeue delay in seconds, default 5),
+#              VERA_SLURM_GPUS=N (default 0): N fake GPUs (character devices DIR/dev/nvidia0..N-1
+#              named in gres.conf, GresTypes=gpu) so --gpus-per-node jobs schedule and see
+#              CUDA_VISIBLE_DEVICES; there is no real GPU behind them.
 set -euo pipefail
 
 say() { echo "[cluster] $*" >&2; }
@@ -125,6 +128,20 @@ write_conf() {
   [[ $cpus -le $real ]] || cpus=$real
   local nodeline="NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus"
   [[ $cpus -eq $real ]] && nodeline+=" Sockets=$sockets CoresPerSocket=$cores ThreadsPerCore=$threads"
+  local gpus="${VERA_SLURM_GPUS:-0}" gresline="" i
+  if ((gpus > 0)); then
+    # slurmd drops GPUs whose device files do not exist: fake ones (the /dev/null device)
+    mkdir -p "$dir/dev"
+    for ((i = 0; i < gpus; i++)); do
+      [[ -e "$dir/dev/nvidia$i" ]] || mknod "$dir/dev/nvidia$i" c 1 3 2>/dev/null ||
+        { say "warning: cannot create fake GPU devices (mknod): no GPUs in this cluster"; gpus=0; break; }
+    done
+  fi
+  if ((gpus > 0)); then
+    echo "Name=gpu File=$dir/dev/nvidia[0-$((gpus - 1))]" >"$dir/gres.conf"
+    nodeline+=" Gres=gpu:$gpus"
+    gresline="GresTypes=gpu"
+  fi
   local ctld_port slurmd_port
   ctld_port=$(free_port)
   slurmd_port=$(free_port)
@@ -168,6 +185,7 @@ KillWait=5
 JobRequeue=1
 MinJobAge=600
 InactiveLimit=0
+$gresline
 $nodeline State=UNKNOWN
 PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF

@@ -23,7 +23,10 @@
 #      - the second start continues from the checkpoint of the step it stopped at
 #        (--resume auto), and the job ends COMPLETED with status.json "finished" at step 40;
 #      - the 40 losses equal the reference within 1e-5 relative (bit-identical is expected with
-#        the same world size; the result says which) and adapter_final.safetensors is identical.
+#        the same world size; the result says which) and adapter_final.safetensors is identical;
+# 5. submits vera-cpu-multi-node.sbatch (on the one node) and vera-gpu.sbatch (2 fake GPUs, see
+#    cluster.sh VERA_SLURM_GPUS; DEVICE=cpu) unmodified: both run to the end with the reference's
+#    adapter, and the GPU job sees CUDA_VISIBLE_DEVICES=0,1.
 # Everything is bounded by timeouts; on failure the job output and the Slurm logs are printed.
 # Skips (exit 77) when not root. VERA_KEEP_TMP=1 keeps the temp dir (and the cluster's).
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -63,7 +66,7 @@ on_exit() {
 trap on_exit EXIT
 
 T_BEGIN=$SECONDS
-CL=$(VERA_SLURM_START_TIMEOUT=60 timeout -k 5 300 bash "$CLUSTER_SH" start "$TMP/cluster") || fail "could not start the Slurm cluster"
+CL=$(VERA_SLURM_GPUS=2 VERA_SLURM_START_TIMEOUT=60 timeout -k 5 300 bash "$CLUSTER_SH" start "$TMP/cluster") || fail "could not start the Slurm cluster"
 export SLURM_CONF="$CL/slurm.conf"
 note "cluster up in $((SECONDS - T_BEGIN)) s ($SLURM_CONF)"
 
@@ -177,4 +180,36 @@ scenario() {
 
 scenario srun
 scenario mpirun
+
+# smoke SCRIPT NAME [sbatch options]: the other scripts, submitted unmodified, run the same
+# 40 steps to the end (no signal) and give the reference's adapter
+smoke() {
+  local script="$1" name="$2"; shift 2
+  local out="$TMP/run-$name" jobdir="$TMP/job-$name" jobid st="" i t0=$SECONDS
+  mkdir -p "$jobdir"
+  JOB_OUTS+=("$jobdir/out")
+  jobid=$(VERA_BIN="$VD" CONFIG="$TMP/run.ini" OUT_DIR="$out" EXTRA_ARGS="--ckpt_delay_ms 0" \
+          timeout 30 sbatch --parsable --chdir="$jobdir" --output="$jobdir/out" "$@" "$REPO_ROOT/launch/slurm/$script") ||
+    fail "$name: sbatch failed"
+  jobid=${jobid%%;*}
+  for ((i = 0; i < 600; i++)); do
+    st=$(job_field "$jobid" JobState)
+    case "$st" in COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY) break ;; esac
+    sleep 0.1
+  done
+  [[ "$st" == COMPLETED ]] || fail "$name: job $jobid ended '$st' (expected COMPLETED within 60 s)"
+  grep -q 'run finished' "$jobdir/out" || fail "$name: the script did not report the run finished"
+  cmp -s "$out/adapter_final.safetensors" "$TMP/ref/adapter_final.safetensors" ||
+    fail "$name: adapter_final.safetensors differs from the reference"
+  note "$name: job $jobid COMPLETED in $((SECONDS - t0)) s, adapter identical to the reference"
+}
+# the multi-node script on the one node (its #SBATCH lines ask for 2 nodes x 16 cores)
+smoke vera-cpu-multi-node.sbatch multi-node-srun --nodes=1 --ntasks-per-node=2 --cpus-per-task=1
+if [[ "$(sinfo -h -N -o %G 2>/dev/null)" == *gpu:2* ]]; then
+  # the GPU script with 2 fake GPUs: one rank per GPU; DEVICE=cpu until the CUDA backend exists
+  DEVICE=cpu smoke vera-gpu.sbatch gpu-script --gpus-per-node=2 --ntasks-per-node=2 --cpus-per-task=1
+  grep -q 'CUDA_VISIBLE_DEVICES=0,1' "$TMP/job-gpu-script/out" || fail "gpu-script: the job did not see 2 GPUs"
+else
+  note "gpu-script: skipped (no fake GPUs in the test cluster)"
+fi
 note "PASS in $((SECONDS - T_BEGIN)) s"
