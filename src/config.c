@@ -52,7 +52,7 @@ typedef struct {
 static const vd_key g_keys[] = {
     /* [model] */
     {"model", "model", KT_STRING, FIELD(model), "", 0, 0, 0, NULL,
-     "Hugging Face GPT-2 directory holding config.json and model.safetensors"},
+     "Hugging Face GPT-2 directory (config.json + model.safetensors) or an llm.c model file (gpt2_124M.bin)"},
     /* [data] */
     {"train_data", "data", KT_STRING, FIELD(train_data), "", 0, 0, RESUME_FREE, NULL,
      "glob of llm.c token shards to train on, e.g. data/train_*.bin"},

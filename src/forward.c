@@ -50,7 +50,7 @@ static void forward_load_adapter(vd_vera *v, const char *path) {
 
 int vd_forward_main(int argc, char **argv) {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        printf("usage: vera-dist forward --model DIR --tokens GLOB --out FILE.safetensors [--adapter FILE|DIR]\n"
+        printf("usage: vera-dist forward --model DIR|FILE.bin --tokens GLOB --out FILE.safetensors [--adapter FILE|DIR]\n"
                "                         [--batch_size B --seq_len T --r R --target_modules ... (any config key)]\n"
                "One forward + backward on the first batch_size sequences of the token shards; writes logits\n"
                "[B,T,V], loss [1], vera_A, vera_B and <module>.vera_lambda_b.grad / .vera_lambda_d.grad\n"

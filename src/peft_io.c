@@ -2,6 +2,7 @@
 #include "vera/peft.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -122,14 +123,33 @@ void vd_peft_load_dir(vd_vera *v, const char *dir) {
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "r");
     if (!cJSON_IsNumber(r) || (int32_t)r->valuedouble != v->opt.r)
         vd_die("%s: r is %g, this run has r = %d", path, cJSON_IsNumber(r) ? r->valuedouble : -1.0, (int)v->opt.r);
+    /* JSON numbers are doubles in cJSON, which cannot tell 2^60 from 2^60 + 1: read the key's
+     * digits from the text itself and compare as uint64 */
     const cJSON *key = cJSON_GetObjectItemCaseSensitive(root, "projection_prng_key");
-    /* JSON numbers are doubles: compare through the text to keep 64-bit keys exact */
-    char want[32];
-    snprintf(want, sizeof(want), "%llu", (unsigned long long)v->opt.key);
-    char *got = key ? cJSON_PrintUnformatted(key) : NULL;
-    if (!got || (strcmp(got, want) != 0 && (double)v->opt.key != key->valuedouble))
-        vd_die("%s: projection_prng_key is %s, this run has %s", path, got ? got : "missing", want);
-    free(got);
+    if (!cJSON_IsNumber(key)) vd_die("%s: projection_prng_key is missing or not a number", path);
+    const char *kp = strstr(text, "\"projection_prng_key\"");
+    unsigned long long file_key = 0;
+    int parsed = 0;
+    if (kp) {
+        kp += strlen("\"projection_prng_key\"");
+        while (*kp == ' ' || *kp == '\t' || *kp == '\n' || *kp == '\r' || *kp == ':') kp++;
+        char *end = NULL;
+        errno = 0;
+        if (*kp >= '0' && *kp <= '9') {
+            file_key = strtoull(kp, &end, 10);
+            parsed = errno == 0 && end != kp && (*end == ',' || *end == '}' || *end == ' ' || *end == '\n' || *end == '\r');
+        }
+    }
+    if (!parsed) vd_die("%s: projection_prng_key is not a non-negative integer", path);
+    if ((uint64_t)file_key != v->opt.key)
+        vd_die("%s: projection_prng_key is %llu, this run has %llu", path, file_key, (unsigned long long)v->opt.key);
+    /* PEFT extras that would silently not be applied */
+    const cJSON *bias = cJSON_GetObjectItemCaseSensitive(root, "bias");
+    if (bias && !(cJSON_IsString(bias) && !strcmp(bias->valuestring, "none")))
+        vd_die("%s: bias is not \"none\" (vera-dist trains only the VeRA vectors)", path);
+    const cJSON *mts = cJSON_GetObjectItemCaseSensitive(root, "modules_to_save");
+    if (mts && !cJSON_IsNull(mts) && !(cJSON_IsArray(mts) && cJSON_GetArraySize(mts) == 0))
+        vd_die("%s: modules_to_save is set (vera-dist trains only the VeRA vectors)", path);
     uint32_t mask = peft_targets_mask(cJSON_GetObjectItemCaseSensitive(root, "target_modules"), path);
     if (mask != v->opt.target_mask)
         vd_die("%s: target_modules select other layers than this run's target_modules", path);
@@ -172,7 +192,13 @@ void vd_peft_save_dir(const char *dir, const vd_vera *v, const float *params, co
     if (base_model_path && base_model_path[0]) cJSON_AddStringToObject(root, "base_model_name_or_path", base_model_path);
     else cJSON_AddNullToObject(root, "base_model_name_or_path");
     cJSON_AddStringToObject(root, "bias", "none");
-    cJSON_AddNumberToObject(root, "d_initial", (double)v->opt.d_initial);
+    /* the shortest decimal that reads back as the same float: 0.1, not 0.10000000149011612 */
+    char dtext[32];
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(dtext, sizeof(dtext), "%.*g", prec, (double)v->opt.d_initial);
+        if (strtof(dtext, NULL) == v->opt.d_initial) break;
+    }
+    cJSON_AddItemToObject(root, "d_initial", cJSON_CreateRaw(dtext));
     cJSON_AddBoolToObject(root, "fan_in_fan_out", 1); /* GPT-2's Conv1D stores weights in x out */
     cJSON_AddBoolToObject(root, "inference_mode", 1);
     cJSON_AddBoolToObject(root, "init_weights", 1);

@@ -426,7 +426,7 @@ static void train_setup(train_run *run, int argc, char **argv) {
     /* ---- model and data: everything is validated before anything is written ---- */
     float *host_params = vd_gpt2_load(cfg->model, &run->mc);
     if (cfg->seq_len > run->mc.max_seq_len)
-        vd_die("seq_len: %d is larger than the model's context n_positions = %d (%s/config.json)",
+        vd_die("seq_len: %d is larger than the model's context n_positions = %d (model %s)",
                (int)cfg->seq_len, (int)run->mc.max_seq_len, cfg->model);
     run->model_fingerprint = vd_gpt2_fingerprint(&run->mc, host_params);
     memset(&run->val, 0, sizeof(run->val));

@@ -20,7 +20,7 @@ typedef enum {
 typedef struct vd_config {
     char config_path[VD_PATH_MAX]; /* the --config file, "" if none */
     /* [model] */
-    char model[VD_PATH_MAX];       /* Hugging Face GPT-2 directory: config.json + model.safetensors */
+    char model[VD_PATH_MAX];       /* Hugging Face GPT-2 directory (config.json + model.safetensors) or llm.c .bin file */
     /* [data] */
     char train_data[VD_PATH_MAX];  /* glob of llm.c token shards */
     char val_data[VD_PATH_MAX];    /* glob for eval loss; "" = no eval */

@@ -238,13 +238,10 @@ MISMATCHES = {
     "targets": (dict(targets=["c_attn"]), "target_modules"),
     "tampered-vera_A": (dict(tamper=True), "base_model.vera_A differs from the projection regenerated"),
     # keys above 2**53 that differ only in their low bits (the run has 2**60): PEFT seeds torch
-    # with the low 32 bits, so the projections differ; see KNOWN_BUGS
+    # with the low 32 bits, so the projections differ; the key must be compared as uint64
     "key-above-2**53": (dict(key=2**60 + 1, save_projection=False), "projection_prng_key is 1152921504606846977"),
 }
-KNOWN_BUGS = {
-    "key-above-2**53": "peft_io.c compares projection_prng_key through cJSON's double: 2**60 + 1 == 2**60 as a "
-                       "double, so an adapter for another key above 2**53 is accepted when it stores no vera_A/vera_B",
-}
+KNOWN_BUGS = {}  # mismatch cases expected to fail (none now: 64-bit keys are compared exactly)
 
 
 @pytest.mark.parametrize("what", [
