@@ -115,7 +115,8 @@ static const vd_key g_keys[] = {
     {"threads", "system", KT_INT, FIELD(threads), "0", 0, 65536, RESUME_FREE, NULL,
      "threads per rank; 0 = the node's cores divided by the ranks on that node"},
     {"device", "system", KT_STRING, FIELD(device), "cpu", 0, 0, RESUME_FREE, "cpu|cuda|auto",
-     "where to compute: cpu, cuda, or auto (cuda when available)"},
+     "where to compute: cpu; cuda (one GPU per rank, chosen by node-local rank; NCCL all-reduce); "
+     "auto (cuda when a GPU is usable, else cpu, saying which)"},
     /* [checkpoint] */
     {"ckpt_every", "checkpoint", KT_INT, FIELD(ckpt_every), "100", 0, I32_BIG, RESUME_FREE, NULL,
      "write a checkpoint every N optimizer steps (and always at the end); 0 = only at the end"},
@@ -127,6 +128,11 @@ static const vd_key g_keys[] = {
      "auto: continue from the newest valid checkpoint in out_dir; none: start fresh; or a checkpoint file"},
     {"ckpt_delay_ms", "checkpoint", KT_INT, FIELD(ckpt_delay_ms), "0", 0, 60000, RESUME_FREE, NULL,
      "testing only: sleep this long between datasets while writing a checkpoint"},
+    /* last in the table (it is a [system] key): checkpoints written before it existed still line
+     * up key by key with this table when resumed */
+    {"precision", "system", KT_STRING, FIELD(precision), "fp32", 0, 0, RESUME_FREE, "fp32|bf16",
+     "arithmetic of the frozen model: fp32; bf16 (bf16 weights and activations, fp32 adapter vectors "
+     "and optimizer) is not implemented yet and is rejected"},
 };
 #define NKEYS ((int)(sizeof(g_keys) / sizeof(g_keys[0])))
 

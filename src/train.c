@@ -13,6 +13,9 @@
 
 #include "vera/adapter.h"
 #include "vera/backend.h"
+#ifdef VERA_HAVE_CUDA
+#include "vera/backend_cuda.h"
+#endif
 #include "vera/checkpoint.h"
 #include "vera/cli.h"
 #include "vera/comm.h"
@@ -84,6 +87,45 @@ static void train_check_config(const vd_config *cfg, const vd_comm *comm) {
     }
     vd_comm_barrier(comm); /* ranks that match wait here until the one that differs aborts the job */
     vd_die("ranks started with different configurations");
+}
+
+/* The backend for `device` (docs/gpu.md): cpu; cuda (or a one-line error on every rank); auto =
+ * cuda when a device is usable, else cpu, saying which and why. The only code that knows
+ * whether this build has the CUDA backend. vd_backend_cuda_init is collective and answers the
+ * same on every rank, so all ranks take the same branch. Then `precision`: fp32 everywhere;
+ * bf16 is designed (docs/gpu.md, "Precision") but not implemented on either backend yet. */
+static const vd_backend *train_pick_backend(const vd_config *cfg, const vd_comm *comm) {
+    const char *dev = cfg->device;
+    const vd_backend *be = NULL;
+#ifdef VERA_HAVE_CUDA
+    if (strcmp(dev, "cpu") != 0) {
+        char why[768] = "";
+        be = vd_backend_cuda_init(comm, why, sizeof(why));
+        /* "no CUDA device (cudaGetDeviceCount: ...)" reads as "... is available (cudaGetDeviceCount: ...)" */
+        const char *reason = why;
+        size_t len = strlen(why);
+        if (!strncmp(why, "no CUDA device (", 16) && len > 17 && why[len - 1] == ')') {
+            why[len - 1] = 0;
+            reason = why + 16;
+        }
+        if (!be && !strcmp(dev, "cuda"))
+            vd_die("device: cuda requested but no CUDA device is available (%s) (HINT: --device cpu or auto)", reason);
+        if (be) vd_log("device: %s -> cuda\n", dev);
+        else vd_log("device: auto -> cpu (no usable CUDA device: %s)\n", reason);
+    }
+#else
+    if (!strcmp(dev, "cuda"))
+        vd_die("device: 'cuda' requested but this build has no CUDA backend (HINT: use --device cpu or auto)");
+    if (!strcmp(dev, "auto")) vd_log("device: auto -> cpu (this build has no CUDA backend)\n");
+#endif
+    if (!be) be = vd_backend_cpu_init(comm);
+    if (!strcmp(cfg->precision, "bf16")) {
+        if (!strcmp(be->name, "cpu"))
+            vd_die("precision: bf16 needs the cuda backend; the cpu backend computes in fp32 (HINT: --precision fp32)");
+        vd_die("precision: bf16 is not implemented yet on the cuda backend (design in docs/gpu.md, \"Precision\"); "
+               "use --precision fp32");
+    }
+    return be;
 }
 
 /* Everything one run holds; functions below take it whole. */
@@ -291,9 +333,12 @@ static void train_resume(train_run *run) {
                     vd_warn("resume: skipping invalid checkpoint: %s", err);
                 }
             }
-            if (!ok && have_outputs && !cfg->overwrite)
-                vd_die("out_dir: %s holds outputs but no valid checkpoint to resume from "
-                       "(HINT: --overwrite 1 starts over and deletes them)", cfg->out_dir);
+            /* An interrupted run that never reached a checkpoint (a requeued job killed early)
+             * starts over; a finished run's outputs are never replaced without --overwrite. */
+            if (!ok && vd_path_exists(run->adapter_path) && !cfg->overwrite)
+                vd_die("out_dir: %s holds a finished run but no valid checkpoint to resume from "
+                       "(HINT: --overwrite 1 starts over and deletes it)", cfg->out_dir);
+            if (!ok && have_outputs) vd_log("resume: no valid checkpoint in %s: starting over\n", cfg->out_dir);
         } else {
             if (vd_checkpoint_read(cfg->resume, &ck, err, sizeof(err)) != 0) vd_die("resume: %s", err);
             ok = 1;
@@ -309,7 +354,7 @@ static void train_resume(train_run *run) {
             memcpy(state + n, ck.exp_avg, sizeof(float) * n);
             memcpy(state + 2 * n, ck.exp_avg_sq, sizeof(float) * n);
             vd_checkpoint_free(&ck);
-        } else if (have_outputs) {
+        } else if (have_outputs && cfg->overwrite) {
             /* --overwrite 1: the old run goes, so its checkpoints never mix with this one's */
             for (int32_t i = 0; i < np; i++)
                 if (unlink(paths[i]) != 0) vd_die("%s: cannot delete old checkpoint", paths[i]);
@@ -411,12 +456,8 @@ static void train_setup(train_run *run, int argc, char **argv) {
     vd_config_validate(cfg);
     train_check_config(cfg, &run->comm);
     vd_config_serialize(cfg, run->config_text, sizeof(run->config_text));
-    train_install_signals();
 
-    if (!strcmp(cfg->device, "cuda"))
-        vd_die("device: 'cuda' requested but this build has no CUDA backend (HINT: use --device cpu or auto)");
-    if (!strcmp(cfg->device, "auto")) vd_log("device: auto -> cpu (this build has no CUDA backend)\n");
-    run->be = vd_backend_cpu_init(&run->comm);
+    run->be = train_pick_backend(cfg, &run->comm);
     run->threads = train_pick_threads(cfg, &run->comm);
     vd_backend_cpu_set_threads(run->threads);
     snprintf(run->metrics_path, sizeof(run->metrics_path), "%s/metrics.jsonl", cfg->out_dir);
@@ -508,6 +549,9 @@ int vd_train_main(int argc, char **argv) {
             return 0;
         }
     }
+    /* before anything else, so a preemption signal during start-up is not fatal: the request
+     * rides in the first step's all-reduce */
+    train_install_signals();
     static train_run run; /* large (config text); static keeps it off the stack */
     memset(&run, 0, sizeof(run));
     train_setup(&run, argc, argv);

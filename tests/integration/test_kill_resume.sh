@@ -30,7 +30,8 @@
 #  4. SIGTERM to both ranks directly (what Slurm does when it ends a job): the same as 3.
 #  5. a second SIGUSR1 while the first checkpoint-and-stop is writing: the ranks exit at once
 #     (non-zero), nothing is corrupted, and `--resume auto` completes identically.
-# Reproduce a failing random trial with VERA_KILL_SEED=<the seed printed at the start>.
+# VERA_KILL_SEED=<the seed printed at the start> repeats the random choices of a failing run
+# (the exact kill moments also depend on timing).
 # shellcheck disable=SC1091
 source "$(dirname "$0")/common.sh"
 
@@ -40,7 +41,7 @@ BUDGET="${VERA_KILL_BUDGET:-90}"
 FLIPS="${VERA_FLIP_TRIALS:-4}"
 SEED="${VERA_KILL_SEED:-$(( $(date +%s) % 100000 ))}"
 RANDOM=$SEED
-note "random seed $SEED (VERA_KILL_SEED=$SEED reproduces the trials)"
+note "random seed $SEED (VERA_KILL_SEED=$SEED repeats the same choices of delay, kill point and target)"
 command -v h5dump >/dev/null 2>&1 || fail "h5dump not found (install hdf5-tools)"
 
 make_model "$TMP/model" 2 2 32 256 64

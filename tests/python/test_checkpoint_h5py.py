@@ -56,11 +56,26 @@ M64 = (1 << 64) - 1
 
 
 def fnv(data, seed=0):
-    """vd_hash64: 64-bit FNV-1a with the seed folded into the offset basis (docs, "Checksums")."""
-    h = 14695981039346656037 ^ seed
-    for c in bytes(data):
-        h = ((h ^ c) * 1099511628211) & M64
-    return h
+    """vd_hash64 as documented in docs/checkpoint-format.md, "Checksums": four FNV-1a-style
+    lanes over 8-byte little-endian words, then the tail bytes, the length and a final mix."""
+    data = bytes(data)
+    P = 1099511628211
+    lanes = [14695981039346656037 ^ seed, 0x9E3779B97F4A7C15 ^ seed, 0xC2B2AE3D27D4EB4F ^ seed,
+             0x165667B19E3779F9 ^ seed]
+    n = len(data)
+    i = 0
+    while i + 32 <= n:
+        for k in range(4):
+            w = int.from_bytes(data[i + 8 * k:i + 8 * k + 8], "little")
+            lanes[k] = ((lanes[k] ^ w) * P) & M64
+        i += 32
+    h = lanes[0]
+    for k in range(1, 4):
+        h = ((h ^ (lanes[k] >> 29) ^ lanes[k]) * P) & M64
+    for c in data[i:]:
+        h = ((h ^ c) * P) & M64
+    h ^= n
+    return ((h ^ (h >> 32)) * P) & M64
 
 
 def run(cmd, what):

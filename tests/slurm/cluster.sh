@@ -8,8 +8,9 @@
 #
 # What start does (Debian 12, run as root; see ../shared/design/platform-notes.md):
 #   * installs slurm-wlm and munge with apt-get when they are missing;
-#   * reuses a munged that already answers, otherwise starts one as the munge user and records
-#     its PID (stop ends it only if start started it);
+#   * starts a private munged as the munge user on its own socket (/run/munge/vera.*; Slurm
+#     gets it with AuthInfo=socket=...), so a system munged or another test cluster is never
+#     shared or stopped; its PID is recorded like the daemons';
 #   * writes a private slurm.conf into DIR (nothing in /etc changes): the node is `hostname -s`
 #     at 127.0.0.1 with CPUs=2 and the real socket/core counts, cons_tres + CR_Core,
 #     proctrack/linuxproc, task/none, MpiDefault=pmix, no accounting, JobRequeue=1, a short
@@ -53,17 +54,18 @@ install_if_missing() {
   fi
 }
 
-munge_works() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
+# munge_works [SOCKET]: a credential encodes and decodes through that munged
+munge_works() {
+  local sock=()
+  [[ -n "${1:-}" ]] && sock=(--socket="$1")
+  munge "${sock[@]}" -n </dev/null 2>/dev/null | unmunge "${sock[@]}" >/dev/null 2>&1
+}
 
+# A private munged for this cluster, as the munge user, on its own socket
+# (/run/munge/vera.<name of DIR>/munge.socket, given to Slurm with AuthInfo=socket=...):
+# clusters started side by side, and a system munged, never share or stop each other's.
 start_munge() {
   local dir="$1"
-  if munge_works; then
-    say "munged already running: reusing it"
-    return 0
-  fi
-  if pgrep -x munged >/dev/null 2>&1; then
-    die "a munged is running but 'munge -n | unmunge' fails (check /etc/munge/munge.key and /run/munge)"
-  fi
   if [[ ! -s /etc/munge/munge.key ]]; then
     say "creating /etc/munge/munge.key"
     mkdir -p /etc/munge && chown munge:munge /etc/munge && chmod 700 /etc/munge
@@ -75,22 +77,32 @@ start_munge() {
     fi
     chmod 400 /etc/munge/munge.key
   fi
-  mkdir -p /run/munge /var/lib/munge /var/log/munge
-  chown munge:munge /run/munge /var/lib/munge /var/log/munge
+  # munged (user munge) must reach its socket directory: not under DIR, which may sit in a
+  # private (0700) temp dir; munged also wants it executable for all
+  mkdir -p /run/munge
+  chown munge:munge /run/munge
   chmod 755 /run/munge
-  # --force: a socket/pid file left by a munged that died is replaced (none answers, checked above)
-  runuser -u munge -- /usr/sbin/munged --force || die "munged failed to start (see /var/log/munge/munged.log)"
+  local mdir
+  mdir="/run/munge/vera.$(basename "$dir").$$"
+  mkdir -p "$mdir"
+  chown munge:munge "$mdir"
+  chmod 755 "$mdir"
+  echo "$mdir" >"$dir/munge.dir"
+  MUNGE_SOCKET="$mdir/munge.socket"
+  runuser -u munge -- /usr/sbin/munged --socket="$MUNGE_SOCKET" --pid-file="$mdir/munged.pid" \
+    --log-file="$mdir/munged.log" --seed-file="$mdir/munged.seed" ||
+    { cat "$mdir/munged.log" >&2 2>/dev/null || true; die "munged failed to start"; }
   local i pid=""
   for ((i = 0; i < 50; i++)); do
-    if munge_works; then
-      pid=$(cat /run/munge/munged.pid 2>/dev/null || true)
+    if munge_works "$MUNGE_SOCKET"; then
+      pid=$(cat "$mdir/munged.pid" 2>/dev/null || true)
       break
     fi
     sleep 0.1
   done
-  [[ -n "$pid" ]] || die "munged started but does not answer (see /var/log/munge/munged.log)"
+  [[ -n "$pid" ]] || { cat "$mdir/munged.log" >&2 2>/dev/null || true; die "munged started but does not answer"; }
   echo "$pid" >"$dir/munged.pid"
-  say "started munged (pid $pid)"
+  say "started munged (pid $pid, socket $MUNGE_SOCKET)"
 }
 
 # a TCP port nobody listens on, from a range unlikely to be used by anything else
@@ -156,9 +168,9 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-# the step credential lifetime is also how long a requeued job waits before it may start
-# again (default 120 s); short, so a requeue test does not sit idle for two minutes
-AuthInfo=cred_expire=${VERA_SLURM_CRED_EXPIRE:-5}
+# this cluster's own munged; the step credential lifetime is also how long a requeued job
+# waits before it may start again (default 120 s): short, so a requeue test does not sit idle
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=${VERA_SLURM_CRED_EXPIRE:-5}
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
 SlurmctldPidFile=$dir/slurmctld.pidfile
@@ -249,8 +261,6 @@ cmd_status() {
   for n in munged slurmctld slurmd; do
     if [[ -f "$dir/$n.pid" ]]; then
       if alive "$dir/$n.pid"; then echo "$n: running (pid $(cat "$dir/$n.pid"))"; else echo "$n: dead"; rc=1; fi
-    elif [[ $n == munged ]]; then
-      echo "munged: not started by us ($(munge_works && echo answering || echo NOT answering))"
     else
       echo "$n: not started"; rc=1
     fi
@@ -314,8 +324,14 @@ cmd_stop() {
     for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
   fi
   stop_pids "$dir/slurmd.pid" "$dir/slurmctld.pid"
-  # munged last (and only if we started it): the Slurm daemons talk to it while stopping
+  # munged last: the Slurm daemons talk to it while stopping
   stop_pids "$dir/munged.pid"
+  if [[ -f "$dir/munge.dir" ]]; then
+    local mdir
+    mdir=$(cat "$dir/munge.dir")
+    [[ "$mdir" == /run/munge/vera.* ]] && rm -rf "$mdir"
+    rm -f "$dir/munge.dir"
+  fi
   if [[ "${VERA_KEEP_TMP:-0}" == 1 ]]; then
     say "kept $dir"
   else

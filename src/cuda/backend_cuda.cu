@@ -1,0 +1,1006 @@
+/* backend_cuda.cu: the CUDA backend, a second vd_backend table (include/vera/backend.h).
+ *
+ * Every op mirrors its reference in src/backend_cpu.c, which defines the semantics; where the
+ * two differ in rounding (summation order, expf/tanhf ulps, fused multiply-adds) the GPU tests
+ * (tests/gpu/) state the bound. Design, in short:
+ *   - memory: cudaMalloc (no managed memory), zero-filled like the CPU backend's alloc;
+ *   - one CUDA stream orders every op; to_host, to_device, sum and sum_sq synchronise with it,
+ *     so host code (train.c) sees finished results exactly where the CPU backend would;
+ *   - GEMMs through cuBLAS (fp32, no TF32: CUBLAS_DEFAULT_MATH), the row-major mapping below;
+ *   - everything else is a custom kernel; every reduction runs in a fixed order (warp
+ *     shuffles in a fixed tree, block partials summed in index order, never atomics), so two
+ *     identical runs give bit-identical results;
+ *   - the gradient all-reduce is ncclAllReduce on the device buffer (counts in elements).
+ *
+ * Every CUDA, cuBLAS and NCCL call goes through cudaCheck / cublasCheck / ncclCheck, which
+ * report file:line and end every rank through vd_die_at. Set VERA_CUDA_SYNC=1 to synchronise
+ * after every op: an asynchronous kernel fault then names the op that caused it. */
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+extern "C" {
+#include "vera/backend.h"
+#include "vera/comm.h"
+#include "vera/common.h"
+}
+#include "vera/backend_cuda.h"
+
+#include "dropout_hash.h"
+
+/* ------------------------------------------------------------------------------------------ */
+/* state */
+
+typedef struct {
+    int initialized;
+    int device;                 /* this rank's GPU (index among the visible ones) */
+    int device_count;
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    ncclComm_t nccl;
+    int use_nccl;               /* 0: no collective (one process) or MPI on a host copy */
+    const vd_comm *comm;
+    double *partials;           /* (VD_SUM_BLOCKS + 1) device scratch of sum / sum_sq */
+    double *host_result;        /* pinned host double */
+    float *host_reduce;         /* pinned host staging of the MPI fallback all-reduce */
+    size_t host_reduce_count;
+    int debug_sync;             /* VERA_CUDA_SYNC=1 */
+    vd_backend table;
+} cuda_state;
+
+static cuda_state g;
+
+/* ------------------------------------------------------------------------------------------ */
+/* checked calls */
+
+#define VD_SYNC_HINT " (an asynchronous error may come from an earlier op: rerun with VERA_CUDA_SYNC=1 to name it)"
+
+static void vd_cuda_check(cudaError_t e, const char *what, const char *file, int line) {
+    if (e == cudaSuccess) return;
+    vd_die_at(file, line, "CUDA error %d %s in %s: %s%s", (int)e, cudaGetErrorName(e), what, cudaGetErrorString(e),
+              g.debug_sync ? "" : VD_SYNC_HINT);
+}
+
+static void vd_cublas_check(cublasStatus_t s, const char *what, const char *file, int line) {
+    if (s == CUBLAS_STATUS_SUCCESS) return;
+    vd_die_at(file, line, "cuBLAS error %d %s in %s: %s", (int)s, cublasGetStatusName(s), what, cublasGetStatusString(s));
+}
+
+static void vd_nccl_check(ncclResult_t r, const char *what, const char *file, int line) {
+    if (r == ncclSuccess) return;
+    const char *last = g.nccl ? ncclGetLastError(g.nccl) : ncclGetLastError(NULL);
+    vd_die_at(file, line, "NCCL error %d in %s: %s%s%s (HINT: NCCL_DEBUG=WARN or INFO prints NCCL's own diagnosis)",
+              (int)r, what, ncclGetErrorString(r), last && last[0] ? ": " : "", last ? last : "");
+}
+
+#define cudaCheck(call) vd_cuda_check((call), #call, __FILE__, __LINE__)
+#define cublasCheck(call) vd_cublas_check((call), #call, __FILE__, __LINE__)
+#define ncclCheck(call) vd_nccl_check((call), #call, __FILE__, __LINE__)
+
+/* after every kernel launch: launch errors now, execution errors now when VERA_CUDA_SYNC=1 */
+#define VD_LAUNCHED(name) do { vd_cuda_check(cudaGetLastError(), "launch of " name, __FILE__, __LINE__); \
+    if (g.debug_sync) vd_cuda_check(cudaStreamSynchronize(g.stream), "execution of " name, __FILE__, __LINE__); } while (0)
+
+static void vd_cuda_require_init(void) {
+    if (!g.initialized) vd_die("internal: CUDA backend op called before vd_backend_cuda_init");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* launch geometry and deterministic reductions */
+
+/* Every launch and every dynamic shared array goes through these two macros, so that the host
+ * emulation of this file (tests/gpu/emu: the kernels run on CPU fibers, to test their logic
+ * where there is no GPU) can supply its own. Every kernel runs on the backend's stream. */
+#ifndef VD_LAUNCH
+#define VD_LAUNCH(kernel, grid, block, shmem, ...) kernel<<<(grid), (block), (shmem), g.stream>>>(__VA_ARGS__)
+#define VD_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
+#define VD_THREADS 256       /* elementwise kernels, attention */
+#define VD_SUM_BLOCKS 256    /* fixed grid of sum / sum_sq: the order never depends on n */
+#define VD_XENT_THREADS 512  /* softmax cross-entropy: one block per row */
+
+static unsigned int vd_grid(size_t n, unsigned int block) {
+    size_t b = (n + block - 1) / block;
+    if (b < 1) b = 1;
+    if (b > (size_t)1 << 30) b = (size_t)1 << 30; /* grid-stride loops cover the rest */
+    return (unsigned int)b;
+}
+
+/* Tree sums over a warp: a fixed order, and with xor all lanes end with the same value. */
+template <typename T> __device__ __forceinline__ T warp_allsum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_allmax(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Block-wide sum / max in a fixed order; every thread of the block must call it (blockDim a
+ * multiple of 32, at most 1024); every thread gets the result. scratch: 33 elements. */
+template <typename T> __device__ T block_sum(T v, T *scratch) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (int)(blockDim.x >> 5);
+    v = warp_allsum(v);
+    __syncthreads(); /* scratch may still be read from a previous call */
+    if (lane == 0) scratch[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        T t = lane < nw ? scratch[lane] : (T)0;
+        t = warp_allsum(t);
+        if (lane == 0) scratch[32] = t;
+    }
+    __syncthreads();
+    return scratch[32];
+}
+__device__ float block_max(float v, float *scratch) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (int)(blockDim.x >> 5);
+    v = warp_allmax(v);
+    __syncthreads();
+    if (lane == 0) scratch[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        float t = lane < nw ? scratch[lane] : -INFINITY;
+        t = warp_allmax(t);
+        if (lane == 0) scratch[32] = t;
+    }
+    __syncthreads();
+    return scratch[32];
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* memory */
+
+static void *cu_alloc(size_t bytes) {
+    vd_cuda_require_init();
+    size_t rounded = (bytes + 255) / 256 * 256;
+    if (rounded == 0) rounded = 256;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, rounded);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        size_t free_b = 0, total_b = 0;
+        (void)cudaMemGetInfo(&free_b, &total_b);
+        vd_die("out of GPU memory: cudaMalloc of %zu bytes failed on GPU %d (%s); %.2f of %.2f GiB free "
+               "(HINT: lower batch_size or seq_len, or use more GPUs with a smaller batch_size)",
+               bytes, g.device, cudaGetErrorString(e), (double)free_b / 1073741824.0, (double)total_b / 1073741824.0);
+    }
+    cudaCheck(cudaMemsetAsync(p, 0, rounded, g.stream)); /* zero-filled, as the CPU backend's */
+    return p;
+}
+
+static void cu_free(void *p) {
+    if (!p) return;
+    cudaCheck(cudaStreamSynchronize(g.stream)); /* no op still using p */
+    cudaCheck(cudaFree(p));
+}
+
+/* Synchronous, like the CPU backend's memcpy: the host buffer may be reused (to_device) or
+ * read (to_host) as soon as the call returns. */
+static void cu_to_device(void *dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, g.stream));
+    cudaCheck(cudaStreamSynchronize(g.stream));
+}
+
+static void cu_to_host(void *dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, g.stream));
+    cudaCheck(cudaStreamSynchronize(g.stream));
+}
+
+static void cu_zero(void *p, size_t bytes) {
+    if (!bytes) return;
+    cudaCheck(cudaMemsetAsync(p, 0, bytes, g.stream));
+    VD_LAUNCHED("zero");
+}
+
+static void cu_copy(void *dst, const void *src, size_t bytes) {
+    if (!bytes || dst == src) return;
+    /* the CPU backend allows overlap (memmove); a device-to-device cudaMemcpy does not */
+    uintptr_t d = (uintptr_t)dst, s = (uintptr_t)src;
+    if (d < s + bytes && s < d + bytes) vd_die("internal: CUDA backend copy with overlapping ranges (%zu bytes)", bytes);
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g.stream));
+    VD_LAUNCHED("copy");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* dense */
+
+/* Row-major GEMM on column-major cuBLAS.
+ * The seam's gemm is row-major: C (M x N, leading dimension ldc) = alpha op(A) op(B) + beta C.
+ * A row-major matrix with leading dimension ld, read column-major with the same ld, is its
+ * transpose. So the buffer of C is, for cuBLAS, the N x M column-major matrix C^T, and
+ *     C = op(A) op(B)   <=>   C^T = op(B)^T op(A)^T.
+ * The buffer of B is, for cuBLAS, B^T (or op(B)^T directly when trans_b: B stored N x K
+ * row-major is K x N column-major, and transposing that gives op(B)^T = B, N x K... i.e.
+ * cuBLAS must apply "T" exactly when the row-major call asked for op(B) = B^T). Hence:
+ *     cublasSgemm(transa = trans_b, transb = trans_a, m = N, n = M, k = K,
+ *                 A := B with ldb, B := A with lda, C with ldc)
+ * The operands swap places, the transpose flags pass through unchanged, and every leading
+ * dimension stays what the row-major caller gave. (Check: trans_a = trans_b = 0: cuBLAS
+ * computes the N x M product (B^T)(A^T) = (AB)^T, column-major in C's buffer = AB row-major.)
+ * fp32 in, fp32 accumulation, no TF32 (CUBLAS_DEFAULT_MATH; NVIDIA_TF32_OVERRIDE=0 is not
+ * needed). cuBLAS is deterministic for a fixed problem, GPU and library version (no atomics:
+ * the default CUBLAS_ATOMICS_NOT_ALLOWED). */
+static void cu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
+                    const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    cublasCheck(cublasSgemm(g.cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
+                            K, &alpha, B, ldb, A, lda, &beta, C, ldc));
+    if (g.debug_sync) cudaCheck(cudaStreamSynchronize(g.stream));
+}
+
+__global__ void k_add_bias(float *out, const float *bias, size_t n, int OC) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] += bias[i % (size_t)OC];
+}
+
+static void cu_add_bias(float *out, const float *bias, int N, int OC) {
+    size_t n = (size_t)N * OC;
+    if (!n) return;
+    VD_LAUNCH(k_add_bias, vd_grid(n, VD_THREADS), VD_THREADS, 0, out, bias, n, OC);
+    VD_LAUNCHED("add_bias");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* transformer */
+
+__global__ void k_encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe, size_t n,
+                                  int T, int C) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t bt = i / (size_t)C, c = i % (size_t)C, t = bt % (size_t)T;
+        out[i] = wte[(size_t)tokens[bt] * C + c] + wpe[t * C + c];
+    }
+}
+
+static void cu_encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe, int B, int T,
+                               int C) {
+    size_t n = (size_t)B * T * C;
+    if (!n) return;
+    VD_LAUNCH(k_encoder_forward, vd_grid(n, VD_THREADS), VD_THREADS, 0, out, tokens, wte, wpe, n, T, C);
+    VD_LAUNCHED("encoder_forward");
+}
+
+/* LayerNorm: one warp per row; mean and variance in double as on the CPU. */
+__global__ void k_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                    const float *b, int N, int C, float eps) {
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= N) return; /* the whole warp leaves together */
+    const float *x = inp + (size_t)row * C;
+    double s = 0.0;
+    for (int c = lane; c < C; c += 32) s += x[c];
+    const double m = warp_allsum(s) / C;
+    double v = 0.0;
+    for (int c = lane; c < C; c += 32) {
+        double d = x[c] - m;
+        v += d * d;
+    }
+    v = warp_allsum(v) / C;
+    const float sc = (float)(1.0 / sqrt(v + eps));
+    float *o = out + (size_t)row * C;
+    for (int c = lane; c < C; c += 32) o[c] = ((float)(x[c] - m)) * sc * w[c] + b[c];
+    if (lane == 0) {
+        mean[row] = (float)m;
+        rstd[row] = sc;
+    }
+}
+
+static void cu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *w,
+                                 const float *b, int N, int C, float eps) {
+    if (N <= 0) return;
+    const int rows_per_block = VD_THREADS / 32;
+    VD_LAUNCH(k_layernorm_forward, vd_grid((size_t)N, rows_per_block), VD_THREADS, 0, out, mean, rstd, inp, w, b, N,
+              C, eps);
+    VD_LAUNCHED("layernorm_forward");
+}
+
+/* dinp += s * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)), one warp per row. */
+__global__ void k_layernorm_backward(float *dinp, const float *dout, const float *inp, const float *w,
+                                     const float *mean, const float *rstd, int N, int C) {
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const float *x = inp + (size_t)row * C;
+    const float *gr = dout + (size_t)row * C;
+    float *dx = dinp + (size_t)row * C;
+    const float m = mean[row], s = rstd[row];
+    double a = 0.0, bsum = 0.0;
+    for (int c = lane; c < C; c += 32) {
+        float norm = (x[c] - m) * s;
+        float dnorm = w[c] * gr[c];
+        a += dnorm;
+        bsum += dnorm * norm;
+    }
+    const float ma = (float)(warp_allsum(a) / C), mb = (float)(warp_allsum(bsum) / C);
+    for (int c = lane; c < C; c += 32) {
+        float norm = (x[c] - m) * s;
+        float dnorm = w[c] * gr[c];
+        dx[c] += s * (dnorm - ma - norm * mb);
+    }
+}
+
+static void cu_layernorm_backward(float *dinp, const float *dout, const float *inp, const float *w, const float *mean,
+                                  const float *rstd, int N, int C) {
+    if (N <= 0) return;
+    const int rows_per_block = VD_THREADS / 32;
+    VD_LAUNCH(k_layernorm_backward, vd_grid((size_t)N, rows_per_block), VD_THREADS, 0, dinp, dout, inp, w, mean,
+              rstd, N, C);
+    VD_LAUNCHED("layernorm_backward");
+}
+
+/* Causal attention, straightforward and exact: one block per (b, h, t) query row.
+ * Layouts as on the CPU: qkv (B, T, 3C) with q, k, v at column offsets 0, C, 2C and head h at
+ * h*hs within each; att (B, NH, T, T) keeps the softmax (zeros above the diagonal).
+ * The scores of the row are written straight into att (global memory, so any T works), the
+ * max and the sum are block reductions, and the weighted sum of values splits the keys over
+ * G = blockDim / hs groups of threads whose partial sums are added in group order.
+ * Speed (docs/gpu.md): the fast path is cuBLAS strided-batched GEMMs (Q K^T and att V per
+ * (b, h), plus the transposed products for backward) around a softmax kernel, or a fused
+ * flash-style kernel; this one is the correctness reference the GPU tests hold those to. */
+__global__ void k_attention_forward(float *out, float *att, const float *qkv, int T, int C, int NH, float scale) {
+    VD_DYNAMIC_SHARED(float, sh); /* [hs] the query, [blockDim] partial sums */
+    __shared__ float red[33];
+    const int hs = C / NH, tid = threadIdx.x, bd = blockDim.x;
+    const size_t row = blockIdx.x; /* (b * NH + h) * T + t */
+    const int t = (int)(row % (size_t)T), h = (int)((row / (size_t)T) % (size_t)NH);
+    const size_t b = row / ((size_t)T * NH), C3 = 3 * (size_t)C;
+    float *sq = sh, *part = sh + hs;
+    const float *q = qkv + (b * T + t) * C3 + (size_t)h * hs;
+    for (int i = tid; i < hs; i += bd) sq[i] = q[i];
+    __syncthreads();
+    const float *kbase = qkv + b * T * C3 + C + (size_t)h * hs;
+    const float *vbase = qkv + b * T * C3 + 2 * (size_t)C + (size_t)h * hs;
+    float *a = att + row * T;
+    float mx = -INFINITY;
+    for (int t2 = tid; t2 <= t; t2 += bd) {
+        const float *k = kbase + (size_t)t2 * C3;
+        float s = 0.0f;
+        for (int i = 0; i < hs; i++) s += sq[i] * k[i];
+        s *= scale;
+        a[t2] = s;
+        mx = fmaxf(mx, s);
+    }
+    mx = block_max(mx, red);
+    float sum = 0.0f;
+    for (int t2 = tid; t2 <= t; t2 += bd) {
+        float e = expf(a[t2] - mx);
+        a[t2] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, red);
+    const float inv = 1.0f / sum;
+    for (int t2 = tid; t2 <= t; t2 += bd) a[t2] *= inv;
+    for (int t2 = t + 1 + tid; t2 < T; t2 += bd) a[t2] = 0.0f;
+    __syncthreads(); /* the whole row of a is visible to the block */
+    float *o = out + (b * T + t) * (size_t)C + (size_t)h * hs;
+    if (hs <= bd) {
+        const int G = bd / hs, i = tid % hs, grp = tid / hs;
+        if (grp < G) {
+            float acc = 0.0f;
+            for (int t2 = grp; t2 <= t; t2 += G) acc += a[t2] * vbase[(size_t)t2 * C3 + i];
+            part[grp * hs + i] = acc;
+        }
+        __syncthreads();
+        if (tid < hs) {
+            float s = 0.0f;
+            for (int gg = 0; gg < G; gg++) s += part[gg * hs + tid];
+            o[tid] = s;
+        }
+    } else {
+        for (int i = tid; i < hs; i += bd) {
+            float acc = 0.0f;
+            for (int t2 = 0; t2 <= t; t2++) acc += a[t2] * vbase[(size_t)t2 * C3 + i];
+            o[i] = acc;
+        }
+    }
+}
+
+/* Backward, part 1: one block per query row (b, h, t). da = dout . v (through the weighted
+ * sum), then datt := the gradient of the pre-softmax scores, dpre = a (da - a . da) * scale,
+ * kept in datt for part 2, and dq = sum over keys of dpre k (this row owns dq: no races). */
+__global__ void k_attention_backward_q(float *dqkv, float *datt, const float *dout, const float *qkv,
+                                       const float *att, int T, int C, int NH, float scale) {
+    VD_DYNAMIC_SHARED(float, sh); /* [hs] dout of this row, [blockDim] partial sums */
+    __shared__ float red[33];
+    const int hs = C / NH, tid = threadIdx.x, bd = blockDim.x;
+    const size_t row = blockIdx.x;
+    const int t = (int)(row % (size_t)T), h = (int)((row / (size_t)T) % (size_t)NH);
+    const size_t b = row / ((size_t)T * NH), C3 = 3 * (size_t)C;
+    float *sgo = sh, *part = sh + hs;
+    const float *go = dout + (b * T + t) * (size_t)C + (size_t)h * hs;
+    for (int i = tid; i < hs; i += bd) sgo[i] = go[i];
+    __syncthreads();
+    const float *kbase = qkv + b * T * C3 + C + (size_t)h * hs;
+    const float *vbase = qkv + b * T * C3 + 2 * (size_t)C + (size_t)h * hs;
+    const float *a = att + row * T;
+    float *da = datt + row * T;
+    float dot = 0.0f;
+    for (int t2 = tid; t2 <= t; t2 += bd) {
+        const float *v = vbase + (size_t)t2 * C3;
+        float s = 0.0f;
+        for (int i = 0; i < hs; i++) s += sgo[i] * v[i];
+        da[t2] = s;
+        dot += a[t2] * s;
+    }
+    dot = block_sum(dot, red);
+    for (int t2 = tid; t2 <= t; t2 += bd) da[t2] = a[t2] * (da[t2] - dot) * scale;
+    __syncthreads();
+    float *dq = dqkv + (b * T + t) * C3 + (size_t)h * hs;
+    if (hs <= bd) {
+        const int G = bd / hs, i = tid % hs, grp = tid / hs;
+        if (grp < G) {
+            float acc = 0.0f;
+            for (int t2 = grp; t2 <= t; t2 += G) acc += da[t2] * kbase[(size_t)t2 * C3 + i];
+            part[grp * hs + i] = acc;
+        }
+        __syncthreads();
+        if (tid < hs) {
+            float s = 0.0f;
+            for (int gg = 0; gg < G; gg++) s += part[gg * hs + tid];
+            dq[tid] = s;
+        }
+    } else {
+        for (int i = tid; i < hs; i += bd) {
+            float acc = 0.0f;
+            for (int t2 = 0; t2 <= t; t2++) acc += da[t2] * kbase[(size_t)t2 * C3 + i];
+            dq[i] = acc;
+        }
+    }
+}
+
+/* Backward, part 2: one block per key row (b, h, t2), which owns dk and dv of position t2:
+ * dk = sum over queries t >= t2 of dpre[t, t2] q_t, dv = sum over t >= t2 of a[t, t2] dout_t. */
+__global__ void k_attention_backward_kv(float *dqkv, const float *datt, const float *dout, const float *qkv,
+                                        const float *att, int T, int C, int NH) {
+    VD_DYNAMIC_SHARED(float, sh); /* [2 * blockDim] partial sums of dk and dv */
+    const int hs = C / NH, tid = threadIdx.x, bd = blockDim.x;
+    const size_t row = blockIdx.x;
+    const int t2 = (int)(row % (size_t)T), h = (int)((row / (size_t)T) % (size_t)NH);
+    const size_t b = row / ((size_t)T * NH), C3 = 3 * (size_t)C;
+    const size_t bh = b * NH + h;
+    const float *qbase = qkv + b * T * C3 + (size_t)h * hs;
+    const float *gobase = dout + b * T * (size_t)C + (size_t)h * hs;
+    const float *acol = att + bh * T * T + t2;  /* a[t, t2] = acol[t * T] */
+    const float *dcol = datt + bh * T * T + t2;
+    float *dk = dqkv + (b * T + t2) * C3 + C + (size_t)h * hs;
+    float *dv = dqkv + (b * T + t2) * C3 + 2 * (size_t)C + (size_t)h * hs;
+    if (hs <= bd) {
+        const int G = bd / hs, i = tid % hs, grp = tid / hs;
+        float *pk = sh, *pv = sh + bd;
+        if (grp < G) {
+            float ak = 0.0f, av = 0.0f;
+            for (int t = t2 + grp; t < T; t += G) {
+                ak += dcol[(size_t)t * T] * qbase[(size_t)t * C3 + i];
+                av += acol[(size_t)t * T] * gobase[(size_t)t * C + i];
+            }
+            pk[grp * hs + i] = ak;
+            pv[grp * hs + i] = av;
+        }
+        __syncthreads();
+        if (tid < hs) {
+            float sk = 0.0f, sv = 0.0f;
+            for (int gg = 0; gg < G; gg++) {
+                sk += pk[gg * hs + tid];
+                sv += pv[gg * hs + tid];
+            }
+            dk[tid] = sk;
+            dv[tid] = sv;
+        }
+    } else {
+        for (int i = tid; i < hs; i += bd) {
+            float ak = 0.0f, av = 0.0f;
+            for (int t = t2; t < T; t++) {
+                ak += dcol[(size_t)t * T] * qbase[(size_t)t * C3 + i];
+                av += acol[(size_t)t * T] * gobase[(size_t)t * C + i];
+            }
+            dk[i] = ak;
+            dv[i] = av;
+        }
+    }
+}
+
+static unsigned int vd_attention_rows(int B, int T, int NH) {
+    size_t rows = (size_t)B * NH * T;
+    if (rows > 0x7fffffffu) vd_die("attention: %zu rows (B * n_head * T) exceed one CUDA grid", rows);
+    return (unsigned int)rows;
+}
+
+static void cu_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
+    if (B <= 0 || T <= 0) return;
+    const int hs = C / NH;
+    const float scale = 1.0f / sqrtf((float)hs);
+    const size_t shmem = sizeof(float) * ((size_t)hs + VD_THREADS);
+    VD_LAUNCH(k_attention_forward, vd_attention_rows(B, T, NH), VD_THREADS, shmem, out, att, qkv, T, C, NH, scale);
+    VD_LAUNCHED("attention_forward");
+}
+
+static void cu_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
+                                  int B, int T, int C, int NH) {
+    if (B <= 0 || T <= 0) return;
+    const int hs = C / NH;
+    const float scale = 1.0f / sqrtf((float)hs);
+    const unsigned int rows = vd_attention_rows(B, T, NH);
+    VD_LAUNCH(k_attention_backward_q, rows, VD_THREADS, sizeof(float) * ((size_t)hs + VD_THREADS), dqkv, datt, dout,
+              qkv, att, T, C, NH, scale);
+    VD_LAUNCHED("attention_backward (queries)");
+    VD_LAUNCH(k_attention_backward_kv, rows, VD_THREADS, sizeof(float) * 2 * (size_t)VD_THREADS, dqkv, datt, dout,
+              qkv, att, T, C, NH);
+    VD_LAUNCHED("attention_backward (keys, values)");
+}
+
+#define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
+__global__ void k_gelu_forward(float *out, const float *inp, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float x = inp[i];
+        out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALE * (x + 0.044715f * x * x * x)));
+    }
+}
+
+__global__ void k_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float x = inp[i];
+        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
+        float th = tanhf(u);
+        float sech2 = 1.0f - th * th;
+        float local = 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
+        dinp[i] = local * dout[i];
+    }
+}
+
+static void cu_gelu_forward(float *out, const float *inp, size_t n) {
+    if (!n) return;
+    VD_LAUNCH(k_gelu_forward, vd_grid(n, VD_THREADS), VD_THREADS, 0, out, inp, n);
+    VD_LAUNCHED("gelu_forward");
+}
+
+static void cu_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+    if (!n) return;
+    VD_LAUNCH(k_gelu_backward, vd_grid(n, VD_THREADS), VD_THREADS, 0, dinp, inp, dout, n);
+    VD_LAUNCHED("gelu_backward");
+}
+
+__global__ void k_add(float *out, const float *a, const float *b, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = a[i] + b[i];
+}
+
+__global__ void k_accumulate(float *a, const float *b, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        a[i] += b[i];
+}
+
+static void cu_add(float *out, const float *a, const float *b, size_t n) {
+    if (!n) return;
+    VD_LAUNCH(k_add, vd_grid(n, VD_THREADS), VD_THREADS, 0, out, a, b, n);
+    VD_LAUNCHED("add");
+}
+
+static void cu_accumulate(float *a, const float *b, size_t n) {
+    if (!n) return;
+    VD_LAUNCH(k_accumulate, vd_grid(n, VD_THREADS), VD_THREADS, 0, a, b, n);
+    VD_LAUNCHED("accumulate");
+}
+
+/* One block per row. probs may be logits (the model does it in place): every thread reads
+ * the target's logit before the first barrier, and each element is overwritten only by the
+ * thread that read it. The sum of exponentials is in double, as on the CPU. */
+__global__ void k_softmax_xent_forward(float *losses, float *probs, const float *logits, const int32_t *targets,
+                                       int V) {
+    __shared__ float redf[33];
+    __shared__ double redd[33];
+    const size_t n = blockIdx.x;
+    const int tid = threadIdx.x, bd = blockDim.x;
+    const float *l = logits + n * V;
+    float *p = probs + n * V;
+    const float lt = l[targets[n]];
+    float mx = -INFINITY;
+    for (int v = tid; v < V; v += bd) mx = fmaxf(mx, l[v]);
+    mx = block_max(mx, redf);
+    double sum = 0.0;
+    for (int v = tid; v < V; v += bd) {
+        float e = expf(l[v] - mx);
+        p[v] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, redd);
+    const float inv = (float)(1.0 / sum);
+    for (int v = tid; v < V; v += bd) p[v] *= inv;
+    /* log-sum-exp form keeps the loss exact even when the target's probability underflows */
+    if (tid == 0) losses[n] = (float)(log(sum) + mx - lt);
+}
+
+static void cu_softmax_xent_forward(float *losses, float *probs, const float *logits, const int32_t *targets, int N,
+                                    int V) {
+    if (N <= 0) return;
+    VD_LAUNCH(k_softmax_xent_forward, (unsigned int)N, VD_XENT_THREADS, 0, losses, probs, logits, targets, V);
+    VD_LAUNCHED("softmax_xent_forward");
+}
+
+__global__ void k_softmax_xent_backward(float *dlogits, const float *probs, const int32_t *targets, float dloss,
+                                        size_t n, int V) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t row = i / (size_t)V;
+        int v = (int)(i % (size_t)V);
+        float d = probs[i] * dloss;
+        if (v == targets[row]) d -= dloss;
+        dlogits[i] = d;
+    }
+}
+
+static void cu_softmax_xent_backward(float *dlogits, const float *probs, const int32_t *targets, float dloss, int N,
+                                     int V) {
+    size_t n = (size_t)N * V;
+    if (!n) return;
+    VD_LAUNCH(k_softmax_xent_backward, vd_grid(n, VD_THREADS), VD_THREADS, 0, dlogits, probs, targets, dloss, n, V);
+    VD_LAUNCHED("softmax_xent_backward");
+}
+
+/* Deterministic sums: a fixed grid of VD_SUM_BLOCKS blocks, each thread a fixed strided subset
+ * in double, block tree sums, then one block sums the partials in index order. The order
+ * depends on n only, never on timing. (It differs from the CPU's serial order: the results
+ * agree to double rounding, far below float resolution.) */
+__global__ void k_sum_partial(double *partials, const float *x, size_t n, int squared) {
+    __shared__ double red[33];
+    double s = 0.0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        double v = x[i];
+        s += squared ? v * v : v;
+    }
+    s = block_sum(s, red);
+    if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+__global__ void k_sum_final(double *out, const double *partials, int np) {
+    __shared__ double red[33];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < np; i += blockDim.x) s += partials[i];
+    s = block_sum(s, red);
+    if (threadIdx.x == 0) *out = s;
+}
+
+static double cu_reduce(const float *x, size_t n, int squared) {
+    if (!n) return 0.0;
+    VD_LAUNCH(k_sum_partial, VD_SUM_BLOCKS, VD_THREADS, 0, g.partials, x, n, squared);
+    VD_LAUNCHED("sum (partials)");
+    VD_LAUNCH(k_sum_final, 1, VD_THREADS, 0, g.partials + VD_SUM_BLOCKS, g.partials, VD_SUM_BLOCKS);
+    VD_LAUNCHED("sum (final)");
+    cudaCheck(cudaMemcpyAsync(g.host_result, g.partials + VD_SUM_BLOCKS, sizeof(double), cudaMemcpyDeviceToHost,
+                              g.stream));
+    cudaCheck(cudaStreamSynchronize(g.stream));
+    return *g.host_result;
+}
+
+static double cu_sum(const float *x, size_t n) { return cu_reduce(x, n, 0); }
+static double cu_sum_sq(const float *x, size_t n) { return cu_reduce(x, n, 1); }
+
+/* ------------------------------------------------------------------------------------------ */
+/* adapter vectors */
+
+__global__ void k_scale_cols(float *out, const float *inp, const float *vec, size_t n, int C, int add) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float v = inp[i] * vec[i % (size_t)C];
+        if (add) out[i] += v;
+        else out[i] = v;
+    }
+}
+
+static void cu_scale_cols(float *out, const float *inp, const float *vec, int N, int C) {
+    size_t n = (size_t)N * C;
+    if (!n) return;
+    VD_LAUNCH(k_scale_cols, vd_grid(n, VD_THREADS), VD_THREADS, 0, out, inp, vec, n, C, 0);
+    VD_LAUNCHED("scale_cols");
+}
+
+static void cu_scale_cols_add(float *out, const float *inp, const float *vec, int N, int C) {
+    size_t n = (size_t)N * C;
+    if (!n) return;
+    VD_LAUNCH(k_scale_cols, vd_grid(n, VD_THREADS), VD_THREADS, 0, out, inp, vec, n, C, 1);
+    VD_LAUNCHED("scale_cols_add");
+}
+
+/* db[i] += sum_k B[i,k] d[k] M[i,k]: one warp per row i. */
+__global__ void k_vera_db(float *db, const float *M, const float *Bs, const float *d, int out, int r) {
+    const int lane = threadIdx.x & 31;
+    const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (i >= out) return;
+    const float *m = M + (size_t)i * r, *bb = Bs + (size_t)i * r;
+    float s = 0.0f;
+    for (int k = lane; k < r; k += 32) s += bb[k] * d[k] * m[k];
+    s = warp_allsum(s);
+    if (lane == 0) db[i] += s;
+}
+
+/* dd[k] += sum_i b[i] B[i,k] M[i,k]: one block per column k, a block tree sum over i. */
+__global__ void k_vera_dd(float *dd, const float *M, const float *Bs, const float *b, int out, int r) {
+    __shared__ float red[33];
+    const int k = blockIdx.x;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < out; i += blockDim.x) s += b[i] * Bs[(size_t)i * r + k] * M[(size_t)i * r + k];
+    s = block_sum(s, red);
+    if (threadIdx.x == 0) dd[k] += s;
+}
+
+static void cu_vera_vector_grads(float *db, float *dd, const float *M, const float *Bs, const float *b, const float *d,
+                                 int out, int r) {
+    if (out <= 0 || r <= 0) return;
+    const int rows_per_block = VD_THREADS / 32;
+    VD_LAUNCH(k_vera_db, vd_grid((size_t)out, rows_per_block), VD_THREADS, 0, db, M, Bs, d, out, r);
+    VD_LAUNCHED("vera_vector_grads (b)");
+    VD_LAUNCH(k_vera_dd, (unsigned int)r, VD_THREADS, 0, dd, M, Bs, b, out, r);
+    VD_LAUNCHED("vera_vector_grads (d)");
+}
+
+/* The CPU backend's counter-based mask, bit for bit (src/cuda/dropout_hash.h). */
+__global__ void k_dropout(float *out, const float *inp, size_t n, int C, float p, float keep_scale, uint64_t seed,
+                          uint64_t row0) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t row = row0 + (uint64_t)(i / (size_t)C), col = (uint64_t)(i % (size_t)C);
+        out[i] = vd_hd_dropout_apply(inp[i], p, keep_scale, seed, row, col);
+    }
+}
+
+static void cu_dropout(float *out, const float *inp, int N, int C, float p, uint64_t seed, uint64_t row0) {
+    size_t n = (size_t)N * C;
+    if (!n) return;
+    const float keep_scale = 1.0f / (1.0f - p); /* computed once, on the host, as the CPU does */
+    VD_LAUNCH(k_dropout, vd_grid(n, VD_THREADS), VD_THREADS, 0, out, inp, n, C, p, keep_scale, seed, row0);
+    VD_LAUNCHED("dropout");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* optimizer */
+
+/* torch.optim.AdamW (single-tensor path), as the CPU backend; the step constants come from the
+ * host with the CPU's float expressions. */
+__global__ void k_adamw(float *params, const float *grads, float *m, float *v, size_t n, float decay, float beta1,
+                        float beta2, float eps, float step_size, float bc2_sqrt, float grad_scale) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float gr = grads[i] * grad_scale;
+        float p = params[i] * decay;
+        float mi = m[i], vi = v[i];
+        mi += (1.0f - beta1) * (gr - mi);
+        vi = vi * beta2 + (1.0f - beta2) * gr * gr;
+        m[i] = mi;
+        v[i] = vi;
+        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        params[i] = p - step_size * (mi / denom);
+    }
+}
+
+static void cu_adamw(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
+                     float beta2, float eps, float weight_decay, int32_t t, float grad_scale) {
+    if (!n) return;
+    float bc1 = 1.0f - powf(beta1, (float)t);
+    float bc2_sqrt = sqrtf(1.0f - powf(beta2, (float)t));
+    float step_size = lr / bc1;
+    float decay = 1.0f - lr * weight_decay;
+    VD_LAUNCH(k_adamw, vd_grid(n, VD_THREADS), VD_THREADS, 0, params, grads, m, v, n, decay, beta1, beta2, eps,
+              step_size, bc2_sqrt, grad_scale);
+    VD_LAUNCHED("adamw");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* the gradient all-reduce */
+
+static void cu_allreduce_sum(float *buf, size_t count) {
+    if (!count) return;
+    if (g.use_nccl) {
+        /* in place on the device buffer, ordered after the backward on the same stream; count
+         * in elements (ncclFloat), the same on every rank */
+        ncclCheck(ncclAllReduce(buf, buf, count, ncclFloat, ncclSum, g.nccl, g.stream));
+        cudaCheck(cudaStreamSynchronize(g.stream));
+        return;
+    }
+    if (!g.comm || g.comm->world == 1) return; /* one process: the sum is the buffer */
+    /* several ranks share a GPU (NCCL refuses that): MPI on a pinned host copy */
+    if (count > g.host_reduce_count) {
+        if (g.host_reduce) cudaCheck(cudaFreeHost(g.host_reduce));
+        g.host_reduce = NULL;
+        cudaCheck(cudaMallocHost((void **)&g.host_reduce, sizeof(float) * count));
+        g.host_reduce_count = count;
+    }
+    cu_to_host(g.host_reduce, buf, sizeof(float) * count);
+    vd_comm_allreduce_sum_f32(g.comm, g.host_reduce, count);
+    cu_to_device(buf, g.host_reduce, sizeof(float) * count);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* construction */
+
+#define VD_STR2(x) #x
+#define VD_STR(x) VD_STR2(x)
+#ifdef __CUDA_ARCH_LIST__
+#define VD_ARCH_LIST VD_STR(__CUDA_ARCH_LIST__)
+#else
+#define VD_ARCH_LIST "(unknown)"
+#endif
+
+static void cuda_release(void) {
+    if (g.nccl) (void)ncclCommDestroy(g.nccl);
+    if (g.cublas) (void)cublasDestroy(g.cublas);
+    if (g.partials) (void)cudaFree(g.partials);
+    if (g.host_result) (void)cudaFreeHost(g.host_result);
+    if (g.host_reduce) (void)cudaFreeHost(g.host_reduce);
+    if (g.stream) (void)cudaStreamDestroy(g.stream);
+    (void)cudaGetLastError();
+    memset(&g, 0, sizeof(g));
+}
+
+/* This rank alone: find and open its GPU. Returns 0 with a one-line reason on failure. */
+static int cuda_open_device(const vd_comm *comm, char *why, size_t cap) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        snprintf(why, cap, "no CUDA device (cudaGetDeviceCount: %s, error %d)", cudaGetErrorString(e), (int)e);
+        (void)cudaGetLastError();
+        return 0;
+    }
+    if (count < 1) {
+        const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+        snprintf(why, cap, "no CUDA device (cudaGetDeviceCount: 0 devices%s%s)", vis ? "; CUDA_VISIBLE_DEVICES=" : "",
+                 vis ? vis : "");
+        return 0;
+    }
+    g.device_count = count;
+    g.device = (comm ? comm->local_rank : 0) % count;
+    e = cudaSetDevice(g.device);
+    if (e != cudaSuccess) {
+        snprintf(why, cap, "cannot use GPU %d (cudaSetDevice: %s, error %d)", g.device, cudaGetErrorString(e), (int)e);
+        (void)cudaGetLastError();
+        return 0;
+    }
+    cudaDeviceProp prop;
+    e = cudaGetDeviceProperties(&prop, g.device);
+    if (e != cudaSuccess) {
+        snprintf(why, cap, "cannot query GPU %d (cudaGetDeviceProperties: %s, error %d)", g.device,
+                 cudaGetErrorString(e), (int)e);
+        (void)cudaGetLastError();
+        return 0;
+    }
+    /* a build for other architectures fails at the first kernel: say so now, in one line */
+    cudaFuncAttributes fa;
+    e = cudaFuncGetAttributes(&fa, k_add);
+    if (e != cudaSuccess) {
+        snprintf(why, cap,
+                 "GPU %d (%s, compute capability %d.%d) cannot run this build's kernels, compiled for "
+                 "architectures %s (%s; HINT: rebuild with -DCMAKE_CUDA_ARCHITECTURES=%d%d)",
+                 g.device, prop.name, prop.major, prop.minor, VD_ARCH_LIST, cudaGetErrorString(e), prop.major,
+                 prop.minor);
+        (void)cudaGetLastError();
+        return 0;
+    }
+    e = cudaStreamCreateWithFlags(&g.stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+        snprintf(why, cap, "GPU %d: cudaStreamCreate: %s (error %d)", g.device, cudaGetErrorString(e), (int)e);
+        (void)cudaGetLastError();
+        g.stream = NULL;
+        return 0;
+    }
+    cublasStatus_t s = cublasCreate(&g.cublas);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        snprintf(why, cap, "GPU %d: cublasCreate: %s", g.device, cublasGetStatusString(s));
+        g.cublas = NULL;
+        return 0;
+    }
+    if (cudaMalloc((void **)&g.partials, sizeof(double) * (VD_SUM_BLOCKS + 1)) != cudaSuccess ||
+        cudaMallocHost((void **)&g.host_result, sizeof(double)) != cudaSuccess) {
+        snprintf(why, cap, "GPU %d: cannot allocate the reduction scratch", g.device);
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return 1;
+}
+
+static void cuda_fill_table(vd_backend *t) {
+    t->name = "cuda";
+    t->alloc = cu_alloc;
+    t->free = cu_free;
+    t->to_device = cu_to_device;
+    t->to_host = cu_to_host;
+    t->zero = cu_zero;
+    t->copy = cu_copy;
+    t->gemm = cu_gemm;
+    t->add_bias = cu_add_bias;
+    t->encoder_forward = cu_encoder_forward;
+    t->layernorm_forward = cu_layernorm_forward;
+    t->layernorm_backward = cu_layernorm_backward;
+    t->attention_forward = cu_attention_forward;
+    t->attention_backward = cu_attention_backward;
+    t->gelu_forward = cu_gelu_forward;
+    t->gelu_backward = cu_gelu_backward;
+    t->add = cu_add;
+    t->accumulate = cu_accumulate;
+    t->softmax_xent_forward = cu_softmax_xent_forward;
+    t->softmax_xent_backward = cu_softmax_xent_backward;
+    t->sum = cu_sum;
+    t->scale_cols = cu_scale_cols;
+    t->scale_cols_add = cu_scale_cols_add;
+    t->vera_vector_grads = cu_vera_vector_grads;
+    t->dropout = cu_dropout;
+    t->sum_sq = cu_sum_sq;
+    t->adamw = cu_adamw;
+    t->allreduce_sum = cu_allreduce_sum;
+}
+
+extern "C" const vd_backend *vd_backend_cuda_init(const vd_comm *comm, char *err, size_t errcap) {
+    if (g.initialized) return &g.table;
+    char why[768] = "";
+    memset(&g, 0, sizeof(g));
+    const char *sync_env = getenv("VERA_CUDA_SYNC");
+    g.debug_sync = sync_env && sync_env[0] && strcmp(sync_env, "0") != 0;
+    int ok = cuda_open_device(comm, why, sizeof(why));
+
+    /* Collective from here: all ranks take the CUDA backend or none does (a rank without a GPU
+     * must not leave the others waiting in the NCCL initialisation). flags[1]: some node has
+     * more ranks than GPUs, or some rank asked for the MPI all-reduce (VERA_CUDA_ALLREDUCE=mpi). */
+    const char *ar_env = getenv("VERA_CUDA_ALLREDUCE");
+    int force_mpi = ar_env && !strcmp(ar_env, "mpi");
+    int32_t flags[2] = {ok ? 0 : 1, (ok && comm && comm->local_size > g.device_count) || force_mpi ? 1 : 0};
+    if (comm) vd_comm_allreduce_max_i32(comm, flags, 2);
+    if (flags[0]) {
+        if (ok) snprintf(why, sizeof(why), "another rank has no usable CUDA device (every rank needs one)");
+        cuda_release();
+        if (err && errcap) snprintf(err, errcap, "%s", why);
+        return NULL;
+    }
+    cublasCheck(cublasSetStream(g.cublas, g.stream));
+    cublasCheck(cublasSetMathMode(g.cublas, CUBLAS_DEFAULT_MATH)); /* fp32: no TF32 */
+    g.comm = comm;
+    g.initialized = 1;
+    cuda_fill_table(&g.table);
+
+    int world = comm ? comm->world : 1, rank = comm ? comm->rank : 0;
+    if (comm && !flags[1]) {
+        /* one GPU per rank: NCCL, initialised from an id that rank 0 broadcasts over MPI */
+        ncclUniqueId id;
+        memset(&id, 0, sizeof(id));
+        if (rank == 0) ncclCheck(ncclGetUniqueId(&id));
+        vd_comm_bcast(comm, &id, sizeof(id), 0);
+        ncclCheck(ncclCommInitRank(&g.nccl, world, id, rank));
+        g.use_nccl = 1;
+    }
+
+    /* which GPU each rank uses: one line per rank, in rank order */
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, g.device));
+    char host[256] = "?";
+    if (gethostname(host, sizeof(host)) != 0) snprintf(host, sizeof(host), "?");
+    host[sizeof(host) - 1] = 0;
+    for (int r = 0; r < world; r++) {
+        if (r == rank) {
+            printf("cuda: rank %d (node-local %d) on %s uses GPU %d of %d: %s, compute %d.%d, %.1f GiB, PCI "
+                   "%04x:%02x:%02x\n",
+                   rank, comm ? (int)comm->local_rank : 0, host, g.device, g.device_count, prop.name, prop.major,
+                   prop.minor, (double)prop.totalGlobalMem / 1073741824.0, prop.pciDomainID, prop.pciBusID,
+                   prop.pciDeviceID);
+            fflush(stdout);
+        }
+        if (comm) vd_comm_barrier(comm);
+    }
+    int nccl_version = 0;
+    if (g.use_nccl) ncclCheck(ncclGetVersion(&nccl_version));
+    if (g.use_nccl)
+        vd_log("cuda: gradient all-reduce with NCCL %d.%d.%d on the device buffer\n", nccl_version / 10000,
+               (nccl_version / 100) % 100, nccl_version % 100);
+    else if (comm && world > 1)
+        vd_log("cuda: gradient all-reduce with MPI on a host copy (%s; NCCL needs one GPU per rank)\n",
+               force_mpi ? "VERA_CUDA_ALLREDUCE=mpi" : "more ranks than GPUs on a node");
+    return &g.table;
+}
+
+extern "C" void vd_backend_cuda_shutdown(void) {
+    if (!g.initialized) return;
+    cudaCheck(cudaStreamSynchronize(g.stream));
+    if (g.nccl) ncclCheck(ncclCommDestroy(g.nccl));
+    g.nccl = NULL;
+    cuda_release();
+}
