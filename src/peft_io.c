@@ -161,10 +161,9 @@ void vd_peft_load_dir(vd_vera *v, const char *dir) {
     vd_peft_load_vectors(v, path);
 }
 
-void vd_peft_save_dir(const char *dir, const vd_vera *v, const float *params, const float *A, const float *B,
-                      int save_projection, const char *base_model_path) {
-    vd_mkdir_p(dir);
-    int32_t n = v->n_modules * 2 + (save_projection ? 2 : 0);
+void vd_peft_write_safetensors(const char *path, const vd_vera *v, const float *params, const float *A,
+                               const float *B, const char *const *meta_kv, int32_t n_meta) {
+    int32_t n = v->n_modules * 2 + (A && B ? 2 : 0);
     vd_st_entry *e = callocCheck((size_t)n, sizeof(vd_st_entry));
     char (*names)[160] = callocCheck((size_t)n, 160);
     for (int32_t i = 0; i < v->n_modules; i++) {
@@ -174,16 +173,22 @@ void vd_peft_save_dir(const char *dir, const vd_vera *v, const float *params, co
         e[2 * i] = (vd_st_entry){names[2 * i], params + md->off_b, 1, {md->out}};
         e[2 * i + 1] = (vd_st_entry){names[2 * i + 1], params + md->off_d, 1, {v->opt.r}};
     }
-    if (save_projection) {
+    if (A && B) {
         e[n - 2] = (vd_st_entry){"base_model.vera_A", A, 2, {v->opt.r, v->max_in}};
         e[n - 1] = (vd_st_entry){"base_model.vera_B", B, 2, {v->max_out, v->opt.r}};
     }
+    vd_safetensors_write_f32(path, e, n, meta_kv, n_meta);
+    free(names);
+    free(e);
+}
+
+void vd_peft_save_dir(const char *dir, const vd_vera *v, const float *params, const float *A, const float *B,
+                      int save_projection, const char *base_model_path) {
+    vd_mkdir_p(dir);
     char path[VD_PATH_MAX + 64];
     snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
     const char *meta[] = {"format", "pt"};
-    vd_safetensors_write_f32(path, e, n, meta, 1);
-    free(names);
-    free(e);
+    vd_peft_write_safetensors(path, v, params, save_projection ? A : NULL, save_projection ? B : NULL, meta, 1);
 
     cJSON *root = cJSON_CreateObject();
     cJSON *am = cJSON_AddObjectToObject(root, "auto_mapping");

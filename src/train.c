@@ -162,25 +162,13 @@ static void train_write_status(const train_run *run, const char *state) {
 
 /* Adapter tensors under PEFT's names, so the final file reads like a PEFT adapter. */
 static void train_save_adapter(const char *path, const vd_vera *v, const vd_config *cfg) {
-    const vd_backend *be = v->be;
     float *hp = mallocCheck(sizeof(float) * v->n_trainable);
-    be->to_host(hp, v->params, sizeof(float) * v->n_trainable);
-    vd_st_entry *e = callocCheck((size_t)v->n_modules * 2, sizeof(vd_st_entry));
-    char (*names)[160] = callocCheck((size_t)v->n_modules * 2, 160);
-    for (int32_t i = 0; i < v->n_modules; i++) {
-        const vd_vera_module *md = &v->modules[i];
-        snprintf(names[2 * i], 160, "base_model.model.%s.vera_lambda_b", md->name);
-        snprintf(names[2 * i + 1], 160, "base_model.model.%s.vera_lambda_d", md->name);
-        e[2 * i] = (vd_st_entry){names[2 * i], hp + md->off_b, 1, {md->out}};
-        e[2 * i + 1] = (vd_st_entry){names[2 * i + 1], hp + md->off_d, 1, {v->opt.r}};
-    }
+    v->be->to_host(hp, v->params, sizeof(float) * v->n_trainable);
     char r[32], key[32];
     snprintf(r, sizeof(r), "%d", (int)v->opt.r);
     snprintf(key, sizeof(key), "%llu", (unsigned long long)v->opt.key);
     const char *meta[] = {"format", "pt", "r", r, "projection_prng_key", key, "target_modules", cfg->target_modules};
-    vd_safetensors_write_f32(path, e, v->n_modules * 2, meta, 4);
-    free(names);
-    free(e);
+    vd_peft_write_safetensors(path, v, hp, NULL, NULL, meta, 4);
     free(hp);
 }
 

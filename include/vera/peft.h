@@ -18,6 +18,10 @@ void vd_peft_load_vectors(vd_vera *v, const char *path);
 /* Reads DIR/adapter_config.json, checks it against the run (peft_type, r, projection_prng_key,
  * target_modules) naming the field that differs, then loads DIR/adapter_model.safetensors. */
 void vd_peft_load_dir(vd_vera *v, const char *dir);
+/* Writes the vectors (host, v's layout) under PEFT's key names to one safetensors file, with
+ * base_model.vera_A / vera_B when A and B are non-NULL, and optional metadata pairs. */
+void vd_peft_write_safetensors(const char *path, const vd_vera *v, const float *params, const float *A,
+                               const float *B, const char *const *meta_kv, int32_t n_meta);
 /* Writes DIR/adapter_config.json and DIR/adapter_model.safetensors from host vectors
  * (n_trainable floats in v's layout) and, when save_projection, host A and B. */
 void vd_peft_save_dir(const char *dir, const vd_vera *v, const float *params, const float *A, const float *B,
