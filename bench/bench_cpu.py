@@ -446,9 +446,10 @@ def main():
                 runs[sysname].append(r)
                 continue
             r["tok_s"] = throughput(r)
+            r["tok_s_medstep"] = r["tokens_per_step"] / (statistics.median(r["step_ms"][WARMUP:]) / 1e3)
             runs[sysname].append(r)
             extra = f", first step {r['step_ms'][0] / 1e3:.1f} s" if sysname == "peft-compile" else ""
-            print(f"  rep {rep} {sysname:22s}: {r['tok_s']:9.0f} tok/s, peak RSS {fmt_mib(r['maxrss_kb'])} MiB, "
+            print(f"  rep {rep} {sysname:26s}: {r['tok_s']:9.0f} tok/s, peak RSS {fmt_mib(r['maxrss_kb'])} MiB, "
                   f"loss {r['losses'][-1]:.6f}, load {r['load_before'][0]:.2f}->{r['load_after'][0]:.2f}{extra}",
                   flush=True)
 
@@ -456,7 +457,8 @@ def main():
     print()
     print(f"== {a.shape}: batch {a.batch} x seq {a.seq} = {a.batch * a.seq} tokens/step, threads {a.threads}, "
           f"r {a.r}, all four linear layers, {a.steps} steps ({WARMUP} warm-up), {a.repeats} rounds ==")
-    print(f"{'system':22s} {'tok/s median [min-max]':>24s} {'n':>2s} {'x / PEFT eager':>20s} {'peak RSS':>9s} "
+    print(f"{'system':26s} {'tok/s median [min-max]':>24s} {'n':>2s} {'x / PEFT eager':>20s} {'med-step':>8s} "
+          f"{'peak RSS':>9s} "
           f"{'train RSS':>9s} {'last loss':>11s} {'dloss':>9s} {'dvec':>9s}")
     ref_sys = "peft-eager"
     ref_rep = {r["rep"]: r["tok_s"] for r in ok.get(ref_sys, [])}
@@ -466,7 +468,7 @@ def main():
         rs = ok[s]
         if not rs:
             why = skipped.get(s, "all runs failed")
-            print(f"{s:22s} skipped: {why}")
+            print(f"{s:26s} skipped: {why}")
             summary[s] = dict(skipped=why)
             continue
         toks = [r["tok_s"] for r in rs]
@@ -479,9 +481,14 @@ def main():
         dvec_s = f"{dvec:.1e}" if isinstance(dvec, float) else str(dvec)
         maxrss = statistics.median(r["maxrss_kb"] for r in rs)
         trss = statistics.median(r["train_rss_kb"] for r in rs)
-        print(f"{s:22s} {spread(toks):>24s} {len(rs):>2d} {ratio:>20s} {fmt_mib(maxrss):>7s}Mi "
+        ms_ratio = "-"
+        if ok.get(ref_sys):
+            ms_ratio = "%.2fx" % (statistics.median(r["tok_s_medstep"] for r in rs) /
+                                 statistics.median(r["tok_s_medstep"] for r in ok[ref_sys]))
+        print(f"{s:26s} {spread(toks):>24s} {len(rs):>2d} {ratio:>20s} {ms_ratio:>8s} {fmt_mib(maxrss):>7s}Mi "
               f"{fmt_mib(trss):>7s}Mi {rs[0]['losses'][-1]:11.6f} {dloss:9.1e} {dvec_s:>9s}")
         summary[s] = dict(tok_s=toks, tok_s_median=statistics.median(toks), ratio_to_peft_eager=ratios,
+                          tok_s_medstep=[r["tok_s_medstep"] for r in rs],
                           maxrss_kb=[r["maxrss_kb"] for r in rs], train_rss_kb=[r["train_rss_kb"] for r in rs],
                           last_loss=rs[0]["losses"][-1], losses=rs[0]["losses"], max_rel_loss_diff_vs_vd=dloss,
                           max_rel_vec_diff_vs_vd=dvec, load=[(r["load_before"][0], r["load_after"][0]) for r in rs])
@@ -500,7 +507,8 @@ def main():
     if "peft-compile" in skipped:
         print(f"peft-compile skipped after a failure: {skipped['peft-compile']}")
     print("tok/s: tokens of steps %d..%d / their time, per run; 'x / PEFT eager': ratio of the medians (range of "
-          "the per-round ratios); peak RSS: ru_maxrss of the process (load included); train RSS: largest VmRSS "
+          "the per-round ratios); med-step: the same ratio from each run's median step time (robust to bursts of "
+          "load); peak RSS: ru_maxrss of the process (load included); train RSS: largest VmRSS "
           "sampled after the first step; dloss: max over steps of |loss_x - loss_vd| / loss_vd; dvec: max over "
           "layers of max|v_x - v_vd| / max|v_vd| of the final b and d (vd = vera-dist, first round)."
           % (WARMUP + 1, a.steps))

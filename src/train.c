@@ -110,8 +110,8 @@ static const vd_backend *train_pick_backend(const vd_config *cfg, const vd_comm 
         }
         if (!be && !strcmp(dev, "cuda"))
             vd_die("device: cuda requested but no CUDA device is available (%s) (HINT: --device cpu or auto)", reason);
-        if (be) vd_log("device: %s -> cuda\n", dev);
-        else vd_log("device: auto -> cpu (no usable CUDA device: %s)\n", reason);
+        if (be && !strcmp(dev, "auto")) vd_log("device: auto -> cuda\n");
+        if (!be) vd_log("device: auto -> cpu (no usable CUDA device: %s)\n", reason);
     }
 #else
     if (!strcmp(dev, "cuda"))

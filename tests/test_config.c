@@ -400,7 +400,7 @@ static void test_serialize(void) {
     CHECK(strstr(s1, "config") == NULL, "config_path is not part of the serialized config");
     int lines = 0;
     for (const char *p = s1; *p; p++) lines += *p == '\n';
-    CHECK(lines == 34, "%d lines", lines);
+    CHECK(lines == 35, "%d lines", lines);
 
     /* round trip through vd_config_set */
     vd_config b;

@@ -52,6 +52,7 @@ typedef struct {
     float *host_reduce;         /* pinned host staging of the MPI fallback all-reduce */
     size_t host_reduce_count;
     int debug_sync;             /* VERA_CUDA_SYNC=1 */
+    int attention_gemm;         /* 1 (default): attention through cuBLAS; VERA_CUDA_ATTENTION=kernel: 0 */
     vd_backend table;
 } cuda_state;
 
@@ -343,9 +344,9 @@ static void cu_layernorm_backward(float *dinp, const float *dout, const float *i
  * The scores of the row are written straight into att (global memory, so any T works), the
  * max and the sum are block reductions, and the weighted sum of values splits the keys over
  * G = blockDim / hs groups of threads whose partial sums are added in group order.
- * Speed (docs/gpu.md): the fast path is cuBLAS strided-batched GEMMs (Q K^T and att V per
- * (b, h), plus the transposed products for backward) around a softmax kernel, or a fused
- * flash-style kernel; this one is the correctness reference the GPU tests hold those to. */
+ * These direct kernels are the reference (VERA_CUDA_ATTENTION=kernel); the default path runs
+ * the products through cuBLAS strided-batched GEMMs (below). A fused flash-style kernel would
+ * be the next step for speed (docs/gpu.md). */
 __global__ void k_attention_forward(float *out, float *att, const float *qkv, int T, int C, int NH, float scale) {
     VD_DYNAMIC_SHARED(float, sh); /* [hs] the query, [blockDim] partial sums */
     __shared__ float red[33];
@@ -514,8 +515,113 @@ static unsigned int vd_attention_rows(int B, int T, int NH) {
     return (unsigned int)rows;
 }
 
+/* ---- attention through cuBLAS (the default): per sequence b, strided-batched GEMMs over the
+ * NH heads straight on the qkv layout (head h of row t at t * 3C + h * hs: batch stride hs),
+ * around row kernels for the causal softmax and its backward. The products span the full
+ * T x T (the masked half included, as the CPU's GEMM path does); the kernels write exact zeros
+ * above the diagonal so the masked half contributes nothing. VERA_CUDA_ATTENTION=kernel selects
+ * the direct kernels above instead (the reference the GPU tests compare both against). */
+
+/* row-major strided-batched GEMM, the mapping of cu_gemm applied to each of `batch` problems */
+static void cu_gemm_strided_batched(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                                    int lda, long long stride_a, const float *B, int ldb, long long stride_b,
+                                    float beta, float *C, int ldc, long long stride_c, int batch) {
+    if (M <= 0 || N <= 0 || batch <= 0) return;
+    cublasCheck(cublasSgemmStridedBatched(g.cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                          trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb, stride_b, A,
+                                          lda, stride_a, &beta, C, ldc, stride_c, batch));
+    if (g.debug_sync) cudaCheck(cudaStreamSynchronize(g.stream));
+}
+
+/* att row (b, h, t) := causal softmax of scale * scores (in place), zeros above the diagonal */
+__global__ void k_causal_softmax_forward(float *att, int T, float scale) {
+    __shared__ float red[33];
+    const int tid = threadIdx.x, bd = blockDim.x;
+    const size_t row = blockIdx.x;
+    const int t = (int)(row % (size_t)T);
+    float *a = att + row * T;
+    float mx = -INFINITY;
+    for (int t2 = tid; t2 <= t; t2 += bd) {
+        float s = a[t2] * scale;
+        a[t2] = s;
+        mx = fmaxf(mx, s);
+    }
+    mx = block_max(mx, red);
+    float sum = 0.0f;
+    for (int t2 = tid; t2 <= t; t2 += bd) {
+        float e = expf(a[t2] - mx);
+        a[t2] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, red);
+    const float inv = 1.0f / sum;
+    for (int t2 = tid; t2 <= t; t2 += bd) a[t2] *= inv;
+    for (int t2 = t + 1 + tid; t2 < T; t2 += bd) a[t2] = 0.0f;
+}
+
+/* datt row := a (datt - a . datt) * scale on and below the diagonal, 0 above */
+__global__ void k_causal_softmax_backward(float *datt, const float *att, int T, float scale) {
+    __shared__ float red[33];
+    const int tid = threadIdx.x, bd = blockDim.x;
+    const size_t row = blockIdx.x;
+    const int t = (int)(row % (size_t)T);
+    const float *a = att + row * T;
+    float *da = datt + row * T;
+    float dot = 0.0f;
+    for (int t2 = tid; t2 <= t; t2 += bd) dot += a[t2] * da[t2];
+    dot = block_sum(dot, red);
+    for (int t2 = tid; t2 <= t; t2 += bd) da[t2] = a[t2] * (da[t2] - dot) * scale;
+    for (int t2 = t + 1 + tid; t2 < T; t2 += bd) da[t2] = 0.0f;
+}
+
+static void attention_forward_gemm(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
+    const int hs = C / NH, C3 = 3 * C;
+    const long long TT = (long long)T * T;
+    for (int b = 0; b < B; b++) { /* scores_h = Q_h K_h^T */
+        const float *q = qkv + (size_t)b * T * C3;
+        cu_gemm_strided_batched(0, 1, T, T, hs, 1.0f, q, C3, hs, q + C, C3, hs, 0.0f, att + (size_t)b * NH * TT, T, TT,
+                                NH);
+    }
+    VD_LAUNCH(k_causal_softmax_forward, vd_attention_rows(B, T, NH), VD_THREADS, 0, att, T, 1.0f / sqrtf((float)hs));
+    VD_LAUNCHED("attention_forward (softmax)");
+    for (int b = 0; b < B; b++) { /* out_h = att_h V_h */
+        const float *v = qkv + (size_t)b * T * C3 + 2 * C;
+        cu_gemm_strided_batched(0, 0, T, hs, T, 1.0f, att + (size_t)b * NH * TT, T, TT, v, C3, hs, 0.0f,
+                                out + (size_t)b * T * C, C, hs, NH);
+    }
+}
+
+static void attention_backward_gemm(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
+                                    int B, int T, int C, int NH) {
+    const int hs = C / NH, C3 = 3 * C;
+    const long long TT = (long long)T * T;
+    for (int b = 0; b < B; b++) {
+        const float *v = qkv + (size_t)b * T * C3 + 2 * C, *go = dout + (size_t)b * T * C;
+        const float *a = att + (size_t)b * NH * TT;
+        /* datt_h = dout_h V_h^T;  dV_h = att_h^T dout_h */
+        cu_gemm_strided_batched(0, 1, T, T, hs, 1.0f, go, C, hs, v, C3, hs, 0.0f, datt + (size_t)b * NH * TT, T, TT,
+                                NH);
+        cu_gemm_strided_batched(1, 0, T, hs, T, 1.0f, a, T, TT, go, C, hs, 0.0f, dqkv + (size_t)b * T * C3 + 2 * C, C3,
+                                hs, NH);
+    }
+    VD_LAUNCH(k_causal_softmax_backward, vd_attention_rows(B, T, NH), VD_THREADS, 0, datt, att, T,
+              1.0f / sqrtf((float)hs));
+    VD_LAUNCHED("attention_backward (softmax)");
+    for (int b = 0; b < B; b++) {
+        const float *q = qkv + (size_t)b * T * C3, *dp = datt + (size_t)b * NH * TT;
+        float *dq = dqkv + (size_t)b * T * C3;
+        /* dQ_h = dpre_h K_h;  dK_h = dpre_h^T Q_h */
+        cu_gemm_strided_batched(0, 0, T, hs, T, 1.0f, dp, T, TT, q + C, C3, hs, 0.0f, dq, C3, hs, NH);
+        cu_gemm_strided_batched(1, 0, T, hs, T, 1.0f, dp, T, TT, q, C3, hs, 0.0f, dq + C, C3, hs, NH);
+    }
+}
+
 static void cu_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
     if (B <= 0 || T <= 0) return;
+    if (g.attention_gemm) {
+        attention_forward_gemm(out, att, qkv, B, T, C, NH);
+        return;
+    }
     const int hs = C / NH;
     const float scale = 1.0f / sqrtf((float)hs);
     const size_t shmem = sizeof(float) * ((size_t)hs + VD_THREADS);
@@ -526,6 +632,10 @@ static void cu_attention_forward(float *out, float *att, const float *qkv, int B
 static void cu_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
                                   int B, int T, int C, int NH) {
     if (B <= 0 || T <= 0) return;
+    if (g.attention_gemm) {
+        attention_backward_gemm(dqkv, datt, dout, qkv, att, B, T, C, NH);
+        return;
+    }
     const int hs = C / NH;
     const float scale = 1.0f / sqrtf((float)hs);
     const unsigned int rows = vd_attention_rows(B, T, NH);
@@ -937,20 +1047,47 @@ extern "C" const vd_backend *vd_backend_cuda_init(const vd_comm *comm, char *err
     memset(&g, 0, sizeof(g));
     const char *sync_env = getenv("VERA_CUDA_SYNC");
     g.debug_sync = sync_env && sync_env[0] && strcmp(sync_env, "0") != 0;
+    const char *att_env = getenv("VERA_CUDA_ATTENTION");
+    if (att_env && strcmp(att_env, "kernel") != 0 && strcmp(att_env, "gemm") != 0)
+        vd_die("VERA_CUDA_ATTENTION='%s': expected gemm (the default) or kernel", att_env);
+    g.attention_gemm = !(att_env && !strcmp(att_env, "kernel"));
     int ok = cuda_open_device(comm, why, sizeof(why));
 
     /* Collective from here: all ranks take the CUDA backend or none does (a rank without a GPU
-     * must not leave the others waiting in the NCCL initialisation). flags[1]: some node has
-     * more ranks than GPUs, or some rank asked for the MPI all-reduce (VERA_CUDA_ALLREDUCE=mpi). */
+     * must not leave the others waiting in the NCCL initialisation). flags[1]: some rank asked
+     * for the MPI all-reduce (VERA_CUDA_ALLREDUCE=mpi). */
     const char *ar_env = getenv("VERA_CUDA_ALLREDUCE");
     int force_mpi = ar_env && !strcmp(ar_env, "mpi");
-    int32_t flags[2] = {ok ? 0 : 1, (ok && comm && comm->local_size > g.device_count) || force_mpi ? 1 : 0};
+    int32_t flags[2] = {ok ? 0 : 1, force_mpi ? 1 : 0};
     if (comm) vd_comm_allreduce_max_i32(comm, flags, 2);
     if (flags[0]) {
         if (ok) snprintf(why, sizeof(why), "another rank has no usable CUDA device (every rank needs one)");
         cuda_release();
         if (err && errcap) snprintf(err, errcap, "%s", why);
         return NULL;
+    }
+    /* NCCL refuses two ranks on one GPU ("Duplicate GPU detected"). Compare the physical GPUs
+     * (host and PCI address, the identity NCCL checks), not counts: with per-task GPU binding
+     * every rank sees one device 0, yet each is a different GPU. */
+    cudaDeviceProp prop;
+    cudaCheck(cudaGetDeviceProperties(&prop, g.device));
+    char host[256] = "?";
+    if (gethostname(host, sizeof(host)) != 0) snprintf(host, sizeof(host), "?");
+    host[sizeof(host) - 1] = 0;
+    int shared_gpu = 0;
+    if (comm && comm->world > 1) {
+        char id[320];
+        snprintf(id, sizeof(id), "%s/%04x:%02x:%02x", host, prop.pciDomainID, prop.pciBusID, prop.pciDeviceID);
+        uint64_t *all = (uint64_t *)malloc(sizeof(uint64_t) * (size_t)comm->world);
+        if (!all) vd_die("out of memory");
+        vd_comm_allgather_u64(comm, vd_hash64(id, strlen(id), 0), all);
+        for (int32_t i = 0; i < comm->world && !shared_gpu; i++)
+            for (int32_t j = i + 1; j < comm->world; j++)
+                if (all[i] == all[j]) {
+                    shared_gpu = 1;
+                    break;
+                }
+        free(all);
     }
     cublasCheck(cublasSetStream(g.cublas, g.stream));
     cublasCheck(cublasSetMathMode(g.cublas, CUBLAS_DEFAULT_MATH)); /* fp32: no TF32 */
@@ -959,7 +1096,7 @@ extern "C" const vd_backend *vd_backend_cuda_init(const vd_comm *comm, char *err
     cuda_fill_table(&g.table);
 
     int world = comm ? comm->world : 1, rank = comm ? comm->rank : 0;
-    if (comm && !flags[1]) {
+    if (comm && !flags[1] && !shared_gpu) {
         /* one GPU per rank: NCCL, initialised from an id that rank 0 broadcasts over MPI */
         ncclUniqueId id;
         memset(&id, 0, sizeof(id));
@@ -970,11 +1107,6 @@ extern "C" const vd_backend *vd_backend_cuda_init(const vd_comm *comm, char *err
     }
 
     /* which GPU each rank uses: one line per rank, in rank order */
-    cudaDeviceProp prop;
-    cudaCheck(cudaGetDeviceProperties(&prop, g.device));
-    char host[256] = "?";
-    if (gethostname(host, sizeof(host)) != 0) snprintf(host, sizeof(host), "?");
-    host[sizeof(host) - 1] = 0;
     for (int r = 0; r < world; r++) {
         if (r == rank) {
             printf("cuda: rank %d (node-local %d) on %s uses GPU %d of %d: %s, compute %d.%d, %.1f GiB, PCI "
@@ -992,8 +1124,9 @@ extern "C" const vd_backend *vd_backend_cuda_init(const vd_comm *comm, char *err
         vd_log("cuda: gradient all-reduce with NCCL %d.%d.%d on the device buffer\n", nccl_version / 10000,
                (nccl_version / 100) % 100, nccl_version % 100);
     else if (comm && world > 1)
-        vd_log("cuda: gradient all-reduce with MPI on a host copy (%s; NCCL needs one GPU per rank)\n",
-               force_mpi ? "VERA_CUDA_ALLREDUCE=mpi" : "more ranks than GPUs on a node");
+        vd_log("cuda: gradient all-reduce with MPI on a host copy (%s)\n",
+               flags[1] ? "VERA_CUDA_ALLREDUCE=mpi"
+                        : "ranks share a GPU, which NCCL refuses: give every rank its own GPU for NCCL");
     return &g.table;
 }
 

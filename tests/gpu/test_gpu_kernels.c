@@ -1,0 +1,501 @@
+/* test_gpu_kernels: every op of the CUDA backend against the CPU backend (the reference) on
+ * random inputs, forward and backward, then a whole GPT-2 + VeRA forward/backward/AdamW step on
+ * both backends. Each check prints the error it measured and its bound, so a GPU run records
+ * the actual agreement.
+ *
+ * Error measure: max_i |gpu_i - cpu_i| / max_i |cpu_i| (relative to the tensor's largest
+ * entry; 0 when the tensors are equal). Bounds, and why:
+ *   exact (0)  memory ops, dropout (the mask stream is bit-identical, src/cuda/dropout_hash.h),
+ *              add, add_bias, scale_cols, encoder (one IEEE float operation per element)
+ *   1e-6       elementwise with a multiply-add the GPU may fuse or a libm function (GELU's
+ *              tanhf: 2 ulp on the GPU), softmax-xent backward, AdamW
+ *   1e-5       reductions over a row in another order: LayerNorm, attention forward, softmax
+ *              cross-entropy forward, the VeRA vector gradients, GEMMs (K up to 3072)
+ *   1e-4       attention backward (two chained reductions over T)
+ *   1e-12      sum, sum_sq (double accumulation on both sides)
+ *   model      loss 1e-5 relative, gradients of every lambda_b / lambda_d 1e-4, vectors after
+ *              one AdamW step from the same gradients 1e-6, the loss after it 1e-5 (both
+ *              input-gradient paths, with and without dropout)
+ * Attention runs the backend's default path (cuBLAS strided-batched GEMMs); ctest runs the
+ * program a second time with VERA_CUDA_ATTENTION=kernel for the direct kernels.
+ * Without a usable GPU it prints "SKIPPED: <reason>" and exits 77 (ctest: skipped). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../test_util.h"
+#include "vera/adapter.h"
+#include "vera/backend.h"
+#include "vera/backend_cuda.h"
+#include "vera/comm.h"
+#include "vera/common.h"
+#include "vera/model.h"
+#include "vera/optimizer.h"
+#include "vera/prng.h"
+
+static const vd_backend *cpu, *gpu;
+static uint64_t g_rng = 0x1234567ULL;
+
+static float frand(void) {
+    g_rng = vd_mix64(g_rng + 0x9E3779B97F4A7C15ULL);
+    return (float)((double)(g_rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+}
+
+/* one tensor on both backends, same contents */
+typedef struct {
+    float *c, *g;
+    size_t n;
+} pair;
+
+static pair pair_new(size_t n, float scale) {
+    pair p = {cpu->alloc(sizeof(float) * n), gpu->alloc(sizeof(float) * n), n};
+    for (size_t i = 0; i < n; i++) p.c[i] = frand() * scale;
+    gpu->to_device(p.g, p.c, sizeof(float) * n);
+    return p;
+}
+
+static void pair_free(pair *p) {
+    cpu->free(p->c);
+    gpu->free(p->g);
+}
+
+static double max_err(const float *got, const float *want, size_t n) {
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - (double)want[i]);
+        if (isnan(got[i]) != isnan(want[i]) || isinf(got[i]) != isinf(want[i])) return INFINITY;
+        if (d > num) num = d;
+        if (fabs((double)want[i]) > den) den = fabs((double)want[i]);
+    }
+    if (num == 0.0) return 0.0;
+    return den > 0.0 ? num / den : INFINITY;
+}
+
+static void report(const char *what, double err, double bound) {
+    printf("  %-58s err %.3e  bound %.0e  %s\n", what, err, bound, err <= bound ? "ok" : "FAIL");
+    CHECK(err <= bound, "%s: error %.3e above bound %.0e", what, err, bound);
+}
+
+static void compare(const char *what, const pair *p, double bound) {
+    float *h = malloc(sizeof(float) * p->n);
+    gpu->to_host(h, p->g, sizeof(float) * p->n);
+    report(what, max_err(h, p->c, p->n), bound);
+    free(h);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+
+static void test_memory(void) {
+    printf("memory\n");
+    size_t n = 1000003;
+    float *g = gpu->alloc(sizeof(float) * n), *h = malloc(sizeof(float) * n), *h2 = malloc(sizeof(float) * n);
+    gpu->to_host(h, g, sizeof(float) * n);
+    size_t nz = 0;
+    for (size_t i = 0; i < n; i++) nz += h[i] != 0.0f;
+    report("alloc is zero-filled", (double)nz, 0);
+    for (size_t i = 0; i < n; i++) h[i] = frand();
+    gpu->to_device(g, h, sizeof(float) * n);
+    float *g2 = gpu->alloc(sizeof(float) * n);
+    gpu->copy(g2, g, sizeof(float) * n);
+    gpu->to_host(h2, g2, sizeof(float) * n);
+    report("to_device, copy, to_host round trip", memcmp(h, h2, sizeof(float) * n) ? 1.0 : 0.0, 0);
+    gpu->zero(g2 + 5, sizeof(float) * 10);
+    gpu->to_host(h2, g2, sizeof(float) * n);
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) ok &= (i >= 5 && i < 15) ? h2[i] == 0.0f : h2[i] == h[i];
+    report("zero of a sub-range", ok ? 0.0 : 1.0, 0);
+    gpu->free(g);
+    gpu->free(g2);
+    free(h);
+    free(h2);
+}
+
+/* C (M x N) = alpha op(A) op(B) + beta C, row-major, with leading dimensions larger than the
+ * matrices (the adapter reads A[:, :in] with lda = max_in) */
+static void test_gemm_case(int ta, int tb, int M, int N, int K, int pad, float alpha, float beta, double bound) {
+    int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+    int lda = ac + pad, ldb = bc + pad, ldc = N + pad;
+    pair A = pair_new((size_t)ar * lda, 1.0f), B = pair_new((size_t)br * ldb, 1.0f), C = pair_new((size_t)M * ldc, 1.0f);
+    cpu->gemm(ta, tb, M, N, K, alpha, A.c, lda, B.c, ldb, beta, C.c, ldc);
+    gpu->gemm(ta, tb, M, N, K, alpha, A.g, lda, B.g, ldb, beta, C.g, ldc);
+    char what[128];
+    snprintf(what, sizeof(what), "gemm %c%c M %d N %d K %d pad %d alpha %g beta %g", ta ? 'T' : 'N', tb ? 'T' : 'N', M,
+             N, K, pad, (double)alpha, (double)beta);
+    compare(what, &C, bound);
+    pair_free(&A);
+    pair_free(&B);
+    pair_free(&C);
+}
+
+static void test_gemm(void) {
+    printf("gemm (row-major on column-major cuBLAS)\n");
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            test_gemm_case(ta, tb, 37, 53, 29, 0, 1.0f, 0.0f, 1e-5);
+            test_gemm_case(ta, tb, 37, 53, 29, 7, 0.5f, 1.0f, 1e-5);
+            test_gemm_case(ta, tb, 1, 17, 5, 3, 1.0f, 0.0f, 1e-5);
+        }
+    test_gemm_case(0, 0, 256, 2304, 768, 0, 1.0f, 0.0f, 1e-5);  /* c_attn forward */
+    test_gemm_case(0, 1, 256, 768, 2304, 0, 1.0f, 0.0f, 1e-5);  /* its input gradient */
+    test_gemm_case(1, 0, 2304, 256, 256, 0, 1.0f, 0.0f, 1e-5);  /* M = G^T U */
+    test_gemm_case(0, 1, 256, 256, 3072, 0, 1.0f, 1.0f, 1e-5);  /* U = X A^T, c_proj of the MLP */
+}
+
+static void test_elementwise(void) {
+    printf("elementwise\n");
+    const int N = 67, C = 193;
+    size_t n = (size_t)N * C;
+    pair out = pair_new(n, 1.0f), a = pair_new(n, 1.0f), b = pair_new(n, 1.0f), bias = pair_new(C, 1.0f);
+    pair vec = pair_new(C, 2.0f);
+    cpu->add_bias(out.c, bias.c, N, C);
+    gpu->add_bias(out.g, bias.g, N, C);
+    compare("add_bias", &out, 0);
+    cpu->add(out.c, a.c, b.c, n);
+    gpu->add(out.g, a.g, b.g, n);
+    compare("add", &out, 0);
+    cpu->accumulate(out.c, a.c, n);
+    gpu->accumulate(out.g, a.g, n);
+    compare("accumulate", &out, 0);
+    cpu->scale_cols(out.c, a.c, vec.c, N, C);
+    gpu->scale_cols(out.g, a.g, vec.g, N, C);
+    compare("scale_cols", &out, 0);
+    cpu->scale_cols(a.c, a.c, vec.c, N, C);
+    gpu->scale_cols(a.g, a.g, vec.g, N, C);
+    compare("scale_cols in place", &a, 0);
+    cpu->scale_cols_add(out.c, b.c, vec.c, N, C);
+    gpu->scale_cols_add(out.g, b.g, vec.g, N, C);
+    compare("scale_cols_add", &out, 1e-6);
+    pair x = pair_new(n, 4.0f);
+    cpu->gelu_forward(out.c, x.c, n);
+    gpu->gelu_forward(out.g, x.g, n);
+    compare("gelu_forward (x in [-4, 4])", &out, 1e-6);
+    cpu->gelu_backward(a.c, x.c, b.c, n);
+    gpu->gelu_backward(a.g, x.g, b.g, n);
+    compare("gelu_backward", &a, 1e-6);
+    pair_free(&out);
+    pair_free(&a);
+    pair_free(&b);
+    pair_free(&bias);
+    pair_free(&vec);
+    pair_free(&x);
+
+    /* encoder: tokens on both backends */
+    const int B = 3, T = 41, V = 97;
+    pair wte = pair_new((size_t)V * C, 1.0f), wpe = pair_new((size_t)T * C, 1.0f), enc = pair_new((size_t)B * T * C, 1.0f);
+    int32_t *tok = malloc(sizeof(int32_t) * B * T);
+    for (int i = 0; i < B * T; i++) tok[i] = (int32_t)(vd_mix64((uint64_t)i + 99) % V);
+    int32_t *tc = cpu->alloc(sizeof(int32_t) * B * T), *tg = gpu->alloc(sizeof(int32_t) * B * T);
+    memcpy(tc, tok, sizeof(int32_t) * B * T);
+    gpu->to_device(tg, tok, sizeof(int32_t) * B * T);
+    cpu->encoder_forward(enc.c, tc, wte.c, wpe.c, B, T, C);
+    gpu->encoder_forward(enc.g, tg, wte.g, wpe.g, B, T, C);
+    compare("encoder_forward", &enc, 0);
+    pair_free(&wte);
+    pair_free(&wpe);
+    pair_free(&enc);
+    cpu->free(tc);
+    gpu->free(tg);
+    free(tok);
+}
+
+static void test_layernorm_case(int N, int C) {
+    size_t n = (size_t)N * C;
+    pair out = pair_new(n, 1.0f), inp = pair_new(n, 3.0f), w = pair_new(C, 1.0f), b = pair_new(C, 1.0f);
+    pair mean = pair_new(N, 1.0f), rstd = pair_new(N, 1.0f), dout = pair_new(n, 1.0f), dinp = pair_new(n, 1.0f);
+    for (size_t i = 0; i < n; i++) inp.c[i] += 0.5f; /* a non-zero mean */
+    gpu->to_device(inp.g, inp.c, sizeof(float) * n);
+    cpu->layernorm_forward(out.c, mean.c, rstd.c, inp.c, w.c, b.c, N, C, 1e-5f);
+    gpu->layernorm_forward(out.g, mean.g, rstd.g, inp.g, w.g, b.g, N, C, 1e-5f);
+    char what[96];
+    snprintf(what, sizeof(what), "layernorm_forward N %d C %d: out", N, C);
+    compare(what, &out, 1e-5);
+    snprintf(what, sizeof(what), "layernorm_forward N %d C %d: mean", N, C);
+    compare(what, &mean, 1e-5);
+    snprintf(what, sizeof(what), "layernorm_forward N %d C %d: rstd", N, C);
+    compare(what, &rstd, 1e-5);
+    /* backward from the CPU's saved statistics on both, onto a non-zero dinp (it accumulates) */
+    gpu->to_device(mean.g, mean.c, sizeof(float) * N);
+    gpu->to_device(rstd.g, rstd.c, sizeof(float) * N);
+    cpu->layernorm_backward(dinp.c, dout.c, inp.c, w.c, mean.c, rstd.c, N, C);
+    gpu->layernorm_backward(dinp.g, dout.g, inp.g, w.g, mean.g, rstd.g, N, C);
+    snprintf(what, sizeof(what), "layernorm_backward N %d C %d (accumulating)", N, C);
+    compare(what, &dinp, 1e-5);
+    pair_free(&out);
+    pair_free(&inp);
+    pair_free(&w);
+    pair_free(&b);
+    pair_free(&mean);
+    pair_free(&rstd);
+    pair_free(&dout);
+    pair_free(&dinp);
+}
+
+static void test_attention_case(int B, int T, int C, int NH) {
+    size_t NC = (size_t)B * T * C, natt = (size_t)B * NH * T * T;
+    pair qkv = pair_new(3 * NC, 1.0f), out = pair_new(NC, 1.0f), att = pair_new(natt, 1.0f);
+    pair dout = pair_new(NC, 1.0f), dqkv = pair_new(3 * NC, 1.0f), datt = pair_new(natt, 1.0f);
+    cpu->attention_forward(out.c, att.c, qkv.c, B, T, C, NH);
+    gpu->attention_forward(out.g, att.g, qkv.g, B, T, C, NH);
+    char what[96];
+    snprintf(what, sizeof(what), "attention_forward B %d T %d C %d NH %d (hs %d): out", B, T, C, NH, C / NH);
+    compare(what, &out, 1e-5);
+    snprintf(what, sizeof(what), "attention_forward B %d T %d C %d NH %d: att", B, T, C, NH);
+    compare(what, &att, 1e-5);
+    gpu->to_device(att.g, att.c, sizeof(float) * natt); /* backward from the same softmax */
+    cpu->attention_backward(dqkv.c, datt.c, dout.c, qkv.c, att.c, B, T, C, NH);
+    gpu->attention_backward(dqkv.g, datt.g, dout.g, qkv.g, att.g, B, T, C, NH);
+    snprintf(what, sizeof(what), "attention_backward B %d T %d C %d NH %d: dqkv", B, T, C, NH);
+    compare(what, &dqkv, 1e-4);
+    pair_free(&qkv);
+    pair_free(&out);
+    pair_free(&att);
+    pair_free(&dout);
+    pair_free(&dqkv);
+    pair_free(&datt);
+}
+
+static void test_xent_case(int N, int V, int in_place) {
+    size_t n = (size_t)N * V;
+    pair logits = pair_new(n, 8.0f), probs = pair_new(n, 1.0f), losses = pair_new(N, 1.0f);
+    int32_t *tgt = malloc(sizeof(int32_t) * N);
+    for (int i = 0; i < N; i++) tgt[i] = (int32_t)(vd_mix64((uint64_t)i * 7 + 1) % V);
+    int32_t *tc = cpu->alloc(sizeof(int32_t) * N), *tg = gpu->alloc(sizeof(int32_t) * N);
+    memcpy(tc, tgt, sizeof(int32_t) * N);
+    gpu->to_device(tg, tgt, sizeof(int32_t) * N);
+    pair *p = in_place ? &logits : &probs;
+    cpu->softmax_xent_forward(losses.c, p->c, logits.c, tc, N, V);
+    gpu->softmax_xent_forward(losses.g, p->g, logits.g, tg, N, V);
+    char what[96];
+    snprintf(what, sizeof(what), "softmax_xent_forward N %d V %d%s: losses", N, V, in_place ? " in place" : "");
+    compare(what, &losses, 1e-5);
+    snprintf(what, sizeof(what), "softmax_xent_forward N %d V %d%s: probs", N, V, in_place ? " in place" : "");
+    compare(what, p, 1e-5);
+    gpu->to_device(p->g, p->c, sizeof(float) * n);
+    cpu->softmax_xent_backward(p->c, p->c, tc, 1.0f / 4096.0f, N, V);
+    gpu->softmax_xent_backward(p->g, p->g, tg, 1.0f / 4096.0f, N, V);
+    snprintf(what, sizeof(what), "softmax_xent_backward N %d V %d (in place)", N, V);
+    compare(what, p, 1e-6);
+    pair_free(&logits);
+    pair_free(&probs);
+    pair_free(&losses);
+    cpu->free(tc);
+    gpu->free(tg);
+    free(tgt);
+}
+
+static void test_reductions(void) {
+    printf("reductions\n");
+    size_t ns[] = {1, 1000, 1000003};
+    for (size_t i = 0; i < 3; i++) {
+        pair x = pair_new(ns[i], 1.0f);
+        double sc = cpu->sum(x.c, x.n), sg = gpu->sum(x.g, x.n);
+        double qc = cpu->sum_sq(x.c, x.n), qg = gpu->sum_sq(x.g, x.n);
+        double gs2 = gpu->sum(x.g, x.n);
+        char what[64];
+        snprintf(what, sizeof(what), "sum n %zu", ns[i]);
+        report(what, fabs(sg - sc) / fmax(fabs(sc), 1e-300), 1e-12);
+        snprintf(what, sizeof(what), "sum_sq n %zu", ns[i]);
+        report(what, fabs(qg - qc) / fmax(fabs(qc), 1e-300), 1e-12);
+        snprintf(what, sizeof(what), "sum n %zu twice: bit-identical", ns[i]);
+        report(what, memcmp(&sg, &gs2, sizeof(double)) ? 1.0 : 0.0, 0);
+        pair_free(&x);
+    }
+}
+
+static void test_vera_vector_grads(int out, int r) {
+    pair M = pair_new((size_t)out * r, 1.0f), B = pair_new((size_t)out * r, 1.0f), b = pair_new(out, 1.0f);
+    pair d = pair_new(r, 1.0f), db = pair_new(out, 1.0f), dd = pair_new(r, 1.0f);
+    cpu->vera_vector_grads(db.c, dd.c, M.c, B.c, b.c, d.c, out, r);
+    gpu->vera_vector_grads(db.g, dd.g, M.g, B.g, b.g, d.g, out, r);
+    char what[96];
+    snprintf(what, sizeof(what), "vera_vector_grads out %d r %d: db (accumulating)", out, r);
+    compare(what, &db, 1e-5);
+    snprintf(what, sizeof(what), "vera_vector_grads out %d r %d: dd (accumulating)", out, r);
+    compare(what, &dd, 1e-5);
+    pair_free(&M);
+    pair_free(&B);
+    pair_free(&b);
+    pair_free(&d);
+    pair_free(&db);
+    pair_free(&dd);
+}
+
+static void test_dropout(void) {
+    printf("dropout (bit-identical mask)\n");
+    const int N = 129, C = 301;
+    const float ps[] = {0.1f, 0.5f, 0.9f};
+    for (int i = 0; i < 3; i++) {
+        pair x = pair_new((size_t)N * C, 1.0f), y = pair_new((size_t)N * C, 1.0f);
+        uint64_t seed = vd_mix64(77 + (uint64_t)i), row0 = i == 2 ? ((uint64_t)1 << 40) + 3 : (uint64_t)i * 1000;
+        cpu->dropout(y.c, x.c, N, C, ps[i], seed, row0);
+        gpu->dropout(y.g, x.g, N, C, ps[i], seed, row0);
+        char what[64];
+        snprintf(what, sizeof(what), "dropout p %g row0 %llu", (double)ps[i], (unsigned long long)row0);
+        compare(what, &y, 0);
+        cpu->dropout(x.c, x.c, N, C, ps[i], seed, row0);
+        gpu->dropout(x.g, x.g, N, C, ps[i], seed, row0);
+        snprintf(what, sizeof(what), "dropout p %g in place", (double)ps[i]);
+        compare(what, &x, 0);
+        pair_free(&x);
+        pair_free(&y);
+    }
+}
+
+static void test_adamw(void) {
+    printf("adamw\n");
+    size_t n = 10007;
+    pair p = pair_new(n, 1.0f), g = pair_new(n, 0.1f), m = pair_new(n, 0.0f), v = pair_new(n, 0.0f);
+    for (int32_t t = 1; t <= 5; t++) {
+        cpu->adamw(p.c, g.c, m.c, v.c, n, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, t, t == 3 ? 0.25f : 1.0f);
+        gpu->adamw(p.g, g.g, m.g, v.g, n, 1e-2f, 0.9f, 0.999f, 1e-8f, 0.01f, t, t == 3 ? 0.25f : 1.0f);
+    }
+    compare("adamw 5 steps: params", &p, 1e-6);
+    compare("adamw 5 steps: exp_avg", &m, 1e-6);
+    compare("adamw 5 steps: exp_avg_sq", &v, 1e-6);
+    pair_free(&p);
+    pair_free(&g);
+    pair_free(&m);
+    pair_free(&v);
+}
+
+static void test_allreduce(void) {
+    printf("allreduce_sum (one rank: the identity, through NCCL)\n");
+    pair x = pair_new(95000, 1.0f);
+    gpu->allreduce_sum(x.g, x.n);
+    compare("allreduce_sum, 1 rank", &x, 0);
+    pair_free(&x);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* a whole model: forward, backward, one AdamW step */
+
+typedef struct {
+    vd_gpt2 m;
+    vd_vera v;
+    vd_adamw o;
+} stack;
+
+static void stack_init(stack *s, const vd_backend *be, const vd_gpt2_config *cfg, const float *params, int B, int T,
+                       float dropout, vd_weff_policy pol) {
+    memset(s, 0, sizeof(*s));
+    vd_gpt2_init(&s->m, be, cfg, params);
+    vd_gpt2_alloc_acts(&s->m, B, T);
+    vd_vera_options vo = {8, 0.1f, 3, VD_TARGET_ALL, dropout};
+    vd_vera_init(&s->v, be, &s->m, &vo);
+    vd_vera_alloc_acts(&s->v, B * T, (int64_t)B * T, pol);
+    /* non-zero b so the adapter term and both gradient paths matter */
+    float *hp = malloc(sizeof(float) * s->v.n_trainable);
+    for (size_t i = 0; i < s->v.n_trainable; i++) hp[i] = 0.1f + 0.05f * (float)((i * 37) % 11) / 11.0f;
+    be->to_device(s->v.params, hp, sizeof(float) * s->v.n_trainable);
+    free(hp);
+    vd_vera_refresh(&s->v);
+    vd_adamw_options ao = {1e-2f, 0.1f, 0, 10, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f};
+    vd_adamw_init(&s->o, be, s->v.n_trainable, &ao);
+}
+
+static void stack_free(stack *s) {
+    vd_adamw_free(&s->o);
+    vd_vera_free(&s->v);
+    vd_gpt2_free(&s->m);
+}
+
+static void test_model(float dropout, vd_weff_policy pol) {
+    vd_gpt2_config cfg = {32, 97, 2, 3, 48, 1e-5f};
+    const int B = 2, T = 19;
+    size_t np = vd_gpt2_num_params(&cfg);
+    float *params = malloc(sizeof(float) * np);
+    vd_gpt2_init_random(&cfg, params, 11);
+    int32_t *tok = malloc(sizeof(int32_t) * B * T), *tgt = malloc(sizeof(int32_t) * B * T);
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int32_t)(vd_mix64((uint64_t)i + 5) % 97);
+        tgt[i] = (int32_t)(vd_mix64((uint64_t)i + 500) % 97);
+    }
+    stack sc, sg;
+    stack_init(&sc, cpu, &cfg, params, B, T, dropout, pol);
+    stack_init(&sg, gpu, &cfg, params, B, T, dropout, pol);
+    vd_fwd_ctx ctx = {1, vd_mix64(42), 1000};
+    char what[128];
+    const char *path = pol == VD_WEFF_ALWAYS ? "merged" : "factored";
+    for (int micro = 0; micro < 2; micro++) { /* two micro-batches accumulate */
+        ctx.row0 = 1000 + (uint64_t)micro * B * T;
+        double lc = vd_gpt2_forward(&sc.m, tok, tgt, B, &ctx), lg = vd_gpt2_forward(&sg.m, tok, tgt, B, &ctx);
+        snprintf(what, sizeof(what), "model loss (dropout %g, %s input gradient), micro-batch %d", (double)dropout, path,
+                 micro);
+        report(what, fabs(lg - lc) / fabs(lc), 1e-5);
+        vd_gpt2_backward(&sc.m, 1.0f / (2 * B * T), &ctx);
+        vd_gpt2_backward(&sg.m, 1.0f / (2 * B * T), &ctx);
+    }
+    size_t n = sc.v.n_trainable;
+    float *gg = malloc(sizeof(float) * n), *pg = malloc(sizeof(float) * n);
+    sg.v.be->to_host(gg, sg.v.grads, sizeof(float) * n);
+    snprintf(what, sizeof(what), "model lambda_b / lambda_d gradients (dropout %g, %s)", (double)dropout, path);
+    report(what, max_err(gg, sc.v.grads, n), 1e-4);
+    /* AdamW's first steps are nearly sign(g): a gradient entry near 0 may flip between
+     * backends. The step is compared from the same (the CPU's) gradients. */
+    gpu->to_device(sg.v.grads, sc.v.grads, sizeof(float) * n);
+    float nc = vd_adamw_step(&sc.o, sc.v.params, sc.v.grads, 1e-2f);
+    float ng = vd_adamw_step(&sg.o, sg.v.params, sg.v.grads, 1e-2f);
+    snprintf(what, sizeof(what), "model gradient norm, clipping (dropout %g, %s)", (double)dropout, path);
+    report(what, fabs((double)ng - nc) / nc, 1e-12);
+    vd_vera_refresh(&sc.v);
+    vd_vera_refresh(&sg.v);
+    sg.v.be->to_host(pg, sg.v.params, sizeof(float) * n);
+    snprintf(what, sizeof(what), "model vectors after one AdamW step (dropout %g, %s)", (double)dropout, path);
+    report(what, max_err(pg, sc.v.params, n), 1e-6);
+    /* the next forward sees the refreshed merged weights */
+    double lc = vd_gpt2_forward(&sc.m, tok, tgt, B, &ctx), lg = vd_gpt2_forward(&sg.m, tok, tgt, B, &ctx);
+    snprintf(what, sizeof(what), "model loss after the step (dropout %g, %s)", (double)dropout, path);
+    report(what, fabs(lg - lc) / fabs(lc), 1e-5);
+    stack_free(&sc);
+    stack_free(&sg);
+    free(gg);
+    free(pg);
+    free(params);
+    free(tok);
+    free(tgt);
+}
+
+int main(int argc, char **argv) {
+    vd_comm comm;
+    vd_comm_init(&comm, &argc, &argv);
+    char why[768] = "";
+    gpu = vd_backend_cuda_init(&comm, why, sizeof(why));
+    if (!gpu) {
+        printf("SKIPPED: %s\n", why);
+        vd_comm_free(&comm);
+        return 77;
+    }
+    cpu = vd_backend_cpu_init(&comm);
+    vd_backend_cpu_set_threads(1);
+
+    test_memory();
+    test_gemm();
+    test_elementwise();
+    printf("layernorm\n");
+    test_layernorm_case(64, 768);
+    test_layernorm_case(37, 33);
+    const char *att_path = getenv("VERA_CUDA_ATTENTION");
+    printf("attention (%s path; VERA_CUDA_ATTENTION=gemm|kernel)\n", att_path && *att_path ? att_path : "gemm");
+    test_attention_case(2, 67, 48, 3);   /* hs 16: 16 groups of threads */
+    test_attention_case(1, 128, 768, 12); /* GPT-2 small's heads: hs 64 */
+    test_attention_case(1, 9, 600, 2);   /* hs 300 > blockDim: the other branch */
+    printf("softmax cross-entropy\n");
+    test_xent_case(37, 1000, 0);
+    test_xent_case(4, 50257, 1);
+    test_reductions();
+    printf("vera vector gradients\n");
+    test_vera_vector_grads(2304, 256);
+    test_vera_vector_grads(37, 5);
+    test_dropout();
+    test_adamw();
+    test_allreduce();
+    printf("model (GPT-2 2 layers, C 48, 3 heads, V 97, B 2, T 19, VeRA r 8 on all four layers)\n");
+    test_model(0.0f, VD_WEFF_NEVER);
+    test_model(0.0f, VD_WEFF_ALWAYS);
+    test_model(0.2f, VD_WEFF_AUTO);
+
+    vd_backend_cuda_shutdown();
+    vd_comm_free(&comm);
+    TEST_END();
+}
