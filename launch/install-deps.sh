@@ -8,6 +8,7 @@ PACKAGES=(
   build-essential cmake pkg-config
   openmpi-bin libopenmpi-dev
   libopenblas-dev
+  libopenblas-openmp-dev
   libhdf5-dev libhdf5-openmpi-dev hdf5-tools
   libcjson-dev libinih-dev libcmocka-dev
   python3 python3-venv
