@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""bench/bench_cpu.py: vera-dist against Hugging Face PEFT (+ PyTorch eager, + torch.compile) on
+r"""bench/bench_cpu.py: vera-dist against Hugging Face PEFT (+ PyTorch eager, + torch.compile) on
 the CPU, side by side in one run, on the same work.
 
 Same model (one Hugging Face GPT-2 directory, random weights, no dropout), same batch and

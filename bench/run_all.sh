@@ -37,3 +37,11 @@ if [[ "$WHAT" == gpt2 || "$WHAT" == all ]]; then
   bench gpt2-b4-s256-t1 --shape gpt2-small --threads 1 --batch 4 --seq 256 --steps 6 --repeats 3 --no-compile
   bench gpt2-b1-s1024-t2 --shape gpt2-small --threads 2 --batch 1 --seq 1024 --steps 6 --repeats 2 --no-compile "${FIX[@]}"
 fi
+if [[ "$WHAT" == gpt2-1024-t1 || "$WHAT" == all ]]; then
+  bench gpt2-b1-s1024-t1 --shape gpt2-small --threads 1 --batch 1 --seq 1024 --steps 5 --repeats 3 --no-compile
+fi
+if [[ "$WHAT" == rerun-t2 ]]; then  # second pass of the two-thread GPT-2 runs (quieter machine)
+  bench gpt2-b4-s256-t2-rerun --shape gpt2-small --threads 2 --batch 4 --seq 256 --steps 8 --repeats 3 --no-compile \
+    --vd-variant passive:OMP_WAIT_POLICY=passive "${FIX[@]}"
+  bench gpt2-b1-s1024-t2-rerun --shape gpt2-small --threads 2 --batch 1 --seq 1024 --steps 6 --repeats 3 --no-compile "${FIX[@]}"
+fi
