@@ -494,6 +494,12 @@ def main():
                           max_rel_vec_diff_vs_vd=dvec, load=[(r["load_before"][0], r["load_after"][0]) for r in rs])
         if s == "peft-compile":
             summary[s]["first_step_s"] = [r["step_ms"][0] / 1e3 for r in rs]
+    def fastest(rs):
+        ms = [x for r in rs for x in r["step_ms"][WARMUP:]]
+        return rs[0]["tokens_per_step"] / (min(ms) / 1e3) if ms else None
+    if ok.get(ref_sys):
+        print("fastest single step (least disturbed by other load), tok/s and / PEFT eager: " + ", ".join(
+            f"{s} {fastest(ok[s]):.0f} ({fastest(ok[s]) / fastest(ok[ref_sys]):.2f}x)" for s in systems if ok[s]))
     for s in systems:
         if s.startswith("vera-dist") and ok[s]:
             parts = []
