@@ -45,3 +45,10 @@ if [[ "$WHAT" == rerun-t2 ]]; then  # second pass of the two-thread GPT-2 runs (
     --vd-variant passive:OMP_WAIT_POLICY=passive "${FIX[@]}"
   bench gpt2-b1-s1024-t2-rerun --shape gpt2-small --threads 2 --batch 1 --seq 1024 --steps 6 --repeats 3 --no-compile "${FIX[@]}"
 fi
+if [[ "$WHAT" == head ]]; then  # a fresh build of HEAD (OpenMP OpenBLAS through RUNPATH), with and without passive waits
+  PT=(--vd-variant "pthread-blas:LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-pthread")
+  bench head-gpt2-b4-s256-t2 --shape gpt2-small --threads 2 --batch 4 --seq 256 --steps 8 --repeats 3 --no-compile \
+    --vd-variant passive:OMP_WAIT_POLICY=passive "${PT[@]}"
+  bench head-small-b8-s256-t2 --shape small --threads 2 --batch 8 --seq 256 --steps 20 --repeats 4 --no-compile \
+    --vd-variant passive:OMP_WAIT_POLICY=passive "${PT[@]}"
+fi
