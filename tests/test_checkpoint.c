@@ -1,4 +1,4 @@
-/* test_checkpoint.c: HDF5 checkpoints (src/checkpoint.c, docs/checkpoint-format.md).
+/* test_checkpoint.c: HDF5 checkpoints (src/io/checkpoint.c, docs/checkpoint-format.md).
  *  - round trip, bit-exact, with and without the projections;
  *  - vd_checkpoint_path / list / prune: naming, ordering, keep_last, stale temporaries;
  *  - no temporary file after a successful write; a write failure dies naming the path;

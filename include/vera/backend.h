@@ -8,6 +8,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Shape of one attention call (see attention_forward). */
+typedef struct vd_attn_shape {
+    int B, T;
+    int n_head, n_kv_head, head_dim;  /* n_head % n_kv_head == 0 */
+    int q_stride, kv_stride;          /* floats between consecutive token rows of q, and of k / v */
+} vd_attn_shape;
+
 typedef struct vd_backend {
     const char *name;
     /* ---- memory ---- */
@@ -25,6 +32,7 @@ typedef struct vd_backend {
     void (*add_bias)(float *out, const float *bias, int N, int OC);           /* out[n,:] += bias */
 
     /* ---- transformer ---- */
+    /* out[b,t,:] = wte[tokens[b,t],:] (+ wpe[t,:] when wpe is not NULL: GPT-2's learned positions) */
     void (*encoder_forward)(float *out, const int32_t *tokens, const float *wte, const float *wpe,
                             int B, int T, int C);
     void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp, const float *w,
@@ -32,6 +40,19 @@ typedef struct vd_backend {
     /* dinp += d(LN)/d(inp)^T dout; no weight gradients (frozen). */
     void (*layernorm_backward)(float *dinp, const float *dout, const float *inp, const float *w,
                                const float *mean, const float *rstd, int N, int C);
+    /* RMSNorm (HF LlamaRMSNorm, fp32): rstd[n] = 1/sqrt(mean_c inp[n,c]^2 + eps),
+     * out[n,c] = inp[n,c] * rstd[n] * w[c]. */
+    void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps);
+    /* dinp += d(RMSNorm)/d(inp)^T dout; no weight gradient (frozen). */
+    void (*rmsnorm_backward)(float *dinp, const float *dout, const float *inp, const float *w,
+                             const float *rstd, int N, int C);
+    /* Rotary embedding in place, HF's rotate_half pairing: for each row n (position t = n % T),
+     * each of n_heads heads (head h at x[n*row_stride + h*head_dim]) and i < head_dim/2, with
+     * a = t * inv_freq[i] (fp32 product): (x1, x2) = (x[i], x[i + head_dim/2]) becomes
+     * (x1 cos a - x2 sin a, x2 cos a + x1 sin a). inverse = 1 rotates by -a (the backward).
+     * inv_freq (head_dim/2) is device memory. */
+    void (*rope)(float *x, const float *inv_freq, int B, int T, int n_heads, int head_dim, int row_stride,
+                 int inverse);
     /* qkv (B,T,3C) -> out (B,T,C); att (B,NH,T,T) keeps the causal softmax for backward. */
     void (*attention_forward)(float *out, float *att, const float *qkv, int B, int T, int C, int NH);
     /* dqkv = ...; datt is scratch of att's size. */
@@ -39,6 +60,10 @@ typedef struct vd_backend {
                                const float *att, int B, int T, int C, int NH);
     void (*gelu_forward)(float *out, const float *inp, size_t n);             /* GELU, tanh form */
     void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n); /* dinp = */
+    void (*swiglu_forward)(float *out, const float *gate, const float *up, size_t n); /* out = silu(gate) * up */
+    /* dgate = dout * up * silu'(gate), dup = dout * silu(gate) (written, not accumulated) */
+    void (*swiglu_backward)(float *dgate, float *dup, const float *gate, const float *up, const float *dout,
+                            size_t n);
     void (*add)(float *out, const float *a, const float *b, size_t n);        /* out = a + b */
     void (*accumulate)(float *a, const float *b, size_t n);                   /* a += b */
     /* losses[n] = -log softmax(logits[n])[targets[n]]; probs keeps the softmax (N, V). */

@@ -1,6 +1,6 @@
-/* backend_cuda.h: the CUDA backend (src/cuda/backend_cuda.cu), a second vd_backend table.
+/* backend_cuda.h: the CUDA backend (src/backend/cuda/backend_cuda.cu), a second vd_backend table.
  * Built only when CMake enables it (VERA_CUDA=AUTO/ON, docs/gpu.md); only the backend
- * selection in src/train.c and the GPU tests include this header.
+ * selection in src/train/train.c and the GPU tests include this header.
  *
  * One MPI rank per GPU: rank k uses GPU (node-local rank) % (visible GPUs). Every buffer is
  * GPU memory from cudaMalloc (no managed memory); every op is ordered on one CUDA stream;

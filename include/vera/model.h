@@ -9,14 +9,40 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vera/tensor.h"
+
+/* The model families. GPT-2 is 0 so that a GPT-2 config written field by field stays one. */
+typedef enum { VD_ARCH_GPT2 = 0, VD_ARCH_LLAMA = 1 } vd_arch;
+/* Rotary scaling types (HF rope_parameters / rope_scaling "rope_type"). */
+typedef enum { VD_ROPE_DEFAULT = 0, VD_ROPE_LLAMA3 = 1 } vd_rope_type;
+
+/* One base model's shape, for every family (fields a family does not use stay 0). The same
+ * struct is stored in checkpoints and printed by `inspect`. GPT-2 uses the first six. */
 typedef struct {
-    int32_t max_seq_len;  /* n_positions */
+    int32_t max_seq_len;  /* n_positions / max_position_embeddings */
     int32_t vocab_size;   /* V */
     int32_t n_layer;      /* L */
     int32_t n_head;       /* NH */
-    int32_t channels;     /* C (n_embd) */
-    float ln_eps;         /* layer_norm_epsilon */
-} vd_gpt2_config;
+    int32_t channels;     /* C (n_embd / hidden_size) */
+    float ln_eps;         /* layer_norm_epsilon / rms_norm_eps */
+    vd_arch arch;
+    /* ---- Llama family (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM) ---- */
+    int32_t n_kv_head;    /* num_key_value_heads (GQA); == n_head without grouping */
+    int32_t head_dim;     /* head_dim, default C / NH */
+    int32_t intermediate; /* intermediate_size (SwiGLU width) */
+    int32_t tied;         /* tie_word_embeddings: LM head = embed_tokens */
+    int32_t qkv_bias;     /* q/k/v projections have biases (attention_bias, or Qwen2) */
+    int32_t o_bias;       /* o_proj has a bias (attention_bias) */
+    int32_t mlp_bias;     /* gate/up/down have biases (mlp_bias) */
+    float rope_theta;
+    vd_rope_type rope_type;
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor; /* llama3 scaling */
+    int32_t rope_original_max_pos;                                   /* llama3: original_max_position_embeddings */
+    char hf_architecture[48]; /* config.json "architectures"[0], written back on export */
+} vd_model_config;
+
+/* GPT-2's code keeps its own name for the shared struct. */
+typedef vd_model_config vd_gpt2_config;
 
 #define VD_GPT2_NUM_PARAMS 16
 typedef struct {

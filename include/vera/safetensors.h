@@ -6,8 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "vera/common.h"
-
-typedef enum { VD_DTYPE_F32 = 0, VD_DTYPE_F16, VD_DTYPE_BF16, VD_DTYPE_OTHER } vd_dtype;
+#include "vera/tensor.h"
 
 typedef struct {
     char name[256];

@@ -1,5 +1,5 @@
 /* test_gpu_dropout_hash: the CUDA backend's dropout stream equals the CPU backend's, bit for
- * bit. src/cuda/dropout_hash.h holds the __host__ __device__ functions the dropout kernel
+ * bit. src/backend/cuda/dropout_hash.h holds the __host__ __device__ functions the dropout kernel
  * calls; here that same header is compiled as plain C on the host and compared with
  * vd_mix64 / vd_dropout_uniform and with the CPU backend's dropout op. Runs everywhere (no GPU,
  * no CUDA toolkit needed); on a GPU, tests/gpu/test_gpu_kernels.c checks the kernel itself. */
@@ -10,7 +10,7 @@
 #include "vera/backend.h"
 #include "vera/prng.h"
 
-#include "../../src/cuda/dropout_hash.h"
+#include "../../src/backend/cuda/dropout_hash.h"
 
 static uint64_t g_state = 0x243F6A8885A308D3ULL;
 static uint64_t next64(void) {

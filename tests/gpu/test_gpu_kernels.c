@@ -5,7 +5,7 @@
  *
  * Error measure: max_i |gpu_i - cpu_i| / max_i |cpu_i| (relative to the tensor's largest
  * entry; 0 when the tensors are equal). Bounds, and why:
- *   exact (0)  memory ops, dropout (the mask stream is bit-identical, src/cuda/dropout_hash.h),
+ *   exact (0)  memory ops, dropout (the mask stream is bit-identical, src/backend/cuda/dropout_hash.h),
  *              add, add_bias, scale_cols, encoder (one IEEE float operation per element)
  *   1e-6       elementwise with a multiply-add the GPU may fuse or a libm function (GELU's
  *              tanhf: 2 ulp on the GPU), softmax-xent backward, AdamW

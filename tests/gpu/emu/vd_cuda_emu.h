@@ -1,4 +1,4 @@
-/* vd_cuda_emu.h: a host emulation of the parts of CUDA that src/cuda/backend_cuda.cu uses, so
+/* vd_cuda_emu.h: a host emulation of the parts of CUDA that src/backend/cuda/backend_cuda.cu uses, so
  * that file's kernels and host code can be compiled with the host C++ compiler and run on a
  * machine without a GPU (tests/gpu/emu/README.md says what this proves and what it does not).
  *

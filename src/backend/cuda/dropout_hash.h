@@ -1,5 +1,5 @@
-/* dropout_hash.h: the dropout stream of src/backend_cpu.c (vd_dropout_uniform, built on
- * vd_mix64 in src/prng.c), as functions that compile for both the host and the GPU.
+/* dropout_hash.h: the dropout stream of src/backend/cpu.c (vd_dropout_uniform, built on
+ * vd_mix64 in src/core/prng.c), as functions that compile for both the host and the GPU.
  *
  * The CUDA backend's dropout kernel calls vd_hd_dropout_apply; tests/gpu/test_gpu_dropout_hash.c
  * compiles this same header as plain C on the host and checks, bit for bit, that it agrees

@@ -1,6 +1,6 @@
 /* backend_cuda.cu: the CUDA backend, a second vd_backend table (include/vera/backend.h).
  *
- * Every op mirrors its reference in src/backend_cpu.c, which defines the semantics; where the
+ * Every op mirrors its reference in src/backend/cpu.c, which defines the semantics; where the
  * two differ in rounding (summation order, expf/tanhf ulps, fused multiply-adds) the GPU tests
  * (tests/gpu/) state the bound. Design, in short:
  *   - memory: cudaMalloc (no managed memory), zero-filled like the CPU backend's alloc;
@@ -849,7 +849,7 @@ static void cu_vera_vector_grads(float *db, float *dd, const float *M, const flo
     VD_LAUNCHED("vera_vector_grads (d)");
 }
 
-/* The CPU backend's counter-based mask, bit for bit (src/cuda/dropout_hash.h). */
+/* The CPU backend's counter-based mask, bit for bit (src/backend/cuda/dropout_hash.h). */
 __global__ void k_dropout(float *out, const float *inp, size_t n, int C, float p, float keep_scale, uint64_t seed,
                           uint64_t row0) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
