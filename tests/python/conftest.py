@@ -267,3 +267,130 @@ def write_llmc(path, model, version, Vp):
     if version == 5:
         sd = {k: v.to(torch.bfloat16).float() for k, v in sd.items()}
     return sd
+
+
+# ---------------------------------------------------------------------------------------------
+# the Llama family (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM)
+
+# PEFT names of the seven linear layers of a decoder layer, in the order PEFT lists them
+LLAMA_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LLAMA_PATH = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
+              "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
+              "down_proj": "mlp.down_proj"}
+LLAMA_ARCHS = {  # arch -> (config class, model class); config.json "architectures" is the class name
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+}
+
+
+def llama_config(arch="llama", **overrides):
+    """A tiny config of the Llama family. Defaults: 2 layers, hidden 32, 4 heads, 2 key/value
+    heads (GQA, 2 query heads per group), intermediate 48, vocabulary 101, untied head,
+    rms_norm_eps 1e-5 (not the class default, so that reading it is checked), no dropout, and
+    initializer_range 0.1 (transformers' 0.02 makes attention almost uniform on 32 channels,
+    which would hide RoPE and masking bugs). Any keyword overrides a field; rope_parameters
+    (transformers 5's spelling: {"rope_type": ..., "rope_theta": ..., scaling fields}) too."""
+    cfg_cls = getattr(transformers, LLAMA_ARCHS[arch][0])
+    kw = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+              vocab_size=101, max_position_embeddings=64, rms_norm_eps=1e-5, tie_word_embeddings=False,
+              initializer_range=0.1, attention_dropout=0.0, bos_token_id=1, eos_token_id=2)
+    if arch == "qwen2":
+        kw.update(use_sliding_window=False)
+    kw.update(overrides)
+    cfg = cfg_cls(**kw)
+    cfg.architectures = [LLAMA_ARCHS[arch][1]]
+    return cfg
+
+
+def legacy_rope_config_json(model_dir):
+    """Rewrites model_dir/config.json in the spelling of transformers 4 and of most published
+    checkpoints (Llama 3.x, SmolLM2): top-level "rope_theta" and "rope_scaling" (null or the
+    scaling dict) instead of transformers 5's "rope_parameters". Both mean the same model."""
+    path = pathlib.Path(model_dir) / "config.json"
+    cfg = json.loads(path.read_text())
+    rp = dict(cfg.pop("rope_parameters"))
+    cfg["rope_theta"] = rp.pop("rope_theta")
+    cfg["rope_scaling"] = None if rp.get("rope_type", "default") == "default" else rp
+    path.write_text(json.dumps(cfg, indent=2))
+    return cfg
+
+
+def make_llama(out_dir, arch="llama", seed=0, bias_std=0.02, norm_std=0.1, max_shard_size=None,
+               legacy_rope=False, save_dtype=None, **overrides):
+    """A Llama-family model (llama_config(arch, **overrides)) with random weights (seeded), saved
+    with safetensors to out_dir (sharded with model.safetensors.index.json when max_shard_size
+    is given, e.g. "40KB"). RMSNorm weights are N(1, norm_std) and every bias N(0, bias_std)
+    (transformers initialises them to 1 / 0, which would hide a mix-up between them, or a
+    missing bias). legacy_rope rewrites config.json with rope_theta / rope_scaling (checked to
+    load back to the same rope parameters). save_dtype (torch.bfloat16 / torch.float16) stores
+    the weights in that dtype; the returned model then holds the rounded weights in fp32.
+    Returns the model (fp32, eval mode)."""
+    torch.manual_seed(seed)
+    cfg = llama_config(arch, **overrides)
+    model = getattr(transformers, LLAMA_ARCHS[arch][1])(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, bias_std)
+            elif name.endswith("norm.weight"):
+                p.normal_(1.0, norm_std)
+    model.eval()
+    kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    if save_dtype is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(save_dtype).float())
+        copy.deepcopy(model).to(save_dtype).save_pretrained(str(out_dir), **kw)
+    else:
+        model.save_pretrained(str(out_dir), **kw)
+    if legacy_rope:
+        legacy_rope_config_json(out_dir)
+        back = transformers.AutoConfig.from_pretrained(str(out_dir))
+        assert back.rope_parameters == model.config.rope_parameters, \
+            f"legacy config.json reads back as {back.rope_parameters}, not {model.config.rope_parameters}"
+    return model
+
+
+def llama_modules(cfg):
+    """Paths of every linear layer of the decoder layers (no LM head), in PEFT's order."""
+    return [f"model.layers.{l}.{LLAMA_PATH[p]}" for l in range(cfg.num_hidden_layers) for p in LLAMA_PROJ]
+
+
+def peft_selected(paths, targets):
+    """The paths PEFT's target_modules selects: "all-linear" all of them, a list the paths equal
+    to an entry or ending with "." + entry."""
+    if targets == "all-linear":
+        return list(paths)
+    return [p for p in paths if any(p == t or p.endswith("." + t) for t in targets)]
+
+
+def llama_vd_targets(peft_targets):
+    """vera-dist's --target_modules for a PEFT target_modules (the same names, comma-separated)."""
+    if isinstance(peft_targets, str):
+        return peft_targets
+    assert peft_targets, "empty target_modules"
+    return ",".join(peft_targets)
+
+
+def llama_vera_config(r, key, targets, d_initial=0.1, save_projection=True):
+    """PEFT's VeraConfig for a Llama-family model: nn.Linear, so fan_in_fan_out is False."""
+    from peft import VeraConfig
+    return VeraConfig(r=r, projection_prng_key=key, target_modules=targets if isinstance(targets, str) else list(targets),
+                      d_initial=d_initial, save_projection=save_projection, vera_dropout=0.0, fan_in_fan_out=False)
+
+
+def llama_peft_model(base, r, key, targets, d_initial=0.1, save_projection=True, vectors_seed=None):
+    """get_peft_model (VeRA) on a copy of a Llama-family model; with vectors_seed, non-zero
+    seeded b and d (set_vectors)."""
+    pm = peft_model(base, llama_vera_config(r, key, targets, d_initial, save_projection))
+    if vectors_seed is not None:
+        set_vectors(pm, vectors_seed)
+    return pm
+
+
+def trainable_count(pm):
+    """PEFT's trainable parameter count (what print_trainable_parameters reports)."""
+    n = sum(p.numel() for p in pm.parameters() if p.requires_grad)
+    assert n == pm.get_nb_trainable_parameters()[0]
+    return n
