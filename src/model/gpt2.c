@@ -9,6 +9,45 @@
 #include "vera/backend.h"
 #include "vera/common.h"
 
+/* ---- the family: GPT-2's four linear layers per block, in PEFT's module order ---- */
+
+static void gpt2_kind_shape(const vd_model_config *c, int32_t kind, int32_t *in, int32_t *out) {
+    int32_t C = c->channels;
+    switch (kind) {
+    case 0: *in = C; *out = 3 * C; break;     /* attn.c_attn */
+    case 1: *in = C; *out = C; break;         /* attn.c_proj */
+    case 2: *in = C; *out = 4 * C; break;     /* mlp.c_fc */
+    default: *in = 4 * C; *out = C; break;    /* mlp.c_proj */
+    }
+}
+
+const vd_model_family vd_family_gpt2 = {
+    .arch = VD_ARCH_GPT2,
+    .name = "gpt2",
+    .n_kinds = 4,
+    .kind_paths = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"},
+    .block_path = "transformer.h.%d.",
+    .fan_in_fan_out = 1, /* Conv1D stores weights in x out */
+    .peft_parent_library = "transformers.models.gpt2.modeling_gpt2",
+    .kind_shape = gpt2_kind_shape,
+    .num_params = vd_gpt2_num_params,
+};
+
+void vd_gpt2_sites(const vd_gpt2 *m, vd_linear_site *sites) {
+    const vd_gpt2_params *p = &m->params;
+    for (int32_t l = 0; l < m->config.n_layer; l++) {
+        for (int32_t kind = 0; kind < 4; kind++) {
+            vd_linear_site *s = &sites[l * 4 + kind];
+            s->layer = l;
+            s->kind = kind;
+            gpt2_kind_shape(&m->config, kind, &s->in, &s->out);
+            vd_model_site_name(&vd_family_gpt2, l, kind, s->name, sizeof(s->name));
+            float *base[4] = {p->qkvw, p->attprojw, p->fcw, p->fcprojw};
+            s->W = (vd_tensor){base[kind] + (size_t)l * s->in * s->out, VD_DTYPE_F32, 2, {s->in, s->out}};
+        }
+    }
+}
+
 void vd_gpt2_init(vd_gpt2 *m, const vd_backend *be, const vd_gpt2_config *cfg, const float *host_params) {
     memset(m, 0, sizeof(*m));
     m->config = *cfg;
