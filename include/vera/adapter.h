@@ -14,10 +14,11 @@
 #include "vera/model.h"
 
 typedef struct {
-    char name[96];      /* module path, e.g. "transformer.h.0.attn.c_attn" */
+    char name[96];      /* HF module path, e.g. "transformer.h.0.attn.c_attn", "model.layers.0.self_attn.q_proj" */
     int32_t layer;      /* block index */
-    vd_target kind;     /* which of the four linear layers */
-    int32_t in, out;    /* base layer shape (Conv1D in x out) */
+    int32_t kind;       /* index into the family's kind_paths */
+    int32_t site;       /* index into the model's site list */
+    int32_t in, out;    /* base layer shape (in x out on the backend) */
     size_t off_b;       /* offset of lambda_b (out) in params / grads */
     size_t off_d;       /* offset of lambda_d (r)   in params / grads */
     const float *W0;    /* (in, out) frozen base weight (device), owned by the model */
@@ -29,7 +30,7 @@ typedef struct {
     int32_t r;
     float d_initial;
     uint64_t key;          /* projection_prng_key */
-    uint32_t target_mask;  /* vd_target bits */
+    uint32_t target_mask;  /* bit k: adapt the family's kind k (vd_model_parse_targets) */
     float dropout;
 } vd_vera_options;
 
@@ -37,11 +38,14 @@ typedef enum { VD_WEFF_AUTO = 0, VD_WEFF_ALWAYS, VD_WEFF_NEVER } vd_weff_policy;
 
 typedef struct vd_vera {
     const vd_backend *be;
+    const vd_model_family *family; /* the model's: layer names for PEFT I/O */
+    char base_model_class[48];     /* HF architecture, e.g. "LlamaForCausalLM" (adapter_config.json) */
     vd_vera_options opt;
     int32_t max_in, max_out;
     int32_t n_modules;
-    vd_vera_module *modules;  /* (n_modules) PEFT's order: block by block, c_attn, c_proj, c_fc, c_proj */
-    int32_t *module_of;       /* (n_layer * 4) module index of (block, kind) or -1 */
+    vd_vera_module *modules;  /* (n_modules) PEFT's order: block by block, kinds in the family's order */
+    int32_t n_sites;
+    int32_t *module_of;       /* (n_sites) module index of each model site, or -1 */
     size_t n_trainable;       /* sum over modules of (out + r) */
     size_t n_reduce;          /* n_trainable + 2: the loss sum and the stop-request count ride along */
     uint64_t proj_checksum;   /* hash of A and B as generated */
@@ -60,9 +64,10 @@ typedef struct vd_vera {
     vd_weff_policy weff_policy;
 } vd_vera;
 
-/* Lays out the modules of `m`'s architecture, draws A and B from opt.key (host, then
- * uploaded), sets b = 0 and d = d_initial, and binds each module to m's frozen weight. */
-void vd_vera_init(vd_vera *v, const vd_backend *be, vd_gpt2 *m, const vd_vera_options *opt);
+/* Lays out one module per targeted site of `m`, draws A and B from opt.key (host, then
+ * uploaded), sets b = 0 and d = d_initial, and binds each module to its site's frozen weight.
+ * The caller attaches it to the model with vd_model_set_adapter. */
+void vd_vera_init(vd_vera *v, const vd_backend *be, const vd_model *m, const vd_vera_options *opt);
 /* Allocates per-token buffers for N tokens per micro-batch; tokens_per_step (per rank) decides
  * which modules use the merged input gradient (see docs/architecture.md). */
 void vd_vera_alloc_acts(vd_vera *v, int32_t N, int64_t tokens_per_step, vd_weff_policy policy);
@@ -72,7 +77,7 @@ void vd_vera_zero_grads(vd_vera *v);
 void vd_vera_free(vd_vera *v);
 
 /* One linear layer of the model, adapted when module >= 0.
- * out (N, outd) = inp (N, in) W (in, outd) + bias [+ VeRA]. */
+ * out (N, outd) = inp (N, in) W (in, outd) + bias (may be NULL) [+ VeRA]. */
 void vd_linear_forward(vd_vera *v, const vd_backend *be, int32_t module, float *out, const float *inp,
                        const float *W, const float *bias, int32_t N, int32_t in, int32_t outd,
                        const vd_fwd_ctx *ctx);

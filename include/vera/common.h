@@ -50,4 +50,8 @@ uint64_t vd_hash64(const void *data, size_t n, uint64_t seed);
 
 double vd_time_s(void); /* monotonic seconds */
 
+/* The shortest "%.Ng" that reads back as exactly x (1e-5f -> "1e-05", 0.1f -> "0.1", as Python
+ * prints); a function of the float's bits only, so serialized configs stay deterministic. */
+void vd_format_float_shortest(char *out, size_t cap, float x);
+
 #endif

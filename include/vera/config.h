@@ -8,15 +8,6 @@
 #include <stdio.h>
 #include "vera/common.h"
 
-/* Bits of target_modules, in the order the layers appear inside a GPT-2 block. */
-typedef enum {
-    VD_TARGET_ATTN_QKV  = 1 << 0, /* attn.c_attn  (C -> 3C) */
-    VD_TARGET_ATTN_PROJ = 1 << 1, /* attn.c_proj  (C -> C)  */
-    VD_TARGET_MLP_FC    = 1 << 2, /* mlp.c_fc     (C -> 4C) */
-    VD_TARGET_MLP_PROJ  = 1 << 3, /* mlp.c_proj   (4C -> C) */
-    VD_TARGET_ALL       = 0xF,
-} vd_target;
-
 typedef struct vd_config {
     char config_path[VD_PATH_MAX]; /* the --config file, "" if none */
     /* [model] */
@@ -29,8 +20,8 @@ typedef struct vd_config {
     int32_t r;                     /* rank of the shared projections */
     float d_initial;               /* initial value of every lambda_d */
     uint64_t projection_prng_key;  /* seed of torch's MT19937 stream for A and B */
-    char target_modules[256];      /* as given, e.g. "attn.c_attn,mlp.c_fc" or "all" */
-    uint32_t target_mask;          /* parsed vd_target bits */
+    char target_modules[256];      /* PEFT names, normalized: "all" or sorted, e.g. "attn.c_attn,mlp.c_fc",
+                                    * "q_proj,v_proj"; checked against the family once the model is read */
     float vera_dropout;            /* dropout probability on the adapter input */
     char init_adapter[VD_PATH_MAX]; /* PEFT adapter directory to start from; "" = b 0, d d_initial */
     /* [train] */
@@ -73,8 +64,6 @@ void vd_config_print_help(FILE *f);
 /* Canonical "key = value\n" lines in table order; returns the length. Used for the
  * cross-rank configuration hash and for the checkpoint. */
 size_t vd_config_serialize(const vd_config *c, char *buf, size_t cap);
-/* Parses a target_modules string ("all" or a comma-separated subset); returns 0 if invalid. */
-uint32_t vd_config_parse_targets(const char *s);
 /* Sets one key from text with the parser's rules (for code and tests). Returns 0, or -1 with
  * a one-line message naming the key in err; c is unchanged on failure. */
 int vd_config_set(vd_config *c, const char *key, const char *value, char *err, size_t errcap);

@@ -11,6 +11,8 @@
 
 #include "vera/tensor.h"
 
+struct cJSON;
+
 /* The model families. GPT-2 is 0 so that a GPT-2 config written field by field stays one. */
 typedef enum { VD_ARCH_GPT2 = 0, VD_ARCH_LLAMA = 1 } vd_arch;
 /* Rotary scaling types (HF rope_parameters / rope_scaling "rope_type"). */
@@ -78,6 +80,15 @@ float *vd_gpt2_load_hf(const char *dir, vd_gpt2_config *cfg);
 /* Writes DIR/config.json and DIR/model.safetensors as GPT2LMHeadModel.save_pretrained does
  * (F32, "transformer." names, tied lm_head left out). Creates DIR. */
 void vd_gpt2_save_hf(const char *dir, const vd_gpt2_config *cfg, const float *params);
+/* config.json helpers shared by the families (model_io.c). Each dies naming path and key. */
+struct cJSON *vd_cfg_read_json(const char *path);                     /* a JSON object */
+char *vd_read_small_file(const char *path, size_t *len_out);          /* whole file, NUL-terminated */
+/* An integer field in [lo, hi]; dflt < 0 means required. */
+int32_t vd_cfg_int(const struct cJSON *root, const char *path, const char *key, int64_t dflt, int64_t lo, int64_t hi);
+/* A boolean that must be `want` when present (why: what we would compute otherwise). */
+void vd_cfg_require_bool(const struct cJSON *root, const char *path, const char *key, int want, const char *why);
+/* GPT-2's fields of a parsed config.json. */
+void vd_gpt2_config_from_json(const struct cJSON *root, const char *path, vd_gpt2_config *cfg);
 /* Reads an llm.c model file (gpt2_124M.bin as llm.c's train_gpt2.py writes it): int32[256]
  * header (magic 20240326; version 3 = fp32 or 5 = bf16 parameters; [2] maxT, [3] V, [4] L,
  * [5] NH, [6] C, [7] padded vocab Vp >= V), then the 16 tensors in vd_gpt2_params order with
@@ -155,5 +166,175 @@ double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets
  * b/d gradients into m->vera->grads. Frozen weights get no gradient. */
 void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx);
 void vd_gpt2_free(vd_gpt2 *m);
+
+
+/* ============================================================================================
+ * The model seam (src/model/model.c). The training loop, adapter, optimizer, checkpoint, PEFT
+ * I/O, export and inspect see only what is below: a family table that knows the names and
+ * shapes, and a list of adaptable linear sites. Each family (gpt2.c, llama.c) owns its weights,
+ * activations and its explicit forward / backward.
+ * ============================================================================================ */
+
+#define VD_MAX_KINDS 8
+struct vd_weights;
+
+/* One family: every fact about its layer names and shapes lives in its table (gpt2.c, llama.c). */
+typedef struct vd_model_family {
+    vd_arch arch;
+    const char *name;                 /* "gpt2", "llama": the checkpoint's and inspect's name */
+    int32_t n_kinds;                  /* adaptable linear layers per block */
+    const char *kind_paths[VD_MAX_KINDS]; /* module path inside a block, PEFT (module) order */
+    const char *block_path;           /* printf format of block l's module prefix */
+    int32_t fan_in_fan_out;           /* PEFT's flag: 1 when the HF layer is Conv1D (weight in x out) */
+    const char *peft_parent_library;  /* adapter_config.json auto_mapping */
+    /* in / out features of `kind` for this shape */
+    void (*kind_shape)(const vd_model_config *c, int32_t kind, int32_t *in, int32_t *out);
+    /* frozen parameter count (elements of the host buffer) */
+    size_t (*num_params)(const vd_model_config *c);
+} vd_model_family;
+
+/* One adaptable linear layer, y = x W (+ bias). Every family keeps linear weights in x out on
+ * the backend (GPT-2's Conv1D layout; Llama's nn.Linear weights are transposed at load). */
+typedef struct {
+    char name[96];        /* HF module path, e.g. "model.layers.3.self_attn.q_proj" */
+    int32_t layer, kind;  /* block index; index into family->kind_paths */
+    int32_t in, out;
+    vd_tensor W;          /* (in, out) frozen weight on the backend, owned by the model */
+} vd_linear_site;
+
+typedef struct vd_llama vd_llama;
+
+typedef struct vd_model {
+    vd_model_config config;
+    const vd_model_family *family;
+    const struct vd_backend *be;
+    int32_t n_sites;          /* n_layer * n_kinds: block by block, kinds in family order */
+    vd_linear_site *sites;    /* (n_sites) */
+    size_t num_params;
+    vd_gpt2 *gpt2;            /* the family's own struct: exactly one is set */
+    vd_llama *llama;
+} vd_model;
+
+/* The family of an arch, or of an HF "architectures" entry (NULL if unsupported). */
+const vd_model_family *vd_model_family_of(vd_arch arch);
+const vd_model_family *vd_model_family_by_hf_name(const char *architectures0);
+/* Site name of (layer, kind): block_path + kind_paths[kind]. */
+void vd_model_site_name(const vd_model_family *f, int32_t layer, int32_t kind, char *out, size_t cap);
+
+/* Reads the shape from `path` without loading weights: a HF directory's config.json (GPT-2 or
+ * Llama family, by "architectures"), a GGUF file's metadata, or an llm.c .bin header. Dies
+ * naming the file and what was expected; an unsupported architectures entry is refused by name. */
+void vd_model_read_config(const char *path, vd_model_config *cfg);
+/* The same from a parsed config.json (cfg_path names it in errors). */
+void vd_model_config_from_json(const struct cJSON *root, const char *cfg_path, vd_model_config *cfg);
+/* Loads the frozen weights on the host: a malloc'd buffer of num_params floats in the family's
+ * layout. Accepts everything vd_model_read_config does. */
+float *vd_model_load(const char *path, vd_model_config *cfg);
+/* Hash of the shape and the weights: the base-model fingerprint stored in checkpoints. */
+uint64_t vd_model_fingerprint(const vd_model_config *cfg, const float *host_params);
+/* Writes DIR as transformers' save_pretrained would (config.json + model.safetensors, F32). */
+void vd_model_save_hf(const char *dir, const vd_model_config *cfg, const float *host_params);
+
+/* Uploads host_params to the backend and lists the sites. */
+void vd_model_init(vd_model *m, const struct vd_backend *be, const vd_model_config *cfg, const float *host_params);
+void vd_model_alloc_acts(vd_model *m, int32_t B, int32_t T);
+/* The adapter every adapted site calls (NULL: plain model). */
+void vd_model_set_adapter(vd_model *m, struct vd_vera *v);
+double vd_model_forward(vd_model *m, const int32_t *inputs, const int32_t *targets, int32_t nb,
+                        const vd_fwd_ctx *ctx);
+void vd_model_backward(vd_model *m, float dloss, const vd_fwd_ctx *ctx);
+/* Logits of the last forward, (nb*T, V) on the backend. */
+const float *vd_model_logits(const vd_model *m);
+/* Offset of a site's weight in the host buffer of vd_model_load, and whether it is stored
+ * out x in there (so export can write merged weights back in the file's layout). */
+size_t vd_model_site_host_offset(const vd_model *m, int32_t site);
+void vd_model_free(vd_model *m);
+
+/* target_modules against a family: a comma-separated list of PEFT names, each selecting the
+ * kinds whose path equals it or ends with "." + it; "all" / "all-linear" select every kind.
+ * Returns the kind mask; on a name that selects nothing returns 0 with a one-line reason in err. */
+uint32_t vd_model_parse_targets(const vd_model_family *f, const char *s, char *err, size_t errcap);
+/* Canonical spelling: "all" or the selected kind paths, sorted. */
+void vd_model_format_targets(const vd_model_family *f, uint32_t mask, char *out, size_t cap);
+/* vd_model_parse_targets that dies naming target_modules and the model; rewrites the string to
+ * the canonical spelling (what checkpoints store). */
+uint32_t vd_model_targets_or_die(const vd_model_family *f, char *target_modules, size_t cap, const char *model_path);
+/* Trainable vectors for a target mask: sum over adapted sites of out + r. */
+size_t vd_model_count_trainable(const vd_model_config *cfg, uint32_t mask, int32_t r, int32_t *max_in,
+                                int32_t *max_out, int32_t *n_adapted);
+
+/* ---- the families' entry points (model.c dispatches to them) ---- */
+extern const vd_model_family vd_family_gpt2;
+extern const vd_model_family vd_family_llama;
+void vd_gpt2_sites(const vd_gpt2 *m, vd_linear_site *sites);          /* (n_layer * 4) */
+void vd_gpt2_config_read_file(const char *config_json, vd_gpt2_config *cfg);
+void vd_llama_config_from_json(const struct cJSON *root, const char *path, const char *architecture,
+                               vd_model_config *cfg);
+float *vd_llama_load(const char *path, vd_model_config *cfg);         /* HF dir or GGUF, via weights.h */
+void vd_llama_init_random(const vd_model_config *cfg, float *params, uint64_t seed);
+uint64_t vd_llama_fingerprint(const vd_model_config *cfg, const float *params);
+void vd_llama_save_hf(const char *dir, const vd_model_config *cfg, const float *params);
+void vd_llama_init(vd_llama *m, const struct vd_backend *be, const vd_model_config *cfg, const float *host_params);
+void vd_llama_sites(const vd_llama *m, vd_linear_site *sites);        /* (n_layer * 7) */
+void vd_llama_alloc_acts(vd_llama *m, int32_t B, int32_t T);
+double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targets, int32_t nb,
+                        const vd_fwd_ctx *ctx);
+void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx);
+void vd_llama_free(vd_llama *m);
+
+/* ---- llama.c: the Llama family (LlamaForCausalLM semantics) ---- */
+typedef struct {
+    float *embed;     /* (V, C)        model.embed_tokens.weight */
+    float *attn_norm; /* (L, C)        input_layernorm.weight */
+    float *wq;        /* (L, C, Q)     q_proj.weight^T, Q = NH*hd */
+    float *bq;        /* (L, Q)        or NULL */
+    float *wk;        /* (L, C, KV)    k_proj.weight^T, KV = NKV*hd */
+    float *bk;        /* (L, KV) */
+    float *wv;        /* (L, C, KV) */
+    float *bv;        /* (L, KV) */
+    float *wo;        /* (L, Q, C)     o_proj.weight^T */
+    float *bo;        /* (L, C) */
+    float *mlp_norm;  /* (L, C)        post_attention_layernorm.weight */
+    float *wg;        /* (L, C, I)     gate_proj.weight^T */
+    float *bg;        /* (L, I) */
+    float *wu;        /* (L, C, I) */
+    float *bu;        /* (L, I) */
+    float *wd;        /* (L, I, C)     down_proj.weight^T */
+    float *bd;        /* (L, C) */
+    float *norm;      /* (C)           model.norm.weight */
+    float *lm_head;   /* (V, C)        lm_head.weight, or NULL when tied (embed is used) */
+} vd_llama_params;
+#define VD_LLAMA_NUM_PARAMS 19
+
+struct vd_llama {
+    vd_model_config config;
+    const struct vd_backend *be;
+    vd_llama_params params;  /* named pointers into params_memory (device) */
+    float *params_memory;
+    size_t num_params;
+    float *inv_freq;         /* (hd/2) RoPE frequencies, device */
+    struct vd_vera *vera;
+    int32_t B, T, last_B;
+    /* activations kept for backward (device); N = B*T */
+    float *resid;            /* (L+1, N, C)   input of each block; [L] = output of the last */
+    float *xn1, *rstd1;      /* (L, N, C), (L, N)  input_layernorm */
+    float *q, *k, *v;        /* (L, N, Q), (L, N, KV), (L, N, KV)  after RoPE */
+    float *att;              /* (L, B, NH, T, T) */
+    float *atty;             /* (L, N, Q)     attention output before o_proj */
+    float *resid_mid;        /* (L, N, C)     after the attention residual */
+    float *xn2, *rstd2;      /* (L, N, C), (L, N)  post_attention_layernorm */
+    float *gate, *up, *act;  /* (L, N, I)     act = silu(gate) * up */
+    float *xnf, *rstdf;      /* (N, C), (N)   final norm */
+    float *logits;           /* (N, V) logits, then softmax, then dlogits in place */
+    float *losses;           /* (N) */
+    int32_t *inputs, *targets;
+    /* backward scratch */
+    float *dres;             /* (N, C) */
+    float *dx, *dtmp;        /* (N, max(C, Q, I)) */
+    float *dq, *dk, *dv;     /* (N, Q), (N, KV), (N, KV) */
+    float *dgate, *dup;      /* (N, I) */
+    float *datt;             /* (B, NH, T, T) */
+    float *proj_out;         /* (N, C) */
+};
 
 #endif

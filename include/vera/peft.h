@@ -27,4 +27,10 @@ void vd_peft_write_safetensors(const char *path, const vd_vera *v, const float *
 void vd_peft_save_dir(const char *dir, const vd_vera *v, const float *params, const float *A, const float *B,
                       int save_projection, const char *base_model_path);
 
+/* Writes DIR as a PEFT LoRA adapter that computes exactly this VeRA adapter's dW:
+ * lora_A.weight (r, in) = diag(lambda_d) A[:, :in], lora_B.weight (out, r) = diag(lambda_b) B[:out],
+ * lora_alpha = r (scaling 1), same target_modules; for servers that support LoRA but not VeRA. */
+void vd_peft_save_lora_dir(const char *dir, const vd_vera *v, const float *params, const float *A, const float *B,
+                           const char *base_model_path);
+
 #endif

@@ -9,55 +9,37 @@
 #include "vera/common.h"
 #include "vera/prng.h"
 
-static const char *const k_kind_path[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
-
-static void vera_module_shape(const vd_gpt2 *m, int kind, int32_t *in, int32_t *out) {
-    int32_t C = m->config.channels;
-    switch (kind) {
-    case 0: *in = C; *out = 3 * C; break;
-    case 1: *in = C; *out = C; break;
-    case 2: *in = C; *out = 4 * C; break;
-    default: *in = 4 * C; *out = C; break;
-    }
-}
-
-static const float *vera_module_weight(const vd_gpt2 *m, int kind, int32_t l) {
-    size_t C = (size_t)m->config.channels;
-    switch (kind) {
-    case 0: return m->params.qkvw + (size_t)l * C * 3 * C;
-    case 1: return m->params.attprojw + (size_t)l * C * C;
-    case 2: return m->params.fcw + (size_t)l * C * 4 * C;
-    default: return m->params.fcprojw + (size_t)l * 4 * C * C;
-    }
-}
-
-void vd_vera_init(vd_vera *v, const vd_backend *be, vd_gpt2 *m, const vd_vera_options *opt) {
+void vd_vera_init(vd_vera *v, const vd_backend *be, const vd_model *m, const vd_vera_options *opt) {
     memset(v, 0, sizeof(*v));
     v->be = be;
     v->opt = *opt;
-    int32_t L = m->config.n_layer;
     if (opt->target_mask == 0) vd_die("target_modules: no layer selected");
-    v->module_of = mallocCheck(sizeof(int32_t) * (size_t)L * 4);
-    v->modules = callocCheck((size_t)L * 4, sizeof(vd_vera_module));
+    v->family = m->family;
+    snprintf(v->base_model_class, sizeof(v->base_model_class), "%s", m->config.hf_architecture);
+    v->n_sites = m->n_sites;
+    v->module_of = mallocCheck(sizeof(int32_t) * (size_t)m->n_sites);
+    v->modules = callocCheck((size_t)m->n_sites, sizeof(vd_vera_module));
     size_t off = 0;
-    for (int32_t l = 0; l < L; l++) {
-        for (int kind = 0; kind < 4; kind++) {
-            v->module_of[l * 4 + kind] = -1;
-            if (!(opt->target_mask & (1u << kind))) continue;
-            vd_vera_module *md = &v->modules[v->n_modules];
-            snprintf(md->name, sizeof(md->name), "transformer.h.%d.%s", (int)l, k_kind_path[kind]);
-            md->layer = l;
-            md->kind = (vd_target)(1u << kind);
-            vera_module_shape(m, kind, &md->in, &md->out);
-            md->W0 = vera_module_weight(m, kind, l);
-            md->off_b = off;
-            off += (size_t)md->out;
-            md->off_d = off;
-            off += (size_t)opt->r;
-            if (md->in > v->max_in) v->max_in = md->in;
-            if (md->out > v->max_out) v->max_out = md->out;
-            v->module_of[l * 4 + kind] = v->n_modules++;
-        }
+    /* sites come block by block, kinds in the family's order: PEFT's module order */
+    for (int32_t i = 0; i < m->n_sites; i++) {
+        const vd_linear_site *s = &m->sites[i];
+        v->module_of[i] = -1;
+        if (!(opt->target_mask & (1u << s->kind))) continue;
+        vd_vera_module *md = &v->modules[v->n_modules];
+        snprintf(md->name, sizeof(md->name), "%s", s->name);
+        md->layer = s->layer;
+        md->kind = s->kind;
+        md->site = i;
+        md->in = s->in;
+        md->out = s->out;
+        md->W0 = vd_tensor_f32(&s->W);
+        md->off_b = off;
+        off += (size_t)md->out;
+        md->off_d = off;
+        off += (size_t)opt->r;
+        if (md->in > v->max_in) v->max_in = md->in;
+        if (md->out > v->max_out) v->max_out = md->out;
+        v->module_of[i] = v->n_modules++;
     }
     v->n_trainable = off;
     v->n_reduce = off + 2; /* + loss sum + stop-request count */
@@ -83,7 +65,6 @@ void vd_vera_init(vd_vera *v, const vd_backend *be, vd_gpt2 *m, const vd_vera_op
     v->grads = be->alloc(sizeof(float) * v->n_reduce);
     be->to_device(v->params, hp, sizeof(float) * v->n_trainable);
     free(hp);
-    m->vera = v;
 }
 
 void vd_vera_alloc_acts(vd_vera *v, int32_t N, int64_t tokens_per_step, vd_weff_policy policy) {
@@ -167,7 +148,7 @@ void vd_linear_forward(vd_vera *v, const vd_backend *be, int32_t module, float *
     vd_vera_module *md = module >= 0 ? &v->modules[module] : NULL;
     /* with a merged weight (no dropout) the adapter term is already inside W0 + dW */
     be->gemm(0, 0, N, outd, in, 1.0f, inp, in, md && md->weff ? md->weff : W, outd, 0.0f, out, outd);
-    be->add_bias(out, bias, N, outd);
+    if (bias) be->add_bias(out, bias, N, outd);
     if (!md) return;
     int32_t r = v->opt.r;
     const float *b = v->params + md->off_b, *d = v->params + md->off_d;

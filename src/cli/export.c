@@ -1,7 +1,8 @@
-/* export.c: `vera-dist export --checkpoint FILE --format peft|merged --out DIR`.
+/* export.c: `vera-dist export --checkpoint FILE --format peft|merged|lora --out DIR`.
  * peft:   adapter_config.json + adapter_model.safetensors that PeftModel.from_pretrained loads;
  * merged: the base model with W0 + dW folded into each adapted weight, in the Hugging Face
- *         GPT-2 format transformers loads without PEFT. */
+ *         format of its family, which transformers loads without PEFT;
+ * lora:   the same dW as a PEFT LoRA adapter (every LoRA server can serve it). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,11 +37,13 @@ static void export_config_from_text(vd_config *cfg, const char *text, const char
 
 int vd_export_main(int argc, char **argv) {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        printf("usage: vera-dist export --checkpoint FILE --format peft|merged --out DIR [--model DIR]\n"
+        printf("usage: vera-dist export --checkpoint FILE --format peft|merged|lora --out DIR [--model DIR]\n"
                "                        [--save_projection 0|1] [--overwrite 1]\n"
                "peft:   DIR/adapter_config.json + adapter_model.safetensors for PeftModel.from_pretrained\n"
                "        (save_projection 1, the default, also stores vera_A/vera_B)\n"
                "merged: DIR/config.json + model.safetensors with W0 + dW merged, for transformers alone\n"
+               "lora:   DIR/adapter_config.json + adapter_model.safetensors, a PEFT LoRA adapter with the same\n"
+               "        dW (lora_A = diag(d) A, lora_B = diag(b) B, lora_alpha = r) for LoRA-only servers\n"
                "--model overrides the base model directory recorded in the checkpoint.\n");
         return 0;
     }
@@ -53,8 +56,8 @@ int vd_export_main(int argc, char **argv) {
     if (argc > 1) vd_die("export: unknown argument '%s' (see vera-dist export --help)", argv[1]);
     if (!ckpath) vd_die("export: --checkpoint FILE is required");
     if (!out) vd_die("export: --out DIR is required");
-    if (!format || (strcmp(format, "peft") != 0 && strcmp(format, "merged") != 0))
-        vd_die("export: --format must be peft or merged, got '%s'", format ? format : "");
+    if (!format || (strcmp(format, "peft") != 0 && strcmp(format, "merged") != 0 && strcmp(format, "lora") != 0))
+        vd_die("export: --format must be peft, merged or lora, got '%s'", format ? format : "");
     int save_projection = 1;
     if (save_proj) {
         if (!strcmp(save_proj, "1") || !strcmp(save_proj, "true")) save_projection = 1;
@@ -63,7 +66,7 @@ int vd_export_main(int argc, char **argv) {
     }
     int force = overwrite && (!strcmp(overwrite, "1") || !strcmp(overwrite, "true"));
     char probe[VD_PATH_MAX + 64];
-    snprintf(probe, sizeof(probe), "%s/%s", out, !strcmp(format, "peft") ? "adapter_model.safetensors" : "model.safetensors");
+    snprintf(probe, sizeof(probe), "%s/%s", out, strcmp(format, "merged") ? "adapter_model.safetensors" : "model.safetensors");
     if (vd_path_exists(probe) && !force) vd_die("export: %s already exists (HINT: --overwrite 1 replaces it)", probe);
 
     vd_checkpoint ck;
@@ -74,45 +77,53 @@ int vd_export_main(int argc, char **argv) {
     if (model_dir) snprintf(cfg.model, sizeof(cfg.model), "%s", model_dir);
 
     const vd_backend *be = vd_backend_cpu();
-    vd_gpt2_config mc;
-    float *host = vd_gpt2_load(cfg.model, &mc);
-    if (vd_gpt2_fingerprint(&mc, host) != ck.model_fingerprint)
+    vd_model_config mc;
+    float *host = vd_model_load(cfg.model, &mc);
+    if (vd_model_fingerprint(&mc, host) != ck.model_fingerprint)
         vd_die("export: %s was trained on another base model than %s (fingerprint differs; HINT: --model DIR)",
                ckpath, cfg.model);
-    vd_gpt2 model;
-    vd_gpt2_init(&model, be, &mc, host);
+    uint32_t mask = vd_model_targets_or_die(vd_model_family_of(mc.arch), cfg.target_modules, sizeof(cfg.target_modules),
+                                            cfg.model);
+    vd_model model;
+    vd_model_init(&model, be, &mc, host);
     vd_vera vera;
-    vd_vera_options vo = {cfg.r, cfg.d_initial, cfg.projection_prng_key, cfg.target_mask, 0.0f};
+    vd_vera_options vo = {cfg.r, cfg.d_initial, cfg.projection_prng_key, mask, 0.0f};
     vd_vera_init(&vera, be, &model, &vo);
     if (vera.proj_checksum != ck.projection_checksum || vera.n_trainable != ck.n_trainable)
         vd_die("export: %s: projections regenerated from the stored key do not match its checksum", ckpath);
     be->to_device(vera.params, ck.params, sizeof(float) * ck.n_trainable);
 
-    if (!strcmp(format, "peft")) {
+    if (strcmp(format, "merged") != 0) {
         size_t na = (size_t)vera.opt.r * vera.max_in, nbm = (size_t)vera.max_out * vera.opt.r;
         float *A = mallocCheck(sizeof(float) * na), *Bm = mallocCheck(sizeof(float) * nbm);
         be->to_host(A, vera.A, sizeof(float) * na);
         be->to_host(Bm, vera.B, sizeof(float) * nbm);
-        vd_peft_save_dir(out, &vera, ck.params, A, Bm, save_projection, cfg.model);
+        if (!strcmp(format, "peft")) {
+            vd_peft_save_dir(out, &vera, ck.params, A, Bm, save_projection, cfg.model);
+            printf("export: wrote PEFT adapter %s (step %lld, %d layers, save_projection %d)\n", out,
+                   (long long)ck.step, (int)vera.n_modules, save_projection);
+        } else {
+            vd_peft_save_lora_dir(out, &vera, ck.params, A, Bm, cfg.model);
+            printf("export: wrote PEFT LoRA adapter %s (step %lld, %d layers, r %d, lora_alpha %d)\n", out,
+                   (long long)ck.step, (int)vera.n_modules, (int)vera.opt.r, (int)vera.opt.r);
+        }
         free(A);
         free(Bm);
-        printf("export: wrote PEFT adapter %s (step %lld, %d layers, save_projection %d)\n", out, (long long)ck.step,
-               (int)vera.n_modules, save_projection);
     } else {
         /* the merged weights are exactly what the trainer's merged backward uses */
         vd_vera_alloc_acts(&vera, 1, 1, VD_WEFF_ALWAYS);
         for (int32_t i = 0; i < vera.n_modules; i++) {
             const vd_vera_module *md = &vera.modules[i];
-            size_t off = (size_t)(md->W0 - model.params_memory);
+            size_t off = vd_model_site_host_offset(&model, md->site);
             be->to_host(host + off, md->weff, sizeof(float) * (size_t)md->in * md->out);
         }
-        vd_gpt2_save_hf(out, &mc, host);
+        vd_model_save_hf(out, &mc, host);
         printf("export: wrote merged model %s (step %lld, %d layers merged)\n", out, (long long)ck.step,
                (int)vera.n_modules);
     }
     free(host);
     vd_vera_free(&vera);
-    vd_gpt2_free(&model);
+    vd_model_free(&model);
     vd_checkpoint_free(&ck);
     return 0;
 }

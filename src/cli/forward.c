@@ -50,7 +50,7 @@ static void forward_load_adapter(vd_vera *v, const char *path) {
 
 int vd_forward_main(int argc, char **argv) {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        printf("usage: vera-dist forward --model DIR|FILE.bin --tokens GLOB --out FILE.safetensors [--adapter FILE|DIR]\n"
+        printf("usage: vera-dist forward --model DIR|FILE.gguf|FILE.bin --tokens GLOB --out FILE.safetensors [--adapter FILE|DIR]\n"
                "                         [--batch_size B --seq_len T --r R --target_modules ... (any config key)]\n"
                "One forward + backward on the first batch_size sequences of the token shards; writes logits\n"
                "[B,T,V], loss [1], vera_A, vera_B and <module>.vera_lambda_b.grad / .vera_lambda_d.grad\n"
@@ -70,10 +70,12 @@ int vd_forward_main(int argc, char **argv) {
     const vd_backend *be = vd_backend_cpu();
     if (cfg.threads > 0) vd_backend_cpu_set_threads(cfg.threads);
 
-    vd_gpt2_config mc;
-    float *host_params = vd_gpt2_load(cfg.model, &mc);
+    vd_model_config mc;
+    float *host_params = vd_model_load(cfg.model, &mc);
     if (cfg.seq_len > mc.max_seq_len)
-        vd_die("seq_len: %d is larger than the model's context n_positions = %d", (int)cfg.seq_len, (int)mc.max_seq_len);
+        vd_die("seq_len: %d is larger than the model's context (max positions %d)", (int)cfg.seq_len, (int)mc.max_seq_len);
+    uint32_t mask = vd_model_targets_or_die(vd_model_family_of(mc.arch), cfg.target_modules, sizeof(cfg.target_modules),
+                                            cfg.model);
     vd_dataset ds;
     vd_dataset_open(&ds, tokens, cfg.seq_len, mc.vocab_size, "tokens");
     int32_t B = cfg.batch_size, T = cfg.seq_len, V = mc.vocab_size, N = B * T;
@@ -81,23 +83,24 @@ int vd_forward_main(int argc, char **argv) {
     int32_t *inputs = mallocCheck(sizeof(int32_t) * (size_t)N), *targets = mallocCheck(sizeof(int32_t) * (size_t)N);
     for (int32_t b = 0; b < B; b++) vd_dataset_get(&ds, (uint64_t)b, inputs + (size_t)b * T, targets + (size_t)b * T);
 
-    vd_gpt2 model;
-    vd_gpt2_init(&model, be, &mc, host_params);
+    vd_model model;
+    vd_model_init(&model, be, &mc, host_params);
     free(host_params);
-    vd_gpt2_alloc_acts(&model, B, T);
+    vd_model_alloc_acts(&model, B, T);
     vd_vera vera;
-    vd_vera_options vo = {cfg.r, cfg.d_initial, cfg.projection_prng_key, cfg.target_mask, 0.0f};
+    vd_vera_options vo = {cfg.r, cfg.d_initial, cfg.projection_prng_key, mask, 0.0f};
     vd_vera_init(&vera, be, &model, &vo);
+    vd_model_set_adapter(&model, &vera);
     vd_vera_alloc_acts(&vera, N, N, VD_WEFF_AUTO);
     if (adapter) forward_load_adapter(&vera, adapter);
 
     vd_fwd_ctx ctx = {0, 0, 0};
-    vd_gpt2_forward(&model, inputs, NULL, B, &ctx);
+    vd_model_forward(&model, inputs, NULL, B, &ctx);
     float *logits = mallocCheck(sizeof(float) * (size_t)N * V);
-    be->to_host(logits, model.logits, sizeof(float) * (size_t)N * V);
+    be->to_host(logits, vd_model_logits(&model), sizeof(float) * (size_t)N * V);
     vd_vera_zero_grads(&vera);
-    float loss = (float)(vd_gpt2_forward(&model, inputs, targets, B, &ctx) / N);
-    vd_gpt2_backward(&model, 1.0f / (float)N, &ctx);
+    float loss = (float)(vd_model_forward(&model, inputs, targets, B, &ctx) / N);
+    vd_model_backward(&model, 1.0f / (float)N, &ctx);
 
     size_t na = (size_t)cfg.r * vera.max_in, nbm = (size_t)vera.max_out * cfg.r;
     float *A = mallocCheck(sizeof(float) * na), *Bm = mallocCheck(sizeof(float) * nbm);
@@ -130,7 +133,7 @@ int vd_forward_main(int argc, char **argv) {
     free(inputs);
     free(targets);
     vd_vera_free(&vera);
-    vd_gpt2_free(&model);
+    vd_model_free(&model);
     vd_dataset_close(&ds);
     return 0;
 }

@@ -174,3 +174,10 @@ double vd_time_s(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+void vd_format_float_shortest(char *out, size_t cap, float x) {
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(out, cap, "%.*g", prec, (double)x);
+        if (strtof(out, NULL) == x) return;
+    }
+}

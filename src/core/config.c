@@ -10,6 +10,7 @@
  * key (and file:line for the INI) and what is accepted. */
 #define _POSIX_C_SOURCE 200809L
 #include "vera/config.h"
+#include "vera/model.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -68,8 +69,9 @@ static const vd_key g_keys[] = {
     {"projection_prng_key", "vera", KT_U64, FIELD(projection_prng_key), "0", 0, 0, 0, NULL,
      "seed of the MT19937 stream (as in torch) that draws the projections A and B"},
     {"target_modules", "vera", KT_TARGETS, FIELD(target_modules), "attn.c_attn", 0, 0, 0, NULL,
-     "layers that get an adapter: all, or a comma-separated subset of attn.c_attn, "
-     "attn.c_proj, mlp.c_fc, mlp.c_proj"},
+     "layers that get an adapter, by PEFT module name: all (= all-linear), or a comma-separated list "
+     "(GPT-2: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, c_proj; Llama: q_proj, k_proj, v_proj, "
+     "o_proj, gate_proj, up_proj, down_proj)"},
     {"init_adapter", "vera", KT_STRING, FIELD(init_adapter), "", 0, 0, RESUME_FREE, NULL,
      "start from a PEFT VeRA adapter directory (adapter_config.json + adapter_model.safetensors) "
      "instead of b = 0, d = d_initial; ignored when resuming from a checkpoint"},
@@ -221,76 +223,101 @@ static void trim_into(const char *s, char *out, size_t cap, size_t *len_out) {
 }
 
 /* ----------------------------------------------------------------------------------------- */
-/* target_modules */
+/* target_modules. Which names exist depends on the model's family, known only once the model
+ * is read (vd_model_parse_targets); here every entry must name a layer of SOME family, so a
+ * typo fails before a large model loads, and the text is normalized (trimmed, sorted, "all")
+ * so that spellings of the same set serialize the same. */
 
-#define TARGETS_ACCEPTED "accepted: all, or a comma-separated subset of attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj"
+#define TARGETS_ACCEPTED "accepted: all (or all-linear), or a comma-separated list of PEFT module names such as " \
+                         "attn.c_attn, c_proj, mlp.c_fc (GPT-2) or q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, " \
+                         "down_proj (Llama)"
 
-/* Parses "all" or a comma-separated subset; on failure returns 0 and says what is wrong in err. */
-static uint32_t parse_targets(const char *s, char *err, size_t errcap) {
-    uint32_t mask = 0;
+/* Every kind path of every family, and their last components (PEFT's short names). */
+static int target_names(const char **names, int cap) {
+    const vd_model_family *fams[2] = {&vd_family_gpt2, &vd_family_llama};
+    int n = 0;
+    for (int f = 0; f < 2; f++)
+        for (int32_t k = 0; k < fams[f]->n_kinds && n + 2 <= cap; k++) {
+            const char *full = fams[f]->kind_paths[k], *leaf = strrchr(full, '.');
+            names[n++] = full;
+            if (leaf) names[n++] = leaf + 1;
+        }
+    return n;
+}
+
+static int target_known(const char *item) {
+    const vd_model_family *fams[2] = {&vd_family_gpt2, &vd_family_llama};
+    char err[8];
+    for (int f = 0; f < 2; f++)
+        if (vd_model_parse_targets(fams[f], item, err, sizeof(err))) return 1;
+    return 0;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+/* Checks s and writes its normalized form to out; on failure returns -1 with a reason in err. */
+static int parse_targets(const char *s, char *out, size_t outcap, char *err, size_t errcap) {
+    char items[32][64];
+    const char *sorted[32];
     int n_items = 0, saw_all = 0;
     const char *p = s;
     for (;;) {
         const char *end = strchr(p, ',');
         size_t len = end ? (size_t)(end - p) : strlen(p);
-        /* trim the item */
         while (len > 0 && isspace((unsigned char)*p)) { p++; len--; }
         while (len > 0 && isspace((unsigned char)p[len - 1])) len--;
-        char item[64];
         if (len == 0) {
             snprintf(err, errcap, "%s", n_items == 0 && !end ? "empty value" : "empty entry in the list");
-            return 0;
+            return -1;
         }
-        if (len >= sizeof(item)) {
+        if (len >= sizeof(items[0]) || n_items == 32) {
             snprintf(err, errcap, "unknown module '%.20s...'", p);
-            return 0;
+            return -1;
         }
+        char *item = items[n_items];
         memcpy(item, p, len);
         item[len] = 0;
-        n_items++;
-        uint32_t bit = 0;
-        if (strcmp(item, "all") == 0) { saw_all = 1; bit = VD_TARGET_ALL; }
-        for (int t = 0; t < NTARGETS && !bit; t++) if (strcmp(item, g_target_names[t]) == 0) bit = 1u << t;
-        if (!bit) {
-            const char *names[NTARGETS + 1] = {"all", g_target_names[0], g_target_names[1], g_target_names[2],
-                                               g_target_names[3]};
-            const char *hint = closest(item, names, NTARGETS + 1);
-            char hintbuf[64] = "";
+        int is_all = !strcmp(item, "all") || !strcmp(item, "all-linear");
+        if (!is_all && !target_known(item)) {
+            const char *names[4 * VD_MAX_KINDS + 2] = {"all", "all-linear"};
+            int nn = 2 + target_names(names + 2, 4 * VD_MAX_KINDS);
+            const char *hint = closest(item, names, nn);
+            char hintbuf[96] = "";
             if (hint) snprintf(hintbuf, sizeof(hintbuf), " (did you mean '%s'?)", hint);
             snprintf(err, errcap, "unknown module '%s'%s", item, hintbuf);
-            return 0;
+            return -1;
         }
+        for (int i = 0; i < n_items; i++)
+            if (!strcmp(items[i], item)) {
+                snprintf(err, errcap, "'%s' is listed twice", item);
+                return -1;
+            }
+        saw_all |= is_all;
+        sorted[n_items] = item;
+        n_items++;
         if (saw_all && n_items > 1) {
             snprintf(err, errcap, "'all' cannot be combined with other modules");
-            return 0;
+            return -1;
         }
-        if (mask & bit) {
-            snprintf(err, errcap, "'%s' is listed twice", item);
-            return 0;
-        }
-        mask |= bit;
         if (!end) break;
         p = end + 1;
     }
-    return mask;
-}
-
-uint32_t vd_config_parse_targets(const char *s) {
-    char err[256];
-    return parse_targets(s, err, sizeof(err));
-}
-
-/* The canonical spelling of a mask: "all" or the names in block order. */
-static void format_targets(uint32_t mask, char *out, size_t cap) {
-    if (mask == VD_TARGET_ALL) { snprintf(out, cap, "all"); return; }
-    out[0] = 0;
+    if (saw_all) {
+        snprintf(out, outcap, "all");
+        return 0;
+    }
+    qsort(sorted, (size_t)n_items, sizeof(sorted[0]), cmp_str);
     size_t used = 0;
-    for (int t = 0; t < NTARGETS; t++) {
-        if (!(mask & (1u << t))) continue;
-        int w = snprintf(out + used, cap - used, "%s%s", used ? "," : "", g_target_names[t]);
-        if (w < 0 || (size_t)w >= cap - used) break;
+    out[0] = 0;
+    for (int i = 0; i < n_items; i++) {
+        int w = snprintf(out + used, outcap - used, "%s%s", i ? "," : "", sorted[i]);
+        if (w < 0 || (size_t)w >= outcap - used) {
+            snprintf(err, errcap, "value is too long");
+            return -1;
+        }
         used += (size_t)w;
     }
+    return 0;
 }
 
 /* ----------------------------------------------------------------------------------------- */
@@ -399,17 +426,14 @@ static int set_key(vd_config *c, const vd_key *k, const char *raw, char *err, si
             snprintf(err, errcap, "value is longer than %zu characters", k->size - 1);
             return -1;
         }
-        char why[256];
-        uint32_t mask = parse_targets(v, why, sizeof(why));
-        if (!mask) {
+        char why[256], norm[sizeof(((vd_config *)0)->target_modules)];
+        if (parse_targets(v, norm, sizeof(norm), why, sizeof(why)) != 0) {
             if (len == 0) snprintf(err, errcap, "empty value; %s", TARGETS_ACCEPTED);
             else snprintf(err, errcap, "%s in %s; %s", why, shown, TARGETS_ACCEPTED);
             return -1;
         }
-        memcpy(field, v, len + 1);
-        c->target_mask = mask;
+        memcpy(field, norm, strlen(norm) + 1);
         return 0;
-    }
     }
     vd_die_at(__FILE__, __LINE__, "key %s has an unknown type %d", k->name, (int)k->type);
 }
@@ -686,9 +710,8 @@ void vd_config_validate(const vd_config *c) {
             vd_config tmp = *c; /* re-parse a copy: same spelling rules as the parser */
             char err[512];
             if (set_key(&tmp, k, field, err, sizeof(err)) != 0) vd_die("%s: %s", k->name, err);
-            if (k->type == KT_TARGETS && tmp.target_mask != c->target_mask)
-                vd_die("target_modules '%s' does not match target_mask 0x%x (set it with vd_config_set)",
-                       c->target_modules, (unsigned)c->target_mask);
+            if (k->type == KT_TARGETS && strcmp(tmp.target_modules, c->target_modules) != 0)
+                vd_die("target_modules '%s' is not in normalized form (set it with vd_config_set)", c->target_modules)
             break;
         }
         }
@@ -754,14 +777,6 @@ void vd_config_print_help(FILE *f) {
     }
 }
 
-/* Shortest "%.Ng" that reads back as the same float; %.9g always does. Deterministic: the
- * text is a function of the float's bits only. */
-static void format_float(float v, char *out, size_t cap) {
-    for (int prec = 1; prec <= 9; prec++) {
-        snprintf(out, cap, "%.*g", prec, (double)v);
-        if ((float)strtod(out, NULL) == v) return;
-    }
-}
 
 size_t vd_config_serialize(const vd_config *c, char *buf, size_t cap) {
     size_t total = 0;
@@ -772,10 +787,10 @@ size_t vd_config_serialize(const vd_config *c, char *buf, size_t cap) {
         switch (k->type) {
         case KT_INT:
         case KT_BOOL: snprintf(val, sizeof(val), "%d", (int)*(const int32_t *)field); break;
-        case KT_FLOAT: format_float(*(const float *)field, val, sizeof(val)); break;
+        case KT_FLOAT: vd_format_float_shortest(val, sizeof(val), *(const float *)field); break;
         case KT_U64: snprintf(val, sizeof(val), "%" PRIu64, *(const uint64_t *)field); break;
         case KT_STRING: snprintf(val, sizeof(val), "%.*s", (int)k->size, field); break;
-        case KT_TARGETS: format_targets(c->target_mask, val, sizeof(val)); break;
+        case KT_TARGETS: snprintf(val, sizeof(val), "%s", field); break;
         }
         /* snprintf semantics: the full length is counted even when buf is too small */
         int w = snprintf(total < cap ? buf + total : NULL, total < cap ? cap - total : 0, "%s = %s\n", k->name, val);

@@ -50,19 +50,6 @@
 #define CK_MAX_R (1 << 20)
 #define CK_MAX_CONFIG_BYTES ((size_t)16 << 20)
 
-/* module paths by vd_target bit, as adapter.c names them */
-static const char *const k_kind_path[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
-
-/* Base layer shape (Conv1D in x out) of target kind (bit index) for n_embd C. */
-static void kind_shape(int kind, int64_t C, int64_t *in, int64_t *out) {
-    switch (kind) {
-    case 0: *in = C; *out = 3 * C; break;     /* attn.c_attn */
-    case 1: *in = C; *out = C; break;         /* attn.c_proj */
-    case 2: *in = C; *out = 4 * C; break;     /* mlp.c_fc */
-    default: *in = 4 * C; *out = C; break;    /* mlp.c_proj */
-    }
-}
-
 /* ----------------------------------------------------------------------------------------- */
 /* checksums */
 
@@ -630,23 +617,24 @@ static int r_vectors(ck_reader *r, hid_t parent, const char *parentname, const v
 /* The module list (model shape, target_modules) implies, in PEFT order, with the canonical
  * flat offsets; also max_in / max_out. The file's module_order must equal it. */
 static int expected_modules(ck_reader *r, vd_checkpoint *ck) {
-    uint32_t mask = vd_config_parse_targets(ck->target_modules);
-    if (mask == 0 || (mask & ~(uint32_t)VD_TARGET_ALL))
+    const vd_model_family *fam = vd_model_family_of(ck->model.arch);
+    char terr[256];
+    uint32_t mask = vd_model_parse_targets(fam, ck->target_modules, terr, sizeof(terr));
+    if (mask == 0)
         return rfail(r, "attribute target_modules of /vera ('%s') is not a valid target list", ck->target_modules);
     int32_t L = ck->model.n_layer;
-    int64_t C = ck->model.channels;
-    ck->modules = calloc((size_t)L * 4, sizeof(vd_ckpt_module));
+    ck->modules = calloc((size_t)L * (size_t)fam->n_kinds, sizeof(vd_ckpt_module));
     if (!ck->modules) return rfail(r, "out of memory for %d layers", (int)L);
     size_t off = 0;
     int64_t max_in = 0, max_out = 0;
     for (int32_t l = 0; l < L; l++) {
-        for (int kind = 0; kind < 4; kind++) {
+        for (int32_t kind = 0; kind < fam->n_kinds; kind++) {
             if (!(mask & (1u << kind))) continue;
             vd_ckpt_module *md = &ck->modules[ck->n_modules++];
-            int64_t in, out;
-            kind_shape(kind, C, &in, &out);
-            snprintf(md->name, sizeof(md->name), "transformer.h.%d.%s", (int)l, k_kind_path[kind]);
-            md->out = (int32_t)out;
+            int32_t in, out;
+            fam->kind_shape(&ck->model, kind, &in, &out);
+            vd_model_site_name(fam, l, kind, md->name, sizeof(md->name));
+            md->out = out;
             md->off_b = off;
             md->off_d = off + (size_t)out;
             off += (size_t)out + (size_t)ck->r;

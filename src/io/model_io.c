@@ -98,7 +98,7 @@ static void vd_path_join(char *out, size_t cap, const char *dir, const char *nam
 
 /* Reads a small text file whole (NUL-terminated). config.json is a few KB; a huge one is not
  * a config file, so refuse it rather than allocate for it. */
-static char *vd_read_small_file(const char *path, size_t *len_out) {
+char *vd_read_small_file(const char *path, size_t *len_out) {
     FILE *f = fopenCheck(path, "rb");
     if (fseek(f, 0, SEEK_END) != 0) vd_die("%s: cannot seek (%s)", path, strerror(errno));
     long size = ftell(f);
@@ -117,7 +117,7 @@ static char *vd_read_small_file(const char *path, size_t *len_out) {
 /* config.json */
 
 /* An integer field in [lo, hi]; `dflt` < 0 means required. */
-static int32_t vd_cfg_int(const cJSON *root, const char *path, const char *key, int64_t dflt, int64_t lo, int64_t hi) {
+int32_t vd_cfg_int(const cJSON *root, const char *path, const char *key, int64_t dflt, int64_t lo, int64_t hi) {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!it || cJSON_IsNull(it)) {
         if (dflt < 0) vd_die("%s: %s is missing (expected an integer in %lld..%lld)", path, key, (long long)lo, (long long)hi);
@@ -133,14 +133,14 @@ static int32_t vd_cfg_int(const cJSON *root, const char *path, const char *key, 
 }
 
 /* A boolean field that must have `want` for our model to compute what transformers computes. */
-static void vd_cfg_require_bool(const cJSON *root, const char *path, const char *key, int want, const char *why) {
+void vd_cfg_require_bool(const cJSON *root, const char *path, const char *key, int want, const char *why) {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
     if (!it || cJSON_IsNull(it)) return; /* absent: transformers' default, which is `want` */
     if (!cJSON_IsBool(it) || cJSON_IsTrue(it) != want)
         vd_die("%s: %s must be %s (%s)", path, key, want ? "true" : "false", why);
 }
 
-static void vd_gpt2_config_read(const char *path, vd_gpt2_config *cfg) {
+cJSON *vd_cfg_read_json(const char *path) {
     size_t len;
     char *text = vd_read_small_file(path, &len);
     cJSON *root = cJSON_ParseWithLength(text, len);
@@ -148,11 +148,23 @@ static void vd_gpt2_config_read(const char *path, vd_gpt2_config *cfg) {
         const char *at = cJSON_GetErrorPtr();
         long off = (at && at >= text && at <= text + len) ? (long)(at - text) : -1;
         free(text);
-        vd_die("%s: not valid JSON (parse error near byte %ld; expected a GPT-2 config.json)", path, off);
+        vd_die("%s: not valid JSON (parse error near byte %ld; expected a model config.json)", path, off);
     }
     free(text);
-    if (!cJSON_IsObject(root)) vd_die("%s: not a JSON object (expected a GPT-2 config.json)", path);
+    if (!cJSON_IsObject(root)) vd_die("%s: not a JSON object (expected a model config.json)", path);
+    return root;
+}
 
+void vd_gpt2_config_read_file(const char *path, vd_gpt2_config *cfg) {
+    cJSON *root = vd_cfg_read_json(path);
+    vd_gpt2_config_from_json(root, path, cfg);
+    cJSON_Delete(root);
+}
+
+void vd_gpt2_config_from_json(const cJSON *root, const char *path, vd_gpt2_config *cfg) {
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->arch = VD_ARCH_GPT2;
+    snprintf(cfg->hf_architecture, sizeof(cfg->hf_architecture), "GPT2LMHeadModel");
     const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
     if (mt && !(cJSON_IsString(mt) && strcmp(mt->valuestring, "gpt2") == 0))
         vd_die("%s: model_type is %s (expected \"gpt2\": only GPT-2 models are supported)", path,
@@ -197,7 +209,6 @@ static void vd_gpt2_config_read(const char *path, vd_gpt2_config *cfg) {
     vd_cfg_require_bool(root, path, "scale_attn_weights", 1, "attention scores are always scaled by 1/sqrt(head dim)");
     vd_cfg_require_bool(root, path, "scale_attn_by_inverse_layer_idx", 0, "per-layer attention scaling is not implemented");
     vd_cfg_require_bool(root, path, "tie_word_embeddings", 1, "the LM head is always tied to wte");
-    cJSON_Delete(root);
 }
 
 /* ----------------------------------------------------------------------------------------- */
@@ -226,7 +237,7 @@ float *vd_gpt2_load_hf(const char *dir, vd_gpt2_config *cfg) {
     vd_path_join(st_path, sizeof(st_path), dir, "model.safetensors");
     if (!vd_path_exists(cfg_path))
         vd_die("%s: missing (expected a Hugging Face GPT-2 directory with config.json and model.safetensors)", cfg_path);
-    vd_gpt2_config_read(cfg_path, cfg);
+    vd_gpt2_config_read_file(cfg_path, cfg);
 
     if (!vd_path_exists(st_path)) {
         char alt[VD_PATH_MAX];
@@ -339,6 +350,9 @@ float *vd_gpt2_load_llmc(const char *path, vd_gpt2_config *cfg) {
     if (h[1] != 3 && h[1] != 5)
         vd_die("%s: unsupported llm.c model version %d (expected 3: fp32 or 5: bf16 parameters)", path, (int)h[1]);
     int esize = h[1] == 3 ? 4 : 2;
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->arch = VD_ARCH_GPT2;
+    snprintf(cfg->hf_architecture, sizeof(cfg->hf_architecture), "GPT2LMHeadModel");
     cfg->max_seq_len = vd_llmc_field(h, 2, "max_seq_len", 1, 1 << 24, path);
     cfg->vocab_size = vd_llmc_field(h, 3, "vocab_size", 1, 1 << 24, path);
     cfg->n_layer = vd_llmc_field(h, 4, "num_layers", 1, 1024, path);
@@ -424,18 +438,10 @@ float *vd_gpt2_load(const char *path, vd_gpt2_config *cfg) {
 /* ----------------------------------------------------------------------------------------- */
 /* save */
 
-/* The shortest decimal that reads back as exactly this float (1e-5f -> "1e-05", as Python prints). */
-static void vd_format_float(char *out, size_t cap, float x) {
-    for (int prec = 1; prec <= 9; prec++) {
-        snprintf(out, cap, "%.*g", prec, (double)x);
-        if (strtof(out, NULL) == x) return;
-    }
-}
-
 void vd_gpt2_save_hf(const char *dir, const vd_gpt2_config *cfg, const float *params) {
     vd_mkdir_p(dir);
     char path[VD_PATH_MAX], eps[32];
-    vd_format_float(eps, sizeof(eps), cfg->ln_eps);
+    vd_format_float_shortest(eps, sizeof(eps), cfg->ln_eps);
     /* GPT-2's end-of-text token is the last id (50256 in the real vocabulary); transformers
      * warns about special-token ids outside a smaller vocabulary, so keep them inside. */
     int32_t eot = cfg->vocab_size > 50257 ? 50256 : cfg->vocab_size - 1;

@@ -7,9 +7,8 @@
 #include <string.h>
 
 #include "vera/common.h"
+#include "vera/model.h"
 #include "vera/safetensors.h"
-
-static const char *const k_module_suffix[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
 
 static int peft_bits_equal(const float *a, const float *b, size_t n) { return memcmp(a, b, sizeof(float) * n) == 0; }
 
@@ -86,27 +85,21 @@ static char *peft_read_text(const char *path) {
 }
 
 /* PEFT matches a target name against the end of a module path ("c_attn" matches
- * "transformer.h.0.attn.c_attn"); map each name to our four kinds. */
-static uint32_t peft_targets_mask(const cJSON *targets, const char *path) {
+ * "transformer.h.0.attn.c_attn"); the family's table maps each name to its kinds. */
+static uint32_t peft_targets_mask(const vd_model_family *f, const cJSON *targets, const char *path) {
     uint32_t mask = 0;
+    char err[512];
     if (cJSON_IsString(targets)) {
-        if (!strcmp(targets->valuestring, "all-linear")) return VD_TARGET_ALL;
+        if (!strcmp(targets->valuestring, "all-linear")) return (1u << f->n_kinds) - 1;
         vd_die("%s: target_modules is a regular expression ('%s'); only lists are supported", path, targets->valuestring);
     }
     if (!cJSON_IsArray(targets)) vd_die("%s: target_modules is missing or not a list", path);
     const cJSON *t;
     cJSON_ArrayForEach(t, targets) {
         if (!cJSON_IsString(t)) vd_die("%s: target_modules holds a non-string", path);
-        int hit = 0;
-        for (int k = 0; k < 4; k++) {
-            const char *full = k_module_suffix[k];
-            size_t lf = strlen(full), ln = strlen(t->valuestring);
-            if (ln <= lf && !strcmp(full + lf - ln, t->valuestring) && (ln == lf || full[lf - ln - 1] == '.')) {
-                mask |= 1u << k;
-                hit = 1;
-            }
-        }
-        if (!hit) vd_die("%s: target_modules entry '%s' matches no GPT-2 linear layer", path, t->valuestring);
+        uint32_t bits = vd_model_parse_targets(f, t->valuestring, err, sizeof(err));
+        if (!bits) vd_die("%s: target_modules entry %s", path, err);
+        mask |= bits;
     }
     return mask;
 }
@@ -150,7 +143,7 @@ void vd_peft_load_dir(vd_vera *v, const char *dir) {
     const cJSON *mts = cJSON_GetObjectItemCaseSensitive(root, "modules_to_save");
     if (mts && !cJSON_IsNull(mts) && !(cJSON_IsArray(mts) && cJSON_GetArraySize(mts) == 0))
         vd_die("%s: modules_to_save is set (vera-dist trains only the VeRA vectors)", path);
-    uint32_t mask = peft_targets_mask(cJSON_GetObjectItemCaseSensitive(root, "target_modules"), path);
+    uint32_t mask = peft_targets_mask(v->family, cJSON_GetObjectItemCaseSensitive(root, "target_modules"), path);
     if (mask != v->opt.target_mask)
         vd_die("%s: target_modules select other layers than this run's target_modules", path);
     const cJSON *ltt = cJSON_GetObjectItemCaseSensitive(root, "layers_to_transform");
@@ -182,6 +175,40 @@ void vd_peft_write_safetensors(const char *path, const vd_vera *v, const float *
     free(e);
 }
 
+/* The keys every PEFT adapter_config.json carries, shared by the VeRA and LoRA writers. */
+static cJSON *peft_config_common(const vd_vera *v, const char *peft_type, const char *base_model_path) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON *am = cJSON_AddObjectToObject(root, "auto_mapping");
+    cJSON_AddStringToObject(am, "base_model_class", v->base_model_class);
+    cJSON_AddStringToObject(am, "parent_library", v->family->peft_parent_library);
+    if (base_model_path && base_model_path[0]) cJSON_AddStringToObject(root, "base_model_name_or_path", base_model_path);
+    else cJSON_AddNullToObject(root, "base_model_name_or_path");
+    cJSON_AddStringToObject(root, "bias", "none");
+    cJSON_AddBoolToObject(root, "fan_in_fan_out", v->family->fan_in_fan_out); /* Conv1D (GPT-2): in x out */
+    cJSON_AddBoolToObject(root, "inference_mode", 1);
+    cJSON_AddNullToObject(root, "layers_pattern");
+    cJSON_AddNullToObject(root, "layers_to_transform");
+    cJSON_AddNullToObject(root, "modules_to_save");
+    cJSON_AddStringToObject(root, "peft_type", peft_type);
+    cJSON_AddNumberToObject(root, "r", v->opt.r);
+    cJSON_AddNullToObject(root, "revision");
+    cJSON *targets = cJSON_AddArrayToObject(root, "target_modules");
+    for (int32_t k = 0; k < v->family->n_kinds; k++)
+        if (v->opt.target_mask & (1u << k)) cJSON_AddItemToArray(targets, cJSON_CreateString(v->family->kind_paths[k]));
+    cJSON_AddNullToObject(root, "task_type");
+    return root;
+}
+
+static void peft_write_config(const char *dir, cJSON *root) {
+    char *json = cJSON_Print(root);
+    if (!json) vd_die("out of memory writing adapter_config.json");
+    char path[VD_PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
+    vd_write_file_atomic(path, json, strlen(json));
+    free(json);
+    cJSON_Delete(root);
+}
+
 void vd_peft_save_dir(const char *dir, const vd_vera *v, const float *params, const float *A, const float *B,
                       int save_projection, const char *base_model_path) {
     vd_mkdir_p(dir);
@@ -190,43 +217,62 @@ void vd_peft_save_dir(const char *dir, const vd_vera *v, const float *params, co
     const char *meta[] = {"format", "pt"};
     vd_peft_write_safetensors(path, v, params, save_projection ? A : NULL, save_projection ? B : NULL, meta, 1);
 
-    cJSON *root = cJSON_CreateObject();
-    cJSON *am = cJSON_AddObjectToObject(root, "auto_mapping");
-    cJSON_AddStringToObject(am, "base_model_class", "GPT2LMHeadModel");
-    cJSON_AddStringToObject(am, "parent_library", "transformers.models.gpt2.modeling_gpt2");
-    if (base_model_path && base_model_path[0]) cJSON_AddStringToObject(root, "base_model_name_or_path", base_model_path);
-    else cJSON_AddNullToObject(root, "base_model_name_or_path");
-    cJSON_AddStringToObject(root, "bias", "none");
+    cJSON *root = peft_config_common(v, "VERA", base_model_path);
     /* the shortest decimal that reads back as the same float: 0.1, not 0.10000000149011612 */
     char dtext[32];
-    for (int prec = 1; prec <= 9; prec++) {
-        snprintf(dtext, sizeof(dtext), "%.*g", prec, (double)v->opt.d_initial);
-        if (strtof(dtext, NULL) == v->opt.d_initial) break;
-    }
+    vd_format_float_shortest(dtext, sizeof(dtext), v->opt.d_initial);
     cJSON_AddItemToObject(root, "d_initial", cJSON_CreateRaw(dtext));
-    cJSON_AddBoolToObject(root, "fan_in_fan_out", 1); /* GPT-2's Conv1D stores weights in x out */
-    cJSON_AddBoolToObject(root, "inference_mode", 1);
     cJSON_AddBoolToObject(root, "init_weights", 1);
-    cJSON_AddNullToObject(root, "layers_pattern");
-    cJSON_AddNullToObject(root, "layers_to_transform");
-    cJSON_AddNullToObject(root, "modules_to_save");
-    cJSON_AddStringToObject(root, "peft_type", "VERA");
     /* cJSON prints doubles; a 64-bit key above 2^53 needs its exact digits */
     char keytext[32];
     snprintf(keytext, sizeof(keytext), "%llu", (unsigned long long)v->opt.key);
     cJSON_AddItemToObject(root, "projection_prng_key", cJSON_CreateRaw(keytext));
-    cJSON_AddNumberToObject(root, "r", v->opt.r);
-    cJSON_AddNullToObject(root, "revision");
     cJSON_AddBoolToObject(root, "save_projection", save_projection != 0);
-    cJSON *targets = cJSON_AddArrayToObject(root, "target_modules");
-    for (int k = 0; k < 4; k++)
-        if (v->opt.target_mask & (1u << k)) cJSON_AddItemToArray(targets, cJSON_CreateString(k_module_suffix[k]));
-    cJSON_AddNullToObject(root, "task_type");
     cJSON_AddNumberToObject(root, "vera_dropout", (double)v->opt.dropout);
-    char *json = cJSON_Print(root);
-    if (!json) vd_die("out of memory writing adapter_config.json");
-    snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
-    vd_write_file_atomic(path, json, strlen(json));
-    free(json);
-    cJSON_Delete(root);
+    peft_write_config(dir, root);
+}
+
+/* dW = diag(b) B[:out] diag(d) A[:, :in] is a rank-r LoRA with lora_B = diag(b) B[:out] and
+ * lora_A = diag(d) A[:, :in], scaling lora_alpha / r = 1. */
+void vd_peft_save_lora_dir(const char *dir, const vd_vera *v, const float *params, const float *A, const float *B,
+                           const char *base_model_path) {
+    vd_mkdir_p(dir);
+    int32_t r = v->opt.r, n = 2 * v->n_modules;
+    vd_st_entry *e = callocCheck((size_t)n, sizeof(vd_st_entry));
+    char (*names)[160] = callocCheck((size_t)n, 160);
+    float **bufs = callocCheck((size_t)n, sizeof(float *));
+    for (int32_t i = 0; i < v->n_modules; i++) {
+        const vd_vera_module *md = &v->modules[i];
+        const float *b = params + md->off_b, *d = params + md->off_d;
+        float *la = mallocCheck(sizeof(float) * (size_t)r * md->in);  /* (r, in) */
+        float *lb = mallocCheck(sizeof(float) * (size_t)md->out * r); /* (out, r) */
+        for (int32_t k = 0; k < r; k++)
+            for (int32_t j = 0; j < md->in; j++) la[(size_t)k * md->in + j] = d[k] * A[(size_t)k * v->max_in + j];
+        for (int32_t o = 0; o < md->out; o++)
+            for (int32_t k = 0; k < r; k++) lb[(size_t)o * r + k] = b[o] * B[(size_t)o * r + k];
+        snprintf(names[2 * i], 160, "base_model.model.%s.lora_A.weight", md->name);
+        snprintf(names[2 * i + 1], 160, "base_model.model.%s.lora_B.weight", md->name);
+        e[2 * i] = (vd_st_entry){names[2 * i], la, 2, {r, md->in}};
+        e[2 * i + 1] = (vd_st_entry){names[2 * i + 1], lb, 2, {md->out, r}};
+        bufs[2 * i] = la;
+        bufs[2 * i + 1] = lb;
+    }
+    char path[VD_PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
+    const char *meta[] = {"format", "pt"};
+    vd_safetensors_write_f32(path, e, n, meta, 1);
+    for (int32_t i = 0; i < n; i++) free(bufs[i]);
+    free(bufs);
+    free(names);
+    free(e);
+
+    cJSON *root = peft_config_common(v, "LORA", base_model_path);
+    cJSON_AddNumberToObject(root, "lora_alpha", r);
+    cJSON_AddNumberToObject(root, "lora_dropout", 0.0);
+    cJSON_AddBoolToObject(root, "init_lora_weights", 1);
+    cJSON_AddBoolToObject(root, "use_rslora", 0);
+    cJSON_AddBoolToObject(root, "use_dora", 0);
+    cJSON_AddObjectToObject(root, "rank_pattern");
+    cJSON_AddObjectToObject(root, "alpha_pattern");
+    peft_write_config(dir, root);
 }

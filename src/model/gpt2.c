@@ -9,6 +9,45 @@
 #include "vera/backend.h"
 #include "vera/common.h"
 
+/* ---- the family: GPT-2's four linear layers per block, in PEFT's module order ---- */
+
+static void gpt2_kind_shape(const vd_model_config *c, int32_t kind, int32_t *in, int32_t *out) {
+    int32_t C = c->channels;
+    switch (kind) {
+    case 0: *in = C; *out = 3 * C; break;     /* attn.c_attn */
+    case 1: *in = C; *out = C; break;         /* attn.c_proj */
+    case 2: *in = C; *out = 4 * C; break;     /* mlp.c_fc */
+    default: *in = 4 * C; *out = C; break;    /* mlp.c_proj */
+    }
+}
+
+const vd_model_family vd_family_gpt2 = {
+    .arch = VD_ARCH_GPT2,
+    .name = "gpt2",
+    .n_kinds = 4,
+    .kind_paths = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"},
+    .block_path = "transformer.h.%d.",
+    .fan_in_fan_out = 1, /* Conv1D stores weights in x out */
+    .peft_parent_library = "transformers.models.gpt2.modeling_gpt2",
+    .kind_shape = gpt2_kind_shape,
+    .num_params = vd_gpt2_num_params,
+};
+
+void vd_gpt2_sites(const vd_gpt2 *m, vd_linear_site *sites) {
+    const vd_gpt2_params *p = &m->params;
+    for (int32_t l = 0; l < m->config.n_layer; l++) {
+        for (int32_t kind = 0; kind < 4; kind++) {
+            vd_linear_site *s = &sites[l * 4 + kind];
+            s->layer = l;
+            s->kind = kind;
+            gpt2_kind_shape(&m->config, kind, &s->in, &s->out);
+            vd_model_site_name(&vd_family_gpt2, l, kind, s->name, sizeof(s->name));
+            float *base[4] = {p->qkvw, p->attprojw, p->fcw, p->fcprojw};
+            s->W = (vd_tensor){base[kind] + (size_t)l * s->in * s->out, VD_DTYPE_F32, 2, {s->in, s->out}};
+        }
+    }
+}
+
 void vd_gpt2_init(vd_gpt2 *m, const vd_backend *be, const vd_gpt2_config *cfg, const float *host_params) {
     memset(m, 0, sizeof(*m));
     m->config = *cfg;
@@ -84,7 +123,9 @@ double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets
                               p->ln1w + (size_t)l * C, p->ln1b + (size_t)l * C, N, C, eps);
         vd_linear_forward(vera, be, gpt2_module(m, l, 0), qkv, ln1, p->qkvw + (size_t)l * C * 3 * C,
                           p->qkvb + (size_t)l * 3 * C, N, C, 3 * C, ctx);
-        be->attention_forward(atty, att, qkv, B, T, C, NH);
+        vd_attn_shape ash = {.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
+                             .q_stride = 3 * C, .kv_stride = 3 * C};
+        be->attention_forward(atty, att, qkv, qkv + C, qkv + 2 * C, &ash);
         vd_linear_forward(vera, be, gpt2_module(m, l, 1), m->proj_out, atty, p->attprojw + (size_t)l * C * C,
                           p->attprojb + (size_t)l * C, N, C, C, ctx);
         be->add(res2, residual, m->proj_out, NC);
@@ -137,8 +178,11 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
         float *datty = m->dbuf_a;
         vd_linear_backward(vera, be, gpt2_module(m, l, 1), datty, m->dresidual, p->attprojw + (size_t)l * C * C,
                            N, C, C, ctx);
-        be->attention_backward(m->dqkv, m->datt, datty, m->qkv + l * NC * 3,
-                               m->att + (size_t)l * B * NH * T * T, B, T, C, NH);
+        const float *qkv = m->qkv + l * NC * 3;
+        vd_attn_shape ash = {.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
+                             .q_stride = 3 * C, .kv_stride = 3 * C};
+        be->attention_backward(m->dqkv, m->dqkv + C, m->dqkv + 2 * C, m->datt, datty, qkv, qkv + C, qkv + 2 * C,
+                               m->att + (size_t)l * B * NH * T * T, &ash);
         float *dln1 = m->dbuf_a;
         vd_linear_backward(vera, be, gpt2_module(m, l, 0), dln1, m->dqkv, p->qkvw + (size_t)l * C * 3 * C, N, C,
                            3 * C, ctx);

@@ -134,9 +134,10 @@ typedef struct {
     vd_comm comm;
     const vd_backend *be;
     int32_t threads;
-    vd_gpt2_config mc;
+    vd_model_config mc;
     uint64_t model_fingerprint;
-    vd_gpt2 model;
+    vd_model model;
+    uint32_t target_mask;      /* kinds of the family that get an adapter */
     vd_vera vera;
     vd_adamw opt;
     vd_adamw_options ao;
@@ -373,7 +374,7 @@ static void train_resume(train_run *run) {
 
 typedef struct {
     const vd_comm *comm;
-    vd_gpt2 *model;
+    vd_model *model;
     const vd_dataset *val;
     int32_t *inputs, *targets;
     int32_t B, T, eval_seqs;
@@ -391,7 +392,7 @@ static double train_evaluate(train_eval *ev) {
         int32_t nb = (int32_t)((n - first) < (uint64_t)ev->B ? (n - first) : (uint64_t)ev->B);
         for (int32_t b = 0; b < nb; b++)
             vd_dataset_get(ev->val, first + (uint64_t)b, ev->inputs + (size_t)b * ev->T, ev->targets + (size_t)b * ev->T);
-        sums[0] += vd_gpt2_forward(ev->model, ev->inputs, ev->targets, nb, &ctx);
+        sums[0] += vd_model_forward(ev->model, ev->inputs, ev->targets, nb, &ctx);
         sums[1] += (double)nb * ev->T;
     }
     vd_comm_allreduce_sum_f64(ev->comm, sums, 2);
@@ -420,8 +421,8 @@ static int train_step(train_run *run, float *loss_out, float *lr_out, float *nor
         for (int32_t b = 0; b < B; b++)
             vd_dataset_get(&run->train, first + (uint64_t)b, run->inputs + (size_t)b * T, run->targets + (size_t)b * T);
         vd_fwd_ctx ctx = {1, vd_mix64(run->cfg.seed ^ vd_mix64((uint64_t)step + 1)), first * (uint64_t)T};
-        loss_sum += vd_gpt2_forward(&run->model, run->inputs, run->targets, B, &ctx);
-        vd_gpt2_backward(&run->model, dloss, &ctx);
+        loss_sum += vd_model_forward(&run->model, run->inputs, run->targets, B, &ctx);
+        vd_model_backward(&run->model, dloss, &ctx);
     }
     float extra[2] = {(float)loss_sum, g_stop_signal ? 1.0f : 0.0f};
     be->to_device(vera->grads + vera->n_trainable, extra, sizeof(extra));
@@ -453,11 +454,15 @@ static void train_setup(train_run *run, int argc, char **argv) {
     snprintf(run->status_path, sizeof(run->status_path), "%s/status.json", cfg->out_dir);
 
     /* ---- model and data: everything is validated before anything is written ---- */
-    float *host_params = vd_gpt2_load(cfg->model, &run->mc);
+    float *host_params = vd_model_load(cfg->model, &run->mc);
     if (cfg->seq_len > run->mc.max_seq_len)
-        vd_die("seq_len: %d is larger than the model's context n_positions = %d (model %s)",
+        vd_die("seq_len: %d is larger than the model's context (max positions %d, model %s)",
                (int)cfg->seq_len, (int)run->mc.max_seq_len, cfg->model);
-    run->model_fingerprint = vd_gpt2_fingerprint(&run->mc, host_params);
+    run->model_fingerprint = vd_model_fingerprint(&run->mc, host_params);
+    /* target_modules names the family's layers: check them now, and store the canonical form */
+    run->target_mask = vd_model_targets_or_die(vd_model_family_of(run->mc.arch), cfg->target_modules,
+                                               sizeof(cfg->target_modules), cfg->model);
+    vd_config_serialize(cfg, run->config_text, sizeof(run->config_text));
     memset(&run->val, 0, sizeof(run->val));
     vd_dataset_open(&run->train, cfg->train_data, cfg->seq_len, run->mc.vocab_size, "train_data");
     run->has_val = cfg->val_data[0] != 0;
@@ -470,11 +475,12 @@ static void train_setup(train_run *run, int argc, char **argv) {
     run->B = cfg->batch_size;
     run->T = cfg->seq_len;
     run->S = (uint64_t)run->B * (uint64_t)cfg->grad_accum * (uint64_t)run->comm.world;
-    vd_gpt2_init(&run->model, run->be, &run->mc, host_params);
+    vd_model_init(&run->model, run->be, &run->mc, host_params);
     free(host_params);
-    vd_gpt2_alloc_acts(&run->model, run->B, run->T);
-    vd_vera_options vo = {cfg->r, cfg->d_initial, cfg->projection_prng_key, cfg->target_mask, cfg->vera_dropout};
+    vd_model_alloc_acts(&run->model, run->B, run->T);
+    vd_vera_options vo = {cfg->r, cfg->d_initial, cfg->projection_prng_key, run->target_mask, cfg->vera_dropout};
     vd_vera_init(&run->vera, run->be, &run->model, &vo);
+    vd_model_set_adapter(&run->model, &run->vera);
     vd_weff_policy policy = VD_WEFF_AUTO;
     const char *weff_env = getenv("VERA_WEFF"); /* debugging / benchmarking knob */
     if (weff_env && !strcmp(weff_env, "always")) policy = VD_WEFF_ALWAYS;
@@ -504,9 +510,10 @@ static void train_print_summary(const train_run *run) {
     for (int32_t i = 0; i < v->n_modules; i++) n_weff += v->modules[i].weff != NULL;
     vd_log("vera-dist: %d rank(s), %d thread(s) per rank, backend %s\n", (int)run->comm.world, (int)run->threads,
            run->be->name);
-    vd_log("model: %s: %d layers, %d heads, %d dim, vocab %d, context %d, %zu frozen parameters\n", cfg->model,
-           (int)run->mc.n_layer, (int)run->mc.n_head, (int)run->mc.channels, (int)run->mc.vocab_size,
-           (int)run->mc.max_seq_len, run->model.num_params);
+    vd_log("model: %s: %s (%s), %d layers, %d heads (%d kv), %d dim, vocab %d, context %d, %zu frozen parameters\n",
+           cfg->model, run->mc.hf_architecture, run->model.family->name, (int)run->mc.n_layer, (int)run->mc.n_head,
+           (int)(run->mc.n_kv_head ? run->mc.n_kv_head : run->mc.n_head), (int)run->mc.channels,
+           (int)run->mc.vocab_size, (int)run->mc.max_seq_len, run->model.num_params);
     vd_log("vera: r=%d, %d adapted layers (%s), A %dx%d, B %dx%d, projection checksum %016llx\n", (int)cfg->r,
            (int)v->n_modules, cfg->target_modules, (int)cfg->r, (int)v->max_in, (int)v->max_out, (int)cfg->r,
            (unsigned long long)v->proj_checksum);
@@ -525,7 +532,7 @@ static void train_free(train_run *run) {
     free(run->targets);
     vd_adamw_free(&run->opt);
     vd_vera_free(&run->vera);
-    vd_gpt2_free(&run->model);
+    vd_model_free(&run->model);
     vd_dataset_close(&run->train);
     if (run->has_val) vd_dataset_close(&run->val);
 }

@@ -1,0 +1,619 @@
+/* llama.c: the Llama family (transformers' LlamaForCausalLM; MistralForCausalLM and
+ * Qwen2ForCausalLM are the same network with other defaults): RMSNorm, RoPE (rotate_half),
+ * grouped-query attention, SwiGLU MLP, optional q/k/v, o and MLP biases, tied or untied head.
+ * One table (k_params) names every tensor and its shape; it drives loading, saving, random
+ * init and the fingerprint. Linear weights are transposed at load to in x out, the layout
+ * every family keeps on the backend (model.h), and transposed back when saved. */
+#include "vera/model.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vera/adapter.h"
+#include "vera/backend.h"
+#include "vera/common.h"
+#include "vera/prng.h"
+#include "vera/safetensors.h"
+#include "vera/weights.h"
+
+#define LLAMA_PI 3.14159265358979323846
+
+/* ---- the family: names and shapes ---- */
+
+enum { K_Q, K_K, K_V, K_O, K_GATE, K_UP, K_DOWN, K_COUNT };
+
+static int32_t llama_q(const vd_model_config *c) { return c->n_head * c->head_dim; }
+static int32_t llama_kv(const vd_model_config *c) { return c->n_kv_head * c->head_dim; }
+
+static void llama_kind_shape(const vd_model_config *c, int32_t kind, int32_t *in, int32_t *out) {
+    int32_t C = c->channels, Q = llama_q(c), KV = llama_kv(c), I = c->intermediate;
+    switch (kind) {
+    case K_Q: *in = C; *out = Q; break;
+    case K_K: case K_V: *in = C; *out = KV; break;
+    case K_O: *in = Q; *out = C; break;
+    case K_GATE: case K_UP: *in = C; *out = I; break;
+    default: *in = I; *out = C; break;
+    }
+}
+
+/* Dimensions the table refers to, and when a tensor exists. */
+typedef enum { D_NONE, D_V, D_C, D_Q, D_KV, D_I } llama_dim;
+typedef enum { P_ALWAYS, P_QKV_BIAS, P_O_BIAS, P_MLP_BIAS, P_UNTIED } llama_presence;
+
+typedef struct {
+    const char *name;      /* HF name; per-layer ones after "model.layers.%d." */
+    int per_layer;
+    llama_dim rows, cols;  /* HF shape (rows, cols); cols D_NONE for vectors */
+    int transpose;         /* stored (cols, rows) here: nn.Linear weights */
+    llama_presence when;
+} llama_param;
+
+/* In vd_llama_params order. */
+static const llama_param k_params[VD_LLAMA_NUM_PARAMS] = {
+    {"model.embed_tokens.weight", 0, D_V, D_C, 0, P_ALWAYS},
+    {"input_layernorm.weight", 1, D_C, D_NONE, 0, P_ALWAYS},
+    {"self_attn.q_proj.weight", 1, D_Q, D_C, 1, P_ALWAYS},
+    {"self_attn.q_proj.bias", 1, D_Q, D_NONE, 0, P_QKV_BIAS},
+    {"self_attn.k_proj.weight", 1, D_KV, D_C, 1, P_ALWAYS},
+    {"self_attn.k_proj.bias", 1, D_KV, D_NONE, 0, P_QKV_BIAS},
+    {"self_attn.v_proj.weight", 1, D_KV, D_C, 1, P_ALWAYS},
+    {"self_attn.v_proj.bias", 1, D_KV, D_NONE, 0, P_QKV_BIAS},
+    {"self_attn.o_proj.weight", 1, D_C, D_Q, 1, P_ALWAYS},
+    {"self_attn.o_proj.bias", 1, D_C, D_NONE, 0, P_O_BIAS},
+    {"post_attention_layernorm.weight", 1, D_C, D_NONE, 0, P_ALWAYS},
+    {"mlp.gate_proj.weight", 1, D_I, D_C, 1, P_ALWAYS},
+    {"mlp.gate_proj.bias", 1, D_I, D_NONE, 0, P_MLP_BIAS},
+    {"mlp.up_proj.weight", 1, D_I, D_C, 1, P_ALWAYS},
+    {"mlp.up_proj.bias", 1, D_I, D_NONE, 0, P_MLP_BIAS},
+    {"mlp.down_proj.weight", 1, D_C, D_I, 1, P_ALWAYS},
+    {"mlp.down_proj.bias", 1, D_C, D_NONE, 0, P_MLP_BIAS},
+    {"model.norm.weight", 0, D_C, D_NONE, 0, P_ALWAYS},
+    {"lm_head.weight", 0, D_V, D_C, 0, P_UNTIED},
+};
+
+static int64_t llama_dim_of(const vd_model_config *c, llama_dim d) {
+    switch (d) {
+    case D_V: return c->vocab_size;
+    case D_C: return c->channels;
+    case D_Q: return llama_q(c);
+    case D_KV: return llama_kv(c);
+    case D_I: return c->intermediate;
+    default: return 1;
+    }
+}
+
+static int llama_present(const vd_model_config *c, llama_presence p) {
+    switch (p) {
+    case P_QKV_BIAS: return c->qkv_bias;
+    case P_O_BIAS: return c->o_bias;
+    case P_MLP_BIAS: return c->mlp_bias;
+    case P_UNTIED: return !c->tied;
+    default: return 1;
+    }
+}
+
+/* Elements of one layer's slice (or of the whole tensor if global); 0 when absent. */
+static size_t llama_param_slice(const vd_model_config *c, int i) {
+    const llama_param *p = &k_params[i];
+    if (!llama_present(c, p->when)) return 0;
+    return (size_t)llama_dim_of(c, p->rows) * (size_t)llama_dim_of(c, p->cols);
+}
+
+static size_t llama_param_count(const vd_model_config *c, int i) {
+    return llama_param_slice(c, i) * (k_params[i].per_layer ? (size_t)c->n_layer : 1);
+}
+
+static size_t llama_num_params(const vd_model_config *c) {
+    size_t n = 0;
+    for (int i = 0; i < VD_LLAMA_NUM_PARAMS; i++) n += llama_param_count(c, i);
+    return n;
+}
+
+const vd_model_family vd_family_llama = {
+    .arch = VD_ARCH_LLAMA,
+    .name = "llama",
+    .n_kinds = K_COUNT,
+    .kind_paths = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj",
+                   "mlp.up_proj", "mlp.down_proj"},
+    .block_path = "model.layers.%d.",
+    .fan_in_fan_out = 0,
+    .peft_parent_library = "transformers.models.llama.modeling_llama",
+    .kind_shape = llama_kind_shape,
+    .num_params = llama_num_params,
+};
+
+static void llama_params_point(vd_llama_params *p, const vd_model_config *c, float *buf) {
+    float **ptrs[VD_LLAMA_NUM_PARAMS] = {&p->embed, &p->attn_norm, &p->wq, &p->bq, &p->wk, &p->bk, &p->wv,
+                                         &p->bv, &p->wo, &p->bo, &p->mlp_norm, &p->wg, &p->bg, &p->wu,
+                                         &p->bu, &p->wd, &p->bd, &p->norm, &p->lm_head};
+    for (int i = 0; i < VD_LLAMA_NUM_PARAMS; i++) {
+        size_t n = llama_param_count(c, i);
+        *ptrs[i] = n ? buf : NULL;
+        buf += n;
+    }
+}
+
+/* ---- config.json ---- */
+
+static float llama_cfg_float(const cJSON *o, const char *path, const char *key, double dflt, double lo, double hi) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!it || cJSON_IsNull(it)) {
+        if (dflt != dflt) vd_die("%s: %s is missing (expected a number in [%g, %g])", path, key, lo, hi);
+        return (float)dflt;
+    }
+    if (!cJSON_IsNumber(it) || !(it->valuedouble >= lo && it->valuedouble <= hi))
+        vd_die("%s: %s is not valid (expected a number in [%g, %g])", path, key, lo, hi);
+    return (float)it->valuedouble;
+}
+
+static int llama_cfg_bool(const cJSON *o, const char *path, const char *key, int dflt) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!it || cJSON_IsNull(it)) return dflt;
+    if (!cJSON_IsBool(it)) vd_die("%s: %s is not true or false", path, key);
+    return cJSON_IsTrue(it);
+}
+
+/* transformers 5 keeps rope settings in rope_parameters; older configs have rope_theta at the
+ * top level and scaling in rope_scaling ("type" or "rope_type"). */
+static void llama_cfg_rope(const cJSON *root, const char *path, vd_model_config *c) {
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+    if (rp && cJSON_IsNull(rp)) rp = NULL;
+    if (rp && !cJSON_IsObject(rp)) vd_die("%s: rope_parameters is not an object", path);
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
+    if (rs && cJSON_IsNull(rs)) rs = NULL;
+    if (rs && !cJSON_IsObject(rs)) vd_die("%s: rope_scaling is not an object", path);
+    const cJSON *theta_src = rp && cJSON_GetObjectItemCaseSensitive(rp, "rope_theta") ? rp : root;
+    c->rope_theta = llama_cfg_float(theta_src, path, "rope_theta", 10000.0, 1.0, 1e12);
+    const cJSON *sc = rp ? rp : rs;
+    const cJSON *type = sc ? cJSON_GetObjectItemCaseSensitive(sc, "rope_type") : NULL;
+    if (sc && !type) type = cJSON_GetObjectItemCaseSensitive(sc, "type");
+    c->rope_type = VD_ROPE_DEFAULT;
+    if (type && !cJSON_IsNull(type)) {
+        if (!cJSON_IsString(type)) vd_die("%s: rope_type is not a string", path);
+        if (!strcmp(type->valuestring, "llama3")) c->rope_type = VD_ROPE_LLAMA3;
+        else if (strcmp(type->valuestring, "default") != 0)
+            vd_die("%s: rope_type \"%s\" is not supported (expected \"default\" or \"llama3\")", path, type->valuestring);
+    }
+    if (c->rope_type == VD_ROPE_LLAMA3) {
+        double nan = NAN;
+        c->rope_factor = llama_cfg_float(sc, path, "factor", nan, 1e-6, 1e6);
+        c->rope_low_freq_factor = llama_cfg_float(sc, path, "low_freq_factor", nan, 1e-6, 1e6);
+        c->rope_high_freq_factor = llama_cfg_float(sc, path, "high_freq_factor", nan, 1e-6, 1e6);
+        c->rope_original_max_pos = vd_cfg_int(sc, path, "original_max_position_embeddings", -1, 1, 1 << 24);
+        if (!(c->rope_high_freq_factor > c->rope_low_freq_factor))
+            vd_die("%s: rope high_freq_factor must be larger than low_freq_factor", path);
+    }
+}
+
+void vd_llama_config_from_json(const cJSON *root, const char *path, const char *arch, vd_model_config *c) {
+    memset(c, 0, sizeof(*c));
+    c->arch = VD_ARCH_LLAMA;
+    snprintf(c->hf_architecture, sizeof(c->hf_architecture), "%s", arch);
+    int qwen2 = !strcmp(arch, "Qwen2ForCausalLM"), mistral = !strcmp(arch, "MistralForCausalLM");
+    c->n_layer = vd_cfg_int(root, path, "num_hidden_layers", -1, 1, 1024);
+    c->n_head = vd_cfg_int(root, path, "num_attention_heads", -1, 1, 4096);
+    c->n_kv_head = vd_cfg_int(root, path, "num_key_value_heads", c->n_head, 1, 4096);
+    c->channels = vd_cfg_int(root, path, "hidden_size", -1, 1, 1 << 20);
+    c->intermediate = vd_cfg_int(root, path, "intermediate_size", -1, 1, 1 << 22);
+    c->vocab_size = vd_cfg_int(root, path, "vocab_size", -1, 1, 1 << 24);
+    c->max_seq_len = vd_cfg_int(root, path, "max_position_embeddings", 2048, 1, 1 << 24);
+    if (c->n_head % c->n_kv_head != 0)
+        vd_die("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, (int)c->n_head,
+               (int)c->n_kv_head);
+    int32_t hd_default = c->channels % c->n_head == 0 ? c->channels / c->n_head : -1;
+    c->head_dim = vd_cfg_int(root, path, "head_dim", hd_default, 2, 1 << 16);
+    if (c->head_dim % 2 != 0) vd_die("%s: head_dim %d is odd (RoPE rotates pairs)", path, (int)c->head_dim);
+    c->ln_eps = llama_cfg_float(root, path, "rms_norm_eps", 1e-6, 1e-30, 1.0);
+    /* Llama and Mistral default to untied heads, as their config classes do; Qwen2 too */
+    c->tied = llama_cfg_bool(root, path, "tie_word_embeddings", 0);
+    int attention_bias = llama_cfg_bool(root, path, "attention_bias", 0);
+    c->qkv_bias = qwen2 ? 1 : attention_bias;
+    c->o_bias = qwen2 ? 0 : attention_bias;
+    c->mlp_bias = qwen2 || mistral ? 0 : llama_cfg_bool(root, path, "mlp_bias", 0);
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(root, "hidden_act");
+    if (act && !cJSON_IsNull(act) && !(cJSON_IsString(act) && !strcmp(act->valuestring, "silu")))
+        vd_die("%s: hidden_act %s is not supported (expected \"silu\")", path,
+               cJSON_IsString(act) ? act->valuestring : "(not a string)");
+    /* sliding-window attention is not implemented: refuse it rather than compute full attention */
+    const cJSON *sw = cJSON_GetObjectItemCaseSensitive(root, "sliding_window");
+    int use_sw = qwen2 ? llama_cfg_bool(root, path, "use_sliding_window", 0) : 1;
+    if (use_sw && sw && !cJSON_IsNull(sw) && cJSON_IsNumber(sw) && sw->valuedouble < c->max_seq_len)
+        vd_die("%s: sliding_window %g is smaller than max_position_embeddings %d (sliding-window attention is not "
+               "supported)", path, sw->valuedouble, (int)c->max_seq_len);
+    llama_cfg_rope(root, path, c);
+}
+
+/* RoPE inverse frequencies (hd/2), as transformers computes them in fp32. */
+static void llama_inv_freq(const vd_model_config *c, float *inv) {
+    int32_t hd = c->head_dim;
+    for (int32_t i = 0; i < hd / 2; i++) {
+        float e = (float)(2 * i) / (float)hd;
+        inv[i] = 1.0f / powf(c->rope_theta, e);
+    }
+    if (c->rope_type != VD_ROPE_LLAMA3) return;
+    float factor = c->rope_factor, lo = c->rope_low_freq_factor, hi = c->rope_high_freq_factor;
+    float old_ctx = (float)c->rope_original_max_pos;
+    float low_wavelen = old_ctx / lo, high_wavelen = old_ctx / hi;
+    for (int32_t i = 0; i < hd / 2; i++) {
+        float wavelen = 2.0f * (float)LLAMA_PI / inv[i];
+        float f = wavelen > low_wavelen ? inv[i] / factor : inv[i];
+        if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {
+            float smooth = (old_ctx / wavelen - lo) / (hi - lo);
+            f = (1.0f - smooth) * f / factor + smooth * f;
+        }
+        inv[i] = f;
+    }
+}
+
+/* ---- host weights ---- */
+
+static void llama_hf_name(int i, int32_t l, char *out, size_t cap) {
+    if (k_params[i].per_layer) snprintf(out, cap, "model.layers.%d.%s", (int)l, k_params[i].name);
+    else snprintf(out, cap, "%s", k_params[i].name);
+}
+
+/* dst (cols, rows) = src (rows, cols)^T */
+static void llama_transpose(float *dst, const float *src, int64_t rows, int64_t cols) {
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) dst[c * rows + r] = src[r * cols + c];
+}
+
+float *vd_llama_load(const char *path, vd_model_config *cfg) {
+    vd_weights *w = vd_weights_open(path);
+    const cJSON *root = vd_weights_config(w);
+    const cJSON *archs = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+    const cJSON *a0 = cJSON_IsArray(archs) ? cJSON_GetArrayItem(archs, 0) : NULL;
+    vd_llama_config_from_json(root, vd_weights_config_path(w), cJSON_IsString(a0) ? a0->valuestring : "LlamaForCausalLM",
+                              cfg);
+    size_t total = llama_num_params(cfg);
+    float *params = mallocCheck(sizeof(float) * total), *dst = params;
+    float *tmp = NULL;
+    size_t tmp_cap = 0;
+    char name[256];
+    for (int i = 0; i < VD_LLAMA_NUM_PARAMS; i++) {
+        size_t slice = llama_param_slice(cfg, i);
+        if (!slice) continue;
+        const llama_param *p = &k_params[i];
+        int64_t shape[2] = {llama_dim_of(cfg, p->rows), llama_dim_of(cfg, p->cols)};
+        int32_t nd = p->cols == D_NONE ? 1 : 2;
+        for (int32_t l = 0; l < (p->per_layer ? cfg->n_layer : 1); l++) {
+            llama_hf_name(i, l, name, sizeof(name));
+            if (p->transpose) {
+                if (tmp_cap < slice) {
+                    free(tmp);
+                    tmp = mallocCheck(sizeof(float) * slice);
+                    tmp_cap = slice;
+                }
+                vd_weights_read_f32(w, name, nd, shape, tmp);
+                llama_transpose(dst, tmp, shape[0], shape[1]);
+            } else {
+                vd_weights_read_f32(w, name, nd, shape, dst);
+            }
+            dst += slice;
+        }
+    }
+    vd_require((size_t)(dst - params) == total);
+    free(tmp);
+    vd_weights_close(w);
+    return params;
+}
+
+/* Random weights with the init of LlamaPreTrainedModel (N(0, 0.02), norms 1, biases 0). */
+void vd_llama_init_random(const vd_model_config *cfg, float *params, uint64_t seed) {
+    float *dst = params;
+    uint64_t s = seed;
+    for (int i = 0; i < VD_LLAMA_NUM_PARAMS; i++) {
+        size_t n = llama_param_count(cfg, i);
+        int is_norm = k_params[i].cols == D_NONE && strstr(k_params[i].name, "norm") != NULL;
+        int is_bias = strstr(k_params[i].name, ".bias") != NULL;
+        for (size_t j = 0; j < n; j++) {
+            if (is_norm) dst[j] = 1.0f;
+            else if (is_bias) dst[j] = 0.0f;
+            else {
+                /* Box-Muller on the project's mixer: reproducible, no global state */
+                uint64_t a = vd_mix64(s += 0x9E3779B97F4A7C15ULL), b = vd_mix64(s += 0x9E3779B97F4A7C15ULL);
+                double u1 = ((double)(a >> 11) + 1.0) / 9007199254740993.0, u2 = (double)(b >> 11) / 9007199254740992.0;
+                dst[j] = (float)(0.02 * sqrt(-2.0 * log(u1)) * cos(2.0 * LLAMA_PI * u2));
+            }
+        }
+        dst += n;
+    }
+}
+
+uint64_t vd_llama_fingerprint(const vd_model_config *cfg, const float *params) {
+    /* fixed-width fields, not the struct: no padding bytes in the hash */
+    uint64_t head[24] = {0};
+    float fl[6] = {cfg->ln_eps, cfg->rope_theta, cfg->rope_factor, cfg->rope_low_freq_factor,
+                   cfg->rope_high_freq_factor, 0.0f};
+    int32_t in[13] = {cfg->max_seq_len, cfg->vocab_size, cfg->n_layer, cfg->n_head,    cfg->channels,
+                      cfg->n_kv_head,   cfg->head_dim,   cfg->intermediate, cfg->tied, cfg->qkv_bias,
+                      cfg->o_bias,      cfg->mlp_bias,   (int32_t)cfg->rope_type};
+    for (int i = 0; i < 13; i++) head[i] = (uint64_t)(int64_t)in[i];
+    for (int i = 0; i < 6; i++) {
+        uint32_t bits;
+        memcpy(&bits, &fl[i], sizeof(bits));
+        head[13 + i] = bits;
+    }
+    head[19] = (uint64_t)cfg->rope_original_max_pos;
+    uint64_t h = vd_hash64(head, sizeof(head), 0x6c6c616d61667031ULL /* "llamafp1" */);
+    return vd_hash64(params, llama_num_params(cfg) * sizeof(float), h);
+}
+
+/* Writes DIR/config.json and DIR/model.safetensors as LlamaForCausalLM.save_pretrained would
+ * (F32, HF names and layouts; a tied lm_head left out). */
+void vd_llama_save_hf(const char *dir, const vd_model_config *cfg, const float *params) {
+    vd_mkdir_p(dir);
+    int32_t n = 0;
+    for (int i = 0; i < VD_LLAMA_NUM_PARAMS; i++)
+        if (llama_param_slice(cfg, i)) n += k_params[i].per_layer ? cfg->n_layer : 1;
+    vd_st_entry *e = callocCheck((size_t)n, sizeof(vd_st_entry));
+    char (*names)[128] = callocCheck((size_t)n, 128);
+    float *copy = mallocCheck(sizeof(float) * llama_num_params(cfg)); /* HF layouts */
+    const float *src = params;
+    float *dst = copy;
+    int32_t k = 0;
+    for (int i = 0; i < VD_LLAMA_NUM_PARAMS; i++) {
+        size_t slice = llama_param_slice(cfg, i);
+        if (!slice) continue;
+        const llama_param *p = &k_params[i];
+        int64_t rows = llama_dim_of(cfg, p->rows), cols = llama_dim_of(cfg, p->cols);
+        for (int32_t l = 0; l < (p->per_layer ? cfg->n_layer : 1); l++, k++) {
+            if (p->transpose) llama_transpose(dst, src, cols, rows); /* (cols, rows) back to (rows, cols) */
+            else memcpy(dst, src, sizeof(float) * slice);
+            llama_hf_name(i, l, names[k], 128);
+            e[k] = p->cols == D_NONE ? (vd_st_entry){names[k], dst, 1, {rows}} : (vd_st_entry){names[k], dst, 2, {rows, cols}};
+            src += slice;
+            dst += slice;
+        }
+    }
+    char path[VD_PATH_MAX + 32];
+    snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+    const char *meta[] = {"format", "pt"};
+    vd_safetensors_write_f32(path, e, n, meta, 1);
+    free(copy);
+    free(names);
+    free(e);
+
+    cJSON *root = cJSON_CreateObject();
+    cJSON *archs = cJSON_AddArrayToObject(root, "architectures");
+    cJSON_AddItemToArray(archs, cJSON_CreateString(cfg->hf_architecture[0] ? cfg->hf_architecture : "LlamaForCausalLM"));
+    int qwen2 = !strcmp(cfg->hf_architecture, "Qwen2ForCausalLM"), mistral = !strcmp(cfg->hf_architecture, "MistralForCausalLM");
+    cJSON_AddStringToObject(root, "model_type", qwen2 ? "qwen2" : mistral ? "mistral" : "llama");
+    if (!qwen2) cJSON_AddBoolToObject(root, "attention_bias", cfg->qkv_bias);
+    if (!qwen2 && !mistral) cJSON_AddBoolToObject(root, "mlp_bias", cfg->mlp_bias);
+    cJSON_AddStringToObject(root, "hidden_act", "silu");
+    cJSON_AddNumberToObject(root, "hidden_size", cfg->channels);
+    cJSON_AddNumberToObject(root, "intermediate_size", cfg->intermediate);
+    cJSON_AddNumberToObject(root, "num_hidden_layers", cfg->n_layer);
+    cJSON_AddNumberToObject(root, "num_attention_heads", cfg->n_head);
+    cJSON_AddNumberToObject(root, "num_key_value_heads", cfg->n_kv_head);
+    cJSON_AddNumberToObject(root, "head_dim", cfg->head_dim);
+    cJSON_AddNumberToObject(root, "max_position_embeddings", cfg->max_seq_len);
+    cJSON_AddNumberToObject(root, "vocab_size", cfg->vocab_size);
+    char num[32];
+    vd_format_float_shortest(num, sizeof(num), cfg->ln_eps);
+    cJSON_AddItemToObject(root, "rms_norm_eps", cJSON_CreateRaw(num));
+    cJSON_AddBoolToObject(root, "tie_word_embeddings", cfg->tied);
+    cJSON *rp = cJSON_AddObjectToObject(root, "rope_parameters");
+    vd_format_float_shortest(num, sizeof(num), cfg->rope_theta);
+    cJSON_AddItemToObject(rp, "rope_theta", cJSON_CreateRaw(num));
+    cJSON_AddStringToObject(rp, "rope_type", cfg->rope_type == VD_ROPE_LLAMA3 ? "llama3" : "default");
+    if (cfg->rope_type == VD_ROPE_LLAMA3) {
+        float f[3] = {cfg->rope_factor, cfg->rope_low_freq_factor, cfg->rope_high_freq_factor};
+        const char *keys[3] = {"factor", "low_freq_factor", "high_freq_factor"};
+        for (int i = 0; i < 3; i++) {
+            vd_format_float_shortest(num, sizeof(num), f[i]);
+            cJSON_AddItemToObject(rp, keys[i], cJSON_CreateRaw(num));
+        }
+        cJSON_AddNumberToObject(rp, "original_max_position_embeddings", cfg->rope_original_max_pos);
+    }
+    cJSON_AddStringToObject(root, "torch_dtype", "float32");
+    char *json = cJSON_Print(root);
+    if (!json) vd_die("out of memory writing config.json");
+    snprintf(path, sizeof(path), "%s/config.json", dir);
+    vd_write_file_atomic(path, json, strlen(json));
+    free(json);
+    cJSON_Delete(root);
+}
+
+/* ---- the model on a backend ---- */
+
+void vd_llama_init(vd_llama *m, const vd_backend *be, const vd_model_config *cfg, const float *host_params) {
+    memset(m, 0, sizeof(*m));
+    m->config = *cfg;
+    m->be = be;
+    m->num_params = llama_num_params(cfg);
+    m->params_memory = be->alloc(sizeof(float) * m->num_params);
+    be->to_device(m->params_memory, host_params, sizeof(float) * m->num_params);
+    llama_params_point(&m->params, cfg, m->params_memory);
+    size_t nf = (size_t)cfg->head_dim / 2;
+    float *inv = mallocCheck(sizeof(float) * nf);
+    llama_inv_freq(cfg, inv);
+    m->inv_freq = be->alloc(sizeof(float) * nf);
+    be->to_device(m->inv_freq, inv, sizeof(float) * nf);
+    free(inv);
+}
+
+/* Site list: block by block, kinds in family order; W points at the layer's slice. */
+void vd_llama_sites(const vd_llama *m, vd_linear_site *sites) {
+    const vd_model_config *c = &m->config;
+    const vd_llama_params *p = &m->params;
+    for (int32_t l = 0; l < c->n_layer; l++) {
+        for (int32_t kind = 0; kind < K_COUNT; kind++) {
+            vd_linear_site *s = &sites[l * K_COUNT + kind];
+            s->layer = l;
+            s->kind = kind;
+            llama_kind_shape(c, kind, &s->in, &s->out);
+            vd_model_site_name(&vd_family_llama, l, kind, s->name, sizeof(s->name));
+            float *base[K_COUNT] = {p->wq, p->wk, p->wv, p->wo, p->wg, p->wu, p->wd};
+            s->W = (vd_tensor){base[kind] + (size_t)l * s->in * s->out, VD_DTYPE_F32, 2, {s->in, s->out}};
+        }
+    }
+}
+
+void vd_llama_alloc_acts(vd_llama *m, int32_t B, int32_t T) {
+    const vd_backend *be = m->be;
+    const vd_model_config *c = &m->config;
+    size_t L = (size_t)c->n_layer, C = (size_t)c->channels, Q = (size_t)llama_q(c), KV = (size_t)llama_kv(c);
+    size_t I = (size_t)c->intermediate, V = (size_t)c->vocab_size, NH = (size_t)c->n_head, N = (size_t)B * T;
+    size_t wide = C > Q ? C : Q;
+    if (I > wide) wide = I;
+    m->B = B;
+    m->T = T;
+#define ACT(ptr, count) (ptr) = be->alloc(sizeof(float) * (count))
+    ACT(m->resid, (L + 1) * N * C);
+    ACT(m->xn1, L * N * C);
+    ACT(m->rstd1, L * N);
+    ACT(m->q, L * N * Q);
+    ACT(m->k, L * N * KV);
+    ACT(m->v, L * N * KV);
+    ACT(m->att, L * (size_t)B * NH * T * T);
+    ACT(m->atty, L * N * Q);
+    ACT(m->resid_mid, L * N * C);
+    ACT(m->xn2, L * N * C);
+    ACT(m->rstd2, L * N);
+    ACT(m->gate, L * N * I);
+    ACT(m->up, L * N * I);
+    ACT(m->act, L * N * I);
+    ACT(m->xnf, N * C);
+    ACT(m->rstdf, N);
+    ACT(m->logits, N * V);
+    ACT(m->losses, N);
+    ACT(m->dres, N * C);
+    ACT(m->dx, N * wide);
+    ACT(m->dtmp, N * wide);
+    ACT(m->dq, N * Q);
+    ACT(m->dk, N * KV);
+    ACT(m->dv, N * KV);
+    ACT(m->dgate, N * I);
+    ACT(m->dup, N * I);
+    ACT(m->datt, (size_t)B * NH * T * T);
+    ACT(m->proj_out, N * C);
+#undef ACT
+    m->inputs = be->alloc(sizeof(int32_t) * N);
+    m->targets = be->alloc(sizeof(int32_t) * N);
+}
+
+static int32_t llama_module(const vd_llama *m, int32_t l, int32_t kind) {
+    return m->vera ? m->vera->module_of[l * K_COUNT + kind] : -1;
+}
+
+static vd_attn_shape llama_attn_shape(const vd_llama *m, int32_t B) {
+    const vd_model_config *c = &m->config;
+    return (vd_attn_shape){B, m->T, c->n_head, c->n_kv_head, c->head_dim, llama_q(c), llama_kv(c)};
+}
+
+/* bias of layer l, or NULL when the model has none */
+static const float *llama_bias(const float *b, int32_t l, int32_t n) { return b ? b + (size_t)l * n : NULL; }
+
+double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targets, int32_t nb, const vd_fwd_ctx *ctx) {
+    const vd_backend *be = m->be;
+    vd_require(m->resid != NULL && nb >= 1 && nb <= m->B);
+    const vd_model_config *c = &m->config;
+    int32_t B = nb, T = m->T, C = c->channels, Q = llama_q(c), KV = llama_kv(c), I = c->intermediate;
+    int32_t V = c->vocab_size, L = c->n_layer, N = B * T, NH = c->n_head, NKV = c->n_kv_head, hd = c->head_dim;
+    const vd_llama_params *p = &m->params;
+    vd_vera *vera = m->vera;
+    size_t NC = (size_t)N * C;
+    vd_attn_shape sh = llama_attn_shape(m, B);
+    m->last_B = nb;
+
+    be->to_device(m->inputs, inputs, sizeof(int32_t) * (size_t)N);
+    be->encoder_forward(m->resid, m->inputs, p->embed, NULL, B, T, C);
+    for (int32_t l = 0; l < L; l++) {
+        const float *x = m->resid + (size_t)l * NC;
+        float *xn1 = m->xn1 + (size_t)l * NC, *xn2 = m->xn2 + (size_t)l * NC, *mid = m->resid_mid + (size_t)l * NC;
+        float *q = m->q + (size_t)l * N * Q, *k = m->k + (size_t)l * N * KV, *v = m->v + (size_t)l * N * KV;
+        float *atty = m->atty + (size_t)l * N * Q, *att = m->att + (size_t)l * B * NH * T * T;
+        float *gate = m->gate + (size_t)l * N * I, *up = m->up + (size_t)l * N * I, *act = m->act + (size_t)l * N * I;
+        /* attention */
+        be->rmsnorm_forward(xn1, m->rstd1 + (size_t)l * N, x, p->attn_norm + (size_t)l * C, N, C, c->ln_eps);
+        vd_linear_forward(vera, be, llama_module(m, l, K_Q), q, xn1, p->wq + (size_t)l * C * Q, llama_bias(p->bq, l, Q),
+                          N, C, Q, ctx);
+        vd_linear_forward(vera, be, llama_module(m, l, K_K), k, xn1, p->wk + (size_t)l * C * KV,
+                          llama_bias(p->bk, l, KV), N, C, KV, ctx);
+        vd_linear_forward(vera, be, llama_module(m, l, K_V), v, xn1, p->wv + (size_t)l * C * KV,
+                          llama_bias(p->bv, l, KV), N, C, KV, ctx);
+        be->rope(q, m->inv_freq, B, T, NH, hd, Q, 0);
+        be->rope(k, m->inv_freq, B, T, NKV, hd, KV, 0);
+        be->attention_forward(atty, att, q, k, v, &sh);
+        vd_linear_forward(vera, be, llama_module(m, l, K_O), m->proj_out, atty, p->wo + (size_t)l * Q * C,
+                          llama_bias(p->bo, l, C), N, Q, C, ctx);
+        be->add(mid, x, m->proj_out, NC);
+        /* MLP */
+        be->rmsnorm_forward(xn2, m->rstd2 + (size_t)l * N, mid, p->mlp_norm + (size_t)l * C, N, C, c->ln_eps);
+        vd_linear_forward(vera, be, llama_module(m, l, K_GATE), gate, xn2, p->wg + (size_t)l * C * I,
+                          llama_bias(p->bg, l, I), N, C, I, ctx);
+        vd_linear_forward(vera, be, llama_module(m, l, K_UP), up, xn2, p->wu + (size_t)l * C * I,
+                          llama_bias(p->bu, l, I), N, C, I, ctx);
+        be->swiglu_forward(act, gate, up, (size_t)N * I);
+        vd_linear_forward(vera, be, llama_module(m, l, K_DOWN), m->proj_out, act, p->wd + (size_t)l * I * C,
+                          llama_bias(p->bd, l, C), N, I, C, ctx);
+        be->add(m->resid + (size_t)(l + 1) * NC, mid, m->proj_out, NC);
+    }
+    be->rmsnorm_forward(m->xnf, m->rstdf, m->resid + (size_t)L * NC, p->norm, N, C, c->ln_eps);
+    const float *head = p->lm_head ? p->lm_head : p->embed;
+    be->gemm(0, 1, N, V, C, 1.0f, m->xnf, C, head, C, 0.0f, m->logits, V);
+    if (!targets) return 0.0;
+    be->to_device(m->targets, targets, sizeof(int32_t) * (size_t)N);
+    be->softmax_xent_forward(m->losses, m->logits, m->logits, m->targets, N, V);
+    return be->sum(m->losses, (size_t)N);
+}
+
+void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
+    const vd_backend *be = m->be;
+    const vd_model_config *c = &m->config;
+    int32_t B = m->last_B, T = m->T, C = c->channels, Q = llama_q(c), KV = llama_kv(c), I = c->intermediate;
+    int32_t V = c->vocab_size, L = c->n_layer, N = B * T, NH = c->n_head, NKV = c->n_kv_head, hd = c->head_dim;
+    const vd_llama_params *p = &m->params;
+    vd_vera *vera = m->vera;
+    size_t NC = (size_t)N * C;
+    vd_attn_shape sh = llama_attn_shape(m, B);
+
+    be->softmax_xent_backward(m->logits, m->logits, m->targets, dloss, N, V);
+    const float *head = p->lm_head ? p->lm_head : p->embed;
+    be->gemm(0, 0, N, C, V, 1.0f, m->logits, V, head, C, 0.0f, m->dx, C);
+    be->zero(m->dres, sizeof(float) * NC);
+    be->rmsnorm_backward(m->dres, m->dx, m->resid + (size_t)L * NC, p->norm, m->rstdf, N, C);
+    /* m->dres holds dL/d(output of block l) */
+    for (int32_t l = L - 1; l >= 0; l--) {
+        const float *x = m->resid + (size_t)l * NC, *mid = m->resid_mid + (size_t)l * NC;
+        const float *q = m->q + (size_t)l * N * Q, *k = m->k + (size_t)l * N * KV, *v = m->v + (size_t)l * N * KV;
+        const float *att = m->att + (size_t)l * B * NH * T * T;
+        const float *gate = m->gate + (size_t)l * N * I, *up = m->up + (size_t)l * N * I;
+        /* MLP: down, SwiGLU, then gate and up share the normed input */
+        vd_linear_backward(vera, be, llama_module(m, l, K_DOWN), m->dx, m->dres, p->wd + (size_t)l * I * C, N, I, C, ctx);
+        be->swiglu_backward(m->dgate, m->dup, gate, up, m->dx, (size_t)N * I);
+        vd_linear_backward(vera, be, llama_module(m, l, K_GATE), m->dx, m->dgate, p->wg + (size_t)l * C * I, N, C, I, ctx);
+        vd_linear_backward(vera, be, llama_module(m, l, K_UP), m->dtmp, m->dup, p->wu + (size_t)l * C * I, N, C, I, ctx);
+        be->accumulate(m->dx, m->dtmp, NC);
+        be->rmsnorm_backward(m->dres, m->dx, mid, p->mlp_norm + (size_t)l * C, m->rstd2 + (size_t)l * N, N, C);
+        /* attention: o_proj, attention, RoPE backwards, then q, k, v share the normed input */
+        vd_linear_backward(vera, be, llama_module(m, l, K_O), m->dx, m->dres, p->wo + (size_t)l * Q * C, N, Q, C, ctx);
+        be->attention_backward(m->dq, m->dk, m->dv, m->datt, m->dx, q, k, v, att, &sh);
+        be->rope(m->dq, m->inv_freq, B, T, NH, hd, Q, 1);
+        be->rope(m->dk, m->inv_freq, B, T, NKV, hd, KV, 1);
+        vd_linear_backward(vera, be, llama_module(m, l, K_Q), m->dx, m->dq, p->wq + (size_t)l * C * Q, N, C, Q, ctx);
+        vd_linear_backward(vera, be, llama_module(m, l, K_K), m->dtmp, m->dk, p->wk + (size_t)l * C * KV, N, C, KV, ctx);
+        be->accumulate(m->dx, m->dtmp, NC);
+        vd_linear_backward(vera, be, llama_module(m, l, K_V), m->dtmp, m->dv, p->wv + (size_t)l * C * KV, N, C, KV, ctx);
+        be->accumulate(m->dx, m->dtmp, NC);
+        be->rmsnorm_backward(m->dres, m->dx, x, p->attn_norm + (size_t)l * C, m->rstd1 + (size_t)l * N, N, C);
+    }
+}
+
+void vd_llama_free(vd_llama *m) {
+    const vd_backend *be = m->be;
+    float *bufs[] = {m->params_memory, m->inv_freq, m->resid, m->xn1, m->rstd1, m->q, m->k, m->v, m->att, m->atty,
+                     m->resid_mid, m->xn2, m->rstd2, m->gate, m->up, m->act, m->xnf, m->rstdf, m->logits,
+                     m->losses, m->dres, m->dx, m->dtmp, m->dq, m->dk, m->dv, m->dgate, m->dup, m->datt,
+                     m->proj_out};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+        if (bufs[i]) be->free(bufs[i]);
+    if (m->inputs) be->free(m->inputs);
+    if (m->targets) be->free(m->targets);
+    memset(m, 0, sizeof(*m));
+}

@@ -1,0 +1,297 @@
+/* model.c: the model seam. Picks the family from the file (config.json "architectures", a
+ * GGUF file, an llm.c .bin), dispatches to it, lists its adaptable linear sites, and parses
+ * target_modules against the family's names. Nothing outside src/model/ knows a family's
+ * layer names or shapes. */
+#define _POSIX_C_SOURCE 200809L
+#include "vera/model.h"
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "vera/adapter.h"
+#include "vera/backend.h"
+#include "vera/common.h"
+#include "vera/weights.h"
+
+/* ---- families ---- */
+
+const vd_model_family *vd_model_family_of(vd_arch arch) {
+    return arch == VD_ARCH_LLAMA ? &vd_family_llama : &vd_family_gpt2;
+}
+
+/* HF "architectures" entries we compute exactly, and their family. */
+static const struct { const char *hf; vd_arch arch; } k_architectures[] = {
+    {"GPT2LMHeadModel", VD_ARCH_GPT2},
+    {"LlamaForCausalLM", VD_ARCH_LLAMA},
+    {"MistralForCausalLM", VD_ARCH_LLAMA},
+    {"Qwen2ForCausalLM", VD_ARCH_LLAMA},
+};
+#define N_ARCHITECTURES ((int)(sizeof(k_architectures) / sizeof(k_architectures[0])))
+
+const vd_model_family *vd_model_family_by_hf_name(const char *a) {
+    for (int i = 0; i < N_ARCHITECTURES; i++)
+        if (!strcmp(a, k_architectures[i].hf)) return vd_model_family_of(k_architectures[i].arch);
+    return NULL;
+}
+
+void vd_model_site_name(const vd_model_family *f, int32_t layer, int32_t kind, char *out, size_t cap) {
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), f->block_path, (int)layer);
+    snprintf(out, cap, "%s%s", prefix, f->kind_paths[kind]);
+}
+
+/* ---- reading a model ---- */
+
+typedef enum { SRC_HF_DIR, SRC_GGUF, SRC_LLMC } model_source;
+
+static model_source model_source_of(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0)
+        vd_die("model %s: does not exist (expected a Hugging Face directory, a .gguf file or an llm.c .bin file)", path);
+    if (S_ISDIR(st.st_mode)) return SRC_HF_DIR;
+    if (!S_ISREG(st.st_mode))
+        vd_die("model %s: not a regular file or directory (expected a Hugging Face directory, a .gguf file or an "
+               "llm.c .bin file)", path);
+    FILE *f = fopenCheck(path, "rb");
+    char magic[4] = {0};
+    size_t got = fread(magic, 1, 4, f);
+    fcloseCheck(f, path);
+    if (got == 4 && !memcmp(magic, "GGUF", 4)) return SRC_GGUF;
+    size_t n = strlen(path);
+    if (n >= 5 && !strcmp(path + n - 5, ".gguf")) return SRC_GGUF; /* let the GGUF reader say what is wrong */
+    return SRC_LLMC;
+}
+
+/* The architectures entry of a config.json; GPT-2 directories written before "architectures"
+ * existed say model_type "gpt2" only. Unsupported ones are refused by name. */
+static const vd_model_family *model_family_of_json(const cJSON *root, const char *path, const char **hf_name) {
+    const cJSON *archs = cJSON_GetObjectItemCaseSensitive(root, "architectures");
+    const cJSON *a0 = cJSON_IsArray(archs) ? cJSON_GetArrayItem(archs, 0) : NULL;
+    if (a0 && !cJSON_IsString(a0)) vd_die("%s: architectures[0] is not a string", path);
+    if (!a0) {
+        const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+        if (cJSON_IsString(mt) && !strcmp(mt->valuestring, "gpt2")) {
+            *hf_name = "GPT2LMHeadModel";
+            return &vd_family_gpt2;
+        }
+        if (cJSON_IsString(mt) && !strcmp(mt->valuestring, "llama")) {
+            *hf_name = "LlamaForCausalLM";
+            return &vd_family_llama;
+        }
+        vd_die("%s: no architectures entry and model_type is not \"gpt2\" or \"llama\" (expected one of "
+               "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)", path);
+    }
+    const vd_model_family *f = vd_model_family_by_hf_name(a0->valuestring);
+    if (!f)
+        vd_die("%s: architecture %s is not supported (expected one of GPT2LMHeadModel, LlamaForCausalLM, "
+               "MistralForCausalLM, Qwen2ForCausalLM)", path, a0->valuestring);
+    *hf_name = a0->valuestring;
+    return f;
+}
+
+void vd_model_config_from_json(const cJSON *root, const char *cfg_path, vd_model_config *cfg) {
+    const char *hf = NULL;
+    const vd_model_family *f = model_family_of_json(root, cfg_path, &hf);
+    if (f->arch == VD_ARCH_GPT2) vd_gpt2_config_from_json(root, cfg_path, cfg);
+    else vd_llama_config_from_json(root, cfg_path, hf, cfg);
+}
+
+void vd_model_read_config(const char *path, vd_model_config *cfg) {
+    switch (model_source_of(path)) {
+    case SRC_HF_DIR: {
+        char cfg_path[VD_PATH_MAX + 16];
+        snprintf(cfg_path, sizeof(cfg_path), "%s/config.json", path);
+        if (!vd_path_exists(cfg_path))
+            vd_die("%s: missing (expected a Hugging Face model directory with config.json)", cfg_path);
+        cJSON *root = vd_cfg_read_json(cfg_path);
+        vd_model_config_from_json(root, cfg_path, cfg);
+        cJSON_Delete(root);
+        return;
+    }
+    case SRC_GGUF: {
+        vd_weights *w = vd_weights_open(path);
+        vd_model_config_from_json(vd_weights_config(w), vd_weights_config_path(w), cfg);
+        vd_weights_close(w);
+        return;
+    }
+    case SRC_LLMC: free(vd_gpt2_load_llmc(path, cfg)); return;
+    }
+}
+
+float *vd_model_load(const char *path, vd_model_config *cfg) {
+    model_source src = model_source_of(path);
+    if (src == SRC_LLMC) return vd_gpt2_load_llmc(path, cfg);
+    if (src == SRC_GGUF) return vd_llama_load(path, cfg);
+    vd_model_read_config(path, cfg);
+    return cfg->arch == VD_ARCH_GPT2 ? vd_gpt2_load_hf(path, cfg) : vd_llama_load(path, cfg);
+}
+
+uint64_t vd_model_fingerprint(const vd_model_config *cfg, const float *host_params) {
+    return cfg->arch == VD_ARCH_GPT2 ? vd_gpt2_fingerprint(cfg, host_params) : vd_llama_fingerprint(cfg, host_params);
+}
+
+void vd_model_save_hf(const char *dir, const vd_model_config *cfg, const float *host_params) {
+    if (cfg->arch == VD_ARCH_GPT2) vd_gpt2_save_hf(dir, cfg, host_params);
+    else vd_llama_save_hf(dir, cfg, host_params);
+}
+
+/* ---- the model on a backend ---- */
+
+void vd_model_init(vd_model *m, const vd_backend *be, const vd_model_config *cfg, const float *host_params) {
+    memset(m, 0, sizeof(*m));
+    m->config = *cfg;
+    m->family = vd_model_family_of(cfg->arch);
+    m->be = be;
+    m->num_params = m->family->num_params(cfg);
+    m->n_sites = cfg->n_layer * m->family->n_kinds;
+    m->sites = callocCheck((size_t)m->n_sites, sizeof(vd_linear_site));
+    if (cfg->arch == VD_ARCH_GPT2) {
+        m->gpt2 = callocCheck(1, sizeof(vd_gpt2));
+        vd_gpt2_init(m->gpt2, be, cfg, host_params);
+        vd_gpt2_sites(m->gpt2, m->sites);
+    } else {
+        m->llama = callocCheck(1, sizeof(vd_llama));
+        vd_llama_init(m->llama, be, cfg, host_params);
+        vd_llama_sites(m->llama, m->sites);
+    }
+}
+
+void vd_model_alloc_acts(vd_model *m, int32_t B, int32_t T) {
+    if (m->gpt2) vd_gpt2_alloc_acts(m->gpt2, B, T);
+    else vd_llama_alloc_acts(m->llama, B, T);
+}
+
+void vd_model_set_adapter(vd_model *m, vd_vera *v) {
+    if (m->gpt2) m->gpt2->vera = v;
+    else m->llama->vera = v;
+}
+
+double vd_model_forward(vd_model *m, const int32_t *inputs, const int32_t *targets, int32_t nb, const vd_fwd_ctx *ctx) {
+    return m->gpt2 ? vd_gpt2_forward(m->gpt2, inputs, targets, nb, ctx)
+                   : vd_llama_forward(m->llama, inputs, targets, nb, ctx);
+}
+
+void vd_model_backward(vd_model *m, float dloss, const vd_fwd_ctx *ctx) {
+    if (m->gpt2) vd_gpt2_backward(m->gpt2, dloss, ctx);
+    else vd_llama_backward(m->llama, dloss, ctx);
+}
+
+const float *vd_model_logits(const vd_model *m) { return m->gpt2 ? m->gpt2->logits : m->llama->logits; }
+
+size_t vd_model_site_host_offset(const vd_model *m, int32_t site) {
+    const float *base = m->gpt2 ? m->gpt2->params_memory : m->llama->params_memory;
+    return (size_t)(vd_tensor_f32(&m->sites[site].W) - base);
+}
+
+void vd_model_free(vd_model *m) {
+    if (m->gpt2) vd_gpt2_free(m->gpt2);
+    if (m->llama) vd_llama_free(m->llama);
+    free(m->gpt2);
+    free(m->llama);
+    free(m->sites);
+    memset(m, 0, sizeof(*m));
+}
+
+/* ---- target_modules ---- */
+
+/* PEFT's rule: a module is targeted when its path equals the name or ends with "." + name. */
+static uint32_t targets_match(const vd_model_family *f, const char *name) {
+    uint32_t mask = 0;
+    size_t ln = strlen(name);
+    for (int32_t k = 0; k < f->n_kinds; k++) {
+        const char *full = f->kind_paths[k];
+        size_t lf = strlen(full);
+        if (ln <= lf && !strcmp(full + lf - ln, name) && (ln == lf || full[lf - ln - 1] == '.')) mask |= 1u << k;
+    }
+    return mask;
+}
+
+uint32_t vd_model_parse_targets(const vd_model_family *f, const char *s, char *err, size_t errcap) {
+    uint32_t all = (1u << f->n_kinds) - 1, mask = 0;
+    if (!strcmp(s, "all") || !strcmp(s, "all-linear")) return all;
+    const char *p = s;
+    for (;;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        while (len > 0 && (*p == ' ' || *p == '\t')) { p++; len--; }
+        while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t')) len--;
+        char item[96];
+        if (len == 0 || len >= sizeof(item)) {
+            snprintf(err, errcap, "empty or too long entry in '%s'", s);
+            return 0;
+        }
+        memcpy(item, p, len);
+        item[len] = 0;
+        uint32_t bits = !strcmp(item, "all") || !strcmp(item, "all-linear") ? all : targets_match(f, item);
+        if (!bits) {
+            char names[256] = "";
+            size_t used = 0;
+            for (int32_t k = 0; k < f->n_kinds && used < sizeof(names); k++) {
+                const char *leaf = strrchr(f->kind_paths[k], '.');
+                int w = snprintf(names + used, sizeof(names) - used, "%s%s", k ? ", " : "", leaf ? leaf + 1 : f->kind_paths[k]);
+                if (w > 0) used += (size_t)w;
+            }
+            snprintf(err, errcap, "'%s' selects no %s linear layer (expected all-linear or names among %s)", item,
+                     f->name, names);
+            return 0;
+        }
+        mask |= bits;
+        if (!end) break;
+        p = end + 1;
+    }
+    return mask;
+}
+
+static int targets_cmp(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+/* Sorted by name, the same normal form config.c gives a list (for GPT-2 that is block order,
+ * the spelling checkpoints of earlier versions hold). */
+void vd_model_format_targets(const vd_model_family *f, uint32_t mask, char *out, size_t cap) {
+    if (mask == (1u << f->n_kinds) - 1) {
+        snprintf(out, cap, "all");
+        return;
+    }
+    const char *names[VD_MAX_KINDS];
+    int n = 0;
+    for (int32_t k = 0; k < f->n_kinds; k++)
+        if (mask & (1u << k)) names[n++] = f->kind_paths[k];
+    qsort(names, (size_t)n, sizeof(names[0]), targets_cmp);
+    out[0] = 0;
+    size_t used = 0;
+    for (int i = 0; i < n; i++) {
+        int w = snprintf(out + used, cap - used, "%s%s", used ? "," : "", names[i]);
+        if (w < 0 || (size_t)w >= cap - used) break;
+        used += (size_t)w;
+    }
+}
+
+size_t vd_model_count_trainable(const vd_model_config *cfg, uint32_t mask, int32_t r, int32_t *max_in,
+                                int32_t *max_out, int32_t *n_adapted) {
+    const vd_model_family *f = vd_model_family_of(cfg->arch);
+    size_t n = 0;
+    int32_t mi = 0, mo = 0, na = 0;
+    for (int32_t k = 0; k < f->n_kinds; k++) {
+        if (!(mask & (1u << k))) continue;
+        int32_t in, out;
+        f->kind_shape(cfg, k, &in, &out);
+        n += (size_t)cfg->n_layer * (size_t)(out + r);
+        na += cfg->n_layer;
+        if (in > mi) mi = in;
+        if (out > mo) mo = out;
+    }
+    if (max_in) *max_in = mi;
+    if (max_out) *max_out = mo;
+    if (n_adapted) *n_adapted = na;
+    return n;
+}
+
+uint32_t vd_model_targets_or_die(const vd_model_family *f, char *target_modules, size_t cap, const char *model_path) {
+    char err[512];
+    uint32_t mask = vd_model_parse_targets(f, target_modules, err, sizeof(err));
+    if (!mask) vd_die("target_modules: %s (model %s is %s)", err, model_path, f->name);
+    vd_model_format_targets(f, mask, target_modules, cap);
+    return mask;
+}
