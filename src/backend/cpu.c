@@ -58,6 +58,10 @@ static void cpu_encoder_forward(float *out, const int32_t *tokens, const float *
         for (int t = 0; t < T; t++) {
             float *o = out + ((size_t)b * T + t) * C;
             const float *te = wte + (size_t)tokens[b * T + t] * C;
+            if (!wpe) { /* no learned positions (Llama: RoPE inside attention) */
+                memcpy(o, te, sizeof(float) * (size_t)C);
+                continue;
+            }
             const float *pe = wpe + (size_t)t * C;
             for (int c = 0; c < C; c++) o[c] = te[c] + pe[c];
         }
