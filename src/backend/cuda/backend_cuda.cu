@@ -258,7 +258,8 @@ __global__ void k_encoder_forward(float *out, const int32_t *tokens, const float
                                   int T, int C) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         size_t bt = i / (size_t)C, c = i % (size_t)C, t = bt % (size_t)T;
-        out[i] = wte[(size_t)tokens[bt] * C + c] + wpe[t * C + c];
+        const float e = wte[(size_t)tokens[bt] * C + c];
+        out[i] = wpe ? e + wpe[t * C + c] : e; /* no wpe: positions come from RoPE (Llama) */
     }
 }
 
@@ -336,6 +337,93 @@ static void cu_layernorm_backward(float *dinp, const float *dout, const float *i
     VD_LAUNCH(k_layernorm_backward, vd_grid((size_t)N, rows_per_block), VD_THREADS, 0, dinp, dout, inp, w, mean,
               rstd, N, C);
     VD_LAUNCHED("layernorm_backward");
+}
+
+/* RMSNorm (HF LlamaRMSNorm in fp32): one warp per row, the mean of squares in double as the
+ * layernorm above; rstd[n] = 1/sqrt(mean_c x^2 + eps), out = x * rstd * w. */
+__global__ void k_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps) {
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= N) return; /* the whole warp leaves together */
+    const float *x = inp + (size_t)row * C;
+    double ss = 0.0;
+    for (int c = lane; c < C; c += 32) ss += (double)x[c] * x[c];
+    const double ms = warp_allsum(ss) / C;
+    const float r = (float)(1.0 / sqrt(ms + eps));
+    float *o = out + (size_t)row * C;
+    for (int c = lane; c < C; c += 32) o[c] = x[c] * r * w[c];
+    if (lane == 0) rstd[row] = r;
+}
+
+static void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps) {
+    if (N <= 0) return;
+    const int rows_per_block = VD_THREADS / 32;
+    VD_LAUNCH(k_rmsnorm_forward, vd_grid((size_t)N, rows_per_block), VD_THREADS, 0, out, rstd, inp, w, N, C, eps);
+    VD_LAUNCHED("rmsnorm_forward");
+}
+
+/* dinp += r * (dnorm - norm * mean(dnorm * norm)), norm = x r, dnorm = w dout: one warp per
+ * row, the reduction in double. (d/dx of x r(x) w with r = (mean x^2 + eps)^(-1/2).) */
+__global__ void k_rmsnorm_backward(float *dinp, const float *dout, const float *inp, const float *w,
+                                   const float *rstd, int N, int C) {
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const float *x = inp + (size_t)row * C;
+    const float *gr = dout + (size_t)row * C;
+    float *dx = dinp + (size_t)row * C;
+    const float r = rstd[row];
+    double bsum = 0.0;
+    for (int c = lane; c < C; c += 32) {
+        float norm = x[c] * r;
+        float dnorm = w[c] * gr[c];
+        bsum += dnorm * norm;
+    }
+    const float mb = (float)(warp_allsum(bsum) / C);
+    for (int c = lane; c < C; c += 32) {
+        float norm = x[c] * r;
+        float dnorm = w[c] * gr[c];
+        dx[c] += r * (dnorm - norm * mb);
+    }
+}
+
+static void cu_rmsnorm_backward(float *dinp, const float *dout, const float *inp, const float *w, const float *rstd,
+                                int N, int C) {
+    if (N <= 0) return;
+    const int rows_per_block = VD_THREADS / 32;
+    VD_LAUNCH(k_rmsnorm_backward, vd_grid((size_t)N, rows_per_block), VD_THREADS, 0, dinp, dout, inp, w, rstd, N, C);
+    VD_LAUNCHED("rmsnorm_backward");
+}
+
+/* Rotary embedding in place (HF rotate_half pairing): one thread per (row n, head h, i <
+ * head_dim / 2), which owns the pair (x[i], x[i + head_dim/2]) of that head; the angle is the
+ * fp32 product t * inv_freq[i] (t = n % T), as the spec says; inverse rotates by -a. */
+__global__ void k_rope(float *x, const float *inv_freq, size_t n, int T, int n_heads, int head_dim, int row_stride,
+                       int inverse) {
+    const int half = head_dim / 2;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
+        const int i = (int)(idx % (size_t)half);
+        const size_t nh = idx / (size_t)half;
+        const int h = (int)(nh % (size_t)n_heads);
+        const size_t row = nh / (size_t)n_heads;
+        const int t = (int)(row % (size_t)T);
+        const float a = (float)t * inv_freq[i];
+        const float c = cosf(a);
+        const float s = inverse ? -sinf(a) : sinf(a);
+        float *p = x + row * (size_t)row_stride + (size_t)h * head_dim;
+        const float x1 = p[i], x2 = p[i + half];
+        p[i] = x1 * c - x2 * s;
+        p[i + half] = x2 * c + x1 * s;
+    }
+}
+
+static void cu_rope(float *x, const float *inv_freq, int B, int T, int n_heads, int head_dim, int row_stride,
+                    int inverse) {
+    if (B <= 0 || T <= 0 || n_heads <= 0 || head_dim < 2) return;
+    const size_t n = (size_t)B * T * n_heads * (size_t)(head_dim / 2);
+    VD_LAUNCH(k_rope, vd_grid(n, VD_THREADS), VD_THREADS, 0, x, inv_freq, n, T, n_heads, head_dim, row_stride,
+              inverse);
+    VD_LAUNCHED("rope");
 }
 
 /* Causal attention, straightforward and exact: one block per (b, h, t) query row.
@@ -676,6 +764,42 @@ static void cu_gelu_backward(float *dinp, const float *inp, const float *dout, s
     if (!n) return;
     VD_LAUNCH(k_gelu_backward, vd_grid(n, VD_THREADS), VD_THREADS, 0, dinp, inp, dout, n);
     VD_LAUNCHED("gelu_backward");
+}
+
+/* SwiGLU: silu(g) = g * sigmoid(g), sigmoid(g) = 1 / (1 + expf(-g)) (for g far below 0, expf
+ * overflows to inf and sigmoid is 0, silu -0: no NaN); silu'(g) = sigmoid (1 + g (1 - sigmoid)).
+ * Each thread reads its element's inputs before writing, so outputs may alias inputs. */
+__global__ void k_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float gt = gate[i];
+        const float sg = 1.0f / (1.0f + expf(-gt));
+        out[i] = gt * sg * up[i];
+    }
+}
+
+__global__ void k_swiglu_backward(float *dgate, float *dup, const float *gate, const float *up, const float *dout,
+                                  size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float gt = gate[i], u = up[i], d = dout[i];
+        const float sg = 1.0f / (1.0f + expf(-gt));
+        const float silu = gt * sg;
+        const float dsilu = sg * (1.0f + gt * (1.0f - sg));
+        dgate[i] = d * u * dsilu;
+        dup[i] = d * silu;
+    }
+}
+
+static void cu_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
+    if (!n) return;
+    VD_LAUNCH(k_swiglu_forward, vd_grid(n, VD_THREADS), VD_THREADS, 0, out, gate, up, n);
+    VD_LAUNCHED("swiglu_forward");
+}
+
+static void cu_swiglu_backward(float *dgate, float *dup, const float *gate, const float *up, const float *dout,
+                               size_t n) {
+    if (!n) return;
+    VD_LAUNCH(k_swiglu_backward, vd_grid(n, VD_THREADS), VD_THREADS, 0, dgate, dup, gate, up, dout, n);
+    VD_LAUNCHED("swiglu_backward");
 }
 
 __global__ void k_add(float *out, const float *a, const float *b, size_t n) {
@@ -1023,10 +1147,15 @@ static void cuda_fill_table(vd_backend *t) {
     t->encoder_forward = cu_encoder_forward;
     t->layernorm_forward = cu_layernorm_forward;
     t->layernorm_backward = cu_layernorm_backward;
+    t->rmsnorm_forward = cu_rmsnorm_forward;
+    t->rmsnorm_backward = cu_rmsnorm_backward;
+    t->rope = cu_rope;
     t->attention_forward = cu_attention_forward;
     t->attention_backward = cu_attention_backward;
     t->gelu_forward = cu_gelu_forward;
     t->gelu_backward = cu_gelu_backward;
+    t->swiglu_forward = cu_swiglu_forward;
+    t->swiglu_backward = cu_swiglu_backward;
     t->add = cu_add;
     t->accumulate = cu_accumulate;
     t->softmax_xent_forward = cu_softmax_xent_forward;
