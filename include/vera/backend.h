@@ -53,11 +53,17 @@ typedef struct vd_backend {
      * inv_freq (head_dim/2) is device memory. */
     void (*rope)(float *x, const float *inv_freq, int B, int T, int n_heads, int head_dim, int row_stride,
                  int inverse);
-    /* qkv (B,T,3C) -> out (B,T,C); att (B,NH,T,T) keeps the causal softmax for backward. */
-    void (*attention_forward)(float *out, float *att, const float *qkv, int B, int T, int C, int NH);
-    /* dqkv = ...; datt is scratch of att's size. */
-    void (*attention_backward)(float *dqkv, float *datt, const float *dout, const float *qkv,
-                               const float *att, int B, int T, int C, int NH);
+    /* Causal scaled-dot-product attention with grouped-query heads (shape in vd_attn_shape):
+     * q (B,T,.) rows of s->q_stride floats, head h at column h*head_dim; k, v rows of
+     * s->kv_stride floats, kv head h / (n_head / n_kv_head). out (B,T,n_head*head_dim)
+     * contiguous; att (B,n_head,T,T) keeps the softmax for backward. Scale 1/sqrt(head_dim).
+     * GPT-2 passes its fused qkv (q = qkv, k = qkv + C, v = qkv + 2C, strides 3C). */
+    void (*attention_forward)(float *out, float *att, const float *q, const float *k, const float *v,
+                              const struct vd_attn_shape *s);
+    /* dq, dk, dv (same strides as q, k, v; written, not accumulated; dk/dv summed over the
+     * heads of a group) from dout (B,T,n_head*head_dim); datt is scratch of att's size. */
+    void (*attention_backward)(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *q,
+                               const float *k, const float *v, const float *att, const struct vd_attn_shape *s);
     void (*gelu_forward)(float *out, const float *inp, size_t n);             /* GELU, tanh form */
     void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n); /* dinp = */
     void (*swiglu_forward)(float *out, const float *gate, const float *up, size_t n); /* out = silu(gate) * up */

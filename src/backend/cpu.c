@@ -130,32 +130,56 @@ static void cpu_causal_softmax_rows(float *S, int T) {
     }
 }
 
-static void cpu_attention_forward_gemm(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
-    int hs = C / NH;
+/* Attention index helpers. A query head h reads kv head h / (n_head / n_kv_head): the heads of a
+ * group are consecutive, as in HF's repeat_kv. Row r = b*T + t of q starts at q + r*q_stride. */
+static inline int attn_kv_head(const vd_attn_shape *s, int h) { return h / (s->n_head / s->n_kv_head); }
+static inline size_t attn_q_at(const vd_attn_shape *s, int b, int t, int h) {
+    return ((size_t)b * s->T + t) * s->q_stride + (size_t)h * s->head_dim;
+}
+static inline size_t attn_kv_at(const vd_attn_shape *s, int b, int t, int kvh) {
+    return ((size_t)b * s->T + t) * s->kv_stride + (size_t)kvh * s->head_dim;
+}
+/* out / dout rows are contiguous: n_head * head_dim floats */
+static inline size_t attn_o_at(const vd_attn_shape *s, int b, int t, int h) {
+    return ((size_t)b * s->T + t) * s->n_head * s->head_dim + (size_t)h * s->head_dim;
+}
+
+static void cpu_attention_forward_gemm(float *out, float *att, const float *q, const float *k, const float *v,
+                                       const vd_attn_shape *s) {
+    int T = s->T, NH = s->n_head, hs = s->head_dim, OC = NH * hs;
     float scale = 1.0f / sqrtf((float)hs);
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < s->B; b++) {
         for (int h = 0; h < NH; h++) {
-            const float *q = qkv + (size_t)b * T * 3 * C + (size_t)h * hs;
+            int kvh = attn_kv_head(s, h);
             float *S = att + (((size_t)b * NH + h) * T) * T;
-            cpu_gemm(0, 1, T, T, hs, scale, q, 3 * C, q + C, 3 * C, 0.0f, S, T);
+            /* S (T,T) = scale * Q_h K_kvh^T, then the causal softmax, then O_h (T,hs) = S V_kvh */
+            cpu_gemm(0, 1, T, T, hs, scale, q + attn_q_at(s, b, 0, h), s->q_stride, k + attn_kv_at(s, b, 0, kvh),
+                     s->kv_stride, 0.0f, S, T);
             cpu_causal_softmax_rows(S, T);
-            cpu_gemm(0, 0, T, hs, T, 1.0f, S, T, q + 2 * C, 3 * C, 0.0f, out + (size_t)b * T * C + (size_t)h * hs, C);
+            cpu_gemm(0, 0, T, hs, T, 1.0f, S, T, v + attn_kv_at(s, b, 0, kvh), s->kv_stride, 0.0f,
+                     out + attn_o_at(s, b, 0, h), OC);
         }
     }
 }
 
-static void cpu_attention_backward_gemm(float *dqkv, float *datt, const float *dout, const float *qkv,
-                                        const float *att, int B, int T, int C, int NH) {
-    int hs = C / NH;
+static void cpu_attention_backward_gemm(float *dq, float *dk, float *dv, float *datt, const float *dout,
+                                        const float *q, const float *k, const float *v, const float *att,
+                                        const vd_attn_shape *s) {
+    int T = s->T, NH = s->n_head, hs = s->head_dim, OC = NH * hs, group = NH / s->n_kv_head;
     float scale = 1.0f / sqrtf((float)hs);
-    for (int b = 0; b < B; b++) {
+    for (int b = 0; b < s->B; b++) {
         for (int h = 0; h < NH; h++) {
-            size_t off = (size_t)b * T * 3 * C + (size_t)h * hs;
-            const float *q = qkv + off, *P = att + (((size_t)b * NH + h) * T) * T;
-            const float *dO = dout + (size_t)b * T * C + (size_t)h * hs;
+            int kvh = attn_kv_head(s, h);
+            /* the first head of a group writes dK, dV (beta 0); the others add to them */
+            float beta_kv = h % group == 0 ? 0.0f : 1.0f;
+            const float *qh = q + attn_q_at(s, b, 0, h), *kh = k + attn_kv_at(s, b, 0, kvh);
+            const float *vh = v + attn_kv_at(s, b, 0, kvh), *dO = dout + attn_o_at(s, b, 0, h);
+            const float *P = att + (((size_t)b * NH + h) * T) * T;
             float *dP = datt + (((size_t)b * NH + h) * T) * T;
-            cpu_gemm(0, 1, T, T, hs, 1.0f, dO, C, q + 2 * C, 3 * C, 0.0f, dP, T);           /* dP = dO V^T */
-            cpu_gemm(1, 0, T, hs, T, 1.0f, P, T, dO, C, 0.0f, dqkv + off + 2 * C, 3 * C);    /* dV = P^T dO */
+            float *dqh = dq + attn_q_at(s, b, 0, h), *dkh = dk + attn_kv_at(s, b, 0, kvh);
+            float *dvh = dv + attn_kv_at(s, b, 0, kvh);
+            cpu_gemm(0, 1, T, T, hs, 1.0f, dO, OC, vh, s->kv_stride, 0.0f, dP, T);             /* dP = dO V^T */
+            cpu_gemm(1, 0, T, hs, T, 1.0f, P, T, dO, OC, beta_kv, dvh, s->kv_stride);         /* dV (+)= P^T dO */
             /* dS = P * (dP - rowsum(P * dP)) * scale, in place over dP (masked entries stay 0) */
             #pragma omp parallel for schedule(static)
             for (int t = 0; t < T; t++) {
@@ -166,91 +190,103 @@ static void cpu_attention_backward_gemm(float *dqkv, float *datt, const float *d
                 for (int t2 = 0; t2 <= t; t2++) d[t2] = p[t2] * (d[t2] - dot) * scale;
                 for (int t2 = t + 1; t2 < T; t2++) d[t2] = 0.0f;
             }
-            cpu_gemm(0, 0, T, hs, T, 1.0f, dP, T, q + C, 3 * C, 0.0f, dqkv + off, 3 * C);    /* dQ = dS K */
-            cpu_gemm(1, 0, T, hs, T, 1.0f, dP, T, q, 3 * C, 0.0f, dqkv + off + C, 3 * C);    /* dK = dS^T Q */
+            cpu_gemm(0, 0, T, hs, T, 1.0f, dP, T, kh, s->kv_stride, 0.0f, dqh, s->q_stride);   /* dQ = dS K */
+            cpu_gemm(1, 0, T, hs, T, 1.0f, dP, T, qh, s->q_stride, beta_kv, dkh, s->kv_stride); /* dK (+)= dS^T Q */
         }
     }
 }
 
-static void cpu_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
-    if (T >= vd_cpu_attention_gemm_min_t) {
-        cpu_attention_forward_gemm(out, att, qkv, B, T, C, NH);
+static void cpu_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                                  const vd_attn_shape *s) {
+    vd_require(s->n_kv_head >= 1 && s->n_head % s->n_kv_head == 0);
+    if (s->T >= vd_cpu_attention_gemm_min_t) {
+        cpu_attention_forward_gemm(out, att, q, k, v, s);
         return;
     }
-    int hs = C / NH;
+    int B = s->B, T = s->T, NH = s->n_head, hs = s->head_dim;
     float scale = 1.0f / sqrtf((float)hs);
     #pragma omp parallel for collapse(3) schedule(static)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             for (int t = 0; t < T; t++) {
-                const float *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
+                int kvh = attn_kv_head(s, h);
+                const float *qt = q + attn_q_at(s, b, t, h);
                 float *a = att + (((size_t)b * NH + h) * T + t) * T;
                 float maxv = -INFINITY;
                 for (int t2 = 0; t2 <= t; t2++) {
-                    const float *k = qkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
-                    float s = 0.0f;
-                    for (int i = 0; i < hs; i++) s += q[i] * k[i];
-                    s *= scale;
-                    a[t2] = s;
-                    if (s > maxv) maxv = s;
+                    const float *kt = k + attn_kv_at(s, b, t2, kvh);
+                    float sc = 0.0f;
+                    for (int i = 0; i < hs; i++) sc += qt[i] * kt[i];
+                    sc *= scale;
+                    a[t2] = sc;
+                    if (sc > maxv) maxv = sc;
                 }
                 float sum = 0.0f;
                 for (int t2 = 0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
                 float inv = 1.0f / sum;
                 for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
                 for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
-                float *o = out + ((size_t)b * T + t) * C + h * hs;
+                float *o = out + attn_o_at(s, b, t, h);
                 for (int i = 0; i < hs; i++) o[i] = 0.0f;
                 for (int t2 = 0; t2 <= t; t2++) {
-                    const float *v = qkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
+                    const float *vt = v + attn_kv_at(s, b, t2, kvh);
                     float w = a[t2];
-                    for (int i = 0; i < hs; i++) o[i] += w * v[i];
+                    for (int i = 0; i < hs; i++) o[i] += w * vt[i];
                 }
             }
         }
     }
 }
 
-static void cpu_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv,
-                                   const float *att, int B, int T, int C, int NH) {
-    if (T >= vd_cpu_attention_gemm_min_t) {
-        cpu_attention_backward_gemm(dqkv, datt, dout, qkv, att, B, T, C, NH);
+static void cpu_attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout,
+                                   const float *q, const float *k, const float *v, const float *att,
+                                   const vd_attn_shape *s) {
+    vd_require(s->n_kv_head >= 1 && s->n_head % s->n_kv_head == 0);
+    if (s->T >= vd_cpu_attention_gemm_min_t) {
+        cpu_attention_backward_gemm(dq, dk, dv, datt, dout, q, k, v, att, s);
         return;
     }
-    int hs = C / NH;
+    int B = s->B, T = s->T, NH = s->n_head, NKV = s->n_kv_head, hs = s->head_dim, group = NH / NKV;
     float scale = 1.0f / sqrtf((float)hs);
-    /* each (b, h) pair writes only its own head's slices of dqkv: no races */
+    /* one (b, kv head) pair per iteration: it owns that kv head's dk, dv slices and the dq slices
+     * of its group's query heads, so no two threads write the same floats. The heads of a group
+     * run in order, so with group 1 this is GPT-2's (b, h) loop in the same summation order. */
     #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
-        for (int h = 0; h < NH; h++) {
+        for (int kvh = 0; kvh < NKV; kvh++) {
             for (int t = 0; t < T; t++) {
-                float *dq = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                for (int i = 0; i < hs; i++) dq[i] = 0.0f;
-                for (int i = 0; i < hs; i++) dq[C + i] = 0.0f;
-                for (int i = 0; i < hs; i++) dq[2 * C + i] = 0.0f;
-            }
-            for (int t = 0; t < T; t++) {
-                const float *a = att + (((size_t)b * NH + h) * T + t) * T;
-                float *da = datt + (((size_t)b * NH + h) * T + t) * T;
-                const float *go = dout + ((size_t)b * T + t) * C + h * hs;
-                const float *q = qkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                float *dq = dqkv + ((size_t)b * T + t) * 3 * C + h * hs;
-                /* through the weighted sum of values */
-                float dot = 0.0f;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float *v = qkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
-                    float *dv = dqkv + ((size_t)b * T + t2) * 3 * C + 2 * C + h * hs;
-                    float s = 0.0f;
-                    for (int i = 0; i < hs; i++) { s += go[i] * v[i]; dv[i] += a[t2] * go[i]; }
-                    da[t2] = s;
-                    dot += a[t2] * s;
+                float *dkt = dk + attn_kv_at(s, b, t, kvh), *dvt = dv + attn_kv_at(s, b, t, kvh);
+                for (int i = 0; i < hs; i++) dkt[i] = 0.0f;
+                for (int i = 0; i < hs; i++) dvt[i] = 0.0f;
+                for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+                    float *dqt = dq + attn_q_at(s, b, t, h);
+                    for (int i = 0; i < hs; i++) dqt[i] = 0.0f;
                 }
-                /* through the softmax and the scaled dot products */
-                for (int t2 = 0; t2 <= t; t2++) {
-                    float dpre = a[t2] * (da[t2] - dot) * scale;
-                    const float *k = qkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
-                    float *dk = dqkv + ((size_t)b * T + t2) * 3 * C + C + h * hs;
-                    for (int i = 0; i < hs; i++) { dq[i] += dpre * k[i]; dk[i] += dpre * q[i]; }
+            }
+            for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+                for (int t = 0; t < T; t++) {
+                    const float *a = att + (((size_t)b * NH + h) * T + t) * T;
+                    float *da = datt + (((size_t)b * NH + h) * T + t) * T;
+                    const float *go = dout + attn_o_at(s, b, t, h);
+                    const float *qt = q + attn_q_at(s, b, t, h);
+                    float *dqt = dq + attn_q_at(s, b, t, h);
+                    /* through the weighted sum of values */
+                    float dot = 0.0f;
+                    for (int t2 = 0; t2 <= t; t2++) {
+                        const float *vt = v + attn_kv_at(s, b, t2, kvh);
+                        float *dvt = dv + attn_kv_at(s, b, t2, kvh);
+                        float sc = 0.0f;
+                        for (int i = 0; i < hs; i++) { sc += go[i] * vt[i]; dvt[i] += a[t2] * go[i]; }
+                        da[t2] = sc;
+                        dot += a[t2] * sc;
+                    }
+                    /* through the softmax and the scaled dot products */
+                    for (int t2 = 0; t2 <= t; t2++) {
+                        float dpre = a[t2] * (da[t2] - dot) * scale;
+                        const float *kt = k + attn_kv_at(s, b, t2, kvh);
+                        float *dkt = dk + attn_kv_at(s, b, t2, kvh);
+                        for (int i = 0; i < hs; i++) { dqt[i] += dpre * kt[i]; dkt[i] += dpre * qt[i]; }
+                    }
                 }
             }
         }

@@ -84,7 +84,9 @@ double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets
                               p->ln1w + (size_t)l * C, p->ln1b + (size_t)l * C, N, C, eps);
         vd_linear_forward(vera, be, gpt2_module(m, l, 0), qkv, ln1, p->qkvw + (size_t)l * C * 3 * C,
                           p->qkvb + (size_t)l * 3 * C, N, C, 3 * C, ctx);
-        be->attention_forward(atty, att, qkv, B, T, C, NH);
+        vd_attn_shape ash = {.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
+                             .q_stride = 3 * C, .kv_stride = 3 * C};
+        be->attention_forward(atty, att, qkv, qkv + C, qkv + 2 * C, &ash);
         vd_linear_forward(vera, be, gpt2_module(m, l, 1), m->proj_out, atty, p->attprojw + (size_t)l * C * C,
                           p->attprojb + (size_t)l * C, N, C, C, ctx);
         be->add(res2, residual, m->proj_out, NC);
@@ -137,8 +139,11 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
         float *datty = m->dbuf_a;
         vd_linear_backward(vera, be, gpt2_module(m, l, 1), datty, m->dresidual, p->attprojw + (size_t)l * C * C,
                            N, C, C, ctx);
-        be->attention_backward(m->dqkv, m->datt, datty, m->qkv + l * NC * 3,
-                               m->att + (size_t)l * B * NH * T * T, B, T, C, NH);
+        const float *qkv = m->qkv + l * NC * 3;
+        vd_attn_shape ash = {.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
+                             .q_stride = 3 * C, .kv_stride = 3 * C};
+        be->attention_backward(m->dqkv, m->dqkv + C, m->dqkv + 2 * C, m->datt, datty, qkv, qkv + C, qkv + 2 * C,
+                               m->att + (size_t)l * B * NH * T * T, &ash);
         float *dln1 = m->dbuf_a;
         vd_linear_backward(vera, be, gpt2_module(m, l, 0), dln1, m->dqkv, p->qkvw + (size_t)l * C * 3 * C, N, C,
                            3 * C, ctx);
