@@ -328,27 +328,66 @@ static void test_swiglu(void) {
     pair_free(&du);
 }
 
-static void test_attention_case(int B, int T, int C, int NH) {
-    size_t NC = (size_t)B * T * C, natt = (size_t)B * NH * T * T;
-    pair qkv = pair_new(3 * NC, 1.0f), out = pair_new(NC, 1.0f), att = pair_new(natt, 1.0f);
-    pair dout = pair_new(NC, 1.0f), dqkv = pair_new(3 * NC, 1.0f), datt = pair_new(natt, 1.0f);
-    cpu->attention_forward(out.c, att.c, qkv.c, B, T, C, NH);
-    gpu->attention_forward(out.g, att.g, qkv.g, B, T, C, NH);
-    char what[96];
-    snprintf(what, sizeof(what), "attention_forward B %d T %d C %d NH %d (hs %d): out", B, T, C, NH, C / NH);
+/* Attention with grouped-query heads and strided q / k / v (vd_attn_shape). fused: one buffer
+ * per token row [q (NH*hs) | k (NKV*hs) | v (NKV*hs) | pad] (GPT-2's qkv when NKV = NH and pad
+ * 0); otherwise three buffers, q rows NH*hs + pad floats, k and v rows NKV*hs + pad. dq, dk, dv
+ * use the same layout and start from the same random contents on both backends, so comparing
+ * whole buffers also checks that neither writes the padding (or the other tensors' columns). */
+static void test_attention_case(int B, int T, int NH, int NKV, int hs, int fused, int pad) {
+    vd_attn_shape s = {.B = B, .T = T, .n_head = NH, .n_kv_head = NKV, .head_dim = hs};
+    const int qw = NH * hs, kw = NKV * hs;
+    const size_t rows = (size_t)B * T, NC = rows * qw, natt = (size_t)B * NH * T * T;
+    int nbuf;
+    size_t len[3], off[3];
+    if (fused) {
+        s.q_stride = s.kv_stride = qw + 2 * kw + pad;
+        nbuf = 1;
+        len[0] = rows * (size_t)s.q_stride;
+        off[0] = 0;
+        off[1] = (size_t)qw;
+        off[2] = (size_t)qw + kw;
+    } else {
+        s.q_stride = qw + pad;
+        s.kv_stride = kw + pad;
+        nbuf = 3;
+        len[0] = rows * (size_t)s.q_stride;
+        len[1] = len[2] = rows * (size_t)s.kv_stride;
+        off[0] = off[1] = off[2] = 0;
+    }
+    pair in[3], gr[3];
+    for (int i = 0; i < nbuf; i++) {
+        in[i] = pair_new(len[i], 1.0f);
+        gr[i] = pair_new(len[i], 1.0f);
+    }
+#define VIEW(p, j, side) ((p)[fused ? 0 : (j)].side + off[j])
+    pair out = pair_new(NC, 1.0f), att = pair_new(natt, 1.0f), dout = pair_new(NC, 1.0f), datt = pair_new(natt, 1.0f);
+    cpu->attention_forward(out.c, att.c, VIEW(in, 0, c), VIEW(in, 1, c), VIEW(in, 2, c), &s);
+    gpu->attention_forward(out.g, att.g, VIEW(in, 0, g), VIEW(in, 1, g), VIEW(in, 2, g), &s);
+    char what[128], shape[96];
+    snprintf(shape, sizeof(shape), "B %d T %d NH %d NKV %d hs %d %s pad %d", B, T, NH, NKV, hs,
+             fused ? "fused" : "q/k/v", pad);
+    snprintf(what, sizeof(what), "attention_forward %s: out", shape);
     compare(what, &out, 1e-5);
-    snprintf(what, sizeof(what), "attention_forward B %d T %d C %d NH %d: att", B, T, C, NH);
+    snprintf(what, sizeof(what), "attention_forward %s: att", shape);
     compare(what, &att, 1e-5);
     gpu->to_device(att.g, att.c, sizeof(float) * natt); /* backward from the same softmax */
-    cpu->attention_backward(dqkv.c, datt.c, dout.c, qkv.c, att.c, B, T, C, NH);
-    gpu->attention_backward(dqkv.g, datt.g, dout.g, qkv.g, att.g, B, T, C, NH);
-    snprintf(what, sizeof(what), "attention_backward B %d T %d C %d NH %d: dqkv", B, T, C, NH);
-    compare(what, &dqkv, 1e-4);
-    pair_free(&qkv);
+    cpu->attention_backward(VIEW(gr, 0, c), VIEW(gr, 1, c), VIEW(gr, 2, c), datt.c, dout.c, VIEW(in, 0, c),
+                            VIEW(in, 1, c), VIEW(in, 2, c), att.c, &s);
+    gpu->attention_backward(VIEW(gr, 0, g), VIEW(gr, 1, g), VIEW(gr, 2, g), datt.g, dout.g, VIEW(in, 0, g),
+                            VIEW(in, 1, g), VIEW(in, 2, g), att.g, &s);
+#undef VIEW
+    static const char *const names[3] = {"dq", "dk", "dv"};
+    for (int i = 0; i < nbuf; i++) {
+        snprintf(what, sizeof(what), "attention_backward %s: %s", shape, fused ? "dq, dk, dv" : names[i]);
+        compare(what, &gr[i], 1e-4);
+    }
+    for (int i = 0; i < nbuf; i++) {
+        pair_free(&in[i]);
+        pair_free(&gr[i]);
+    }
     pair_free(&out);
     pair_free(&att);
     pair_free(&dout);
-    pair_free(&dqkv);
     pair_free(&datt);
 }
 
@@ -584,9 +623,17 @@ int main(int argc, char **argv) {
     test_rope_case(3, 5, 1, 2, 7, 3, 10000.0);             /* head_dim 2, odd stride */
     const char *att_path = getenv("VERA_CUDA_ATTENTION");
     printf("attention (%s path; VERA_CUDA_ATTENTION=gemm|kernel)\n", att_path && *att_path ? att_path : "gemm");
-    test_attention_case(2, 67, 48, 3);   /* hs 16: 16 groups of threads */
-    test_attention_case(1, 128, 768, 12); /* GPT-2 small's heads: hs 64 */
-    test_attention_case(1, 9, 600, 2);   /* hs 300 > blockDim: the other branch */
+    /* GPT-2: fused qkv, strides 3C, n_kv_head = n_head */
+    test_attention_case(2, 67, 3, 3, 16, 1, 0);   /* hs 16: 16 groups of threads */
+    test_attention_case(1, 128, 12, 12, 64, 1, 0); /* GPT-2 small's heads: hs 64 */
+    test_attention_case(1, 9, 2, 2, 300, 1, 0);   /* hs 300 > blockDim: the other branch */
+    /* grouped-query heads, head_dim not tied to a model width, separate or fused q / k / v */
+    test_attention_case(2, 37, 4, 2, 24, 0, 5);   /* GQA 2 groups, three padded buffers */
+    test_attention_case(2, 33, 4, 2, 24, 1, 3);   /* GQA in one [q | k | v | pad] row */
+    test_attention_case(1, 130, 4, 1, 40, 0, 0);  /* MQA (one kv head), the CPU's GEMM path */
+    test_attention_case(1, 9, 4, 2, 300, 0, 1);   /* GQA with hs 300 > blockDim */
+    test_attention_case(1, 1, 4, 2, 8, 0, 0);     /* one token */
+    test_attention_case(1, 128, 8, 2, 128, 1, 0); /* Llama-like heads: hs 128, 4 per group */
     printf("softmax cross-entropy\n");
     test_xent_case(37, 1000, 0);
     test_xent_case(4, 50257, 1);
