@@ -339,19 +339,20 @@ static void cu_layernorm_backward(float *dinp, const float *dout, const float *i
     VD_LAUNCHED("layernorm_backward");
 }
 
-/* RMSNorm (HF LlamaRMSNorm in fp32): one warp per row, the mean of squares in double as the
- * layernorm above; rstd[n] = 1/sqrt(mean_c x^2 + eps), out = x * rstd * w. */
+/* RMSNorm (HF LlamaRMSNorm in fp32), as the CPU: one warp per row; the float squares summed in
+ * double, var = (float)(sum / C), rstd = 1.0f / sqrtf(var + eps) in float (IEEE sqrt and
+ * division on the GPU too: no fast math), out = (x * rstd) * w. */
 __global__ void k_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps) {
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= N) return; /* the whole warp leaves together */
     const float *x = inp + (size_t)row * C;
     double ss = 0.0;
-    for (int c = lane; c < C; c += 32) ss += (double)x[c] * x[c];
-    const double ms = warp_allsum(ss) / C;
-    const float r = (float)(1.0 / sqrt(ms + eps));
+    for (int c = lane; c < C; c += 32) ss += x[c] * x[c];
+    const float var = (float)(warp_allsum(ss) / C);
+    const float r = 1.0f / sqrtf(var + eps);
     float *o = out + (size_t)row * C;
-    for (int c = lane; c < C; c += 32) o[c] = x[c] * r * w[c];
+    for (int c = lane; c < C; c += 32) o[c] = (x[c] * r) * w[c];
     if (lane == 0) rstd[row] = r;
 }
 
@@ -362,8 +363,8 @@ static void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, const 
     VD_LAUNCHED("rmsnorm_forward");
 }
 
-/* dinp += r * (dnorm - norm * mean(dnorm * norm)), norm = x r, dnorm = w dout: one warp per
- * row, the reduction in double. (d/dx of x r(x) w with r = (mean x^2 + eps)^(-1/2).) */
+/* y = x r w with r = (mean x^2 + eps)^(-1/2): dinp += r (w g - x r^2 mean(w g x)), as the CPU;
+ * one warp per row, the mean in double. */
 __global__ void k_rmsnorm_backward(float *dinp, const float *dout, const float *inp, const float *w,
                                    const float *rstd, int N, int C) {
     const int lane = threadIdx.x & 31;
@@ -373,18 +374,10 @@ __global__ void k_rmsnorm_backward(float *dinp, const float *dout, const float *
     const float *gr = dout + (size_t)row * C;
     float *dx = dinp + (size_t)row * C;
     const float r = rstd[row];
-    double bsum = 0.0;
-    for (int c = lane; c < C; c += 32) {
-        float norm = x[c] * r;
-        float dnorm = w[c] * gr[c];
-        bsum += dnorm * norm;
-    }
-    const float mb = (float)(warp_allsum(bsum) / C);
-    for (int c = lane; c < C; c += 32) {
-        float norm = x[c] * r;
-        float dnorm = w[c] * gr[c];
-        dx[c] += r * (dnorm - norm * mb);
-    }
+    double acc = 0.0;
+    for (int c = lane; c < C; c += 32) acc += w[c] * gr[c] * x[c];
+    const float kk = r * r * (float)(warp_allsum(acc) / C);
+    for (int c = lane; c < C; c += 32) dx[c] += r * (w[c] * gr[c] - x[c] * kk);
 }
 
 static void cu_rmsnorm_backward(float *dinp, const float *dout, const float *inp, const float *w, const float *rstd,
@@ -829,14 +822,13 @@ static void cu_gelu_backward(float *dinp, const float *inp, const float *dout, s
     VD_LAUNCHED("gelu_backward");
 }
 
-/* SwiGLU: silu(g) = g * sigmoid(g), sigmoid(g) = 1 / (1 + expf(-g)) (for g far below 0, expf
- * overflows to inf and sigmoid is 0, silu -0: no NaN); silu'(g) = sigmoid (1 + g (1 - sigmoid)).
+/* SwiGLU, as the CPU: silu(g) = g / (1 + expf(-g)); silu'(g) = sig (1 + g (1 - sig)), sig =
+ * 1 / (1 + expf(-g)). For g far below 0, expf overflows to inf and sig, silu are 0: no NaN.
  * Each thread reads its element's inputs before writing, so outputs may alias inputs. */
 __global__ void k_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const float gt = gate[i];
-        const float sg = 1.0f / (1.0f + expf(-gt));
-        out[i] = gt * sg * up[i];
+        out[i] = gt / (1.0f + expf(-gt)) * up[i];
     }
 }
 
@@ -844,10 +836,10 @@ __global__ void k_swiglu_backward(float *dgate, float *dup, const float *gate, c
                                   size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const float gt = gate[i], u = up[i], d = dout[i];
-        const float sg = 1.0f / (1.0f + expf(-gt));
-        const float silu = gt * sg;
-        const float dsilu = sg * (1.0f + gt * (1.0f - sg));
-        dgate[i] = d * u * dsilu;
+        const float e = expf(-gt);
+        const float sig = 1.0f / (1.0f + e);
+        const float silu = gt / (1.0f + e);
+        dgate[i] = d * u * (sig * (1.0f + gt * (1.0f - sig)));
         dup[i] = d * silu;
     }
 }
