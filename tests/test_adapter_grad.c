@@ -66,11 +66,13 @@ static void run_case(vd_weff_policy policy, float dropout) {
     vd_gpt2_init_random(&mc, hp, 7);
     /* larger base weights than GPT-2's 0.02 so tanh is nonlinear over the range */
     for (size_t i = 0; i < vd_gpt2_num_params(&mc); i++) hp[i] *= 20.0f;
-    vd_gpt2 m;
-    vd_gpt2_init(&m, be, &mc, hp);
+    vd_model mm; /* through the model seam; m is its GPT-2 */
+    vd_model_init(&mm, be, &mc, hp);
+    vd_gpt2 *m = mm.gpt2;
     vd_vera v;
-    vd_vera_options vo = {4, 0.1f, 3, VD_TARGET_ALL, dropout};
-    vd_vera_init(&v, be, &m, &vo);
+    vd_vera_options vo = {4, 0.1f, 3, 0xF /* all four */, dropout};
+    vd_vera_init(&v, be, &mm, &vo);
+    vd_model_set_adapter(&mm, &v);
     const int N = 5;
     vd_vera_alloc_acts(&v, N, policy == VD_WEFF_ALWAYS ? 1 : 1000000, policy);
     uint64_t seed = 99;
@@ -103,9 +105,9 @@ static void run_case(vd_weff_policy policy, float dropout) {
             CHECK(dropped > 0 && dropped < N * in, "dropout mask drops %d of %d", dropped, N * in);
         }
         const float *W = md->W0;
-        const float *bias = md->kind == VD_TARGET_ATTN_QKV ? m.params.qkvb
-                          : md->kind == VD_TARGET_ATTN_PROJ ? m.params.attprojb
-                          : md->kind == VD_TARGET_MLP_FC ? m.params.fcb : m.params.fcprojb;
+        const float *bias = md->kind == 0 ? m->params.qkvb
+                          : md->kind == 1 ? m->params.attprojb
+                          : md->kind == 2 ? m->params.fcb : m->params.fcprojb;
         ref_layer p = {N, in, out, vo.r, v.max_in, W, bias, v.A, v.B, mask, R};
         ref_loss(&p, x, b, d, yref);
         vd_linear_forward(&v, be, mod, y, xf, W, bias, N, in, out, &ctx);
@@ -130,7 +132,7 @@ static void run_case(vd_weff_policy policy, float dropout) {
         free(xf); free(y); free(dout); free(dinp); free(x); free(R); free(yref); free(mask); free(b); free(d);
     }
     vd_vera_free(&v);
-    vd_gpt2_free(&m);
+    vd_model_free(&mm);
     free(hp);
 }
 

@@ -51,10 +51,9 @@ static const char *const k_kind_path[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_
 #define R_RANK 4
 #define N_LAYER 2
 
-/* 2-layer model, n_embd 8, r 4, targets attn.c_attn (out 3C), mlp.c_fc (out 4C) and
- * mlp.c_proj (in 4C, out C): 6 modules with three different lengths; random everything. */
-static void make_ck(vd_checkpoint *ck, int with_proj) {
-    memset(ck, 0, sizeof(*ck));
+/* Everything but the model and the module list: random run state, vectors and projections.
+ * ck->model, modules, n_modules, max_in, max_out and target_modules are set by the caller. */
+static void fill_ck(vd_checkpoint *ck, int with_proj) {
     char text[8192];
     size_t len = 0;
     /* a long, realistic configuration text (the serializer's "key = value" lines) */
@@ -63,14 +62,9 @@ static void make_ck(vd_checkpoint *ck, int with_proj) {
     ck->config_text = mallocCheck(len + 1);
     memcpy(ck->config_text, text, len + 1);
     ck->config_hash = vd_hash64(ck->config_text, len, 0);
-    ck->model = (vd_gpt2_config){.max_seq_len = 16, .vocab_size = 64, .n_layer = N_LAYER, .n_head = 2,
-                                 .channels = C_EMBD, .ln_eps = 1e-5f};
     ck->model_fingerprint = rng_u64();
     ck->r = R_RANK;
-    ck->max_in = 4 * C_EMBD;
-    ck->max_out = 4 * C_EMBD;
     ck->projection_prng_key = rng_u64();
-    snprintf(ck->target_modules, sizeof(ck->target_modules), "attn.c_attn,mlp.c_fc,mlp.c_proj");
     ck->step = 20 + (int64_t)(rng_u64() % 1000);
     ck->tokens_seen = rng_u64();
     ck->next_sequence = rng_u64();
@@ -80,19 +74,13 @@ static void make_ck(vd_checkpoint *ck, int with_proj) {
     ck->adam_t = (int32_t)ck->step;
     ck->last_loss = rng_f() + 3.0f;
 
-    const int kinds[3] = {0, 2, 3};
-    const int32_t outs[4] = {3 * C_EMBD, C_EMBD, 4 * C_EMBD, C_EMBD};
-    ck->modules = callocCheck(N_LAYER * 3, sizeof(vd_ckpt_module));
     size_t off = 0;
-    for (int l = 0; l < N_LAYER; l++)
-        for (int k = 0; k < 3; k++) {
-            vd_ckpt_module *md = &ck->modules[ck->n_modules++];
-            snprintf(md->name, sizeof(md->name), "transformer.h.%d.%s", l, k_kind_path[kinds[k]]);
-            md->out = outs[kinds[k]];
-            md->off_b = off;
-            md->off_d = off + (size_t)md->out;
-            off += (size_t)md->out + R_RANK;
-        }
+    for (int32_t i = 0; i < ck->n_modules; i++) {
+        vd_ckpt_module *md = &ck->modules[i];
+        md->off_b = off;
+        md->off_d = off + (size_t)md->out;
+        off += (size_t)md->out + (size_t)ck->r;
+    }
     ck->n_trainable = off;
     ck->params = mallocCheck(sizeof(float) * off);
     ck->exp_avg = mallocCheck(sizeof(float) * off);
@@ -112,14 +100,67 @@ static void make_ck(vd_checkpoint *ck, int with_proj) {
     else { free(A); free(B); }
 }
 
+/* 2-layer GPT-2, n_embd 8, r 4, targets attn.c_attn (out 3C), mlp.c_fc (out 4C) and
+ * mlp.c_proj (in 4C, out C): 6 modules with three different lengths; random everything. */
+static void make_ck(vd_checkpoint *ck, int with_proj) {
+    memset(ck, 0, sizeof(*ck));
+    ck->model = (vd_gpt2_config){.max_seq_len = 16, .vocab_size = 64, .n_layer = N_LAYER, .n_head = 2,
+                                 .channels = C_EMBD, .ln_eps = 1e-5f, .arch = VD_ARCH_GPT2};
+    ck->max_in = 4 * C_EMBD;
+    ck->max_out = 4 * C_EMBD;
+    snprintf(ck->target_modules, sizeof(ck->target_modules), "attn.c_attn,mlp.c_fc,mlp.c_proj");
+    const int kinds[3] = {0, 2, 3};
+    const int32_t outs[4] = {3 * C_EMBD, C_EMBD, 4 * C_EMBD, C_EMBD};
+    ck->modules = callocCheck(N_LAYER * 3, sizeof(vd_ckpt_module));
+    for (int l = 0; l < N_LAYER; l++)
+        for (int k = 0; k < 3; k++) {
+            vd_ckpt_module *md = &ck->modules[ck->n_modules++];
+            snprintf(md->name, sizeof(md->name), "transformer.h.%d.%s", l, k_kind_path[kinds[k]]);
+            md->out = outs[kinds[k]];
+        }
+    fill_ck(ck, with_proj);
+}
+
+/* A Llama-3-shaped config with every field of vd_model_config set to a value that is neither
+ * 0 nor its neighbour's (GQA 4 heads over 2 KV heads, head_dim 3 so q_proj is not n_embd wide,
+ * llama3 RoPE scaling, biases mixed), and Llama module names: the 7 linear layers of 2 blocks,
+ * 14 modules, widths 12 (q), 6 (k, v), 8 (o, down), 20 (gate, up). */
+#define L_HEADS 4
+#define L_KV 2
+#define L_HDIM 3
+#define L_FF 20
+static void make_ck_llama(vd_checkpoint *ck, int with_proj) {
+    memset(ck, 0, sizeof(*ck));
+    ck->model = (vd_model_config){.max_seq_len = 131072, .vocab_size = 128256, .n_layer = N_LAYER, .n_head = L_HEADS,
+                                  .channels = C_EMBD, .ln_eps = 1e-6f, .arch = VD_ARCH_LLAMA, .n_kv_head = L_KV,
+                                  .head_dim = L_HDIM, .intermediate = L_FF, .tied = 1, .qkv_bias = 1, .o_bias = 0,
+                                  .mlp_bias = 1, .rope_theta = 500000.0f, .rope_type = VD_ROPE_LLAMA3,
+                                  .rope_factor = 8.0f, .rope_low_freq_factor = 1.25f, .rope_high_freq_factor = 4.5f,
+                                  .rope_original_max_pos = 8192};
+    snprintf(ck->model.hf_architecture, sizeof(ck->model.hf_architecture), "LlamaForCausalLM");
+    ck->max_in = L_FF;
+    ck->max_out = L_FF;
+    snprintf(ck->target_modules, sizeof(ck->target_modules), "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj");
+    static const char *const kind[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+    const int32_t outs[7] = {L_HEADS * L_HDIM, L_KV * L_HDIM, L_KV * L_HDIM, C_EMBD, L_FF, L_FF, C_EMBD};
+    ck->modules = callocCheck(N_LAYER * 7, sizeof(vd_ckpt_module));
+    for (int l = 0; l < N_LAYER; l++)
+        for (int k = 0; k < 7; k++) {
+            vd_ckpt_module *md = &ck->modules[ck->n_modules++];
+            snprintf(md->name, sizeof(md->name), "model.layers.%d.%s", l, kind[k]);
+            md->out = outs[k];
+        }
+    fill_ck(ck, with_proj);
+}
+
 /* 1 if a and b hold the same checkpoint, bit for bit; else 0 with the first difference in why. */
 static int ck_equal(const vd_checkpoint *a, const vd_checkpoint *b, char *why, size_t cap) {
 #define DIFF(cond, name) do { if (cond) { snprintf(why, cap, "%s differs", name); return 0; } } while (0)
     DIFF(!a->config_text || !b->config_text || strcmp(a->config_text, b->config_text), "config_text");
     DIFF(a->config_hash != b->config_hash, "config_hash");
-    DIFF(a->model.max_seq_len != b->model.max_seq_len || a->model.vocab_size != b->model.vocab_size ||
-         a->model.n_layer != b->model.n_layer || a->model.n_head != b->model.n_head ||
-         a->model.channels != b->model.channels || memcmp(&a->model.ln_eps, &b->model.ln_eps, 4), "model");
+    /* every field, bit for bit (vd_model_config has no padding; both sides start zeroed) */
+    DIFF(memcmp(&a->model, &b->model, sizeof(a->model)), "model");
     DIFF(a->model_fingerprint != b->model_fingerprint, "model_fingerprint");
     DIFF(a->r != b->r || a->max_in != b->max_in || a->max_out != b->max_out, "r/max_in/max_out");
     DIFF(a->projection_prng_key != b->projection_prng_key, "projection_prng_key");
@@ -331,20 +372,119 @@ static void swap_module_order(const char *path) {
     H5OK(H5Fclose(f));
 }
 
+/* Replaces attribute `attr` of `obj` by a one-dimensional one of n elements. */
+static void set_array_attr(const char *path, const char *obj, const char *attr, hid_t ftype, hid_t mtype, hsize_t n,
+                           const void *v) {
+    hid_t f = open_rw(path);
+    hid_t o = H5Oopen(f, obj, H5P_DEFAULT);
+    H5OK(o);
+    if (H5Aexists(o, attr) > 0) H5OK(H5Adelete(o, attr));
+    hid_t sp = H5Screate_simple(1, &n, NULL);
+    hid_t a = H5Acreate2(o, attr, ftype, sp, H5P_DEFAULT, H5P_DEFAULT);
+    H5OK(a);
+    H5OK(H5Awrite(a, mtype, v));
+    H5OK(H5Aclose(a));
+    H5OK(H5Sclose(sp));
+    H5OK(H5Oclose(o));
+    H5OK(H5Fclose(f));
+}
+
+/* Replaces /adapter's module_order by names[0..n) (NUL-terminated UTF-8, as the writer does). */
+static void set_module_order(const char *path, const char *const *names, int n) {
+    size_t w = 1;
+    for (int i = 0; i < n; i++) if (strlen(names[i]) + 1 > w) w = strlen(names[i]) + 1;
+    char *buf = callocCheck((size_t)n, w);
+    for (int i = 0; i < n; i++) memcpy(buf + (size_t)i * w, names[i], strlen(names[i]));
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5OK(H5Tset_size(t, w));
+    H5OK(H5Tset_strpad(t, H5T_STR_NULLTERM));
+    H5OK(H5Tset_cset(t, H5T_CSET_UTF8));
+    set_array_attr(path, "/adapter", "module_order", t, t, (hsize_t)n, buf);
+    H5OK(H5Tclose(t));
+    free(buf);
+}
+
+/* Writes ck's module table (module_out, module_off_b, module_off_d, n_trainable) into /adapter. */
+static void set_module_table(const char *path, const vd_checkpoint *ck) {
+    int32_t outs[64];
+    uint64_t ob[64], od[64];
+    if (ck->n_modules > 64) { fprintf(stderr, "test setup: too many modules\n"); exit(2); }
+    for (int32_t i = 0; i < ck->n_modules; i++) {
+        outs[i] = ck->modules[i].out;
+        ob[i] = ck->modules[i].off_b;
+        od[i] = ck->modules[i].off_d;
+    }
+    hsize_t n = (hsize_t)ck->n_modules;
+    set_array_attr(path, "/adapter", "module_out", H5T_STD_I32LE, H5T_NATIVE_INT32, n, outs);
+    set_array_attr(path, "/adapter", "module_off_b", H5T_STD_U64LE, H5T_NATIVE_UINT64, n, ob);
+    set_array_attr(path, "/adapter", "module_off_d", H5T_STD_U64LE, H5T_NATIVE_UINT64, n, od);
+    uint64_t nt = ck->n_trainable;
+    set_attr(path, "/adapter", "n_trainable", H5T_STD_U64LE, H5T_NATIVE_UINT64, &nt);
+}
+
+/* ---- version 1 ---- */
+
+/* data_checksum as format version 1 defined it (docs/checkpoint-format.md before version 2),
+ * written out here independently of checkpoint.c: the three arrays, a record of 21 words with
+ * GPT-2's six model fields, then target_modules. */
+static uint64_t v1_data_checksum(const vd_checkpoint *ck) {
+    size_t nbytes = sizeof(float) * ck->n_trainable;
+    uint64_t h = vd_hash64(ck->params, nbytes, 0);
+    h = vd_hash64(ck->exp_avg, nbytes, h);
+    h = vd_hash64(ck->exp_avg_sq, nbytes, h);
+    uint32_t loss_bits, eps_bits;
+    memcpy(&loss_bits, &ck->last_loss, 4);
+    memcpy(&eps_bits, &ck->model.ln_eps, 4);
+    const uint64_t words[21] = {
+        (uint64_t)ck->step, ck->tokens_seen, ck->next_sequence, ck->global_batch_seqs, (uint64_t)(int64_t)ck->adam_t,
+        (uint64_t)(int64_t)ck->world_size, ck->dropout_seed, loss_bits, ck->config_hash, ck->model_fingerprint,
+        (uint64_t)(int64_t)ck->model.n_layer, (uint64_t)(int64_t)ck->model.n_head, (uint64_t)(int64_t)ck->model.channels,
+        (uint64_t)(int64_t)ck->model.vocab_size, (uint64_t)(int64_t)ck->model.max_seq_len, eps_bits,
+        (uint64_t)(int64_t)ck->r, (uint64_t)(int64_t)ck->max_in, (uint64_t)(int64_t)ck->max_out,
+        ck->projection_prng_key, ck->projection_checksum};
+    uint8_t rec[8 * 21];
+    for (int i = 0; i < 21; i++)
+        for (int b = 0; b < 8; b++) rec[8 * i + b] = (uint8_t)(words[i] >> (8 * b));
+    h = vd_hash64(rec, sizeof(rec), h);
+    return vd_hash64(ck->target_modules, strlen(ck->target_modules), h);
+}
+
+/* The attributes version 2 added (docs/checkpoint-format.md marks them "v2"). */
+static const char *const k_v2_model_attrs[] = {
+    "arch", "n_kv_head", "head_dim", "intermediate_size", "tie_word_embeddings", "qkv_bias", "o_bias", "mlp_bias",
+    "rope_theta", "rope_type", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor",
+    "rope_original_max_position_embeddings", "hf_architecture"};
+static const char *const k_v2_adapter_attrs[] = {"module_out", "module_off_b", "module_off_d", "n_trainable"};
+
+/* Turns a copy of a version-2 file of GPT-2 checkpoint ck into the file version 1 wrote for
+ * it: the v2-only attributes deleted, format_version 1, the version-1 data_checksum. */
+static void make_v1(const char *v2, const char *dst, const vd_checkpoint *ck) {
+    copy_file(v2, dst);
+    for (size_t i = 0; i < sizeof(k_v2_model_attrs) / sizeof(k_v2_model_attrs[0]); i++)
+        delete_attr(dst, "/model", k_v2_model_attrs[i]);
+    for (size_t i = 0; i < sizeof(k_v2_adapter_attrs) / sizeof(k_v2_adapter_attrs[0]); i++)
+        delete_attr(dst, "/adapter", k_v2_adapter_attrs[i]);
+    int32_t one = 1;
+    set_attr(dst, "/", "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &one);
+    uint64_t h = v1_data_checksum(ck);
+    set_attr(dst, "/", "data_checksum", H5T_STD_U64LE, H5T_NATIVE_UINT64, &h);
+}
+
 /* ----------------------------------------------------------------------------------------- */
 
-static void test_round_trip(int with_proj) {
-    printf("round trip %s projections\n", with_proj ? "with" : "without");
+static void test_round_trip(int with_proj, int llama) {
+    printf("round trip, %s, %s projections\n", llama ? "Llama" : "GPT-2", with_proj ? "with" : "without");
     vd_checkpoint ck, back;
-    make_ck(&ck, with_proj);
+    if (llama) make_ck_llama(&ck, with_proj);
+    else make_ck(&ck, with_proj);
     char path[512], tmp[600], why[128];
-    snprintf(path, sizeof(path), "%s/rt%d/checkpoints/step_00000020.h5", g_dir, with_proj);
+    snprintf(path, sizeof(path), "%s/rt%d%s/checkpoints/step_00000020.h5", g_dir, with_proj, llama ? "l" : "");
     vd_checkpoint_write(path, &ck, 0); /* also creates the checkpoints directory */
     snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
     CHECK(exists(path), "%s not written", path);
     CHECK(!exists(tmp), "temporary %s remains after a successful write", tmp);
     char dir[512];
-    snprintf(dir, sizeof(dir), "%s/rt%d/checkpoints", g_dir, with_proj);
+    snprintf(dir, sizeof(dir), "%s/rt%d%s/checkpoints", g_dir, with_proj, llama ? "l" : "");
     CHECK(count_tmp(dir) == 0, "a temporary file remains in %s", dir);
 
     char err[1024] = "";
@@ -352,6 +492,8 @@ static void test_round_trip(int with_proj) {
     CHECK(rc == 0, "read failed: %s", err);
     if (rc == 0) {
         CHECK(ck_equal(&ck, &back, why, sizeof(why)), "read back differs: %s", why);
+        CHECK(back.format_version == VD_CKPT_VERSION, "format_version %d read back", (int)back.format_version);
+        CHECK(memcmp(&ck.model, &back.model, sizeof(ck.model)) == 0, "model config not bit-exact");
         CHECK((back.A != NULL) == with_proj && (back.B != NULL) == with_proj, "A/B presence");
         CHECK(vd_checkpoint_data_checksum(&back) == vd_checkpoint_data_checksum(&ck), "data checksum");
         vd_checkpoint_free(&back);
@@ -366,10 +508,93 @@ static void test_round_trip(int with_proj) {
     vd_checkpoint_free(&ck);
 }
 
-static void test_checksum_sensitivity(void) {
-    printf("data checksum covers every field\n");
+/* The stored /model attributes as the format documents them: enums and hf_architecture as
+ * strings, the rest int32 / float32 with the struct's values. */
+static void get_str_attr(hid_t o, const char *name, char *out, size_t cap) {
+    hid_t a = H5Aopen(o, name, H5P_DEFAULT);
+    hid_t t = a >= 0 ? H5Aget_type(a) : -1;
+    out[0] = 0;
+    CHECK(a >= 0 && t >= 0 && H5Tget_class(t) == H5T_STRING && H5Tget_size(t) <= cap, "/model %s: not a string", name);
+    if (a >= 0 && t >= 0 && H5Tget_class(t) == H5T_STRING && H5Tget_size(t) <= cap) {
+        CHECK(H5Tget_cset(t) == H5T_CSET_UTF8 && H5Tget_strpad(t) == H5T_STR_NULLTERM, "/model %s: not NUL-terminated UTF-8", name);
+        if (H5Aread(a, t, out) < 0) out[0] = 0;
+        out[cap - 1] = 0;
+    }
+    if (t >= 0) H5Tclose(t);
+    if (a >= 0) H5Aclose(a);
+}
+
+static herr_t count_attr(hid_t loc, const char *name, const H5A_info_t *info, void *data) {
+    (void)loc; (void)name; (void)info;
+    ++*(int *)data;
+    return 0;
+}
+
+static void test_model_attributes(void) {
+    printf("/model attributes of a Llama checkpoint\n");
     vd_checkpoint ck;
-    make_ck(&ck, 0);
+    make_ck_llama(&ck, 0);
+    char path[512];
+    snprintf(path, sizeof(path), "%s/rt0l/checkpoints/step_00000021.h5", g_dir);
+    vd_checkpoint_write(path, &ck, 0);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    CHECK(f >= 0, "cannot open %s", path);
+    if (f < 0) return;
+    int32_t version = 0;
+    hid_t a = H5Aopen(f, "format_version", H5P_DEFAULT);
+    CHECK(a >= 0 && H5Aread(a, H5T_NATIVE_INT32, &version) >= 0 && version == 2, "format_version %d", (int)version);
+    if (a >= 0) H5Aclose(a);
+    hid_t g = H5Gopen2(f, "model", H5P_DEFAULT);
+    char s[64];
+    get_str_attr(g, "arch", s, sizeof(s));
+    CHECK(strcmp(s, "llama") == 0, "arch '%s'", s);
+    get_str_attr(g, "rope_type", s, sizeof(s));
+    CHECK(strcmp(s, "llama3") == 0, "rope_type '%s'", s);
+    get_str_attr(g, "hf_architecture", s, sizeof(s));
+    CHECK(strcmp(s, "LlamaForCausalLM") == 0, "hf_architecture '%s'", s);
+    const struct { const char *name; int32_t want; } ints[] = {
+        {"n_layer", N_LAYER}, {"n_head", L_HEADS}, {"n_embd", C_EMBD}, {"vocab_size", 128256}, {"n_positions", 131072},
+        {"n_kv_head", L_KV}, {"head_dim", L_HDIM}, {"intermediate_size", L_FF}, {"tie_word_embeddings", 1},
+        {"qkv_bias", 1}, {"o_bias", 0}, {"mlp_bias", 1}, {"rope_original_max_position_embeddings", 8192}};
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++) {
+        int32_t v = -12345;
+        a = H5Aopen(g, ints[i].name, H5P_DEFAULT);
+        hid_t t = a >= 0 ? H5Aget_type(a) : -1;
+        CHECK(t >= 0 && H5Tequal(t, H5T_STD_I32LE) > 0, "/model %s is not int32 little-endian", ints[i].name);
+        CHECK(a >= 0 && H5Aread(a, H5T_NATIVE_INT32, &v) >= 0 && v == ints[i].want, "/model %s = %d, want %d",
+              ints[i].name, (int)v, (int)ints[i].want);
+        if (t >= 0) H5Tclose(t);
+        if (a >= 0) H5Aclose(a);
+    }
+    const struct { const char *name; float want; } floats[] = {
+        {"layer_norm_epsilon", 1e-6f}, {"rope_theta", 500000.0f}, {"rope_factor", 8.0f},
+        {"rope_low_freq_factor", 1.25f}, {"rope_high_freq_factor", 4.5f}};
+    for (size_t i = 0; i < sizeof(floats) / sizeof(floats[0]); i++) {
+        float v = -1;
+        a = H5Aopen(g, floats[i].name, H5P_DEFAULT);
+        hid_t t = a >= 0 ? H5Aget_type(a) : -1;
+        CHECK(t >= 0 && H5Tequal(t, H5T_IEEE_F32LE) > 0, "/model %s is not float32 little-endian", floats[i].name);
+        CHECK(a >= 0 && H5Aread(a, H5T_NATIVE_FLOAT, &v) >= 0 && v == floats[i].want, "/model %s = %g, want %g",
+              floats[i].name, (double)v, (double)floats[i].want);
+        if (t >= 0) H5Tclose(t);
+        if (a >= 0) H5Aclose(a);
+    }
+    /* 21 config attributes + fingerprint, nothing else */
+    int n_attrs = 0;
+    CHECK(H5Aiterate2(g, H5_INDEX_NAME, H5_ITER_NATIVE, NULL, count_attr, &n_attrs) >= 0 && n_attrs == 22,
+          "/model has %d attributes, expected 22", n_attrs);
+    H5Gclose(g);
+    H5Fclose(f);
+    vd_checkpoint_free(&ck);
+}
+
+static void test_checksum_sensitivity(int llama) {
+    printf("data checksum covers every field (%s)\n", llama ? "Llama" : "GPT-2");
+    vd_checkpoint ck;
+    if (llama) make_ck_llama(&ck, 0);
+    else make_ck(&ck, 0);
+    vd_ckpt_module *saved_modules = mallocCheck(sizeof(vd_ckpt_module) * (size_t)ck.n_modules);
+    memcpy(saved_modules, ck.modules, sizeof(vd_ckpt_module) * (size_t)ck.n_modules);
     uint64_t h0 = vd_checkpoint_data_checksum(&ck);
     int changed = 0, tried = 0;
     /* each change is undone by restoring the saved values, not by an inverse operation
@@ -383,6 +608,7 @@ static void test_checksum_sensitivity(void) {
         else fprintf(stderr, "  not covered: %s\n", #stmt); \
         ck = saved; \
         ck.params[ck.n_trainable - 1] = p_last; ck.exp_avg[0] = m0; ck.exp_avg_sq[7] = v7; \
+        memcpy(ck.modules, saved_modules, sizeof(vd_ckpt_module) * (size_t)ck.n_modules); \
     } while (0)
     TRY(ck.step++);
     TRY(ck.tokens_seen++);
@@ -400,6 +626,30 @@ static void test_checksum_sensitivity(void) {
     TRY(ck.model.vocab_size++);
     TRY(ck.model.max_seq_len++);
     TRY(ck.model.ln_eps *= 2);
+    /* every field of vd_model_config (format version 2) */
+    TRY(ck.model.arch = ck.model.arch == VD_ARCH_GPT2 ? VD_ARCH_LLAMA : VD_ARCH_GPT2);
+    TRY(ck.model.n_kv_head++);
+    TRY(ck.model.head_dim++);
+    TRY(ck.model.intermediate++);
+    TRY(ck.model.tied ^= 1);
+    TRY(ck.model.qkv_bias ^= 1);
+    TRY(ck.model.o_bias ^= 1);
+    TRY(ck.model.mlp_bias ^= 1);
+    TRY(ck.model.rope_theta += 1.0f);
+    TRY(ck.model.rope_type = ck.model.rope_type == VD_ROPE_DEFAULT ? VD_ROPE_LLAMA3 : VD_ROPE_DEFAULT);
+    TRY(ck.model.rope_factor += 1.0f);
+    TRY(ck.model.rope_low_freq_factor += 1.0f);
+    TRY(ck.model.rope_high_freq_factor += 1.0f);
+    TRY(ck.model.rope_original_max_pos++);
+    TRY(ck.model.hf_architecture[0] = 'X');
+    TRY(ck.model.hf_architecture[ck.model.hf_architecture[0] ? 1 : 0] = ck.model.hf_architecture[0] ? 0 : 'Y');
+    /* the module table */
+    TRY(ck.modules[3].name[0] = 'X');
+    TRY(ck.modules[3].name[strlen(ck.modules[3].name) - 1]++);
+    TRY(ck.modules[3].out++);
+    TRY(ck.modules[3].off_b++);
+    TRY(ck.modules[3].off_d++);
+    TRY(ck.n_modules--);
     TRY(ck.r++);
     TRY(ck.max_in++);
     TRY(ck.max_out++);
@@ -412,6 +662,7 @@ static void test_checksum_sensitivity(void) {
 #undef TRY
     CHECK(changed == tried, "%d of %d changes leave the data checksum unchanged", tried - changed, tried);
     CHECK(vd_checkpoint_data_checksum(&ck) == h0, "undo");
+    free(saved_modules);
     vd_checkpoint_free(&ck);
 }
 
@@ -699,37 +950,59 @@ static void test_surgery(void) {
     copy_file(good, bad);
     set_attr(bad, "/", "step", H5T_STD_I32LE, H5T_NATIVE_INT32, &step32);
     expect_refused(bad, "attribute step of / is not int64", "step stored as int32");
-    int32_t version = 2;
+    int32_t version = 3;
     copy_file(good, bad);
     set_attr(bad, "/", "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &version);
-    expect_refused(bad, "format_version 2 is not supported", "format_version 2");
+    expect_refused(bad, "format_version 3 is not supported (this build reads versions 1 to 2)", "format_version 3");
+    version = 0;
+    copy_file(good, bad);
+    set_attr(bad, "/", "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &version);
+    expect_refused(bad, "format_version 0 is not supported", "format_version 0");
+    /* a version-2 file relabelled 1: read as version 1 (the v2-only attributes ignored), the
+     * version-1 data_checksum cannot match */
+    version = 1;
+    copy_file(good, bad);
+    set_attr(bad, "/", "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &version);
+    expect_refused(bad, "data_checksum mismatch", "version 2 file relabelled 1");
     copy_file(good, bad);
     set_attr_str(bad, "/", "format", "some-other-format");
     expect_refused(bad, "not a vera-dist checkpoint", "other format");
+    /* The model config no longer shapes the layout (the module table does), so a changed
+     * shape attribute is a checksum mismatch, and an impossible one is refused as such. */
     int32_t embd = 2 * C_EMBD;
     copy_file(good, bad);
     set_attr(bad, "/model", "n_embd", H5T_STD_I32LE, H5T_NATIVE_INT32, &embd);
-    expect_refused(bad, "max_in", "n_embd doubled");
+    expect_refused(bad, "data_checksum mismatch", "n_embd doubled");
     int32_t layers = 3;
     copy_file(good, bad);
     set_attr(bad, "/model", "n_layer", H5T_STD_I32LE, H5T_NATIVE_INT32, &layers);
-    expect_refused(bad, "module_order of /adapter lists 6 modules", "n_layer 3");
+    expect_refused(bad, "data_checksum mismatch", "n_layer 3");
+    int32_t embd_odd = C_EMBD + 1;
+    copy_file(good, bad);
+    set_attr(bad, "/model", "n_embd", H5T_STD_I32LE, H5T_NATIVE_INT32, &embd_odd);
+    expect_refused(bad, "/model shape is not valid (arch gpt2, n_layer 2, n_head 2, n_embd 9", "n_embd not a multiple of n_head");
     int32_t huge = 1 << 19;
     copy_file(good, bad);
     set_attr(bad, "/model", "n_embd", H5T_STD_I32LE, H5T_NATIVE_INT32, &huge);
     int32_t mi = 4 * huge;
     set_attr(bad, "/vera", "max_in", H5T_STD_I32LE, H5T_NATIVE_INT32, &mi);
-    set_attr(bad, "/vera", "max_out", H5T_STD_I32LE, H5T_NATIVE_INT32, &mi);
-    expect_refused(bad, "too small", "huge n_embd (no huge allocation)");
+    expect_refused(bad, "too small", "huge n_embd and max_in (no huge allocation)");
+    int32_t over = (1 << 24) + 1;
+    copy_file(good, bad);
+    set_attr(bad, "/vera", "max_in", H5T_STD_I32LE, H5T_NATIVE_INT32, &over);
+    expect_refused(bad, "max_in, max_out of /vera are 16777217, 32, expected 1..16777216", "max_in over the bound");
     copy_file(good, bad);
     set_attr_str(bad, "/vera", "target_modules", "all");
-    expect_refused(bad, "module_order of /adapter lists 6 modules; n_layer 2 and target_modules 'all' give 8", "targets all");
+    expect_refused(bad, "data_checksum mismatch", "targets all");
     copy_file(good, bad);
     set_attr_str(bad, "/vera", "target_modules", "attn.c_attn,bogus");
-    expect_refused(bad, "not a valid target list", "bogus targets");
+    expect_refused(bad, "data_checksum mismatch", "bogus targets");
+    copy_file(good, bad);
+    set_attr_str(bad, "/vera", "target_modules", "");
+    expect_refused(bad, "attribute target_modules of /vera is empty", "empty targets");
     copy_file(good, bad);
     swap_module_order(bad);
-    expect_refused(bad, "module_order of /adapter[0] is 'transformer.h.0.mlp.c_fc', expected 'transformer.h.0.attn.c_attn'", "module order swapped");
+    expect_refused(bad, "/adapter/transformer.h.0.mlp.c_fc/lambda_b has 32 elements, expected 24", "module order swapped");
     int32_t zero = 0;
     copy_file(good, bad);
     set_attr(bad, "/vera", "save_projection", H5T_STD_I32LE, H5T_NATIVE_INT32, &zero);
@@ -772,6 +1045,405 @@ static void test_surgery(void) {
     char err[1024];
     CHECK(vd_checkpoint_read(good, &back, err, sizeof(err)) == 0, "good file: %s", err);
     vd_checkpoint_free(&back);
+    vd_checkpoint_free(&ck);
+}
+
+/* The module table is checked for self-consistency, one check at a time. */
+static void test_module_table(void) {
+    printf("module table: self-consistency checks\n");
+    vd_checkpoint ck;
+    make_ck(&ck, 1);
+    char good[512], bad[512], goodl[512];
+    snprintf(good, sizeof(good), "%s/table/good.h5", g_dir);
+    snprintf(goodl, sizeof(goodl), "%s/table/good_llama.h5", g_dir);
+    snprintf(bad, sizeof(bad), "%s/table/bad.h5", g_dir);
+    vd_checkpoint_write(good, &ck, 0);
+    const char *names[64];
+    for (int32_t i = 0; i < ck.n_modules; i++) names[i] = ck.modules[i].name;
+    const int n = ck.n_modules;
+
+    /* names: unique, non-empty, one HDF5 link name */
+    copy_file(good, bad);
+    names[1] = ck.modules[0].name;
+    set_module_order(bad, names, n);
+    names[1] = ck.modules[1].name;
+    expect_refused(bad, "module_order of /adapter lists 'transformer.h.0.attn.c_attn' twice (entries 0 and 1)", "duplicate name");
+    copy_file(good, bad);
+    names[5] = ck.modules[2].name;
+    set_module_order(bad, names, n);
+    names[5] = ck.modules[5].name;
+    expect_refused(bad, "lists 'transformer.h.0.mlp.c_proj' twice (entries 2 and 5)", "duplicate name, apart");
+    copy_file(good, bad);
+    names[2] = "";
+    set_module_order(bad, names, n);
+    names[2] = ck.modules[2].name;
+    expect_refused(bad, "module_order of /adapter[2] is empty", "empty name");
+    copy_file(good, bad);
+    names[3] = "transformer/h.1.attn.c_attn";
+    set_module_order(bad, names, n);
+    expect_refused(bad, "module_order of /adapter[3] is 'transformer/h.1.attn.c_attn', not a module path", "name with '/'");
+    copy_file(good, bad);
+    names[3] = "..";
+    set_module_order(bad, names, n);
+    names[3] = ck.modules[3].name;
+    expect_refused(bad, "module_order of /adapter[3] is '..', not a module path", "name '..'");
+    copy_file(good, bad);
+    set_module_order(bad, names, n - 1);
+    expect_refused(bad, "attribute module_out of /adapter has 6 entries; module_order has 5", "module_order one short");
+    copy_file(good, bad);
+    {
+        char longname[120];
+        memset(longname, 'x', sizeof(longname) - 1);
+        longname[sizeof(longname) - 1] = 0;
+        names[0] = longname;
+        set_module_order(bad, names, n);
+        names[0] = ck.modules[0].name;
+    }
+    expect_refused(bad, "module_order of /adapter has a string size of 120 bytes (at most 96 expected)", "name too long");
+
+    /* lengths and offsets */
+    vd_checkpoint t = ck; /* shares the arrays; only t.modules is replaced below */
+    vd_ckpt_module mods[64];
+    memcpy(mods, ck.modules, sizeof(vd_ckpt_module) * (size_t)n);
+    t.modules = mods;
+#define RESET() memcpy(mods, ck.modules, sizeof(vd_ckpt_module) * (size_t)n), t.n_trainable = ck.n_trainable
+    RESET();
+    mods[0].out = 0;
+    copy_file(good, bad);
+    set_module_table(bad, &t);
+    expect_refused(bad, "module 0 (transformer.h.0.attn.c_attn): lambda_b length (module_out of /adapter) is 0, expected 1..", "out 0");
+    RESET();
+    mods[4].out = -24;
+    copy_file(good, bad);
+    set_module_table(bad, &t);
+    expect_refused(bad, "module 4 (transformer.h.1.mlp.c_fc): lambda_b length (module_out of /adapter) is -24", "out negative");
+    RESET();
+    mods[1].off_b += 1;
+    mods[1].off_d += 1;
+    copy_file(good, bad);
+    set_module_table(bad, &t);
+    expect_refused(bad, "module 1 (transformer.h.0.mlp.c_fc): module_off_b of /adapter is 29, expected 28", "gap before a module");
+    RESET();
+    mods[2].off_d -= 1;
+    copy_file(good, bad);
+    set_module_table(bad, &t);
+    expect_refused(bad, "module 2 (transformer.h.0.mlp.c_proj): module_off_d of /adapter is 71, expected 72 (module_off_b + module_out)", "off_d not after lambda_b");
+    RESET();
+    {   /* two modules' places exchanged: offsets no longer in order */
+        size_t b1 = mods[1].off_b, d1 = mods[1].off_d;
+        mods[1].off_b = mods[2].off_b; mods[1].off_d = mods[2].off_b + (size_t)mods[1].out;
+        mods[2].off_b = b1; mods[2].off_d = b1 + (size_t)mods[2].out;
+        (void)d1;
+    }
+    copy_file(good, bad);
+    set_module_table(bad, &t);
+    expect_refused(bad, "module 1 (transformer.h.0.mlp.c_fc): module_off_b of /adapter is 64, expected 28", "offsets out of order");
+    RESET();
+    t.n_trainable += 1;
+    copy_file(good, bad);
+    set_module_table(bad, &t);
+    expect_refused(bad, "attribute n_trainable of /adapter is 153; the modules' lambda_b and lambda_d lengths add up to 152", "n_trainable one more");
+    RESET();
+    t.n_trainable -= 4;
+    copy_file(good, bad);
+    set_module_table(bad, &t);
+    expect_refused(bad, "n_trainable of /adapter is 148", "n_trainable short");
+    RESET();
+    {   /* a table consistent in itself but not with the datasets: c_attn said to be 12 long */
+        mods[0].out = 12;
+        size_t off = 0;
+        for (int i = 0; i < n; i++) {
+            mods[i].off_b = off;
+            mods[i].off_d = off + (size_t)mods[i].out;
+            off += (size_t)mods[i].out + (size_t)ck.r;
+        }
+        t.n_trainable = off;
+    }
+    copy_file(good, bad);
+    set_module_table(bad, &t);
+    expect_refused(bad, "/adapter/transformer.h.0.attn.c_attn/lambda_b has 24 elements, expected 12", "consistent table, other datasets");
+    RESET();
+    {   /* longer vectors than max_out */
+        int32_t mo = 4 * C_EMBD - 1;
+        copy_file(good, bad);
+        set_attr(bad, "/vera", "max_out", H5T_STD_I32LE, H5T_NATIVE_INT32, &mo);
+        expect_refused(bad, "attribute max_out of /vera is 31; the longest lambda_b (module_out of /adapter) is 32", "max_out too small");
+        mo = 4 * C_EMBD + 1;
+        copy_file(good, bad);
+        set_attr(bad, "/vera", "max_out", H5T_STD_I32LE, H5T_NATIVE_INT32, &mo);
+        expect_refused(bad, "attribute max_out of /vera is 33; the longest lambda_b", "max_out too large");
+    }
+    {   /* a huge but consistent table: refused for the file size, before any allocation */
+        mods[n - 1].out = 1 << 24;
+        size_t off = 0;
+        for (int i = 0; i < n; i++) {
+            mods[i].off_b = off;
+            mods[i].off_d = off + (size_t)mods[i].out;
+            off += (size_t)mods[i].out + (size_t)ck.r;
+        }
+        t.n_trainable = off;
+        int32_t mo = 1 << 24;
+        copy_file(good, bad);
+        set_module_table(bad, &t);
+        set_attr(bad, "/vera", "max_out", H5T_STD_I32LE, H5T_NATIVE_INT32, &mo);
+        expect_refused(bad, "too small for the", "huge module_out (no huge allocation)");
+        RESET();
+        mods[n - 1].out = (1 << 24) + 1;
+        copy_file(good, bad);
+        set_module_table(bad, &t);
+        expect_refused(bad, "lambda_b length (module_out of /adapter) is 16777217, expected 1..16777216", "module_out over the bound");
+    }
+#undef RESET
+    /* the table's types and shapes */
+    copy_file(good, bad);
+    delete_attr(bad, "/adapter", "module_off_d");
+    expect_refused(bad, "/adapter has no attribute 'module_off_d'", "missing module_off_d");
+    copy_file(good, bad);
+    delete_attr(bad, "/adapter", "n_trainable");
+    expect_refused(bad, "/adapter has no attribute 'n_trainable'", "missing n_trainable");
+    {
+        int64_t outs64[64];
+        for (int i = 0; i < n; i++) outs64[i] = ck.modules[i].out;
+        copy_file(good, bad);
+        set_array_attr(bad, "/adapter", "module_out", H5T_STD_I64LE, H5T_NATIVE_INT64, (hsize_t)n, outs64);
+        expect_refused(bad, "attribute module_out of /adapter is not int32", "module_out int64");
+        int32_t o32 = ck.modules[0].out;
+        copy_file(good, bad);
+        set_attr(bad, "/adapter", "module_out", H5T_STD_I32LE, H5T_NATIVE_INT32, &o32);
+        expect_refused(bad, "attribute module_out of /adapter is not a one-dimensional list", "module_out scalar");
+        uint64_t offs[64];
+        for (int i = 0; i < n; i++) offs[i] = ck.modules[i].off_b;
+        copy_file(good, bad);
+        set_array_attr(bad, "/adapter", "module_off_b", H5T_STD_I64LE, H5T_NATIVE_UINT64, (hsize_t)n, offs);
+        expect_refused(bad, "attribute module_off_b of /adapter is not uint64", "module_off_b signed");
+        uint32_t nt32 = (uint32_t)ck.n_trainable;
+        copy_file(good, bad);
+        set_attr(bad, "/adapter", "n_trainable", H5T_STD_U32LE, H5T_NATIVE_UINT32, &nt32);
+        expect_refused(bad, "attribute n_trainable of /adapter is not uint64", "n_trainable uint32");
+    }
+    /* the table is covered by data_checksum: a module renamed consistently everywhere */
+    copy_file(good, bad);
+    {
+        hid_t f = open_rw(bad);
+        H5OK(H5Lmove(f, "/adapter/transformer.h.1.mlp.c_proj", f, "/adapter/transformer.h.1.mlp.c_projX", H5P_DEFAULT, H5P_DEFAULT));
+        H5OK(H5Lmove(f, "/optimizer/exp_avg/transformer.h.1.mlp.c_proj", f, "/optimizer/exp_avg/transformer.h.1.mlp.c_projX", H5P_DEFAULT, H5P_DEFAULT));
+        H5OK(H5Lmove(f, "/optimizer/exp_avg_sq/transformer.h.1.mlp.c_proj", f, "/optimizer/exp_avg_sq/transformer.h.1.mlp.c_projX", H5P_DEFAULT, H5P_DEFAULT));
+        H5OK(H5Fclose(f));
+        char renamed[128];
+        snprintf(renamed, sizeof(renamed), "%sX", ck.modules[5].name);
+        names[5] = renamed;
+        set_module_order(bad, names, n);
+        names[5] = ck.modules[5].name;
+    }
+    expect_refused(bad, "data_checksum mismatch", "module renamed everywhere");
+
+    /* the Llama file's table reads back as written, and its checks name Llama modules */
+    vd_checkpoint cl;
+    make_ck_llama(&cl, 0);
+    vd_checkpoint_write(goodl, &cl, 0);
+    copy_file(goodl, bad);
+    {
+        vd_checkpoint tl = cl;
+        vd_ckpt_module lm[64];
+        memcpy(lm, cl.modules, sizeof(vd_ckpt_module) * (size_t)cl.n_modules);
+        tl.modules = lm;
+        lm[8].off_b += 2; /* model.layers.1.self_attn.k_proj */
+        set_module_table(bad, &tl);
+    }
+    expect_refused(bad, "module 8 (model.layers.1.self_attn.k_proj): module_off_b of /adapter is", "Llama gap");
+    vd_checkpoint_free(&cl);
+
+    vd_checkpoint back;
+    char err[1024];
+    CHECK(vd_checkpoint_read(good, &back, err, sizeof(err)) == 0, "good file: %s", err);
+    vd_checkpoint_free(&back);
+    vd_checkpoint_free(&ck);
+}
+
+/* /model: types, enums by name, and what no model of a family could have. */
+static void test_model_checks(void) {
+    printf("/model: attribute checks\n");
+    vd_checkpoint ck;
+    make_ck_llama(&ck, 0);
+    char good[512], bad[512];
+    snprintf(good, sizeof(good), "%s/modelchk/good.h5", g_dir);
+    snprintf(bad, sizeof(bad), "%s/modelchk/bad.h5", g_dir);
+    vd_checkpoint_write(good, &ck, 0);
+
+    copy_file(good, bad);
+    set_attr_str(bad, "/model", "arch", "mamba");
+    expect_refused(bad, "attribute arch of /model is 'mamba', expected one of 'gpt2', 'llama'", "unknown arch");
+    int32_t one = 1;
+    copy_file(good, bad);
+    set_attr(bad, "/model", "arch", H5T_STD_I32LE, H5T_NATIVE_INT32, &one);
+    expect_refused(bad, "attribute arch of /model is not a string", "arch as int32");
+    copy_file(good, bad);
+    set_attr_str(bad, "/model", "rope_type", "yarn");
+    expect_refused(bad, "attribute rope_type of /model is 'yarn', expected one of 'default', 'llama3'", "unknown rope_type");
+    copy_file(good, bad);
+    set_attr_str(bad, "/model", "arch", "gpt2");
+    expect_refused(bad, "data_checksum mismatch", "arch llama -> gpt2");
+    copy_file(good, bad);
+    set_attr_str(bad, "/model", "rope_type", "default");
+    expect_refused(bad, "data_checksum mismatch", "rope_type llama3 -> default");
+    copy_file(good, bad);
+    set_attr_str(bad, "/model", "hf_architecture", "MistralForCausalLM");
+    expect_refused(bad, "data_checksum mismatch", "hf_architecture changed");
+    copy_file(good, bad);
+    set_attr_str(bad, "/model", "hf_architecture", "An_architecture_name_longer_than_the_field_holds_");
+    expect_refused(bad, "attribute hf_architecture of /model has a string size of 50 bytes (at most 48 expected)", "hf_architecture too long");
+    float theta = 10000.0f;
+    copy_file(good, bad);
+    set_attr(bad, "/model", "rope_theta", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, &theta);
+    expect_refused(bad, "data_checksum mismatch", "rope_theta changed");
+    double theta64 = 500000.0;
+    copy_file(good, bad);
+    set_attr(bad, "/model", "rope_theta", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &theta64);
+    expect_refused(bad, "attribute rope_theta of /model is not float32", "rope_theta float64");
+    int32_t kv = 3;
+    copy_file(good, bad);
+    set_attr(bad, "/model", "n_kv_head", H5T_STD_I32LE, H5T_NATIVE_INT32, &kv);
+    expect_refused(bad, "/model shape is not valid for arch llama (n_head 4, n_kv_head 3, head_dim 3, intermediate_size 20)", "n_head not a multiple of n_kv_head");
+    int32_t zero = 0;
+    copy_file(good, bad);
+    set_attr(bad, "/model", "head_dim", H5T_STD_I32LE, H5T_NATIVE_INT32, &zero);
+    expect_refused(bad, "not valid for arch llama", "head_dim 0");
+    int32_t two = 2;
+    copy_file(good, bad);
+    set_attr(bad, "/model", "tie_word_embeddings", H5T_STD_I32LE, H5T_NATIVE_INT32, &two);
+    expect_refused(bad, "attribute tie_word_embeddings of /model is 2, expected 0 or 1", "tie_word_embeddings 2");
+    copy_file(good, bad);
+    delete_attr(bad, "/model", "rope_original_max_position_embeddings");
+    expect_refused(bad, "/model has no attribute 'rope_original_max_position_embeddings'", "missing v2 attribute in a v2 file");
+    copy_file(good, bad);
+    delete_attr(bad, "/model", "hf_architecture");
+    expect_refused(bad, "/model has no attribute 'hf_architecture'", "missing hf_architecture");
+    /* a Llama checkpoint relabelled version 1 is read as GPT-2 and cannot verify */
+    copy_file(good, bad);
+    set_attr(bad, "/", "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &one);
+    expect_refused(bad, NULL, "Llama file relabelled 1");
+
+    vd_checkpoint back;
+    char err[1024];
+    CHECK(vd_checkpoint_read(good, &back, err, sizeof(err)) == 0, "good file: %s", err);
+    vd_checkpoint_free(&back);
+    vd_checkpoint_free(&ck);
+}
+
+/* Version-1 files (GPT-2 only, before the model config and module table were stored) still
+ * read, with GPT-2 defaults for the rest; their own damage is still refused. */
+static void test_v1(int with_proj) {
+    printf("version-1 file, %s projections\n", with_proj ? "with" : "without");
+    vd_checkpoint ck, back;
+    make_ck(&ck, with_proj);
+    char v2[512], v1[512], bad[512], why[128], err[1024] = "";
+    snprintf(v2, sizeof(v2), "%s/v1_%d/v2.h5", g_dir, with_proj);
+    snprintf(v1, sizeof(v1), "%s/v1_%d/v1.h5", g_dir, with_proj);
+    snprintf(bad, sizeof(bad), "%s/v1_%d/bad.h5", g_dir, with_proj);
+    vd_checkpoint_write(v2, &ck, 0);
+    make_v1(v2, v1, &ck);
+
+    int rc = vd_checkpoint_read(v1, &back, err, sizeof(err));
+    CHECK(rc == 0, "version-1 file refused: %s", err);
+    if (rc == 0) {
+        CHECK(back.format_version == 1, "format_version %d", (int)back.format_version);
+        CHECK(ck_equal(&ck, &back, why, sizeof(why)), "version-1 read differs: %s", why);
+        CHECK(back.model.arch == VD_ARCH_GPT2 && back.model.rope_type == VD_ROPE_DEFAULT && back.model.n_kv_head == 0 &&
+              back.model.head_dim == 0 && back.model.intermediate == 0 && back.model.rope_theta == 0.0f &&
+              back.model.hf_architecture[0] == 0, "version-1 defaults");
+        /* the module table rebuilt from the datasets */
+        for (int32_t i = 0; i < back.n_modules; i++)
+            CHECK(back.modules[i].out == ck.modules[i].out && back.modules[i].off_b == ck.modules[i].off_b &&
+                  back.modules[i].off_d == ck.modules[i].off_d, "module %d layout", (int)i);
+        CHECK(back.n_trainable == ck.n_trainable, "n_trainable %zu", back.n_trainable);
+        /* rewriting what was read gives a version-2 file with the same content */
+        char again[512];
+        snprintf(again, sizeof(again), "%s/v1_%d/again.h5", g_dir, with_proj);
+        vd_checkpoint_write(again, &back, 0);
+        vd_checkpoint back2;
+        CHECK(vd_checkpoint_read(again, &back2, err, sizeof(err)) == 0, "rewritten: %s", err);
+        CHECK(back2.format_version == 2 && ck_equal(&ck, &back2, why, sizeof(why)), "rewritten: %s", why);
+        vd_checkpoint_free(&back2);
+        vd_checkpoint_free(&back);
+    }
+
+    /* damage in a version-1 file */
+    copy_file(v1, bad);
+    delete_attr(bad, "/model", "n_embd");
+    expect_refused(bad, "/model has no attribute 'n_embd'", "v1 missing n_embd");
+    copy_file(v1, bad);
+    {
+        uint64_t h = vd_checkpoint_data_checksum(&ck); /* version 2's definition */
+        set_attr(bad, "/", "data_checksum", H5T_STD_U64LE, H5T_NATIVE_UINT64, &h);
+    }
+    expect_refused(bad, "data_checksum mismatch", "v1 file with a version-2 checksum");
+    copy_file(v1, bad);
+    hsize_t d12[1] = {12};
+    replace_dataset(bad, "/adapter/transformer.h.0.attn.c_attn/lambda_b", H5T_IEEE_F32LE, 1, d12);
+    expect_refused(bad, "/optimizer/exp_avg/transformer.h.0.attn.c_attn/lambda_b has 24 elements, expected 12", "v1 short lambda_b");
+    copy_file(v1, bad);
+    hsize_t d40[1] = {40};
+    replace_dataset(bad, "/adapter/transformer.h.1.mlp.c_fc/lambda_b", H5T_IEEE_F32LE, 1, d40);
+    expect_refused(bad, "attribute max_out of /vera is 32; the longest lambda_b (module_out of /adapter) is 40", "v1 lambda_b longer than max_out");
+    copy_file(v1, bad);
+    hsize_t d0[1] = {0};
+    replace_dataset(bad, "/adapter/transformer.h.1.mlp.c_fc/lambda_b", H5T_IEEE_F32LE, 1, d0);
+    expect_refused(bad, "module 4 (transformer.h.1.mlp.c_fc): lambda_b length (module_out of /adapter) is 0", "v1 empty lambda_b");
+    copy_file(v1, bad);
+    hsize_t d2[2] = {4, 6};
+    replace_dataset(bad, "/adapter/transformer.h.0.attn.c_attn/lambda_b", H5T_IEEE_F32LE, 2, d2);
+    expect_refused(bad, "/adapter/transformer.h.0.attn.c_attn/lambda_b has 2 dimensions, expected 1", "v1 2-D lambda_b");
+    copy_file(v1, bad);
+    delete_object(bad, "/adapter/transformer.h.1.attn.c_attn");
+    expect_refused(bad, "group /adapter/transformer.h.1.attn.c_attn is missing", "v1 missing module group");
+    copy_file(v1, bad);
+    swap_module_order(bad);
+    expect_refused(bad, "data_checksum mismatch", "v1 module order swapped");
+    copy_file(v1, bad);
+    {
+        const char *names[64];
+        for (int32_t i = 0; i < ck.n_modules; i++) names[i] = ck.modules[i].name;
+        names[3] = names[0];
+        set_module_order(bad, names, ck.n_modules);
+    }
+    expect_refused(bad, "lists 'transformer.h.0.attn.c_attn' twice (entries 0 and 3)", "v1 duplicate name");
+    int32_t layers = 3;
+    copy_file(v1, bad);
+    set_attr(bad, "/model", "n_layer", H5T_STD_I32LE, H5T_NATIVE_INT32, &layers);
+    expect_refused(bad, "data_checksum mismatch", "v1 n_layer changed");
+    copy_file(v1, bad);
+    nudge_dataset(bad, "/optimizer/exp_avg/transformer.h.1.mlp.c_proj/lambda_d", 0.5f);
+    expect_refused(bad, "data_checksum mismatch", "v1 changed moment");
+    if (with_proj) {
+        copy_file(v1, bad);
+        nudge_dataset(bad, "/projection/A", 0.5f);
+        expect_refused(bad, "projection_checksum", "v1 changed A");
+    }
+    /* a version-1 file is GPT-2: a Llama model attribute in it is not read, so it cannot
+     * make the file verify as anything else */
+    copy_file(v1, bad);
+    set_attr_str(bad, "/model", "arch", "llama");
+    rc = vd_checkpoint_read(bad, &back, err, sizeof(err));
+    CHECK(rc == 0 && back.model.arch == VD_ARCH_GPT2, "v1 with an arch attribute: %s", rc ? err : "read as llama");
+    if (rc == 0) vd_checkpoint_free(&back);
+
+    /* byte flips over the version-1 file: refused, or identical data */
+    size_t n;
+    unsigned char *orig = slurp(v1, &n);
+    unsigned char *buf = mallocCheck(n);
+    g_flip_detected = g_flip_harmless = 0;
+    int cases = 0;
+    for (size_t o = 13; o < n; o += 211) {
+        memcpy(buf, orig, n);
+        buf[o] ^= 0xFF;
+        spit(bad, buf, n);
+        check_damaged(bad, &ck, "v1 flip");
+        cases++;
+    }
+    printf("  %d flips: %d refused, %d harmless\n", cases, g_flip_detected, g_flip_harmless);
+    CHECK(g_flip_detected > cases / 2, "only %d of %d flips in the v1 file were detected", g_flip_detected, cases);
+    free(buf);
+    free(orig);
     vd_checkpoint_free(&ck);
 }
 
@@ -921,12 +1593,20 @@ int main(void) {
     if (!mkdtemp(g_dir)) { perror("mkdtemp"); return 2; }
     printf("working in %s\n", g_dir);
 
-    test_round_trip(1);
-    test_round_trip(0);
-    test_checksum_sensitivity();
+    test_round_trip(1, 0);
+    test_round_trip(0, 0);
+    test_round_trip(1, 1);
+    test_round_trip(0, 1);
+    test_model_attributes();
+    test_checksum_sensitivity(0);
+    test_checksum_sensitivity(1);
     test_list_prune();
     test_corruption();
     test_surgery();
+    test_module_table();
+    test_model_checks();
+    test_v1(1);
+    test_v1(0);
     test_quiet();
     test_write_failures();
     test_kill_mid_write(0);

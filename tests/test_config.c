@@ -3,6 +3,7 @@
  * serialization (round trip and first difference). */
 #define _POSIX_C_SOURCE 200809L
 #include "vera/config.h"
+#include "vera/model.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -79,7 +80,7 @@ static void validate_edited_fn(void *arg) {
 }
 static void edit_r0(vd_config *c) { c->r = 0; }
 static void edit_lr_nan(vd_config *c) { c->lr = NAN; }
-static void edit_mask(vd_config *c) { c->target_mask = VD_TARGET_MLP_FC; }
+static void edit_mask(vd_config *c) { snprintf(c->target_modules, sizeof(c->target_modules), "mlp.c_fc, attn.c_attn"); }
 static void edit_device(vd_config *c) { snprintf(c->device, sizeof(c->device), "gpu"); }
 static void edit_bool(vd_config *c) { c->overwrite = 2; }
 
@@ -129,7 +130,6 @@ static void test_defaults(void) {
     CHECK(c.d_initial == 0.1f, "d_initial %g", c.d_initial);
     CHECK(c.projection_prng_key == 0, "key");
     CHECK(strcmp(c.target_modules, "attn.c_attn") == 0, "target_modules '%s'", c.target_modules);
-    CHECK(c.target_mask == VD_TARGET_ATTN_QKV, "target_mask %u", c.target_mask);
     CHECK(c.vera_dropout == 0.0f, "vera_dropout");
     CHECK(c.batch_size == 4 && c.seq_len == 64 && c.grad_accum == 1, "batch %d seq %d accum %d", c.batch_size,
           c.seq_len, c.grad_accum);
@@ -181,7 +181,7 @@ static void test_ini(void) {
     CHECK(strcmp(c.val_data, "data/val_*.bin") == 0, "val_data '%s'", c.val_data);
     CHECK(strcmp(c.out_dir, "out/x") == 0, "out_dir '%s'", c.out_dir);
     CHECK(c.r == 64, "r %d", c.r);
-    CHECK(c.target_mask == (VD_TARGET_MLP_FC | VD_TARGET_ATTN_QKV), "mask %u", c.target_mask);
+    CHECK(strcmp(c.target_modules, "attn.c_attn,mlp.c_fc") == 0, "target_modules '%s'", c.target_modules);
     CHECK(c.projection_prng_key == UINT64_MAX, "key %llu", (unsigned long long)c.projection_prng_key);
     CHECK(c.d_initial == 1.5f, "d_initial %g", c.d_initial);
     CHECK(c.lr == 1e-2f, "lr %g", c.lr);
@@ -298,7 +298,7 @@ static void test_cli_errors(void) {
     /* target_modules */
     PARSE_DIES("--target_modules: unknown module 'mlp.fc' (did you mean 'mlp.c_fc'?)", "--target_modules", "mlp.fc");
     PARSE_DIES("--target_modules: 'mlp.c_fc' is listed twice", "--target_modules", "mlp.c_fc,mlp.c_proj,mlp.c_fc");
-    PARSE_DIES("--target_modules: empty value; accepted: all, or", "--target_modules", "");
+    PARSE_DIES("--target_modules: empty value; accepted: all, all-linear, or", "--target_modules", "");
     PARSE_DIES("--target_modules: empty entry", "--target_modules", "attn.c_attn,,mlp.c_fc");
     PARSE_DIES("--target_modules: empty entry", "--target_modules", "attn.c_attn,");
     PARSE_DIES("--target_modules: 'all' cannot be combined", "--target_modules", "all,mlp.c_fc");
@@ -324,23 +324,56 @@ static void test_validate(void) {
                   "--seq_len", "1048576");
     CHECK_DIES(validate_edited_fn, &(edit_arg){edit_r0}, "r = 0 is out of range [1, 65536]");
     CHECK_DIES(validate_edited_fn, &(edit_arg){edit_lr_nan}, "lr = nan is out of range (0, 10]");
-    CHECK_DIES(validate_edited_fn, &(edit_arg){edit_mask}, "does not match target_mask");
+    CHECK_DIES(validate_edited_fn, &(edit_arg){edit_mask}, "is not in normalized form");
     CHECK_DIES(validate_edited_fn, &(edit_arg){edit_device}, "device: expected one of cpu, cuda, auto");
     CHECK_DIES(validate_edited_fn, &(edit_arg){edit_bool}, "overwrite = 2: expected 0 or 1");
 }
 
+/* target_modules: config.c checks the spelling against every family's names; the family of
+ * the model decides the layers (vd_model_parse_targets). */
+static uint32_t gpt2_targets(const char *s) {
+    char err[256];
+    return vd_model_parse_targets(&vd_family_gpt2, s, err, sizeof(err));
+}
+static uint32_t llama_targets(const char *s) {
+    char err[256];
+    return vd_model_parse_targets(&vd_family_llama, s, err, sizeof(err));
+}
+
 static void test_targets(void) {
-    CHECK(vd_config_parse_targets("all") == VD_TARGET_ALL, "all");
-    CHECK(vd_config_parse_targets("attn.c_attn") == VD_TARGET_ATTN_QKV, "qkv");
-    CHECK(vd_config_parse_targets("attn.c_proj") == VD_TARGET_ATTN_PROJ, "attn proj");
-    CHECK(vd_config_parse_targets(" mlp.c_proj ,\tattn.c_attn ") == (VD_TARGET_MLP_PROJ | VD_TARGET_ATTN_QKV), "subset");
-    CHECK(vd_config_parse_targets("mlp.c_proj,mlp.c_fc,attn.c_proj,attn.c_attn") == VD_TARGET_ALL, "all four");
-    CHECK(vd_config_parse_targets("mlp.c_fc,mlp.c_fc") == 0, "duplicate");
-    CHECK(vd_config_parse_targets("all,all") == 0, "duplicate all");
-    CHECK(vd_config_parse_targets("") == 0, "empty");
-    CHECK(vd_config_parse_targets(" , ") == 0, "empty entries");
-    CHECK(vd_config_parse_targets("ATTN.C_ATTN") == 0, "case matters");
-    CHECK(vd_config_parse_targets("attn.c_attn mlp.c_fc") == 0, "space is not a separator");
+    CHECK(gpt2_targets("all") == 0xF && gpt2_targets("all-linear") == 0xF, "all");
+    CHECK(gpt2_targets("attn.c_attn") == 1 && gpt2_targets("c_attn") == 1, "qkv");
+    CHECK(gpt2_targets("attn.c_proj") == 2, "attn proj");
+    CHECK(gpt2_targets("c_proj") == (2 | 8), "c_proj selects both projections (PEFT suffix rule)");
+    CHECK(gpt2_targets(" mlp.c_proj ,\tattn.c_attn ") == (8 | 1), "subset");
+    CHECK(gpt2_targets("mlp.c_proj,mlp.c_fc,attn.c_proj,attn.c_attn") == 0xF, "all four");
+    CHECK(gpt2_targets("q_proj") == 0, "a Llama name selects no GPT-2 layer");
+    CHECK(gpt2_targets("proj") == 0, "a partial component matches nothing");
+    CHECK(llama_targets("all-linear") == 0x7F, "llama all");
+    CHECK(llama_targets("q_proj,v_proj") == (1 | 4), "llama q, v");
+    CHECK(llama_targets("self_attn.o_proj,down_proj") == (8 | 64), "llama full path and short name");
+    CHECK(llama_targets("c_attn") == 0, "a GPT-2 name selects no Llama layer");
+    char canon[256];
+    vd_model_format_targets(&vd_family_gpt2, 0xF, canon, sizeof(canon));
+    CHECK(!strcmp(canon, "all"), "canonical all: %s", canon);
+    vd_model_format_targets(&vd_family_gpt2, 8 | 1, canon, sizeof(canon));
+    CHECK(!strcmp(canon, "attn.c_attn,mlp.c_proj"), "canonical gpt2: %s", canon);
+    vd_model_format_targets(&vd_family_llama, 1 | 4 | 32, canon, sizeof(canon));
+    CHECK(!strcmp(canon, "mlp.up_proj,self_attn.q_proj,self_attn.v_proj"), "canonical llama: %s", canon);
+    /* the config parser: spelling, duplicates, normal form */
+    vd_config c;
+    char terr[512];
+    vd_config_defaults(&c);
+    CHECK(vd_config_set(&c, "target_modules", "mlp.c_fc,mlp.c_fc", terr, sizeof(terr)) != 0, "duplicate");
+    CHECK(vd_config_set(&c, "target_modules", "all,all", terr, sizeof(terr)) != 0, "duplicate all");
+    CHECK(vd_config_set(&c, "target_modules", "", terr, sizeof(terr)) != 0, "empty");
+    CHECK(vd_config_set(&c, "target_modules", " , ", terr, sizeof(terr)) != 0, "empty entries");
+    CHECK(vd_config_set(&c, "target_modules", "ATTN.C_ATTN", terr, sizeof(terr)) != 0, "case matters");
+    CHECK(vd_config_set(&c, "target_modules", "attn.c_attn mlp.c_fc", terr, sizeof(terr)) != 0, "space is not a separator");
+    CHECK(vd_config_set(&c, "target_modules", "v_proj, q_proj", terr, sizeof(terr)) == 0 &&
+              !strcmp(c.target_modules, "q_proj,v_proj"), "llama names normalize: %s", c.target_modules);
+    CHECK(vd_config_set(&c, "target_modules", "all-linear", terr, sizeof(terr)) == 0 && !strcmp(c.target_modules, "all"),
+          "all-linear normalizes to all");
 
     /* the serialized form is canonical: same mask, same text */
     vd_config a, b;
@@ -355,7 +388,9 @@ static void test_targets(void) {
     CHECK(strstr(sa, "\ntarget_modules = attn.c_attn,mlp.c_fc\n") != NULL, "canonical order:\n%s", sa);
     SET(&a, "target_modules", "mlp.c_proj,mlp.c_fc,attn.c_proj,attn.c_attn");
     serialize(&a, sa, sizeof(sa));
-    CHECK(strstr(sa, "\ntarget_modules = all\n") != NULL, "all four serialize as all");
+    /* which names make "all" depends on the family: the trainer writes the family's canonical
+     * form (vd_model_format_targets: "all") once the model is read */
+    CHECK(strstr(sa, "\ntarget_modules = attn.c_attn,attn.c_proj,mlp.c_fc,mlp.c_proj\n") != NULL, "all four sorted:\n%s", sa);
 
     /* vd_config_set leaves the struct untouched on failure */
     char err[512];
@@ -410,7 +445,7 @@ static void test_serialize(void) {
     CHECK(strcmp(s1, s2) == 0, "round trip differs:\n%s\nvs\n%s", s1, s2);
     CHECK(memcmp(&a.lr, &b.lr, sizeof(float)) == 0 && memcmp(&a.adam_eps, &b.adam_eps, sizeof(float)) == 0 &&
           memcmp(&a.beta2, &b.beta2, sizeof(float)) == 0, "float bits differ after the round trip");
-    CHECK(b.target_mask == a.target_mask && b.projection_prng_key == a.projection_prng_key, "mask / key");
+    CHECK(!strcmp(b.target_modules, a.target_modules) && b.projection_prng_key == a.projection_prng_key, "targets / key");
 
     /* every float in a range survives text and back bit for bit */
     uint32_t state = 12345;
@@ -528,7 +563,7 @@ static void test_shipped_configs(void) {
         vd_config_validate(&c);
         CHECK(c.model[0] && c.train_data[0], "%s", names[i]);
         if (i == 1) {
-            CHECK(strcmp(c.model, "out/demo/model") == 0 && c.r == 64 && c.target_mask == VD_TARGET_ALL &&
+            CHECK(strcmp(c.model, "out/demo/model") == 0 && c.r == 64 && !strcmp(c.target_modules, "all") &&
                       c.grad_accum == 2 && c.max_steps == 150 && c.eval_every == 50,
                   "demo.ini values");
         }

@@ -132,17 +132,19 @@ static void run_case(vd_weff_policy policy) {
     for (size_t i = 0; i < vd_gpt2_num_params(&mc); i++) hp[i] *= 5.0f; /* a less linear regime */
     /* LayerNorm parameters away from 1/0 so their use is tested too */
     uint64_t seed = 5;
-    vd_gpt2 m;
-    vd_gpt2_init(&m, be, &mc, hp);
+    vd_model mm; /* through the model seam; m is its GPT-2 */
+    vd_model_init(&mm, be, &mc, hp);
+    vd_gpt2 *m = mm.gpt2;
     for (int i = 0; i < mc.n_layer * mc.channels; i++) {
-        m.params.ln1w[i] = 1.0f + 0.3f * (float)urand(&seed);
-        m.params.ln2b[i] = 0.3f * (float)urand(&seed);
+        m->params.ln1w[i] = 1.0f + 0.3f * (float)urand(&seed);
+        m->params.ln2b[i] = 0.3f * (float)urand(&seed);
     }
     int B = 2, T = 6;
-    vd_gpt2_alloc_acts(&m, B, T);
+    vd_gpt2_alloc_acts(m, B, T);
     vd_vera v;
-    vd_vera_options vo = {4, 0.1f, 1, VD_TARGET_ALL, 0.0f};
-    vd_vera_init(&v, be, &m, &vo);
+    vd_vera_options vo = {4, 0.1f, 1, 0xF /* all four */, 0.0f};
+    vd_vera_init(&v, be, &mm, &vo);
+    vd_model_set_adapter(&mm, &v);
     vd_vera_alloc_acts(&v, B * T, B * T, policy);
     for (size_t i = 0; i < v.n_trainable; i++) v.params[i] = (float)(0.5 * urand(&seed));
     vd_vera_refresh(&v);
@@ -150,12 +152,12 @@ static void run_case(vd_weff_policy policy) {
     for (int i = 0; i < B * T; i++) { tok[i] = (int32_t)(vd_mix64(seed + (uint64_t)i) % 32); tgt[i] = (int32_t)(vd_mix64(seed * 3 + (uint64_t)i) % 32); }
     vd_fwd_ctx ctx = {1, 0, 0};
     vd_vera_zero_grads(&v);
-    double loss = vd_gpt2_forward(&m, tok, tgt, B, &ctx) / (B * T);
-    vd_gpt2_backward(&m, 1.0f / (float)(B * T), &ctx);
+    double loss = vd_gpt2_forward(m, tok, tgt, B, &ctx) / (B * T);
+    vd_gpt2_backward(m, 1.0f / (float)(B * T), &ctx);
 
     double *p = malloc(sizeof(double) * v.n_trainable);
     for (size_t i = 0; i < v.n_trainable; i++) p[i] = v.params[i];
-    ref_model rm = {&m, &v, tok, tgt, B, T};
+    ref_model rm = {m, &v, tok, tgt, B, T};
     double ref = ref_forward(&rm, p);
     CHECK_CLOSE(loss, ref, 1e-5, 0, "model loss vs double reference");
     const double h = 1e-5;
@@ -180,7 +182,7 @@ static void run_case(vd_weff_policy policy) {
     CHECK(checked == (int)(2 * (3 * 16 + 16 + 4 * 16 + 16 + 4 * 4)), "checked %d", checked);
     free(p);
     vd_vera_free(&v);
-    vd_gpt2_free(&m);
+    vd_model_free(&mm);
     free(hp);
 }
 

@@ -1,6 +1,8 @@
 /* test_weights.c: vd_weights on Hugging Face directories written here: a single
  * model.safetensors, a sharded model with model.safetensors.index.json, F16/BF16 tensors from
- * hand-built bytes, and every malformed directory dying with one line naming the file. */
+ * hand-built bytes, and every malformed directory dying with one line naming the file; then a
+ * hand-built GGUF (F32, F16, BF16, Q8_0, Q4_0, Q4_1; q/k un-permuted; synthesized config) and
+ * malformed GGUF files. */
 #define _POSIX_C_SOURCE 200809L
 #include <cjson/cJSON.h>
 #include <stdint.h>
@@ -205,6 +207,14 @@ static void die_read_missing(void *arg) {
     vd_weights_read_f32(w, "model.nope", 1, s2, got);
 }
 
+static void die_read_gguf_shape(void *arg) {
+    (void)arg;
+    vd_weights *w = vd_weights_open(g_arg);
+    static float got[128];
+    int64_t s[2] = {32, 4};
+    vd_weights_read_f32(w, "model.layers.0.self_attn.q_proj.weight", 2, s, got);
+}
+
 static void test_errors(void) {
     char p[512], needle[600];
 
@@ -290,12 +300,273 @@ static void test_errors(void) {
     CHECK_DIES(die_open, NULL, "config.json: neither a directory nor a GGUF file");
 }
 
+/* ----------------------------------------------------------------------------------------- */
+/* GGUF, hand-built (tests/python/test_gguf.py checks real writers, transformers and gguf-py;
+ * this keeps the unit suite covering the format without Python) */
+
+typedef struct {
+    uint8_t *p;
+    size_t n, cap;
+} buf_t;
+
+static void put(buf_t *b, const void *src, size_t n) {
+    if (b->n + n > b->cap) {
+        b->cap = (b->n + n) * 2 + 256;
+        b->p = realloc(b->p, b->cap);
+        if (!b->p) { perror("realloc"); exit(1); }
+    }
+    memcpy(b->p + b->n, src, n);
+    b->n += n;
+}
+static void put_u32(buf_t *b, uint32_t v) { put(b, &v, 4); }
+static void put_u64(buf_t *b, uint64_t v) { put(b, &v, 8); }
+static void put_str(buf_t *b, const char *s) { put_u64(b, strlen(s)); put(b, s, strlen(s)); }
+static void kv_u32(buf_t *b, const char *k, uint32_t v) { put_str(b, k); put_u32(b, 4); put_u32(b, v); }
+static void kv_f32(buf_t *b, const char *k, float v) { put_str(b, k); put_u32(b, 6); put(b, &v, 4); }
+static void kv_str(buf_t *b, const char *k, const char *v) { put_str(b, k); put_u32(b, 8); put_str(b, v); }
+
+typedef struct {
+    const char *name;
+    uint32_t type, n_dims;
+    uint64_t ne[2];
+    const void *data;
+    size_t nbytes;
+} gt_t;
+
+/* [header][kv][tensor infos][pad to 32][tensor data, each padded to 32] */
+static void write_gguf(const char *path, const char *arch, const gt_t *ts, int nt) {
+    buf_t b = {0};
+    put(&b, "GGUF", 4);
+    put_u32(&b, 3);
+    put_u64(&b, (uint64_t)nt);
+    put_u64(&b, 10);
+    kv_str(&b, "general.architecture", arch);
+    kv_u32(&b, "llama.block_count", 1);
+    kv_u32(&b, "llama.embedding_length", 32);
+    kv_u32(&b, "llama.feed_forward_length", 2);
+    kv_u32(&b, "llama.attention.head_count", 1);
+    kv_u32(&b, "llama.context_length", 64);
+    kv_f32(&b, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    /* tokenizer.ggml.tokens, a string array, gives the vocabulary size (no llama.vocab_size) */
+    put_str(&b, "tokenizer.ggml.tokens");
+    put_u32(&b, 9);
+    put_u32(&b, 8);
+    put_u64(&b, 3);
+    put_str(&b, "a");
+    put_str(&b, "b");
+    put_str(&b, "c");
+    kv_u32(&b, "tokenizer.ggml.bos_token_id", 1);
+    /* an array of arrays of u16: skipped, but walked with bounds checks */
+    put_str(&b, "x.nested");
+    put_u32(&b, 9);
+    put_u32(&b, 9);
+    put_u64(&b, 2);
+    for (int i = 0; i < 2; i++) {
+        put_u32(&b, 2);
+        put_u64(&b, 3);
+        uint16_t v[3] = {1, 2, 3};
+        put(&b, v, 6);
+    }
+    uint64_t off = 0;
+    for (int i = 0; i < nt; i++) {
+        put_str(&b, ts[i].name);
+        put_u32(&b, ts[i].n_dims);
+        for (uint32_t d = 0; d < ts[i].n_dims; d++) put_u64(&b, ts[i].ne[d]);
+        put_u32(&b, ts[i].type);
+        put_u64(&b, off);
+        off += (ts[i].nbytes + 31) / 32 * 32;
+    }
+    static const uint8_t zeros[32] = {0};
+    put(&b, zeros, (32 - b.n % 32) % 32);
+    for (int i = 0; i < nt; i++) {
+        put(&b, ts[i].data, ts[i].nbytes);
+        put(&b, zeros, (32 - ts[i].nbytes % 32) % 32);
+    }
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(b.p, 1, b.n, f) != b.n || fclose(f) != 0) { fprintf(stderr, "%s: write failed\n", path); exit(1); }
+    free(b.p);
+}
+
+/* The tensors of a one-layer "model" (hidden 32, one head, q/k with 4 rows so head_dim / 2 = 2
+ * and the RoPE permutation is not the identity), each row distinguishable. */
+static float g_embd[3 * 32];
+static uint8_t g_q8[4 * 34], g_q40[4 * 18], g_q41[2 * 20], g_f16[8], g_bf16[8];
+
+static void make_gguf_tensors(gt_t *ts) {
+    for (int i = 0; i < 96; i++) g_embd[i] = (float)i * 0.25f - 3.0f;
+    for (int r = 0; r < 4; r++) { /* Q8_0: d = 0.5 (f16 0x3800), q = 10 r + j - 16 */
+        uint8_t *blk = g_q8 + 34 * r;
+        blk[0] = 0x00, blk[1] = 0x38;
+        for (int j = 0; j < 32; j++) blk[2 + j] = (uint8_t)(int8_t)(10 * r + j - 16);
+    }
+    for (int r = 0; r < 4; r++) { /* Q4_0: d = 0.25 * (r + 1), nibbles j and 15 - j */
+        uint8_t *blk = g_q40 + 18 * r;
+        const uint16_t d[4] = {0x3400, 0x3800, 0x3a00, 0x3c00}; /* 0.25 0.5 0.75 1 */
+        memcpy(blk, &d[r], 2);
+        for (int j = 0; j < 16; j++) blk[2 + j] = (uint8_t)(j | ((15 - j) << 4));
+    }
+    for (int r = 0; r < 2; r++) { /* Q4_1: d = 0.5, m = -1 - r */
+        uint8_t *blk = g_q41 + 20 * r;
+        const uint16_t d = 0x3800, m[2] = {0xbc00, 0xc000}; /* -1, -2 */
+        memcpy(blk, &d, 2);
+        memcpy(blk + 2, &m[r], 2);
+        for (int j = 0; j < 16; j++) blk[4 + j] = (uint8_t)(j | ((15 - j) << 4));
+    }
+    memcpy(g_f16, k_f16, 8);
+    memcpy(g_bf16, k_bf16, 8);
+    const gt_t t[6] = {
+        {"token_embd.weight", 0, 2, {32, 3}, g_embd, sizeof(g_embd)},
+        {"blk.0.attn_q.weight", 8, 2, {32, 4}, g_q8, sizeof(g_q8)},
+        {"blk.0.attn_k.weight", 2, 2, {32, 4}, g_q40, sizeof(g_q40)},
+        {"blk.0.ffn_down.weight", 3, 2, {32, 2}, g_q41, sizeof(g_q41)},
+        {"blk.0.attn_norm.weight", 1, 1, {4, 0}, g_f16, 8},
+        {"output_norm.weight", 30, 1, {4, 0}, g_bf16, 8},
+    };
+    memcpy(ts, t, sizeof(t));
+}
+
+static void test_gguf(void) {
+    char p[512];
+    gt_t ts[6];
+    make_gguf_tensors(ts);
+    mkpath(p, sizeof(p), "tiny.gguf", NULL);
+    write_gguf(p, "llama", ts, 6);
+    vd_weights *w = vd_weights_open(p);
+    CHECK(strcmp(vd_weights_config_path(w), p) == 0, "config path of a GGUF is the file");
+
+    const cJSON *cfg = vd_weights_config(w);
+    struct { const char *key; double want; } nums[] = {
+        {"hidden_size", 32}, {"intermediate_size", 2}, {"num_hidden_layers", 1}, {"num_attention_heads", 1},
+        {"num_key_value_heads", 1}, {"head_dim", 32}, {"max_position_embeddings", 64}, {"vocab_size", 3},
+        {"rope_theta", 10000}, {"rms_norm_eps", (double)1e-5f}, {"bos_token_id", 1},
+    };
+    for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(cfg, nums[i].key);
+        CHECK(cJSON_IsNumber(v) && v->valuedouble == nums[i].want, "config %s", nums[i].key);
+    }
+    CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(cfg, "tie_word_embeddings")), "tied without output.weight");
+    CHECK(!cJSON_GetObjectItemCaseSensitive(cfg, "eos_token_id"), "no eos_token_id in the metadata, none in the config");
+    const cJSON *mt = cJSON_GetObjectItemCaseSensitive(cfg, "model_type");
+    CHECK(cJSON_IsString(mt) && strcmp(mt->valuestring, "llama") == 0, "model_type");
+
+    CHECK(vd_weights_has(w, "model.embed_tokens.weight") && vd_weights_has(w, "model.norm.weight") &&
+              vd_weights_has(w, "model.layers.0.self_attn.q_proj.weight") &&
+              vd_weights_has(w, "model.layers.0.input_layernorm.weight"), "HF names");
+    CHECK(!vd_weights_has(w, "lm_head.weight") && !vd_weights_has(w, "token_embd.weight"), "no GGUF names, no head");
+
+    static float got[128];
+    int64_t s_emb[2] = {3, 32}, s_q[2] = {4, 32}, s_down[2] = {2, 32}, s4[1] = {4};
+    vd_weights_read_f32(w, "model.embed_tokens.weight", 2, s_emb, got);
+    CHECK(same_bits(got, g_embd, 96), "F32 embedding");
+    /* stored rows 0 1 2 3 are HF rows 0 2 1 3 (one head, head_dim / 2 = 2) */
+    const int hf_from_stored[4] = {0, 2, 1, 3};
+    vd_weights_read_f32(w, "model.layers.0.self_attn.q_proj.weight", 2, s_q, got);
+    int ok = 1;
+    for (int r = 0; r < 4; r++)
+        for (int j = 0; j < 32; j++) ok &= got[hf_from_stored[r] * 32 + j] == (float)(10 * r + j - 16) * 0.5f;
+    CHECK(ok, "Q8_0 q_proj dequantized and un-permuted");
+    vd_weights_read_f32(w, "model.layers.0.self_attn.k_proj.weight", 2, s_q, got);
+    ok = 1;
+    for (int r = 0; r < 4; r++) {
+        float d = 0.25f * (float)(r + 1);
+        for (int j = 0; j < 16; j++) {
+            ok &= got[hf_from_stored[r] * 32 + j] == (float)(j - 8) * d;
+            ok &= got[hf_from_stored[r] * 32 + 16 + j] == (float)(7 - j) * d;
+        }
+    }
+    CHECK(ok, "Q4_0 k_proj dequantized and un-permuted");
+    vd_weights_read_f32(w, "model.layers.0.mlp.down_proj.weight", 2, s_down, got);
+    ok = 1;
+    for (int r = 0; r < 2; r++)
+        for (int j = 0; j < 16; j++) {
+            ok &= got[r * 32 + j] == (float)j * 0.5f + (float)(-1 - r);
+            ok &= got[r * 32 + 16 + j] == (float)(15 - j) * 0.5f + (float)(-1 - r);
+        }
+    CHECK(ok, "Q4_1 down_proj (not permuted)");
+    vd_weights_read_f32(w, "model.layers.0.input_layernorm.weight", 1, s4, got);
+    const float want_h[4] = {1.0f, -2.0f, 0.5f, 5.9604644775390625e-08f};
+    CHECK(same_bits(got, want_h, 4), "F16 norm");
+    vd_weights_read_f32(w, "model.norm.weight", 1, s4, got);
+    ok = 1;
+    for (int i = 0; i < 4; i++) {
+        uint32_t gb;
+        memcpy(&gb, &got[i], 4);
+        ok &= gb == (uint32_t)k_bf16[i] << 16;
+    }
+    CHECK(ok, "BF16 norm");
+    vd_weights_close(w);
+}
+
+static void test_gguf_errors(void) {
+    char p[512], needle[700];
+    gt_t ts[6];
+    make_gguf_tensors(ts);
+
+    /* truncated: the last tensor's data is cut */
+    mkpath(p, sizeof(p), "tiny.gguf", NULL);
+    FILE *f = fopen(p, "rb");
+    static uint8_t whole[1 << 16];
+    size_t n = f ? fread(whole, 1, sizeof(whole), f) : 0;
+    if (f) fclose(f);
+    CHECK(n > 100 && n < sizeof(whole), "read tiny.gguf back");
+    mkpath(g_arg, sizeof(g_arg), "cut.gguf", NULL);
+    f = fopen(g_arg, "wb");
+    if (!f || fwrite(whole, 1, n - 40, f) != n - 40 || fclose(f) != 0) { perror(g_arg); exit(1); }
+    snprintf(needle, sizeof(needle), "%s: tensor output_norm.weight (BF16, 8 bytes", g_arg);
+    CHECK_DIES(die_open, NULL, needle);
+    CHECK_DIES(die_open, NULL, "file truncated or corrupt");
+    /* cut inside the metadata */
+    f = fopen(g_arg, "wb");
+    if (!f || fwrite(whole, 1, 150, f) != 150 || fclose(f) != 0) { perror(g_arg); exit(1); }
+    snprintf(needle, sizeof(needle), "%s: file is truncated", g_arg);
+    CHECK_DIES(die_open, NULL, needle);
+
+    /* bad magic, with the .gguf suffix; and without it, a magic-less file is not GGUF at all */
+    whole[3] = 'X';
+    mkpath(g_arg, sizeof(g_arg), "magic.gguf", NULL);
+    f = fopen(g_arg, "wb");
+    if (!f || fwrite(whole, 1, n, f) != n || fclose(f) != 0) { perror(g_arg); exit(1); }
+    CHECK_DIES(die_open, NULL, "magic.gguf: bad magic");
+    whole[3] = 'F';
+
+    /* a GGUF without the suffix is recognised by its magic */
+    mkpath(p, sizeof(p), "tiny.bin", NULL);
+    f = fopen(p, "wb");
+    if (!f || fwrite(whole, 1, n, f) != n || fclose(f) != 0) { perror(p); exit(1); }
+    vd_weights *w = vd_weights_open(p);
+    CHECK(vd_weights_has(w, "model.norm.weight"), "GGUF by magic");
+    vd_weights_close(w);
+
+    /* another architecture */
+    mkpath(g_arg, sizeof(g_arg), "qwen.gguf", NULL);
+    write_gguf(g_arg, "qwen2", ts, 6);
+    CHECK_DIES(die_open, NULL, "qwen.gguf: general.architecture is \"qwen2\" (only \"llama\"");
+
+    /* a type ggml defines that we do not convert (Q6_K: 256 elements in 210 bytes) */
+    static uint8_t q6k[210];
+    gt_t bad[2] = {ts[0], {"blk.0.ffn_up.weight", 14, 2, {256, 1}, q6k, sizeof(q6k)}};
+    mkpath(g_arg, sizeof(g_arg), "q6k.gguf", NULL);
+    write_gguf(g_arg, "llama", bad, 2);
+    CHECK_DIES(die_open, NULL, "q6k.gguf: tensor blk.0.ffn_up.weight has type Q6_K (14), which is not supported");
+    /* a type number ggml does not define */
+    bad[1].type = 77;
+    mkpath(g_arg, sizeof(g_arg), "t77.gguf", NULL);
+    write_gguf(g_arg, "llama", bad, 2);
+    CHECK_DIES(die_open, NULL, "t77.gguf: tensor blk.0.ffn_up.weight has ggml type 77");
+
+    /* wrong shape asked of a GGUF tensor: HF's (out, in), not GGUF's ne order */
+    mkpath(g_arg, sizeof(g_arg), "tiny.gguf", NULL);
+    CHECK_DIES(die_read_gguf_shape, NULL, "tiny.gguf: tensor model.layers.0.self_attn.q_proj.weight: expected [32, 4], found [4, 32]");
+}
+
 int main(void) {
     snprintf(g_dir, sizeof(g_dir), "/tmp/vd_test_weights_XXXXXX");
     if (!mkdtemp(g_dir)) { perror("mkdtemp"); return 1; }
     test_single();
     test_sharded();
     test_errors();
+    test_gguf();
+    test_gguf_errors();
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g_dir);
     if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", g_dir);

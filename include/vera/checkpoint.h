@@ -11,11 +11,18 @@
 #include "vera/model.h"
 
 #define VD_CKPT_FORMAT "vera-dist-checkpoint"
-#define VD_CKPT_VERSION 1
+/* Version written. 2: /model holds every field of vd_model_config (any family) and /adapter
+ * stores the module table (module_out, module_off_b, module_off_d, n_trainable). The reader
+ * also reads version 1 (GPT-2 only; the fields it lacks read as GPT-2 defaults, 0). */
+#define VD_CKPT_VERSION 2
+#define VD_CKPT_MIN_VERSION 1
 
-/* One adapted layer as stored: its module path and vector lengths, in PEFT order. */
+/* One adapted layer as stored: its module path and vector lengths, in the trainer's (PEFT's)
+ * order. The reader checks that the list is self-consistent (names unique and valid, out > 0,
+ * [lambda_b, lambda_d] back to back in order, total n_trainable); whether it is the list of the
+ * model being resumed is the trainer's to check. */
 typedef struct {
-    char name[96];        /* e.g. "transformer.h.0.attn.c_attn" */
+    char name[96];        /* e.g. "transformer.h.0.attn.c_attn", "model.layers.0.self_attn.q_proj" */
     int32_t out;          /* length of lambda_b */
     size_t off_b, off_d;  /* offsets of lambda_b / lambda_d in the flat arrays below */
 } vd_ckpt_module;
@@ -24,8 +31,11 @@ typedef struct {
     /* identity: what the vectors belong to */
     char *config_text;            /* vd_config_serialize output of the run that wrote it (malloc'd) */
     uint64_t config_hash;         /* vd_hash64 of config_text */
-    vd_gpt2_config model;         /* base model shape */
-    uint64_t model_fingerprint;   /* vd_gpt2_fingerprint of the base model */
+    int32_t format_version;       /* set by vd_checkpoint_read to the file's version; the writer
+                                   * ignores it and always writes VD_CKPT_VERSION */
+    vd_model_config model;        /* base model shape, every field (a version-1 file: GPT-2's six
+                                   * fields, arch VD_ARCH_GPT2, everything else 0) */
+    uint64_t model_fingerprint;   /* the base model's fingerprint (vd_gpt2_fingerprint for GPT-2) */
     int32_t r, max_in, max_out;
     uint64_t projection_prng_key;
     char target_modules[256];     /* canonical form */
@@ -54,12 +64,15 @@ typedef struct {
  * Stores A and B only if ck->A and ck->B are non-NULL. delay_ms > 0 sleeps between writing
  * datasets (tests use it to kill a writer mid-file). Dies (vd_die) on any I/O error. */
 void vd_checkpoint_write(const char *path, const vd_checkpoint *ck, int32_t delay_ms);
-/* Reads and verifies path into ck (allocating its arrays). Returns 0 on success; on any
+/* Reads and verifies path into ck (allocating its arrays); format versions
+ * VD_CKPT_MIN_VERSION..VD_CKPT_VERSION. Returns 0 on success; on any
  * problem (not HDF5, missing group/dataset/attribute, wrong shape, checksum mismatch,
  * truncated) returns -1 with a one-line reason in err, leaves ck freed, and never dies. */
 int vd_checkpoint_read(const char *path, vd_checkpoint *ck, char *err, size_t errcap);
 void vd_checkpoint_free(vd_checkpoint *ck);
-/* Checksum over params, exp_avg and exp_avg_sq (and the scalars that drive resume). */
+/* Checksum over params, exp_avg and exp_avg_sq, the scalars that drive resume, the model
+ * config and the module table, as format version VD_CKPT_VERSION defines it
+ * (docs/checkpoint-format.md, "data_checksum"); ck->format_version is not used. */
 uint64_t vd_checkpoint_data_checksum(const vd_checkpoint *ck);
 
 /* Checkpoint files in dir/checkpoints matching step_XXXXXXXX.h5, newest (highest step) first.

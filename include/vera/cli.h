@@ -9,8 +9,9 @@ int vd_init_model_main(int argc, char **argv);   /* init_model.c : vera-dist ini
 int vd_prepare_data_main(int argc, char **argv); /* prepare_data.c : vera-dist prepare-data --in TEXT --out DIR */
 int vd_forward_main(int argc, char **argv);      /* forward.c : vera-dist forward --tokens GLOB --out FILE ... */
 int vd_export_main(int argc, char **argv);       /* export.c : vera-dist export --checkpoint FILE --format F --out DIR */
+int vd_inspect_main(int argc, char **argv);      /* inspect.c : vera-dist inspect --model PATH [--r N ...] */
 
-/* Removes "--name value" / "--name=value" from argv (compacting it) and returns the value, or
+/* cli.c. Removes "--name value" / "--name=value" from argv (compacting it) and returns the value, or
  * NULL if absent. Lets a sub-command take its own options before the shared config parser. */
 const char *vd_cli_take_option(int *argc, char **argv, const char *name);
 

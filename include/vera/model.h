@@ -235,6 +235,8 @@ uint64_t vd_model_fingerprint(const vd_model_config *cfg, const float *host_para
 /* Writes DIR as transformers' save_pretrained would (config.json + model.safetensors, F32). */
 void vd_model_save_hf(const char *dir, const vd_model_config *cfg, const float *host_params);
 
+/* Bytes of activations and backward scratch vd_model_alloc_acts(B, T) allocates (inspect). */
+size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T);
 /* Uploads host_params to the backend and lists the sites. */
 void vd_model_init(vd_model *m, const struct vd_backend *be, const vd_model_config *cfg, const float *host_params);
 void vd_model_alloc_acts(vd_model *m, int32_t B, int32_t T);
@@ -267,6 +269,8 @@ size_t vd_model_count_trainable(const vd_model_config *cfg, uint32_t mask, int32
 extern const vd_model_family vd_family_gpt2;
 extern const vd_model_family vd_family_llama;
 void vd_gpt2_sites(const vd_gpt2 *m, vd_linear_site *sites);          /* (n_layer * 4) */
+size_t vd_gpt2_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T);
+size_t vd_llama_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T);
 void vd_gpt2_config_read_file(const char *config_json, vd_gpt2_config *cfg);
 void vd_llama_config_from_json(const struct cJSON *root, const char *path, const char *architecture,
                                vd_model_config *cfg);

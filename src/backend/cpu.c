@@ -58,6 +58,10 @@ static void cpu_encoder_forward(float *out, const int32_t *tokens, const float *
         for (int t = 0; t < T; t++) {
             float *o = out + ((size_t)b * T + t) * C;
             const float *te = wte + (size_t)tokens[b * T + t] * C;
+            if (!wpe) { /* no learned positions (Llama: RoPE inside attention) */
+                memcpy(o, te, sizeof(float) * (size_t)C);
+                continue;
+            }
             const float *pe = wpe + (size_t)t * C;
             for (int c = 0; c < C; c++) o[c] = te[c] + pe[c];
         }
@@ -105,6 +109,88 @@ static void cpu_layernorm_backward(float *dinp, const float *dout, const float *
             float dnorm = w[c] * g[c];
             dx[c] += s * (dnorm - ma - norm * mb);
         }
+    }
+}
+
+/* RMSNorm as HF's LlamaRMSNorm in fp32: variance = mean(x^2), rstd = 1/sqrt(var + eps),
+ * out = (x * rstd) * w. inp, out (N,C); w (C); rstd (N) kept for backward. The sum of squares
+ * runs in double (torch's float reduction is blocked, close to exact; a naive float sum drifts
+ * at C in the thousands); var itself and everything after it are float, as in HF. */
+static void cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C,
+                                float eps) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        double ss = 0.0;
+        for (int c = 0; c < C; c++) ss += x[c] * x[c]; /* float squares, as x.pow(2) */
+        float var = (float)(ss / C);
+        float s = 1.0f / sqrtf(var + eps);
+        float *o = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) o[c] = (x[c] * s) * w[c];
+        rstd[n] = s;
+    }
+}
+
+/* y = x s w with s = (mean x^2 + eps)^-1/2: dx = s (w g - x s^2 mean(w g x)). dinp += . */
+static void cpu_rmsnorm_backward(float *dinp, const float *dout, const float *inp, const float *w,
+                                 const float *rstd, int N, int C) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        const float *g = dout + (size_t)n * C;
+        float *dx = dinp + (size_t)n * C;
+        float s = rstd[n];
+        double acc = 0.0;
+        for (int c = 0; c < C; c++) acc += w[c] * g[c] * x[c];
+        float k = s * s * (float)(acc / C);
+        for (int c = 0; c < C; c++) dx[c] += s * (w[c] * g[c] - x[c] * k);
+    }
+}
+
+/* Rotary embedding in place, HF rotate_half pairing (x[i] with x[i + head_dim/2]). x rows of
+ * row_stride floats, (B*T) rows, n_heads heads of head_dim at the row's start; inv_freq
+ * (head_dim/2). The angle is the fp32 product t * inv_freq[i], as HF computes it. inverse
+ * rotates by -angle: the transpose of the rotation, i.e. the backward. */
+static void cpu_rope(float *x, const float *inv_freq, int B, int T, int n_heads, int head_dim, int row_stride,
+                     int inverse) {
+    int half = head_dim / 2;
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < B * T; n++) {
+        float *row = x + (size_t)n * row_stride;
+        float t = (float)(n % T);
+        for (int i = 0; i < half; i++) {
+            float a = t * inv_freq[i];
+            float c = cosf(a), s = inverse ? -sinf(a) : sinf(a);
+            for (int h = 0; h < n_heads; h++) {
+                float *xh = row + (size_t)h * head_dim;
+                float x1 = xh[i], x2 = xh[i + half];
+                xh[i] = x1 * c - x2 * s;
+                xh[i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+}
+
+/* SwiGLU's elementwise part: out = silu(gate) * up, silu(x) = x / (1 + exp(-x)). (n) each. */
+static void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+/* silu'(x) = sig(x) (1 + x (1 - sig(x))). Large negative gates: exp(-g) = inf, sig = 0, both 0. */
+static void cpu_swiglu_backward(float *dgate, float *dup, const float *gate, const float *up, const float *dout,
+                                size_t n) {
+    #pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        float e = expf(-g);
+        float sig = 1.0f / (1.0f + e);
+        float silu = g / (1.0f + e);
+        dgate[i] = dout[i] * up[i] * (sig * (1.0f + g * (1.0f - sig)));
+        dup[i] = dout[i] * silu;
     }
 }
 
@@ -459,10 +545,15 @@ static const vd_backend g_cpu = {
     .encoder_forward = cpu_encoder_forward,
     .layernorm_forward = cpu_layernorm_forward,
     .layernorm_backward = cpu_layernorm_backward,
+    .rmsnorm_forward = cpu_rmsnorm_forward,
+    .rmsnorm_backward = cpu_rmsnorm_backward,
+    .rope = cpu_rope,
     .attention_forward = cpu_attention_forward,
     .attention_backward = cpu_attention_backward,
     .gelu_forward = cpu_gelu_forward,
     .gelu_backward = cpu_gelu_backward,
+    .swiglu_forward = cpu_swiglu_forward,
+    .swiglu_backward = cpu_swiglu_backward,
     .add = cpu_add,
     .accumulate = cpu_accumulate,
     .softmax_xent_forward = cpu_softmax_xent_forward,

@@ -141,9 +141,6 @@ static const vd_key g_keys[] = {
 static const char *const g_sections[] = {"model", "data", "vera", "train", "log", "system", "checkpoint"};
 #define NSECTIONS ((int)(sizeof(g_sections) / sizeof(g_sections[0])))
 
-/* target_modules names, in vd_target bit order (which is also the canonical order). */
-static const char *const g_target_names[] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
-#define NTARGETS 4
 
 /* ----------------------------------------------------------------------------------------- */
 /* small helpers */
@@ -228,9 +225,7 @@ static void trim_into(const char *s, char *out, size_t cap, size_t *len_out) {
  * typo fails before a large model loads, and the text is normalized (trimmed, sorted, "all")
  * so that spellings of the same set serialize the same. */
 
-#define TARGETS_ACCEPTED "accepted: all (or all-linear), or a comma-separated list of PEFT module names such as " \
-                         "attn.c_attn, c_proj, mlp.c_fc (GPT-2) or q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, " \
-                         "down_proj (Llama)"
+#define TARGETS_ACCEPTED "accepted: all, all-linear, or PEFT module names (GPT-2: attn.c_attn, c_proj, ...; Llama: q_proj, v_proj, ...)"
 
 /* Every kind path of every family, and their last components (PEFT's short names). */
 static int target_names(const char **names, int cap) {
@@ -434,6 +429,7 @@ static int set_key(vd_config *c, const vd_key *k, const char *raw, char *err, si
         }
         memcpy(field, norm, strlen(norm) + 1);
         return 0;
+    }
     }
     vd_die_at(__FILE__, __LINE__, "key %s has an unknown type %d", k->name, (int)k->type);
 }
@@ -711,7 +707,7 @@ void vd_config_validate(const vd_config *c) {
             char err[512];
             if (set_key(&tmp, k, field, err, sizeof(err)) != 0) vd_die("%s: %s", k->name, err);
             if (k->type == KT_TARGETS && strcmp(tmp.target_modules, c->target_modules) != 0)
-                vd_die("target_modules '%s' is not in normalized form (set it with vd_config_set)", c->target_modules)
+                vd_die("target_modules '%s' is not in normalized form (set it with vd_config_set)", c->target_modules);
             break;
         }
         }

@@ -7,10 +7,17 @@
  * any moment leaves at most a temporary file, never a partial file under a final name.
  *
  * Reading trusts nothing: every group, dataset and attribute is checked for presence, type
- * class, size and exact shape; the module list is rebuilt from the model shape and
- * target_modules and compared with the file's; then three checksums (configuration text,
- * data + scalars, projections) are recomputed. Any problem is a -1 with one line naming the
- * path and the object, never an abort.
+ * class, size and exact shape; the stored module list is checked for self-consistency (names
+ * unique and valid, vector lengths and offsets back to back, total n_trainable); then three
+ * checksums (configuration text, data + scalars + model config + module table, projections)
+ * are recomputed. Nothing in the reader knows a model family: the module list is what the
+ * file says, and whether it is the list of the model being resumed is the trainer's to check.
+ * Any problem is a -1 with one line naming the path and the object, never an abort.
+ *
+ * /model is driven by one table (k_model_fields: attribute name, type, offset in
+ * vd_model_config, version that added it): the writer, the reader and data_checksum all walk
+ * it, and a compile-time check makes a field added to vd_model_config without a row here a
+ * build error. Version-1 files (GPT-2 only) lack the rows added in version 2; they read as 0.
  *
  * Files use HDF5's 1.8 object formats (libver bounds V18..V18), readable by HDF5 >= 1.8 and
  * so by h5py and h5dump. Unlike the 1.0 formats HDF5 picks by default, every metadata block
@@ -25,6 +32,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +43,6 @@
 #include <hdf5.h>
 
 #include "vera/common.h"
-#include "vera/config.h"
 
 /* The float arrays are hashed and stored as their in-memory bytes, which the format defines
  * as little-endian (the file's float32 datasets are IEEE little-endian too). */
@@ -43,12 +50,84 @@
 #error "checkpoint.c assumes a little-endian host (data_checksum hashes native float bytes)"
 #endif
 
-/* Sanity bounds on the shape attributes, checked before any size is computed from them, so
- * a corrupt or hostile file cannot make us overflow a size or allocate terabytes. */
+/* Sanity bounds on the size attributes, checked before any size is computed from them, so a
+ * corrupt or hostile file cannot make us overflow a size or allocate terabytes. */
 #define CK_MAX_LAYERS (1 << 16)
-#define CK_MAX_CHANNELS (1 << 20)
+#define CK_MAX_DIM (1 << 24)      /* a layer width: n_embd, out, max_in, max_out */
 #define CK_MAX_R (1 << 20)
+#define CK_MAX_MODULES (1 << 20)
 #define CK_MAX_CONFIG_BYTES ((size_t)16 << 20)
+
+/* ----------------------------------------------------------------------------------------- */
+/* /model: every field of vd_model_config, one table */
+
+typedef enum { MF_I32, MF_F32, MF_ENUM, MF_STR } mf_type;
+
+/* Enum fields are stored by name; value i is names[i] (NULL-terminated lists). */
+static const char *const k_arch_names[] = {"gpt2", "llama", NULL};      /* vd_arch */
+static const char *const k_rope_names[] = {"default", "llama3", NULL};  /* vd_rope_type */
+
+typedef struct {
+    const char *name;          /* attribute of /model */
+    mf_type type;              /* int32, float32, enum (string in the file), string */
+    size_t off, size;          /* offsetof / sizeof the field in vd_model_config */
+    int32_t since;             /* first format version that stores it */
+    const char *const *names;  /* MF_ENUM: the values' spellings */
+} model_field;
+
+/* The one list: attribute, type, vd_model_config field, version, enum spellings. The order is
+ * the file's and data_checksum's; version-1 rows first, as version 1 hashed them. */
+#define CK_MODEL_FIELDS(X)                                                              \
+    X("n_layer", MF_I32, n_layer, 1, NULL)                                              \
+    X("n_head", MF_I32, n_head, 1, NULL)                                                \
+    X("n_embd", MF_I32, channels, 1, NULL)                                              \
+    X("vocab_size", MF_I32, vocab_size, 1, NULL)                                        \
+    X("n_positions", MF_I32, max_seq_len, 1, NULL)                                      \
+    X("layer_norm_epsilon", MF_F32, ln_eps, 1, NULL)                                    \
+    X("arch", MF_ENUM, arch, 2, k_arch_names)                                           \
+    X("n_kv_head", MF_I32, n_kv_head, 2, NULL)                                          \
+    X("head_dim", MF_I32, head_dim, 2, NULL)                                            \
+    X("intermediate_size", MF_I32, intermediate, 2, NULL)                               \
+    X("tie_word_embeddings", MF_I32, tied, 2, NULL)                                     \
+    X("qkv_bias", MF_I32, qkv_bias, 2, NULL)                                            \
+    X("o_bias", MF_I32, o_bias, 2, NULL)                                                \
+    X("mlp_bias", MF_I32, mlp_bias, 2, NULL)                                            \
+    X("rope_theta", MF_F32, rope_theta, 2, NULL)                                        \
+    X("rope_type", MF_ENUM, rope_type, 2, k_rope_names)                                 \
+    X("rope_factor", MF_F32, rope_factor, 2, NULL)                                      \
+    X("rope_low_freq_factor", MF_F32, rope_low_freq_factor, 2, NULL)                    \
+    X("rope_high_freq_factor", MF_F32, rope_high_freq_factor, 2, NULL)                  \
+    X("rope_original_max_position_embeddings", MF_I32, rope_original_max_pos, 2, NULL) \
+    X("hf_architecture", MF_STR, hf_architecture, 2, NULL)
+
+#define MF_FIELD_SIZE(field) sizeof(((vd_model_config *)0)->field)
+#define MF_ROW(attr, type, field, since, names) {attr, type, offsetof(vd_model_config, field), MF_FIELD_SIZE(field), since, names},
+static const model_field k_model_fields[] = {CK_MODEL_FIELDS(MF_ROW)};
+enum { NUM_MODEL_FIELDS = sizeof(k_model_fields) / sizeof(k_model_fields[0]) };
+
+/* Every byte of vd_model_config belongs to a row (it has no padding: 4-byte fields and a char
+ * array), so a field added to the struct without a row here fails to compile... */
+#define MF_SIZE(attr, type, field, since, names) +MF_FIELD_SIZE(field)
+_Static_assert(0 CK_MODEL_FIELDS(MF_SIZE) == sizeof(vd_model_config),
+               "vd_model_config has a field without a row in CK_MODEL_FIELDS (checkpoint.c)");
+/* ...and numeric and enum rows are 4 bytes, read and written as int32 / float. */
+#define MF_WIDTH(attr, type, field, since, names) \
+    _Static_assert((type) == MF_STR || MF_FIELD_SIZE(field) == 4, "/model attribute " attr " is not 4 bytes");
+CK_MODEL_FIELDS(MF_WIDTH)
+_Static_assert(sizeof(vd_arch) == sizeof(int32_t) && sizeof(vd_rope_type) == sizeof(int32_t),
+               "enum fields are stored through int32_t");
+
+static int32_t mf_i32(const vd_model_config *m, const model_field *f) {
+    int32_t v;
+    memcpy(&v, (const char *)m + f->off, sizeof(v));
+    return v;
+}
+
+static int32_t mf_num_names(const model_field *f) {
+    int32_t n = 0;
+    while (f->names[n]) n++;
+    return n;
+}
 
 /* ----------------------------------------------------------------------------------------- */
 /* checksums */
@@ -63,35 +142,80 @@ static uint32_t float_bits(float f) {
     return u;
 }
 
-/* The documented definition (docs/checkpoint-format.md, "data_checksum"): vd_hash64 chained
- * from seed 0 over the three flat arrays, then over a record of every numeric field of the
- * struct as 64-bit little-endian words (signed values sign-extended, floats as their IEEE bits),
- * then over target_modules. Every field a resume depends on is covered, so a read that passes
- * returns exactly what was written. */
-uint64_t vd_checkpoint_data_checksum(const vd_checkpoint *ck) {
+/* The model config as data_checksum words, one per /model row of format `version`, in table
+ * order: int32 and enum values sign-extended, floats as their IEEE bits, strings as
+ * vd_hash64(bytes without the NUL, 0). Returns the number of words. */
+static int model_words(const vd_model_config *m, int32_t version, uint64_t *out) {
+    int n = 0;
+    for (int i = 0; i < NUM_MODEL_FIELDS; i++) {
+        const model_field *f = &k_model_fields[i];
+        if (f->since > version) continue;
+        const char *p = (const char *)m + f->off;
+        switch (f->type) {
+        case MF_I32:
+        case MF_ENUM: out[n++] = (uint64_t)(int64_t)mf_i32(m, f); break;
+        case MF_F32: { float v; memcpy(&v, p, sizeof(v)); out[n++] = float_bits(v); break; }
+        case MF_STR: out[n++] = vd_hash64(p, strnlen(p, f->size), 0); break;
+        }
+    }
+    return n;
+}
+
+static uint64_t hash_words(const uint64_t *w, int n, uint64_t h) {
+    uint8_t rec[8 * (10 + NUM_MODEL_FIELDS + 5)];
+    vd_require(n >= 0 && (size_t)n * 8 <= sizeof(rec));
+    for (int i = 0; i < n; i++) store_le64(rec + 8 * i, w[i]);
+    return vd_hash64(rec, 8 * (size_t)n, h);
+}
+
+/* The documented definition (docs/checkpoint-format.md, "data_checksum") for format `version`:
+ * vd_hash64 chained from seed 0 over the three flat arrays, then over a record of every numeric
+ * field of the struct as 64-bit little-endian words (signed values sign-extended, floats as
+ * their IEEE bits; the model config as model_words gives it), then over target_modules; from
+ * version 2 on, then over the module table. Every field a resume depends on is covered, so a
+ * read that passes returns exactly what was written. */
+static uint64_t data_checksum_v(const vd_checkpoint *ck, int32_t version) {
     size_t nbytes = sizeof(float) * ck->n_trainable;
     uint64_t h = vd_hash64(ck->params, ck->params ? nbytes : 0, 0);
     h = vd_hash64(ck->exp_avg, ck->exp_avg ? nbytes : 0, h);
     h = vd_hash64(ck->exp_avg_sq, ck->exp_avg_sq ? nbytes : 0, h);
-    const uint64_t words[] = {
-        /* progress: what resume continues from */
-        (uint64_t)ck->step, ck->tokens_seen, ck->next_sequence, ck->global_batch_seqs,
-        (uint64_t)(int64_t)ck->adam_t,
-        /* the rest of the run state */
-        (uint64_t)(int64_t)ck->world_size, ck->dropout_seed, float_bits(ck->last_loss),
-        ck->config_hash, ck->model_fingerprint,
-        (uint64_t)(int64_t)ck->model.n_layer, (uint64_t)(int64_t)ck->model.n_head,
-        (uint64_t)(int64_t)ck->model.channels, (uint64_t)(int64_t)ck->model.vocab_size,
-        (uint64_t)(int64_t)ck->model.max_seq_len, float_bits(ck->model.ln_eps),
-        (uint64_t)(int64_t)ck->r, (uint64_t)(int64_t)ck->max_in, (uint64_t)(int64_t)ck->max_out,
-        ck->projection_prng_key, ck->projection_checksum,
-    };
-    enum { NW = sizeof(words) / sizeof(words[0]) };
-    uint8_t rec[8 * NW];
-    for (int i = 0; i < NW; i++) store_le64(rec + 8 * i, words[i]);
-    h = vd_hash64(rec, sizeof(rec), h);
-    return vd_hash64(ck->target_modules, strnlen(ck->target_modules, sizeof(ck->target_modules)), h);
+    uint64_t w[10 + NUM_MODEL_FIELDS + 5];
+    int n = 0;
+    /* progress: what resume continues from */
+    w[n++] = (uint64_t)ck->step;
+    w[n++] = ck->tokens_seen;
+    w[n++] = ck->next_sequence;
+    w[n++] = ck->global_batch_seqs;
+    w[n++] = (uint64_t)(int64_t)ck->adam_t;
+    /* the rest of the run state */
+    w[n++] = (uint64_t)(int64_t)ck->world_size;
+    w[n++] = ck->dropout_seed;
+    w[n++] = float_bits(ck->last_loss);
+    w[n++] = ck->config_hash;
+    w[n++] = ck->model_fingerprint;
+    n += model_words(&ck->model, version, w + n);
+    w[n++] = (uint64_t)(int64_t)ck->r;
+    w[n++] = (uint64_t)(int64_t)ck->max_in;
+    w[n++] = (uint64_t)(int64_t)ck->max_out;
+    w[n++] = ck->projection_prng_key;
+    w[n++] = ck->projection_checksum;
+    h = hash_words(w, n, h);
+    h = vd_hash64(ck->target_modules, strnlen(ck->target_modules, sizeof(ck->target_modules)), h);
+    if (version >= 2) {
+        /* the module table: its size, then per module its name and layout */
+        const uint64_t head[2] = {(uint64_t)(int64_t)ck->n_modules, (uint64_t)ck->n_trainable};
+        h = hash_words(head, 2, h);
+        for (int32_t i = 0; ck->modules && i < ck->n_modules; i++) {
+            const vd_ckpt_module *md = &ck->modules[i];
+            h = vd_hash64(md->name, strnlen(md->name, sizeof(md->name)), h);
+            const uint64_t lay[3] = {(uint64_t)(int64_t)md->out, (uint64_t)md->off_b, (uint64_t)md->off_d};
+            h = hash_words(lay, 3, h);
+        }
+    }
+    return h;
 }
+
+uint64_t vd_checkpoint_data_checksum(const vd_checkpoint *ck) { return data_checksum_v(ck, VD_CKPT_VERSION); }
 
 /* How the trainer computes vd_vera.proj_checksum: A's bytes from seed 0, then B's. */
 static uint64_t projection_checksum(const float *A, const float *B, int64_t r, int64_t max_in, int64_t max_out) {
@@ -207,6 +331,29 @@ static void w_str_attr(ck_writer *w, hid_t loc, const char *name, const char *s)
     h5Check(w, H5Tclose(t));
 }
 
+/* A one-dimensional attribute of n elements. */
+static void w_array_attr(ck_writer *w, hid_t loc, const char *name, hid_t ftype, hid_t mtype, hsize_t n, const void *v) {
+    hid_t sp = h5Check(w, H5Screate_simple(1, &n, NULL));
+    hid_t a = h5Check(w, H5Acreate2(loc, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT));
+    h5Check(w, H5Awrite(a, mtype, v));
+    h5Check(w, H5Aclose(a));
+    h5Check(w, H5Sclose(sp));
+}
+
+/* /model's attributes, one per k_model_fields row. */
+static void w_model(ck_writer *w, hid_t g, const vd_model_config *m) {
+    for (int i = 0; i < NUM_MODEL_FIELDS; i++) {
+        const model_field *f = &k_model_fields[i];
+        const char *p = (const char *)m + f->off;
+        switch (f->type) {
+        case MF_I32: w_attr(w, g, f->name, H5T_STD_I32LE, H5T_NATIVE_INT32, p); break;
+        case MF_F32: w_attr(w, g, f->name, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, p); break;
+        case MF_ENUM: w_str_attr(w, g, f->name, f->names[mf_i32(m, f)]); break;
+        case MF_STR: w_str_attr(w, g, f->name, p); break;
+        }
+    }
+}
+
 static void w_f32_dset(ck_writer *w, hid_t loc, const char *name, int rank, const hsize_t *dims, const float *data) {
     pause_ms(w->delay_ms); /* testing only: widen the window in which a kill lands mid-file */
     hid_t sp = h5Check(w, H5Screate_simple(rank, dims, NULL));
@@ -235,6 +382,12 @@ static void w_vectors(ck_writer *w, hid_t parent, const vd_checkpoint *ck, const
 /* The writer's own invariants on ck (bugs in the caller, not user input). */
 static void check_layout(const vd_checkpoint *ck) {
     vd_require(ck->config_text != NULL);
+    for (int i = 0; i < NUM_MODEL_FIELDS; i++) {
+        const model_field *f = &k_model_fields[i];
+        if (f->type == MF_ENUM) vd_require(mf_i32(&ck->model, f) >= 0 && mf_i32(&ck->model, f) < mf_num_names(f));
+        if (f->type == MF_STR) vd_require(memchr((const char *)&ck->model + f->off, 0, f->size) != NULL);
+    }
+    vd_require(memchr(ck->target_modules, 0, sizeof(ck->target_modules)) != NULL);
     vd_require(ck->n_modules > 0 && ck->modules != NULL && ck->r > 0);
     vd_require(ck->params && ck->exp_avg && ck->exp_avg_sq);
     vd_require((ck->A == NULL) == (ck->B == NULL));
@@ -243,7 +396,8 @@ static void check_layout(const vd_checkpoint *ck) {
         const vd_ckpt_module *md = &ck->modules[i];
         /* the flat layout is implied by the module order: [lambda_b, lambda_d] back to back */
         vd_require(md->out > 0 && md->off_b == off && md->off_d == off + (size_t)md->out);
-        vd_require(memchr(md->name, 0, sizeof(md->name)) && md->name[0] != 0 && strchr(md->name, '/') == NULL);
+        vd_require(memchr(md->name, 0, sizeof(md->name)) && md->name[0] != 0 && strchr(md->name, '/') == NULL &&
+                   strcmp(md->name, ".") != 0 && strcmp(md->name, "..") != 0);
         off += (size_t)md->out + (size_t)ck->r;
     }
     vd_require(off == ck->n_trainable);
@@ -316,14 +470,9 @@ void vd_checkpoint_write(const char *path, const vd_checkpoint *ck, int32_t dela
         h5Check(w, H5Tclose(t));
     }
 
-    /* /model: the base model's shape and fingerprint */
+    /* /model: the base model's config (every field of vd_model_config) and fingerprint */
     hid_t g = w_group(w, f, "model");
-    w_i32(w, g, "n_layer", ck->model.n_layer);
-    w_i32(w, g, "n_head", ck->model.n_head);
-    w_i32(w, g, "n_embd", ck->model.channels);
-    w_i32(w, g, "vocab_size", ck->model.vocab_size);
-    w_i32(w, g, "n_positions", ck->model.max_seq_len);
-    w_f32(w, g, "layer_norm_epsilon", ck->model.ln_eps);
+    w_model(w, g, &ck->model);
     w_u64(w, g, "fingerprint", ck->model_fingerprint);
     h5Check(w, H5Gclose(g));
 
@@ -338,8 +487,9 @@ void vd_checkpoint_write(const char *path, const vd_checkpoint *ck, int32_t dela
     w_i32(w, g, "save_projection", ck->A != NULL);
     h5Check(w, H5Gclose(g));
 
-    /* /adapter: module_order (HDF5 lists links alphabetically, "h.10" before "h.2", so the
-     * order is stored explicitly), then one group per module */
+    /* /adapter: the module table -- module_order (HDF5 lists links alphabetically, "h.10"
+     * before "h.2", so the order is stored explicitly), each module's lambda_b length and
+     * offsets in the flat arrays, n_trainable -- then one group per module */
     g = w_group(w, f, "adapter");
     {
         size_t maxlen = 1;
@@ -359,6 +509,17 @@ void vd_checkpoint_write(const char *path, const vd_checkpoint *ck, int32_t dela
         h5Check(w, H5Sclose(sp));
         h5Check(w, H5Tclose(t));
         free(names);
+        int32_t *outs = callocCheck((size_t)ck->n_modules, sizeof(int32_t));
+        uint64_t *offs = callocCheck((size_t)ck->n_modules, sizeof(uint64_t));
+        for (int32_t i = 0; i < ck->n_modules; i++) outs[i] = ck->modules[i].out;
+        w_array_attr(w, g, "module_out", H5T_STD_I32LE, H5T_NATIVE_INT32, n, outs);
+        for (int32_t i = 0; i < ck->n_modules; i++) offs[i] = ck->modules[i].off_b;
+        w_array_attr(w, g, "module_off_b", H5T_STD_U64LE, H5T_NATIVE_UINT64, n, offs);
+        for (int32_t i = 0; i < ck->n_modules; i++) offs[i] = ck->modules[i].off_d;
+        w_array_attr(w, g, "module_off_d", H5T_STD_U64LE, H5T_NATIVE_UINT64, n, offs);
+        free(outs);
+        free(offs);
+        w_u64(w, g, "n_trainable", (uint64_t)ck->n_trainable);
     }
     w_vectors(w, g, ck, ck->params);
     h5Check(w, H5Gclose(g));
@@ -482,26 +643,57 @@ static hid_t r_attr_open(ck_reader *r, hid_t obj, const char *objname, const cha
 typedef enum { S_I32, S_I64, S_U64, S_F32 } scalar_kind;
 static const char *const k_scalar_name[] = {"int32", "int64", "uint64", "float32"};
 
-/* Reads a scalar attribute after checking it is exactly the documented type: integer or float
- * class, size and signedness (HDF5 would otherwise convert, e.g. clip an int64 into int32). */
+/* Whether file type t is exactly the documented kind: integer or float class, size and
+ * signedness (HDF5 would otherwise convert, e.g. clip an int64 into int32); its memory type. */
+static int num_type_ok(hid_t t, scalar_kind kind, hid_t *mtype) {
+    H5T_class_t cls = H5Tget_class(t);
+    size_t size = H5Tget_size(t);
+    switch (kind) {
+    case S_I32: *mtype = H5T_NATIVE_INT32; return cls == H5T_INTEGER && size == 4 && H5Tget_sign(t) == H5T_SGN_2;
+    case S_I64: *mtype = H5T_NATIVE_INT64; return cls == H5T_INTEGER && size == 8 && H5Tget_sign(t) == H5T_SGN_2;
+    case S_U64: *mtype = H5T_NATIVE_UINT64; return cls == H5T_INTEGER && size == 8 && H5Tget_sign(t) == H5T_SGN_NONE;
+    default: *mtype = H5T_NATIVE_FLOAT; return cls == H5T_FLOAT && size == 4;
+    }
+}
+
+/* Reads a scalar attribute after checking it is exactly the documented type. */
 static int r_scalar(ck_reader *r, hid_t obj, const char *objname, const char *name, scalar_kind kind, void *out) {
     hid_t a = r_attr_open(r, obj, objname, name);
     if (a < 0) return -1;
     int rc = -1;
-    hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
+    hid_t mtype, t = H5Aget_type(a), sp = H5Aget_space(a);
     if (t < 0 || sp < 0) { rfail_h5(r, "cannot read the type of attribute %s of %s", name, objname); goto done; }
-    H5T_class_t cls = H5Tget_class(t);
-    size_t size = H5Tget_size(t);
-    int ok;
-    hid_t mtype;
-    switch (kind) {
-    case S_I32: ok = cls == H5T_INTEGER && size == 4 && H5Tget_sign(t) == H5T_SGN_2; mtype = H5T_NATIVE_INT32; break;
-    case S_I64: ok = cls == H5T_INTEGER && size == 8 && H5Tget_sign(t) == H5T_SGN_2; mtype = H5T_NATIVE_INT64; break;
-    case S_U64: ok = cls == H5T_INTEGER && size == 8 && H5Tget_sign(t) == H5T_SGN_NONE; mtype = H5T_NATIVE_UINT64; break;
-    default: ok = cls == H5T_FLOAT && size == 4; mtype = H5T_NATIVE_FLOAT; break;
-    }
-    if (!ok) { rfail(r, "attribute %s of %s is not %s", name, objname, k_scalar_name[kind]); goto done; }
+    if (!num_type_ok(t, kind, &mtype)) { rfail(r, "attribute %s of %s is not %s", name, objname, k_scalar_name[kind]); goto done; }
     if (H5Sget_simple_extent_type(sp) != H5S_SCALAR) { rfail(r, "attribute %s of %s is not a scalar", name, objname); goto done; }
+    if (H5Aread(a, mtype, out) < 0) { rfail_h5(r, "cannot read attribute %s of %s", name, objname); goto done; }
+    rc = 0;
+done:
+    if (t >= 0) H5Tclose(t);
+    if (sp >= 0) H5Sclose(sp);
+    H5Aclose(a);
+    return rc;
+}
+
+/* Reads a one-dimensional attribute of exactly n elements of the documented type. */
+static int r_array_attr(ck_reader *r, hid_t obj, const char *objname, const char *name, scalar_kind kind,
+                        hsize_t n, void *out) {
+    hid_t a = r_attr_open(r, obj, objname, name);
+    if (a < 0) return -1;
+    int rc = -1;
+    hid_t mtype, t = H5Aget_type(a), sp = H5Aget_space(a);
+    if (t < 0 || sp < 0) { rfail_h5(r, "cannot read the type of attribute %s of %s", name, objname); goto done; }
+    if (!num_type_ok(t, kind, &mtype)) { rfail(r, "attribute %s of %s is not %s", name, objname, k_scalar_name[kind]); goto done; }
+    hsize_t got = 0;
+    if (H5Sget_simple_extent_type(sp) != H5S_SIMPLE || H5Sget_simple_extent_ndims(sp) != 1 ||
+        H5Sget_simple_extent_dims(sp, &got, NULL) != 1) {
+        rfail(r, "attribute %s of %s is not a one-dimensional list", name, objname);
+        goto done;
+    }
+    if (got != n) {
+        rfail(r, "attribute %s of %s has %llu entries; module_order has %llu", name, objname, (unsigned long long)got,
+              (unsigned long long)n);
+        goto done;
+    }
     if (H5Aread(a, mtype, out) < 0) { rfail_h5(r, "cannot read attribute %s of %s", name, objname); goto done; }
     rc = 0;
 done:
@@ -614,76 +806,220 @@ static int r_vectors(ck_reader *r, hid_t parent, const char *parentname, const v
     return 0;
 }
 
-/* The module list (model shape, target_modules) implies, in PEFT order, with the canonical
- * flat offsets; also max_in / max_out. The file's module_order must equal it. */
-static int expected_modules(ck_reader *r, vd_checkpoint *ck) {
-    const vd_model_family *fam = vd_model_family_of(ck->model.arch);
-    char terr[256];
-    uint32_t mask = vd_model_parse_targets(fam, ck->target_modules, terr, sizeof(terr));
-    if (mask == 0)
-        return rfail(r, "attribute target_modules of /vera ('%s') is not a valid target list", ck->target_modules);
-    int32_t L = ck->model.n_layer;
-    ck->modules = calloc((size_t)L * (size_t)fam->n_kinds, sizeof(vd_ckpt_module));
-    if (!ck->modules) return rfail(r, "out of memory for %d layers", (int)L);
-    size_t off = 0;
-    int64_t max_in = 0, max_out = 0;
-    for (int32_t l = 0; l < L; l++) {
-        for (int32_t kind = 0; kind < fam->n_kinds; kind++) {
-            if (!(mask & (1u << kind))) continue;
-            vd_ckpt_module *md = &ck->modules[ck->n_modules++];
-            int32_t in, out;
-            fam->kind_shape(&ck->model, kind, &in, &out);
-            vd_model_site_name(fam, l, kind, md->name, sizeof(md->name));
-            md->out = out;
-            md->off_b = off;
-            md->off_d = off + (size_t)out;
-            off += (size_t)out + (size_t)ck->r;
-            if (in > max_in) max_in = in;
-            if (out > max_out) max_out = out;
+/* /model's attributes of format `version` into m, one per k_model_fields row; rows added after
+ * `version` stay 0 (for a version-1 file: arch gpt2, rope_type default, no Llama fields). */
+static int r_model(ck_reader *r, hid_t g, int32_t version, vd_model_config *m) {
+    for (int i = 0; i < NUM_MODEL_FIELDS; i++) {
+        const model_field *f = &k_model_fields[i];
+        if (f->since > version) continue;
+        char *p = (char *)m + f->off;
+        switch (f->type) {
+        case MF_I32:
+            if (r_scalar(r, g, "/model", f->name, S_I32, p)) return -1;
+            break;
+        case MF_F32:
+            if (r_scalar(r, g, "/model", f->name, S_F32, p)) return -1;
+            break;
+        case MF_ENUM: {
+            char s[32];
+            if (r_str_attr(r, g, "/model", f->name, s, sizeof(s))) return -1;
+            int32_t v = 0;
+            while (f->names[v] && strcmp(f->names[v], s) != 0) v++;
+            if (!f->names[v]) {
+                char list[128] = "";
+                for (int32_t k = 0; f->names[k]; k++)
+                    snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s'%s'", k ? ", " : "", f->names[k]);
+                return rfail(r, "attribute %s of /model is '%s', expected one of %s", f->name, s, list);
+            }
+            memcpy(p, &v, sizeof(v));
+            break;
+        }
+        case MF_STR:
+            memset(p, 0, f->size);
+            if (r_str_attr(r, g, "/model", f->name, p, f->size)) return -1;
+            break;
         }
     }
-    ck->n_trainable = off;
-    if (ck->max_in != max_in || ck->max_out != max_out)
-        return rfail(r, "attributes max_in, max_out of /vera are %d, %d; the adapted layers imply %lld, %lld",
-                     (int)ck->max_in, (int)ck->max_out, (long long)max_in, (long long)max_out);
     return 0;
 }
 
-/* /adapter's module_order attribute must list exactly ck->modules, in order. */
-static int r_module_order(ck_reader *r, hid_t g, const vd_checkpoint *ck) {
+/* The model config is stored for the trainer and for tools; nothing in the file's layout is
+ * derived from it. Still refuse what no model could have, family by family. */
+static int check_model(ck_reader *r, const vd_model_config *m) {
+    if (m->n_layer < 1 || m->n_layer > CK_MAX_LAYERS || m->channels < 1 || m->channels > CK_MAX_DIM ||
+        m->n_head < 1 || m->vocab_size < 1 || m->max_seq_len < 1 ||
+        (m->arch == VD_ARCH_GPT2 && m->channels % m->n_head != 0))
+        return rfail(r, "/model shape is not valid (arch %s, n_layer %d, n_head %d, n_embd %d, vocab_size %d, n_positions %d)",
+                     k_arch_names[m->arch], (int)m->n_layer, (int)m->n_head, (int)m->channels, (int)m->vocab_size,
+                     (int)m->max_seq_len);
+    if (m->arch == VD_ARCH_LLAMA &&
+        (m->n_kv_head < 1 || m->n_head % m->n_kv_head != 0 || m->head_dim < 1 || m->intermediate < 1))
+        return rfail(r, "/model shape is not valid for arch llama (n_head %d, n_kv_head %d, head_dim %d, intermediate_size %d)",
+                     (int)m->n_head, (int)m->n_kv_head, (int)m->head_dim, (int)m->intermediate);
+    const int32_t flag[4] = {m->tied, m->qkv_bias, m->o_bias, m->mlp_bias};
+    const char *const flag_name[4] = {"tie_word_embeddings", "qkv_bias", "o_bias", "mlp_bias"};
+    for (int i = 0; i < 4; i++)
+        if (flag[i] != 0 && flag[i] != 1)
+            return rfail(r, "attribute %s of /model is %d, expected 0 or 1", flag_name[i], (int)flag[i]);
+    return 0;
+}
+
+/* Version 1 stored no module table: module i's out is the length of its /adapter lambda_b
+ * (the other trees are checked against it when they are read). */
+static int r_lambda_b_len(ck_reader *r, hid_t adapter, const char *name, hsize_t *len) {
+    char gname[256], full[320];
+    join(gname, sizeof(gname), "/adapter", name);
+    join(full, sizeof(full), gname, "lambda_b");
+    hid_t g = r_group(r, adapter, "/adapter", name);
+    if (g < 0) return -1;
+    int rc = -1;
+    hid_t d = -1, t = -1, sp = -1;
+    htri_t ex = H5Lexists(g, "lambda_b", H5P_DEFAULT);
+    if (ex < 0) { rfail_h5(r, "cannot look up %s", full); goto done; }
+    if (ex == 0) { rfail(r, "dataset %s is missing", full); goto done; }
+    if ((d = H5Dopen2(g, "lambda_b", H5P_DEFAULT)) < 0) { rfail_h5(r, "%s is not a readable dataset", full); goto done; }
+    t = H5Dget_type(d);
+    sp = H5Dget_space(d);
+    if (t < 0 || sp < 0) { rfail_h5(r, "cannot read the type of %s", full); goto done; }
+    if (H5Tget_class(t) != H5T_FLOAT || H5Tget_size(t) != 4) { rfail(r, "%s is not float32", full); goto done; }
+    int nd = H5Sget_simple_extent_ndims(sp);
+    if (nd != 1) { rfail(r, "%s has %d dimensions, expected 1", full, nd); goto done; }
+    if (H5Sget_simple_extent_dims(sp, len, NULL) != 1) { rfail_h5(r, "cannot read the shape of %s", full); goto done; }
+    rc = 0;
+done:
+    if (t >= 0) H5Tclose(t);
+    if (sp >= 0) H5Sclose(sp);
+    if (d >= 0) H5Dclose(d);
+    H5Gclose(g);
+    return rc;
+}
+
+typedef struct {
+    const char *name;
+    int32_t index;
+} name_ref;
+
+static int cmp_name_ref(const void *a, const void *b) {
+    const name_ref *x = a, *y = b;
+    int c = strcmp(x->name, y->name);
+    return c ? c : (x->index > y->index) - (x->index < y->index);
+}
+
+/* /adapter's module table into ck->modules, n_modules and n_trainable (version 2: the stored
+ * module_out, module_off_b, module_off_d, n_trainable; version 1: the lengths of the lambda_b
+ * datasets and the implied back-to-back layout), then checks that it is self-consistent:
+ * names non-empty, usable as one HDF5 link name and unique; out in 1..CK_MAX_DIM; in order,
+ * each module's lambda_b then lambda_d back to back (off_b = the previous module's off_d + r,
+ * off_d = off_b + out); the total equal to n_trainable; max_out of /vera the largest out. */
+static int r_module_table(ck_reader *r, hid_t g, int32_t version, vd_checkpoint *ck) {
     const char *what = "attribute module_order of /adapter";
     hid_t a = r_attr_open(r, g, "/adapter", "module_order");
     if (a < 0) return -1;
     int rc = -1;
     char *names = NULL;
+    name_ref *sorted = NULL;
+    int32_t *outs = NULL;
+    uint64_t *off_b = NULL, *off_d = NULL;
     hid_t mt = -1, t = H5Aget_type(a), sp = H5Aget_space(a);
     if (t < 0 || sp < 0) { rfail_h5(r, "cannot read the type of %s", what); goto done; }
     size_t size = r_str_size(r, t, what, sizeof(ck->modules[0].name));
     if (size == 0) goto done;
     hsize_t n = 0;
-    if (H5Sget_simple_extent_ndims(sp) != 1 || H5Sget_simple_extent_dims(sp, &n, NULL) != 1) {
+    if (H5Sget_simple_extent_type(sp) != H5S_SIMPLE || H5Sget_simple_extent_ndims(sp) != 1 ||
+        H5Sget_simple_extent_dims(sp, &n, NULL) != 1) {
         rfail(r, "%s is not a one-dimensional list", what);
         goto done;
     }
-    if (n != (hsize_t)ck->n_modules) {
-        rfail(r, "%s lists %llu modules; n_layer %d and target_modules '%s' give %d", what, (unsigned long long)n,
-              (int)ck->model.n_layer, ck->target_modules, (int)ck->n_modules);
-        goto done;
-    }
+    if (n < 1 || n > CK_MAX_MODULES) { rfail(r, "%s lists %llu modules, expected 1..%d", what, (unsigned long long)n, CK_MAX_MODULES); goto done; }
     names = calloc((size_t)n, size);
+    ck->modules = calloc((size_t)n, sizeof(vd_ckpt_module));
+    sorted = calloc((size_t)n, sizeof(name_ref));
+    outs = calloc((size_t)n, sizeof(int32_t));
+    off_b = calloc((size_t)n, sizeof(uint64_t));
+    off_d = calloc((size_t)n, sizeof(uint64_t));
+    if (!names || !ck->modules || !sorted || !outs || !off_b || !off_d) { rfail(r, "out of memory for %llu modules", (unsigned long long)n); goto done; }
     mt = str_mem_type(t, size);
-    if (!names || mt < 0 || H5Aread(a, mt, names) < 0) { rfail_h5(r, "cannot read %s", what); goto done; }
+    if (mt < 0 || H5Aread(a, mt, names) < 0) { rfail_h5(r, "cannot read %s", what); goto done; }
+    ck->n_modules = (int32_t)n;
     for (int32_t i = 0; i < ck->n_modules; i++) {
         char *s = names + (size_t)i * size;
         s[size - 1] = 0;
-        if (strcmp(s, ck->modules[i].name) != 0) {
-            rfail(r, "%s[%d] is '%.96s', expected '%s'", what, (int)i, s, ck->modules[i].name);
+        if (s[0] == 0) { rfail(r, "%s[%d] is empty", what, (int)i); goto done; }
+        if (strchr(s, '/') || strcmp(s, ".") == 0 || strcmp(s, "..") == 0) {
+            rfail(r, "%s[%d] is '%.96s', not a module path (no '/', not '.' or '..')", what, (int)i, s);
             goto done;
         }
+        memcpy(ck->modules[i].name, s, strlen(s) + 1);
+        sorted[i] = (name_ref){ck->modules[i].name, i};
+    }
+    qsort(sorted, (size_t)n, sizeof(name_ref), cmp_name_ref);
+    for (size_t i = 1; i < (size_t)n; i++)
+        if (strcmp(sorted[i - 1].name, sorted[i].name) == 0) {
+            rfail(r, "%s lists '%s' twice (entries %d and %d)", what, sorted[i].name, (int)sorted[i - 1].index,
+                  (int)sorted[i].index);
+            goto done;
+        }
+
+    uint64_t n_trainable = 0;
+    if (version >= 2) {
+        if (r_array_attr(r, g, "/adapter", "module_out", S_I32, n, outs) ||
+            r_array_attr(r, g, "/adapter", "module_off_b", S_U64, n, off_b) ||
+            r_array_attr(r, g, "/adapter", "module_off_d", S_U64, n, off_d) ||
+            r_scalar(r, g, "/adapter", "n_trainable", S_U64, &n_trainable))
+            goto done;
+    }
+    uint64_t off = 0;
+    int32_t max_out = 0;
+    for (int32_t i = 0; i < ck->n_modules; i++) {
+        vd_ckpt_module *md = &ck->modules[i];
+        if (version < 2) {
+            hsize_t len = 0;
+            if (r_lambda_b_len(r, g, md->name, &len)) goto done;
+            outs[i] = len > (hsize_t)CK_MAX_DIM ? CK_MAX_DIM + 1 : (int32_t)len; /* too long: refused below */
+            off_b[i] = off;
+            off_d[i] = off + (uint64_t)outs[i];
+        }
+        if (outs[i] < 1 || outs[i] > CK_MAX_DIM) {
+            rfail(r, "module %d (%s): lambda_b length (module_out of /adapter) is %lld, expected 1..%d", (int)i,
+                  md->name, (long long)outs[i], CK_MAX_DIM);
+            goto done;
+        }
+        /* the flat layout: [lambda_b, lambda_d] of each module, back to back, in order */
+        if (off_b[i] != off) {
+            rfail(r, "module %d (%s): module_off_b of /adapter is %llu, expected %llu (vectors are stored back to back "
+                     "in module order)", (int)i, md->name, (unsigned long long)off_b[i], (unsigned long long)off);
+            goto done;
+        }
+        if (off_d[i] != off + (uint64_t)outs[i]) {
+            rfail(r, "module %d (%s): module_off_d of /adapter is %llu, expected %llu (module_off_b + module_out)",
+                  (int)i, md->name, (unsigned long long)off_d[i], (unsigned long long)(off + (uint64_t)outs[i]));
+            goto done;
+        }
+        md->out = outs[i];
+        md->off_b = (size_t)off_b[i];
+        md->off_d = (size_t)off_d[i];
+        off += (uint64_t)outs[i] + (uint64_t)ck->r;
+        if (outs[i] > max_out) max_out = outs[i];
+    }
+    if (version < 2) n_trainable = off;
+    if (n_trainable != off) {
+        rfail(r, "attribute n_trainable of /adapter is %llu; the modules' lambda_b and lambda_d lengths add up to %llu",
+              (unsigned long long)n_trainable, (unsigned long long)off);
+        goto done;
+    }
+    ck->n_trainable = (size_t)off;
+    if (ck->max_out != max_out) {
+        rfail(r, "attribute max_out of /vera is %d; the longest lambda_b (module_out of /adapter) is %d", (int)ck->max_out,
+              (int)max_out);
+        goto done;
     }
     rc = 0;
 done:
     free(names);
+    free(sorted);
+    free(outs);
+    free(off_b);
+    free(off_d);
     if (mt >= 0) H5Tclose(mt);
     if (t >= 0) H5Tclose(t);
     if (sp >= 0) H5Sclose(sp);
@@ -736,8 +1072,10 @@ static int read_all(ck_reader *r, hid_t f, off_t file_size, vd_checkpoint *ck) {
         return rfail(r, "attribute format is '%s', expected '%s' (not a vera-dist checkpoint)", format, VD_CKPT_FORMAT);
     int32_t version = 0;
     if (r_scalar(r, f, "/", "format_version", S_I32, &version)) return -1;
-    if (version != VD_CKPT_VERSION)
-        return rfail(r, "format_version %d is not supported (this build reads version %d)", (int)version, VD_CKPT_VERSION);
+    if (version < VD_CKPT_MIN_VERSION || version > VD_CKPT_VERSION)
+        return rfail(r, "format_version %d is not supported (this build reads versions %d to %d)", (int)version,
+                     VD_CKPT_MIN_VERSION, VD_CKPT_VERSION);
+    ck->format_version = version;
 
     uint64_t data_checksum = 0;
     char created[64];
@@ -758,20 +1096,10 @@ static int read_all(ck_reader *r, hid_t f, off_t file_size, vd_checkpoint *ck) {
 
     hid_t g = r_group(r, f, "/", "model");
     if (g < 0) return -1;
-    vd_gpt2_config *m = &ck->model;
-    int rc = r_scalar(r, g, "/model", "n_layer", S_I32, &m->n_layer) ||
-             r_scalar(r, g, "/model", "n_head", S_I32, &m->n_head) ||
-             r_scalar(r, g, "/model", "n_embd", S_I32, &m->channels) ||
-             r_scalar(r, g, "/model", "vocab_size", S_I32, &m->vocab_size) ||
-             r_scalar(r, g, "/model", "n_positions", S_I32, &m->max_seq_len) ||
-             r_scalar(r, g, "/model", "layer_norm_epsilon", S_F32, &m->ln_eps) ||
+    int rc = r_model(r, g, version, &ck->model) ||
              r_scalar(r, g, "/model", "fingerprint", S_U64, &ck->model_fingerprint);
     H5Gclose(g);
-    if (rc) return -1;
-    if (m->n_layer < 1 || m->n_layer > CK_MAX_LAYERS || m->channels < 1 || m->channels > CK_MAX_CHANNELS ||
-        m->n_head < 1 || m->channels % m->n_head != 0 || m->vocab_size < 1 || m->max_seq_len < 1)
-        return rfail(r, "/model shape is not valid (n_layer %d, n_head %d, n_embd %d, vocab_size %d, n_positions %d)",
-                     (int)m->n_layer, (int)m->n_head, (int)m->channels, (int)m->vocab_size, (int)m->max_seq_len);
+    if (rc || check_model(r, &ck->model)) return -1;
 
     int32_t save_projection = -1;
     g = r_group(r, f, "/", "vera");
@@ -786,21 +1114,25 @@ static int read_all(ck_reader *r, hid_t f, off_t file_size, vd_checkpoint *ck) {
     H5Gclose(g);
     if (rc) return -1;
     if (ck->r < 1 || ck->r > CK_MAX_R) return rfail(r, "attribute r of /vera is %d, expected 1..%d", (int)ck->r, CK_MAX_R);
+    if (ck->max_in < 1 || ck->max_in > CK_MAX_DIM || ck->max_out < 1 || ck->max_out > CK_MAX_DIM)
+        return rfail(r, "attributes max_in, max_out of /vera are %d, %d, expected 1..%d", (int)ck->max_in,
+                     (int)ck->max_out, CK_MAX_DIM);
     if (save_projection != 0 && save_projection != 1)
         return rfail(r, "attribute save_projection of /vera is %d, expected 0 or 1", (int)save_projection);
-    if (expected_modules(r, ck)) return -1;
+    /* what the names mean is the trainer's business (its own parser, its own model) */
+    if (ck->target_modules[0] == 0) return rfail(r, "attribute target_modules of /vera is empty");
+
+    g = r_group(r, f, "/", "adapter");
+    if (g < 0) return -1;
+    rc = r_module_table(r, g, version, ck);
 
     /* Every value the attributes describe must fit in the file (datasets are stored
      * uncompressed): refuses absurd sizes before allocating anything from them. */
     uint64_t need = 3ull * sizeof(float) * ck->n_trainable;
     if (save_projection) need += sizeof(float) * ((uint64_t)ck->r * (uint64_t)ck->max_in + (uint64_t)ck->max_out * (uint64_t)ck->r);
-    if (need > (uint64_t)file_size)
-        return rfail(r, "file is %lld bytes, too small for the %llu bytes of vectors and projections its attributes describe (truncated?)",
-                     (long long)file_size, (unsigned long long)need);
-
-    g = r_group(r, f, "/", "adapter");
-    if (g < 0) return -1;
-    rc = r_module_order(r, g, ck);
+    if (rc == 0 && need > (uint64_t)file_size)
+        rc = rfail(r, "file is %lld bytes, too small for the %llu bytes of vectors and projections its attributes describe (truncated?)",
+                   (long long)file_size, (unsigned long long)need);
     if (rc == 0) {
         size_t nb = sizeof(float) * ck->n_trainable;
         ck->params = malloc(nb);
@@ -850,7 +1182,7 @@ static int read_all(ck_reader *r, hid_t f, off_t file_size, vd_checkpoint *ck) {
                          (unsigned long long)ck->projection_checksum, (unsigned long long)h);
     }
 
-    uint64_t h = vd_checkpoint_data_checksum(ck);
+    uint64_t h = data_checksum_v(ck, version); /* as the file's version defines it */
     if (h != data_checksum)
         return rfail(r, "data_checksum mismatch (%016llx stored, %016llx computed over the vectors, moments and "
                         "attributes): the file is corrupt", (unsigned long long)data_checksum, (unsigned long long)h);

@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 
 #include "vera/common.h"
+#include "vera/gguf.h"
 #include "vera/safetensors.h"
 
 typedef enum { VD_SRC_HF = 0, VD_SRC_GGUF } vd_src_kind;
@@ -43,6 +44,7 @@ struct vd_weights {
     cJSON *config;
     vd_safetensors *shards;
     int32_t n_shards;
+    vd_gguf gguf;
     vd_w_entry *entries; /* sorted by name */
     int64_t n_entries;
 };
@@ -222,10 +224,73 @@ static void vd_open_hf(vd_weights *w, const char *dir) {
     vd_sort_entries(w);
 }
 
-/* GGUF: comes next (src/io/gguf.c) */
+/* ----------------------------------------------------------------------------------------- */
+/* GGUF file */
+
 static void vd_open_gguf(vd_weights *w, const char *path) {
-    (void)w;
-    vd_die("%s: GGUF files are not supported yet (expected a Hugging Face model directory)", path);
+    w->kind = VD_SRC_GGUF;
+    snprintf(w->config_path, sizeof(w->config_path), "%s", path);
+    snprintf(w->source, sizeof(w->source), "%s", path);
+    vd_gguf_open(&w->gguf, path);
+    w->config = vd_gguf_llama_config(&w->gguf);
+    int32_t n_head = 0, n_head_kv = 0;
+    const cJSON *h = cJSON_GetObjectItemCaseSensitive(w->config, "num_attention_heads");
+    const cJSON *hk = cJSON_GetObjectItemCaseSensitive(w->config, "num_key_value_heads");
+    if (cJSON_IsNumber(h)) n_head = (int32_t)h->valuedouble;
+    if (cJSON_IsNumber(hk)) n_head_kv = (int32_t)hk->valuedouble;
+
+    w->entries = callocCheck((size_t)(w->gguf.n_tensors ? w->gguf.n_tensors : 1), sizeof(vd_w_entry));
+    for (int64_t i = 0; i < w->gguf.n_tensors; i++) {
+        const vd_gguf_tensor *t = &w->gguf.tensors[i];
+        char hf[512];
+        int kind = vd_gguf_llama_hf_name(t->name, hf, sizeof(hf));
+        if (kind == VD_GGUF_LLAMA_CPP_ONLY) {
+            vd_warn("%s: tensor %s ignored (llama.cpp's own; Hugging Face models have no such tensor)", path, t->name);
+            continue;
+        }
+        if (kind == VD_GGUF_NO_HF_NAME)
+            vd_die("%s: tensor %s has no Hugging Face Llama name (expected token_embd, output_norm, output or "
+                   "blk.N.{attn_norm,attn_q,attn_k,attn_v,attn_output,ffn_norm,ffn_gate,ffn_up,ffn_down}, .weight or .bias)",
+                   path, t->name);
+        /* refuse now, not at the read: the model would fail half-loaded otherwise */
+        if (!vd_gguf_type_supported(t->type))
+            vd_die("%s: tensor %s has type %s (%u), which is not supported (expected F32, F16, BF16, Q8_0, Q4_0 or "
+                   "Q4_1)",
+                   path, t->name, vd_gguf_type_name(t->type), t->type);
+        vd_w_entry *e = &w->entries[w->n_entries++];
+        e->name = vd_strdup(hf);
+        e->gguf_index = i;
+        /* GGUF lists dims fastest first: ne = [in, out] is HF's (out, in) */
+        e->ndim = t->n_dims;
+        for (int32_t d = 0; d < t->n_dims; d++) e->shape[d] = t->ne[t->n_dims - 1 - d];
+        if (kind == VD_GGUF_PERMUTED_Q || kind == VD_GGUF_PERMUTED_K) {
+            int32_t heads = kind == VD_GGUF_PERMUTED_Q ? n_head : n_head_kv;
+            /* rows come as heads x 2 halves of head_dim / 2: each head's rows must split evenly */
+            if (heads <= 0 || e->shape[0] % (2 * (int64_t)heads) != 0)
+                vd_die("%s: tensor %s has %lld rows, not a multiple of 2 x %d heads (expected llama's q/k layout)", path,
+                       t->name, (long long)e->shape[0], heads);
+            e->unpermute_heads = heads;
+        }
+    }
+    vd_sort_entries(w);
+}
+
+/* Undoes llama.cpp's permute() of q/k rows in place, as transformers' reverse_permute_weights
+ * does. convert_hf_to_gguf.py stores HF.reshape(heads, 2, half, cols).swapaxes(1, 2): its RoPE
+ * rotates adjacent pairs (2j, 2j+1) where HF rotates (j, j + half) within each head. So stored
+ * row h*2*half + 2*j + i holds HF row h*2*half + i*half + j. */
+static void vd_unpermute_rows(float *x, int64_t rows, int64_t cols, int32_t heads) {
+    int64_t per_head = rows / heads, half = per_head / 2;
+    size_t row_bytes = (size_t)cols * sizeof(float);
+    /* rows move only within their head: one head's rows of scratch, not the whole matrix */
+    float *tmp = mallocCheck((size_t)per_head * row_bytes);
+    for (int64_t h = 0; h < heads; h++) {
+        float *head = x + h * per_head * cols;
+        memcpy(tmp, head, (size_t)per_head * row_bytes);
+        for (int64_t j = 0; j < half; j++)
+            for (int64_t i = 0; i < 2; i++) memcpy(head + (i * half + j) * cols, tmp + (2 * j + i) * cols, row_bytes);
+    }
+    free(tmp);
 }
 
 /* ----------------------------------------------------------------------------------------- */
@@ -239,7 +304,7 @@ vd_weights *vd_weights_open(const char *path) {
         vd_die("%s: cannot open (%s; expected a Hugging Face model directory or a .gguf file)", path, strerror(errno));
     if (S_ISDIR(sb.st_mode)) {
         vd_open_hf(w, path);
-    } else if (S_ISREG(sb.st_mode) && strlen(path) > 5 && strcmp(path + strlen(path) - 5, ".gguf") == 0) {
+    } else if (S_ISREG(sb.st_mode) && (vd_gguf_has_suffix(path) || vd_gguf_has_magic(path))) {
         vd_open_gguf(w, path);
     } else {
         vd_die("%s: neither a directory nor a GGUF file (expected a Hugging Face model directory with config.json, "
@@ -276,13 +341,19 @@ void vd_weights_read_f32(const vd_weights *w, const char *name, int32_t ndim, co
         vd_safetensors_read_f32(&w->shards[e->shard], e->st, dst);
         return;
     }
-    vd_die("%s: tensor %s: GGUF is not supported yet", file, name);
+    vd_gguf_read_f32(&w->gguf, &w->gguf.tensors[e->gguf_index], dst);
+    if (e->unpermute_heads) {
+        int64_t cols = 1;
+        for (int32_t d = 1; d < e->ndim; d++) cols *= e->shape[d];
+        vd_unpermute_rows(dst, e->shape[0], cols, e->unpermute_heads);
+    }
 }
 
 void vd_weights_close(vd_weights *w) {
     if (!w) return;
     for (int32_t s = 0; s < w->n_shards; s++) vd_safetensors_close(&w->shards[s]);
     free(w->shards);
+    if (w->kind == VD_SRC_GGUF) vd_gguf_close(&w->gguf);
     for (int64_t i = 0; i < w->n_entries; i++) free(w->entries[i].name);
     free(w->entries);
     cJSON_Delete(w->config);

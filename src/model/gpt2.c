@@ -58,13 +58,17 @@ void vd_gpt2_init(vd_gpt2 *m, const vd_backend *be, const vd_gpt2_config *cfg, c
     vd_gpt2_params_point(&m->params, cfg, m->params_memory);
 }
 
-void vd_gpt2_alloc_acts(vd_gpt2 *m, int32_t B, int32_t T) {
-    const vd_backend *be = m->be;
-    size_t L = (size_t)m->config.n_layer, C = (size_t)m->config.channels, NH = (size_t)m->config.n_head;
-    size_t V = (size_t)m->config.vocab_size, N = (size_t)B * T;
-    m->B = B;
-    m->T = T;
-#define ACT(ptr, count) (ptr) = be->alloc(sizeof(float) * (count))
+/* The activation buffers, in one place: allocates them when be is set, and returns their
+ * total bytes either way (inspect estimates memory with be = NULL). */
+static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config *cfg, int32_t B, int32_t T) {
+    size_t L = (size_t)cfg->n_layer, C = (size_t)cfg->channels, NH = (size_t)cfg->n_head;
+    size_t V = (size_t)cfg->vocab_size, N = (size_t)B * T;
+    size_t total = 0;
+#define ACT(ptr, count)                                         \
+    do {                                                        \
+        total += sizeof(float) * (count);                       \
+        if (be) (ptr) = be->alloc(sizeof(float) * (count));     \
+    } while (0)
     ACT(m->encoded, N * C);
     ACT(m->ln1, L * N * C);
     ACT(m->ln1_mean, L * N);
@@ -91,8 +95,23 @@ void vd_gpt2_alloc_acts(vd_gpt2 *m, int32_t B, int32_t T) {
     ACT(m->datt, (size_t)B * NH * T * T);
     ACT(m->proj_out, N * C);
 #undef ACT
-    m->inputs = be->alloc(sizeof(int32_t) * N);
-    m->targets = be->alloc(sizeof(int32_t) * N);
+    total += 2 * sizeof(int32_t) * N;
+    if (be) {
+        m->inputs = be->alloc(sizeof(int32_t) * N);
+        m->targets = be->alloc(sizeof(int32_t) * N);
+    }
+    return total;
+}
+
+void vd_gpt2_alloc_acts(vd_gpt2 *m, int32_t B, int32_t T) {
+    m->B = B;
+    m->T = T;
+    gpt2_acts(m, m->be, &m->config, B, T);
+}
+
+size_t vd_gpt2_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T) {
+    vd_gpt2 scratch;
+    return gpt2_acts(&scratch, NULL, cfg, B, T);
 }
 
 static int32_t gpt2_module(const vd_gpt2 *m, int32_t l, int kind) {

@@ -454,16 +454,20 @@ void vd_llama_sites(const vd_llama *m, vd_linear_site *sites) {
     }
 }
 
-void vd_llama_alloc_acts(vd_llama *m, int32_t B, int32_t T) {
-    const vd_backend *be = m->be;
-    const vd_model_config *c = &m->config;
+/* The activation buffers, in one place: allocates them when be is set, and returns their
+ * total bytes either way (inspect estimates memory with be = NULL). */
+static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_config *cfg, int32_t B, int32_t T) {
+    const vd_model_config *c = cfg;
     size_t L = (size_t)c->n_layer, C = (size_t)c->channels, Q = (size_t)llama_q(c), KV = (size_t)llama_kv(c);
     size_t I = (size_t)c->intermediate, V = (size_t)c->vocab_size, NH = (size_t)c->n_head, N = (size_t)B * T;
     size_t wide = C > Q ? C : Q;
     if (I > wide) wide = I;
-    m->B = B;
-    m->T = T;
-#define ACT(ptr, count) (ptr) = be->alloc(sizeof(float) * (count))
+    size_t total = 0;
+#define ACT(ptr, count)                                         \
+    do {                                                        \
+        total += sizeof(float) * (count);                       \
+        if (be) (ptr) = be->alloc(sizeof(float) * (count));     \
+    } while (0)
     ACT(m->resid, (L + 1) * N * C);
     ACT(m->xn1, L * N * C);
     ACT(m->rstd1, L * N);
@@ -493,8 +497,23 @@ void vd_llama_alloc_acts(vd_llama *m, int32_t B, int32_t T) {
     ACT(m->datt, (size_t)B * NH * T * T);
     ACT(m->proj_out, N * C);
 #undef ACT
-    m->inputs = be->alloc(sizeof(int32_t) * N);
-    m->targets = be->alloc(sizeof(int32_t) * N);
+    total += 2 * sizeof(int32_t) * N;
+    if (be) {
+        m->inputs = be->alloc(sizeof(int32_t) * N);
+        m->targets = be->alloc(sizeof(int32_t) * N);
+    }
+    return total;
+}
+
+void vd_llama_alloc_acts(vd_llama *m, int32_t B, int32_t T) {
+    m->B = B;
+    m->T = T;
+    llama_acts(m, m->be, &m->config, B, T);
+}
+
+size_t vd_llama_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T) {
+    vd_llama scratch;
+    return llama_acts(&scratch, NULL, cfg, B, T);
 }
 
 static int32_t llama_module(const vd_llama *m, int32_t l, int32_t kind) {

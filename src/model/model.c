@@ -159,6 +159,10 @@ void vd_model_init(vd_model *m, const vd_backend *be, const vd_model_config *cfg
     }
 }
 
+size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T) {
+    return cfg->arch == VD_ARCH_GPT2 ? vd_gpt2_act_bytes(cfg, B, T) : vd_llama_act_bytes(cfg, B, T);
+}
+
 void vd_model_alloc_acts(vd_model *m, int32_t B, int32_t T) {
     if (m->gpt2) vd_gpt2_alloc_acts(m->gpt2, B, T);
     else vd_llama_alloc_acts(m->llama, B, T);

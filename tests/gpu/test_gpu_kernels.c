@@ -8,9 +8,10 @@
  *   exact (0)  memory ops, dropout (the mask stream is bit-identical, src/backend/cuda/dropout_hash.h),
  *              add, add_bias, scale_cols, encoder (one IEEE float operation per element)
  *   1e-6       elementwise with a multiply-add the GPU may fuse or a libm function (GELU's
- *              tanhf: 2 ulp on the GPU), softmax-xent backward, AdamW
- *   1e-5       reductions over a row in another order: LayerNorm, attention forward, softmax
- *              cross-entropy forward, the VeRA vector gradients, GEMMs (K up to 3072)
+ *              tanhf: 2 ulp on the GPU; SwiGLU's expf; RoPE's cosf / sinf), softmax-xent
+ *              backward, AdamW
+ *   1e-5       reductions over a row in another order: LayerNorm, RMSNorm, attention forward,
+ *              softmax cross-entropy forward, the VeRA vector gradients, GEMMs (K up to 3072)
  *   1e-4       attention backward (two chained reductions over T)
  *   1e-12      sum, sum_sq (double accumulation on both sides)
  *   model      loss 1e-5 relative, gradients of every lambda_b / lambda_d 1e-4, vectors after
@@ -191,6 +192,11 @@ static void test_elementwise(void) {
     cpu->encoder_forward(enc.c, tc, wte.c, wpe.c, B, T, C);
     gpu->encoder_forward(enc.g, tg, wte.g, wpe.g, B, T, C);
     compare("encoder_forward", &enc, 0);
+    /* no wpe (Llama: positions from RoPE): the GPU without wpe against the CPU with zero wpe */
+    for (size_t i = 0; i < wpe.n; i++) wpe.c[i] = 0.0f;
+    cpu->encoder_forward(enc.c, tc, wte.c, wpe.c, B, T, C);
+    gpu->encoder_forward(enc.g, tg, wte.g, NULL, B, T, C);
+    compare("encoder_forward, wpe NULL", &enc, 0);
     pair_free(&wte);
     pair_free(&wpe);
     pair_free(&enc);
@@ -231,27 +237,149 @@ static void test_layernorm_case(int N, int C) {
     pair_free(&dinp);
 }
 
-static void test_attention_case(int B, int T, int C, int NH) {
-    size_t NC = (size_t)B * T * C, natt = (size_t)B * NH * T * T;
-    pair qkv = pair_new(3 * NC, 1.0f), out = pair_new(NC, 1.0f), att = pair_new(natt, 1.0f);
-    pair dout = pair_new(NC, 1.0f), dqkv = pair_new(3 * NC, 1.0f), datt = pair_new(natt, 1.0f);
-    cpu->attention_forward(out.c, att.c, qkv.c, B, T, C, NH);
-    gpu->attention_forward(out.g, att.g, qkv.g, B, T, C, NH);
+static void test_rmsnorm_case(int N, int C) {
+    size_t n = (size_t)N * C;
+    pair out = pair_new(n, 1.0f), inp = pair_new(n, 3.0f), w = pair_new(C, 1.0f);
+    pair rstd = pair_new(N, 1.0f), dout = pair_new(n, 1.0f), dinp = pair_new(n, 1.0f);
+    for (size_t i = 0; i < n; i++) inp.c[i] += 0.5f; /* a non-zero mean: RMSNorm does not centre */
+    gpu->to_device(inp.g, inp.c, sizeof(float) * n);
+    cpu->rmsnorm_forward(out.c, rstd.c, inp.c, w.c, N, C, 1e-5f);
+    gpu->rmsnorm_forward(out.g, rstd.g, inp.g, w.g, N, C, 1e-5f);
     char what[96];
-    snprintf(what, sizeof(what), "attention_forward B %d T %d C %d NH %d (hs %d): out", B, T, C, NH, C / NH);
+    snprintf(what, sizeof(what), "rmsnorm_forward N %d C %d: out", N, C);
     compare(what, &out, 1e-5);
-    snprintf(what, sizeof(what), "attention_forward B %d T %d C %d NH %d: att", B, T, C, NH);
+    snprintf(what, sizeof(what), "rmsnorm_forward N %d C %d: rstd", N, C);
+    compare(what, &rstd, 1e-5);
+    /* backward from the CPU's saved rstd on both, onto a non-zero dinp (it accumulates) */
+    gpu->to_device(rstd.g, rstd.c, sizeof(float) * N);
+    cpu->rmsnorm_backward(dinp.c, dout.c, inp.c, w.c, rstd.c, N, C);
+    gpu->rmsnorm_backward(dinp.g, dout.g, inp.g, w.g, rstd.g, N, C);
+    snprintf(what, sizeof(what), "rmsnorm_backward N %d C %d (accumulating)", N, C);
+    compare(what, &dinp, 1e-5);
+    pair_free(&out);
+    pair_free(&inp);
+    pair_free(&w);
+    pair_free(&rstd);
+    pair_free(&dout);
+    pair_free(&dinp);
+}
+
+/* RoPE on n_heads heads of head_dim inside rows of row_stride floats (e.g. q or k inside a
+ * fused qkv row): the whole buffer is compared, so the columns RoPE must not touch are checked
+ * too. inv_freq = theta^(-2i/head_dim) (Llama's), so angles reach T - 1 radians. */
+static void test_rope_case(int B, int T, int n_heads, int head_dim, int row_stride, int offset, double theta) {
+    const int half = head_dim / 2;
+    size_t n = (size_t)B * T * row_stride;
+    pair x = pair_new(n, 1.0f), f = pair_new((size_t)half, 1.0f);
+    for (int i = 0; i < half; i++) f.c[i] = (float)(1.0 / pow(theta, 2.0 * i / head_dim));
+    gpu->to_device(f.g, f.c, sizeof(float) * half);
+    float *x0 = malloc(sizeof(float) * n);
+    memcpy(x0, x.c, sizeof(float) * n);
+    char what[128];
+    cpu->rope(x.c + offset, f.c, B, T, n_heads, head_dim, row_stride, 0);
+    gpu->rope(x.g + offset, f.g, B, T, n_heads, head_dim, row_stride, 0);
+    snprintf(what, sizeof(what), "rope B %d T %d heads %d head_dim %d stride %d offset %d", B, T, n_heads, head_dim,
+             row_stride, offset);
+    compare(what, &x, 1e-6);
+    gpu->to_device(x.g, x.c, sizeof(float) * n); /* the inverse from the same input */
+    cpu->rope(x.c + offset, f.c, B, T, n_heads, head_dim, row_stride, 1);
+    gpu->rope(x.g + offset, f.g, B, T, n_heads, head_dim, row_stride, 1);
+    snprintf(what, sizeof(what), "rope inverse B %d T %d heads %d head_dim %d", B, T, n_heads, head_dim);
+    compare(what, &x, 1e-6);
+    float *h = malloc(sizeof(float) * n);
+    gpu->to_host(h, x.g, sizeof(float) * n);
+    snprintf(what, sizeof(what), "rope then inverse = identity (gpu), head_dim %d", head_dim);
+    report(what, max_err(h, x0, n), 1e-6);
+    free(h);
+    free(x0);
+    pair_free(&x);
+    pair_free(&f);
+}
+
+static void test_swiglu(void) {
+    printf("swiglu\n");
+    const size_t n = 67 * 193 + 5;
+    pair gate = pair_new(n, 8.0f), up = pair_new(n, 1.0f), dout = pair_new(n, 1.0f);
+    pair out = pair_new(n, 1.0f), dg = pair_new(n, 1.0f), du = pair_new(n, 1.0f);
+    /* the tails of the sigmoid: expf(-g) overflows for g < -88.7 */
+    const float ext[] = {-1e4f, -100.0f, -89.0f, -88.0f, -30.0f, -0.0f, 0.0f, 1e-30f, 30.0f, 89.0f, 100.0f, 1e4f};
+    for (size_t i = 0; i < sizeof(ext) / sizeof(ext[0]); i++) gate.c[i] = ext[i];
+    gpu->to_device(gate.g, gate.c, sizeof(float) * n);
+    cpu->swiglu_forward(out.c, gate.c, up.c, n);
+    gpu->swiglu_forward(out.g, gate.g, up.g, n);
+    compare("swiglu_forward (gate in [-8, 8] and +-1e4)", &out, 1e-6);
+    cpu->swiglu_backward(dg.c, du.c, gate.c, up.c, dout.c, n);
+    gpu->swiglu_backward(dg.g, du.g, gate.g, up.g, dout.g, n);
+    compare("swiglu_backward: dgate", &dg, 1e-6);
+    compare("swiglu_backward: dup", &du, 1e-6);
+    pair_free(&gate);
+    pair_free(&up);
+    pair_free(&dout);
+    pair_free(&out);
+    pair_free(&dg);
+    pair_free(&du);
+}
+
+/* Attention with grouped-query heads and strided q / k / v (vd_attn_shape). fused: one buffer
+ * per token row [q (NH*hs) | k (NKV*hs) | v (NKV*hs) | pad] (GPT-2's qkv when NKV = NH and pad
+ * 0); otherwise three buffers, q rows NH*hs + pad floats, k and v rows NKV*hs + pad. dq, dk, dv
+ * use the same layout and start from the same random contents on both backends, so comparing
+ * whole buffers also checks that neither writes the padding (or the other tensors' columns). */
+static void test_attention_case(int B, int T, int NH, int NKV, int hs, int fused, int pad) {
+    vd_attn_shape s = {.B = B, .T = T, .n_head = NH, .n_kv_head = NKV, .head_dim = hs};
+    const int qw = NH * hs, kw = NKV * hs;
+    const size_t rows = (size_t)B * T, NC = rows * qw, natt = (size_t)B * NH * T * T;
+    int nbuf;
+    size_t len[3], off[3];
+    if (fused) {
+        s.q_stride = s.kv_stride = qw + 2 * kw + pad;
+        nbuf = 1;
+        len[0] = rows * (size_t)s.q_stride;
+        off[0] = 0;
+        off[1] = (size_t)qw;
+        off[2] = (size_t)qw + kw;
+    } else {
+        s.q_stride = qw + pad;
+        s.kv_stride = kw + pad;
+        nbuf = 3;
+        len[0] = rows * (size_t)s.q_stride;
+        len[1] = len[2] = rows * (size_t)s.kv_stride;
+        off[0] = off[1] = off[2] = 0;
+    }
+    pair in[3], gr[3];
+    for (int i = 0; i < nbuf; i++) {
+        in[i] = pair_new(len[i], 1.0f);
+        gr[i] = pair_new(len[i], 1.0f);
+    }
+#define VIEW(p, j, side) ((p)[fused ? 0 : (j)].side + off[j])
+    pair out = pair_new(NC, 1.0f), att = pair_new(natt, 1.0f), dout = pair_new(NC, 1.0f), datt = pair_new(natt, 1.0f);
+    cpu->attention_forward(out.c, att.c, VIEW(in, 0, c), VIEW(in, 1, c), VIEW(in, 2, c), &s);
+    gpu->attention_forward(out.g, att.g, VIEW(in, 0, g), VIEW(in, 1, g), VIEW(in, 2, g), &s);
+    char what[128], shape[96];
+    snprintf(shape, sizeof(shape), "B %d T %d NH %d NKV %d hs %d %s pad %d", B, T, NH, NKV, hs,
+             fused ? "fused" : "q/k/v", pad);
+    snprintf(what, sizeof(what), "attention_forward %s: out", shape);
+    compare(what, &out, 1e-5);
+    snprintf(what, sizeof(what), "attention_forward %s: att", shape);
     compare(what, &att, 1e-5);
     gpu->to_device(att.g, att.c, sizeof(float) * natt); /* backward from the same softmax */
-    cpu->attention_backward(dqkv.c, datt.c, dout.c, qkv.c, att.c, B, T, C, NH);
-    gpu->attention_backward(dqkv.g, datt.g, dout.g, qkv.g, att.g, B, T, C, NH);
-    snprintf(what, sizeof(what), "attention_backward B %d T %d C %d NH %d: dqkv", B, T, C, NH);
-    compare(what, &dqkv, 1e-4);
-    pair_free(&qkv);
+    cpu->attention_backward(VIEW(gr, 0, c), VIEW(gr, 1, c), VIEW(gr, 2, c), datt.c, dout.c, VIEW(in, 0, c),
+                            VIEW(in, 1, c), VIEW(in, 2, c), att.c, &s);
+    gpu->attention_backward(VIEW(gr, 0, g), VIEW(gr, 1, g), VIEW(gr, 2, g), datt.g, dout.g, VIEW(in, 0, g),
+                            VIEW(in, 1, g), VIEW(in, 2, g), att.g, &s);
+#undef VIEW
+    static const char *const names[3] = {"dq", "dk", "dv"};
+    for (int i = 0; i < nbuf; i++) {
+        snprintf(what, sizeof(what), "attention_backward %s: %s", shape, fused ? "dq, dk, dv" : names[i]);
+        compare(what, &gr[i], 1e-4);
+    }
+    for (int i = 0; i < nbuf; i++) {
+        pair_free(&in[i]);
+        pair_free(&gr[i]);
+    }
     pair_free(&out);
     pair_free(&att);
     pair_free(&dout);
-    pair_free(&dqkv);
     pair_free(&datt);
 }
 
@@ -472,14 +600,32 @@ int main(int argc, char **argv) {
     test_memory();
     test_gemm();
     test_elementwise();
+    test_swiglu();
     printf("layernorm\n");
     test_layernorm_case(64, 768);
     test_layernorm_case(37, 33);
+    printf("rmsnorm\n");
+    test_rmsnorm_case(64, 768);
+    test_rmsnorm_case(37, 33);
+    test_rmsnorm_case(5, 4096); /* Llama's width: 128 values per lane */
+    printf("rope\n");
+    test_rope_case(2, 37, 3, 16, 3 * 48, 0, 10000.0);      /* q inside a fused qkv row */
+    test_rope_case(2, 37, 3, 16, 3 * 48, 48, 10000.0);     /* k of the same rows */
+    test_rope_case(1, 2048, 2, 128, 2 * 128, 0, 500000.0); /* Llama 3: head_dim 128, angles to 2047 rad */
+    test_rope_case(3, 5, 1, 2, 7, 3, 10000.0);             /* head_dim 2, odd stride */
     const char *att_path = getenv("VERA_CUDA_ATTENTION");
     printf("attention (%s path; VERA_CUDA_ATTENTION=gemm|kernel)\n", att_path && *att_path ? att_path : "gemm");
-    test_attention_case(2, 67, 48, 3);   /* hs 16: 16 groups of threads */
-    test_attention_case(1, 128, 768, 12); /* GPT-2 small's heads: hs 64 */
-    test_attention_case(1, 9, 600, 2);   /* hs 300 > blockDim: the other branch */
+    /* GPT-2: fused qkv, strides 3C, n_kv_head = n_head */
+    test_attention_case(2, 67, 3, 3, 16, 1, 0);   /* hs 16: 16 groups of threads */
+    test_attention_case(1, 128, 12, 12, 64, 1, 0); /* GPT-2 small's heads: hs 64 */
+    test_attention_case(1, 9, 2, 2, 300, 1, 0);   /* hs 300 > blockDim: the other branch */
+    /* grouped-query heads, head_dim not tied to a model width, separate or fused q / k / v */
+    test_attention_case(2, 37, 4, 2, 24, 0, 5);   /* GQA 2 groups, three padded buffers */
+    test_attention_case(2, 33, 4, 2, 24, 1, 3);   /* GQA in one [q | k | v | pad] row */
+    test_attention_case(1, 130, 4, 1, 40, 0, 0);  /* MQA (one kv head), the CPU's GEMM path */
+    test_attention_case(1, 9, 4, 2, 300, 0, 1);   /* GQA with hs 300 > blockDim */
+    test_attention_case(1, 1, 4, 2, 8, 0, 0);     /* one token */
+    test_attention_case(1, 128, 8, 2, 128, 1, 0); /* Llama-like heads: hs 128, 4 per group */
     printf("softmax cross-entropy\n");
     test_xent_case(37, 1000, 0);
     test_xent_case(4, 50257, 1);

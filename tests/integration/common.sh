@@ -123,10 +123,12 @@ assert_error() {
   fail "no error line matches all of: $(printf '/%s/ ' "$@")"
 }
 
-# make_model DIR LAYERS HEADS DIM VOCAB CTX: a random GPT-2 (seed 7) written by init-model.
+# make_model DIR LAYERS HEADS DIM VOCAB CTX [init-model options]: a random model (seed 7) written
+# by init-model; GPT-2 unless the options say --arch llama.
 make_model() {
-  vd_run "$TMP/init-model.$(basename "$1").log" init-model --out "$1" --layers "$2" --heads "$3" \
-    --dim "$4" --vocab "$5" --ctx "$6" --seed 7
+  local dir="$1" layers="$2" heads="$3" dim="$4" vocab="$5" ctx="$6"; shift 6
+  vd_run "$TMP/init-model.$(basename "$dir").log" init-model --out "$dir" --layers "$layers" --heads "$heads" \
+    --dim "$dim" --vocab "$vocab" --ctx "$ctx" --seed 7 "$@"
 }
 
 # make_data DIR BYTES: byte-level shards DIR/train_*.bin, DIR/val_*.bin from make_text.

@@ -6,10 +6,16 @@
 #  * np=2 run twice gives bit-identical losses and adapter files (determinism);
 #  * with vera_dropout > 0 the trajectories of np=1 and np=2 still agree (the mask does not
 #    depend on the world size), and differ from the dropout-free ones (dropout is active).
+# VD_TEST_ARCH=llama runs the same checks on a Llama model (GQA: 4 heads, 2 key/value heads, all
+# seven projection types adapted); ctest registers both.
 source "$(dirname "$0")/common.sh"
 
 STEPS=20
-make_model "$TMP/model" 2 2 32 256 64
+if [[ "${VD_TEST_ARCH:-gpt2}" == llama ]]; then
+  make_model "$TMP/model" 2 4 32 256 64 --arch llama --kv-heads 2 --ffn 48
+else
+  make_model "$TMP/model" 2 2 32 256 64
+fi
 make_data "$TMP/data" 30000
 COMMON=(--model "$TMP/model" --train_data "$TMP/data/train_*.bin" --val_data "$TMP/data/val_*.bin"
         --batch_size 2 --seq_len 32 --max_steps "$STEPS" --warmup_steps 2 --lr 3e-2 --r 16

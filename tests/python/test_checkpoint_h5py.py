@@ -5,8 +5,17 @@ A tiny model is trained for 4 steps with --ckpt_every 2 (with and without --save
 then each checkpoint is opened with h5py and checked against the document:
   * the exact set of groups, datasets and attributes, with their dtypes and shapes;
   * progress values (step, tokens_seen, next_sequence, adam_t, last_loss against metrics.jsonl);
-  * module_order for target_modules = all, and the flat layout it implies;
+  * module_order for target_modules = all, the stored module table (module_out, module_off_b,
+    module_off_d, n_trainable) and the flat layout it describes;
+  * every /model attribute of format version 2 (the whole model config, arch as a string);
   * the three checksums recomputed in Python from the documented definitions;
+  * every attribute checked here is named in the document;
+  * a version-1 file (made from a real checkpoint by h5py surgery, as the version-1 writer wrote
+    it: no v2-only attributes, the version-1 data_checksum) still resumes, and the resumed run
+    ends bit-identical to the uninterrupted one;
+  * a Llama-family run (init-model --arch llama; skipped on builds without it) writes /model
+    with arch "llama" and its config, a module table of Llama layers, documented checksums, and
+    resumes bit-identically;
   * the final checkpoint's lambda_b / lambda_d equal adapter_final.safetensors;
   * `h5dump -H` exits 0; the docs' h5py snippet runs on the file.
 
@@ -47,8 +56,21 @@ ROOT_ATTRS = {"format": "S", "format_version": "<i4", "step": "<i8", "tokens_see
               "next_sequence": "<u8", "global_batch_seqs": "<u8", "dropout_seed": "<u8",
               "world_size": "<i4", "adam_t": "<i4", "last_loss": "<f4", "data_checksum": "<u8",
               "created": "S"}
-MODEL_ATTRS = {"n_layer": "<i4", "n_head": "<i4", "n_embd": "<i4", "vocab_size": "<i4",
-               "n_positions": "<i4", "layer_norm_epsilon": "<f4", "fingerprint": "<u8"}
+# /model, in the documented order (the order data_checksum hashes them in); "v" = the format
+# version that added it. "S" = string, "E" = an enum stored as one of the listed strings.
+MODEL_FIELDS = [("n_layer", "<i4", 1), ("n_head", "<i4", 1), ("n_embd", "<i4", 1), ("vocab_size", "<i4", 1),
+                ("n_positions", "<i4", 1), ("layer_norm_epsilon", "<f4", 1),
+                ("arch", ("E", ["gpt2", "llama"]), 2), ("n_kv_head", "<i4", 2), ("head_dim", "<i4", 2),
+                ("intermediate_size", "<i4", 2), ("tie_word_embeddings", "<i4", 2), ("qkv_bias", "<i4", 2),
+                ("o_bias", "<i4", 2), ("mlp_bias", "<i4", 2), ("rope_theta", "<f4", 2),
+                ("rope_type", ("E", ["default", "llama3"]), 2), ("rope_factor", "<f4", 2),
+                ("rope_low_freq_factor", "<f4", 2), ("rope_high_freq_factor", "<f4", 2),
+                ("rope_original_max_position_embeddings", "<i4", 2), ("hf_architecture", "S", 2)]
+MODEL_ATTRS = {name: ("S" if isinstance(kind, tuple) else kind) for name, kind, _ in MODEL_FIELDS}
+MODEL_ATTRS["fingerprint"] = "<u8"
+ADAPTER_ARRAYS = {"module_order": "S", "module_out": "<i4", "module_off_b": "<u8", "module_off_d": "<u8"}
+ADAPTER_SCALARS = {"n_trainable": "<u8"}
+V2_ONLY = {"/model": [n for n, _, v in MODEL_FIELDS if v == 2], "/adapter": ["module_out", "module_off_b", "module_off_d", "n_trainable"]}
 VERA_ATTRS = {"r": "<i4", "max_in": "<i4", "max_out": "<i4", "projection_prng_key": "<u8",
               "target_modules": "S", "projection_checksum": "<u8", "save_projection": "<i4"}
 
@@ -118,12 +140,18 @@ def run_dir(request, inputs, tmp_path_factory):
     return out, files, request.param
 
 
-def check_attrs(obj, spec, where):
-    assert set(obj.attrs.keys()) == set(spec), \
-        f"{where}: attributes {sorted(obj.attrs.keys())}, documented {sorted(spec)}"
-    for name, kind in spec.items():
+def check_attrs(obj, spec, where, arrays=None):
+    """spec: scalar attributes; arrays: one-dimensional ones (name -> (kind, length))."""
+    arrays = arrays or {}
+    assert set(obj.attrs.keys()) == set(spec) | set(arrays), \
+        f"{where}: attributes {sorted(obj.attrs.keys())}, documented {sorted(set(spec) | set(arrays))}"
+    for name, kind in list(spec.items()) + list(arrays.items()):
         v = obj.attrs.get_id(name)
-        assert v.shape == (), f"{where} attribute {name} is not a scalar: shape {v.shape}"
+        if name in arrays:
+            kind, n = kind
+            assert v.shape == (n,), f"{where} attribute {name}: shape {v.shape}, documented ({n},)"
+        else:
+            assert v.shape == (), f"{where} attribute {name} is not a scalar: shape {v.shape}"
         dt = v.dtype
         if kind == "S":
             assert dt.kind == "S", f"{where} attribute {name}: dtype {dt}, documented a fixed-length string"
@@ -163,6 +191,46 @@ def safetensors_f32(path):
     return out
 
 
+def data_checksum(f, params, m1, m2, version):
+    """data_checksum of open file f as docs/checkpoint-format.md defines it for `version`, over the
+    flat arrays params, m1, m2 (float32)."""
+    a, cfg, m, v, ad = f.attrs, f["config"], f["model"].attrs, f["vera"].attrs, f["adapter"].attrs
+
+    def u64(x):
+        return int(x) & M64
+
+    def fbits(x):
+        return struct.unpack("<I", np.float32(x).tobytes())[0]
+
+    def model_word(name, kind):
+        if kind == "<f4":
+            return fbits(m[name])
+        if kind == "S":
+            return fnv(m[name])                      # the string's bytes, without the NUL
+        if isinstance(kind, tuple):
+            return kind[1].index(m[name].decode())   # an enum: the index of its spelling
+        return int(m[name])
+
+    h = fnv(params.tobytes())
+    h = fnv(m1.tobytes(), h)
+    h = fnv(m2.tobytes(), h)
+    words = [a["step"], a["tokens_seen"], a["next_sequence"], a["global_batch_seqs"], a["adam_t"],
+             a["world_size"], a["dropout_seed"], fbits(a["last_loss"]), cfg.attrs["hash"], m["fingerprint"]]
+    words += [model_word(name, kind) for name, kind, since in MODEL_FIELDS if since <= version]
+    words += [v["r"], v["max_in"], v["max_out"], v["projection_prng_key"], v["projection_checksum"]]
+    assert len(words) == (21 if version == 1 else 36)
+    h = fnv(b"".join(struct.pack("<Q", u64(w)) for w in words), h)
+    h = fnv(v["target_modules"], h)
+    if version >= 2:
+        order = list(ad["module_order"])
+        h = fnv(struct.pack("<QQ", len(order), int(ad["n_trainable"])), h)
+        for i, name in enumerate(order):
+            h = fnv(name, h)
+            h = fnv(struct.pack("<QQQ", u64(ad["module_out"][i]), int(ad["module_off_b"][i]),
+                                int(ad["module_off_d"][i])), h)
+    return h
+
+
 def check_checkpoint(path, out, save_projection):
     step_from_name = int(re.fullmatch(r"step_(\d{8,})\.h5", path.name).group(1))
     C = DIM
@@ -173,7 +241,7 @@ def check_checkpoint(path, out, save_projection):
         # ---- root ----
         check_attrs(f, ROOT_ATTRS, "/")
         a = f.attrs
-        assert a["format"] == b"vera-dist-checkpoint" and a["format_version"] == 1
+        assert a["format"] == b"vera-dist-checkpoint" and a["format_version"] == 2
         step = int(a["step"])
         gbs = BATCH * 1 * 1   # batch_size x grad_accum x world_size
         assert step == step_from_name
@@ -201,6 +269,13 @@ def check_checkpoint(path, out, save_projection):
         m = f["model"].attrs
         assert (m["n_layer"], m["n_head"], m["n_embd"], m["vocab_size"], m["n_positions"]) == (LAYERS, HEADS, DIM, VOCAB, CTX)
         assert abs(float(m["layer_norm_epsilon"]) - 1e-5) < 1e-9
+        for name, kind, _ in MODEL_FIELDS:
+            if isinstance(kind, tuple):
+                assert m[name].decode() in kind[1], f"/model {name} = {m[name]!r}, documented one of {kind[1]}"
+        assert m["arch"] == b"gpt2" and m["rope_type"] == b"default", (m["arch"], m["rope_type"])
+        assert m["hf_architecture"] in (b"", b"GPT2LMHeadModel"), m["hf_architecture"]
+        for flag in ("tie_word_embeddings", "qkv_bias", "o_bias", "mlp_bias"):
+            assert m[flag] in (0, 1), f"/model {flag} = {m[flag]}"
         check_attrs(f["vera"], VERA_ATTRS, "/vera")
         v = f["vera"].attrs
         max_in, max_out = 4 * C, 4 * C
@@ -211,7 +286,17 @@ def check_checkpoint(path, out, save_projection):
         # ---- /adapter and /optimizer ----
         order = [s.decode() for s in f["adapter"].attrs["module_order"]]
         assert order == MODULES, f"module_order {order}"
-        assert set(f["adapter"].attrs.keys()) == {"module_order"}
+        check_attrs(f["adapter"], ADAPTER_SCALARS, "/adapter",
+                    arrays={k: (kind, len(MODULES)) for k, kind in ADAPTER_ARRAYS.items()})
+        ad = f["adapter"].attrs
+        outs = [int(x) for x in ad["module_out"]]
+        assert outs == [KIND_OUT[name.split(".", 3)[3]] * C for name in MODULES], f"module_out {outs}"
+        off = 0
+        for i, name in enumerate(MODULES):   # lambda_b then lambda_d, back to back, in order
+            assert int(ad["module_off_b"][i]) == off and int(ad["module_off_d"][i]) == off + outs[i], \
+                f"{name}: offsets {int(ad['module_off_b'][i])}, {int(ad['module_off_d'][i])}; documented {off}, {off + outs[i]}"
+            off += outs[i] + R
+        assert int(ad["n_trainable"]) == off
         for tree in ("adapter", "optimizer/exp_avg", "optimizer/exp_avg_sq"):
             assert set(f[tree].keys()) == set(MODULES), f"/{tree}: {sorted(f[tree].keys())}"
             for name in MODULES:
@@ -251,14 +336,8 @@ def check_checkpoint(path, out, save_projection):
 
         def fbits(x):
             return struct.unpack("<I", np.float32(x).tobytes())[0]
-        words = [a["step"], a["tokens_seen"], a["next_sequence"], a["global_batch_seqs"], a["adam_t"],
-                 a["world_size"], a["dropout_seed"], fbits(a["last_loss"]), cfg.attrs["hash"], m["fingerprint"],
-                 m["n_layer"], m["n_head"], m["n_embd"], m["vocab_size"], m["n_positions"],
-                 fbits(m["layer_norm_epsilon"]), v["r"], v["max_in"], v["max_out"], v["projection_prng_key"],
-                 v["projection_checksum"]]
-        h = fnv(b"".join(struct.pack("<Q", u64(w)) for w in words), h)
-        h = fnv(v["target_modules"], h)
-        assert h == int(a["data_checksum"]), "data_checksum does not follow the documented definition"
+        assert int(a["data_checksum"]) == data_checksum(f, params, m1, m2, version=2), \
+            "data_checksum does not follow the documented definition"
         return step, dict(zip(order, [(f[f"adapter/{n}/lambda_b"][()], f[f"adapter/{n}/lambda_d"][()]) for n in order]))
 
 
@@ -319,3 +398,113 @@ def test_doc_snippet_runs(run_dir):
     for name in MODULES:
         assert name in printed, f"{name} not printed:\n{printed}"
     assert isinstance(scope.get("config"), str) and f"r = {R}" in scope["config"]
+
+
+def test_doc_names_every_attribute():
+    """Every attribute this test checks is documented (as `name`), and the v2-only ones are marked."""
+    doc = DOC.read_text()
+    names = set(ROOT_ATTRS) | set(MODEL_ATTRS) | set(VERA_ATTRS) | set(ADAPTER_ARRAYS) | set(ADAPTER_SCALARS)
+    missing = sorted(n for n in names if f"`{n}`" not in doc)
+    assert not missing, f"{DOC.name} does not document {missing}"
+    for where, v2names in V2_ONLY.items():
+        for n in v2names:
+            rows = [l for l in doc.splitlines() if l.startswith("|") and f"`{n}`" in l]
+            assert rows and any("v2" in l for l in rows), f"{DOC.name}: the row of {where} {n} does not say it is v2-only"
+
+
+def make_v1(src, dst):
+    """The file format version 1 wrote for the same checkpoint: the v2-only attributes removed,
+    format_version 1, data_checksum by version 1's definition."""
+    shutil.copyfile(src, dst)
+    with h5py.File(dst, "r+") as f:
+        order = [s.decode() for s in f["adapter"].attrs["module_order"]]
+        for where, names in V2_ONLY.items():
+            for n in names:
+                del f[where].attrs[n]
+        params, m1, m2 = (flat(f, t, order) for t in ("adapter", "optimizer/exp_avg", "optimizer/exp_avg_sq"))
+        f.attrs.modify("format_version", np.int32(1))
+        f.attrs.modify("data_checksum", np.uint64(data_checksum(f, params, m1, m2, version=1)))
+
+
+def test_version1_resumes(inputs, tmp_path):
+    """A version-1 checkpoint still resumes, and the run ends exactly where the uninterrupted one does."""
+    full = tmp_path / "full"
+    files = train(inputs, full, 0)
+    mid = full / "checkpoints" / f"step_{EVERY:08d}.h5"
+    assert mid in files
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    v1 = resumed / "checkpoints" / mid.name
+    make_v1(mid, v1)
+    with h5py.File(v1, "r") as f:
+        assert f.attrs["format_version"] == 1 and "arch" not in f["model"].attrs and "module_out" not in f["adapter"].attrs
+    p = run([BIN, "--model", inputs / "model", "--train_data", inputs / "data" / "train_*.bin", "--out_dir", resumed,
+             "--target_modules", "all", "--r", R, "--batch_size", BATCH, "--seq_len", SEQ, "--grad_accum", 1,
+             "--max_steps", STEPS, "--warmup_steps", 0, "--ckpt_every", EVERY, "--save_projection", 0,
+             "--seed", SEED, "--projection_prng_key", KEY, "--threads", 1, "--log_every", 1, "--resume", v1],
+            "resuming from a version-1 checkpoint")
+    assert f"at step {EVERY}" in p.stdout + p.stderr, p.stdout + p.stderr
+    want = safetensors_f32(full / "adapter_final.safetensors")
+    got = safetensors_f32(resumed / "adapter_final.safetensors")
+    assert want.keys() == got.keys()
+    for k in want:
+        assert np.array_equal(want[k], got[k]), f"{k} differs after resuming from the version-1 file"
+    # what the resumed run writes is version 2
+    with h5py.File(resumed / "checkpoints" / f"step_{STEPS:08d}.h5", "r") as f:
+        assert f.attrs["format_version"] == 2
+
+
+def test_llama_checkpoint(inputs, tmp_path):
+    """A Llama-family run's checkpoints: /model holds the Llama config (arch "llama"), the module
+    table describes the Llama layers, the checksums follow the document, and a resume from the
+    middle ends bit-identical. Skips on a build whose init-model has no --arch llama."""
+    model = tmp_path / "llama"
+    p = subprocess.run([str(BIN), "init-model", "--arch", "llama", "--out", str(model), "--layers", str(LAYERS),
+                        "--heads", "4", "--kv-heads", "2", "--dim", str(DIM), "--vocab", str(VOCAB), "--ctx", str(CTX)],
+                       capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        pytest.skip(f"this build cannot make a Llama model (init-model --arch llama: {p.stderr.strip()[:200]})")
+    args = ["--model", model, "--train_data", inputs / "data" / "train_*.bin", "--target_modules", "all", "--r", R,
+            "--batch_size", BATCH, "--seq_len", SEQ, "--grad_accum", 1, "--max_steps", STEPS, "--warmup_steps", 0,
+            "--ckpt_every", EVERY, "--save_projection", 1, "--seed", SEED, "--projection_prng_key", KEY,
+            "--threads", 1, "--log_every", 1]
+    full = tmp_path / "full"
+    run([BIN, *args, "--out_dir", full], "Llama training")
+    files = sorted((full / "checkpoints").glob("step_*.h5"))
+    assert [f.name for f in files] == [f"step_{s:08d}.h5" for s in range(EVERY, STEPS + 1, EVERY)]
+    cfg = json.loads((model / "config.json").read_text())
+    for path in files:
+        with h5py.File(path, "r") as f:
+            assert f.attrs["format_version"] == 2
+            check_attrs(f["model"], MODEL_ATTRS, "/model")
+            m = f["model"].attrs
+            assert m["arch"] == b"llama" and m["hf_architecture"] == b"LlamaForCausalLM", (m["arch"], m["hf_architecture"])
+            assert (m["n_layer"], m["n_head"], m["n_kv_head"], m["n_embd"]) == (LAYERS, 4, 2, DIM)
+            assert m["intermediate_size"] == cfg["intermediate_size"] and m["vocab_size"] == VOCAB
+            assert np.float32(m["rope_theta"]) == np.float32(cfg.get("rope_theta", 10000.0))
+            order = [s.decode() for s in f["adapter"].attrs["module_order"]]
+            assert order and all(n.startswith("model.layers.") for n in order), order
+            check_attrs(f["adapter"], ADAPTER_SCALARS, "/adapter",
+                        arrays={k: (kind, len(order)) for k, kind in ADAPTER_ARRAYS.items()})
+            ad = f["adapter"].attrs
+            off = 0
+            for i, name in enumerate(order):
+                out_w = f[f"adapter/{name}/lambda_b"].shape[0]
+                assert int(ad["module_out"][i]) == out_w and f[f"adapter/{name}/lambda_d"].shape == (R,)
+                assert int(ad["module_off_b"][i]) == off and int(ad["module_off_d"][i]) == off + out_w
+                off += out_w + R
+            assert int(ad["n_trainable"]) == off
+            assert int(f["vera"].attrs["max_out"]) == max(int(x) for x in ad["module_out"])
+            params, m1, m2 = (flat(f, t, order) for t in ("adapter", "optimizer/exp_avg", "optimizer/exp_avg_sq"))
+            assert int(f.attrs["data_checksum"]) == data_checksum(f, params, m1, m2, version=2)
+            A, B = f["projection/A"][()], f["projection/B"][()]
+            assert fnv(B.tobytes(), fnv(A.tobytes())) == int(f["vera"].attrs["projection_checksum"])
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(files[0], resumed / "checkpoints" / files[0].name)
+    run([BIN, *args, "--out_dir", resumed], "Llama resume")
+    want = safetensors_f32(full / "adapter_final.safetensors")
+    got = safetensors_f32(resumed / "adapter_final.safetensors")
+    assert want.keys() == got.keys()
+    for k in want:
+        assert np.array_equal(want[k], got[k]), f"{k} differs after resuming the Llama run"

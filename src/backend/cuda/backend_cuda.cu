@@ -258,7 +258,8 @@ __global__ void k_encoder_forward(float *out, const int32_t *tokens, const float
                                   int T, int C) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         size_t bt = i / (size_t)C, c = i % (size_t)C, t = bt % (size_t)T;
-        out[i] = wte[(size_t)tokens[bt] * C + c] + wpe[t * C + c];
+        const float e = wte[(size_t)tokens[bt] * C + c];
+        out[i] = wpe ? e + wpe[t * C + c] : e; /* no wpe: positions come from RoPE (Llama) */
     }
 }
 
@@ -338,34 +339,141 @@ static void cu_layernorm_backward(float *dinp, const float *dout, const float *i
     VD_LAUNCHED("layernorm_backward");
 }
 
-/* Causal attention, straightforward and exact: one block per (b, h, t) query row.
- * Layouts as on the CPU: qkv (B, T, 3C) with q, k, v at column offsets 0, C, 2C and head h at
- * h*hs within each; att (B, NH, T, T) keeps the softmax (zeros above the diagonal).
+/* RMSNorm (HF LlamaRMSNorm in fp32), as the CPU: one warp per row; the float squares summed in
+ * double, var = (float)(sum / C), rstd = 1.0f / sqrtf(var + eps) in float (IEEE sqrt and
+ * division on the GPU too: no fast math), out = (x * rstd) * w. */
+__global__ void k_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps) {
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= N) return; /* the whole warp leaves together */
+    const float *x = inp + (size_t)row * C;
+    double ss = 0.0;
+    for (int c = lane; c < C; c += 32) ss += x[c] * x[c];
+    const float var = (float)(warp_allsum(ss) / C);
+    const float r = 1.0f / sqrtf(var + eps);
+    float *o = out + (size_t)row * C;
+    for (int c = lane; c < C; c += 32) o[c] = (x[c] * r) * w[c];
+    if (lane == 0) rstd[row] = r;
+}
+
+static void cu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *w, int N, int C, float eps) {
+    if (N <= 0) return;
+    const int rows_per_block = VD_THREADS / 32;
+    VD_LAUNCH(k_rmsnorm_forward, vd_grid((size_t)N, rows_per_block), VD_THREADS, 0, out, rstd, inp, w, N, C, eps);
+    VD_LAUNCHED("rmsnorm_forward");
+}
+
+/* y = x r w with r = (mean x^2 + eps)^(-1/2): dinp += r (w g - x r^2 mean(w g x)), as the CPU;
+ * one warp per row, the mean in double. */
+__global__ void k_rmsnorm_backward(float *dinp, const float *dout, const float *inp, const float *w,
+                                   const float *rstd, int N, int C) {
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const float *x = inp + (size_t)row * C;
+    const float *gr = dout + (size_t)row * C;
+    float *dx = dinp + (size_t)row * C;
+    const float r = rstd[row];
+    double acc = 0.0;
+    for (int c = lane; c < C; c += 32) acc += w[c] * gr[c] * x[c];
+    const float kk = r * r * (float)(warp_allsum(acc) / C);
+    for (int c = lane; c < C; c += 32) dx[c] += r * (w[c] * gr[c] - x[c] * kk);
+}
+
+static void cu_rmsnorm_backward(float *dinp, const float *dout, const float *inp, const float *w, const float *rstd,
+                                int N, int C) {
+    if (N <= 0) return;
+    const int rows_per_block = VD_THREADS / 32;
+    VD_LAUNCH(k_rmsnorm_backward, vd_grid((size_t)N, rows_per_block), VD_THREADS, 0, dinp, dout, inp, w, rstd, N, C);
+    VD_LAUNCHED("rmsnorm_backward");
+}
+
+/* Rotary embedding in place (HF rotate_half pairing): one thread per (row n, head h, i <
+ * head_dim / 2), which owns the pair (x[i], x[i + head_dim/2]) of that head; the angle is the
+ * fp32 product t * inv_freq[i] (t = n % T), as the spec says; inverse rotates by -a. */
+__global__ void k_rope(float *x, const float *inv_freq, size_t n, int T, int n_heads, int head_dim, int row_stride,
+                       int inverse) {
+    const int half = head_dim / 2;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
+        const int i = (int)(idx % (size_t)half);
+        const size_t nh = idx / (size_t)half;
+        const int h = (int)(nh % (size_t)n_heads);
+        const size_t row = nh / (size_t)n_heads;
+        const int t = (int)(row % (size_t)T);
+        const float a = (float)t * inv_freq[i];
+        const float c = cosf(a);
+        const float s = inverse ? -sinf(a) : sinf(a);
+        float *p = x + row * (size_t)row_stride + (size_t)h * head_dim;
+        const float x1 = p[i], x2 = p[i + half];
+        p[i] = x1 * c - x2 * s;
+        p[i + half] = x2 * c + x1 * s;
+    }
+}
+
+static void cu_rope(float *x, const float *inv_freq, int B, int T, int n_heads, int head_dim, int row_stride,
+                    int inverse) {
+    if (B <= 0 || T <= 0 || n_heads <= 0 || head_dim < 2) return;
+    const size_t n = (size_t)B * T * n_heads * (size_t)(head_dim / 2);
+    VD_LAUNCH(k_rope, vd_grid(n, VD_THREADS), VD_THREADS, 0, x, inv_freq, n, T, n_heads, head_dim, row_stride,
+              inverse);
+    VD_LAUNCHED("rope");
+}
+
+/* Causal attention with grouped-query heads (vd_attn_shape, include/vera/backend.h), shared by
+ * both paths. Query head h of token row r = b*T + t is at q + r*q_stride + h*hs; it reads kv
+ * head h / group (group = n_head / n_kv_head: the heads of a group are consecutive, as in HF's
+ * repeat_kv) at k, v + r*kv_stride + kvh*hs; out / dout rows are contiguous, n_head*hs floats;
+ * att (B, n_head, T, T) keeps the softmax (zeros above the diagonal). GPT-2 passes its fused
+ * qkv: q = qkv, k = qkv + C, v = qkv + 2C, strides 3C, group 1, hs = C / n_head. */
+typedef struct {
+    int T, NH, group, hs;
+    size_t qs, kvs, oc; /* row strides of q (and dq), k / v (and dk / dv), out / dout */
+} vd_attn_dims;
+
+static vd_attn_dims vd_attn_dims_of(const vd_attn_shape *s) {
+    if (s->n_head < 1 || s->n_kv_head < 1 || s->n_head % s->n_kv_head != 0 || s->head_dim < 1 ||
+        s->q_stride < s->head_dim || s->kv_stride < s->head_dim)
+        vd_die("internal: attention shape n_head %d, n_kv_head %d, head_dim %d, q_stride %d, kv_stride %d "
+               "(need n_head %% n_kv_head == 0 and strides >= head_dim)",
+               s->n_head, s->n_kv_head, s->head_dim, s->q_stride, s->kv_stride);
+    vd_attn_dims d;
+    d.T = s->T;
+    d.NH = s->n_head;
+    d.group = s->n_head / s->n_kv_head;
+    d.hs = s->head_dim;
+    d.qs = (size_t)s->q_stride;
+    d.kvs = (size_t)s->kv_stride;
+    d.oc = (size_t)s->n_head * s->head_dim;
+    return d;
+}
+
+/* The direct kernels, straightforward and exact: one block per (b, h, t) query row.
  * The scores of the row are written straight into att (global memory, so any T works), the
  * max and the sum are block reductions, and the weighted sum of values splits the keys over
  * G = blockDim / hs groups of threads whose partial sums are added in group order.
  * These direct kernels are the reference (VERA_CUDA_ATTENTION=kernel); the default path runs
  * the products through cuBLAS strided-batched GEMMs (below). A fused flash-style kernel would
  * be the next step for speed (docs/gpu.md). */
-__global__ void k_attention_forward(float *out, float *att, const float *qkv, int T, int C, int NH, float scale) {
+__global__ void k_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                                    vd_attn_dims d, float scale) {
     VD_DYNAMIC_SHARED(float, sh); /* [hs] the query, [blockDim] partial sums */
     __shared__ float red[33];
-    const int hs = C / NH, tid = threadIdx.x, bd = blockDim.x;
+    const int T = d.T, NH = d.NH, hs = d.hs, tid = threadIdx.x, bd = blockDim.x;
     const size_t row = blockIdx.x; /* (b * NH + h) * T + t */
-    const int t = (int)(row % (size_t)T), h = (int)((row / (size_t)T) % (size_t)NH);
-    const size_t b = row / ((size_t)T * NH), C3 = 3 * (size_t)C;
+    const int t = (int)(row % (size_t)T), h = (int)((row / (size_t)T) % (size_t)NH), kvh = h / d.group;
+    const size_t b = row / ((size_t)T * NH), kvs = d.kvs;
     float *sq = sh, *part = sh + hs;
-    const float *q = qkv + (b * T + t) * C3 + (size_t)h * hs;
-    for (int i = tid; i < hs; i += bd) sq[i] = q[i];
+    const float *qr = q + (b * T + t) * d.qs + (size_t)h * hs;
+    for (int i = tid; i < hs; i += bd) sq[i] = qr[i];
     __syncthreads();
-    const float *kbase = qkv + b * T * C3 + C + (size_t)h * hs;
-    const float *vbase = qkv + b * T * C3 + 2 * (size_t)C + (size_t)h * hs;
+    const float *kbase = k + b * T * kvs + (size_t)kvh * hs;
+    const float *vbase = v + b * T * kvs + (size_t)kvh * hs;
     float *a = att + row * T;
     float mx = -INFINITY;
     for (int t2 = tid; t2 <= t; t2 += bd) {
-        const float *k = kbase + (size_t)t2 * C3;
+        const float *kr = kbase + (size_t)t2 * kvs;
         float s = 0.0f;
-        for (int i = 0; i < hs; i++) s += sq[i] * k[i];
+        for (int i = 0; i < hs; i++) s += sq[i] * kr[i];
         s *= scale;
         a[t2] = s;
         mx = fmaxf(mx, s);
@@ -382,12 +490,12 @@ __global__ void k_attention_forward(float *out, float *att, const float *qkv, in
     for (int t2 = tid; t2 <= t; t2 += bd) a[t2] *= inv;
     for (int t2 = t + 1 + tid; t2 < T; t2 += bd) a[t2] = 0.0f;
     __syncthreads(); /* the whole row of a is visible to the block */
-    float *o = out + (b * T + t) * (size_t)C + (size_t)h * hs;
+    float *o = out + (b * T + t) * d.oc + (size_t)h * hs;
     if (hs <= bd) {
         const int G = bd / hs, i = tid % hs, grp = tid / hs;
         if (grp < G) {
             float acc = 0.0f;
-            for (int t2 = grp; t2 <= t; t2 += G) acc += a[t2] * vbase[(size_t)t2 * C3 + i];
+            for (int t2 = grp; t2 <= t; t2 += G) acc += a[t2] * vbase[(size_t)t2 * kvs + i];
             part[grp * hs + i] = acc;
         }
         __syncthreads();
@@ -399,7 +507,7 @@ __global__ void k_attention_forward(float *out, float *att, const float *qkv, in
     } else {
         for (int i = tid; i < hs; i += bd) {
             float acc = 0.0f;
-            for (int t2 = 0; t2 <= t; t2++) acc += a[t2] * vbase[(size_t)t2 * C3 + i];
+            for (int t2 = 0; t2 <= t; t2++) acc += a[t2] * vbase[(size_t)t2 * kvs + i];
             o[i] = acc;
         }
     }
@@ -408,80 +516,84 @@ __global__ void k_attention_forward(float *out, float *att, const float *qkv, in
 /* Backward, part 1: one block per query row (b, h, t). da = dout . v (through the weighted
  * sum), then datt := the gradient of the pre-softmax scores, dpre = a (da - a . da) * scale,
  * kept in datt for part 2, and dq = sum over keys of dpre k (this row owns dq: no races). */
-__global__ void k_attention_backward_q(float *dqkv, float *datt, const float *dout, const float *qkv,
-                                       const float *att, int T, int C, int NH, float scale) {
+__global__ void k_attention_backward_q(float *dq, float *datt, const float *dout, const float *k, const float *v,
+                                       const float *att, vd_attn_dims d, float scale) {
     VD_DYNAMIC_SHARED(float, sh); /* [hs] dout of this row, [blockDim] partial sums */
     __shared__ float red[33];
-    const int hs = C / NH, tid = threadIdx.x, bd = blockDim.x;
+    const int T = d.T, NH = d.NH, hs = d.hs, tid = threadIdx.x, bd = blockDim.x;
     const size_t row = blockIdx.x;
-    const int t = (int)(row % (size_t)T), h = (int)((row / (size_t)T) % (size_t)NH);
-    const size_t b = row / ((size_t)T * NH), C3 = 3 * (size_t)C;
+    const int t = (int)(row % (size_t)T), h = (int)((row / (size_t)T) % (size_t)NH), kvh = h / d.group;
+    const size_t b = row / ((size_t)T * NH), kvs = d.kvs;
     float *sgo = sh, *part = sh + hs;
-    const float *go = dout + (b * T + t) * (size_t)C + (size_t)h * hs;
+    const float *go = dout + (b * T + t) * d.oc + (size_t)h * hs;
     for (int i = tid; i < hs; i += bd) sgo[i] = go[i];
     __syncthreads();
-    const float *kbase = qkv + b * T * C3 + C + (size_t)h * hs;
-    const float *vbase = qkv + b * T * C3 + 2 * (size_t)C + (size_t)h * hs;
+    const float *kbase = k + b * T * kvs + (size_t)kvh * hs;
+    const float *vbase = v + b * T * kvs + (size_t)kvh * hs;
     const float *a = att + row * T;
     float *da = datt + row * T;
     float dot = 0.0f;
     for (int t2 = tid; t2 <= t; t2 += bd) {
-        const float *v = vbase + (size_t)t2 * C3;
+        const float *vr = vbase + (size_t)t2 * kvs;
         float s = 0.0f;
-        for (int i = 0; i < hs; i++) s += sgo[i] * v[i];
+        for (int i = 0; i < hs; i++) s += sgo[i] * vr[i];
         da[t2] = s;
         dot += a[t2] * s;
     }
     dot = block_sum(dot, red);
     for (int t2 = tid; t2 <= t; t2 += bd) da[t2] = a[t2] * (da[t2] - dot) * scale;
     __syncthreads();
-    float *dq = dqkv + (b * T + t) * C3 + (size_t)h * hs;
+    float *dqr = dq + (b * T + t) * d.qs + (size_t)h * hs;
     if (hs <= bd) {
         const int G = bd / hs, i = tid % hs, grp = tid / hs;
         if (grp < G) {
             float acc = 0.0f;
-            for (int t2 = grp; t2 <= t; t2 += G) acc += da[t2] * kbase[(size_t)t2 * C3 + i];
+            for (int t2 = grp; t2 <= t; t2 += G) acc += da[t2] * kbase[(size_t)t2 * kvs + i];
             part[grp * hs + i] = acc;
         }
         __syncthreads();
         if (tid < hs) {
             float s = 0.0f;
             for (int gg = 0; gg < G; gg++) s += part[gg * hs + tid];
-            dq[tid] = s;
+            dqr[tid] = s;
         }
     } else {
         for (int i = tid; i < hs; i += bd) {
             float acc = 0.0f;
-            for (int t2 = 0; t2 <= t; t2++) acc += da[t2] * kbase[(size_t)t2 * C3 + i];
-            dq[i] = acc;
+            for (int t2 = 0; t2 <= t; t2++) acc += da[t2] * kbase[(size_t)t2 * kvs + i];
+            dqr[i] = acc;
         }
     }
 }
 
-/* Backward, part 2: one block per key row (b, h, t2), which owns dk and dv of position t2:
- * dk = sum over queries t >= t2 of dpre[t, t2] q_t, dv = sum over t >= t2 of a[t, t2] dout_t. */
-__global__ void k_attention_backward_kv(float *dqkv, const float *datt, const float *dout, const float *qkv,
-                                        const float *att, int T, int C, int NH) {
+/* Backward, part 2: one block per key row (b, kv head kvh, t2), which owns dk and dv of that kv
+ * head at position t2, summed over the query heads h of its group (in head order, then queries):
+ * dk = sum_h sum_{t >= t2} dpre_h[t, t2] q_{t,h}, dv = sum_h sum_{t >= t2} a_h[t, t2] dout_{t,h}.
+ * With group 1 the order is GPT-2's: one head, the queries. */
+__global__ void k_attention_backward_kv(float *dk, float *dv, const float *datt, const float *dout, const float *q,
+                                        const float *att, vd_attn_dims d) {
     VD_DYNAMIC_SHARED(float, sh); /* [2 * blockDim] partial sums of dk and dv */
-    const int hs = C / NH, tid = threadIdx.x, bd = blockDim.x;
-    const size_t row = blockIdx.x;
-    const int t2 = (int)(row % (size_t)T), h = (int)((row / (size_t)T) % (size_t)NH);
-    const size_t b = row / ((size_t)T * NH), C3 = 3 * (size_t)C;
-    const size_t bh = b * NH + h;
-    const float *qbase = qkv + b * T * C3 + (size_t)h * hs;
-    const float *gobase = dout + b * T * (size_t)C + (size_t)h * hs;
-    const float *acol = att + bh * T * T + t2;  /* a[t, t2] = acol[t * T] */
-    const float *dcol = datt + bh * T * T + t2;
-    float *dk = dqkv + (b * T + t2) * C3 + C + (size_t)h * hs;
-    float *dv = dqkv + (b * T + t2) * C3 + 2 * (size_t)C + (size_t)h * hs;
+    const int T = d.T, NH = d.NH, hs = d.hs, group = d.group, NKV = NH / group, tid = threadIdx.x, bd = blockDim.x;
+    const size_t row = blockIdx.x; /* (b * NKV + kvh) * T + t2 */
+    const int t2 = (int)(row % (size_t)T), kvh = (int)((row / (size_t)T) % (size_t)NKV);
+    const size_t b = row / ((size_t)T * NKV), qs = d.qs, oc = d.oc;
+    const size_t TT = (size_t)T * T;
+    float *dkr = dk + (b * T + t2) * d.kvs + (size_t)kvh * hs;
+    float *dvr = dv + (b * T + t2) * d.kvs + (size_t)kvh * hs;
     if (hs <= bd) {
         const int G = bd / hs, i = tid % hs, grp = tid / hs;
         float *pk = sh, *pv = sh + bd;
         if (grp < G) {
             float ak = 0.0f, av = 0.0f;
-            for (int t = t2 + grp; t < T; t += G) {
-                ak += dcol[(size_t)t * T] * qbase[(size_t)t * C3 + i];
-                av += acol[(size_t)t * T] * gobase[(size_t)t * C + i];
+            for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+                const float *qbase = q + b * T * qs + (size_t)h * hs;
+                const float *gobase = dout + b * T * oc + (size_t)h * hs;
+                const float *acol = att + (b * NH + h) * TT + t2; /* a[t, t2] = acol[t * T] */
+                const float *dcol = datt + (b * NH + h) * TT + t2;
+                for (int t = t2 + grp; t < T; t += G) {
+                    ak += dcol[(size_t)t * T] * qbase[(size_t)t * qs + i];
+                    av += acol[(size_t)t * T] * gobase[(size_t)t * oc + i];
+                }
             }
             pk[grp * hs + i] = ak;
             pv[grp * hs + i] = av;
@@ -493,18 +605,24 @@ __global__ void k_attention_backward_kv(float *dqkv, const float *datt, const fl
                 sk += pk[gg * hs + tid];
                 sv += pv[gg * hs + tid];
             }
-            dk[tid] = sk;
-            dv[tid] = sv;
+            dkr[tid] = sk;
+            dvr[tid] = sv;
         }
     } else {
         for (int i = tid; i < hs; i += bd) {
             float ak = 0.0f, av = 0.0f;
-            for (int t = t2; t < T; t++) {
-                ak += dcol[(size_t)t * T] * qbase[(size_t)t * C3 + i];
-                av += acol[(size_t)t * T] * gobase[(size_t)t * C + i];
+            for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+                const float *qbase = q + b * T * qs + (size_t)h * hs;
+                const float *gobase = dout + b * T * oc + (size_t)h * hs;
+                const float *acol = att + (b * NH + h) * TT + t2;
+                const float *dcol = datt + (b * NH + h) * TT + t2;
+                for (int t = t2; t < T; t++) {
+                    ak += dcol[(size_t)t * T] * qbase[(size_t)t * qs + i];
+                    av += acol[(size_t)t * T] * gobase[(size_t)t * oc + i];
+                }
             }
-            dk[i] = ak;
-            dv[i] = av;
+            dkr[i] = ak;
+            dvr[i] = av;
         }
     }
 }
@@ -515,12 +633,17 @@ static unsigned int vd_attention_rows(int B, int T, int NH) {
     return (unsigned int)rows;
 }
 
-/* ---- attention through cuBLAS (the default): per sequence b, strided-batched GEMMs over the
- * NH heads straight on the qkv layout (head h of row t at t * 3C + h * hs: batch stride hs),
- * around row kernels for the causal softmax and its backward. The products span the full
- * T x T (the masked half included, as the CPU's GEMM path does); the kernels write exact zeros
- * above the diagonal so the masked half contributes nothing. VERA_CUDA_ATTENTION=kernel selects
- * the direct kernels above instead (the reference the GPU tests compare both against). */
+/* ---- attention through cuBLAS (the default): strided-batched GEMMs over heads straight on the
+ * strided q, k, v layouts, around row kernels for the causal softmax and its backward. The kv
+ * head of query head h = kvh * group + j is kvh, so for each sequence b and each position j in
+ * a group, one call batches the n_kv_head query heads h = j, group + j, 2 group + j, ...: their
+ * q columns are group * hs apart, their kv heads hs apart, their att blocks group * T * T
+ * apart, all constant strides. With group 1 (GPT-2) that is one call per sequence over all
+ * heads, as before. dK and dV sum the group's heads: the call for j = 0 writes them (beta 0),
+ * the others add (beta 1), in head order, as the CPU's GEMM path does. The products span the
+ * full T x T (the masked half included, as the CPU's GEMM path does); the kernels write exact
+ * zeros above the diagonal so the masked half contributes nothing. VERA_CUDA_ATTENTION=kernel
+ * selects the direct kernels above instead (the reference the GPU tests compare both against). */
 
 /* row-major strided-batched GEMM, the mapping of cu_gemm applied to each of `batch` problems */
 static void cu_gemm_strided_batched(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
@@ -574,76 +697,97 @@ __global__ void k_causal_softmax_backward(float *datt, const float *att, int T, 
     for (int t2 = t + 1 + tid; t2 < T; t2 += bd) da[t2] = 0.0f;
 }
 
-static void attention_forward_gemm(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
-    const int hs = C / NH, C3 = 3 * C;
-    const long long TT = (long long)T * T;
-    for (int b = 0; b < B; b++) { /* scores_h = Q_h K_h^T */
-        const float *q = qkv + (size_t)b * T * C3;
-        cu_gemm_strided_batched(0, 1, T, T, hs, 1.0f, q, C3, hs, q + C, C3, hs, 0.0f, att + (size_t)b * NH * TT, T, TT,
-                                NH);
-    }
-    VD_LAUNCH(k_causal_softmax_forward, vd_attention_rows(B, T, NH), VD_THREADS, 0, att, T, 1.0f / sqrtf((float)hs));
-    VD_LAUNCHED("attention_forward (softmax)");
-    for (int b = 0; b < B; b++) { /* out_h = att_h V_h */
-        const float *v = qkv + (size_t)b * T * C3 + 2 * C;
-        cu_gemm_strided_batched(0, 0, T, hs, T, 1.0f, att + (size_t)b * NH * TT, T, TT, v, C3, hs, 0.0f,
-                                out + (size_t)b * T * C, C, hs, NH);
-    }
+/* cuBLAS takes int leading dimensions */
+static int vd_ld(size_t ld) {
+    if (ld > 0x7fffffffu) vd_die("attention: row stride %zu exceeds cuBLAS's int leading dimension", ld);
+    return (int)ld;
 }
 
-static void attention_backward_gemm(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
-                                    int B, int T, int C, int NH) {
-    const int hs = C / NH, C3 = 3 * C;
+static void attention_forward_gemm(float *out, float *att, const float *q, const float *k, const float *v,
+                                   const vd_attn_shape *s, const vd_attn_dims *d) {
+    const int T = d->T, NH = d->NH, hs = d->hs, group = d->group, NKV = NH / group;
+    const int qs = vd_ld(d->qs), kvs = vd_ld(d->kvs), oc = vd_ld(d->oc);
     const long long TT = (long long)T * T;
-    for (int b = 0; b < B; b++) {
-        const float *v = qkv + (size_t)b * T * C3 + 2 * C, *go = dout + (size_t)b * T * C;
-        const float *a = att + (size_t)b * NH * TT;
-        /* datt_h = dout_h V_h^T;  dV_h = att_h^T dout_h */
-        cu_gemm_strided_batched(0, 1, T, T, hs, 1.0f, go, C, hs, v, C3, hs, 0.0f, datt + (size_t)b * NH * TT, T, TT,
-                                NH);
-        cu_gemm_strided_batched(1, 0, T, hs, T, 1.0f, a, T, TT, go, C, hs, 0.0f, dqkv + (size_t)b * T * C3 + 2 * C, C3,
-                                hs, NH);
+    for (int b = 0; b < s->B; b++) /* scores_h = Q_h K_kvh^T */
+        for (int j = 0; j < group; j++)
+            cu_gemm_strided_batched(0, 1, T, T, hs, 1.0f, q + (size_t)b * T * qs + (size_t)j * hs, qs,
+                                    (long long)group * hs, k + (size_t)b * T * kvs, kvs, hs, 0.0f,
+                                    att + ((size_t)b * NH + j) * TT, T, group * TT, NKV);
+    VD_LAUNCH(k_causal_softmax_forward, vd_attention_rows(s->B, T, NH), VD_THREADS, 0, att, T,
+              1.0f / sqrtf((float)hs));
+    VD_LAUNCHED("attention_forward (softmax)");
+    for (int b = 0; b < s->B; b++) /* out_h = att_h V_kvh */
+        for (int j = 0; j < group; j++)
+            cu_gemm_strided_batched(0, 0, T, hs, T, 1.0f, att + ((size_t)b * NH + j) * TT, T, group * TT,
+                                    v + (size_t)b * T * kvs, kvs, hs, 0.0f, out + (size_t)b * T * oc + (size_t)j * hs,
+                                    oc, (long long)group * hs, NKV);
+}
+
+static void attention_backward_gemm(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *q,
+                                    const float *k, const float *v, const float *att, const vd_attn_shape *s,
+                                    const vd_attn_dims *d) {
+    const int T = d->T, NH = d->NH, hs = d->hs, group = d->group, NKV = NH / group;
+    const int qs = vd_ld(d->qs), kvs = vd_ld(d->kvs), oc = vd_ld(d->oc);
+    const long long TT = (long long)T * T, hstride = (long long)group * hs;
+    for (int b = 0; b < s->B; b++) {
+        const float *vb = v + (size_t)b * T * kvs;
+        float *dvb = dv + (size_t)b * T * kvs;
+        for (int j = 0; j < group; j++) {
+            const float *go = dout + (size_t)b * T * oc + (size_t)j * hs;
+            const size_t ab = ((size_t)b * NH + j) * TT;
+            /* datt_h = dout_h V_kvh^T;  dV_kvh (+)= att_h^T dout_h */
+            cu_gemm_strided_batched(0, 1, T, T, hs, 1.0f, go, oc, hstride, vb, kvs, hs, 0.0f, datt + ab, T,
+                                    group * TT, NKV);
+            cu_gemm_strided_batched(1, 0, T, hs, T, 1.0f, att + ab, T, group * TT, go, oc, hstride, j ? 1.0f : 0.0f,
+                                    dvb, kvs, hs, NKV);
+        }
     }
-    VD_LAUNCH(k_causal_softmax_backward, vd_attention_rows(B, T, NH), VD_THREADS, 0, datt, att, T,
+    VD_LAUNCH(k_causal_softmax_backward, vd_attention_rows(s->B, T, NH), VD_THREADS, 0, datt, att, T,
               1.0f / sqrtf((float)hs));
     VD_LAUNCHED("attention_backward (softmax)");
-    for (int b = 0; b < B; b++) {
-        const float *q = qkv + (size_t)b * T * C3, *dp = datt + (size_t)b * NH * TT;
-        float *dq = dqkv + (size_t)b * T * C3;
-        /* dQ_h = dpre_h K_h;  dK_h = dpre_h^T Q_h */
-        cu_gemm_strided_batched(0, 0, T, hs, T, 1.0f, dp, T, TT, q + C, C3, hs, 0.0f, dq, C3, hs, NH);
-        cu_gemm_strided_batched(1, 0, T, hs, T, 1.0f, dp, T, TT, q, C3, hs, 0.0f, dq + C, C3, hs, NH);
+    for (int b = 0; b < s->B; b++) {
+        const float *kb = k + (size_t)b * T * kvs;
+        float *dkb = dk + (size_t)b * T * kvs;
+        for (int j = 0; j < group; j++) {
+            const float *qb = q + (size_t)b * T * qs + (size_t)j * hs, *dp = datt + ((size_t)b * NH + j) * TT;
+            /* dQ_h = dpre_h K_kvh;  dK_kvh (+)= dpre_h^T Q_h */
+            cu_gemm_strided_batched(0, 0, T, hs, T, 1.0f, dp, T, group * TT, kb, kvs, hs, 0.0f,
+                                    dq + (size_t)b * T * qs + (size_t)j * hs, qs, hstride, NKV);
+            cu_gemm_strided_batched(1, 0, T, hs, T, 1.0f, dp, T, group * TT, qb, qs, hstride, j ? 1.0f : 0.0f, dkb,
+                                    kvs, hs, NKV);
+        }
     }
 }
 
-static void cu_attention_forward(float *out, float *att, const float *qkv, int B, int T, int C, int NH) {
-    if (B <= 0 || T <= 0) return;
+static void cu_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                                 const vd_attn_shape *s) {
+    const vd_attn_dims d = vd_attn_dims_of(s);
+    if (s->B <= 0 || s->T <= 0) return;
     if (g.attention_gemm) {
-        attention_forward_gemm(out, att, qkv, B, T, C, NH);
+        attention_forward_gemm(out, att, q, k, v, s, &d);
         return;
     }
-    const int hs = C / NH;
-    const float scale = 1.0f / sqrtf((float)hs);
-    const size_t shmem = sizeof(float) * ((size_t)hs + VD_THREADS);
-    VD_LAUNCH(k_attention_forward, vd_attention_rows(B, T, NH), VD_THREADS, shmem, out, att, qkv, T, C, NH, scale);
+    const float scale = 1.0f / sqrtf((float)d.hs);
+    const size_t shmem = sizeof(float) * ((size_t)d.hs + VD_THREADS);
+    VD_LAUNCH(k_attention_forward, vd_attention_rows(s->B, s->T, d.NH), VD_THREADS, shmem, out, att, q, k, v, d,
+              scale);
     VD_LAUNCHED("attention_forward");
 }
 
-static void cu_attention_backward(float *dqkv, float *datt, const float *dout, const float *qkv, const float *att,
-                                  int B, int T, int C, int NH) {
-    if (B <= 0 || T <= 0) return;
+static void cu_attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *q,
+                                  const float *k, const float *v, const float *att, const vd_attn_shape *s) {
+    const vd_attn_dims d = vd_attn_dims_of(s);
+    if (s->B <= 0 || s->T <= 0) return;
     if (g.attention_gemm) {
-        attention_backward_gemm(dqkv, datt, dout, qkv, att, B, T, C, NH);
+        attention_backward_gemm(dq, dk, dv, datt, dout, q, k, v, att, s, &d);
         return;
     }
-    const int hs = C / NH;
-    const float scale = 1.0f / sqrtf((float)hs);
-    const unsigned int rows = vd_attention_rows(B, T, NH);
-    VD_LAUNCH(k_attention_backward_q, rows, VD_THREADS, sizeof(float) * ((size_t)hs + VD_THREADS), dqkv, datt, dout,
-              qkv, att, T, C, NH, scale);
+    const float scale = 1.0f / sqrtf((float)d.hs);
+    VD_LAUNCH(k_attention_backward_q, vd_attention_rows(s->B, s->T, d.NH), VD_THREADS,
+              sizeof(float) * ((size_t)d.hs + VD_THREADS), dq, datt, dout, k, v, att, d, scale);
     VD_LAUNCHED("attention_backward (queries)");
-    VD_LAUNCH(k_attention_backward_kv, rows, VD_THREADS, sizeof(float) * 2 * (size_t)VD_THREADS, dqkv, datt, dout,
-              qkv, att, T, C, NH);
+    VD_LAUNCH(k_attention_backward_kv, vd_attention_rows(s->B, s->T, s->n_kv_head), VD_THREADS,
+              sizeof(float) * 2 * (size_t)VD_THREADS, dk, dv, datt, dout, q, att, d);
     VD_LAUNCHED("attention_backward (keys, values)");
 }
 
@@ -676,6 +820,41 @@ static void cu_gelu_backward(float *dinp, const float *inp, const float *dout, s
     if (!n) return;
     VD_LAUNCH(k_gelu_backward, vd_grid(n, VD_THREADS), VD_THREADS, 0, dinp, inp, dout, n);
     VD_LAUNCHED("gelu_backward");
+}
+
+/* SwiGLU, as the CPU: silu(g) = g / (1 + expf(-g)); silu'(g) = sig (1 + g (1 - sig)), sig =
+ * 1 / (1 + expf(-g)). For g far below 0, expf overflows to inf and sig, silu are 0: no NaN.
+ * Each thread reads its element's inputs before writing, so outputs may alias inputs. */
+__global__ void k_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float gt = gate[i];
+        out[i] = gt / (1.0f + expf(-gt)) * up[i];
+    }
+}
+
+__global__ void k_swiglu_backward(float *dgate, float *dup, const float *gate, const float *up, const float *dout,
+                                  size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float gt = gate[i], u = up[i], d = dout[i];
+        const float e = expf(-gt);
+        const float sig = 1.0f / (1.0f + e);
+        const float silu = gt / (1.0f + e);
+        dgate[i] = d * u * (sig * (1.0f + gt * (1.0f - sig)));
+        dup[i] = d * silu;
+    }
+}
+
+static void cu_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
+    if (!n) return;
+    VD_LAUNCH(k_swiglu_forward, vd_grid(n, VD_THREADS), VD_THREADS, 0, out, gate, up, n);
+    VD_LAUNCHED("swiglu_forward");
+}
+
+static void cu_swiglu_backward(float *dgate, float *dup, const float *gate, const float *up, const float *dout,
+                               size_t n) {
+    if (!n) return;
+    VD_LAUNCH(k_swiglu_backward, vd_grid(n, VD_THREADS), VD_THREADS, 0, dgate, dup, gate, up, dout, n);
+    VD_LAUNCHED("swiglu_backward");
 }
 
 __global__ void k_add(float *out, const float *a, const float *b, size_t n) {
@@ -1023,10 +1202,15 @@ static void cuda_fill_table(vd_backend *t) {
     t->encoder_forward = cu_encoder_forward;
     t->layernorm_forward = cu_layernorm_forward;
     t->layernorm_backward = cu_layernorm_backward;
+    t->rmsnorm_forward = cu_rmsnorm_forward;
+    t->rmsnorm_backward = cu_rmsnorm_backward;
+    t->rope = cu_rope;
     t->attention_forward = cu_attention_forward;
     t->attention_backward = cu_attention_backward;
     t->gelu_forward = cu_gelu_forward;
     t->gelu_backward = cu_gelu_backward;
+    t->swiglu_forward = cu_swiglu_forward;
+    t->swiglu_backward = cu_swiglu_backward;
     t->add = cu_add;
     t->accumulate = cu_accumulate;
     t->softmax_xent_forward = cu_softmax_xent_forward;

@@ -1,0 +1,91 @@
+/* inspect.c: `vera-dist inspect --model PATH [--r N --target_modules LIST ...]`: what a run
+ * would adapt, train, communicate and hold in memory, from the model's shape alone
+ * (config.json is enough: no weights are read for a Hugging Face directory). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vera/cli.h"
+#include "vera/common.h"
+#include "vera/config.h"
+#include "vera/model.h"
+
+static double inspect_gib(size_t bytes) { return (double)bytes / (double)(1ull << 30); }
+
+int vd_inspect_main(int argc, char **argv) {
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        printf("usage: vera-dist inspect --model DIR|FILE.gguf|FILE.bin [--r R] [--target_modules LIST]\n"
+               "                         [--batch_size B --seq_len T --grad_accum K ...]\n"
+               "Prints the architecture, the frozen parameter count, the adapted layers, the trainable\n"
+               "parameters (sum over adapted layers of out + r), the all-reduce per optimizer step and the\n"
+               "memory one rank needs (fp32), without loading the weights of a Hugging Face directory.\n");
+        return 0;
+    }
+    vd_config cfg;
+    vd_config_defaults(&cfg);
+    vd_config_parse(&cfg, argc, argv, 1);
+    if (!cfg.model[0]) vd_die("inspect: --model is required (a Hugging Face directory, a .gguf or an llm.c .bin file)");
+    vd_model_config mc;
+    vd_model_read_config(cfg.model, &mc);
+    const vd_model_family *f = vd_model_family_of(mc.arch);
+    uint32_t mask = vd_model_targets_or_die(f, cfg.target_modules, sizeof(cfg.target_modules), cfg.model);
+    int32_t r = cfg.r, max_in = 0, max_out = 0, n_adapted = 0;
+    size_t n_train = vd_model_count_trainable(&mc, mask, r, &max_in, &max_out, &n_adapted);
+    size_t n_frozen = f->num_params(&mc);
+
+    printf("model: %s\n", cfg.model);
+    printf("architecture: %s (family %s)\n", mc.hf_architecture, f->name);
+    if (mc.arch == VD_ARCH_LLAMA)
+        printf("shape: %d layers, hidden %d, %d heads (%d key/value), head_dim %d, intermediate %d, vocab %d, "
+               "context %d, %s head, rope_theta %g%s\n",
+               (int)mc.n_layer, (int)mc.channels, (int)mc.n_head, (int)mc.n_kv_head, (int)mc.head_dim,
+               (int)mc.intermediate, (int)mc.vocab_size, (int)mc.max_seq_len, mc.tied ? "tied" : "untied",
+               (double)mc.rope_theta, mc.rope_type == VD_ROPE_LLAMA3 ? " (llama3 scaling)" : "");
+    else
+        printf("shape: %d layers, n_embd %d, %d heads, vocab %d, context %d\n", (int)mc.n_layer, (int)mc.channels,
+               (int)mc.n_head, (int)mc.vocab_size, (int)mc.max_seq_len);
+    printf("frozen parameters: %zu\n", n_frozen);
+    printf("target_modules: %s (r %d)\n", cfg.target_modules, (int)r);
+    printf("adapted layers: %d\n", (int)n_adapted);
+    for (int32_t k = 0; k < f->n_kinds; k++) {
+        if (!(mask & (1u << k))) continue;
+        int32_t in, out;
+        f->kind_shape(&mc, k, &in, &out);
+        printf("  %-18s x %d  in %d, out %d: %d trainable each (out + r)\n", f->kind_paths[k], (int)mc.n_layer, (int)in,
+               (int)out, (int)(out + r));
+    }
+    printf("shared projections: A %d x %d, B %d x %d (regenerated on every rank from projection_prng_key %llu)\n",
+           (int)r, (int)max_in, (int)max_out, (int)r, (unsigned long long)cfg.projection_prng_key);
+    printf("trainable parameters: %zu\n", n_train);
+    size_t n_reduce = n_train + 2;
+    printf("all-reduce per optimizer step: %zu floats = %zu bytes (gradients + loss + stop flag, one collective)\n",
+           n_reduce, sizeof(float) * n_reduce);
+
+    /* memory of one rank, fp32: what the trainer allocates (model.c, adapter.c, optimizer.c) */
+    size_t N = (size_t)cfg.batch_size * (size_t)cfg.seq_len;
+    size_t weights = sizeof(float) * n_frozen;
+    size_t acts = vd_model_act_bytes(&mc, cfg.batch_size, cfg.seq_len);
+    size_t wide = (size_t)(max_out > max_in ? max_out : max_in);
+    size_t adapter = sizeof(float) * ((size_t)r * max_in + (size_t)max_out * r   /* A, B */
+                                      + 4 * n_train + 2                         /* vectors, grads, AdamW m, v */
+                                      + (size_t)n_adapted * N * r               /* U per adapted layer */
+                                      + N * (size_t)max_in + N * r + N * wide + (size_t)max_out * r);
+    /* merged W0 + dW on the layers where it pays (adapter.c's rule, no dropout) */
+    size_t merged = 0;
+    int64_t tokens_per_step = (int64_t)N * cfg.grad_accum;
+    if (cfg.vera_dropout == 0.0f)
+        for (int32_t k = 0; k < f->n_kinds; k++) {
+            if (!(mask & (1u << k))) continue;
+            int32_t in, out;
+            f->kind_shape(&mc, k, &in, &out);
+            if ((double)tokens_per_step * (in + out) > (double)in * out)
+                merged += sizeof(float) * (size_t)mc.n_layer * (size_t)in * (size_t)out;
+        }
+    if (merged) merged += sizeof(float) * (size_t)max_in * (size_t)max_out; /* build scratch */
+    size_t total = weights + acts + adapter + merged;
+    printf("memory per rank (fp32, batch_size %d x seq_len %d): weights %.3f GiB, activations %.3f GiB, adapter + "
+           "AdamW %.3f GiB, merged weights %.3f GiB; total %.3f GiB\n",
+           (int)cfg.batch_size, (int)cfg.seq_len, inspect_gib(weights), inspect_gib(acts), inspect_gib(adapter),
+           inspect_gib(merged), inspect_gib(total));
+    return 0;
+}
