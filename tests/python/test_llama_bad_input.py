@@ -182,7 +182,7 @@ def test_target_modules_selecting_nothing(good, targets, bad):
     assert not out.exists(), f"target_modules {targets}: a failed forward wrote {out}"
     train_dir = good["root"] / f"never_train_{bad}"
     proc = run_vd("train", "--model", good["single"], "--train_data", good["shard"], "--out_dir", train_dir,
-                  "--batch_size", B, "--seq_len", T, "--max_steps", 1, "--r", 4, "--target_modules", targets,
+                  "--batch_size", B, "--seq_len", T, "--max_steps", 1, "--warmup_steps", 0, "--r", 4, "--target_modules", targets,
                   "--resume", "none", "--overwrite", 1, ok=False)
     _check_one_error(proc, ["target_modules", bad], f"train target_modules {targets}")
     assert not (train_dir / "checkpoints").exists() or not any((train_dir / "checkpoints").iterdir()), \

@@ -188,8 +188,14 @@ def test_export_merged(run):
         assert not info.get(kind), f"{kind}: {info.get(kind)}"
     assert type(merged) is type(run.base), f"transformers loads the merged model as {type(merged).__name__}"
     merged.eval()
+    def field_of(cfg, field):
+        v = getattr(cfg, field, None)
+        if field == "head_dim" and v is None:  # Qwen2Config has no head_dim field: hidden / heads
+            v = cfg.hidden_size // cfg.num_attention_heads
+        return v
+
     for field in CONFIG_FIELDS:
-        a, b = getattr(run.cfg, field, None), getattr(merged.config, field, None)
+        a, b = field_of(run.cfg, field), field_of(merged.config, field)
         if isinstance(a, float):
             assert b == pytest.approx(a, rel=1e-6), f"config {field}: {b!r}, the base has {a!r}"
         else:
