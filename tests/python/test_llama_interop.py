@@ -89,7 +89,11 @@ class Run:
         self.modules = peft_selected(llama_modules(self.cfg), self.targets)
         self.tokens = random_tokens((B * K + 1) * T + 1, self.cfg.vocab_size, 52)
         self.shard = write_shard(root / "train_000.bin", self.tokens)
-        pm = self.peft(vectors_seed=53)
+        # the run's starting adapter names the seven layer types; PEFT's own "all-linear" adapter
+        # (whose saved target_modules is the list of every full module path) is what
+        # test_init_adapter_from_peft reads, so that a problem with it fails that test alone
+        init_targets = list(LLAMA_PROJ) if self.targets == "all-linear" else self.targets
+        pm = llama_peft_model(self.base, R, KEY, init_targets, D_INIT, vectors_seed=53)
         self.init_dir = root / "peft_init"
         pm.save_pretrained(str(self.init_dir))
         self.out_dir = root / "run"
