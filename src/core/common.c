@@ -199,8 +199,8 @@ void *vd_mmap_file(const char *path, size_t min_size, const char *what, size_t *
     uint64_t file_size = (uint64_t)sb.st_size;
     if (file_size < min_size) {
         close(fd);
-        vd_die("%s: file is truncated (%llu bytes; expected at least %zu bytes of %s)", path,
-               (unsigned long long)file_size, min_size, what);
+        vd_die("%s: file is truncated (%llu bytes; %s has at least %zu)", path, (unsigned long long)file_size, what,
+               min_size);
     }
     void *map = mmap(NULL, (size_t)file_size, PROT_READ, MAP_PRIVATE, fd, 0);
     int map_errno = errno;

@@ -190,7 +190,7 @@ void vd_gguf_open(vd_gguf *g, const char *path) {
     memset(g, 0, sizeof(*g));
     if (snprintf(g->path, sizeof(g->path), "%s", path) >= (int)sizeof(g->path)) vd_die("%s: path too long", path);
     /* magic + version + two counts */
-    g->map = vd_mmap_file(path, 24, "a .gguf file with its 24-byte header", &g->map_size);
+    g->map = vd_mmap_file(path, 24, "a .gguf file", &g->map_size);
     const uint8_t *map = g->map;
     uint64_t file_size = g->map_size;
     vd_cur c = {g->path, map, 0, file_size};

@@ -178,7 +178,7 @@ void vd_safetensors_open(vd_safetensors *st, const char *path) {
     memset(st, 0, sizeof(*st));
     if (snprintf(st->path, sizeof(st->path), "%s", path) >= (int)sizeof(st->path)) vd_die("%s: path too long", path);
 
-    st->map = vd_mmap_file(path, 8, "a .safetensors file with its 8-byte header length", &st->map_size);
+    st->map = vd_mmap_file(path, 8, "a .safetensors file", &st->map_size);
     uint64_t file_size = st->map_size;
     const uint8_t *bytes = st->map;
     uint64_t header_len;
