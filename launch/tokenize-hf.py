@@ -7,8 +7,8 @@ only models trained on bytes).
   python3 launch/tokenize-hf.py --tokenizer HF_DIR     --in corpus.txt          --out data/mine
 
 --tokenizer is a Hugging Face directory with tokenizer.json (needs only the `tokenizers`
-package) or a GGUF file (needs `transformers` and `gguf`, not PyTorch: transformers converts
-the GGUF's vocabulary and merges). Each input file is one document; documents are separated by
+package) or a GGUF file (needs `transformers`, `gguf` and, for transformers' GGUF reader,
+PyTorch: the venv tests/python/run.sh creates has all three). Each input file is one document; documents are separated by
 the tokenizer's end-of-sequence token. The last --val_fraction of the tokens go to
 OUT/val_000000.bin, the rest to OUT/train_000000.bin (and more shards past --shard_tokens).
 Token ids must fit in uint16 (vocabularies up to 65536), as llm.c shards store them.

@@ -43,6 +43,9 @@ void vd_fclose_check(FILE *f, const char *path, const char *file, int line);
 void vd_write_file_atomic(const char *path, const void *data, size_t n);
 /* mkdir -p; dies with the path on failure. */
 void vd_mkdir_p(const char *path);
+/* Maps a regular file read-only (MAP_PRIVATE). Dies with one line naming path on a missing,
+ * non-regular or shorter-than-min_size file ("expected <what>"). Unmap with munmap. */
+void *vd_mmap_file(const char *path, size_t min_size, const char *what, size_t *size_out);
 int vd_path_exists(const char *path);
 
 /* 64-bit FNV-1a over bytes, chained by seed; used for configuration hashes and checksums. */

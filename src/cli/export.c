@@ -91,6 +91,12 @@ int vd_export_main(int argc, char **argv) {
     vd_vera_init(&vera, be, &model, &vo);
     if (vera.proj_checksum != ck.projection_checksum || vera.n_trainable != ck.n_trainable)
         vd_die("export: %s: projections regenerated from the stored key do not match its checksum", ckpath);
+    if (ck.n_modules != vera.n_modules) vd_die("export: %s holds %d adapted layers, the model and its target_modules give %d",
+                                               ckpath, (int)ck.n_modules, (int)vera.n_modules);
+    for (int32_t i = 0; i < ck.n_modules; i++)
+        if (strcmp(ck.modules[i].name, vera.modules[i].name) != 0 || ck.modules[i].off_b != vera.modules[i].off_b)
+            vd_die("export: %s: adapted layer %d is %s, the model gives %s", ckpath, (int)i, ck.modules[i].name,
+                   vera.modules[i].name);
     be->to_device(vera.params, ck.params, sizeof(float) * ck.n_trainable);
 
     if (strcmp(format, "merged") != 0) {

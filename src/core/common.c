@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -180,4 +181,31 @@ void vd_format_float_shortest(char *out, size_t cap, float x) {
         snprintf(out, cap, "%.*g", prec, (double)x);
         if (strtof(out, NULL) == x) return;
     }
+}
+
+void *vd_mmap_file(const char *path, size_t min_size, const char *what, size_t *size_out) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) vd_die("%s: cannot open (%s)", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) {
+        int e = errno;
+        close(fd);
+        vd_die("%s: cannot stat (%s)", path, strerror(e));
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        vd_die("%s: not a regular file (expected %s)", path, what);
+    }
+    uint64_t file_size = (uint64_t)sb.st_size;
+    if (file_size < min_size) {
+        close(fd);
+        vd_die("%s: file is truncated (%llu bytes; %s has at least %zu)", path, (unsigned long long)file_size, what,
+               min_size);
+    }
+    void *map = mmap(NULL, (size_t)file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int map_errno = errno;
+    close(fd); /* the mapping keeps the file alive */
+    if (map == MAP_FAILED) vd_die("%s: mmap failed (%s)", path, strerror(map_errno));
+    *size_out = (size_t)file_size;
+    return map;
 }

@@ -189,32 +189,10 @@ static void vd_copy_name(char *dst, size_t cap, const char *s, uint64_t len, con
 void vd_gguf_open(vd_gguf *g, const char *path) {
     memset(g, 0, sizeof(*g));
     if (snprintf(g->path, sizeof(g->path), "%s", path) >= (int)sizeof(g->path)) vd_die("%s: path too long", path);
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) vd_die("%s: cannot open (%s)", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        vd_die("%s: cannot stat (%s)", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        vd_die("%s: not a regular file (expected a .gguf file)", path);
-    }
-    uint64_t file_size = (uint64_t)sb.st_size;
     /* magic + version + two counts */
-    if (file_size < 24) {
-        close(fd);
-        vd_die("%s: file is truncated (%llu bytes; expected at least the 24-byte GGUF header)", path,
-               (unsigned long long)file_size);
-    }
-    void *map = mmap(NULL, (size_t)file_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int map_errno = errno;
-    close(fd); /* the mapping keeps the file alive */
-    if (map == MAP_FAILED) vd_die("%s: mmap failed (%s)", path, strerror(map_errno));
-    g->map = map;
-    g->map_size = (size_t)file_size;
-
+    g->map = vd_mmap_file(path, 24, "a .gguf file", &g->map_size);
+    const uint8_t *map = g->map;
+    uint64_t file_size = g->map_size;
     vd_cur c = {g->path, map, 0, file_size};
     if (memcmp(c.base, VD_GGUF_MAGIC, 4) != 0)
         vd_die("%s: bad magic %02x %02x %02x %02x (expected \"GGUF\": not a GGUF file)", path, c.base[0], c.base[1],

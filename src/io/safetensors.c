@@ -178,32 +178,9 @@ void vd_safetensors_open(vd_safetensors *st, const char *path) {
     memset(st, 0, sizeof(*st));
     if (snprintf(st->path, sizeof(st->path), "%s", path) >= (int)sizeof(st->path)) vd_die("%s: path too long", path);
 
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) vd_die("%s: cannot open (%s)", path, strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0) {
-        int e = errno;
-        close(fd);
-        vd_die("%s: cannot stat (%s)", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        vd_die("%s: not a regular file (expected a .safetensors file)", path);
-    }
-    uint64_t file_size = (uint64_t)sb.st_size;
-    if (file_size < 8) {
-        close(fd);
-        vd_die("%s: file is truncated (%llu bytes; expected at least the 8-byte header length)", path,
-               (unsigned long long)file_size);
-    }
-    void *map = mmap(NULL, (size_t)file_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    int map_errno = errno;
-    close(fd); /* the mapping keeps the file alive */
-    if (map == MAP_FAILED) vd_die("%s: mmap failed (%s)", path, strerror(map_errno));
-    st->map = map;
-    st->map_size = (size_t)file_size;
-
-    const uint8_t *bytes = map;
+    st->map = vd_mmap_file(path, 8, "a .safetensors file", &st->map_size);
+    uint64_t file_size = st->map_size;
+    const uint8_t *bytes = st->map;
     uint64_t header_len;
     memcpy(&header_len, bytes, 8); /* little-endian host (checked at compile time) */
     if (header_len == 0 || header_len > VD_ST_MAX_HEADER)

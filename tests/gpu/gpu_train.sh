@@ -22,11 +22,15 @@ source "$(dirname "$0")/../integration/common.sh"
 PARTS="${VERA_GPU_TEST_PARTS:-parity determinism ranks resume}"
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 STEPS=20
+# VD_TEST_ARCH=llama: the same parts on a Llama model (GQA: key/value heads = heads / 2)
+ARCH_ARGS=()
+if [[ "${VD_TEST_ARCH:-gpt2}" == llama ]]; then ARCH_ARGS=(--arch llama --kv-heads 1); fi
 if [[ "${VERA_GPU_TEST_SIZE:-}" == small ]]; then
-  make_model "$TMP/model" 2 2 32 256 64
+  make_model "$TMP/model" 2 2 32 256 64 "${ARCH_ARGS[@]}"
   SHAPE=(--batch_size 2 --seq_len 32)
 else
-  make_model "$TMP/model" 2 4 64 256 64
+  [[ ${#ARCH_ARGS[@]} -gt 0 ]] && ARCH_ARGS[3]=2
+  make_model "$TMP/model" 2 4 64 256 64 "${ARCH_ARGS[@]}"
   SHAPE=(--batch_size 4 --seq_len 64)
 fi
 make_data "$TMP/data" 60000

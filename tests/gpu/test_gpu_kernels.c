@@ -499,7 +499,7 @@ static void test_allreduce(void) {
 /* a whole model: forward, backward, one AdamW step */
 
 typedef struct {
-    vd_gpt2 m;
+    vd_model m; /* through the model seam, as the trainer runs it */
     vd_vera v;
     vd_adamw o;
 } stack;
@@ -507,10 +507,11 @@ typedef struct {
 static void stack_init(stack *s, const vd_backend *be, const vd_gpt2_config *cfg, const float *params, int B, int T,
                        float dropout, vd_weff_policy pol) {
     memset(s, 0, sizeof(*s));
-    vd_gpt2_init(&s->m, be, cfg, params);
-    vd_gpt2_alloc_acts(&s->m, B, T);
-    vd_vera_options vo = {8, 0.1f, 3, VD_TARGET_ALL, dropout};
+    vd_model_init(&s->m, be, cfg, params);
+    vd_model_alloc_acts(&s->m, B, T);
+    vd_vera_options vo = {8, 0.1f, 3, 0xF /* all four */, dropout};
     vd_vera_init(&s->v, be, &s->m, &vo);
+    vd_model_set_adapter(&s->m, &s->v);
     vd_vera_alloc_acts(&s->v, B * T, (int64_t)B * T, pol);
     /* non-zero b so the adapter term and both gradient paths matter */
     float *hp = malloc(sizeof(float) * s->v.n_trainable);
@@ -525,7 +526,7 @@ static void stack_init(stack *s, const vd_backend *be, const vd_gpt2_config *cfg
 static void stack_free(stack *s) {
     vd_adamw_free(&s->o);
     vd_vera_free(&s->v);
-    vd_gpt2_free(&s->m);
+    vd_model_free(&s->m);
 }
 
 static void test_model(float dropout, vd_weff_policy pol) {
@@ -547,12 +548,12 @@ static void test_model(float dropout, vd_weff_policy pol) {
     const char *path = pol == VD_WEFF_ALWAYS ? "merged" : "factored";
     for (int micro = 0; micro < 2; micro++) { /* two micro-batches accumulate */
         ctx.row0 = 1000 + (uint64_t)micro * B * T;
-        double lc = vd_gpt2_forward(&sc.m, tok, tgt, B, &ctx), lg = vd_gpt2_forward(&sg.m, tok, tgt, B, &ctx);
+        double lc = vd_model_forward(&sc.m, tok, tgt, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, B, &ctx);
         snprintf(what, sizeof(what), "model loss (dropout %g, %s input gradient), micro-batch %d", (double)dropout, path,
                  micro);
         report(what, fabs(lg - lc) / fabs(lc), 1e-5);
-        vd_gpt2_backward(&sc.m, 1.0f / (2 * B * T), &ctx);
-        vd_gpt2_backward(&sg.m, 1.0f / (2 * B * T), &ctx);
+        vd_model_backward(&sc.m, 1.0f / (2 * B * T), &ctx);
+        vd_model_backward(&sg.m, 1.0f / (2 * B * T), &ctx);
     }
     size_t n = sc.v.n_trainable;
     float *gg = malloc(sizeof(float) * n), *pg = malloc(sizeof(float) * n);
@@ -572,7 +573,7 @@ static void test_model(float dropout, vd_weff_policy pol) {
     snprintf(what, sizeof(what), "model vectors after one AdamW step (dropout %g, %s)", (double)dropout, path);
     report(what, max_err(pg, sc.v.params, n), 1e-6);
     /* the next forward sees the refreshed merged weights */
-    double lc = vd_gpt2_forward(&sc.m, tok, tgt, B, &ctx), lg = vd_gpt2_forward(&sg.m, tok, tgt, B, &ctx);
+    double lc = vd_model_forward(&sc.m, tok, tgt, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, B, &ctx);
     snprintf(what, sizeof(what), "model loss after the step (dropout %g, %s)", (double)dropout, path);
     report(what, fabs(lg - lc) / fabs(lc), 1e-5);
     stack_free(&sc);
