@@ -84,9 +84,27 @@ static char *peft_read_text(const char *path) {
     return buf;
 }
 
+/* Block index and kind of a full module path ("model.layers.3.self_attn.q_proj"), or -1. */
+static int32_t peft_full_path_kind(const vd_model_family *f, const char *name, int32_t n_layer, int32_t *layer) {
+    for (int32_t l = 0; l < n_layer; l++)
+        for (int32_t k = 0; k < f->n_kinds; k++) {
+            char path[128];
+            vd_model_site_name(f, l, k, path, sizeof(path));
+            if (!strcmp(path, name)) {
+                *layer = l;
+                return k;
+            }
+        }
+    return -1;
+}
+
 /* PEFT matches a target name against the end of a module path ("c_attn" matches
- * "transformer.h.0.attn.c_attn"); the family's table maps each name to its kinds. */
-static uint32_t peft_targets_mask(const vd_model_family *f, const cJSON *targets, const char *path) {
+ * "transformer.h.0.attn.c_attn"); the family's table maps each name to its kinds. PEFT saves
+ * "all-linear" as the list of every full module path: such entries count per layer, and must
+ * cover every layer of a kind (vera-dist adapts whole kinds). */
+static uint32_t peft_targets_mask(const vd_vera *v, const cJSON *targets, const char *path) {
+    const vd_model_family *f = v->family;
+    int32_t n_layer = v->n_sites / f->n_kinds;
     uint32_t mask = 0;
     char err[512];
     if (cJSON_IsString(targets)) {
@@ -94,12 +112,28 @@ static uint32_t peft_targets_mask(const vd_model_family *f, const cJSON *targets
         vd_die("%s: target_modules is a regular expression ('%s'); only lists are supported", path, targets->valuestring);
     }
     if (!cJSON_IsArray(targets)) vd_die("%s: target_modules is missing or not a list", path);
+    int32_t per_kind[VD_MAX_KINDS] = {0};
+    uint8_t *seen = callocCheck((size_t)(v->n_sites ? v->n_sites : 1), 1);
     const cJSON *t;
     cJSON_ArrayForEach(t, targets) {
         if (!cJSON_IsString(t)) vd_die("%s: target_modules holds a non-string", path);
+        int32_t layer = 0, kind = peft_full_path_kind(f, t->valuestring, n_layer, &layer);
+        if (kind >= 0) {
+            if (!seen[layer * f->n_kinds + kind]) per_kind[kind]++;
+            seen[layer * f->n_kinds + kind] = 1;
+            continue;
+        }
         uint32_t bits = vd_model_parse_targets(f, t->valuestring, err, sizeof(err));
         if (!bits) vd_die("%s: target_modules entry %s", path, err);
         mask |= bits;
+    }
+    free(seen);
+    for (int32_t k = 0; k < f->n_kinds; k++) {
+        if (!per_kind[k] || (mask & (1u << k))) continue;
+        if (per_kind[k] != n_layer)
+            vd_die("%s: target_modules names %s in %d of %d layers; vera-dist adapts a layer type in every layer "
+                   "(per-layer target lists are not supported)", path, f->kind_paths[k], (int)per_kind[k], (int)n_layer);
+        mask |= 1u << k;
     }
     return mask;
 }
@@ -143,7 +177,7 @@ void vd_peft_load_dir(vd_vera *v, const char *dir) {
     const cJSON *mts = cJSON_GetObjectItemCaseSensitive(root, "modules_to_save");
     if (mts && !cJSON_IsNull(mts) && !(cJSON_IsArray(mts) && cJSON_GetArraySize(mts) == 0))
         vd_die("%s: modules_to_save is set (vera-dist trains only the VeRA vectors)", path);
-    uint32_t mask = peft_targets_mask(v->family, cJSON_GetObjectItemCaseSensitive(root, "target_modules"), path);
+    uint32_t mask = peft_targets_mask(v, cJSON_GetObjectItemCaseSensitive(root, "target_modules"), path);
     if (mask != v->opt.target_mask)
         vd_die("%s: target_modules select other layers than this run's target_modules", path);
     const cJSON *ltt = cJSON_GetObjectItemCaseSensitive(root, "layers_to_transform");

@@ -187,3 +187,23 @@ def test_target_modules_selecting_nothing(good, targets, bad):
     _check_one_error(proc, ["target_modules", bad], f"train target_modules {targets}")
     assert not (train_dir / "checkpoints").exists() or not any((train_dir / "checkpoints").iterdir()), \
         f"train with target_modules {targets} wrote a checkpoint"
+
+
+def test_adapter_naming_some_layers_only(good, tmp_path):
+    """PEFT saves all-linear as every full module path; vera-dist maps such a list to layer
+    types, and refuses one that names a type in some layers only (it adapts whole types)."""
+    cfg = json.loads((good["single"] / "config.json").read_text())
+    n_layer = cfg["num_hidden_layers"]
+    assert n_layer >= 2, "the test needs a model with at least two layers"
+    adapter = tmp_path / "partial_adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "VERA", "r": 4, "projection_prng_key": 0, "d_initial": 0.1, "bias": "none",
+        "target_modules": ["model.layers.0.self_attn.q_proj"], "save_projection": False}))
+    out = tmp_path / "fwd.safetensors"
+    proc = run_vd("forward", "--model", good["single"], "--tokens", good["shard"], "--out", out, "--batch_size", B,
+                  "--seq_len", T, "--r", 4, "--target_modules", "q_proj", "--adapter", adapter, ok=False)
+    lines = error_lines(proc)
+    assert len(lines) == 1 and "adapter_config.json" in lines[0] and \
+        f"names self_attn.q_proj in 1 of {n_layer} layers" in lines[0], f"got {lines!r}\n{proc.stderr}"
+    assert not out.exists(), "forward wrote its output despite the error"
