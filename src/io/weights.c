@@ -244,10 +244,12 @@ static void vd_open_gguf(vd_weights *w, const char *path) {
         const vd_gguf_tensor *t = &w->gguf.tensors[i];
         char hf[512];
         int kind = vd_gguf_llama_hf_name(t->name, hf, sizeof(hf));
-        if (kind == VD_GGUF_LLAMA_CPP_ONLY) {
-            vd_warn("%s: tensor %s ignored (llama.cpp's own; Hugging Face models have no such tensor)", path, t->name);
-            continue;
-        }
+        /* rope_freqs is Llama 3.1+'s RoPE scaling as llama.cpp stores it: ignoring it would
+         * rotate every position by the wrong angles, so refuse (the HF directory works) */
+        if (kind == VD_GGUF_LLAMA_CPP_ONLY)
+            vd_die("%s: tensor %s holds llama.cpp's RoPE frequency factors (Llama 3 rope scaling), which are not "
+                   "supported from GGUF (expected a model without rope scaling; load the Hugging Face directory, "
+                   "whose config.json carries rope_scaling)", path, t->name);
         if (kind == VD_GGUF_NO_HF_NAME)
             vd_die("%s: tensor %s has no Hugging Face Llama name (expected token_embd, output_norm, output or "
                    "blk.N.{attn_norm,attn_q,attn_k,attn_v,attn_output,ffn_norm,ffn_gate,ffn_up,ffn_down}, .weight or .bias)",

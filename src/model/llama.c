@@ -384,6 +384,8 @@ void vd_llama_save_hf(const char *dir, const vd_model_config *cfg, const float *
     cJSON_AddStringToObject(root, "model_type", qwen2 ? "qwen2" : mistral ? "mistral" : "llama");
     if (!qwen2) cJSON_AddBoolToObject(root, "attention_bias", cfg->qkv_bias);
     if (!qwen2 && !mistral) cJSON_AddBoolToObject(root, "mlp_bias", cfg->mlp_bias);
+    /* MistralConfig defaults to a 4096-token sliding window; this model attends to all positions */
+    if (mistral) cJSON_AddNullToObject(root, "sliding_window");
     cJSON_AddStringToObject(root, "hidden_act", "silu");
     cJSON_AddNumberToObject(root, "hidden_size", cfg->channels);
     cJSON_AddNumberToObject(root, "intermediate_size", cfg->intermediate);

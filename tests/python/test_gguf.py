@@ -299,20 +299,15 @@ def test_tiny_llama(tmp_path, qtype, tied, bias, vocab_via_tokens):
           + (f", max |C - original| = {d_orig:.3g}" if d_orig is not None else ""))
 
 
-def test_rope_freqs_is_ignored(tmp_path):
-    """llama.cpp's rope_freqs.weight (Llama 3 RoPE factors) has no HF tensor: skipped with a warning."""
+def test_rope_freqs_is_refused(tmp_path):
+    """llama.cpp's rope_freqs.weight (Llama 3 RoPE factors) changes every rotation angle and has
+    no HF tensor: loading without it would be silently wrong, so the file is refused by name."""
     model = tiny_llama(seed=5, tied=True, bias=False)
     path = tmp_path / "rope.gguf"
     factors = np.linspace(1.0, 8.0, model.config.hidden_size // model.config.num_attention_heads // 2,
                           dtype=np.float32)
     write_llama_gguf(path, model, QT.F32, extra_tensors=[("rope_freqs.weight", factors, QT.F32)])
-    out = tmp_path / "rope.safetensors"
-    proc = run_dump(path, out)
-    assert "rope_freqs.weight ignored" in proc.stderr
-    got = load_file(str(out))
-    orig = model.state_dict()
-    assert set(got) == set(orig) - {"lm_head.weight"}
-    assert all(torch.equal(got[k], orig[k].float()) for k in got)
+    expect_error(path, tmp_path, "rope_freqs.weight", "RoPE frequency factors", "not supported")
 
 
 # ---------------------------------------------------------------------------------------------
