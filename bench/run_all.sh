@@ -72,11 +72,18 @@ if [[ "$WHAT" == smollm2* ]]; then  # SmolLM2-135M-Instruct (GGUF, dequantized t
   [[ -n "$CORE" ]] && VDE+=(--vd-env "OPENBLAS_CORETYPE=$CORE")
   PE=(--peft-env OMP_WAIT_POLICY=passive)  # the same wait policy for PyTorch's OpenMP pool
   S=(--gguf "$GGUF" --threads 2)
-  if [[ "$WHAT" == smollm2 || "$WHAT" == smollm2-main ]]; then  # about 10 min here (torch.compile: minutes cold)
+  if [[ "$WHAT" == smollm2 || "$WHAT" == smollm2-main ]]; then  # 12 min here (torch.compile: 5 min cold, ~1 min warm)
     bench smollm2-b4-s256-t2 "${S[@]}" --batch 4 --seq 256 --steps 5 --repeats 2 "${VDE[@]}" "${PE[@]}"
   fi
+  if [[ "$WHAT" == smollm2 || "$WHAT" == smollm2-compile ]]; then  # a second series against torch.compile only
+    bench smollm2-b4-s256-t2-compile "${S[@]}" --batch 4 --seq 256 --steps 5 --repeats 2 --skip peft-eager \
+      "${VDE[@]}" "${PE[@]}"
+  fi
+  if [[ "$WHAT" == smollm2 || "$WHAT" == smollm2-eager ]]; then  # more rounds against eager only
+    bench smollm2-b4-s256-t2-eager "${S[@]}" --batch 4 --seq 256 --steps 4 --repeats 3 --no-compile "${VDE[@]}" "${PE[@]}"
+  fi
   if [[ "$WHAT" == smollm2 || "$WHAT" == smollm2-512 ]]; then
-    bench smollm2-b1-s512-t2 "${S[@]}" --batch 1 --seq 512 --steps 5 --repeats 2 --no-compile "${VDE[@]}" "${PE[@]}"
+    bench smollm2-b1-s512-t2 "${S[@]}" --batch 1 --seq 512 --steps 4 --repeats 3 --no-compile "${VDE[@]}" "${PE[@]}"
   fi
   if [[ "$WHAT" == smollm2 || "$WHAT" == smollm2-env ]]; then  # vera-dist alone: its environment, A/B
     bench smollm2-env-b1-s256-t2 "${S[@]}" --batch 1 --seq 256 --steps 3 --repeats 1 --skip peft-eager --no-compile \
