@@ -743,6 +743,64 @@ static void test_list_prune(void) {
     n = vd_checkpoint_list(out, &paths);
     CHECK(n == 1, "prune(0) left %d checkpoints, expected 1", (int)n);
     vd_checkpoint_list_free(paths, n);
+
+    /* refused files: moved to checkpoints/refused/ byte for byte, never replacing one there;
+     * neither list nor prune looks into refused/ */
+    char bad[700], moved[1200], moved2[1200], want_path[800];
+    vd_checkpoint_path(out, 50, bad, sizeof(bad));
+    spit(bad, "truncated", 9);
+    CHECK(vd_checkpoint_move_refused(out, bad, moved, sizeof(moved)) == 0, "move_refused failed");
+    snprintf(want_path, sizeof(want_path), "%s/refused/step_00000050.h5", cdir);
+    CHECK(strcmp(moved, want_path) == 0 && exists(moved) && !exists(bad), "moved to '%s'", moved);
+    spit(bad, "other", 5);
+    CHECK(vd_checkpoint_move_refused(out, bad, moved2, sizeof(moved2)) == 0, "second move_refused failed");
+    CHECK(strcmp(moved2, moved) != 0 && exists(moved2) && exists(moved), "second move replaced '%s'", moved);
+    {
+        FILE *f = fopen(moved, "rb");
+        char buf[16] = "";
+        size_t got = f ? fread(buf, 1, sizeof(buf), f) : 0;
+        if (f) fclose(f);
+        CHECK(got == 9 && memcmp(buf, "truncated", 9) == 0, "the first refused file changed");
+    }
+    n = vd_checkpoint_list(out, &paths);
+    CHECK(n == 1, "list sees %d checkpoints with refused/ present, expected 1", (int)n);
+    vd_checkpoint_list_free(paths, n);
+    vd_checkpoint_prune(out, 1);
+    CHECK(exists(moved) && exists(moved2), "prune removed a refused file");
+}
+
+/* vd_checkpoint_model_difference names the first differing /model attribute */
+static void test_model_difference(void) {
+    printf("model difference\n");
+    vd_checkpoint a, b;
+    make_ck(&a, 0);
+    make_ck_llama(&b, 0);
+    char out[256];
+    vd_model_config m = a.model;
+    CHECK(vd_checkpoint_model_difference(&a.model, 2, &m, out, sizeof(out)) == 0 && out[0] == 0, "equal: '%s'", out);
+    m.channels += 32;
+    CHECK(vd_checkpoint_model_difference(&a.model, 2, &m, out, sizeof(out)) == 1, "n_embd difference not seen");
+    char want[128];
+    snprintf(want, sizeof(want), "n_embd %d in the checkpoint, %d here", (int)a.model.channels, (int)m.channels);
+    CHECK(strcmp(out, want) == 0, "'%s', expected '%s'", out, want);
+    m = a.model;
+    m.ln_eps = 1e-6f;
+    CHECK(vd_checkpoint_model_difference(&a.model, 1, &m, out, sizeof(out)) == 1 &&
+              strncmp(out, "layer_norm_epsilon ", 19) == 0, "float field: '%s'", out);
+    /* enums by name; rows a version does not store are skipped */
+    CHECK(vd_checkpoint_model_difference(&a.model, 2, &b.model, out, sizeof(out)) == 1, "gpt2 vs llama equal");
+    m = b.model;
+    m.rope_type = VD_ROPE_DEFAULT;
+    CHECK(vd_checkpoint_model_difference(&b.model, 2, &m, out, sizeof(out)) == 1 &&
+              strcmp(out, "rope_type llama3 in the checkpoint, default here") == 0, "enum: '%s'", out);
+    CHECK(vd_checkpoint_model_difference(&b.model, 1, &m, out, sizeof(out)) == 0, "version 1 compared rope_type");
+    m = b.model;
+    snprintf(m.hf_architecture, sizeof(m.hf_architecture), "MistralForCausalLM");
+    CHECK(vd_checkpoint_model_difference(&b.model, 2, &m, out, sizeof(out)) == 1 &&
+              strcmp(out, "hf_architecture 'LlamaForCausalLM' in the checkpoint, 'MistralForCausalLM' here") == 0,
+          "string: '%s'", out);
+    vd_checkpoint_free(&a);
+    vd_checkpoint_free(&b);
 }
 
 /* --- corruption --- */
@@ -1601,6 +1659,7 @@ int main(void) {
     test_checksum_sensitivity(0);
     test_checksum_sensitivity(1);
     test_list_prune();
+    test_model_difference();
     test_corruption();
     test_surgery();
     test_module_table();

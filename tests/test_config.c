@@ -507,6 +507,14 @@ static void test_serialize(void) {
     char tiny[3];
     k = vd_config_first_difference("projection_prng_key = 1\n", "projection_prng_key = 2\n", tiny, sizeof(tiny));
     CHECK(k && strcmp(tiny, "pr") == 0, "key truncated to the buffer '%s'", k ? tiny : "(none)");
+
+    /* resume rules: model may move (the trainer compares the fingerprint), math keys may not */
+    CHECK(vd_config_key_resume_same_model("model") && !vd_config_key_resume_free("model"),
+          "model: compared by fingerprint on resume, not free");
+    CHECK(!vd_config_key_resume_same_model("r") && !vd_config_key_resume_free("r"), "r must match on resume");
+    CHECK(!vd_config_key_resume_same_model("out_dir") && vd_config_key_resume_free("out_dir"), "out_dir is free");
+    CHECK(!vd_config_key_resume_same_model("no_such_key") && !vd_config_key_resume_free("no_such_key"),
+          "unknown keys must match");
 }
 
 static void test_help(void) {

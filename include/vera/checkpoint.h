@@ -75,6 +75,17 @@ void vd_checkpoint_free(vd_checkpoint *ck);
  * (docs/checkpoint-format.md, "data_checksum"); ck->format_version is not used. */
 uint64_t vd_checkpoint_data_checksum(const vd_checkpoint *ck);
 
+/* Compares a checkpoint's base-model config (format `version`: fields a version does not store
+ * are skipped) with the model loaded now, field by field in the file's order. Returns 0 if they
+ * agree; else 1, with the first difference in out under the checkpoint's attribute name, e.g.
+ * "n_embd 64 in the checkpoint, 96 here". */
+int vd_checkpoint_model_difference(const vd_model_config *ck, int32_t version, const vd_model_config *here,
+                                   char *out, size_t cap);
+/* Moves a checkpoint file that failed verification into out_dir/checkpoints/refused/ (created
+ * when needed), never replacing a file already there (a numeric suffix is added instead). The
+ * new path goes to moved (may be NULL). Returns 0, or -1 with errno set. */
+int vd_checkpoint_move_refused(const char *out_dir, const char *path, char *moved, size_t cap);
+
 /* Checkpoint files in dir/checkpoints matching step_XXXXXXXX.h5, newest (highest step) first.
  * Returns the count; *paths is a malloc'd array of malloc'd strings (free with
  * vd_checkpoint_list_free). Missing directory = 0. */

@@ -75,5 +75,9 @@ const char *vd_config_first_difference(const char *serialized_a, const char *ser
 /* 1 if key may differ between a checkpoint and the run that resumes it (logging, paths,
  * max_steps, the per-rank split of an unchanged global batch, ...); 0 if it changes the math. */
 int vd_config_key_resume_free(const char *key);
+/* 1 if key may differ on resume provided the base model's fingerprint in the checkpoint matches
+ * the model loaded now (`model`: the same weights moved to another path); the trainer compares
+ * the fingerprint. 0 for every other key. */
+int vd_config_key_resume_same_model(const char *key);
 
 #endif

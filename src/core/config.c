@@ -32,7 +32,10 @@ typedef enum { KT_INT, KT_FLOAT, KT_U64, KT_STRING, KT_BOOL, KT_TARGETS } key_ty
 /* Range bounds are inclusive unless these flags open them: lr is in (0, 10], betas in [0, 1). */
 enum { MIN_OPEN = 1 << 0, MAX_OPEN = 1 << 1,
        /* may differ between a checkpoint and the run resuming it: it does not change the math */
-       RESUME_FREE = 1 << 2 };
+       RESUME_FREE = 1 << 2,
+       /* may differ on resume when the base model's fingerprint (shapes and every weight, stored
+        * in the checkpoint) matches: the same weights at another path are the same math */
+       RESUME_SAME_MODEL = 1 << 3 };
 
 typedef struct {
     const char *name;
@@ -42,7 +45,7 @@ typedef struct {
     size_t size;          /* sizeof the field: the buffer size for strings */
     const char *def;      /* default, as text: it goes through the same parser as user input */
     double min, max;      /* KT_INT and KT_FLOAT only (u64 keys take all of 0..2^64-1) */
-    unsigned flags;       /* MIN_OPEN / MAX_OPEN */
+    unsigned flags;       /* MIN_OPEN / MAX_OPEN / RESUME_FREE / RESUME_SAME_MODEL */
     const char *choices;  /* KT_STRING: "a|b|c" if only these spellings are accepted */
     const char *help;
 } vd_key;
@@ -52,7 +55,7 @@ typedef struct {
 
 static const vd_key g_keys[] = {
     /* [model] */
-    {"model", "model", KT_STRING, FIELD(model), "", 0, 0, 0, NULL,
+    {"model", "model", KT_STRING, FIELD(model), "", 0, 0, RESUME_SAME_MODEL, NULL,
      "Hugging Face GPT-2 directory (config.json + model.safetensors) or an llm.c model file (gpt2_124M.bin)"},
     /* [data] */
     {"train_data", "data", KT_STRING, FIELD(train_data), "", 0, 0, RESUME_FREE, NULL,
@@ -825,4 +828,9 @@ const char *vd_config_first_difference(const char *a, const char *b, char *key_o
 int vd_config_key_resume_free(const char *key) {
     const vd_key *k = find_key(key);
     return k != NULL && (k->flags & RESUME_FREE) != 0;
+}
+
+int vd_config_key_resume_same_model(const char *key) {
+    const vd_key *k = find_key(key);
+    return k != NULL && (k->flags & RESUME_SAME_MODEL) != 0;
 }

@@ -129,6 +129,49 @@ static int32_t mf_num_names(const model_field *f) {
     return n;
 }
 
+/* One field's value as text, as the checkpoint stores it (enums by name, strings quoted). */
+static void mf_format(const vd_model_config *m, const model_field *f, char *out, size_t cap) {
+    const char *p = (const char *)m + f->off;
+    switch (f->type) {
+    case MF_I32:
+        snprintf(out, cap, "%d", (int)mf_i32(m, f));
+        break;
+    case MF_F32: {
+        float v;
+        memcpy(&v, p, sizeof(v));
+        snprintf(out, cap, "%.9g", (double)v);
+        break;
+    }
+    case MF_ENUM: {
+        int32_t v = mf_i32(m, f);
+        if (v >= 0 && v < mf_num_names(f)) snprintf(out, cap, "%s", f->names[v]);
+        else snprintf(out, cap, "%d", (int)v);
+        break;
+    }
+    case MF_STR:
+        snprintf(out, cap, "'%.*s'", (int)strnlen(p, f->size), p);
+        break;
+    }
+}
+
+int vd_checkpoint_model_difference(const vd_model_config *ck, int32_t version, const vd_model_config *here,
+                                   char *out, size_t cap) {
+    for (int i = 0; i < NUM_MODEL_FIELDS; i++) {
+        const model_field *f = &k_model_fields[i];
+        if (f->since > version) continue; /* not stored by that format version */
+        const char *a = (const char *)ck + f->off, *b = (const char *)here + f->off;
+        int differs = f->type == MF_STR ? strncmp(a, b, f->size) != 0 : memcmp(a, b, f->size) != 0;
+        if (!differs) continue;
+        char va[160], vb[160];
+        mf_format(ck, f, va, sizeof(va));
+        mf_format(here, f, vb, sizeof(vb));
+        if (cap) snprintf(out, cap, "%s %s in the checkpoint, %s here", f->name, va, vb);
+        return 1;
+    }
+    if (cap) out[0] = 0;
+    return 0;
+}
+
 /* ----------------------------------------------------------------------------------------- */
 /* checksums */
 
@@ -1355,6 +1398,41 @@ void vd_checkpoint_prune(const char *out_dir, int32_t keep_last) {
             if (unlink(p) != 0 && errno != ENOENT) vd_warn("%s: cannot remove stale temporary file (%s)", p, strerror(errno));
     }
     closedir(d);
+}
+
+/* refused/ is a subdirectory: neither vd_checkpoint_list nor vd_checkpoint_prune looks into it,
+ * so what is moved there stays until a person deletes it. link + unlink never replaces a file
+ * (link fails with EEXIST); where the filesystem has no hard links, rename after checking. */
+int vd_checkpoint_move_refused(const char *out_dir, const char *path, char *moved, size_t cap) {
+    char dir[VD_PATH_MAX], dst[VD_PATH_MAX + 300];
+    if (snprintf(dir, sizeof(dir), "%s/checkpoints/refused", out_dir) >= (int)sizeof(dir)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) return -1;
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    for (int k = 0; k < 1000; k++) {
+        if (k == 0) snprintf(dst, sizeof(dst), "%s/%s", dir, base);
+        else snprintf(dst, sizeof(dst), "%s/%s.%d", dir, base, k);
+        if (link(path, dst) == 0) {
+            if (unlink(path) != 0) return -1;
+        } else if (errno == EEXIST) {
+            continue;
+        } else if (errno == EPERM || errno == ENOTSUP || errno == EMLINK) {
+            struct stat st;
+            if (lstat(dst, &st) == 0) continue;
+            if (errno != ENOENT || rename(path, dst) != 0) return -1;
+        } else {
+            return -1;
+        }
+        fsync_dir_of(dst);
+        fsync_dir_of(path);
+        if (moved && cap) snprintf(moved, cap, "%s", dst);
+        return 0;
+    }
+    errno = EEXIST;
+    return -1;
 }
 
 void vd_checkpoint_path(const char *out_dir, int64_t step, char *out, size_t cap) {

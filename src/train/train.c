@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -234,8 +235,9 @@ static void train_write_checkpoint(train_run *run) {
 /* Refuses a checkpoint whose math differs from this run's, naming the field. */
 static void train_check_compatible(const train_run *run, const vd_checkpoint *ck, const char *path) {
     /* walk both canonical texts line by line (same keys, same order); only keys that change
-     * the math must match */
+     * the math must match; `model` may name another path when the fingerprint matches */
     const char *pa = ck->config_text, *pb = run->config_text;
+    char model_was[1024] = "";
     while (*pa || *pb) {
         size_t la = strcspn(pa, "\n"), lb = strcspn(pb, "\n");
         if (la != lb || memcmp(pa, pb, la) != 0) {
@@ -243,16 +245,25 @@ static void train_check_compatible(const train_run *run, const vd_checkpoint *ck
             snprintf(lineA, sizeof(lineA), "%.*s", (int)la, pa);
             snprintf(lineB, sizeof(lineB), "%.*s", (int)lb, pb);
             vd_config_first_difference(lineA, lineB, key, sizeof(key));
-            if (!vd_config_key_resume_free(key))
+            if (vd_config_key_resume_same_model(key) && la > 0 && lb > 0)
+                snprintf(model_was, sizeof(model_was), "%s", lineA);
+            else if (!vd_config_key_resume_free(key))
                 vd_die("resume: %s was written with '%s', this run has '%s' (this changes the math; HINT: use the "
                        "checkpoint's value, or --resume none --overwrite 1 to start over)", path, lineA, lineB);
         }
         pa += la + (pa[la] == '\n');
         pb += lb + (pb[lb] == '\n');
     }
-    if (ck->model_fingerprint != run->model_fingerprint)
-        vd_die("resume: %s belongs to another base model (fingerprint %016llx, this model %s is %016llx)", path,
-               (unsigned long long)ck->model_fingerprint, run->cfg.model, (unsigned long long)run->model_fingerprint);
+    if (ck->model_fingerprint != run->model_fingerprint) {
+        char diff[512];
+        if (vd_checkpoint_model_difference(&ck->model, ck->format_version, &run->mc, diff, sizeof(diff)))
+            vd_die("resume: %s belongs to a base model of another shape: %s (model %s; HINT: resume with the "
+                   "model it was trained on, or --resume none --overwrite 1 to start over)", path, diff, run->cfg.model);
+        vd_die("resume: %s belongs to another base model: the same shape but other weights (fingerprint %016llx in "
+               "the checkpoint, %016llx for %s; HINT: resume with the model it was trained on, or --resume none "
+               "--overwrite 1 to start over)", path, (unsigned long long)ck->model_fingerprint,
+               (unsigned long long)run->model_fingerprint, run->cfg.model);
+    }
     if (ck->global_batch_seqs != run->S)
         vd_die("resume: %s used a global batch of %llu sequences; this run has batch_size %d x grad_accum %d x %d "
                "ranks = %llu (HINT: keep batch_size * grad_accum * ranks unchanged)", path,
@@ -272,6 +283,12 @@ static void train_check_compatible(const train_run *run, const vd_checkpoint *ck
         if (strcmp(ck->modules[i].name, run->vera.modules[i].name) != 0 || ck->modules[i].off_b != run->vera.modules[i].off_b)
             vd_die("resume: %s: adapted layer %d is %s, this run has %s", path, (int)i, ck->modules[i].name,
                    run->vera.modules[i].name);
+    if (model_was[0]) {
+        const char *was = strchr(model_was, '=');
+        was = was ? was + 1 + (was[1] == ' ') : model_was;
+        vd_log("resume: note: the checkpoint was written with model %s; %s holds the same weights (fingerprint "
+               "%016llx): continuing\n", was, run->cfg.model, (unsigned long long)run->model_fingerprint);
+    }
 }
 
 /* Keeps the metrics rows up to `step`: rows a crashed run wrote past its last checkpoint go. */
@@ -293,6 +310,48 @@ static void train_trim_metrics(const char *path, int32_t step) {
     free(buf);
 }
 
+static char *train_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = mallocCheck(n);
+    memcpy(p, s, n);
+    return p;
+}
+
+/* "step_00000020.h5 (why); step_00000010.h5 (why)" for the one-line refusal: base names, each
+ * reason without the path it repeats, cut to fit; the rest counted. */
+static void train_list_refused(char *out, size_t cap, char **paths, char **why, int32_t n) {
+    size_t len = 0;
+    out[0] = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const char *slash = strrchr(paths[i], '/');
+        const char *base = slash ? slash + 1 : paths[i];
+        const char *w = why[i] ? why[i] : "not verified";
+        size_t lp = strlen(paths[i]);
+        if (!strncmp(w, paths[i], lp) && w[lp] == ':') w += lp + 1 + (w[lp + 1] == ' ');
+        char item[400];
+        snprintf(item, sizeof(item), "%s%s (%.300s)", i ? "; " : "", base, w);
+        size_t li = strlen(item);
+        if (len + li + 40 >= cap) {
+            snprintf(out + len, cap - len, "; and %d more", (int)(n - i));
+            return;
+        }
+        memcpy(out + len, item, li + 1);
+        len += li;
+    }
+}
+
+/* Moves files that failed verification to out_dir/checkpoints/refused/, saying so. */
+static void train_move_refused(const vd_config *cfg, char **paths, int32_t n) {
+    for (int32_t i = 0; i < n; i++) {
+        char moved[VD_PATH_MAX + 400];
+        if (vd_checkpoint_move_refused(cfg->out_dir, paths[i], moved, sizeof(moved)) != 0)
+            vd_die("%s: cannot move the refused checkpoint to %s/checkpoints/refused/ (%s)", paths[i], cfg->out_dir,
+                   strerror(errno));
+        vd_log("resume: %s failed verification: moved to %s (kept: delete it yourself once it is not needed)\n",
+               paths[i], moved);
+    }
+}
+
 /* Chooses where the run starts (rank 0 decides, everyone receives the state). */
 static void train_resume(train_run *run) {
     const vd_config *cfg = &run->cfg;
@@ -308,26 +367,45 @@ static void train_resume(train_run *run) {
         vd_checkpoint ck;
         char err[1024];
         int ok = 0;
+        char **bad_why = callocCheck((size_t)(np ? np : 1), sizeof(char *)); /* auto: why each was skipped */
+        int32_t nbad = 0;
         if (!strcmp(cfg->resume, "none")) {
             if (have_outputs && !cfg->overwrite)
                 vd_die("out_dir: %s already holds a run (%d checkpoint(s), metrics) and resume is 'none' "
                        "(HINT: --resume auto continues it; --overwrite 1 starts over and deletes it)",
                        cfg->out_dir, (int)np);
         } else if (!strcmp(cfg->resume, "auto")) {
+            /* newest first; the first valid one wins */
             for (int32_t i = 0; i < np && !ok; i++) {
                 if (vd_checkpoint_read(paths[i], &ck, err, sizeof(err)) == 0) {
                     ok = 1;
                     snprintf(chosen, sizeof(chosen), "%s", paths[i]);
                 } else {
-                    vd_warn("resume: skipping invalid checkpoint: %s", err);
+                    bad_why[nbad++] = train_strdup(err);
                 }
             }
-            /* An interrupted run that never reached a checkpoint (a requeued job killed early)
-             * starts over; a finished run's outputs are never replaced without --overwrite. */
-            if (!ok && vd_path_exists(run->adapter_path) && !cfg->overwrite)
-                vd_die("out_dir: %s holds a finished run but no valid checkpoint to resume from "
+            if (ok) {
+                for (int32_t i = 0; i < nbad; i++) vd_warn("resume: skipping invalid checkpoint: %s", bad_why[i]);
+            } else if (np > 0) {
+                /* checkpoint files exist and none is valid: starting over would destroy what a
+                 * person may still recover, so stop, naming every file and why; with
+                 * --overwrite 1 the block below moves them aside and the run starts over */
+                char list[1100];
+                train_list_refused(list, sizeof(list), paths, bad_why, np);
+                if (!cfg->overwrite)
+                    vd_die("resume: %s/checkpoints holds %d checkpoint file(s) and none is valid: %s; nothing was "
+                           "changed (HINT: --resume FILE continues from a checkpoint you trust, or --resume none "
+                           "--overwrite 1 starts over and moves these files to %s/checkpoints/refused/)",
+                           cfg->out_dir, (int)np, list, cfg->out_dir);
+                vd_log("resume: no valid checkpoint in %s/checkpoints: starting over (--overwrite 1)\n", cfg->out_dir);
+            } else if (vd_path_exists(run->adapter_path) && !cfg->overwrite) {
+                /* a finished run's outputs are never replaced without --overwrite */
+                vd_die("out_dir: %s holds a finished run but no checkpoint to resume from "
                        "(HINT: --overwrite 1 starts over and deletes it)", cfg->out_dir);
-            if (!ok && have_outputs) vd_log("resume: no valid checkpoint in %s: starting over\n", cfg->out_dir);
+            } else if (have_outputs) {
+                /* no checkpoint file at all: a run (a requeued job) stopped before its first one */
+                vd_log("resume: no checkpoint in %s (the run stopped before its first): starting over\n", cfg->out_dir);
+            }
         } else {
             if (vd_checkpoint_read(cfg->resume, &ck, err, sizeof(err)) != 0) vd_die("resume: %s", err);
             ok = 1;
@@ -343,12 +421,28 @@ static void train_resume(train_run *run) {
             memcpy(state + n, ck.exp_avg, sizeof(float) * n);
             memcpy(state + 2 * n, ck.exp_avg_sq, sizeof(float) * n);
             vd_checkpoint_free(&ck);
+            /* files newer than the chosen one that failed verification would be overwritten
+             * or pruned by this run's checkpoints: they go aside instead */
+            train_move_refused(cfg, paths, nbad);
         } else if (have_outputs && cfg->overwrite) {
-            /* --overwrite 1: the old run goes, so its checkpoints never mix with this one's */
-            for (int32_t i = 0; i < np; i++)
-                if (unlink(paths[i]) != 0) vd_die("%s: cannot delete old checkpoint", paths[i]);
+            /* --overwrite 1: the old run goes, so its checkpoints never mix with this one's; a
+             * file that fails verification is moved aside, never deleted */
+            nbad = 0;
+            for (int32_t i = 0; i < np; i++) {
+                if (vd_checkpoint_read(paths[i], &ck, err, sizeof(err)) == 0) {
+                    vd_checkpoint_free(&ck);
+                    if (unlink(paths[i]) != 0) vd_die("%s: cannot delete old checkpoint", paths[i]);
+                } else {
+                    char *t = paths[nbad];
+                    paths[nbad++] = paths[i];
+                    paths[i] = t;
+                }
+            }
+            train_move_refused(cfg, paths, nbad);
             unlink(run->adapter_path);
         }
+        for (int32_t i = 0; i < np; i++) free(bad_why[i]);
+        free(bad_why);
         vd_checkpoint_list_free(paths, np);
     }
     vd_comm_bcast(&run->comm, &head, sizeof(head), 0);
