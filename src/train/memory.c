@@ -177,8 +177,9 @@ void vd_memory_check_or_die(const vd_memory_estimate *e, size_t held_bytes, int3
     size_t can = from_env ? free_now : free_now + held_bytes;
     if (e->total <= can) return;
     vd_die("memory: this rank needs about %.3f GiB (%zu bytes: weights %.3f, activations %.3f, adapter + AdamW %.3f, "
-           "merged weights %.3f GiB at batch_size %d x seq_len %d) but can have %.3f GiB (%zu bytes: %s%s); HINT: a smaller batch_size with more grad_accum keeps the same global "
-           "batch in less memory (activations grow with batch_size x seq_len), or use fewer ranks per node",
+           "merged weights %.3f GiB at batch_size %d x seq_len %d) but can have %.3f GiB (%zu bytes: %s%s); "
+           "HINT: a smaller batch_size with more grad_accum keeps the same global batch in less memory "
+           "(activations grow with batch_size x seq_len), or use fewer ranks per node",
            memory_gib(e->total), e->total, memory_gib(e->weights), memory_gib(e->acts), memory_gib(e->adapter),
            memory_gib(e->merged), (int)cfg->batch_size, (int)cfg->seq_len, memory_gib(can), can, how,
            from_env ? "" : ", plus the weights it already holds");
