@@ -123,23 +123,28 @@ size_t vd_memory_rank_available(int32_t ranks_on_node, char *how, size_t cap) {
     char dir[768], path[900];
     int v2 = 0;
     if (memory_cgroup_dir(dir, sizeof(dir), &v2)) {
-        uint64_t limit, used;
         snprintf(path, sizeof(path), "%s/%s", dir, v2 ? "memory.max" : "memory.limit_in_bytes");
         /* in a container the path is the host's and the mount shows our own cgroup at its root */
-        if (access(path, R_OK) != 0) {
-            snprintf(dir, sizeof(dir), "%s", v2 ? "/sys/fs/cgroup" : "/sys/fs/cgroup/memory");
+        if (access(path, R_OK) != 0) snprintf(dir, sizeof(dir), "%s", v2 ? "/sys/fs/cgroup" : "/sys/fs/cgroup/memory");
+        /* v2 limits nest (Slurm sets the job's, its steps may have none): the tightest of this
+         * cgroup and its ancestors; v1's limit_in_bytes is the cgroup's own */
+        const char *root = v2 ? "/sys/fs/cgroup" : "/sys/fs/cgroup/memory";
+        for (;;) {
             snprintf(path, sizeof(path), "%s/%s", dir, v2 ? "memory.max" : "memory.limit_in_bytes");
-        }
-        limit = memory_read_u64(path);
-        snprintf(path, sizeof(path), "%s/%s", dir, v2 ? "memory.current" : "memory.usage_in_bytes");
-        used = memory_read_u64(path);
-        /* v1 says "no limit" with a huge number: anything past the machine's memory is none */
-        if (limit > 0 && limit < (UINT64_C(1) << 60)) {
-            uint64_t room = limit > used ? limit - used : 0;
-            if (avail == 0 || room < avail) {
-                avail = room;
-                src = v2 ? "the cgroup's memory.max" : "the cgroup's memory limit";
+            uint64_t limit = memory_read_u64(path);
+            snprintf(path, sizeof(path), "%s/%s", dir, v2 ? "memory.current" : "memory.usage_in_bytes");
+            uint64_t used = memory_read_u64(path);
+            /* v1 says "no limit" with a huge number: anything past the machine's memory is none */
+            if (limit > 0 && limit < (UINT64_C(1) << 60)) {
+                uint64_t room = limit > used ? limit - used : 0;
+                if (avail == 0 || room < avail) {
+                    avail = room;
+                    src = v2 ? "the cgroup's memory.max" : "the cgroup's memory limit";
+                }
             }
+            char *slash = strrchr(dir, '/');
+            if (!v2 || strlen(dir) <= strlen(root) || !slash) break;
+            *slash = 0;
         }
     }
     if (avail == 0) {
