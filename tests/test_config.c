@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "test_util.h"
 
@@ -578,6 +580,55 @@ static void test_shipped_configs(void) {
     }
 }
 
+static void parse_in_5s(void *arg) {
+    alarm(5); /* a FIFO opened for reading would block the child for good */
+    parse_fn(arg);
+}
+
+/* An INI that is not text is refused as such (not "unknown key ''"); a FIFO is refused unopened. */
+static void test_ini_hostile(void) {
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/vd_test_config_XXXXXX");
+    int fd = mkstemp(path);
+    if (fd < 0) { perror("mkstemp"); exit(1); }
+    static const unsigned char garbage[] = {0x12, 0x8b, 0x00, 0x00, 0xff, 'a', '=', 'b', '\n', 0x00, 0x01};
+    if (write(fd, garbage, sizeof(garbage)) != (ssize_t)sizeof(garbage)) { perror("write"); exit(1); }
+    close(fd);
+    char want[256];
+    snprintf(want, sizeof(want), "--config %s: not a text configuration file (byte 0 is 0x12, a control character", path);
+    CHECK_DIES(parse_fn, ARGV("--config", path), want);
+    unlink(path);
+
+    const char *nul = write_ini("[train]\nlr = 0.001\n");
+    /* a NUL after valid lines: append one byte */
+    FILE *f = fopen(nul, "ab");
+    if (!f || fputc(0, f) == EOF || fclose(f) != 0) { perror(nul); exit(1); }
+    snprintf(want, sizeof(want), "--config %s: not a text configuration file (byte 19 is 0x00, a NUL byte", nul);
+    CHECK_DIES(parse_fn, ARGV("--config", nul), want);
+
+    const char *latin1 = write_ini("[train]\n; r\xe9glages\nlr = 0.001\n");
+    snprintf(want, sizeof(want), "--config %s: not a text configuration file (byte 11 is 0xe9, not valid UTF-8", latin1);
+    CHECK_DIES(parse_fn, ARGV("--config", latin1), want);
+
+    const char *esc = write_ini("[train]\nlr = 0.001 \x1b[2J\n");
+    snprintf(want, sizeof(want), "--config %s: not a text configuration file (byte 19 is 0x1b, a control character", esc);
+    CHECK_DIES(parse_fn, ARGV("--config", esc), want);
+
+    /* UTF-8 comments, CRLF line ends and tabs are text */
+    const char *ok = write_ini("; r\xc3\xa9glages \xe8\xa8\xad\xe5\xae\x9a\r\n[train]\r\nlr\t= 0.002\r\n");
+    vd_config c;
+    vd_config_defaults(&c);
+    vd_config_parse(&c, 3, (char **)(const char *[]){"vera-dist", "--config", ok, NULL}, 1);
+    CHECK(c.lr == 0.002f, "lr from a UTF-8 INI with CRLF: %g", (double)c.lr);
+
+    char fifo[64];
+    snprintf(fifo, sizeof(fifo), "/tmp/vd_test_config_fifo_%ld", (long)getpid());
+    if (mkfifo(fifo, 0644) != 0) { perror(fifo); exit(1); }
+    snprintf(want, sizeof(want), "--config %s: not a regular file (it is a FIFO", fifo);
+    CHECK_DIES(parse_in_5s, ARGV("--config", fifo), want);
+    unlink(fifo);
+}
+
 int main(void) {
     test_defaults();
     test_ini();
@@ -588,6 +639,7 @@ int main(void) {
     test_serialize();
     test_help();
     test_shipped_configs();
+    test_ini_hostile();
     remove_tmp();
     TEST_END();
 }

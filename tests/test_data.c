@@ -200,6 +200,12 @@ static void die_open(void *arg) {
     vd_dataset_close(&ds);
 }
 
+/* the same with a deadline: a FIFO opened for reading would block the child for good */
+static void die_open_in_5s(void *arg) {
+    alarm(5);
+    die_open(arg);
+}
+
 static void die_get(void *arg) {
     open_case *c = arg;
     vd_dataset ds;
@@ -589,6 +595,24 @@ static void remove_tree(const char *path) {
     }
 }
 
+/* A FIFO or directory matched by the glob is refused before it is opened, naming it (open()
+ * of a FIFO blocks until a writer comes: every rank hung). */
+static void test_special_files(void) {
+    char dir[VD_PATH_MAX], path[VD_PATH_MAX], needle[2 * VD_PATH_MAX];
+    make_subdir(dir, "special");
+    open_case c = {.seq_len = T, .vocab = 256, .what = "train_data"};
+    join(path, dir, "train_000.bin");
+    if (mkfifo(path, 0644) != 0) { perror(path); exit(1); }
+    join(c.pattern, dir, "train_*.bin");
+    sfmt(needle, sizeof(needle), "train_data: %s: not a regular file (it is a FIFO", path);
+    CHECK_DIES(die_open_in_5s, &c, needle);
+    unlink(path);
+    if (mkdir(path, 0755) != 0) { perror(path); exit(1); }
+    sfmt(needle, sizeof(needle), "train_data: %s: not a regular file (it is a directory", path);
+    CHECK_DIES(die_open_in_5s, &c, needle);
+    rmdir(path);
+}
+
 int main(void) {
     const char *tmp = getenv("TMPDIR");
     sfmt(g_dir, sizeof(g_dir), "%s/vera_test_data_XXXXXX", tmp && tmp[0] ? tmp : "/tmp");
@@ -600,6 +624,7 @@ int main(void) {
     test_mapping();
     test_glob_order();
     test_bad_shards();
+    test_special_files();
     test_bad_token();
     test_prepare_data();
     if (vd_test_failures == 0) remove_tree(g_dir); /* keep the files to look at when a check failed */

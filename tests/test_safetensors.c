@@ -4,6 +4,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "test_util.h"
 #include "vera/common.h"
@@ -316,6 +318,52 @@ static void test_malformed(void) {
     CHECK_DIES(read_i32_as_f32, path, needle);
 }
 
+static void open_only_in_5s(void *arg) {
+    alarm(5); /* a FIFO opened for reading would block the child for good */
+    open_only(arg);
+}
+
+/* Names echoed from a hostile header are escaped, and special files are refused unopened. */
+static void test_hostile(void) {
+    char path[512], needle[1024];
+    /* raw bytes and a terminal escape in a tensor name, and no "dtype": printed as \xNN */
+    path_in_dir(path, sizeof(path), "garbage_name.safetensors");
+    const char *h = "{\"\xff\xfe\x1b[31m__\":{\"shape\":[1],\"data_offsets\":[0,4]}}";
+    write_raw(path, strlen(h), h, strlen(h), "\0\0\0\0", 4);
+    snprintf(needle, sizeof(needle), "%s: tensor \\xff\\xfe\\x1b[31m__: missing or non-string \"dtype\"", path);
+    CHECK_DIES(open_only, path, needle);
+
+    path_in_dir(path, sizeof(path), "fifo.safetensors");
+    if (mkfifo(path, 0644) != 0) { perror(path); exit(1); }
+    snprintf(needle, sizeof(needle), "%s: not a regular file (it is a FIFO", path);
+    CHECK_DIES(open_only_in_5s, path, needle);
+    unlink(path);
+
+    /* the escaping helper itself */
+    char out[256];
+    struct { const char *in, *want; } cases[] = {
+        {"plain", "plain"},
+        {"a\x01" "b", "a\\x01b"},
+        {"tab\tnew\nline", "tab new line"},
+        {"caf\xc3\xa9 \xe8\xa8\xad\xe5\xae\x9a", "caf\xc3\xa9 \xe8\xa8\xad\xe5\xae\x9a"}, /* valid UTF-8 stays */
+        {"cut \xc3", "cut \\xc3"},                                     /* a truncated sequence */
+        {"over\xc0\xaf", "over\\xc0\\xaf"},                          /* an overlong '/' */
+        {"c1 \xc2\x9b" "31m", "c1 \\xc2\\x9b31m"},                   /* C1 CSI */
+        {"del\x7f", "del\\x7f"},
+        {"\xed\xa0\x80", "\\xed\\xa0\\x80"},                       /* a UTF-16 surrogate */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        vd_escape_printable(out, sizeof(out), cases[i].in, strlen(cases[i].in));
+        CHECK(strcmp(out, cases[i].want) == 0, "escape case %zu: got '%s', want '%s'", i, out, cases[i].want);
+    }
+    /* never past cap, always terminated */
+    vd_escape_printable(out, 6, "\x01\x02\x03", 3);
+    CHECK(strcmp(out, "\\x01") == 0, "escape into 6 bytes: got '%s'", out);
+    CHECK(vd_text_problem("ok\r\n\tfine", 9, 1) == 9, "text with newlines and a tab");
+    CHECK(vd_text_problem("ok\r\n", 4, 0) == 2, "a CR is a control character without allow_newlines");
+    CHECK(vd_text_problem("ab\0cd", 5, 1) == 2, "a NUL byte");
+}
+
 int main(void) {
     snprintf(g_dir, sizeof(g_dir), "/tmp/vd_test_safetensors_XXXXXX");
     if (!mkdtemp(g_dir)) { perror("mkdtemp"); return 1; }
@@ -323,6 +371,7 @@ int main(void) {
     test_half_types();
     test_f16_all();
     test_malformed();
+    test_hostile();
     /* leave nothing behind */
     char cmd[512];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", g_dir);

@@ -48,6 +48,31 @@ void vd_mkdir_p(const char *path);
 void *vd_mmap_file(const char *path, size_t min_size, const char *what, size_t *size_out);
 int vd_path_exists(const char *path);
 
+/* ---- user-given paths: every file a user names is opened through these ----
+ * A FIFO, device, socket or directory is refused with one line naming it, before it is opened
+ * (opening a FIFO for reading blocks until a writer comes, so every rank would hang). */
+/* 0 when path is a regular file; else -1 and why ("not a regular file (it is a FIFO ...)",
+ * "cannot open (No such file ...)") in why. */
+int vd_regular_file_problem(const char *path, char *why, size_t cap);
+/* Dies "<path>: <why>; expected <what>" unless path is a regular file (what may be NULL). */
+void vd_require_regular_file(const char *path, const char *what);
+/* vd_require_regular_file, then open(O_RDONLY) without ever blocking; returns the descriptor. */
+int vd_open_regular(const char *path, const char *what);
+/* The same with label before the path in the message ("--config PATH: ..."). */
+int vd_open_regular_as(const char *label, const char *path, const char *what);
+/* "a directory", "a FIFO (named pipe)", ... for a st_mode. */
+const char *vd_file_type_name(unsigned mode);
+
+/* ---- printable text ----
+ * Offset of the first byte of data[0..n) that is not printable text (a C0/C1 control
+ * character, DEL, or invalid UTF-8; tab, CR and LF allowed when allow_newlines), or n. */
+size_t vd_text_problem(const void *data, size_t n, int allow_newlines);
+/* Copies in[0..n) to out (NUL-terminated, at most cap-1 bytes) with every byte that is not
+ * printable written as \xNN (newline and tab as a space); valid UTF-8 is kept. vd_die and
+ * vd_warn pass every message through it, so names echoed from a file stay one clean line.
+ * Returns the length written. */
+size_t vd_escape_printable(char *out, size_t cap, const char *in, size_t n);
+
 /* 64-bit FNV-1a over bytes, chained by seed; used for configuration hashes and checksums. */
 uint64_t vd_hash64(const void *data, size_t n, uint64_t seed);
 

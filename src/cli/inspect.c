@@ -8,6 +8,7 @@
 #include "vera/cli.h"
 #include "vera/common.h"
 #include "vera/config.h"
+#include "vera/memory.h"
 #include "vera/model.h"
 
 static double inspect_gib(size_t bytes) { return (double)bytes / (double)(1ull << 30); }
@@ -61,28 +62,10 @@ int vd_inspect_main(int argc, char **argv) {
     printf("all-reduce per optimizer step: %zu floats = %zu bytes (gradients + loss + stop flag, one collective)\n",
            n_reduce, sizeof(float) * n_reduce);
 
-    /* memory of one rank, fp32: what the trainer allocates (model.c, adapter.c, optimizer.c) */
-    size_t N = (size_t)cfg.batch_size * (size_t)cfg.seq_len;
-    size_t weights = sizeof(float) * n_frozen;
-    size_t acts = vd_model_act_bytes(&mc, cfg.batch_size, cfg.seq_len);
-    size_t wide = (size_t)(max_out > max_in ? max_out : max_in);
-    size_t adapter = sizeof(float) * ((size_t)r * max_in + (size_t)max_out * r   /* A, B */
-                                      + 4 * n_train + 2                         /* vectors, grads, AdamW m, v */
-                                      + (size_t)n_adapted * N * r               /* U per adapted layer */
-                                      + N * (size_t)max_in + N * r + N * wide + (size_t)max_out * r);
-    /* merged W0 + dW on the layers where it pays (adapter.c's rule, no dropout) */
-    size_t merged = 0;
-    int64_t tokens_per_step = (int64_t)N * cfg.grad_accum;
-    if (cfg.vera_dropout == 0.0f)
-        for (int32_t k = 0; k < f->n_kinds; k++) {
-            if (!(mask & (1u << k))) continue;
-            int32_t in, out;
-            f->kind_shape(&mc, k, &in, &out);
-            if ((double)tokens_per_step * (in + out) > (double)in * out)
-                merged += sizeof(float) * (size_t)mc.n_layer * (size_t)in * (size_t)out;
-        }
-    if (merged) merged += sizeof(float) * (size_t)max_in * (size_t)max_out; /* build scratch */
-    size_t total = weights + acts + adapter + merged;
+    /* memory of one rank, fp32: what the trainer allocates, and checks before it does (memory.c) */
+    vd_memory_estimate me;
+    vd_memory_estimate_run(&mc, mask, &cfg, &me);
+    size_t weights = me.weights, acts = me.acts, adapter = me.adapter, merged = me.merged, total = me.total;
     printf("memory per rank (fp32, batch_size %d x seq_len %d): weights %.3f GiB, activations %.3f GiB, adapter + "
            "AdamW %.3f GiB, merged weights %.3f GiB; total %.3f GiB\n",
            (int)cfg.batch_size, (int)cfg.seq_len, inspect_gib(weights), inspect_gib(acts), inspect_gib(adapter),

@@ -185,7 +185,9 @@ int vd_prepare_data_main(int argc, char **argv) {
     prep_opts o;
     if (!parse_args(&o, argc, argv)) return 0;
 
-    FILE *f = fopen(o.in, "rb");
+    /* the split needs the size up front, so no pipes (refused before open: a FIFO blocks) */
+    int in_fd = vd_open_regular_as("prepare-data: --in:", o.in, "a text file");
+    FILE *f = fdopen(in_fd, "rb");
     if (!f) vd_die("prepare-data: --in: %s: cannot open (%s)", o.in, strerror(errno));
     struct stat st;
     if (fstat(fileno(f), &st) != 0) vd_die("prepare-data: --in: %s: cannot stat (%s)", o.in, strerror(errno));

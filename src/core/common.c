@@ -23,10 +23,11 @@ int vd_rank(void) { return g_rank; }
 __attribute__((noreturn)) static void vd_vdie(const char *where, const char *fmt, va_list ap) {
     char msg[2048];
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    /* one line: collapse newlines a caller may have let through */
-    for (char *p = msg; *p; p++) if (*p == '\n') *p = ' ';
-    if (g_world > 1) fprintf(stderr, "vera-dist: error [rank %d]: %s%s\n", g_rank, where, msg);
-    else fprintf(stderr, "vera-dist: error: %s%s\n", where, msg);
+    /* one printable line: names echoed from a hostile file may hold any byte */
+    char safe[4 * sizeof(msg)];
+    vd_escape_printable(safe, sizeof(safe), msg, strlen(msg));
+    if (g_world > 1) fprintf(stderr, "vera-dist: error [rank %d]: %s%s\n", g_rank, where, safe);
+    else fprintf(stderr, "vera-dist: error: %s%s\n", where, safe);
     fflush(stderr);
     fflush(stdout);
     if (g_abort_hook) g_abort_hook(1);
@@ -59,10 +60,11 @@ void vd_log(const char *fmt, ...) {
 void vd_warn(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "vera-dist: warning: ");
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    char msg[2048], safe[4 * sizeof(msg)];
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    vd_escape_printable(safe, sizeof(safe), msg, strlen(msg));
+    fprintf(stderr, "vera-dist: warning: %s\n", safe);
 }
 
 void *vd_malloc_check(size_t size, const char *file, int line) {
@@ -77,8 +79,151 @@ void *vd_calloc_check(size_t n, size_t size, const char *file, int line) {
     return p;
 }
 
+/* ---- escaping ---- */
+
+/* Length of the valid UTF-8 sequence at s (1..4), or 0 when the bytes there are not one
+ * (overlong forms, surrogates and code points past U+10FFFF count as invalid). */
+static size_t vd_utf8_len(const unsigned char *s, size_t n) {
+    unsigned c = s[0];
+    size_t len;
+    uint32_t cp;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) { len = 2; cp = c & 0x1F; }
+    else if (c >= 0xE0 && c <= 0xEF) { len = 3; cp = c & 0x0F; }
+    else if (c >= 0xF0 && c <= 0xF4) { len = 4; cp = c & 0x07; }
+    else return 0;
+    if (len > n) return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xC0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3F);
+    }
+    if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+        return 0;
+    return len;
+}
+
+size_t vd_text_problem(const void *data, size_t n, int allow_newlines) {
+    const unsigned char *s = data;
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i];
+        if (c < 0x20 || c == 0x7F) {
+            if (allow_newlines && (c == '\n' || c == '\r' || c == '\t')) { i++; continue; }
+            return i;
+        }
+        size_t len = vd_utf8_len(s + i, n - i);
+        if (len == 0) return i;
+        /* C1 controls (U+0080..U+009F) move terminals around just like C0 ones */
+        if (len == 2 && c == 0xC2 && s[i + 1] < 0xA0) return i;
+        i += len;
+    }
+    return n;
+}
+
+size_t vd_escape_printable(char *out, size_t cap, const char *in, size_t n) {
+    const unsigned char *s = (const unsigned char *)in;
+    size_t o = 0;
+    if (cap == 0) return 0;
+    for (size_t i = 0; i < n;) {
+        size_t bad = vd_text_problem(s + i, n - i, 0);
+        /* copy the printable run whole, then escape one byte */
+        size_t run = bad;
+        if (o + run >= cap) run = cap - 1 - o;
+        memcpy(out + o, s + i, run);
+        o += run;
+        i += run;
+        if (i >= n || o + 1 >= cap) break;
+        char esc[8];
+        unsigned c = s[i];
+        if (c == '\n' || c == '\t') snprintf(esc, sizeof(esc), " "); /* one line */
+        else snprintf(esc, sizeof(esc), "\\x%02x", c);
+        size_t el = strlen(esc);
+        if (o + el >= cap) break;
+        memcpy(out + o, esc, el);
+        o += el;
+        i++;
+    }
+    out[o] = 0;
+    return o;
+}
+
+/* ---- user-given paths ---- */
+
+const char *vd_file_type_name(unsigned mode) {
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+    if (S_ISSOCK(mode)) return "a socket";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    if (S_ISREG(mode)) return "a regular file";
+    return "not a regular file";
+}
+
+int vd_regular_file_problem(const char *path, char *why, size_t cap) {
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        snprintf(why, cap, "cannot open (%s)", strerror(errno));
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(why, cap, "not a regular file (it is %s)", vd_file_type_name((unsigned)st.st_mode));
+        return -1;
+    }
+    return 0;
+}
+
+static void vd_die_not_regular(const char *label, const char *path, const char *what, const char *why) {
+    char who[VD_PATH_MAX + 128];
+    if (label && label[0]) snprintf(who, sizeof(who), "%s %s", label, path);
+    else snprintf(who, sizeof(who), "%s", path);
+    if (what && what[0]) vd_die("%s: %s; expected %s", who, why, what);
+    vd_die("%s: %s", who, why);
+}
+
+void vd_require_regular_file(const char *path, const char *what) {
+    char why[256];
+    if (vd_regular_file_problem(path, why, sizeof(why)) != 0) vd_die_not_regular(NULL, path, what, why);
+}
+
+int vd_open_regular_as(const char *label, const char *path, const char *what) {
+    /* stat first: opening a FIFO blocks until a writer comes, and opening a device can do
+     * things; then O_NONBLOCK and fstat, in case the path was swapped in between */
+    char why[256];
+    if (vd_regular_file_problem(path, why, sizeof(why)) != 0) vd_die_not_regular(label, path, what, why);
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(why, sizeof(why), "cannot open (%s)", strerror(errno));
+        vd_die_not_regular(label, path, what, why);
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(why, sizeof(why), "not a regular file (it is %s)", vd_file_type_name((unsigned)st.st_mode));
+        close(fd);
+        vd_die_not_regular(label, path, what, why);
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return fd;
+}
+
+int vd_open_regular(const char *path, const char *what) { return vd_open_regular_as(NULL, path, what); }
+
 FILE *vd_fopen_check(const char *path, const char *mode, const char *file, int line) {
-    FILE *f = fopen(path, mode);
+    FILE *f;
+    if (mode[0] == 'r' && !strchr(mode, '+')) {
+        int fd = vd_open_regular(path, NULL);
+        f = fdopen(fd, mode);
+        if (!f) {
+            int e = errno;
+            close(fd);
+            vd_die("%s: cannot open (%s) [%s:%d]", path, strerror(e), file, line);
+        }
+        return f;
+    }
+    /* writing: an existing FIFO or device would block or swallow the output */
+    struct stat st;
+    if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+        vd_die("%s: not a regular file (it is %s) [%s:%d]", path, vd_file_type_name((unsigned)st.st_mode), file, line);
+    f = fopen(path, mode);
     if (!f) vd_die("%s: cannot open (%s) [%s:%d]", path, strerror(errno), file, line);
     return f;
 }
@@ -184,17 +329,12 @@ void vd_format_float_shortest(char *out, size_t cap, float x) {
 }
 
 void *vd_mmap_file(const char *path, size_t min_size, const char *what, size_t *size_out) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) vd_die("%s: cannot open (%s)", path, strerror(errno));
+    int fd = vd_open_regular(path, what);
     struct stat sb;
     if (fstat(fd, &sb) != 0) {
         int e = errno;
         close(fd);
         vd_die("%s: cannot stat (%s)", path, strerror(e));
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        close(fd);
-        vd_die("%s: not a regular file (expected %s)", path, what);
     }
     uint64_t file_size = (uint64_t)sb.st_size;
     if (file_size < min_size) {

@@ -577,13 +577,49 @@ static int ini_handler_fn(void *user, const char *section, const char *name, con
     return 1;
 }
 
+/* Binary garbage parses as nonsense keys ("unknown key ''"): say what the file is instead.
+ * Text is UTF-8 without control characters other than tab, CR and LF. Rewinds f. */
+static void ini_require_text(FILE *f, const char *path) {
+    unsigned char buf[1 << 16];
+    uint64_t at = 0;
+    size_t got, carry = 0;
+    for (;;) {
+        got = fread(buf + carry, 1, sizeof(buf) - carry, f);
+        size_t n = carry + got;
+        if (n == 0) break;
+        size_t bad = vd_text_problem(buf, n, 1);
+        /* a UTF-8 sequence cut by the buffer's end is checked again with the next read */
+        if (bad < n && got > 0 && n - bad < 4) {
+            carry = n - bad;
+            memmove(buf, buf + bad, carry);
+            at += bad;
+            continue;
+        }
+        if (bad < n)
+            vd_die("--config %s: not a text configuration file (byte %llu is 0x%02x, %s; expected an INI file of "
+                   "'key = value' lines in UTF-8)",
+                   path, (unsigned long long)(at + bad), buf[bad],
+                   buf[bad] == 0 ? "a NUL byte"
+                   : (buf[bad] < 0x20 || buf[bad] == 0x7f) ? "a control character"
+                                                           : "not valid UTF-8");
+        at += n;
+        carry = 0;
+        if (got == 0) break;
+    }
+    if (ferror(f)) vd_die("--config %s: read failed (%s)", path, strerror(errno));
+    rewind(f);
+}
+
 static void vd_config_load_ini(vd_config *c, const char *path) {
     ini_ctx x;
     memset(&x, 0, sizeof(x));
     x.path = path;
     x.c = c;
-    x.f = fopen(path, "r");
+    /* refused before open when not a regular file (a FIFO would block every rank) */
+    int fd = vd_open_regular_as("--config", path, "an INI configuration file");
+    x.f = fdopen(fd, "r");
     if (!x.f) vd_die("--config %s: cannot open (%s)", path, strerror(errno));
+    ini_require_text(x.f, path);
     int ret = ini_parse_stream(ini_reader_fn, &x, ini_handler_fn, &x);
     int read_error = ferror(x.f);
     fclose(x.f);

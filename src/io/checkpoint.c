@@ -1238,9 +1238,11 @@ int vd_checkpoint_read(const char *path, vd_checkpoint *ck, char *err, size_t er
     ck_reader rd = {.path = path, .err = err, .errcap = errcap};
     ck_reader *r = &rd;
 
+    /* HDF5 opens the path itself: refuse a FIFO or device before it can block on one */
+    char why[256];
+    if (vd_regular_file_problem(path, why, sizeof(why)) != 0) return rfail(r, "%s", why);
     struct stat st;
     if (stat(path, &st) != 0) return rfail(r, "cannot open (%s)", strerror(errno));
-    if (!S_ISREG(st.st_mode)) return rfail(r, "not a regular file");
 
     h5_quiet(); /* our one-line reason replaces HDF5's stack dump */
 

@@ -36,12 +36,12 @@ static char *dup_string(const char *s) {
 /* Maps one shard and checks its header against its size. Fills slot i of ds. */
 static void open_shard(vd_dataset *ds, int32_t i, const char *path) {
     const char *what = ds->what;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) vd_die("%s: %s: cannot open (%s)", what, path, strerror(errno));
+    /* a directory or FIFO can match the glob too: refused before open (a FIFO would block) */
+    char label[80];
+    snprintf(label, sizeof(label), "%s:", what);
+    int fd = vd_open_regular_as(label, path, "an llm.c token shard");
     struct stat st;
     if (fstat(fd, &st) != 0) vd_die("%s: %s: cannot stat (%s)", what, path, strerror(errno));
-    /* a directory or fifo can match the glob too; mmap would fail with a less clear error */
-    if (!S_ISREG(st.st_mode)) vd_die("%s: %s: not a regular file (expected an llm.c token shard)", what, path);
     uint64_t file_bytes = (uint64_t)st.st_size;
     if (file_bytes < HEADER_BYTES)
         vd_die("%s: %s: truncated: %" PRIu64 " bytes, shorter than the %" PRIu64 "-byte shard header",

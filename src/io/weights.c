@@ -139,6 +139,8 @@ static void vd_shape_str(char *out, size_t cap, int32_t ndim, const int64_t *sha
 static void vd_open_hf(vd_weights *w, const char *dir) {
     w->kind = VD_SRC_HF;
     vd_join(w->config_path, sizeof(w->config_path), dir, "config.json");
+    /* there but not a regular file (a FIFO would block): say so rather than "missing" */
+    if (vd_path_exists(w->config_path)) vd_require_regular_file(w->config_path, "the model's config.json");
     if (!vd_is_regular(w->config_path))
         vd_die("%s: missing (expected a Hugging Face model directory with config.json and model.safetensors)",
                w->config_path);
@@ -148,6 +150,8 @@ static void vd_open_hf(vd_weights *w, const char *dir) {
     vd_join(single, sizeof(single), dir, "model.safetensors");
     vd_join(index, sizeof(index), dir, "model.safetensors.index.json");
 
+    if (vd_path_exists(single)) vd_require_regular_file(single, "a .safetensors file");
+    if (vd_path_exists(index)) vd_require_regular_file(index, "a safetensors index (JSON)");
     if (vd_is_regular(single)) {
         /* one file: its header is the table */
         snprintf(w->source, sizeof(w->source), "%s", single);
@@ -203,6 +207,7 @@ static void vd_open_hf(vd_weights *w, const char *dir) {
     for (int32_t s = 0; s < n_shards; s++) {
         char path[VD_PATH_MAX];
         vd_join(path, sizeof(path), dir, shard_names[s]);
+        if (vd_path_exists(path)) vd_require_regular_file(path, "a .safetensors shard");
         if (!vd_is_regular(path)) {
             const char *first = "?";
             for (int64_t i = 0; i < n; i++)
@@ -309,9 +314,9 @@ vd_weights *vd_weights_open(const char *path) {
     } else if (S_ISREG(sb.st_mode) && (vd_gguf_has_suffix(path) || vd_gguf_has_magic(path))) {
         vd_open_gguf(w, path);
     } else {
-        vd_die("%s: neither a directory nor a GGUF file (expected a Hugging Face model directory with config.json, "
-               "or a .gguf file)",
-               path);
+        vd_die("%s: neither a directory nor a GGUF file (it is %s; expected a Hugging Face model directory with "
+               "config.json, or a .gguf file)",
+               path, vd_file_type_name((unsigned)sb.st_mode));
     }
     return w;
 }

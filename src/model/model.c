@@ -53,8 +53,8 @@ static model_source model_source_of(const char *path) {
         vd_die("model %s: does not exist (expected a Hugging Face directory, a .gguf file or an llm.c .bin file)", path);
     if (S_ISDIR(st.st_mode)) return SRC_HF_DIR;
     if (!S_ISREG(st.st_mode))
-        vd_die("model %s: not a regular file or directory (expected a Hugging Face directory, a .gguf file or an "
-               "llm.c .bin file)", path);
+        vd_die("model %s: not a regular file or directory (it is %s; expected a Hugging Face directory, a .gguf file "
+               "or an llm.c .bin file)", path, vd_file_type_name((unsigned)st.st_mode));
     FILE *f = fopenCheck(path, "rb");
     char magic[4] = {0};
     size_t got = fread(magic, 1, 4, f);
