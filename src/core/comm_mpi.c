@@ -1,8 +1,13 @@
 /* comm_mpi.c: collectives over MPI. Every call is checked; a failure ends all ranks. */
+#define _POSIX_C_SOURCE 200809L
 #include "vera/comm.h"
 
 #include <mpi.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "vera/common.h"
 
@@ -15,6 +20,42 @@ static void comm_abort_hook(int code) {
     MPI_Initialized(&init);
     MPI_Finalized(&fin);
     if (init && !fin) MPI_Abort(MPI_COMM_WORLD, code);
+}
+
+/* A rank whose launcher (mpirun, orted, slurmstepd: its parent) died must stop at once and
+ * write nothing more: Open MPI notices only after about a second, long enough to start a
+ * checkpoint or a metrics row. A watchdog thread polls the parent every 50 ms and ends the
+ * process when it changes. (PR_SET_PDEATHSIG would fire when the launcher's *thread* that
+ * forked us exits, which some launchers do on purpose.) Checkpoints are written atomically,
+ * so stopping in the middle of one loses nothing. */
+static pid_t g_launcher_pid;
+
+static void *comm_launcher_watchdog(void *arg) {
+    (void)arg;
+    struct timespec ts = {0, 50 * 1000 * 1000};
+    for (;;) {
+        nanosleep(&ts, NULL);
+        if (getppid() != g_launcher_pid) {
+            static const char msg[] = "vera-dist: error: the MPI launcher (parent process) died; stopping this rank\n";
+            ssize_t w = write(2, msg, sizeof(msg) - 1);
+            (void)w;
+            _exit(137);
+        }
+    }
+    return NULL;
+}
+
+static void comm_watch_launcher(void) {
+    /* only ranks a launcher started: a singleton run may outlive its shell (nohup, &) */
+    if (!getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMIX_RANK") && !getenv("PMI_RANK")) return;
+    g_launcher_pid = getppid();
+    if (g_launcher_pid <= 1) return; /* already orphaned or started by init: nothing to watch */
+    pthread_t t;
+    pthread_attr_t attr;
+    if (pthread_attr_init(&attr) != 0 || pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED) != 0 ||
+        pthread_create(&t, &attr, comm_launcher_watchdog, NULL) != 0)
+        vd_warn("cannot start the launcher watchdog thread: a killed mpirun may leave this rank running ~1 s");
+    pthread_attr_destroy(&attr);
 }
 
 void vd_comm_init(vd_comm *c, int *argc, char ***argv) {
@@ -39,6 +80,7 @@ void vd_comm_init(vd_comm *c, int *argc, char ***argv) {
     c->local_size = ls;
     vd_set_rank_info(rank, world);
     vd_set_abort_hook(comm_abort_hook);
+    comm_watch_launcher();
 }
 
 void vd_comm_free(vd_comm *c) {
