@@ -24,6 +24,9 @@ typedef struct vd_backend {
     void (*to_host)(void *dst, const void *src, size_t bytes);
     void (*zero)(void *p, size_t bytes);
     void (*copy)(void *dst, const void *src, size_t bytes);    /* device to device */
+    /* Free device memory this rank may use, in bytes; NULL for a backend whose "device" memory
+     * is host memory (then /proc/meminfo and the cgroup limit decide: src/train/memory.c). */
+    size_t (*device_free_bytes)(void);
 
     /* ---- dense ---- */
     /* C (M x N) = alpha * op(A) op(B) + beta * C; op(A) is M x K, op(B) is K x N. */

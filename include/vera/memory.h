@@ -36,8 +36,10 @@ void vd_memory_check_or_die(const vd_memory_estimate *e, size_t held_bytes, int3
                             const vd_config *cfg);
 
 /* The trainer's one call, right before it allocates the model and activations (the weights
- * are loaded): estimate, compare, refuse. Only for the CPU backend (backend_name "cpu"). */
+ * are loaded): estimate, compare, refuse. Host memory for the CPU backend; the device's free
+ * memory (be->device_free_bytes) for a GPU backend. VERA_MEMORY_LIMIT_BYTES overrides both. */
+struct vd_backend;
 void vd_memory_check_run(const vd_model_config *mc, uint32_t target_mask, const vd_config *cfg,
-                         int32_t ranks_on_node, const char *backend_name);
+                         int32_t ranks_on_node, const struct vd_backend *be);
 
 #endif

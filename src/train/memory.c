@@ -3,6 +3,8 @@
 #define _POSIX_C_SOURCE 200809L
 #include "vera/memory.h"
 
+#include "vera/backend.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -173,6 +175,17 @@ size_t vd_memory_rank_available(int32_t ranks_on_node, char *how, size_t cap) {
 
 static double memory_gib(size_t b) { return (double)b / (double)(1ull << 30); }
 
+static void memory_refuse_if(const vd_memory_estimate *e, size_t can, const char *how, const char *extra,
+                             const vd_config *cfg) {
+    if (e->total <= can) return;
+    vd_die("memory: this rank needs about %.3f GiB (%zu bytes: weights %.3f, activations %.3f, adapter + AdamW %.3f, "
+           "merged weights %.3f GiB at batch_size %d x seq_len %d) but can have %.3f GiB (%zu bytes: %s%s); "
+           "HINT: a smaller batch_size with more grad_accum keeps the same global batch in less memory "
+           "(activations grow with batch_size x seq_len), or use fewer ranks per node",
+           memory_gib(e->total), e->total, memory_gib(e->weights), memory_gib(e->acts), memory_gib(e->adapter),
+           memory_gib(e->merged), (int)cfg->batch_size, (int)cfg->seq_len, memory_gib(can), can, how, extra);
+}
+
 void vd_memory_check_or_die(const vd_memory_estimate *e, size_t held_bytes, int32_t ranks_on_node,
                             const vd_config *cfg) {
     char how[128];
@@ -180,21 +193,22 @@ void vd_memory_check_or_die(const vd_memory_estimate *e, size_t held_bytes, int3
     if (!strcmp(how, "unknown")) return; /* cannot tell: let it try */
     int from_env = !strcmp(how, "VERA_MEMORY_LIMIT_BYTES"); /* a per-rank limit, all of it */
     size_t can = from_env ? free_now : free_now + held_bytes;
-    if (e->total <= can) return;
-    vd_die("memory: this rank needs about %.3f GiB (%zu bytes: weights %.3f, activations %.3f, adapter + AdamW %.3f, "
-           "merged weights %.3f GiB at batch_size %d x seq_len %d) but can have %.3f GiB (%zu bytes: %s%s); "
-           "HINT: a smaller batch_size with more grad_accum keeps the same global batch in less memory "
-           "(activations grow with batch_size x seq_len), or use fewer ranks per node",
-           memory_gib(e->total), e->total, memory_gib(e->weights), memory_gib(e->acts), memory_gib(e->adapter),
-           memory_gib(e->merged), (int)cfg->batch_size, (int)cfg->seq_len, memory_gib(can), can, how,
-           from_env ? "" : ", plus the weights it already holds");
+    memory_refuse_if(e, can, how, from_env ? "" : ", plus the weights it already holds", cfg);
 }
 
 void vd_memory_check_run(const vd_model_config *mc, uint32_t target_mask, const vd_config *cfg,
-                         int32_t ranks_on_node, const char *backend_name) {
-    /* a GPU backend holds the activations in device memory: this host figure does not apply */
-    if (strcmp(backend_name, "cpu") != 0) return;
+                         int32_t ranks_on_node, const vd_backend *be) {
     vd_memory_estimate e;
     vd_memory_estimate_run(mc, target_mask, cfg, &e);
-    vd_memory_check_or_die(&e, e.weights, ranks_on_node, cfg);
+    if (!be->device_free_bytes) {
+        vd_memory_check_or_die(&e, e.weights, ranks_on_node, cfg);
+        return;
+    }
+    /* a GPU backend holds weights, activations and the adapter in device memory: compare with
+     * what the device has free now (ranks sharing one GPU each see the same free figure) */
+    const char *env = getenv("VERA_MEMORY_LIMIT_BYTES");
+    char how[128];
+    size_t can = env && env[0] ? vd_memory_rank_available(ranks_on_node, how, sizeof(how)) : be->device_free_bytes();
+    if (!(env && env[0])) snprintf(how, sizeof(how), "free memory of the %s device", be->name);
+    memory_refuse_if(&e, can, how, "", cfg);
 }

@@ -571,7 +571,7 @@ static void train_setup(train_run *run, int argc, char **argv) {
     run->T = cfg->seq_len;
     run->S = (uint64_t)run->B * (uint64_t)cfg->grad_accum * (uint64_t)run->comm.world;
     /* refuse what cannot fit before allocating it (the kernel would kill the rank silently) */
-    vd_memory_check_run(&run->mc, run->target_mask, cfg, run->comm.local_size, run->be->name);
+    vd_memory_check_run(&run->mc, run->target_mask, cfg, run->comm.local_size, run->be);
     vd_model_init(&run->model, run->be, &run->mc, host_params);
     free(host_params);
     vd_model_alloc_acts(&run->model, run->B, run->T);

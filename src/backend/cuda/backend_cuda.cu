@@ -177,6 +177,13 @@ static void *cu_alloc(size_t bytes) {
     return p;
 }
 
+static size_t cu_device_free_bytes(void) {
+    vd_cuda_require_init();
+    size_t free_b = 0, total_b = 0;
+    cudaCheck(cudaMemGetInfo(&free_b, &total_b));
+    return free_b;
+}
+
 static void cu_free(void *p) {
     if (!p) return;
     cudaCheck(cudaStreamSynchronize(g.stream)); /* no op still using p */
@@ -1193,6 +1200,7 @@ static void cuda_fill_table(vd_backend *t) {
     t->name = "cuda";
     t->alloc = cu_alloc;
     t->free = cu_free;
+    t->device_free_bytes = cu_device_free_bytes;
     t->to_device = cu_to_device;
     t->to_host = cu_to_host;
     t->zero = cu_zero;
