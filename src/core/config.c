@@ -56,7 +56,7 @@ typedef struct {
 static const vd_key g_keys[] = {
     /* [model] */
     {"model", "model", KT_STRING, FIELD(model), "", 0, 0, RESUME_SAME_MODEL, NULL,
-     "Hugging Face GPT-2 directory (config.json + model.safetensors) or an llm.c model file (gpt2_124M.bin)"},
+     "Hugging Face directory (GPT-2, Llama, Mistral, Qwen2; safetensors, sharded or not), a llama .gguf file, or an llm.c GPT-2 .bin"},
     /* [data] */
     {"train_data", "data", KT_STRING, FIELD(train_data), "", 0, 0, RESUME_FREE, NULL,
      "glob of llm.c token shards to train on, e.g. data/train_*.bin"},
@@ -782,11 +782,13 @@ static const char *type_name(const vd_key *k) {
 void vd_config_print_help(FILE *f) {
     fprintf(f,
             "usage: vera-dist [train] --config FILE [--key value ...]\n"
-            "       vera-dist init-model --out DIR [...]     write a small random GPT-2 (tests, demo)\n"
-            "       vera-dist prepare-data --in TEXT --out DIR [...]  tokenize text into llm.c shards\n"
+            "       vera-dist init-model --out DIR [...]     write a small random GPT-2 or Llama (tests, demo)\n"
+            "       vera-dist prepare-data --in TEXT --out DIR [...]  byte-level text into llm.c shards\n"
+            "       vera-dist forward | export | inspect ...  one forward/backward, adapter export, counts\n"
             "       vera-dist <sub-command> --help\n"
             "\n"
-            "Train VeRA adapters on a GPT-2 with MPI data parallelism (mpirun -n N vera-dist ...).\n"
+            "Train VeRA adapters on a GPT-2 or Llama-family model with MPI data parallelism\n"
+            "(mpirun -n N vera-dist ...).\n"
             "Settings: the defaults below, then the INI file given by --config, then --key value\n"
             "or --key=value on the command line, in order (the command line wins).\n");
     for (int s = 0; s < NSECTIONS; s++) {
