@@ -156,6 +156,36 @@ __device__ float block_max(float v, float *scratch) {
     return scratch[32];
 }
 
+/* out[i] = sum_{j < n} w[j] * rows[j * stride + i] for i < hs, by the whole block: with hs <= the
+ * block size, G = blockDim / hs thread groups each sum every G-th row and the groups' partials
+ * (part: G * hs floats of shared memory) are added in group order; otherwise each thread owns
+ * columns. Fixed order either way (deterministic). The attention forward (a . V) and the
+ * backward's dq (dpre . K) are this one reduction. */
+__device__ void block_weighted_rows(float *out, const float *w, const float *rows, size_t stride, int n, int hs,
+                                    float *part) {
+    const int tid = threadIdx.x, bd = blockDim.x;
+    if (hs <= bd) {
+        const int G = bd / hs, i = tid % hs, grp = tid / hs;
+        if (grp < G) {
+            float acc = 0.0f;
+            for (int j = grp; j < n; j += G) acc += w[j] * rows[(size_t)j * stride + i];
+            part[grp * hs + i] = acc;
+        }
+        __syncthreads();
+        if (tid < hs) {
+            float s = 0.0f;
+            for (int gg = 0; gg < G; gg++) s += part[gg * hs + tid];
+            out[tid] = s;
+        }
+    } else {
+        for (int i = tid; i < hs; i += bd) {
+            float acc = 0.0f;
+            for (int j = 0; j < n; j++) acc += w[j] * rows[(size_t)j * stride + i];
+            out[i] = acc;
+        }
+    }
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* memory */
 
@@ -498,26 +528,7 @@ __global__ void k_attention_forward(float *out, float *att, const float *q, cons
     for (int t2 = t + 1 + tid; t2 < T; t2 += bd) a[t2] = 0.0f;
     __syncthreads(); /* the whole row of a is visible to the block */
     float *o = out + (b * T + t) * d.oc + (size_t)h * hs;
-    if (hs <= bd) {
-        const int G = bd / hs, i = tid % hs, grp = tid / hs;
-        if (grp < G) {
-            float acc = 0.0f;
-            for (int t2 = grp; t2 <= t; t2 += G) acc += a[t2] * vbase[(size_t)t2 * kvs + i];
-            part[grp * hs + i] = acc;
-        }
-        __syncthreads();
-        if (tid < hs) {
-            float s = 0.0f;
-            for (int gg = 0; gg < G; gg++) s += part[gg * hs + tid];
-            o[tid] = s;
-        }
-    } else {
-        for (int i = tid; i < hs; i += bd) {
-            float acc = 0.0f;
-            for (int t2 = 0; t2 <= t; t2++) acc += a[t2] * vbase[(size_t)t2 * kvs + i];
-            o[i] = acc;
-        }
-    }
+    block_weighted_rows(o, a, vbase, kvs, t + 1, hs, part);
 }
 
 /* Backward, part 1: one block per query row (b, h, t). da = dout . v (through the weighted
@@ -551,26 +562,7 @@ __global__ void k_attention_backward_q(float *dq, float *datt, const float *dout
     for (int t2 = tid; t2 <= t; t2 += bd) da[t2] = a[t2] * (da[t2] - dot) * scale;
     __syncthreads();
     float *dqr = dq + (b * T + t) * d.qs + (size_t)h * hs;
-    if (hs <= bd) {
-        const int G = bd / hs, i = tid % hs, grp = tid / hs;
-        if (grp < G) {
-            float acc = 0.0f;
-            for (int t2 = grp; t2 <= t; t2 += G) acc += da[t2] * kbase[(size_t)t2 * kvs + i];
-            part[grp * hs + i] = acc;
-        }
-        __syncthreads();
-        if (tid < hs) {
-            float s = 0.0f;
-            for (int gg = 0; gg < G; gg++) s += part[gg * hs + tid];
-            dqr[tid] = s;
-        }
-    } else {
-        for (int i = tid; i < hs; i += bd) {
-            float acc = 0.0f;
-            for (int t2 = 0; t2 <= t; t2++) acc += da[t2] * kbase[(size_t)t2 * kvs + i];
-            dqr[i] = acc;
-        }
-    }
+    block_weighted_rows(dqr, da, kbase, kvs, t + 1, hs, part);
 }
 
 /* Backward, part 2: one block per key row (b, kv head kvh, t2), which owns dk and dv of that kv
