@@ -35,6 +35,7 @@ const vd_model_family vd_family_gpt2 = {
 
 void vd_gpt2_sites(const vd_gpt2 *m, vd_linear_site *sites) {
     const vd_gpt2_params *p = &m->params;
+    float *const base[4] = {p->qkvw, p->attprojw, p->fcw, p->fcprojw};
     for (int32_t l = 0; l < m->config.n_layer; l++) {
         for (int32_t kind = 0; kind < 4; kind++) {
             vd_linear_site *s = &sites[l * 4 + kind];
@@ -42,7 +43,6 @@ void vd_gpt2_sites(const vd_gpt2 *m, vd_linear_site *sites) {
             s->kind = kind;
             gpt2_kind_shape(&m->config, kind, &s->in, &s->out);
             vd_model_site_name(&vd_family_gpt2, l, kind, s->name, sizeof(s->name));
-            float *base[4] = {p->qkvw, p->attprojw, p->fcw, p->fcprojw};
             s->W = (vd_tensor){base[kind] + (size_t)l * s->in * s->out, VD_DTYPE_F32, 2, {s->in, s->out}};
         }
     }

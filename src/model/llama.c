@@ -443,6 +443,7 @@ void vd_llama_init(vd_llama *m, const vd_backend *be, const vd_model_config *cfg
 void vd_llama_sites(const vd_llama *m, vd_linear_site *sites) {
     const vd_model_config *c = &m->config;
     const vd_llama_params *p = &m->params;
+    float *const base[K_COUNT] = {p->wq, p->wk, p->wv, p->wo, p->wg, p->wu, p->wd};
     for (int32_t l = 0; l < c->n_layer; l++) {
         for (int32_t kind = 0; kind < K_COUNT; kind++) {
             vd_linear_site *s = &sites[l * K_COUNT + kind];
@@ -450,7 +451,6 @@ void vd_llama_sites(const vd_llama *m, vd_linear_site *sites) {
             s->kind = kind;
             llama_kind_shape(c, kind, &s->in, &s->out);
             vd_model_site_name(&vd_family_llama, l, kind, s->name, sizeof(s->name));
-            float *base[K_COUNT] = {p->wq, p->wk, p->wv, p->wo, p->wg, p->wu, p->wd};
             s->W = (vd_tensor){base[kind] + (size_t)l * s->in * s->out, VD_DTYPE_F32, 2, {s->in, s->out}};
         }
     }
