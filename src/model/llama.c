@@ -351,7 +351,11 @@ void vd_llama_save_hf(const char *dir, const vd_model_config *cfg, const float *
         if (llama_param_slice(cfg, i)) n += k_params[i].per_layer ? cfg->n_layer : 1;
     vd_st_entry *e = callocCheck((size_t)n, sizeof(vd_st_entry));
     char (*names)[128] = callocCheck((size_t)n, 128);
-    float *copy = mallocCheck(sizeof(float) * llama_num_params(cfg)); /* HF layouts */
+    /* only the transposed linear weights need a copy in HF's layout; the rest is written as is */
+    size_t n_copy = 0;
+    for (int i = 0; i < VD_LLAMA_NUM_PARAMS; i++)
+        if (k_params[i].transpose) n_copy += llama_param_count(cfg, i);
+    float *copy = mallocCheck(sizeof(float) * (n_copy ? n_copy : 1));
     const float *src = params;
     float *dst = copy;
     int32_t k = 0;
@@ -361,12 +365,15 @@ void vd_llama_save_hf(const char *dir, const vd_model_config *cfg, const float *
         const llama_param *p = &k_params[i];
         int64_t rows = llama_dim_of(cfg, p->rows), cols = llama_dim_of(cfg, p->cols);
         for (int32_t l = 0; l < (p->per_layer ? cfg->n_layer : 1); l++, k++) {
-            if (p->transpose) llama_transpose(dst, src, cols, rows); /* (cols, rows) back to (rows, cols) */
-            else memcpy(dst, src, sizeof(float) * slice);
+            const float *data = src;
+            if (p->transpose) { /* (cols, rows) back to (rows, cols) */
+                llama_transpose(dst, src, cols, rows);
+                data = dst;
+                dst += slice;
+            }
             llama_hf_name(i, l, names[k], 128);
-            e[k] = p->cols == D_NONE ? (vd_st_entry){names[k], dst, 1, {rows}} : (vd_st_entry){names[k], dst, 2, {rows, cols}};
+            e[k] = p->cols == D_NONE ? (vd_st_entry){names[k], data, 1, {rows}} : (vd_st_entry){names[k], data, 2, {rows, cols}};
             src += slice;
-            dst += slice;
         }
     }
     char path[VD_PATH_MAX + 32];
