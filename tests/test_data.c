@@ -109,7 +109,7 @@ static void test_mapping(void) {
     }
     join(pattern, dir, "a_*.bin");
     vd_dataset ds;
-    vd_dataset_open(&ds, pattern, T, 256, "train_data");
+    vd_dataset_open(&ds, pattern, T, 256, 0, "train_data");
     CHECK(ds.n_shards == NS, "n_shards %d", ds.n_shards);
     CHECK(ds.n_seqs == NSEQ, "n_seqs %" PRIu64, ds.n_seqs);
     CHECK(ds.seq_len == T && ds.vocab_size == 256, "seq_len/vocab");
@@ -132,9 +132,9 @@ static void test_mapping(void) {
     }
     CHECK(nref == NSEQ, "reference has %d sequences", nref);
 
-    int32_t in[T], tg[T];
+    int32_t in[T], tg[T], pos[T];
     for (uint64_t n = 0; n < 3 * NSEQ + 2; n++) {
-        vd_dataset_get(&ds, n, in, tg);
+        vd_dataset_get(&ds, n, in, tg, pos);
         uint16_t first = ref_first[n % NSEQ];
         int ok = 1;
         for (int j = 0; j < T; j++) ok &= in[j] == first + j && tg[j] == first + j + 1;
@@ -143,7 +143,7 @@ static void test_mapping(void) {
         CHECK(vd_dataset_epoch(&ds, n) == n / NSEQ, "epoch of %" PRIu64, n);
     }
     /* wrap at the far end of uint64: UINT64_MAX = 7 * 2635249153387078802 + 1 */
-    vd_dataset_get(&ds, UINT64_MAX, in, tg);
+    vd_dataset_get(&ds, UINT64_MAX, in, tg, pos);
     CHECK(in[0] == ref_first[1] && tg[T - 1] == ref_first[1] + T, "UINT64_MAX wraps to sequence 1 (got %d)", in[0]);
     CHECK(vd_dataset_epoch(&ds, UINT64_MAX) == 2635249153387078802ULL, "epoch of UINT64_MAX");
     CHECK(vd_dataset_epoch(&ds, NSEQ - 1) == 0 && vd_dataset_epoch(&ds, NSEQ) == 1, "epoch boundary");
@@ -154,9 +154,9 @@ static void test_mapping(void) {
 
     /* a single-shard glob and a literal path (no wildcard) both work */
     join(path, dir, "a_2.bin");
-    vd_dataset_open(&ds, path, T, 256, "val_data");
+    vd_dataset_open(&ds, path, T, 256, 0, "val_data");
     CHECK(ds.n_shards == 1 && ds.n_seqs == 2, "literal path: %d shards %" PRIu64 " seqs", ds.n_shards, ds.n_seqs);
-    vd_dataset_get(&ds, 1, in, tg);
+    vd_dataset_get(&ds, 1, in, tg, pos);
     CHECK(in[0] == 104 && tg[T - 1] == 108, "literal path second sequence starts %d", in[0]);
     vd_dataset_close(&ds);
 }
@@ -173,11 +173,11 @@ static void test_glob_order(void) {
     write_counting_shard(path, 5, 10);
     join(pattern, dir, "s_*.bin");
     vd_dataset ds;
-    vd_dataset_open(&ds, pattern, T, 256, "train_data");
-    int32_t in[T], tg[T];
+    vd_dataset_open(&ds, pattern, T, 256, 0, "train_data");
+    int32_t in[T], tg[T], pos[T];
     const int32_t want[3] = {10, 100, 20}; /* s_1, s_10, s_2 */
     for (uint64_t n = 0; n < 3; n++) {
-        vd_dataset_get(&ds, n, in, tg);
+        vd_dataset_get(&ds, n, in, tg, pos);
         CHECK(in[0] == want[n], "glob order: sequence %" PRIu64 " starts %d want %d", n, in[0], want[n]);
     }
     vd_dataset_close(&ds);
@@ -196,7 +196,7 @@ typedef struct {
 static void die_open(void *arg) {
     open_case *c = arg;
     vd_dataset ds;
-    vd_dataset_open(&ds, c->pattern, c->seq_len, c->vocab, c->what);
+    vd_dataset_open(&ds, c->pattern, c->seq_len, c->vocab, 0, c->what);
     vd_dataset_close(&ds);
 }
 
@@ -209,16 +209,16 @@ static void die_open_in_5s(void *arg) {
 static void die_get(void *arg) {
     open_case *c = arg;
     vd_dataset ds;
-    vd_dataset_open(&ds, c->pattern, c->seq_len, c->vocab, c->what);
-    int32_t in[64], tg[64];
-    vd_dataset_get(&ds, c->get_n, in, tg);
+    vd_dataset_open(&ds, c->pattern, c->seq_len, c->vocab, 0, c->what);
+    int32_t in[64], tg[64], pos[64];
+    vd_dataset_get(&ds, c->get_n, in, tg, pos);
     vd_dataset_close(&ds);
 }
 
 static void die_validate(void *arg) {
     open_case *c = arg;
     vd_dataset ds;
-    vd_dataset_open(&ds, c->pattern, c->seq_len, c->vocab, c->what);
+    vd_dataset_open(&ds, c->pattern, c->seq_len, c->vocab, 0, c->what);
     vd_dataset_validate_all(&ds);
     vd_dataset_close(&ds);
 }
@@ -476,7 +476,7 @@ static void test_prepare_data(void) {
     /* the trainer's view: byte tokens against a 256 vocab */
     vd_dataset ds;
     join(pat, out, "train_*.bin");
-    vd_dataset_open(&ds, pat, 64, 256, "train_data");
+    vd_dataset_open(&ds, pat, 64, 256, 0, "train_data");
     vd_dataset_validate_all(&ds);
     CHECK(ds.n_seqs == 4 + 4 + 2, "train n_seqs %" PRIu64, ds.n_seqs);
     vd_dataset_close(&ds);

@@ -13,6 +13,7 @@
 #define VD_SHARD_MAGIC 20240520
 #define VD_SHARD_VERSION 1
 #define VD_SHARD_HEADER_INTS 256
+#define VD_TARGET_NONE (-1) /* a target position that takes no loss (transformers' -100) */
 
 typedef struct {
     int32_t n_shards;
@@ -29,11 +30,19 @@ typedef struct {
 } vd_dataset;
 
 /* Opens every file matching pattern. Dies naming the key (what) / file and what was expected:
- * no match, truncated file, wrong magic/version, size not matching the header, no full sequence. */
-void vd_dataset_open(vd_dataset *ds, const char *pattern, int32_t seq_len, int32_t vocab_size, const char *what);
-/* Copies sequence n (wrapped by epoch) into inputs[seq_len] and targets[seq_len].
+ * no match, truncated file, wrong magic/version, size not matching the header, no full sequence.
+ * pack (the `pack` key): for shards of examples, several examples per sequence (docs/data-format.md). */
+void vd_dataset_open(vd_dataset *ds, const char *pattern, int32_t seq_len, int32_t vocab_size, int32_t pack,
+                     const char *what);
+/* Copies sequence n (wrapped by epoch) into inputs[seq_len], targets[seq_len] and pos[seq_len]:
+ * targets[t] = VD_TARGET_NONE where no loss is taken (masked prompt, padding, example end);
+ * pos[t] = the token's position inside its example (t for plain text; it restarts at 0 where a
+ * packed example begins, which also bounds attention: query t sees keys t - pos[t] .. t).
  * Dies naming the shard and token offset if an id >= vocab_size. */
-void vd_dataset_get(const vd_dataset *ds, uint64_t n, int32_t *inputs, int32_t *targets);
+void vd_dataset_get(const vd_dataset *ds, uint64_t n, int32_t *inputs, int32_t *targets, int32_t *pos);
+/* Targets of sequence n that carry a loss (targets[t] != VD_TARGET_NONE): every rank counts
+ * the whole global batch from the data, so the step's mean needs no extra collective. */
+uint32_t vd_dataset_target_count(const vd_dataset *ds, uint64_t n);
 uint64_t vd_dataset_epoch(const vd_dataset *ds, uint64_t n);
 /* Checks every token id of every shard against vocab_size (vd_dataset_get checks only the
  * sequences it returns, since a full scan of a large dataset is slow). Dies like vd_dataset_get. */

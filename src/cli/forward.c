@@ -53,11 +53,13 @@ int vd_forward_main(int argc, char **argv) {
     uint32_t mask = vd_model_targets_or_die(vd_model_family_of(mc.arch), cfg.target_modules, sizeof(cfg.target_modules),
                                             cfg.model);
     vd_dataset ds;
-    vd_dataset_open(&ds, tokens, cfg.seq_len, mc.vocab_size, "tokens");
+    vd_dataset_open(&ds, tokens, cfg.seq_len, mc.vocab_size, 0, "tokens");
     int32_t B = cfg.batch_size, T = cfg.seq_len, V = mc.vocab_size, N = B * T;
     if ((uint64_t)B > ds.n_seqs) vd_die("--tokens: %s holds %llu sequences, batch_size is %d", tokens, (unsigned long long)ds.n_seqs, (int)B);
     int32_t *inputs = mallocCheck(sizeof(int32_t) * (size_t)N), *targets = mallocCheck(sizeof(int32_t) * (size_t)N);
-    for (int32_t b = 0; b < B; b++) vd_dataset_get(&ds, (uint64_t)b, inputs + (size_t)b * T, targets + (size_t)b * T);
+    int32_t *pos = mallocCheck(sizeof(int32_t) * (size_t)N);
+    for (int32_t b = 0; b < B; b++)
+        vd_dataset_get(&ds, (uint64_t)b, inputs + (size_t)b * T, targets + (size_t)b * T, pos + (size_t)b * T);
 
     vd_model model;
     vd_model_init(&model, be, &mc, host_params);
@@ -108,6 +110,7 @@ int vd_forward_main(int argc, char **argv) {
     free(logits);
     free(inputs);
     free(targets);
+    free(pos);
     vd_vera_free(&vera);
     vd_model_free(&model);
     vd_dataset_close(&ds);

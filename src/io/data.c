@@ -84,8 +84,10 @@ static void open_shard(vd_dataset *ds, int32_t i, const char *path) {
     ds->n_tokens[i] = n_tokens;
 }
 
-void vd_dataset_open(vd_dataset *ds, const char *pattern, int32_t seq_len, int32_t vocab_size, const char *what) {
+void vd_dataset_open(vd_dataset *ds, const char *pattern, int32_t seq_len, int32_t vocab_size, int32_t pack,
+                     const char *what) {
     memset(ds, 0, sizeof(*ds));
+    (void)pack; /* plain-text shards have no examples to pack */
     snprintf(ds->what, sizeof(ds->what), "%s", what);
     /* config.c range-checks these; still say which key if a caller passes nonsense */
     if (seq_len < 1) vd_die("%s: seq_len %" PRId32 " must be >= 1", ds->what, seq_len);
@@ -146,7 +148,7 @@ static void die_bad_token(const vd_dataset *ds, int32_t s, uint64_t offset, uint
            ds->what, ds->paths[s], (unsigned)id, offset, ds->vocab_size);
 }
 
-void vd_dataset_get(const vd_dataset *ds, uint64_t n, int32_t *inputs, int32_t *targets) {
+void vd_dataset_get(const vd_dataset *ds, uint64_t n, int32_t *inputs, int32_t *targets, int32_t *pos) {
     vd_require(ds->n_seqs > 0);
     uint64_t m = n % ds->n_seqs;
     int32_t s = find_shard(ds, m);
@@ -162,7 +164,13 @@ void vd_dataset_get(const vd_dataset *ds, uint64_t n, int32_t *inputs, int32_t *
     for (uint64_t i = 0; i < T; i++) {
         inputs[i] = tok[i];
         targets[i] = tok[i + 1];
+        pos[i] = (int32_t)i;
     }
+}
+
+uint32_t vd_dataset_target_count(const vd_dataset *ds, uint64_t n) {
+    (void)n;
+    return (uint32_t)ds->seq_len;
 }
 
 void vd_dataset_validate_all(const vd_dataset *ds) { vd_dataset_validate_part(ds, 0, 1); }

@@ -147,7 +147,7 @@ typedef struct {
     int has_val;
     int32_t B, T;
     uint64_t S;                /* sequences per optimizer step, global */
-    int32_t *inputs, *targets; /* host (B*T) */
+    int32_t *inputs, *targets, *pos; /* host (B*T) */
     char metrics_path[VD_PATH_MAX + 32], adapter_path[VD_PATH_MAX + 32], status_path[VD_PATH_MAX + 32];
     char config_text[1 << 16];
     FILE *metrics;
@@ -471,7 +471,7 @@ typedef struct {
     const vd_comm *comm;
     vd_model *model;
     const vd_dataset *val;
-    int32_t *inputs, *targets;
+    int32_t *inputs, *targets, *pos;
     int32_t B, T, eval_seqs;
 } train_eval;
 
@@ -486,7 +486,8 @@ static double train_evaluate(train_eval *ev) {
         uint64_t first = c * (uint64_t)ev->B;
         int32_t nb = (int32_t)((n - first) < (uint64_t)ev->B ? (n - first) : (uint64_t)ev->B);
         for (int32_t b = 0; b < nb; b++)
-            vd_dataset_get(ev->val, first + (uint64_t)b, ev->inputs + (size_t)b * ev->T, ev->targets + (size_t)b * ev->T);
+            vd_dataset_get(ev->val, first + (uint64_t)b, ev->inputs + (size_t)b * ev->T, ev->targets + (size_t)b * ev->T,
+                           ev->pos + (size_t)b * ev->T);
         sums[0] += vd_model_forward(ev->model, ev->inputs, ev->targets, nb, &ctx);
         sums[1] += (double)nb * ev->T;
     }
@@ -514,7 +515,8 @@ static int train_step(train_run *run, float *loss_out, float *lr_out, float *nor
         /* rank k's part of the global batch: see docs/data-format.md, "Global batch order" */
         uint64_t first = (uint64_t)step * S + ((uint64_t)micro * world + rank) * (uint64_t)B;
         for (int32_t b = 0; b < B; b++)
-            vd_dataset_get(&run->train, first + (uint64_t)b, run->inputs + (size_t)b * T, run->targets + (size_t)b * T);
+            vd_dataset_get(&run->train, first + (uint64_t)b, run->inputs + (size_t)b * T, run->targets + (size_t)b * T,
+                           run->pos + (size_t)b * T);
         vd_fwd_ctx ctx = {1, vd_mix64(run->cfg.seed ^ vd_mix64((uint64_t)step + 1)), first * (uint64_t)T};
         loss_sum += vd_model_forward(&run->model, run->inputs, run->targets, B, &ctx);
         vd_model_backward(&run->model, dloss, &ctx);
@@ -559,9 +561,9 @@ static void train_setup(train_run *run, int argc, char **argv) {
                                                sizeof(cfg->target_modules), cfg->model);
     vd_config_serialize(cfg, run->config_text, sizeof(run->config_text));
     memset(&run->val, 0, sizeof(run->val));
-    vd_dataset_open(&run->train, cfg->train_data, cfg->seq_len, run->mc.vocab_size, "train_data");
+    vd_dataset_open(&run->train, cfg->train_data, cfg->seq_len, run->mc.vocab_size, 0, "train_data");
     run->has_val = cfg->val_data[0] != 0;
-    if (run->has_val) vd_dataset_open(&run->val, cfg->val_data, cfg->seq_len, run->mc.vocab_size, "val_data");
+    if (run->has_val) vd_dataset_open(&run->val, cfg->val_data, cfg->seq_len, run->mc.vocab_size, 0, "val_data");
     /* every token id checked now, split over the ranks, so bad data never costs existing output */
     vd_dataset_validate_part(&run->train, run->comm.rank, run->comm.world);
     if (run->has_val) vd_dataset_validate_part(&run->val, run->comm.rank, run->comm.world);
@@ -598,6 +600,7 @@ static void train_setup(train_run *run, int argc, char **argv) {
     vd_adamw_init(&run->opt, run->be, run->vera.n_trainable, &run->ao);
     run->inputs = mallocCheck(sizeof(int32_t) * (size_t)run->B * run->T);
     run->targets = mallocCheck(sizeof(int32_t) * (size_t)run->B * run->T);
+    run->pos = mallocCheck(sizeof(int32_t) * (size_t)run->B * run->T);
 }
 
 static void train_print_summary(const train_run *run) {
@@ -627,6 +630,7 @@ static void train_print_summary(const train_run *run) {
 static void train_free(train_run *run) {
     free(run->inputs);
     free(run->targets);
+    free(run->pos);
     vd_adamw_free(&run->opt);
     vd_vera_free(&run->vera);
     vd_model_free(&run->model);
@@ -658,7 +662,7 @@ int vd_train_main(int argc, char **argv) {
     }
     train_write_status(&run, "running");
 
-    train_eval ev = {&run.comm, &run.model, run.has_val ? &run.val : NULL, run.inputs, run.targets, run.B, run.T,
+    train_eval ev = {&run.comm, &run.model, run.has_val ? &run.val : NULL, run.inputs, run.targets, run.pos, run.B, run.T,
                      cfg->eval_seqs};
     size_t allreduce_bytes = sizeof(float) * run.vera.n_reduce;
     uint64_t epoch = run.step > 0 ? vd_dataset_epoch(&run.train, (uint64_t)run.step * run.S - 1) : 0;
