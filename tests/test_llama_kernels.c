@@ -160,7 +160,7 @@ static double rope_backend_loss(const vd_backend *be, const float *x, float *tmp
                                 const float *inv_freq, int B, int T, int NH, int hd, int stride) {
     size_t n = (size_t)B * T * stride;
     memcpy(tmp, x, sizeof(float) * n);
-    be->rope(tmp, inv_freq, B, T, NH, hd, stride, 0);
+    be->rope(tmp, inv_freq, NULL, B, T, NH, hd, stride, 0);
     double L = 0.0;
     for (size_t r = 0; r < (size_t)B * T; r++)
         for (int c = 0; c < NH * hd; c++) L += (double)R[r * stride + c] * tmp[r * stride + c];
@@ -179,7 +179,7 @@ static void test_rope_case(const vd_backend *be, int B, int T, int NH, int hd, i
     for (size_t i = 0; i < n; i++) { x0[i] = x[i] = 2.0f * urand(&seed); xd[i] = x0[i]; R[i] = urand(&seed); Rd[i] = R[i]; }
     char what[128];
 
-    be->rope(x, inv_freq, B, T, NH, hd, stride, 0);
+    be->rope(x, inv_freq, NULL, B, T, NH, hd, stride, 0);
     memcpy(dtmp, xd, sizeof(double) * n);
     ref_rope(dtmp, inv_freq, B, T, NH, hd, stride, 0);
     snprintf(what, sizeof(what), "rope B %d T %d heads %d hd %d stride %d: vs double reference", B, T, NH, hd, stride);
@@ -193,7 +193,7 @@ static void test_rope_case(const vd_backend *be, int B, int T, int NH, int hd, i
             CHECK(x[r * stride + c] == x0[r * stride + c], "rope: padding [row %zu, col %d] changed", r, c);
     }
     /* inverse after forward: back to the input (rotation by a then by -a, same cos / sin) */
-    be->rope(x, inv_freq, B, T, NH, hd, stride, 1);
+    be->rope(x, inv_freq, NULL, B, T, NH, hd, stride, 1);
     snprintf(what, sizeof(what), "rope B %d T %d: inverse(rope(x)) vs x", B, T);
     for (size_t i = 0; i < n; i++) {
         CHECK_CLOSE(x[i], x0[i], 0.0, 1e-6, what);
@@ -203,7 +203,7 @@ static void test_rope_case(const vd_backend *be, int B, int T, int NH, int hd, i
     if (with_fd) {
         /* dL/dx = rotation^T R = rope(R, inverse) */
         memcpy(g, R, sizeof(float) * n);
-        be->rope(g, inv_freq, B, T, NH, hd, stride, 1);
+        be->rope(g, inv_freq, NULL, B, T, NH, hd, stride, 1);
         for (size_t r = 0; r < rows; r++)
             for (int c = 0; c < width; c++) {
                 size_t i = r * stride + c;
@@ -240,7 +240,7 @@ static void test_rope(const vd_backend *be) {
      * position 0 is the identity */
     float inv_freq[2] = {1.0f, 0.01f};
     float x[16] = {1, 2, 3, 4, 1, 0, 0, 0, 0, 1, 0, 0, 5, 6, 7, 8}; /* B 2, T 2: rows at t = 0, 1, 0, 1 */
-    be->rope(x, inv_freq, 2, 2, 1, 4, 4, 0);
+    be->rope(x, inv_freq, NULL, 2, 2, 1, 4, 4, 0);
     const double c1 = 0.5403023058681398, s1 = 0.8414709848078965, c2 = 0.9999500004166653, s2 = 0.009999833334166664;
     const double want[16] = {1, 2, 3, 4, c1, 0, s1, 0, 0, 1, 0, 0, 5 * c1 - 7 * s1, 6 * c2 - 8 * s2,
                              7 * c1 + 5 * s1, 8 * c2 + 6 * s2};

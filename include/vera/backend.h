@@ -13,6 +13,9 @@ typedef struct vd_attn_shape {
     int B, T;
     int n_head, n_kv_head, head_dim;  /* n_head % n_kv_head == 0 */
     int q_stride, kv_stride;          /* floats between consecutive token rows of q, and of k / v */
+    /* (B*T) device positions, or NULL: query t of a sequence sees keys t - pos[t] .. t (packed
+     * examples restart pos at 0, which ends attention at the example boundary); NULL = t. */
+    const int32_t *pos;
 } vd_attn_shape;
 
 typedef struct vd_backend {
@@ -35,9 +38,10 @@ typedef struct vd_backend {
     void (*add_bias)(float *out, const float *bias, int N, int OC);           /* out[n,:] += bias */
 
     /* ---- transformer ---- */
-    /* out[b,t,:] = wte[tokens[b,t],:] (+ wpe[t,:] when wpe is not NULL: GPT-2's learned positions) */
+    /* out[b,t,:] = wte[tokens[b,t],:] (+ wpe[p,:] when wpe is not NULL: GPT-2's learned positions),
+     * p = pos[b*T+t] (device, B*T) or t when pos is NULL. */
     void (*encoder_forward)(float *out, const int32_t *tokens, const float *wte, const float *wpe,
-                            int B, int T, int C);
+                            const int32_t *pos, int B, int T, int C);
     void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp, const float *w,
                               const float *b, int N, int C, float eps);
     /* dinp += d(LN)/d(inp)^T dout; no weight gradients (frozen). */
@@ -49,13 +53,14 @@ typedef struct vd_backend {
     /* dinp += d(RMSNorm)/d(inp)^T dout; no weight gradient (frozen). */
     void (*rmsnorm_backward)(float *dinp, const float *dout, const float *inp, const float *w,
                              const float *rstd, int N, int C);
-    /* Rotary embedding in place, HF's rotate_half pairing: for each row n (position t = n % T),
+    /* Rotary embedding in place, HF's rotate_half pairing: for each row n (position t = pos[n], or
+     * n % T when pos (device, B*T) is NULL),
      * each of n_heads heads (head h at x[n*row_stride + h*head_dim]) and i < head_dim/2, with
      * a = t * inv_freq[i] (fp32 product): (x1, x2) = (x[i], x[i + head_dim/2]) becomes
      * (x1 cos a - x2 sin a, x2 cos a + x1 sin a). inverse = 1 rotates by -a (the backward).
      * inv_freq (head_dim/2) is device memory. */
-    void (*rope)(float *x, const float *inv_freq, int B, int T, int n_heads, int head_dim, int row_stride,
-                 int inverse);
+    void (*rope)(float *x, const float *inv_freq, const int32_t *pos, int B, int T, int n_heads, int head_dim,
+                 int row_stride, int inverse);
     /* Causal scaled-dot-product attention with grouped-query heads (shape in vd_attn_shape):
      * q (B,T,.) rows of s->q_stride floats, head h at column h*head_dim; k, v rows of
      * s->kv_stride floats, kv head h / (n_head / n_kv_head). out (B,T,n_head*head_dim)

@@ -52,7 +52,7 @@ static void cpu_add_bias(float *out, const float *bias, int N, int OC) {
 
 /* ---- transformer ---- */
 static void cpu_encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe,
-                                int B, int T, int C) {
+                                const int32_t *pos, int B, int T, int C) {
     #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
         for (int t = 0; t < T; t++) {
@@ -62,7 +62,7 @@ static void cpu_encoder_forward(float *out, const int32_t *tokens, const float *
                 memcpy(o, te, sizeof(float) * (size_t)C);
                 continue;
             }
-            const float *pe = wpe + (size_t)t * C;
+            const float *pe = wpe + (size_t)(pos ? pos[b * T + t] : t) * C;
             for (int c = 0; c < C; c++) o[c] = te[c] + pe[c];
         }
     }
@@ -151,13 +151,13 @@ static void cpu_rmsnorm_backward(float *dinp, const float *dout, const float *in
  * row_stride floats, (B*T) rows, n_heads heads of head_dim at the row's start; inv_freq
  * (head_dim/2). The angle is the fp32 product t * inv_freq[i], as HF computes it. inverse
  * rotates by -angle: the transpose of the rotation, i.e. the backward. */
-static void cpu_rope(float *x, const float *inv_freq, int B, int T, int n_heads, int head_dim, int row_stride,
-                     int inverse) {
+static void cpu_rope(float *x, const float *inv_freq, const int32_t *pos, int B, int T, int n_heads, int head_dim,
+                     int row_stride, int inverse) {
     int half = head_dim / 2;
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < B * T; n++) {
         float *row = x + (size_t)n * row_stride;
-        float t = (float)(n % T);
+        float t = (float)(pos ? pos[n] : n % T);
         for (int i = 0; i < half; i++) {
             float a = t * inv_freq[i];
             float c = cosf(a), s = inverse ? -sinf(a) : sinf(a);

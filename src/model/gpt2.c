@@ -130,7 +130,7 @@ double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets
     m->last_B = nb;
 
     be->to_device(m->inputs, inputs, sizeof(int32_t) * (size_t)N);
-    be->encoder_forward(m->encoded, m->inputs, p->wte, p->wpe, B, T, C);
+    be->encoder_forward(m->encoded, m->inputs, p->wte, p->wpe, NULL, B, T, C);
     for (int32_t l = 0; l < L; l++) {
         size_t NC = (size_t)N * C;
         const float *residual = l == 0 ? m->encoded : m->residual3 + (size_t)(l - 1) * NC;

@@ -550,7 +550,7 @@ double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targe
     m->last_B = nb;
 
     be->to_device(m->inputs, inputs, sizeof(int32_t) * (size_t)N);
-    be->encoder_forward(m->resid, m->inputs, p->embed, NULL, B, T, C);
+    be->encoder_forward(m->resid, m->inputs, p->embed, NULL, NULL, B, T, C);
     for (int32_t l = 0; l < L; l++) {
         const float *x = m->resid + (size_t)l * NC;
         float *xn1 = m->xn1 + (size_t)l * NC, *xn2 = m->xn2 + (size_t)l * NC, *mid = m->resid_mid + (size_t)l * NC;
@@ -565,8 +565,8 @@ double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targe
                           llama_bias(p->bk, l, KV), N, C, KV, ctx);
         vd_linear_forward(vera, be, llama_module(m, l, K_V), v, xn1, p->wv + (size_t)l * C * KV,
                           llama_bias(p->bv, l, KV), N, C, KV, ctx);
-        be->rope(q, m->inv_freq, B, T, NH, hd, Q, 0);
-        be->rope(k, m->inv_freq, B, T, NKV, hd, KV, 0);
+        be->rope(q, m->inv_freq, NULL, B, T, NH, hd, Q, 0);
+        be->rope(k, m->inv_freq, NULL, B, T, NKV, hd, KV, 0);
         be->attention_forward(atty, att, q, k, v, &sh);
         vd_linear_forward(vera, be, llama_module(m, l, K_O), m->proj_out, atty, p->wo + (size_t)l * Q * C,
                           llama_bias(p->bo, l, C), N, Q, C, ctx);
@@ -622,8 +622,8 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
         /* attention: o_proj, attention, RoPE backwards, then q, k, v share the normed input */
         vd_linear_backward(vera, be, llama_module(m, l, K_O), m->dx, m->dres, p->wo + (size_t)l * Q * C, N, Q, C, ctx);
         be->attention_backward(m->dq, m->dk, m->dv, m->datt, m->dx, q, k, v, att, &sh);
-        be->rope(m->dq, m->inv_freq, B, T, NH, hd, Q, 1);
-        be->rope(m->dk, m->inv_freq, B, T, NKV, hd, KV, 1);
+        be->rope(m->dq, m->inv_freq, NULL, B, T, NH, hd, Q, 1);
+        be->rope(m->dk, m->inv_freq, NULL, B, T, NKV, hd, KV, 1);
         vd_linear_backward(vera, be, llama_module(m, l, K_Q), m->dx, m->dq, p->wq + (size_t)l * C * Q, N, C, Q, ctx);
         vd_linear_backward(vera, be, llama_module(m, l, K_K), m->dtmp, m->dk, p->wk + (size_t)l * C * KV, N, C, KV, ctx);
         be->accumulate(m->dx, m->dtmp, NC);

@@ -189,14 +189,28 @@ static void test_elementwise(void) {
     int32_t *tc = cpu->alloc(sizeof(int32_t) * B * T), *tg = gpu->alloc(sizeof(int32_t) * B * T);
     memcpy(tc, tok, sizeof(int32_t) * B * T);
     gpu->to_device(tg, tok, sizeof(int32_t) * B * T);
-    cpu->encoder_forward(enc.c, tc, wte.c, wpe.c, B, T, C);
-    gpu->encoder_forward(enc.g, tg, wte.g, wpe.g, B, T, C);
+    cpu->encoder_forward(enc.c, tc, wte.c, wpe.c, NULL, B, T, C);
+    gpu->encoder_forward(enc.g, tg, wte.g, wpe.g, NULL, B, T, C);
     compare("encoder_forward", &enc, 0);
     /* no wpe (Llama: positions from RoPE): the GPU without wpe against the CPU with zero wpe */
     for (size_t i = 0; i < wpe.n; i++) wpe.c[i] = 0.0f;
-    cpu->encoder_forward(enc.c, tc, wte.c, wpe.c, B, T, C);
-    gpu->encoder_forward(enc.g, tg, wte.g, NULL, B, T, C);
+    cpu->encoder_forward(enc.c, tc, wte.c, wpe.c, NULL, B, T, C);
+    gpu->encoder_forward(enc.g, tg, wte.g, NULL, NULL, B, T, C);
     compare("encoder_forward, wpe NULL", &enc, 0);
+    /* positions that restart (packed examples): wpe rows by pos[], not by t */
+    for (size_t i = 0; i < wpe.n; i++) wpe.c[i] = (float)(vd_mix64(i + 7) % 1000) / 1000.0f;
+    gpu->to_device(wpe.g, wpe.c, sizeof(float) * wpe.n);
+    int32_t *pos = malloc(sizeof(int32_t) * B * T);
+    for (int i = 0; i < B * T; i++) pos[i] = (i % T) % 13;
+    int32_t *pc = cpu->alloc(sizeof(int32_t) * B * T), *pg = gpu->alloc(sizeof(int32_t) * B * T);
+    memcpy(pc, pos, sizeof(int32_t) * B * T);
+    gpu->to_device(pg, pos, sizeof(int32_t) * B * T);
+    cpu->encoder_forward(enc.c, tc, wte.c, wpe.c, pc, B, T, C);
+    gpu->encoder_forward(enc.g, tg, wte.g, wpe.g, pg, B, T, C);
+    compare("encoder_forward, pos", &enc, 0);
+    cpu->free(pc);
+    gpu->free(pg);
+    free(pos);
     pair_free(&wte);
     pair_free(&wpe);
     pair_free(&enc);
@@ -276,16 +290,31 @@ static void test_rope_case(int B, int T, int n_heads, int head_dim, int row_stri
     float *x0 = malloc(sizeof(float) * n);
     memcpy(x0, x.c, sizeof(float) * n);
     char what[128];
-    cpu->rope(x.c + offset, f.c, B, T, n_heads, head_dim, row_stride, 0);
-    gpu->rope(x.g + offset, f.g, B, T, n_heads, head_dim, row_stride, 0);
+    cpu->rope(x.c + offset, f.c, NULL, B, T, n_heads, head_dim, row_stride, 0);
+    gpu->rope(x.g + offset, f.g, NULL, B, T, n_heads, head_dim, row_stride, 0);
     snprintf(what, sizeof(what), "rope B %d T %d heads %d head_dim %d stride %d offset %d", B, T, n_heads, head_dim,
              row_stride, offset);
     compare(what, &x, 1e-6);
     gpu->to_device(x.g, x.c, sizeof(float) * n); /* the inverse from the same input */
-    cpu->rope(x.c + offset, f.c, B, T, n_heads, head_dim, row_stride, 1);
-    gpu->rope(x.g + offset, f.g, B, T, n_heads, head_dim, row_stride, 1);
+    cpu->rope(x.c + offset, f.c, NULL, B, T, n_heads, head_dim, row_stride, 1);
+    gpu->rope(x.g + offset, f.g, NULL, B, T, n_heads, head_dim, row_stride, 1);
     snprintf(what, sizeof(what), "rope inverse B %d T %d heads %d head_dim %d", B, T, n_heads, head_dim);
     compare(what, &x, 1e-6);
+    /* positions from an array (packed examples restart them; generation starts at an offset) */
+    int32_t *pos = malloc(sizeof(int32_t) * B * T);
+    for (int i = 0; i < B * T; i++) pos[i] = (i * 7) % (T + 5);
+    int32_t *pc = cpu->alloc(sizeof(int32_t) * B * T), *pg = gpu->alloc(sizeof(int32_t) * B * T);
+    memcpy(pc, pos, sizeof(int32_t) * B * T);
+    gpu->to_device(pg, pos, sizeof(int32_t) * B * T);
+    cpu->rope(x.c + offset, f.c, pc, B, T, n_heads, head_dim, row_stride, 0);
+    gpu->rope(x.g + offset, f.g, pg, B, T, n_heads, head_dim, row_stride, 0);
+    snprintf(what, sizeof(what), "rope with pos B %d T %d heads %d head_dim %d", B, T, n_heads, head_dim);
+    compare(what, &x, 1e-6);
+    cpu->rope(x.c + offset, f.c, pc, B, T, n_heads, head_dim, row_stride, 1);
+    gpu->rope(x.g + offset, f.g, pg, B, T, n_heads, head_dim, row_stride, 1);
+    cpu->free(pc);
+    gpu->free(pg);
+    free(pos);
     float *h = malloc(sizeof(float) * n);
     gpu->to_host(h, x.g, sizeof(float) * n);
     snprintf(what, sizeof(what), "rope then inverse = identity (gpu), head_dim %d", head_dim);

@@ -291,20 +291,20 @@ static void cu_add_bias(float *out, const float *bias, int N, int OC) {
 /* ------------------------------------------------------------------------------------------ */
 /* transformer */
 
-__global__ void k_encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe, size_t n,
-                                  int T, int C) {
+__global__ void k_encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe,
+                                  const int32_t *pos, size_t n, int T, int C) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        size_t bt = i / (size_t)C, c = i % (size_t)C, t = bt % (size_t)T;
+        size_t bt = i / (size_t)C, c = i % (size_t)C, t = pos ? (size_t)pos[bt] : bt % (size_t)T;
         const float e = wte[(size_t)tokens[bt] * C + c];
         out[i] = wpe ? e + wpe[t * C + c] : e; /* no wpe: positions come from RoPE (Llama) */
     }
 }
 
-static void cu_encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe, int B, int T,
-                               int C) {
+static void cu_encoder_forward(float *out, const int32_t *tokens, const float *wte, const float *wpe,
+                               const int32_t *pos, int B, int T, int C) {
     size_t n = (size_t)B * T * C;
     if (!n) return;
-    VD_LAUNCH(k_encoder_forward, vd_grid(n, VD_THREADS), VD_THREADS, 0, out, tokens, wte, wpe, n, T, C);
+    VD_LAUNCH(k_encoder_forward, vd_grid(n, VD_THREADS), VD_THREADS, 0, out, tokens, wte, wpe, pos, n, T, C);
     VD_LAUNCHED("encoder_forward");
 }
 
@@ -427,16 +427,16 @@ static void cu_rmsnorm_backward(float *dinp, const float *dout, const float *inp
 
 /* Rotary embedding in place (HF rotate_half pairing): one thread per (row n, head h, i <
  * head_dim / 2), which owns the pair (x[i], x[i + head_dim/2]) of that head; the angle is the
- * fp32 product t * inv_freq[i] (t = n % T), as the spec says; inverse rotates by -a. */
-__global__ void k_rope(float *x, const float *inv_freq, size_t n, int T, int n_heads, int head_dim, int row_stride,
-                       int inverse) {
+ * fp32 product t * inv_freq[i] (t = pos[n], or n % T without pos), as the spec says; inverse rotates by -a. */
+__global__ void k_rope(float *x, const float *inv_freq, const int32_t *pos, size_t n, int T, int n_heads,
+                       int head_dim, int row_stride, int inverse) {
     const int half = head_dim / 2;
     for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
         const int i = (int)(idx % (size_t)half);
         const size_t nh = idx / (size_t)half;
         const int h = (int)(nh % (size_t)n_heads);
         const size_t row = nh / (size_t)n_heads;
-        const int t = (int)(row % (size_t)T);
+        const int t = pos ? pos[row] : (int)(row % (size_t)T);
         const float a = (float)t * inv_freq[i];
         const float c = cosf(a);
         const float s = inverse ? -sinf(a) : sinf(a);
@@ -447,12 +447,12 @@ __global__ void k_rope(float *x, const float *inv_freq, size_t n, int T, int n_h
     }
 }
 
-static void cu_rope(float *x, const float *inv_freq, int B, int T, int n_heads, int head_dim, int row_stride,
-                    int inverse) {
+static void cu_rope(float *x, const float *inv_freq, const int32_t *pos, int B, int T, int n_heads, int head_dim,
+                    int row_stride, int inverse) {
     if (B <= 0 || T <= 0 || n_heads <= 0 || head_dim < 2) return;
     const size_t n = (size_t)B * T * n_heads * (size_t)(head_dim / 2);
-    VD_LAUNCH(k_rope, vd_grid(n, VD_THREADS), VD_THREADS, 0, x, inv_freq, n, T, n_heads, head_dim, row_stride,
-              inverse);
+    VD_LAUNCH(k_rope, vd_grid(n, VD_THREADS), VD_THREADS, 0, x, inv_freq, pos, n, T, n_heads, head_dim,
+              row_stride, inverse);
     VD_LAUNCHED("rope");
 }
 
