@@ -12,6 +12,7 @@ PACKAGES=(
   libhdf5-dev libhdf5-openmpi-dev hdf5-tools
   libcjson-dev libinih-dev libcmocka-dev
   python3 python3-venv
+  gnuplot-nox
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
