@@ -7,6 +7,8 @@
 #                              FRESH (the trainer options that start over instead of resuming)
 #   demo_out_dir CONFIG ARGS.. the out_dir a run writes to: the config's, unless ARGS override it
 #   demo_field METRICS KEY     the values of KEY in metrics.jsonl, one line per row that has it
+#   demo_inspect_args ARGS..   sets INSPECT_ARGS to those of the trainer's ARGS that
+#                              `vera-dist inspect` reads (it refuses the others)
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
 ROOT="$(pwd)"
@@ -56,6 +58,21 @@ demo_out_dir() {
   done
   [[ "$out" == /* ]] || out="$ROOT/$out"
   printf '%s\n' "$out"
+}
+
+# the keys inspect reads (src/cli/inspect.c, inspect_keys; --model is passed separately)
+demo_inspect_args() {
+  local args i key
+  args=("$@")
+  INSPECT_ARGS=()
+  for ((i = 0; i < ${#args[@]}; i++)); do
+    key="${args[$i]%%=*}"
+    case "$key" in
+      --r | --target_modules | --projection_prng_key | --batch_size | --seq_len | --grad_accum | --vera_dropout)
+        if [[ "${args[$i]}" == *=* ]]; then INSPECT_ARGS+=("${args[$i]}")
+        else INSPECT_ARGS+=("${args[$i]}" "${args[$((i + 1))]:-}"); i=$((i + 1)); fi ;;
+    esac
+  done
 }
 
 demo_field() { sed -n -E "s/.*\"$2\": *([^,}]+).*/\1/p" "$1"; }

@@ -55,7 +55,8 @@ if [[ -r "$GPL3" ]] && command -v sha256sum >/dev/null 2>&1; then
 fi
 
 say "what will be trained: vera-dist inspect"
-"$VD" inspect --config "$CONFIG" --model "$GGUF" "$@"
+demo_inspect_args "$@"   # sets INSPECT_ARGS
+"$VD" inspect --config "$CONFIG" --model "$GGUF" "${INSPECT_ARGS[@]}"
 
 demo_mpi_setup   # sets MPIRUN, FRESH
 CORE="$(./launch/openblas-coretype.sh "$VD" || true)"

@@ -3,6 +3,7 @@
  * serialization (round trip and first difference). */
 #define _POSIX_C_SOURCE 200809L
 #include "vera/config.h"
+#include "vera/cli.h"
 #include "vera/model.h"
 
 #include <stdint.h>
@@ -289,7 +290,9 @@ static void test_cli_errors(void) {
     PARSE_DIES("--seed: expected an integer in [0, 18446744073709551615], got '-1'", "--seed", "-1");
     PARSE_DIES("--seed: expected an integer", "--seed", "18446744073709551616");
     PARSE_DIES("--projection_prng_key: expected an integer", "--projection_prng_key", "0x10");
-    PARSE_DIES("--overwrite: expected 0, 1, true or false, got 'yes'", "--overwrite", "yes");
+    PARSE_DIES("--overwrite: expected no value, or 1, 0, true or false, got 'yes'", "--overwrite", "yes");
+    PARSE_DIES("--overwrite: expected no value, or 1, 0, true or false, got '2'", "--overwrite=2");
+    PARSE_DIES("--save_projection: expected no value, or 1, 0, true or false, got 'on'", "--save_projection", "on");
     PARSE_DIES("--device: expected one of cpu, cuda, auto, got 'gpu'", "--device", "gpu");
     PARSE_DIES("--model: value contains a control character", "--model", "a\nb");
     /* unknown keys, with a hint when one is close */
@@ -319,8 +322,9 @@ static void test_cli_errors(void) {
 static void test_validate(void) {
     VALIDATE_DIES("train_data is not set. HINT: pass --train_data GLOB", "--model", "m");
     VALIDATE_DIES("out_dir is empty", "--model", "m", "--train_data", "t", "--out_dir", "");
+    /* both set by the user: refused (one of them a default: see test_defaults_give_way) */
     VALIDATE_DIES("warmup_steps (200) must be <= max_steps (100)", "--model", "m", "--train_data", "t",
-                  "--warmup_steps", "200");
+                  "--warmup_steps", "200", "--max_steps", "100");
     VALIDATE_DIES("eval_every = 5 but val_data is empty", "--model", "m", "--train_data", "t", "--eval_every", "5");
     VALIDATE_DIES("batch_size * seq_len", "--model", "m", "--train_data", "t", "--batch_size", "65536",
                   "--seq_len", "1048576");
@@ -329,6 +333,149 @@ static void test_validate(void) {
     CHECK_DIES(validate_edited_fn, &(edit_arg){edit_mask}, "is not in normalized form");
     CHECK_DIES(validate_edited_fn, &(edit_arg){edit_device}, "device: expected one of cpu, cuda, auto");
     CHECK_DIES(validate_edited_fn, &(edit_arg){edit_bool}, "overwrite = 2: expected 0 or 1");
+}
+
+/* ---- defaults give way to values the user set (issue 14, item 8.1) ---- */
+
+/* Runs fn(arg) with stdout sent to a temporary file; returns what it printed (static buffer). */
+static const char *capture_stdout(void (*fn)(void *), void *arg) {
+    static char out[4096];
+    fflush(stdout);
+    FILE *f = tmpfile();
+    int saved = dup(1);
+    if (!f || saved < 0) { perror("capture_stdout"); exit(1); }
+    dup2(fileno(f), 1);
+    fn(arg);
+    fflush(stdout);
+    dup2(saved, 1);
+    close(saved);
+    rewind(f);
+    size_t n = fread(out, 1, sizeof(out) - 1, f);
+    out[n] = 0;
+    fclose(f);
+    return out;
+}
+
+static vd_config g_parsed;
+static void parse_into_global(void *arg) {
+    char **argv = arg;
+    vd_config_defaults(&g_parsed);
+    vd_config_parse(&g_parsed, argc_of(argv), argv, 1);
+    vd_config_validate(&g_parsed);
+}
+
+static int count_lines(const char *s) {
+    int n = 0;
+    for (; *s; s++) n += *s == '\n';
+    return n;
+}
+
+static void test_defaults_give_way(void) {
+    /* the reported case: --max_steps 5 alone; the default warmup_steps (10) gives way */
+    const char *log = capture_stdout(parse_into_global, ARGV("--model", "m", "--train_data", "t", "--max_steps", "5"));
+    CHECK(g_parsed.max_steps == 5 && g_parsed.warmup_steps == 5, "warmup %d max %d", g_parsed.warmup_steps,
+          g_parsed.max_steps);
+    CHECK(count_lines(log) == 1 && strstr(log, "config: max_steps = 5, below the default warmup_steps = 10: using "
+                                               "warmup_steps = 5\n") != NULL, "one log line, got '%s'", log);
+    /* the other way round: an explicit warmup_steps raises the default max_steps */
+    log = capture_stdout(parse_into_global, ARGV("--model", "m", "--train_data", "t", "--warmup_steps", "200"));
+    CHECK(g_parsed.max_steps == 200 && g_parsed.warmup_steps == 200, "warmup %d max %d", g_parsed.warmup_steps,
+          g_parsed.max_steps);
+    CHECK(strstr(log, "warmup_steps = 200, above the default max_steps = 100: using max_steps = 200") != NULL,
+          "log '%s'", log);
+    /* no conflict: nothing changes, nothing is logged */
+    log = capture_stdout(parse_into_global, ARGV("--model", "m", "--train_data", "t", "--max_steps", "50"));
+    CHECK(g_parsed.warmup_steps == 10 && log[0] == 0, "warmup %d, log '%s'", g_parsed.warmup_steps, log);
+    /* a value from the INI file counts as set: INI max_steps 5 lowers the default warmup... */
+    const char *ini = write_ini("[train]\nmax_steps = 5\n");
+    log = capture_stdout(parse_into_global, ARGV("--config", ini, "--model", "m", "--train_data", "t"));
+    CHECK(g_parsed.warmup_steps == 5 && strstr(log, "using warmup_steps = 5"), "INI: warmup %d", g_parsed.warmup_steps);
+    /* ...and refuses a command-line warmup above it: both were set */
+    VALIDATE_DIES("warmup_steps (8) must be <= max_steps (5)", "--config", ini, "--model", "m", "--train_data", "t",
+                  "--warmup_steps", "8");
+
+    /* who set what */
+    vd_config c;
+    vd_config_defaults(&c);
+    CHECK(!vd_config_user_set(&c, "max_steps") && !vd_config_user_set(&c, "overwrite"), "defaults are not set");
+    char *argv[] = {"vera-dist", "--config", (char *)write_ini("[vera]\nr = 8\n"), "--lr", "0.1", "--overwrite", NULL};
+    vd_config_parse(&c, argc_of(argv), argv, 1);
+    CHECK(vd_config_user_set(&c, "r") && vd_config_user_set(&c, "lr") && vd_config_user_set(&c, "overwrite"),
+          "INI, --key value and a bare flag count as set");
+    CHECK(!vd_config_user_set(&c, "seq_len") && !vd_config_user_set(&c, "warmup_steps"), "others stay defaults");
+    SET(&c, "seq_len", "16");
+    CHECK(vd_config_user_set(&c, "seq_len"), "vd_config_set counts as set");
+
+    /* a limit known later (the model's context): a default gives way, a set value is the caller's error */
+    vd_config_defaults(&c);
+    int got = vd_config_fit_default(&c, "seq_len", 32, "the model's context");
+    CHECK(got == 1 && c.seq_len == 32, "default seq_len lowered: %d, seq_len %d", got, c.seq_len);
+    CHECK(vd_config_fit_default(&c, "seq_len", 64, "the model's context") == 0 && c.seq_len == 32, "fits");
+    SET(&c, "seq_len", "128");
+    CHECK(vd_config_fit_default(&c, "seq_len", 32, "the model's context") == -1 && c.seq_len == 128,
+          "a seq_len the user set is not changed");
+}
+
+/* ---- booleans are flags on the command line (item 8.3) ---- */
+static void test_flags(void) {
+    vd_config c;
+    char *a1[] = {"vera-dist", "--overwrite", "--r", "8", NULL};
+    vd_config_defaults(&c);
+    vd_config_parse(&c, argc_of(a1), a1, 1);
+    CHECK(c.overwrite == 1 && c.r == 8, "bare --overwrite before an option: overwrite %d r %d", c.overwrite, c.r);
+    char *a2[] = {"vera-dist", "--r", "8", "--overwrite", NULL};
+    vd_config_defaults(&c);
+    vd_config_parse(&c, argc_of(a2), a2, 1);
+    CHECK(c.overwrite == 1, "bare --overwrite last");
+    char *a3[] = {"vera-dist", "--overwrite", "1", "--save_projection=false", "--overwrite", "0", NULL};
+    vd_config_defaults(&c);
+    vd_config_parse(&c, argc_of(a3), a3, 1);
+    CHECK(c.overwrite == 0 && c.save_projection == 0, "values, last wins: overwrite %d save_projection %d",
+          c.overwrite, c.save_projection);
+    /* the command line wins over the INI for flags too */
+    char *a4[] = {"vera-dist", "--overwrite", "--config", (char *)write_ini("[log]\noverwrite = 0\n"), NULL};
+    vd_config_defaults(&c);
+    vd_config_parse(&c, argc_of(a4), a4, 1);
+    CHECK(c.overwrite == 1, "bare --overwrite over the INI's 0");
+
+    /* the shared helper itself, as init-model / prepare-data / export use it */
+    char *b[] = {"vera-dist", "--out", "d", "--overwrite", "true", "--seed", "1", NULL};
+    int n = argc_of(b);
+    CHECK(vd_cli_take_flag(&n, b, "overwrite", "x") == 1 && n == 5 && !strcmp(b[3], "--seed") && b[5] == NULL,
+          "--overwrite true taken out, argc %d", n);
+    CHECK(vd_cli_take_flag(&n, b, "overwrite", "x") == -1 && n == 5, "absent: -1");
+    char *b2[] = {"vera-dist", "--overwrite=0", "--overwriter", "1", NULL};
+    n = argc_of(b2);
+    CHECK(vd_cli_take_flag(&n, b2, "overwrite", NULL) == 0 && n == 3 && !strcmp(b2[1], "--overwriter"),
+          "--overwrite=0; --overwriter is another option");
+}
+
+/* ---- sub-commands refuse the keys they do not read (item 8.4) ---- */
+static const char *const t_keys[] = {"model", "r", "seq_len", NULL};
+static const vd_config_uses t_uses = {"forward", t_keys, "--tokens, --out"};
+static void parse_for_fn(void *arg) {
+    char **argv = arg;
+    vd_config c;
+    vd_config_defaults(&c);
+    vd_config_parse_for(&c, argc_of(argv), argv, 1, &t_uses);
+}
+#define PARSE_FOR_DIES(needle, ...) CHECK_DIES(parse_for_fn, ARGV(__VA_ARGS__), (needle))
+
+static void test_uses(void) {
+    PARSE_FOR_DIES("vera-dist: error: forward: --init_adapter is not used by forward (it takes --tokens, --out and "
+                   "the config keys --model, --r, --seq_len; see vera-dist forward --help)",
+                   "--model", "m", "--init_adapter", "dir");
+    PARSE_FOR_DIES("forward: --overwrite is not used by forward", "--overwrite");
+    PARSE_FOR_DIES("forward: --lr is not used by forward", "--lr=0.1");
+    PARSE_FOR_DIES("forward: --nope: unknown option (it takes", "--nope", "1");
+    PARSE_FOR_DIES("--seq_lenn: unknown option (did you mean --seq_len?)", "--seq_lenn", "1");
+    /* the keys it reads work, and a --config file's other keys are ignored (the file is a run's) */
+    vd_config c;
+    vd_config_defaults(&c);
+    char *argv[] = {"vera-dist", "--config", (char *)write_ini("[train]\nlr = 0.5\nmax_steps = 3\n[vera]\nr = 8\n"),
+                    "--seq_len", "16", NULL};
+    vd_config_parse_for(&c, argc_of(argv), argv, 1, &t_uses);
+    CHECK(c.r == 8 && c.seq_len == 16 && c.lr == 0.5f, "r %d seq_len %d lr %g", c.r, c.seq_len, c.lr);
 }
 
 /* target_modules: config.c checks the spelling against every family's names; the family of
@@ -635,6 +782,9 @@ int main(void) {
     test_ini_errors();
     test_cli_errors();
     test_validate();
+    test_defaults_give_way();
+    test_flags();
+    test_uses();
     test_targets();
     test_serialize();
     test_help();

@@ -549,7 +549,7 @@ static void test_prepare_data(void) {
     set_args(&a, (const char *[]){"vera-dist", "--in", text, "--out", fresh, "--shards", "3", NULL});
     CHECK_DIES(run_prepare, &a, "unknown option '--shards'");
     set_args(&a, (const char *[]){"vera-dist", "--in", text, "--out", fresh, "--overwrite=yes", NULL});
-    CHECK_DIES(run_prepare, &a, "--overwrite takes no value");
+    CHECK_DIES(run_prepare, &a, "prepare-data: --overwrite: expected no value, or 1, 0, true or false, got 'yes'");
     CHECK(!vd_path_exists(fresh), "failed runs wrote nothing to %s", fresh);
     /* one byte: val_fraction 0.9 floors to 0 val bytes, so the byte is train */
     char one[VD_PATH_MAX], out3[VD_PATH_MAX];

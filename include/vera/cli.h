@@ -1,6 +1,31 @@
 /* cli.h: the sub-commands of the vera-dist executable (dispatched in main.c). Each takes the
  * argv after the sub-command name removed (argv[0] stays the program name) and returns the
- * process exit code; bad input dies through vd_die with a one-line message. */
+ * process exit code; bad input dies through vd_die with a one-line message.
+ *
+ * Conventions every sub-command follows (new ones too: generate, eval, tokenize, ...):
+ *
+ *  * Options are --name value or --name=value. Yes/no options are flags read with
+ *    vd_cli_take_flag: bare `--overwrite` means 1, and `--overwrite 1|0|true|false` (or
+ *    `--overwrite=0`) is accepted too, the same in every sub-command.
+ *
+ *  * A sub-command that takes configuration keys (config.h: --model, --r, --seq_len, ...) declares
+ *    the keys it reads and parses with them, so a key it would ignore is refused instead, with one
+ *    line naming it and listing what the sub-command takes:
+ *
+ *        static const char *const forward_keys[] = {"model", "r", "seq_len", ..., NULL};
+ *        static const vd_config_uses forward_uses = {"forward", forward_keys, "--tokens, --out, --adapter"};
+ *        ...take the sub-command's own options out of argv with vd_cli_take_option / _flag...
+ *        vd_config cfg;
+ *        vd_config_defaults(&cfg);
+ *        vd_config_parse_for(&cfg, argc, argv, 1, &forward_uses);
+ *
+ *    List a key only if the sub-command's code reads it (the list is what "used" means). Keys from
+ *    a --config file that the sub-command does not read are ignored: that file describes a whole
+ *    training run, and inspect/forward/eval may be pointed at it. train reads every key
+ *    (vd_config_parse, no list).
+ *
+ *  * A sub-command without configuration keys takes its own options out with vd_cli_take_option
+ *    and vd_cli_take_flag, then calls vd_cli_refuse_rest, which refuses whatever is left. */
 #ifndef VERA_CLI_H
 #define VERA_CLI_H
 
@@ -14,5 +39,13 @@ int vd_inspect_main(int argc, char **argv);      /* inspect.c : vera-dist inspec
 /* cli.c. Removes "--name value" / "--name=value" from argv (compacting it) and returns the value, or
  * NULL if absent. Lets a sub-command take its own options before the shared config parser. */
 const char *vd_cli_take_option(int *argc, char **argv, const char *name);
+/* Removes every "--name" (= 1), "--name=V" and "--name V" with V one of 1, 0, true, false from
+ * argv and returns the last one's value (0 or 1), or -1 if absent. "--name" followed by any other
+ * word that is not an option (--name yes) dies naming the flag and what it accepts. `who`
+ * prefixes messages ("prepare-data"; NULL for none). */
+int vd_cli_take_flag(int *argc, char **argv, const char *name, const char *who);
+/* Dies if argv holds anything past argv[0]: "<who>: unknown argument 'X' (it takes <options>;
+ * see vera-dist <who> --help)". */
+void vd_cli_refuse_rest(int argc, char **argv, const char *who, const char *options);
 
 #endif

@@ -8,6 +8,10 @@
 #include <stdio.h>
 #include "vera/common.h"
 
+/* Where a key's value came from; vd_config.from[i] is that of key i of config.c's table. */
+typedef enum { VD_FROM_DEFAULT = 0, VD_FROM_FILE, VD_FROM_CLI, VD_FROM_CODE } vd_config_from;
+#define VD_CONFIG_MAX_KEYS 64 /* room in vd_config.from; config.c checks its table fits */
+
 typedef struct vd_config {
     char config_path[VD_PATH_MAX]; /* the --config file, "" if none */
     /* [model] */
@@ -51,21 +55,45 @@ typedef struct vd_config {
     int32_t save_projection;       /* 1: store A and B in checkpoints */
     char resume[VD_PATH_MAX];      /* "auto", "none" or a checkpoint path */
     int32_t ckpt_delay_ms;         /* testing only: slow checkpoint writes down */
+    /* not a key: who set each key (defaults 0 = VD_FROM_DEFAULT). A default that conflicts with
+     * a value the user gave gives way to it (vd_config_parse adjusts it and logs one line); only
+     * values the user gave can conflict with each other (vd_config_validate refuses those). */
+    uint8_t from[VD_CONFIG_MAX_KEYS];
 } vd_config;
+
+/* The config keys one sub-command reads (include/vera/cli.h says how sub-commands use it). */
+typedef struct vd_config_uses {
+    const char *sub;         /* "forward": names the sub-command in messages */
+    const char *const *keys; /* the keys it reads, NULL-terminated */
+    const char *options;     /* its own options, listed in the refusal ("--tokens, --out"); may be NULL */
+} vd_config_uses;
 
 void vd_config_defaults(vd_config *c);
 /* Applies --config FILE (if present anywhere in argv) then every --key value pair.
  * argv[0..first-1] are skipped (program name, sub-command). Dies with a one-line error
  * naming the key (and file:line for INI) and the accepted range on any bad key or value. */
 void vd_config_parse(vd_config *c, int argc, char **argv, int first);
+/* vd_config_parse for a sub-command that reads only uses->keys: any other key on the command line
+ * dies with one line naming it and listing what the sub-command reads. Keys from the --config
+ * file that it does not read are ignored (the file describes a whole run, shared by all
+ * sub-commands). uses == NULL accepts every key (train). */
+void vd_config_parse_for(vd_config *c, int argc, char **argv, int first, const vd_config_uses *uses);
+/* 1 if key's value came from the --config file, the command line or vd_config_set; 0 if it is
+ * the default. Dies on an unknown key (a bug in the caller). */
+int vd_config_user_set(const vd_config *c, const char *key);
+/* A limit known only later (the model's context for seq_len): returns 0 if the INT key's value is
+ * <= limit; if the key is at its default, lowers it to limit, logs one line naming `what` and
+ * returns 1; if the user set it, returns -1 (the caller dies with its own message). */
+int vd_config_fit_default(vd_config *c, const char *key, int32_t limit, const char *what);
 /* Same checks as the parser, on the whole struct (cross-key rules such as warmup <= max_steps). */
 void vd_config_validate(const vd_config *c);
 void vd_config_print_help(FILE *f);
 /* Canonical "key = value\n" lines in table order; returns the length. Used for the
  * cross-rank configuration hash and for the checkpoint. */
 size_t vd_config_serialize(const vd_config *c, char *buf, size_t cap);
-/* Sets one key from text with the parser's rules (for code and tests). Returns 0, or -1 with
- * a one-line message naming the key in err; c is unchanged on failure. */
+/* Sets one key from text with the parser's rules (for code and tests; the key then counts as set,
+ * VD_FROM_CODE). Returns 0, or -1 with a one-line message naming the key in err; c is unchanged
+ * on failure. */
 int vd_config_set(vd_config *c, const char *key, const char *value, char *err, size_t errcap);
 /* Compares two vd_config_serialize outputs line by line. Returns NULL if they are equal, else
  * copies the key of the first differing line into key_out and returns key_out. */

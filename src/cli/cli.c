@@ -1,8 +1,15 @@
-/* cli.c: option handling shared by the sub-commands. */
+/* cli.c: option handling shared by the sub-commands (conventions in include/vera/cli.h). */
 #include <string.h>
 
 #include "vera/cli.h"
 #include "vera/common.h"
+
+/* Drops argv[i .. i+n-1], keeping argv NULL-terminated. */
+static void cli_remove(int *argc, char **argv, int i, int n) {
+    for (int j = i; j + n < *argc; j++) argv[j] = argv[j + n];
+    *argc -= n;
+    argv[*argc] = NULL;
+}
 
 const char *vd_cli_take_option(int *argc, char **argv, const char *name) {
     size_t ln = strlen(name);
@@ -19,11 +26,51 @@ const char *vd_cli_take_option(int *argc, char **argv, const char *name) {
             used = 2;
         }
         if (used) {
-            for (int j = i; j + used < *argc; j++) argv[j] = argv[j + used];
-            *argc -= used;
-            argv[*argc] = NULL;
+            cli_remove(argc, argv, i, used);
             return value;
         }
     }
     return NULL;
+}
+
+/* 1 / 0 for the spellings a flag's value may take, -1 for anything else. */
+static int cli_bool(const char *v) {
+    if (!strcmp(v, "1") || !strcmp(v, "true")) return 1;
+    if (!strcmp(v, "0") || !strcmp(v, "false")) return 0;
+    return -1;
+}
+
+int vd_cli_take_flag(int *argc, char **argv, const char *name, const char *who) {
+    size_t ln = strlen(name);
+    const char *sep = who ? ": " : "";
+    if (!who) who = "";
+    int value = -1;
+    for (int i = 1; i < *argc;) {
+        const char *a = argv[i];
+        if (strncmp(a, "--", 2) != 0 || strncmp(a + 2, name, ln) != 0 || (a[2 + ln] != 0 && a[2 + ln] != '=')) {
+            i++;
+            continue;
+        }
+        if (a[2 + ln] == '=') {
+            value = cli_bool(a + 3 + ln);
+            if (value < 0)
+                vd_die("%s%s--%s: expected no value, or 1, 0, true or false, got '%s'", who, sep, name, a + 3 + ln);
+            cli_remove(argc, argv, i, 1);
+        } else if (i + 1 < *argc && strncmp(argv[i + 1], "--", 2) != 0) {
+            /* no sub-command takes a bare word, so the next one can only be meant as the value */
+            value = cli_bool(argv[i + 1]);
+            if (value < 0)
+                vd_die("%s%s--%s: expected no value, or 1, 0, true or false, got '%s'", who, sep, name, argv[i + 1]);
+            cli_remove(argc, argv, i, 2);
+        } else {
+            value = 1;
+            cli_remove(argc, argv, i, 1);
+        }
+    }
+    return value;
+}
+
+void vd_cli_refuse_rest(int argc, char **argv, const char *who, const char *options) {
+    if (argc > 1)
+        vd_die("%s: unknown argument '%s' (it takes %s; see vera-dist %s --help)", who, argv[1], options, who);
 }

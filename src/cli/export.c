@@ -38,36 +38,31 @@ static void export_config_from_text(vd_config *cfg, const char *text, const char
 int vd_export_main(int argc, char **argv) {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         printf("usage: vera-dist export --checkpoint FILE --format peft|merged|lora --out DIR [--model DIR]\n"
-               "                        [--save_projection 0|1] [--overwrite 1]\n"
+               "                        [--save_projection [0|1]] [--overwrite [0|1]]\n"
                "peft:   DIR/adapter_config.json + adapter_model.safetensors for PeftModel.from_pretrained\n"
                "        (save_projection 1, the default, also stores vera_A/vera_B)\n"
                "merged: DIR/config.json + model.safetensors with W0 + dW merged, for transformers alone\n"
                "lora:   DIR/adapter_config.json + adapter_model.safetensors, a PEFT LoRA adapter with the same\n"
                "        dW (lora_A = diag(d) A, lora_B = diag(b) B, lora_alpha = r) for LoRA-only servers\n"
-               "--model overrides the base model directory recorded in the checkpoint.\n");
+               "--model overrides the base model directory recorded in the checkpoint. --overwrite (or\n"
+               "--overwrite 1) replaces an existing export in DIR.\n");
         return 0;
     }
     const char *ckpath = vd_cli_take_option(&argc, argv, "checkpoint");
     const char *format = vd_cli_take_option(&argc, argv, "format");
     const char *out = vd_cli_take_option(&argc, argv, "out");
     const char *model_dir = vd_cli_take_option(&argc, argv, "model");
-    const char *save_proj = vd_cli_take_option(&argc, argv, "save_projection");
-    const char *overwrite = vd_cli_take_option(&argc, argv, "overwrite");
-    if (argc > 1) vd_die("export: unknown argument '%s' (see vera-dist export --help)", argv[1]);
+    int save_projection = vd_cli_take_flag(&argc, argv, "save_projection", "export");
+    int force = vd_cli_take_flag(&argc, argv, "overwrite", "export") == 1;
+    vd_cli_refuse_rest(argc, argv, "export", "--checkpoint, --format, --out, --model, --save_projection, --overwrite");
     if (!ckpath) vd_die("export: --checkpoint FILE is required");
     if (!out) vd_die("export: --out DIR is required");
     if (!format || (strcmp(format, "peft") != 0 && strcmp(format, "merged") != 0 && strcmp(format, "lora") != 0))
         vd_die("export: --format must be peft, merged or lora, got '%s'", format ? format : "");
-    int save_projection = 1;
-    if (save_proj) {
-        if (!strcmp(save_proj, "1") || !strcmp(save_proj, "true")) save_projection = 1;
-        else if (!strcmp(save_proj, "0") || !strcmp(save_proj, "false")) save_projection = 0;
-        else vd_die("export: --save_projection must be 0 or 1, got '%s'", save_proj);
-    }
-    int force = overwrite && (!strcmp(overwrite, "1") || !strcmp(overwrite, "true"));
+    if (save_projection < 0) save_projection = 1; /* PEFT's default */
     char probe[VD_PATH_MAX + 64];
     snprintf(probe, sizeof(probe), "%s/%s", out, strcmp(format, "merged") ? "adapter_model.safetensors" : "model.safetensors");
-    if (vd_path_exists(probe) && !force) vd_die("export: %s already exists (HINT: --overwrite 1 replaces it)", probe);
+    if (vd_path_exists(probe) && !force) vd_die("export: %s already exists (HINT: --overwrite replaces it)", probe);
 
     vd_checkpoint ck;
     char err[1024];

@@ -24,13 +24,22 @@ static void forward_load_adapter(vd_vera *v, const char *path) {
     else vd_peft_load_vectors(v, path);
 }
 
+/* the keys read below; train_data is --tokens, vera_dropout is 0 (one deterministic pass) */
+static const char *const forward_keys[] = {"model", "r", "d_initial", "projection_prng_key", "target_modules",
+                                           "batch_size", "seq_len", "threads", NULL};
+static const vd_config_uses forward_uses = {"forward", forward_keys, "--tokens, --out, --adapter"};
+
 int vd_forward_main(int argc, char **argv) {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         printf("usage: vera-dist forward --model DIR|FILE.gguf|FILE.bin --tokens GLOB --out FILE.safetensors [--adapter FILE|DIR]\n"
-               "                         [--batch_size B --seq_len T --r R --target_modules ... (any config key)]\n"
+               "                         [--batch_size B --seq_len T --r R --d_initial D --projection_prng_key K\n"
+               "                          --target_modules LIST --threads N] [--config FILE]\n"
                "One forward + backward on the first batch_size sequences of the token shards; writes logits\n"
                "[B,T,V], loss [1], vera_A, vera_B and <module>.vera_lambda_b.grad / .vera_lambda_d.grad\n"
-               "(gradients of the mean token loss) to FILE.\n");
+               "(gradients of the mean token loss) to FILE. Other configuration keys are refused on the\n"
+               "command line (--adapter, not --init_adapter, loads an adapter); from a --config file they\n"
+               "are ignored. A default batch_size or seq_len larger than the shards or the model allow is\n"
+               "lowered to fit, with a line saying so.\n");
         return 0;
     }
     const char *tokens = vd_cli_take_option(&argc, argv, "tokens");
@@ -40,7 +49,7 @@ int vd_forward_main(int argc, char **argv) {
     if (!out) vd_die("forward: --out FILE is required");
     vd_config cfg;
     vd_config_defaults(&cfg);
-    vd_config_parse(&cfg, argc, argv, 1);
+    vd_config_parse_for(&cfg, argc, argv, 1, &forward_uses);
     snprintf(cfg.train_data, sizeof(cfg.train_data), "%s", tokens);
     vd_config_validate(&cfg);
     const vd_backend *be = vd_backend_cpu();
@@ -48,14 +57,17 @@ int vd_forward_main(int argc, char **argv) {
 
     vd_model_config mc;
     float *host_params = vd_model_load(cfg.model, &mc);
-    if (cfg.seq_len > mc.max_seq_len)
+    if (vd_config_fit_default(&cfg, "seq_len", mc.max_seq_len, "the model's context (max positions)") < 0)
         vd_die("seq_len: %d is larger than the model's context (max positions %d)", (int)cfg.seq_len, (int)mc.max_seq_len);
     uint32_t mask = vd_model_targets_or_die(vd_model_family_of(mc.arch), cfg.target_modules, sizeof(cfg.target_modules),
                                             cfg.model);
     vd_dataset ds;
     vd_dataset_open(&ds, tokens, cfg.seq_len, mc.vocab_size, 0, "tokens");
+    int32_t n_seqs = ds.n_seqs > (uint64_t)INT32_MAX ? INT32_MAX : (int32_t)ds.n_seqs;
+    if (vd_config_fit_default(&cfg, "batch_size", n_seqs, "the number of sequences in --tokens") < 0)
+        vd_die("--tokens: %s holds %llu sequences, batch_size is %d", tokens, (unsigned long long)ds.n_seqs,
+               (int)cfg.batch_size);
     int32_t B = cfg.batch_size, T = cfg.seq_len, V = mc.vocab_size, N = B * T;
-    if ((uint64_t)B > ds.n_seqs) vd_die("--tokens: %s holds %llu sequences, batch_size is %d", tokens, (unsigned long long)ds.n_seqs, (int)B);
     int32_t *inputs = mallocCheck(sizeof(int32_t) * (size_t)N), *targets = mallocCheck(sizeof(int32_t) * (size_t)N);
     int32_t *pos = mallocCheck(sizeof(int32_t) * (size_t)N);
     for (int32_t b = 0; b < B; b++)

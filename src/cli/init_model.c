@@ -28,7 +28,7 @@ static void vd_init_model_usage(FILE *f) {
             "  --vocab V       vocabulary size               (default 256, 1..16777216)\n"
             "  --ctx T         maximum positions n_positions (default 128, 1..16777216)\n"
             "  --seed S        initialisation seed           (default 0,   0..4294967295)\n"
-            "  --overwrite     replace an existing DIR/model.safetensors\n"
+            "  --overwrite     replace an existing DIR/model.safetensors (also --overwrite 1|0)\n"
             "  --help          print this help\n");
 }
 
@@ -46,17 +46,14 @@ int vd_init_model_main(int argc, char **argv) {
     const char *out = NULL;
     long long layers = 2, heads = 2, dim = 64, vocab = 256, ctx = 128, seed = 0, kv_heads = 0, ffn = 0;
     int llama = 0;
-    int overwrite = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             vd_init_model_usage(stdout);
             return 0;
         }
-        if (strcmp(arg, "--overwrite") == 0) {
-            overwrite = 1;
-            continue;
-        }
+    int overwrite = vd_cli_take_flag(&argc, argv, "overwrite", "init-model") == 1;
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
         if (strncmp(arg, "--", 2) != 0)
             vd_die("init-model: unexpected argument '%s' (expected --option value; see --help)", arg);
         /* --key value or --key=value */

@@ -13,21 +13,31 @@
 
 static double inspect_gib(size_t bytes) { return (double)bytes / (double)(1ull << 30); }
 
+/* the keys read below and by vd_memory_estimate_run */
+static const char *const inspect_keys[] = {"model", "r", "target_modules", "projection_prng_key", "batch_size",
+                                           "seq_len", "grad_accum", "vera_dropout", NULL};
+static const vd_config_uses inspect_uses = {"inspect", inspect_keys, NULL};
+
 int vd_inspect_main(int argc, char **argv) {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         printf("usage: vera-dist inspect --model DIR|FILE.gguf|FILE.bin [--r R] [--target_modules LIST]\n"
-               "                         [--batch_size B --seq_len T --grad_accum K ...]\n"
+               "                         [--batch_size B --seq_len T --grad_accum K --vera_dropout P]\n"
+               "                         [--projection_prng_key K] [--config FILE]\n"
                "Prints the architecture, the frozen parameter count, the adapted layers, the trainable\n"
                "parameters (sum over adapted layers of out + r), the all-reduce per optimizer step and the\n"
-               "memory one rank needs (fp32), without loading the weights of a Hugging Face directory.\n");
+               "memory one rank needs (fp32), without loading the weights of a Hugging Face directory.\n"
+               "Other configuration keys are refused on the command line; from a --config file they are\n"
+               "ignored, so a training run's file can be inspected as is.\n");
         return 0;
     }
     vd_config cfg;
     vd_config_defaults(&cfg);
-    vd_config_parse(&cfg, argc, argv, 1);
+    vd_config_parse_for(&cfg, argc, argv, 1, &inspect_uses);
     if (!cfg.model[0]) vd_die("inspect: --model is required (a Hugging Face directory, a .gguf or an llm.c .bin file)");
     vd_model_config mc;
     vd_model_read_config(cfg.model, &mc);
+    /* as the trainer does: a default seq_len gives way to a shorter context (one line) */
+    vd_config_fit_default(&cfg, "seq_len", mc.max_seq_len, "the model's context (max positions)");
     const vd_model_family *f = vd_model_family_of(mc.arch);
     uint32_t mask = vd_model_targets_or_die(f, cfg.target_modules, sizeof(cfg.target_modules), cfg.model);
     int32_t r = cfg.r, max_in = 0, max_out = 0, n_adapted = 0;

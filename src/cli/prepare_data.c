@@ -47,7 +47,8 @@ static void print_usage(FILE *f) {
             "  --out DIR           output directory, created if missing\n"
             "  --val_fraction F    fraction of the bytes for validation, in [0, %.1f] (default %.1f; 0 = no val shard)\n"
             "  --shard_tokens N    at most N tokens per shard, in [1, %d] (default %llu)\n"
-            "  --overwrite         replace shards already in DIR (stale ones beyond the new count are removed)\n"
+            "  --overwrite         replace shards already in DIR (stale ones beyond the new count are removed;\n"
+            "                      also --overwrite 1|0)\n"
             "  --help              this text\n",
             MAX_VAL_FRACTION, DEFAULT_VAL_FRACTION, INT32_MAX, (unsigned long long)DEFAULT_SHARD_TOKENS);
 }
@@ -78,13 +79,14 @@ static int parse_args(prep_opts *o, int argc, char **argv) {
     o->out = NULL;
     o->val_fraction = DEFAULT_VAL_FRACTION;
     o->shard_tokens = DEFAULT_SHARD_TOKENS;
-    o->overwrite = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             print_usage(stdout);
             return 0;
         }
+    o->overwrite = vd_cli_take_flag(&argc, argv, "overwrite", "prepare-data") == 1;
+    for (int i = 1; i < argc; i++) {
+        const char *arg = argv[i];
         if (strncmp(arg, "--", 2) != 0)
             vd_die("prepare-data: unexpected argument '%s' (options start with --; see --help)", arg);
         const char *name = arg + 2;
@@ -92,11 +94,6 @@ static int parse_args(prep_opts *o, int argc, char **argv) {
         size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
         const char *value = eq ? eq + 1 : NULL;
 #define IS(key) (name_len == strlen(key) && strncmp(name, key, name_len) == 0)
-        if (IS("overwrite")) {
-            if (value) vd_die("prepare-data: --overwrite takes no value (got '%s')", arg);
-            o->overwrite = 1;
-            continue;
-        }
         if (!IS("in") && !IS("out") && !IS("val_fraction") && !IS("shard_tokens"))
             vd_die("prepare-data: unknown option '%s' (see --help)", arg);
         if (!value) {

@@ -15,11 +15,19 @@
     char msg_[MPI_MAX_ERROR_STRING]; int len_ = 0; MPI_Error_string(err_, msg_, &len_); \
     vd_die_at(__FILE__, __LINE__, "MPI error: %s", msg_); } } while (0)
 
+static int32_t g_world = 1; /* set by vd_comm_init */
+
+/* Called by vd_die after its one-line message. With several ranks, MPI_Abort ends them all (a
+ * rank that just exited would leave the others waiting in the next collective). With one rank
+ * there is nobody to tell: returning lets vd_die exit(code) with nothing after the message,
+ * where MPI_Abort would add Open MPI's MPI_ABORT banner (or, for a singleton whose show_help
+ * cannot reach a daemon, "ORTE_ERROR_LOG: Data unpack would read past end of buffer").
+ * MPI_Finalize is not called: vd_die may run on any thread, or inside a failed MPI call. */
 static void comm_abort_hook(int code) {
     int init = 0, fin = 0;
     MPI_Initialized(&init);
     MPI_Finalized(&fin);
-    if (init && !fin) MPI_Abort(MPI_COMM_WORLD, code);
+    if (init && !fin && g_world > 1) MPI_Abort(MPI_COMM_WORLD, code);
 }
 
 /* A rank whose launcher (mpirun, orted, slurmstepd: its parent) died must stop at once and
@@ -70,6 +78,7 @@ void vd_comm_init(vd_comm *c, int *argc, char ***argv) {
     mpiCheck(MPI_Comm_size(MPI_COMM_WORLD, &world));
     c->rank = rank;
     c->world = world;
+    g_world = world;
     MPI_Comm node;
     mpiCheck(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &node));
     int lr = 0, ls = 1;

@@ -10,6 +10,7 @@
  * key (and file:line for the INI) and what is accepted. */
 #define _POSIX_C_SOURCE 200809L
 #include "vera/config.h"
+#include "vera/cli.h"
 #include "vera/model.h"
 
 #include <ctype.h>
@@ -140,6 +141,18 @@ static const vd_key g_keys[] = {
      "and optimizer) is not implemented yet and is rejected"},
 };
 #define NKEYS ((int)(sizeof(g_keys) / sizeof(g_keys[0])))
+_Static_assert(sizeof(g_keys) / sizeof(g_keys[0]) <= VD_CONFIG_MAX_KEYS, "vd_config.from has no room for every key");
+
+/* Cross-key rules lo <= hi (both INT keys). When one of the two is at its default, the default
+ * gives way: it is set to the other's value, with one log line (a default must not stop a run
+ * that never mentioned it: --max_steps 5 lowers warmup_steps 10 to 5). When the user set both,
+ * vd_config_validate refuses. ckpt_every and eval_every need no rule: an interval beyond
+ * max_steps just means "at the end" (the trainer always checkpoints, and evaluates with
+ * val_data, at the last step); the cosine decay runs from warmup_steps to max_steps. */
+static const struct { const char *lo, *hi; } g_le_rules[] = {
+    {"warmup_steps", "max_steps"},
+};
+#define NRULES ((int)(sizeof(g_le_rules) / sizeof(g_le_rules[0])))
 
 static const char *const g_sections[] = {"model", "data", "vera", "train", "log", "system", "checkpoint"};
 #define NSECTIONS ((int)(sizeof(g_sections) / sizeof(g_sections[0])))
@@ -437,6 +450,8 @@ static int set_key(vd_config *c, const vd_key *k, const char *raw, char *err, si
     vd_die_at(__FILE__, __LINE__, "key %s has an unknown type %d", k->name, (int)k->type);
 }
 
+static int key_index(const vd_key *k) { return (int)(k - g_keys); }
+
 int vd_config_set(vd_config *c, const char *key, const char *value, char *err, size_t errcap) {
     const vd_key *k = find_key(key);
     if (!k) {
@@ -450,7 +465,62 @@ int vd_config_set(vd_config *c, const char *key, const char *value, char *err, s
         snprintf(err, errcap, "%s: %s", key, why);
         return -1;
     }
+    c->from[key_index(k)] = VD_FROM_CODE;
     return 0;
+}
+
+/* The key or an internal error: names passed by code (rules, sub-commands' key lists) must exist. */
+static const vd_key *find_key_or_die(const char *name) {
+    const vd_key *k = find_key(name);
+    if (!k) vd_die_at(__FILE__, __LINE__, "'%s' is not a configuration key", name);
+    return k;
+}
+
+int vd_config_user_set(const vd_config *c, const char *key) {
+    return c->from[key_index(find_key_or_die(key))] != VD_FROM_DEFAULT;
+}
+
+static int32_t *int_field(vd_config *c, const vd_key *k) {
+    vd_require(k->type == KT_INT);
+    return (int32_t *)((char *)c + k->offset);
+}
+
+int vd_config_fit_default(vd_config *c, const char *key, int32_t limit, const char *what) {
+    const vd_key *k = find_key_or_die(key);
+    int32_t *v = int_field(c, k);
+    if (*v <= limit) return 0;
+    if (c->from[key_index(k)] != VD_FROM_DEFAULT) return -1;
+    if (!in_range(k, (double)limit)) return -1; /* the default cannot give way that far */
+    vd_log("config: %s is %d, below the default %s = %d: using %s = %d\n", what, (int)limit, key, (int)*v, key,
+           (int)limit);
+    *v = limit;
+    return 1;
+}
+
+/* Applies g_le_rules where one side is a default. Logs only for keys the sub-command reads
+ * (uses NULL: all), so `inspect --config run.ini` does not talk about warmup. */
+static int uses_key(const vd_config_uses *uses, const char *name) {
+    if (!uses) return 1;
+    for (const char *const *p = uses->keys; *p; p++)
+        if (!strcmp(*p, name)) return 1;
+    return 0;
+}
+
+static void config_fit_defaults(vd_config *c, const vd_config_uses *uses) {
+    for (int i = 0; i < NRULES; i++) {
+        const vd_key *klo = find_key_or_die(g_le_rules[i].lo), *khi = find_key_or_die(g_le_rules[i].hi);
+        int32_t *lo = int_field(c, klo), *hi = int_field(c, khi);
+        if (*lo <= *hi) continue;
+        int lo_set = c->from[key_index(klo)] != VD_FROM_DEFAULT, hi_set = c->from[key_index(khi)] != VD_FROM_DEFAULT;
+        if (lo_set && hi_set) continue; /* vd_config_validate refuses: the user asked for both */
+        const vd_key *moved = lo_set ? khi : klo, *kept = lo_set ? klo : khi;
+        int32_t *mv = lo_set ? hi : lo, target = lo_set ? *lo : *hi;
+        if (!in_range(moved, (double)target)) continue; /* cannot give way: validate names both */
+        if (uses_key(uses, moved->name))
+            vd_log("config: %s = %d, %s the default %s = %d: using %s = %d\n", kept->name, (int)target,
+                   lo_set ? "above" : "below", moved->name, (int)*mv, moved->name, (int)target);
+        *mv = target;
+    }
 }
 
 void vd_config_defaults(vd_config *c) {
@@ -574,6 +644,7 @@ static int ini_handler_fn(void *user, const char *section, const char *name, con
     char why[512];
     if (set_key(x->c, k, clean, why, sizeof(why)) != 0) return ini_fail(x, "%s: %s", name, why);
     x->set_at[idx] = x->line;
+    x->c->from[idx] = VD_FROM_FILE;
     return 1;
 }
 
@@ -672,7 +743,49 @@ static int cli_is(const cli_arg *a, const char *name) {
     return strlen(name) == a->keylen && strncmp(a->key, name, a->keylen) == 0;
 }
 
-void vd_config_parse(vd_config *c, int argc, char **argv, int first) {
+/* "model, r, seq_len" from a NULL-terminated list, cut to fit. */
+static void join_names(const char *const *names, char *out, size_t cap) {
+    size_t used = 0;
+    out[0] = 0;
+    for (const char *const *p = names; *p && used + 1 < cap; p++) {
+        int w = snprintf(out + used, cap - used, "%s--%s", p == names ? "" : ", ", *p);
+        if (w < 0) break;
+        used += (size_t)w;
+    }
+}
+
+/* A key given on the command line that the sub-command does not read (or no key at all): one
+ * line naming it and listing what the sub-command takes. */
+static void refuse_unused(const vd_config_uses *uses, const char *key) {
+    char list[1024], what[160];
+    join_names(uses->keys, list, sizeof(list));
+    if (find_key(key)) snprintf(what, sizeof(what), " is not used by %s", uses->sub);
+    else snprintf(what, sizeof(what), ": unknown option");
+    vd_die("%s: --%s%s (it takes %s%s%s; see vera-dist %s --help)", uses->sub, key, what,
+           uses->options ? uses->options : "", uses->options ? " and the config keys " : "the config keys ", list,
+           uses->sub);
+}
+
+void vd_config_parse(vd_config *c, int argc, char **argv, int first) { vd_config_parse_for(c, argc, argv, first, NULL); }
+
+void vd_config_parse_for(vd_config *c, int argc_in, char **argv_in, int first, const vd_config_uses *uses) {
+    if (uses)
+        for (const char *const *p = uses->keys; *p; p++) find_key_or_die(*p); /* a typo in a sub-command's list */
+    /* booleans are flags on the command line, as in every sub-command (cli.h): --overwrite alone
+     * is --overwrite 1. They are taken out of a copy of argv (vd_cli_take_flag compacts it; the
+     * copy keeps argv[0] first, so argv[first..] are the options) and applied after the INI. */
+    char **argv = mallocCheck(sizeof(char *) * ((size_t)argc_in + 1));
+    memcpy(argv, argv_in, sizeof(char *) * (size_t)argc_in);
+    argv[argc_in] = NULL;
+    int argc = argc_in;
+    int flag[NKEYS];
+    for (int i = 0; i < NKEYS; i++) {
+        flag[i] = -1;
+        if (g_keys[i].type != KT_BOOL) continue;
+        /* vd_cli_take_flag looks from argv[1]; the sub-command name before `first` is no option */
+        flag[i] = vd_cli_take_flag(&argc, argv, g_keys[i].name, uses ? uses->sub : NULL);
+        if (flag[i] >= 0 && !uses_key(uses, g_keys[i].name)) refuse_unused(uses, g_keys[i].name);
+    }
     /* pass 1: check the shape of the whole command line and find --config, which is applied
      * before any --key so that the command line wins wherever it appears */
     const char *config = NULL;
@@ -703,12 +816,22 @@ void vd_config_parse(vd_config *c, int argc, char **argv, int first) {
         const vd_key *k = find_key(key);
         if (!k) {
             const char *hint = closest_key(key);
-            if (hint) vd_die("--%s: unknown option (did you mean --%s?)", key, hint);
+            if (hint && uses_key(uses, hint)) vd_die("--%s: unknown option (did you mean --%s?)", key, hint);
+            if (uses) refuse_unused(uses, key);
             vd_die("--%s: unknown option (see vera-dist --help for the keys)", key);
         }
+        if (!uses_key(uses, key)) refuse_unused(uses, key);
         char why[512];
         if (set_key(c, k, a.value, why, sizeof(why)) != 0) vd_die("--%s: %s", key, why);
+        c->from[key_index(k)] = VD_FROM_CLI;
     }
+    for (int i = 0; i < NKEYS; i++) {
+        if (flag[i] < 0) continue;
+        *(int32_t *)((char *)c + g_keys[i].offset) = flag[i];
+        c->from[i] = VD_FROM_CLI;
+    }
+    free(argv);
+    config_fit_defaults(c, uses);
 }
 
 /* ----------------------------------------------------------------------------------------- */
@@ -756,8 +879,12 @@ void vd_config_validate(const vd_config *c) {
     if (!c->train_data[0])
         vd_die("train_data is not set. HINT: pass --train_data GLOB or set [data] train_data in the config");
     if (!c->out_dir[0]) vd_die("out_dir is empty. HINT: pass --out_dir DIR or set [data] out_dir in the config");
-    if (c->warmup_steps > c->max_steps)
-        vd_die("warmup_steps (%d) must be <= max_steps (%d)", (int)c->warmup_steps, (int)c->max_steps);
+    /* the rules of g_le_rules still broken after vd_config_parse: the user set both values */
+    for (int i = 0; i < NRULES; i++) {
+        const vd_key *klo = find_key_or_die(g_le_rules[i].lo), *khi = find_key_or_die(g_le_rules[i].hi);
+        int32_t lo = *(const int32_t *)((const char *)c + klo->offset), hi = *(const int32_t *)((const char *)c + khi->offset);
+        if (lo > hi) vd_die("%s (%d) must be <= %s (%d)", klo->name, (int)lo, khi->name, (int)hi);
+    }
     if (c->eval_every > 0 && !c->val_data[0])
         vd_die("eval_every = %d but val_data is empty. HINT: set [data] val_data, or eval_every = 0",
                (int)c->eval_every);
@@ -790,14 +917,17 @@ void vd_config_print_help(FILE *f) {
             "Train VeRA adapters on a GPT-2 or Llama-family model with MPI data parallelism\n"
             "(mpirun -n N vera-dist ...).\n"
             "Settings: the defaults below, then the INI file given by --config, then --key value\n"
-            "or --key=value on the command line, in order (the command line wins).\n");
+            "or --key=value on the command line, in order (the command line wins). A default that\n"
+            "conflicts with a value you set gives way to it, with one line saying so (--max_steps 5\n"
+            "lowers the default warmup_steps to 5); two values you set that conflict are refused.\n");
     for (int s = 0; s < NSECTIONS; s++) {
         fprintf(f, "\n[%s]\n", g_sections[s]);
         for (int i = 0; i < NKEYS; i++) {
             const vd_key *k = &g_keys[i];
             if (strcmp(k->section, g_sections[s]) != 0) continue;
             char opt[64], range[64] = "";
-            snprintf(opt, sizeof(opt), "--%s %s", k->name, type_name(k));
+            /* booleans are flags: --overwrite alone means 1 */
+            snprintf(opt, sizeof(opt), k->type == KT_BOOL ? "--%s [%s]" : "--%s %s", k->name, type_name(k));
             if (k->type == KT_INT || k->type == KT_FLOAT || k->type == KT_U64) {
                 char r[48];
                 format_range(k, r, sizeof(r));
@@ -805,7 +935,7 @@ void vd_config_print_help(FILE *f) {
             } else if (k->choices) {
                 snprintf(range, sizeof(range), ", one of %s", k->choices);
             } else if (k->type == KT_BOOL) {
-                snprintf(range, sizeof(range), ", 0/1/true/false");
+                snprintf(range, sizeof(range), ", 0/1/true/false; --%s alone = 1", k->name);
             }
             int quoted = k->type == KT_STRING || k->type == KT_TARGETS;
             fprintf(f, "  %-28s default %s%s%s%s\n      %s\n", opt, quoted ? "\"" : "", k->def,

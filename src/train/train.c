@@ -552,7 +552,8 @@ static void train_setup(train_run *run, int argc, char **argv) {
 
     /* ---- model and data: everything is validated before anything is written ---- */
     float *host_params = vd_model_load(cfg->model, &run->mc);
-    if (cfg->seq_len > run->mc.max_seq_len)
+    /* the default seq_len gives way to a model with a shorter context; a seq_len the user set does not */
+    if (vd_config_fit_default(cfg, "seq_len", run->mc.max_seq_len, "the model's context (max positions)") < 0)
         vd_die("seq_len: %d is larger than the model's context (max positions %d, model %s)",
                (int)cfg->seq_len, (int)run->mc.max_seq_len, cfg->model);
     run->model_fingerprint = vd_model_fingerprint(&run->mc, host_params);

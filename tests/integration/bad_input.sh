@@ -17,8 +17,9 @@ OUT="$TMP/out"
 # --resume none --overwrite 1.
 NEW_RUN=()
 if "$VD" --help 2>/dev/null | grep -q -- '--resume'; then NEW_RUN=(--resume none); fi
-BASE=("${NEW_RUN[@]}" --model "$TMP/model" --train_data "$TMP/data/train_*.bin" --val_data "$TMP/data/val_*.bin"
-      --out_dir "$OUT" --overwrite 1 --batch_size 2 --seq_len 32 --max_steps 2 --warmup_steps 0 --r 8 --threads 1)
+BASE0=("${NEW_RUN[@]}" --model "$TMP/model" --train_data "$TMP/data/train_*.bin" --val_data "$TMP/data/val_*.bin"
+       --out_dir "$OUT" --batch_size 2 --seq_len 32 --max_steps 2 --warmup_steps 0 --r 8 --threads 1)
+BASE=("${BASE0[@]}" --overwrite 1)
 
 # A good run first: the baseline must work, and its output is what the bad runs must not touch.
 vd_mpirun 2 "$TMP/good.log" "${BASE[@]}"
@@ -149,6 +150,81 @@ expect_error prepare_data_missing_in 0 "--in;$TMP/none\.txt" prepare-data --in "
 expect_error prepare_data_exists 0 "--out;overwrite" prepare-data --in "$TMP/text.data.txt" --out "$TMP/data"
 expect_error init_model_bad_heads 0 "heads|dim" init-model --out "$TMP/m3" --layers 1 --heads 3 --dim 32 \
   --vocab 256 --ctx 64 --seed 1
+
+# ---------------------------------------------------------------- issue 14, item 8
+# 1. a default never conflicts with a value the user set: --max_steps 1 alone lowers the
+#    default warmup_steps (10) with one line; two values the user set that conflict are refused
+GW=(--model "$TMP/model" --train_data "$TMP/data/train_*.bin" --val_data "" --out_dir "$TMP/out_gw"
+    --batch_size 2 --seq_len 32 --max_steps 1 --r 8 --threads 1)
+vd_run "$TMP/gw.log" "${GW[@]}"
+grep -q '^config: max_steps = 1, below the default warmup_steps = 10: using warmup_steps = 1$' "$TMP/gw.log" ||
+  { cat "$TMP/gw.log" >&2; case_fail defaults_give_way "no line saying warmup_steps was lowered"; }
+[[ -s "$TMP/out_gw/adapter_final.safetensors" ]] || case_fail defaults_give_way "the run wrote no adapter"
+NCASES=$((NCASES + 1))
+# a model with a shorter context than the default seq_len (64): the default gives way too
+make_model "$TMP/model16" 1 2 32 256 16
+vd_run "$TMP/gw16b.log" --model "$TMP/model16" --train_data "$TMP/data/train_*.bin" --val_data "" \
+  --out_dir "$TMP/out_gw16b" --batch_size 2 --max_steps 1 --warmup_steps 0 --r 8 --threads 1
+grep -q "^config: the model's context (max positions) is 16, below the default seq_len = 64: using seq_len = 16$" \
+  "$TMP/gw16b.log" || { cat "$TMP/gw16b.log" >&2; case_fail defaults_give_way_seq_len "no line saying seq_len was lowered"; }
+NCASES=$((NCASES + 1))
+expect_error warmup_and_max_steps_both_set 0 "warmup_steps \(3\) must be <= max_steps \(2\)" "${BASE[@]}" --warmup_steps 3
+expect_error seq_len_set_beyond_ctx 0 "seq_len: 32 is larger than the model's context \(max positions 16" \
+  "${BASE[@]}" --model "$TMP/model16"
+
+# 2. one rank: our line and nothing after it (no MPI_Abort banner, no ORTE_ERROR_LOG) as a
+#    singleton and under mpirun -np 1; on 2 ranks every rank still ends (the cases above)
+NCASES=$((NCASES + 1)); rc=0
+timeout -k 5 "$MPI_TIMEOUT" "$VD" "${BASE[@]}" --lr -1 >"$TMP/one.out" 2>"$TMP/one.err" || rc=$?
+if [[ $rc -eq 0 || $(wc -l <"$TMP/one.err") -ne 1 ]] || ! grep -q -E "^$ERR_RE --lr: expected a number" "$TMP/one.err"; then
+  cat "$TMP/one.err" >&2; case_fail singleton_one_line "rc=$rc; stderr is not exactly our one error line"
+else note "singleton_one_line: rc=$rc, stderr: $(cat "$TMP/one.err")"; fi
+NCASES=$((NCASES + 1)); rc=0
+run_logged "$TMP/np1.log" "$MPIRUN" -np 1 "$VD" "${BASE[@]}" --lr -1 || rc=$?
+if [[ $rc -eq 0 ]] || ! grep -q -E "^$ERR_RE --lr" "$TMP/np1.log" || grep -q -E 'MPI_ABORT|ORTE_ERROR_LOG' "$TMP/np1.log"; then
+  cat "$TMP/np1.log" >&2; case_fail np1_no_abort "rc=$rc; expected our line and no MPI_ABORT / ORTE_ERROR_LOG"
+else note "np1_no_abort: rc=$rc, no MPI_ABORT banner"; fi
+
+# 3. --overwrite is a flag in every sub-command: bare = 1, or 1|0|true|false; anything else refused
+cp -a "$OUT" "$TMP/out_flag"
+vd_run "$TMP/flag.log" "${BASE0[@]}" --out_dir "$TMP/out_flag" --overwrite
+grep -q 'resume: starting fresh' "$TMP/flag.log" || { cat "$TMP/flag.log" >&2; case_fail overwrite_flag_train "bare --overwrite did not start over"; }
+make_model "$TMP/m_flag" 1 2 32 256 64
+make_model "$TMP/m_flag" 1 2 32 256 64 --overwrite
+make_model "$TMP/m_flag" 1 2 32 256 64 --overwrite 1
+make_model "$TMP/m_flag" 1 2 32 256 64 --overwrite=true
+vd_run "$TMP/pd_flag.log" prepare-data --in "$TMP/text.data.txt" --out "$TMP/pd_flag" --overwrite 0
+vd_run "$TMP/pd_flag2.log" prepare-data --in "$TMP/text.data.txt" --out "$TMP/pd_flag" --overwrite 1
+vd_run "$TMP/pd_flag3.log" prepare-data --in "$TMP/text.data.txt" --out "$TMP/pd_flag" --overwrite
+CKPT="$(ls "$OUT"/checkpoints/step_*.h5 | tail -n 1)"
+vd_run "$TMP/exp1.log" export --checkpoint "$CKPT" --format peft --out "$TMP/exp"
+vd_run "$TMP/exp2.log" export --checkpoint "$CKPT" --format peft --out "$TMP/exp" --overwrite
+vd_run "$TMP/exp3.log" export --checkpoint "$CKPT" --format peft --out "$TMP/exp" --overwrite 1
+NCASES=$((NCASES + 1))
+expect_error overwrite_flag_export_refused 0 "export;exp/adapter_model\.safetensors already exists;--overwrite" \
+  export --checkpoint "$CKPT" --format peft --out "$TMP/exp" --overwrite 0
+expect_error overwrite_flag_init_model_refused 0 "init-model;already exists;--overwrite" \
+  init-model --out "$TMP/m_flag" --overwrite false
+for sub in train init-model prepare-data export; do
+  expect_error "overwrite_bad_value_$sub" 0 "--overwrite: expected no value, or 1, 0, true or false, got 'yes'" \
+    "$sub" --overwrite yes
+done
+
+# 4. a sub-command refuses the configuration keys it does not read, naming the key and what it takes
+expect_error forward_unused_key 0 "forward: --init_adapter is not used by forward;--adapter;--model, --r" \
+  forward --model "$TMP/model" --tokens "$TMP/data/val_*.bin" --out "$TMP/never.safetensors" --init_adapter "$TMP/exp"
+[[ -e "$TMP/never.safetensors" ]] && case_fail forward_unused_key "forward wrote its output"
+expect_error forward_unused_flag 0 "forward: --overwrite is not used by forward" \
+  forward --model "$TMP/model" --tokens "$TMP/data/val_*.bin" --out "$TMP/never.safetensors" --overwrite
+expect_error inspect_unused_key 0 "inspect: --max_steps is not used by inspect;--target_modules" \
+  inspect --model "$TMP/model" --max_steps 5
+expect_error export_unused_key 0 "export: unknown argument '--r';--checkpoint" \
+  export --checkpoint "$CKPT" --format peft --out "$TMP/exp4" --r 8
+# a training run's --config file is fine for inspect: the keys it does not read are ignored
+printf '[train]\nmax_steps = 3\nlr = 0.1\n[vera]\nr = 8\n' >"$TMP/run.ini"
+vd_run "$TMP/inspect_ini.log" inspect --config "$TMP/run.ini" --model "$TMP/model"
+grep -q '(r 8)' "$TMP/inspect_ini.log" || { cat "$TMP/inspect_ini.log" >&2; case_fail inspect_config_file "r from the file not used"; }
+NCASES=$((NCASES + 1))
 
 if [[ ${#FAILED[@]} -gt 0 ]]; then
   fail "${#FAILED[@]} of $NCASES cases failed: ${FAILED[*]}"

@@ -129,7 +129,9 @@ else
   note "memory_batch_65536_ulimit: skipped (ulimit -d not available, or vera-dist cannot start under it)"
 fi
 # and without a limit where the machine cannot hold it: inspect prints the same estimate
-need_gib="$("$VD" inspect "${BASE[@]}" "${BIG[@]}" 2>/dev/null | sed -n 's/.*; total \([0-9.]*\) GiB$/\1/p')"
+# (inspect takes only the keys it reads)
+need_gib="$("$VD" inspect --model "$TMP/model" --r 8 --batch_size 65536 --seq_len 32 2>/dev/null | sed -n 's/.*; total \([0-9.]*\) GiB$/\1/p')"
+[[ -n "$need_gib" ]] || fail "vera-dist inspect printed no memory total (its arguments refused?)"
 avail_kb="$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)"
 if [[ -n "$need_gib" && -n "$avail_kb" ]] && awk -v n="$need_gib" -v a="$avail_kb" 'BEGIN { exit !(n * 1048576 > a) }'; then
   expect_refusal memory_batch_65536 0 "memory;needs about [0-9.]+ GiB;can have [0-9.]+ GiB;MemAvailable|cgroup;HINT" \
