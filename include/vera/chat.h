@@ -56,4 +56,24 @@ char *vd_chat_render(const vd_chat_template *tpl, const vd_chat_message *message
                      const char *bos_text, const char *eos_text, size_t *len_out, vd_chat_span **spans_out,
                      size_t *n_spans_out);
 
+
+
+/* ---- instruction data: one JSONL line -> a conversation (src/text/chat_jsonl.c) ----
+ * Accepted line formats (docs/data-prep.md):
+ *   {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}   (HF chat format)
+ *   {"prompt": "...", "completion": "..."}       -> user prompt, assistant completion
+ *     (prompt / completion may also be message lists, TRL's conversational form)
+ *   {"instruction": "...", "input": "...", "output": "..."}   (Alpaca; input optional)
+ *     -> user = instruction, plus "\n\n" + input when input is not empty; assistant = output */
+typedef struct {
+    vd_chat_message *messages; /* (n) pointing into json / joined */
+    size_t n;
+    void *json;   /* the parsed line (cJSON), owns the strings */
+    char *joined; /* Alpaca's instruction + "\n\n" + input */
+} vd_chat_example;
+
+/* Parses line[0..len) (no newline). Dies with "FILE:LINE: <what was expected>" naming path and
+ * lineno (1-based) on anything else, including a conversation without an assistant turn. */
+void vd_chat_example_parse(vd_chat_example *ex, const char *line, size_t len, const char *path, unsigned long long lineno);
+void vd_chat_example_free(vd_chat_example *ex);
 #endif
