@@ -284,7 +284,9 @@ def check_chat_shards(tmp_path, tok, tok_arg, template_args, end_token, trim, wa
 def test_prepare_chat_llama3(tmp_path, small_tok):
     small_tok.chat_template = LLAMA3
     d = save_tokenizer(small_tok, tmp_path / "tok")
-    check_chat_shards(tmp_path, small_tok, d, ["--chat_template", "llama3"], "<|eot_id|>", True, val_fraction="0.3")
+    # the tokenizer's own template (chat_template.jinja beside tokenizer.json), then by name
+    check_chat_shards(tmp_path / "own", small_tok, d, [], "<|eot_id|>", True, val_fraction="0.3")
+    check_chat_shards(tmp_path / "name", small_tok, d, ["--chat_template", "llama3"], "<|eot_id|>", True)
     # the template given as a file is recognised like a tokenizer's
     (tmp_path / "llama3.jinja").write_text(LLAMA3)
     check_chat_shards(tmp_path / "f", small_tok, d / "tokenizer.json", ["--chat_template", tmp_path / "llama3.jinja"],
