@@ -473,6 +473,9 @@ static int prepare_tokenized(const prep_opts *o) {
                    chat ? "instruction data (.jsonl)" : "text");
         chat = c;
     }
+    if (!chat && o->chat_template)
+        vd_die("prepare-data: --chat_template applies to instruction data (.jsonl or --format chat), not to the text "
+               "file %s", o->in[0]);
     /* every input exists and is a file before the tokenizer (maybe a large GGUF) is read */
     for (int i = 0; i < o->n_in; i++) close(vd_open_regular_as("prepare-data: --in:", o->in[i], "a text or .jsonl file"));
     /* refuse an occupied DIR now rather than after tokenizing (and again before writing) */

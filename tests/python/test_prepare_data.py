@@ -406,4 +406,6 @@ def test_prepare_bad_lines(tmp_path, small_tok):
     txt.write_text("hello")
     proc = run_vd("prepare-data", "--tokenizer", d, "--in", good, "--in", txt, "--out", out, ok=False)
     assert "prepare text and instruction data separately" in proc.stderr
+    proc = run_vd("prepare-data", "--tokenizer", d, "--in", txt, "--out", out, "--chat_template", "chatml", ok=False)
+    assert "--chat_template applies to instruction data" in proc.stderr
     assert not out.exists()
