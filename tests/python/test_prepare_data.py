@@ -64,14 +64,19 @@ CORPUS = ("The quick brown fox jumps over the lazy dog. What is 2+2? Four. Hello
 
 def trained_tokenizer(vocab_size=400, extra_tokens=0):
     """A small byte-level BPE (the GPT-2 / Llama 3 family) trained here, with the chat specials added
-    (and extra_tokens more added tokens, to push the vocab past 65536)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    (and extra_tokens more added tokens, to push the vocab past 65536). Like Llama 3's, its
+    post-processor adds <|begin_of_text|> to tokenizer(text): apply_chat_template and prepare-data
+    must not (the template writes the BOS)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tk.train_from_iterator([CORPUS], trainer)
+    bos = tk.token_to_id("<|begin_of_text|>")
+    tk.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B",
+                                                      special_tokens=[("<|begin_of_text|>", bos)])
     if extra_tokens:
         tk.add_tokens([f"xtok{i:06d}" for i in range(extra_tokens)])
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|begin_of_text|>",
