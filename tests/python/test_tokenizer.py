@@ -31,6 +31,7 @@ import pathlib
 import random
 import subprocess
 import time
+import unicodedata
 
 import pytest
 import tokenizers
@@ -132,7 +133,7 @@ def corpus():
     parts += _read_texts([f for d in py if d.is_dir() for f in sorted(d.rglob("*.py"))], 350_000)
     parts += _read_texts(sorted(pathlib.Path("/usr/share/doc").glob("*/copyright")), 150_000)
     text = "\n".join(parts)
-    uni = _unicode_text(rng, 60_000)
+    uni = _unicode_text(rng, 25_000)
     text = text + "\n" + uni
     while len(text.encode()) < CORPUS_BYTES:  # a machine with few of those files: more generated text
         text += _unicode_text(rng, 20_000)
@@ -197,9 +198,11 @@ class Case:
         self.text_of = lambda ids: hf.decode(ids, skip_special_tokens=False)
 
 
-def _train(corpus, tmp, name, pre, vocab_size, specials, post=None, model=None, edit=None):
+def _train(corpus, tmp, name, pre, vocab_size, specials, post=None, model=None, edit=None, normalizer=None):
     tok = tokenizers.Tokenizer(model or models.BPE())
     tok.pre_tokenizer = pre
+    if normalizer is not None:
+        tok.normalizer = normalizer
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -286,8 +289,18 @@ def _case_digits(smol_hf, corpus, tmp):
     return Case("digits", d / "tokenizer.json", hf)
 
 
+def _case_qwen2(smol_hf, corpus, tmp):
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    d, hf = _train(corpus, tmp, "qwen2", pre, 3500, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                   normalizer=tokenizers.normalizers.NFC())
+    hf.add_tokens([AddedToken("café", normalized=True), AddedToken("<think>", normalized=False)])
+    hf.save(str(d / "tokenizer.json"))
+    return Case("qwen2", d / "tokenizer.json", tokenizers.Tokenizer.from_file(str(d / "tokenizer.json")))
+
+
 BUILDERS = {"smol-gguf": _case_smol_gguf, "smol-json": _case_smol_json, "gpt2": _case_gpt2,
-            "gpt2-prefix": _case_gpt2_prefix, "llama3": _case_llama3, "digits": _case_digits}
+            "gpt2-prefix": _case_gpt2_prefix, "llama3": _case_llama3, "qwen2": _case_qwen2, "digits": _case_digits}
 NEEDS_SMOL = {"smol-gguf", "smol-json"}
 
 
@@ -319,7 +332,8 @@ def test_corpus_ids_and_round_trip(case, corpus, tmp_path):
     assert dt < 20, f"{case.name}: encoding 1 MB took {dt:.1f} s"
     # decode(encode(x)) == x (with add_prefix_space: " " + x), and HF decodes the ids to the same text
     hf_text = case.hf.decode(got, skip_special_tokens=False)
-    assert hf_text == (" " + corpus if case.name == "gpt2-prefix" else corpus)
+    expect = unicodedata.normalize("NFC", corpus) if case.name == "qwen2" else corpus
+    assert hf_text == (" " + corpus if case.name == "gpt2-prefix" else expect)
     assert vd_decode(case.path, got, tmp_path) == hf_text.encode()
 
 
@@ -328,7 +342,8 @@ def test_added_tokens(case, tmp_path):
     for s in case.added:
         texts += [s, "a" + s + "b", " " + s + " ", s + s, "x " + s + "\n" + s + "y", s[:-1], "word" + s + "word",
                   "\t" + s + "  \n", "héllo " + s + " 世界", s + "<" + s + ">"]
-    texts += ["<|endoftext|><|im_start|>user\nHi<|im_end|>\n", "<|end_of_text|><|end>", "<|end_of", "<|endo",
+    texts += ["cafe\u0301 au lait", "CAFE\u0301 cafe\u0301s", "<think>e\u0301\u0327</think>",
+              "<|endoftext|><|im_start|>user\nHi<|im_end|>\n", "<|end_of_text|><|end>", "<|end_of", "<|endo",
               "a zebra, zebras, _zebra zebra_ 3zebra zebra.", "  <tool>  x  </tool>  y", "quux xquux", ""]
     want = [case.encode(t) for t in texts]
     got = vd_encode_many(case.path, texts, tmp_path)
@@ -341,12 +356,14 @@ def test_added_tokens(case, tmp_path):
         assert_same_ids(g, case.encode_special(t), case.text_of, f"{case.name}: add_special_tokens=1 {t!r}")
     # decode, with and without the special tokens
     ids = [i for g in vd_encode_many(case.path, texts, tmp_path) for i in g]
-    assert vd_decode(case.path, ids, tmp_path) == case.hf.decode(ids, skip_special_tokens=False).encode()
+    # HF decodes an added token like any other (ByteLevel), so "café" -> b"caf\xe9" -> "caf\ufffd" there;
+    # vera-dist gives the bytes, which read as HF's text with errors="replace"
+    assert vd_decode(case.path, ids, tmp_path).decode(errors="replace") == case.hf.decode(ids, skip_special_tokens=False)
     strips = any(t.lstrip or t.rstrip for t in case.hf.get_added_tokens_decoder().values())
-    if case.name != "gpt2-prefix" and not strips:  # lstrip / rstrip tokens swallow the spaces beside them
+    if case.name not in ("gpt2-prefix", "qwen2") and not strips:  # lstrip / rstrip tokens swallow the spaces beside them
         assert vd_decode(case.path, ids, tmp_path) == "".join(texts).encode()
     want_skip = case.hf.decode(ids, skip_special_tokens=True)
-    assert vd_decode(case.path, ids, tmp_path, skip_special=True) == want_skip.encode()
+    assert vd_decode(case.path, ids, tmp_path, skip_special=True).decode(errors="replace") == want_skip
 
 
 def _byte_decoder():
@@ -385,7 +402,8 @@ def test_offsets(case, corpus, tmp_path):
         # trimmed of spaces (ByteLevel trim_offsets): it must overlap the token's bytes
         hs, he = starts[cs], starts[ce]
         overlap = (hs < off + len(tb) and off < he) if he > hs else off <= hs <= off + len(tb)
-        if raw[off:off + len(tb)] != tb or not overlap:
+        # (NFC may change the text: there only the spans are compared)
+        if (case.name != "qwen2" and raw[off:off + len(tb)] != tb) or not overlap:
             bad.append((k, tid, off, (hs, he), tb))
         if len(bad) > 5:
             break
