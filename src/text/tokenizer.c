@@ -233,6 +233,8 @@ typedef struct {
 typedef struct {
     char *content;       /* the text that stands for it (NUL-terminated) */
     size_t len;
+    char *match;         /* what is looked for: content, or its NFC for a normalized token under NFC */
+    size_t match_len;
     int32_t id;
     int special, lstrip, rstrip, single_word, normalized;
 } tok_added;
@@ -448,17 +450,38 @@ static void tok_add_added(vd_tokenizer *t, const char *content, size_t n, int32_
 }
 
 /* The per-first-byte candidate lists of both matching passes. */
+static void tok_nfc(const char *s, size_t n, char **out, size_t *n_out, uint32_t **map);
+
+/* The per-first-byte candidate lists of both matching passes. A normalized token is looked for
+ * in normalized text, so as its normalized content (tokenizers normalizes it the same way). */
 static void tok_index_added(vd_tokenizer *t) {
+    for (int32_t i = 0; i < t->n_added; i++) {
+        tok_added *a = &t->added[i];
+        char *norm = NULL;
+        uint32_t *map = NULL;
+        size_t n = a->len;
+        if (a->normalized && t->nfc) tok_nfc(a->content, a->len, &norm, &n, &map);
+        free(map);
+        a->match = norm ? norm : a->content;
+        a->match_len = n;
+        if (norm) { /* and decodes to it, as tokenizers' id_to_token gives the normalized content */
+            char *b = mallocCheck(n + 1);
+            int spelled;
+            size_t bn = tok_unspell(norm, n, b, &spelled);
+            tok_set_bytes(t, a->id, b, bn);
+            free(b);
+        }
+    }
     for (int pass = 0; pass < 2; pass++) {
         int32_t *start = callocCheck(257, sizeof(int32_t));
         for (int32_t i = 0; i < t->n_added; i++)
-            if (t->added[i].normalized == pass) start[(unsigned char)t->added[i].content[0] + 1]++;
+            if (t->added[i].normalized == pass) start[(unsigned char)t->added[i].match[0] + 1]++;
         for (int b = 0; b < 256; b++) start[b + 1] += start[b];
         int32_t *list = mallocCheck((size_t)(start[256] + 1) * sizeof(int32_t));
         int32_t fill[256];
         for (int b = 0; b < 256; b++) fill[b] = start[b];
         for (int32_t i = 0; i < t->n_added; i++)
-            if (t->added[i].normalized == pass) list[fill[(unsigned char)t->added[i].content[0]]++] = i;
+            if (t->added[i].normalized == pass) list[fill[(unsigned char)t->added[i].match[0]]++] = i;
         t->first_start[pass] = start;
         t->first_list[pass] = list;
     }
@@ -505,9 +528,14 @@ static void tok_add_step(vd_tokenizer *t, int kind, pcre2_code *re, int behavior
     t->steps[t->n_steps++] = (tok_step){kind, re, behavior, invert};
 }
 
-/* One pre-tokenizer (not a Sequence). *bytelevel_seen: ByteLevel must come last. */
+/* One pre-tokenizer (a Sequence: each of its steps). *bytelevel_seen: ByteLevel must come last. */
 static void tok_json_pretok(vd_tokenizer *t, const cJSON *p, int *bytelevel_seen) {
     const char *ty = tok_json_type(t->path, p, "pre_tokenizer");
+    if (!strcmp(ty, "Sequence")) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(p, "pretokenizers")) tok_json_pretok(t, it, bytelevel_seen);
+        return;
+    }
     if (*bytelevel_seen)
         vd_die("%s: pre_tokenizer %s after ByteLevel is not supported (ByteLevel must be the last step)", t->path, ty);
     if (!strcmp(ty, "ByteLevel")) {
@@ -738,11 +766,7 @@ static vd_tokenizer *tok_load_json(const char *path) {
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer");
     if (!pre || cJSON_IsNull(pre)) vd_die("%s: no pre_tokenizer (expected ByteLevel: byte-level BPE)", path);
     int bytelevel = 0;
-    if (!strcmp(tok_json_type(path, pre, "pre_tokenizer"), "Sequence")) {
-        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(pre, "pretokenizers")) tok_json_pretok(t, it, &bytelevel);
-    } else {
-        tok_json_pretok(t, pre, &bytelevel);
-    }
+    tok_json_pretok(t, pre, &bytelevel);
     if (!bytelevel) vd_die("%s: the pre_tokenizer has no ByteLevel step (expected byte-level BPE)", path);
     tok_json_post(t, cJSON_GetObjectItemCaseSensitive(root, "post_processor"));
     tok_json_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"));
@@ -921,7 +945,10 @@ void vd_tokenizer_free(vd_tokenizer *t) {
     if (!t) return;
     free(t->bytes_off); free(t->bytes_len); free(t->bytes_arena); free(t->special);
     tok_strmap_free(&t->vocab); tok_strmap_free(&t->vocab_bytes); tok_pairmap_free(&t->merges);
-    for (int32_t i = 0; i < t->n_added; i++) free(t->added[i].content);
+    for (int32_t i = 0; i < t->n_added; i++) {
+        if (t->added[i].match != t->added[i].content) free(t->added[i].match);
+        free(t->added[i].content);
+    }
     free(t->added);
     tok_strmap_free(&t->added_by_text);
     for (int p = 0; p < 2; p++) { free(t->first_start[p]); free(t->first_list[p]); }
@@ -1192,7 +1219,10 @@ static void tok_split_added(tok_ctx *c, const char *text, int pass, const tok_sp
             size_t best_len = 0;
             for (int32_t q = start[b]; q < start[b + 1]; q++) {
                 const tok_added *a = &t->added[list[q]];
-                if (a->len > best_len && a->len <= n - i && !memcmp(s + i, a->content, a->len)) { best = list[q]; best_len = a->len; }
+                if (a->match_len > best_len && a->match_len <= n - i && !memcmp(s + i, a->match, a->match_len)) {
+                    best = list[q];
+                    best_len = a->match_len;
+                }
             }
             if (best < 0) { i++; continue; }
             const tok_added *a = &t->added[best];

@@ -13,9 +13,9 @@ Tokenizers checked:
   llama3        a Llama-3 style one trained here: Split(Llama-3 regex, Isolated) + ByteLevel(no regex),
                 ignore_merges, TemplateProcessing "<|begin_of_text|> $A", added tokens with lstrip /
                 rstrip / single_word / normalized, overlapping added tokens (longest match)
-  qwen2         a Qwen2 style one: NFC normalizer + Split(Qwen2 regex) + ByteLevel(no regex), a normalized
-                added token ("café", matched after NFC)
-  digits        Qwen2's regex as a Split, then Digits(individual_digits) before ByteLevel (StarCoder2 style)
+  qwen2         a Qwen2 style one: NFC normalizer + Split(Qwen2 regex) + ByteLevel(no regex), normalized
+                added tokens ("café", and one whose content is not NFC), matched after NFC
+  digits        Digits(individual_digits) before ByteLevel(GPT-2 regex), as SmolLM2's / StarCoder2's Hub tokenizer.json
   llama3-gguf   the llama3 one written as a GGUF (pre "llama-bpe", CONTROL / USER_DEFINED token types,
                 add_bos_token), against transformers' GGUF tokenizer
 
@@ -288,9 +288,9 @@ def _case_llama3(smol_hf, corpus, tmp, get=None):
 
 
 def _case_digits(smol_hf, corpus, tmp, get=None):
-    pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
-                                   pre_tokenizers.Digits(individual_digits=True),
-                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    # the layout of SmolLM2's and StarCoder2's own tokenizer.json on the Hub
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     d, hf = _train(corpus, tmp, "digits", pre, 3500, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     return Case("digits", d / "tokenizer.json", hf)
 
@@ -300,7 +300,8 @@ def _case_qwen2(smol_hf, corpus, tmp, get=None):
                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     d, hf = _train(corpus, tmp, "qwen2", pre, 3500, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                    normalizer=tokenizers.normalizers.NFC())
-    hf.add_tokens([AddedToken("café", normalized=True), AddedToken("<think>", normalized=False)])
+    hf.add_tokens([AddedToken("café", normalized=True), AddedToken("<think>", normalized=False),
+                   AddedToken("\u2126mega", normalized=True)])  # content not in NFC (U+2126 -> U+03A9): matched as its NFC
     hf.save(str(d / "tokenizer.json"))
     return Case("qwen2", d / "tokenizer.json", tokenizers.Tokenizer.from_file(str(d / "tokenizer.json")))
 
@@ -391,7 +392,7 @@ def test_added_tokens(case, tmp_path):
     for s in case.added:
         texts += [s, "a" + s + "b", " " + s + " ", s + s, "x " + s + "\n" + s + "y", s[:-1], "word" + s + "word",
                   "\t" + s + "  \n", "héllo " + s + " 世界", s + "<" + s + ">"]
-    texts += ["cafe\u0301 au lait", "CAFE\u0301 cafe\u0301s", "<think>e\u0301\u0327</think>",
+    texts += ["cafe\u0301 au lait", "\u03a9mega \u2126mega", "CAFE\u0301 cafe\u0301s", "<think>e\u0301\u0327</think>",
               "<|endoftext|><|im_start|>user\nHi<|im_end|>\n", "<|end_of_text|><|end>", "<|end_of", "<|endo",
               "a zebra, zebras, _zebra zebra_ 3zebra zebra.", "  <tool>  x  </tool>  y", "quux xquux", ""]
     texts = [t for t in texts if not any(x in t for x in case.extra.values())]
