@@ -1264,7 +1264,12 @@ static void tok_find_matches(tok_ctx *c, const pcre2_code *re, const char *s, si
     size_t prev = 0, at = 0;
     while (at < n) {
         int rc = pcre2_match(re, (PCRE2_SPTR)s, n, at, PCRE2_NO_UTF_CHECK, c->md, NULL);
-        if (rc <= 0) break;
+        if (rc == PCRE2_ERROR_NOMATCH) break;
+        if (rc < 0) { /* a resource limit: going on would tokenize the rest differently */
+            PCRE2_UCHAR msg[256];
+            pcre2_get_error_message(rc, msg, sizeof(msg));
+            vd_die("%s: pre-tokenizer regex failed on a piece of %zu bytes (PCRE2: %s)", c->t->path, n, (const char *)msg);
+        }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(c->md);
         size_t ms = ov[0], me = ov[1];
         if (me == ms) { /* an empty match splits nothing: step past one character */
