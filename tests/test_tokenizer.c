@@ -112,6 +112,12 @@ int main(void) {
     CHECK(e.n == 1 && e.ids[0] == ID_X, "empty text with ADD_SPECIAL gave %zu ids", e.n);
     vd_tokens_free(&e);
 
+    /* an invalid UTF-8 byte matches no regex class: a piece of its own (here dropped: not in the
+     * vocabulary), so "a\xffb" is a, b and not ab */
+    vd_tokenizer_encode(t, "a\xff" "b", 3, 0, &e);
+    CHECK(e.n == 2 && e.ids[0] == ID_A && e.ids[1] == ID_B, "invalid UTF-8 gave %zu ids", e.n);
+    vd_tokens_free(&e);
+
     size_t len;
     char *s = vd_tokenizer_decode(t, v.ids, 4, 0, &len);
     CHECK(len == 12 && !strcmp(s, "abc ab<|x|>c"), "decode gave '%s'", s);
