@@ -3,7 +3,8 @@
  *
  * Encoding, in the order tokenizers applies it:
  *   1. added tokens written in the text are split out (leftmost-longest; first the tokens with
- *      normalized=false, then in the remaining text those with normalized=true);
+ *      normalized=false; then the normalizer (NFC, through ICU, or none) runs on the rest, and
+ *      in it those with normalized=true are split out);
  *   2. each remaining segment goes through the pre-tokenizer steps (Split / Digits, with PCRE2
  *      for the regexes), the last step being ByteLevel (prefix space, GPT-2 regex);
  *   3. each piece is BPE-merged on its bytes: ranks from a pair -> (rank, merged id) hash map,
