@@ -643,6 +643,22 @@ static char *tok_dirname(const char *path) {
     return d;
 }
 
+/* Sets what VD_TOK_ADD_SPECIAL adds to [bos] / [eos] as the flags say. */
+static void tok_set_post_bos_eos(vd_tokenizer *t, int add_bos, int add_eos) {
+    free(t->post_prefix);
+    free(t->post_suffix);
+    t->post_prefix = t->post_suffix = NULL;
+    t->n_post_prefix = t->n_post_suffix = 0;
+    if (add_bos && t->bos >= 0) {
+        t->post_prefix = mallocCheck(sizeof(int32_t));
+        t->post_prefix[t->n_post_prefix++] = t->bos;
+    }
+    if (add_eos && t->eos >= 0) {
+        t->post_suffix = mallocCheck(sizeof(int32_t));
+        t->post_suffix[t->n_post_suffix++] = t->eos;
+    }
+}
+
 static void tok_load_config(vd_tokenizer *t, const char *dir) {
     char path[VD_PATH_MAX];
     snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
@@ -665,11 +681,17 @@ static void tok_load_config(vd_tokenizer *t, const char *dir) {
         }
         cJSON_Delete(cfg);
     }
-    /* transformers 5 writes the template to its own file */
+    /* transformers 5 writes the template to its own file, which wins over the config's */
     snprintf(path, sizeof(path), "%s/chat_template.jinja", dir);
-    if (!t->chat_template && vd_path_exists(path)) t->chat_template = tok_read_file(path, NULL, "a chat template");
+    if (vd_path_exists(path)) {
+        free(t->chat_template);
+        t->chat_template = tok_read_file(path, NULL, "a chat template");
+    }
     if (t->bos_text) t->bos = tok_lookup_text(t, t->bos_text, strlen(t->bos_text));
     if (t->eos_text) t->eos = tok_lookup_text(t, t->eos_text, strlen(t->eos_text));
+    /* add_bos_token / add_eos_token are not read: the post-processor decides what
+     * VD_TOK_ADD_SPECIAL adds, as in tokenizers, and transformers 5's TokenizersBackend ignores
+     * them in the config too (tests/python/test_tokenizer.py, test_config_flags) */
 }
 
 /* 1 for NFC (Qwen2), 0 for none; anything else is refused by name. */
@@ -897,14 +919,8 @@ static vd_tokenizer *tok_load_gguf(const char *path) {
     int64_t v;
     if (vd_gguf_get_int(&g, "tokenizer.ggml.bos_token_id", &v) && v >= 0 && v < n_ids) t->bos = (int32_t)v;
     if (vd_gguf_get_int(&g, "tokenizer.ggml.eos_token_id", &v) && v >= 0 && v < n_ids) t->eos = (int32_t)v;
-    if (t->bos >= 0 && tok_gguf_bool(&g, "tokenizer.ggml.add_bos_token", 0)) {
-        t->post_prefix = mallocCheck(sizeof(int32_t));
-        t->post_prefix[t->n_post_prefix++] = t->bos;
-    }
-    if (t->eos >= 0 && tok_gguf_bool(&g, "tokenizer.ggml.add_eos_token", 0)) {
-        t->post_suffix = mallocCheck(sizeof(int32_t));
-        t->post_suffix[t->n_post_suffix++] = t->eos;
-    }
+    tok_set_post_bos_eos(t, tok_gguf_bool(&g, "tokenizer.ggml.add_bos_token", 0),
+                         tok_gguf_bool(&g, "tokenizer.ggml.add_eos_token", 0));
     /* bos / eos text: the token as transformers names it (its vocabulary spelling) */
     for (int k = 0; k < 2; k++) {
         int32_t id = k ? t->eos : t->bos;

@@ -542,3 +542,31 @@ def test_bad_input(tmp_path, corpus):
     # and a good call prints ids (space-separated by default)
     out = run_vd("tokenize", "--tokenizer", d, "--text", "ab ab").stdout.split()
     assert out and all(x.isdigit() for x in out)
+
+
+def test_config_flags(tmp_path, corpus):
+    """tokenizer_config.json's add_bos_token / add_eos_token (transformers 5 keeps the
+    post-processor: the flags change nothing, for vera-dist neither; the template here adds
+    a BOS) and chat_template.jinja over the config's template, against transformers'
+    AutoTokenizer on the same directory."""
+    import transformers
+    d, _ = _train(corpus[:20000], tmp_path, "t", pre_tokenizers.ByteLevel(add_prefix_space=False), 400,
+                  ["<|endoftext|>", "<s>", "</s>"],
+                  post=processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)]))
+    texts = ["hello world", "", "<s> x </s>", " a<|endoftext|>b"]
+    for flags in ({}, {"add_bos_token": True}, {"add_bos_token": True, "add_eos_token": True}, {"add_eos_token": True},
+                  {"add_bos_token": False}):
+        cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": {"__type": "AddedToken", "content": "</s>", "lstrip": False,
+                                                                             "normalized": False, "rstrip": False, "single_word": False},
+               "chat_template": "from the config", **flags}
+        (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+        (d / "chat_template.jinja").write_text("from the file")
+        tf = transformers.AutoTokenizer.from_pretrained(str(d))
+        got = vd_encode_many(d, texts, tmp_path, add_special=True)
+        for t, g in zip(texts, got):
+            assert g == tf(t)["input_ids"], f"{flags}: {t!r}"
+        assert vd_encode_many(d, texts, tmp_path) == [tf.encode(t, add_special_tokens=False) for t in texts]
+        info = json.loads(run_vd("tokenize", "--tokenizer", d, "--info").stdout)
+        assert info["chat_template"] == tf.chat_template == "from the file"
+        assert (info["bos"], info["eos"], info["bos_id"], info["eos_id"]) == (tf.bos_token, tf.eos_token, tf.bos_token_id,
+                                                                                tf.eos_token_id)
