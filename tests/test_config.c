@@ -701,7 +701,8 @@ static void test_help(void) {
 /* The shipped example configs must parse and validate as the keys evolve. The repository root
  * is found from this file's path (CMake compiles it by absolute path). */
 static void test_shipped_configs(void) {
-    const char *names[] = {"configs/gpt2-vera.ini", "configs/demo.ini"};
+    const char *names[] = {"configs/gpt2-vera.ini", "configs/demo-tiny.ini", "configs/demo.ini", "configs/smollm2-vera.ini",
+                           "configs/smollm2-demo.ini"};
     char root[4096];
     snprintf(root, sizeof(root), "%s", __FILE__);
     char *cut = strstr(root, "tests/test_config.c");
@@ -710,7 +711,7 @@ static void test_shipped_configs(void) {
         return;
     }
     *cut = 0;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < (int)(sizeof(names) / sizeof(names[0])); i++) {
         char path[4200];
         snprintf(path, sizeof(path), "%s%s", root, names[i]);
         char *argv[] = {"vera-dist", "--config", path, NULL};
@@ -720,9 +721,9 @@ static void test_shipped_configs(void) {
         vd_config_validate(&c);
         CHECK(c.model[0] && c.train_data[0], "%s", names[i]);
         if (i == 1) {
-            CHECK(strcmp(c.model, "out/demo/model") == 0 && c.r == 64 && !strcmp(c.target_modules, "all") &&
+            CHECK(strcmp(c.model, "out/demo-tiny/model") == 0 && c.r == 64 && !strcmp(c.target_modules, "all") &&
                       c.grad_accum == 2 && c.max_steps == 150 && c.eval_every == 50,
-                  "demo.ini values");
+                  "demo-tiny.ini values");
         }
     }
 }

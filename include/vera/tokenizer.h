@@ -1,6 +1,9 @@
 /* tokenizer.h: a model's own byte-level BPE tokenizer (GPT-2, SmolLM2, Llama 3, Qwen2), read
- * from a Hugging Face tokenizer.json (+ tokenizer_config.json beside it) or from the tokenizer
- * metadata of a GGUF file. Ids equal Hugging Face `tokenizers` on the same text. */
+ * from a Hugging Face tokenizer.json (+ tokenizer_config.json / chat_template.jinja beside it)
+ * or from the tokenizer metadata of a GGUF file. Ids equal Hugging Face `tokenizers` on the
+ * same text (transformers' GGUF tokenizer for a GGUF). What is supported and refused:
+ * docs/tokenizer.md. One tokenizer must not encode on two threads at once (it caches pieces);
+ * give each thread its own. */
 #ifndef VERA_TOKENIZER_H
 #define VERA_TOKENIZER_H
 
@@ -9,7 +12,9 @@
 
 typedef struct vd_tokenizer vd_tokenizer;
 
-/* Encoded ids (and, when asked for, the byte offset in the text where each token starts). */
+/* Encoded ids (and, when asked for, the byte offset in the text where each token starts: the
+ * offset of its first byte; after NFC, of the input character it is aligned with; a token the
+ * post-processor adds: 0 in front, the text's length behind). */
 typedef struct {
     int32_t *ids;      /* (n) */
     uint32_t *offsets; /* (n) byte offset of each token's first byte in the input, or NULL */
@@ -28,7 +33,9 @@ enum {
     VD_TOK_WITH_OFFSETS = 2,  /* fill out->offsets */
 };
 /* Appends the ids of text[0..len) to out (special / added tokens written in the text are
- * recognised, as tokenizer.encode(text, add_special_tokens=False) does). */
+ * recognised, as tokenizer.encode(text, add_special_tokens=False) does). The text should be
+ * UTF-8 (Hugging Face takes nothing else); an invalid byte is tokenized as itself. Start with
+ * out = {0}; reuse it to append. */
 void vd_tokenizer_encode(const vd_tokenizer *t, const char *text, size_t len, int flags, vd_tokens *out);
 void vd_tokens_free(vd_tokens *v);
 

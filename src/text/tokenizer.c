@@ -3,7 +3,8 @@
  *
  * Encoding, in the order tokenizers applies it:
  *   1. added tokens written in the text are split out (leftmost-longest; first the tokens with
- *      normalized=false, then in the remaining text those with normalized=true);
+ *      normalized=false; then the normalizer (NFC, through ICU, or none) runs on the rest, and
+ *      in it those with normalized=true are split out);
  *   2. each remaining segment goes through the pre-tokenizer steps (Split / Digits, with PCRE2
  *      for the regexes), the last step being ByteLevel (prefix space, GPT-2 regex);
  *   3. each piece is BPE-merged on its bytes: ranks from a pair -> (rank, merged id) hash map,
@@ -25,6 +26,9 @@
 #include <sys/stat.h>
 
 #include <cjson/cJSON.h>
+#include <unicode/unorm2.h>
+#include <unicode/ustring.h>
+#include <unicode/utf16.h>
 
 #include "vera/common.h"
 #include "vera/gguf.h"
@@ -230,6 +234,8 @@ typedef struct {
 typedef struct {
     char *content;       /* the text that stands for it (NUL-terminated) */
     size_t len;
+    char *match;         /* what is looked for: content, or its NFC for a normalized token under NFC */
+    size_t match_len;
     int32_t id;
     int special, lstrip, rstrip, single_word, normalized;
 } tok_added;
@@ -252,6 +258,7 @@ struct vd_tokenizer {
     int32_t byte_id[256];        /* the id of each single byte, -1 if the vocabulary lacks it */
     tok_pairmap merges;
     int ignore_merges;
+    int nfc;                     /* the NFC normalizer (Qwen2) */
     int32_t unk_id;              /* -1: bytes the vocabulary lacks are dropped, as tokenizers does */
     int fuse_unk;
 
@@ -444,17 +451,38 @@ static void tok_add_added(vd_tokenizer *t, const char *content, size_t n, int32_
 }
 
 /* The per-first-byte candidate lists of both matching passes. */
+static void tok_nfc(const char *s, size_t n, char **out, size_t *n_out, uint32_t **map);
+
+/* The per-first-byte candidate lists of both matching passes. A normalized token is looked for
+ * in normalized text, so as its normalized content (tokenizers normalizes it the same way). */
 static void tok_index_added(vd_tokenizer *t) {
+    for (int32_t i = 0; i < t->n_added; i++) {
+        tok_added *a = &t->added[i];
+        char *norm = NULL;
+        uint32_t *map = NULL;
+        size_t n = a->len;
+        if (a->normalized && t->nfc) tok_nfc(a->content, a->len, &norm, &n, &map);
+        free(map);
+        a->match = norm ? norm : a->content;
+        a->match_len = n;
+        if (norm) { /* and decodes to it, as tokenizers' id_to_token gives the normalized content */
+            char *b = mallocCheck(n + 1);
+            int spelled;
+            size_t bn = tok_unspell(norm, n, b, &spelled);
+            tok_set_bytes(t, a->id, b, bn);
+            free(b);
+        }
+    }
     for (int pass = 0; pass < 2; pass++) {
         int32_t *start = callocCheck(257, sizeof(int32_t));
         for (int32_t i = 0; i < t->n_added; i++)
-            if (t->added[i].normalized == pass) start[(unsigned char)t->added[i].content[0] + 1]++;
+            if (t->added[i].normalized == pass) start[(unsigned char)t->added[i].match[0] + 1]++;
         for (int b = 0; b < 256; b++) start[b + 1] += start[b];
         int32_t *list = mallocCheck((size_t)(start[256] + 1) * sizeof(int32_t));
         int32_t fill[256];
         for (int b = 0; b < 256; b++) fill[b] = start[b];
         for (int32_t i = 0; i < t->n_added; i++)
-            if (t->added[i].normalized == pass) list[fill[(unsigned char)t->added[i].content[0]]++] = i;
+            if (t->added[i].normalized == pass) list[fill[(unsigned char)t->added[i].match[0]]++] = i;
         t->first_start[pass] = start;
         t->first_list[pass] = list;
     }
@@ -501,9 +529,14 @@ static void tok_add_step(vd_tokenizer *t, int kind, pcre2_code *re, int behavior
     t->steps[t->n_steps++] = (tok_step){kind, re, behavior, invert};
 }
 
-/* One pre-tokenizer (not a Sequence). *bytelevel_seen: ByteLevel must come last. */
+/* One pre-tokenizer (a Sequence: each of its steps). *bytelevel_seen: ByteLevel must come last. */
 static void tok_json_pretok(vd_tokenizer *t, const cJSON *p, int *bytelevel_seen) {
     const char *ty = tok_json_type(t->path, p, "pre_tokenizer");
+    if (!strcmp(ty, "Sequence")) {
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(p, "pretokenizers")) tok_json_pretok(t, it, bytelevel_seen);
+        return;
+    }
     if (*bytelevel_seen)
         vd_die("%s: pre_tokenizer %s after ByteLevel is not supported (ByteLevel must be the last step)", t->path, ty);
     if (!strcmp(ty, "ByteLevel")) {
@@ -610,6 +643,22 @@ static char *tok_dirname(const char *path) {
     return d;
 }
 
+/* Sets what VD_TOK_ADD_SPECIAL adds to [bos] / [eos] as the flags say. */
+static void tok_set_post_bos_eos(vd_tokenizer *t, int add_bos, int add_eos) {
+    free(t->post_prefix);
+    free(t->post_suffix);
+    t->post_prefix = t->post_suffix = NULL;
+    t->n_post_prefix = t->n_post_suffix = 0;
+    if (add_bos && t->bos >= 0) {
+        t->post_prefix = mallocCheck(sizeof(int32_t));
+        t->post_prefix[t->n_post_prefix++] = t->bos;
+    }
+    if (add_eos && t->eos >= 0) {
+        t->post_suffix = mallocCheck(sizeof(int32_t));
+        t->post_suffix[t->n_post_suffix++] = t->eos;
+    }
+}
+
 static void tok_load_config(vd_tokenizer *t, const char *dir) {
     char path[VD_PATH_MAX];
     snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
@@ -632,11 +681,31 @@ static void tok_load_config(vd_tokenizer *t, const char *dir) {
         }
         cJSON_Delete(cfg);
     }
-    /* transformers 5 writes the template to its own file */
+    /* transformers 5 writes the template to its own file, which wins over the config's */
     snprintf(path, sizeof(path), "%s/chat_template.jinja", dir);
-    if (!t->chat_template && vd_path_exists(path)) t->chat_template = tok_read_file(path, NULL, "a chat template");
+    if (vd_path_exists(path)) {
+        free(t->chat_template);
+        t->chat_template = tok_read_file(path, NULL, "a chat template");
+    }
     if (t->bos_text) t->bos = tok_lookup_text(t, t->bos_text, strlen(t->bos_text));
     if (t->eos_text) t->eos = tok_lookup_text(t, t->eos_text, strlen(t->eos_text));
+    /* add_bos_token / add_eos_token are not read: the post-processor decides what
+     * VD_TOK_ADD_SPECIAL adds, as in tokenizers, and transformers 5's TokenizersBackend ignores
+     * them in the config too (tests/python/test_tokenizer.py, test_config_flags) */
+}
+
+/* 1 for NFC (Qwen2), 0 for none; anything else is refused by name. */
+static int tok_json_normalizer(const char *path, const cJSON *norm) {
+    if (!norm || cJSON_IsNull(norm)) return 0;
+    const char *ty = tok_json_type(path, norm, "normalizer");
+    if (!strcmp(ty, "NFC")) return 1;
+    if (!strcmp(ty, "Sequence")) {
+        int nfc = 0;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(norm, "normalizers")) nfc |= tok_json_normalizer(path, it);
+        return nfc;
+    }
+    vd_die("%s: normalizer %s is not supported (expected none or NFC, as GPT-2, Llama 3, SmolLM2, Qwen2)", path, ty);
 }
 
 static vd_tokenizer *tok_load_json(const char *path) {
@@ -662,12 +731,7 @@ static vd_tokenizer *tok_load_json(const char *path) {
     const cJSON *dropout = cJSON_GetObjectItemCaseSensitive(model, "dropout");
     if (cJSON_IsNumber(dropout) && dropout->valuedouble > 0)
         vd_die("%s: BPE dropout %g is not supported (encoding would not be deterministic)", path, dropout->valuedouble);
-    const cJSON *norm = cJSON_GetObjectItemCaseSensitive(root, "normalizer");
-    if (norm && !cJSON_IsNull(norm)) {
-        const char *nt = tok_json_type(path, norm, "normalizer");
-        vd_die("%s: normalizer %s is not supported (only tokenizers without a normalizer, as GPT-2, Llama 3, SmolLM2)",
-               path, nt);
-    }
+    int nfc = tok_json_normalizer(path, cJSON_GetObjectItemCaseSensitive(root, "normalizer"));
 
     /* ids: the vocabulary's and the added tokens' */
     int32_t n_ids = 0;
@@ -687,6 +751,7 @@ static vd_tokenizer *tok_load_json(const char *path) {
     if (n_ids == 0) vd_die("%s: empty vocabulary", path);
 
     vd_tokenizer *t = tok_new(path, n_ids);
+    t->nfc = nfc;
     tok_strmap_init(&t->vocab, (size_t)n_ids);
     tok_strmap_init(&t->vocab_bytes, (size_t)n_ids);
     cJSON_ArrayForEach(it, vocab) tok_add_vocab(t, it->string, strlen(it->string), (int32_t)it->valuedouble);
@@ -724,11 +789,7 @@ static vd_tokenizer *tok_load_json(const char *path) {
     const cJSON *pre = cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer");
     if (!pre || cJSON_IsNull(pre)) vd_die("%s: no pre_tokenizer (expected ByteLevel: byte-level BPE)", path);
     int bytelevel = 0;
-    if (!strcmp(tok_json_type(path, pre, "pre_tokenizer"), "Sequence")) {
-        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(pre, "pretokenizers")) tok_json_pretok(t, it, &bytelevel);
-    } else {
-        tok_json_pretok(t, pre, &bytelevel);
-    }
+    tok_json_pretok(t, pre, &bytelevel);
     if (!bytelevel) vd_die("%s: the pre_tokenizer has no ByteLevel step (expected byte-level BPE)", path);
     tok_json_post(t, cJSON_GetObjectItemCaseSensitive(root, "post_processor"));
     tok_json_decoder(t, cJSON_GetObjectItemCaseSensitive(root, "decoder"));
@@ -858,14 +919,8 @@ static vd_tokenizer *tok_load_gguf(const char *path) {
     int64_t v;
     if (vd_gguf_get_int(&g, "tokenizer.ggml.bos_token_id", &v) && v >= 0 && v < n_ids) t->bos = (int32_t)v;
     if (vd_gguf_get_int(&g, "tokenizer.ggml.eos_token_id", &v) && v >= 0 && v < n_ids) t->eos = (int32_t)v;
-    if (t->bos >= 0 && tok_gguf_bool(&g, "tokenizer.ggml.add_bos_token", 0)) {
-        t->post_prefix = mallocCheck(sizeof(int32_t));
-        t->post_prefix[t->n_post_prefix++] = t->bos;
-    }
-    if (t->eos >= 0 && tok_gguf_bool(&g, "tokenizer.ggml.add_eos_token", 0)) {
-        t->post_suffix = mallocCheck(sizeof(int32_t));
-        t->post_suffix[t->n_post_suffix++] = t->eos;
-    }
+    tok_set_post_bos_eos(t, tok_gguf_bool(&g, "tokenizer.ggml.add_bos_token", 0),
+                         tok_gguf_bool(&g, "tokenizer.ggml.add_eos_token", 0));
     /* bos / eos text: the token as transformers names it (its vocabulary spelling) */
     for (int k = 0; k < 2; k++) {
         int32_t id = k ? t->eos : t->bos;
@@ -907,7 +962,10 @@ void vd_tokenizer_free(vd_tokenizer *t) {
     if (!t) return;
     free(t->bytes_off); free(t->bytes_len); free(t->bytes_arena); free(t->special);
     tok_strmap_free(&t->vocab); tok_strmap_free(&t->vocab_bytes); tok_pairmap_free(&t->merges);
-    for (int32_t i = 0; i < t->n_added; i++) free(t->added[i].content);
+    for (int32_t i = 0; i < t->n_added; i++) {
+        if (t->added[i].match != t->added[i].content) free(t->added[i].match);
+        free(t->added[i].content);
+    }
     free(t->added);
     tok_strmap_free(&t->added_by_text);
     for (int p = 0; p < 2; p++) { free(t->first_start[p]); free(t->first_list[p]); }
@@ -919,6 +977,180 @@ void vd_tokenizer_free(vd_tokenizer *t) {
     tok_strmap_free(&t->cache);
     free(t->cache_vals);
     free(t);
+}
+
+/* ---- the NFC normalizer (ICU) ---- */
+
+static const UNormalizer2 *tok_nfc_instance(void) {
+    UErrorCode e = U_ZERO_ERROR;
+    const UNormalizer2 *nfc = unorm2_getNFCInstance(&e);
+    if (U_FAILURE(e)) vd_die("tokenizer: ICU has no NFC normalizer (%s)", u_errorName(e));
+    return nfc;
+}
+
+/* UTF-8 s[0..n) -> UTF-16 in *u (grown as needed); -1 when s is not valid UTF-8. */
+static int32_t tok_to_utf16(const char *s, size_t n, UChar **u, size_t *cap) {
+    if (n + 1 > *cap) {
+        *cap = 2 * n + 16;
+        *u = realloc(*u, *cap * sizeof(UChar));
+        if (!*u) vd_die("tokenizer: out of memory");
+    }
+    UErrorCode e = U_ZERO_ERROR;
+    int32_t len = 0;
+    u_strFromUTF8(*u, (int32_t)*cap, &len, s, (int32_t)n, &e);
+    return U_FAILURE(e) ? -1 : len;
+}
+
+/* The alignment tokenizers gives a normalized chunk (its unicode-normalization-alignments
+ * crate): every character of the decomposition carries a change, 0 for the first character
+ * an input character decomposes to and +1 for the others; canonical reordering moves the
+ * changes with the characters, and a composition adds the absorbed character's change - 1 to
+ * the starter's. Then, in output order, a character with change <= 0 takes the place of the
+ * next input character and uses up 1 - change of them, one with change +1 the place of the
+ * last used. Rebuilt here with ICU's primitives (decomposition, combining class, pair
+ * composition). Writes the UTF-8 of the chunk s[cs..ce), normalized, to o and the text offset
+ * of each byte to m; returns the byte count. When the rebuilt composition differs from ICU's
+ * NFC v[0..vl) (it should not), writes v with every byte at cs. */
+static size_t tok_nfc_align(const char *s, size_t cs, size_t ce, const UChar *v, int32_t vl, char *o, uint32_t *m) {
+    UErrorCode e = U_ZERO_ERROR;
+    const UNormalizer2 *nfd = unorm2_getNFDInstance(&e), *nfc = tok_nfc_instance();
+    size_t cap = 4 * (ce - cs) + 8, n_in = 0, nu = 0;
+    uint32_t *in_at = mallocCheck(cap * sizeof(uint32_t));
+    UChar32 *cp = mallocCheck(cap * 8 * sizeof(UChar32));
+    int32_t *chg = mallocCheck(cap * 8 * sizeof(int32_t));
+    for (size_t q = cs; q < ce; n_in++) { /* decompose */
+        in_at[n_in] = (uint32_t)q;
+        int32_t c = tok_utf8_next(s, ce, &q);
+        UChar d[32];
+        UErrorCode de = U_ZERO_ERROR;
+        int32_t dl = U_SUCCESS(e) && c >= 0 ? unorm2_getDecomposition(nfd, c, d, 32, &de) : -1;
+        if (dl <= 0 || U_FAILURE(de)) { cp[nu] = c < 0 ? 0xFFFD : c; chg[nu++] = 0; continue; }
+        for (int32_t x = 0, first = 1; x < dl; first = 0) {
+            UChar32 dc;
+            U16_NEXT(d, x, dl, dc);
+            cp[nu] = dc;
+            chg[nu++] = first ? 0 : 1;
+        }
+    }
+    for (size_t k = 1; k < nu; k++) { /* canonical ordering: stable, by class, among non-starters */
+        UChar32 c = cp[k];
+        int32_t ch = chg[k];
+        uint8_t cc = unorm2_getCombiningClass(nfc, c);
+        size_t j = k;
+        while (cc && j > 0 && unorm2_getCombiningClass(nfc, cp[j - 1]) > cc) {
+            cp[j] = cp[j - 1]; chg[j] = chg[j - 1]; j--;
+        }
+        cp[j] = c; chg[j] = ch;
+    }
+    size_t w = 0; /* canonical composition in place (UAX #15) */
+    long starter = -1;
+    int last_cc = 256;
+    for (size_t k = 0; k < nu; k++) {
+        uint8_t cc = unorm2_getCombiningClass(nfc, cp[k]);
+        if (starter >= 0 && (last_cc < cc || last_cc == 0)) {
+            UChar32 comp = unorm2_composePair(nfc, cp[starter], cp[k]);
+            if (comp >= 0) { cp[starter] = comp; chg[starter] += chg[k] - 1; continue; }
+        }
+        if (cc == 0) starter = (long)w;
+        last_cc = cc;
+        cp[w] = cp[k]; chg[w] = chg[k]; w++;
+    }
+    int same = 1; /* the rebuilt text must be ICU's */
+    size_t k = 0;
+    for (int32_t x = 0; x < vl && same; k++) {
+        UChar32 c;
+        U16_NEXT(v, x, vl, c);
+        same = k < w && cp[k] == c;
+    }
+    same = same && k == w;
+    size_t bytes = 0, idx = 0;
+    if (same) {
+        for (k = 0; k < w; k++) {
+            size_t at;
+            if (chg[k] > 0) {
+                at = in_at[idx > 0 ? (idx - 1 < n_in ? idx - 1 : n_in - 1) : 0];
+            } else {
+                at = in_at[idx < n_in ? idx : n_in - 1];
+                idx += (size_t)(1 - chg[k]);
+            }
+            size_t b = tok_utf8_put(o + bytes, (uint32_t)cp[k]);
+            for (size_t q = 0; q < b; q++) m[bytes + q] = (uint32_t)at;
+            bytes += b;
+        }
+    } else {
+        for (int32_t x = 0; x < vl;) {
+            UChar32 c;
+            U16_NEXT(v, x, vl, c);
+            size_t b = tok_utf8_put(o + bytes, (uint32_t)c);
+            for (size_t q = 0; q < b; q++) m[bytes + q] = (uint32_t)cs;
+            bytes += b;
+        }
+    }
+    free(in_at); free(cp); free(chg);
+    return bytes;
+}
+
+/* NFC of s[0..n), as tokenizers' NFC normalizer. Leaves *out NULL when s is NFC already (the
+ * usual case). Otherwise *out is the normalized text and (*map)[i] the byte of s where the
+ * character of normalized byte i came from: text is normalized in chunks that ICU says cannot
+ * interact with their neighbours (hasBoundaryBefore), and a chunk that changed maps all its
+ * bytes to the chunk's first byte. Invalid UTF-8 is kept as it is. */
+static void tok_nfc(const char *s, size_t n, char **out, size_t *n_out, uint32_t **map) {
+    const UNormalizer2 *nfc = tok_nfc_instance();
+    *out = NULL;
+    *map = NULL;
+    *n_out = n;
+    if (n == 0 || n > INT32_MAX / 4) return;
+    UChar *u = NULL, *v = NULL;
+    size_t ucap = 0, vcap = 0;
+    UErrorCode e = U_ZERO_ERROR;
+    int32_t ul = tok_to_utf16(s, n, &u, &ucap);
+    if (ul >= 0 && unorm2_spanQuickCheckYes(nfc, u, ul, &e) == ul && U_SUCCESS(e)) { free(u); return; }
+    char *o = mallocCheck(4 * n + 16);
+    uint32_t *m = mallocCheck((4 * n + 16) * sizeof(uint32_t));
+    size_t on = 0, ocap = 4 * n + 16;
+    size_t i = 0;
+    while (i < n) {
+        size_t cs = i;
+        tok_utf8_next(s, n, &i);
+        while (i < n && (unsigned char)s[i] >= 0x80) { /* an ASCII character always starts a chunk */
+            size_t j = i;
+            int32_t cp = tok_utf8_next(s, n, &j);
+            if (cp < 0 || unorm2_hasBoundaryBefore(nfc, cp)) break;
+            i = j;
+        }
+        size_t cn = i - cs;
+        int32_t cl = cn == 1 && (unsigned char)s[cs] < 0x80 ? -1 : tok_to_utf16(s + cs, cn, &u, &ucap);
+        int32_t vl = -1;
+        e = U_ZERO_ERROR;
+        if (cl > 0 && unorm2_quickCheck(nfc, u, cl, &e) != UNORM_YES) {
+            if ((size_t)(4 * cl + 16) > vcap) {
+                vcap = (size_t)(4 * cl + 16);
+                v = realloc(v, vcap * sizeof(UChar));
+                if (!v) vd_die("tokenizer: out of memory");
+            }
+            e = U_ZERO_ERROR;
+            vl = unorm2_normalize(nfc, u, cl, v, (int32_t)vcap, &e);
+            if (U_FAILURE(e)) vl = -1;
+        }
+        if (vl < 0) { /* unchanged: byte for byte */
+            for (size_t k = 0; k < cn; k++) { o[on + k] = s[cs + k]; m[on + k] = (uint32_t)(cs + k); }
+            on += cn;
+            continue;
+        }
+        if (on + 4 * (size_t)vl > ocap) {
+            ocap = 2 * (on + 4 * (size_t)vl) + 16;
+            o = realloc(o, ocap);
+            m = realloc(m, ocap * sizeof(uint32_t));
+            if (!o || !m) vd_die("tokenizer: out of memory");
+        }
+        on += tok_nfc_align(s, cs, i, v, vl, o + on, m + on);
+    }
+    free(u);
+    free(v);
+    *out = o;
+    *map = m;
+    *n_out = on;
 }
 
 /* ----------------------------------------------------------------------------------------- */
@@ -966,7 +1198,15 @@ typedef struct {
     int64_t *heap; size_t heap_n;
     size_t sym_cap;
     char *buf; size_t buf_cap;
+    /* where the bytes being tokenized came from: text offset = obase + (omap ? omap[i] : i) */
+    const uint32_t *omap;
+    size_t obase;
 } tok_ctx;
+
+/* Appends a token found at byte i of the (possibly normalized) segment. */
+static void tok_emit(const tok_ctx *c, vd_tokens *out, int32_t id, size_t i, int want_off) {
+    tok_push(out, id, want_off ? c->obase + (c->omap ? c->omap[i] : i) : 0, want_off);
+}
 
 /* Is the character at s[i..) (or ending at s[..i)) a match of the one-character regex re? */
 static int tok_char_at(tok_ctx *c, const pcre2_code *re, const char *s, size_t n, size_t i) {
@@ -996,7 +1236,10 @@ static void tok_split_added(tok_ctx *c, const char *text, int pass, const tok_sp
             size_t best_len = 0;
             for (int32_t q = start[b]; q < start[b + 1]; q++) {
                 const tok_added *a = &t->added[list[q]];
-                if (a->len > best_len && a->len <= n - i && !memcmp(s + i, a->content, a->len)) { best = list[q]; best_len = a->len; }
+                if (a->match_len > best_len && a->match_len <= n - i && !memcmp(s + i, a->match, a->match_len)) {
+                    best = list[q];
+                    best_len = a->match_len;
+                }
             }
             if (best < 0) { i++; continue; }
             const tok_added *a = &t->added[best];
@@ -1038,7 +1281,12 @@ static void tok_find_matches(tok_ctx *c, const pcre2_code *re, const char *s, si
     size_t prev = 0, at = 0;
     while (at < n) {
         int rc = pcre2_match(re, (PCRE2_SPTR)s, n, at, PCRE2_NO_UTF_CHECK, c->md, NULL);
-        if (rc <= 0) break;
+        if (rc == PCRE2_ERROR_NOMATCH) break;
+        if (rc < 0) { /* a resource limit: going on would tokenize the rest differently */
+            PCRE2_UCHAR msg[256];
+            pcre2_get_error_message(rc, msg, sizeof(msg));
+            vd_die("%s: pre-tokenizer regex failed on a piece of %zu bytes (PCRE2: %s)", c->t->path, n, (const char *)msg);
+        }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(c->md);
         size_t ms = ov[0], me = ov[1];
         if (me == ms) { /* an empty match splits nothing: step past one character */
@@ -1220,10 +1468,9 @@ static void tok_encode_piece(tok_ctx *c, const char *p, size_t n, size_t base, i
     if (n == 0) return;
     if (t->ignore_merges) {
         int32_t id = tok_strmap_get(&t->vocab_bytes, p, n);
-        if (id >= 0) { tok_push(out, id, base, want_off); return; }
+        if (id >= 0) { tok_emit(c, out, id, base, want_off); return; }
     }
     const int32_t *v;
-    int32_t local_buf[2 * 64 + 1];
     int32_t *local = NULL;
     size_t vn = 0, vcap = 0;
     if (n <= TOK_CACHE_MAX_PIECE) {
@@ -1244,12 +1491,11 @@ static void tok_encode_piece(tok_ctx *c, const char *p, size_t n, size_t base, i
         tok_bpe(c, p, n, &local, &vn, &vcap);
         v = local;
     }
-    (void)local_buf;
     int32_t count = v[0];
     for (int32_t k = 0; k < count; k++) {
         size_t st = (size_t)v[2 + 2 * k];
         size_t off = prefixed ? (st == 0 ? base : base + st - 1) : base + st;
-        tok_push(out, v[1 + 2 * k], off, want_off);
+        tok_emit(c, out, v[1 + 2 * k], off, want_off);
     }
     free(local);
 }
@@ -1299,11 +1545,27 @@ void vd_tokenizer_encode(const vd_tokenizer *t, const char *text, size_t len, in
         for (int i = 0; i < t->n_post_prefix; i++) tok_push(out, t->post_prefix[i], 0, want_off);
     tok_spans s0 = {0}, s1 = {0}, s2 = {0};
     tok_spans_push(&s0, 0, len, -1);
-    tok_split_added(&c, text, 0, &s0, &s1);
-    tok_split_added(&c, text, 1, &s1, &s2);
-    for (size_t k = 0; k < s2.n; k++) {
-        if (s2.v[k].id >= 0) tok_push(out, s2.v[k].id, s2.v[k].start, want_off);
-        else if (s2.v[k].end > s2.v[k].start) tok_encode_segment(&c, text, s2.v[k].start, s2.v[k].end, want_off, out);
+    tok_split_added(&c, text, 0, &s0, &s1); /* the added tokens matched on the text as given */
+    for (size_t k = 0; k < s1.n; k++) {
+        if (s1.v[k].id >= 0) { tok_push(out, s1.v[k].id, s1.v[k].start, want_off); continue; }
+        /* the normalizer runs on what is between them, then the normalized added tokens are split out */
+        const char *seg = text + s1.v[k].start;
+        size_t n = s1.v[k].end - s1.v[k].start;
+        char *norm = NULL;
+        uint32_t *map = NULL;
+        if (t->nfc) tok_nfc(seg, n, &norm, &n, &map);
+        c.omap = map;
+        c.obase = s1.v[k].start;
+        if (norm) seg = norm;
+        s0.n = 0;
+        tok_spans_push(&s0, 0, n, -1);
+        tok_split_added(&c, seg, 1, &s0, &s2);
+        for (size_t q = 0; q < s2.n; q++) {
+            if (s2.v[q].id >= 0) tok_emit(&c, out, s2.v[q].id, s2.v[q].start, want_off);
+            else if (s2.v[q].end > s2.v[q].start) tok_encode_segment(&c, seg, s2.v[q].start, s2.v[q].end, want_off, out);
+        }
+        free(norm);
+        free(map);
     }
     if (flags & VD_TOK_ADD_SPECIAL)
         for (int i = 0; i < t->n_post_suffix; i++) tok_push(out, t->post_suffix[i], len, want_off);

@@ -16,7 +16,7 @@ make_model "$TMP/model" $L $H $C $V $CTX
 make_data "$TMP/data" 60000
 
 cat >"$TMP/demo.ini" <<INI
-; like configs/demo.ini, smaller
+; like configs/demo-tiny.ini, smaller
 [model]
 model = $TMP/model
 [data]

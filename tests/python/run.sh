@@ -13,8 +13,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 VENV="${VERA_VENV:-$HOME/.cache/vera-dist/venv}"
-PKGS=(torch transformers peft safetensors h5py pytest numpy)
-MODS=(torch transformers peft safetensors h5py pytest numpy)   # import names of PKGS
+PKGS=(torch transformers peft safetensors h5py pytest numpy tokenizers gguf)
+MODS=(torch transformers peft safetensors h5py pytest numpy tokenizers gguf)   # import names of PKGS
 
 missing_modules() {
   "$VENV/bin/python" - "${MODS[@]}" <<'PY'
