@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "vera/adapter.h"
 #include "vera/backend.h"
@@ -15,25 +16,51 @@
 #include "vera/peft.h"
 #include "vera/safetensors.h"
 
+/* --batch FILE: int32 B, T, then inputs, targets, pos (B*T each). Returns the whole file. */
+static int32_t *forward_read_batch(const char *path) {
+    size_t bytes = 0;
+    void *map = vd_mmap_file(path, 8, "int32 B, T, inputs, targets, pos", &bytes);
+    int32_t *data = mallocCheck(bytes);
+    memcpy(data, map, bytes);
+    munmap(map, bytes);
+    const int32_t *h = data;
+    if (bytes < 8 || bytes % 4 != 0 || h[0] < 1 || h[1] < 1 || h[0] > 65536 || h[1] > (1 << 20))
+        vd_die("--batch: %s: expected int32 B, T (B, T >= 1) then 3 * B * T int32", path);
+    size_t want = 8 + 12 * (size_t)h[0] * (size_t)h[1];
+    if (bytes != want)
+        vd_die("--batch: %s: %zu bytes, expected %zu for B %d, T %d (int32 B, T, inputs, targets, pos)", path, bytes,
+               want, (int)h[0], (int)h[1]);
+    return data;
+}
+
 int vd_forward_main(int argc, char **argv) {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        printf("usage: vera-dist forward --model DIR|FILE.gguf|FILE.bin --tokens GLOB --out FILE.safetensors [--adapter FILE|DIR]\n"
-               "                         [--batch_size B --seq_len T --r R --target_modules ... (any config key)]\n"
+        printf("usage: vera-dist forward --model DIR|FILE.gguf|FILE.bin --tokens GLOB|--batch FILE --out FILE.safetensors\n"
+               "                         [--adapter FILE|DIR] [--batch_size B --seq_len T --r R --target_modules ... (any config key)]\n"
                "One forward + backward on the first batch_size sequences of the token shards; writes logits\n"
                "[B,T,V], loss [1], vera_A, vera_B and <module>.vera_lambda_b.grad / .vera_lambda_d.grad\n"
                "(gradients of the mean loss over the target tokens: masked targets take none; --pack 1 packs\n"
-               "shards of examples, with positions restarting per example) to FILE, and targets [B,T], pos [B,T].\n");
+               "shards of examples, with positions restarting per example) to FILE, and targets [B,T], pos [B,T].\n"
+               "--batch FILE instead gives the batch itself (tests): little-endian int32 B, T, then inputs [B,T],\n"
+               "targets [B,T] (-1: no loss) and positions [B,T] (query t attends to keys t - pos[t] .. t).\n");
         return 0;
     }
     const char *tokens = vd_cli_take_option(&argc, argv, "tokens");
+    const char *batch = vd_cli_take_option(&argc, argv, "batch");
     const char *out = vd_cli_take_option(&argc, argv, "out");
     const char *adapter = vd_cli_take_option(&argc, argv, "adapter");
-    if (!tokens) vd_die("forward: --tokens GLOB is required (llm.c token shards)");
+    if (!tokens == !batch) vd_die("forward: one of --tokens GLOB (token shards) or --batch FILE is required");
     if (!out) vd_die("forward: --out FILE is required");
     vd_config cfg;
     vd_config_defaults(&cfg);
     vd_config_parse(&cfg, argc, argv, 1);
-    snprintf(cfg.train_data, sizeof(cfg.train_data), "%s", tokens);
+    int32_t *file_batch = NULL;
+    if (batch) {
+        file_batch = forward_read_batch(batch);
+        cfg.batch_size = file_batch[0];
+        cfg.seq_len = file_batch[1];
+    }
+    snprintf(cfg.train_data, sizeof(cfg.train_data), "%s", tokens ? tokens : batch);
     vd_config_validate(&cfg);
     const vd_backend *be = vd_backend_cpu();
     if (cfg.threads > 0) vd_backend_cpu_set_threads(cfg.threads);
@@ -44,17 +71,36 @@ int vd_forward_main(int argc, char **argv) {
         vd_die("seq_len: %d is larger than the model's context (max positions %d)", (int)cfg.seq_len, (int)mc.max_seq_len);
     uint32_t mask = vd_model_targets_or_die(vd_model_family_of(mc.arch), cfg.target_modules, sizeof(cfg.target_modules),
                                             cfg.model);
-    vd_dataset ds;
-    vd_dataset_open(&ds, tokens, cfg.seq_len, mc.vocab_size, cfg.pack, "tokens");
     int32_t B = cfg.batch_size, T = cfg.seq_len, V = mc.vocab_size, N = B * T;
-    if ((uint64_t)B > ds.n_seqs) vd_die("--tokens: %s holds %llu sequences, batch_size is %d", tokens, (unsigned long long)ds.n_seqs, (int)B);
     int32_t *inputs = mallocCheck(sizeof(int32_t) * (size_t)N), *targets = mallocCheck(sizeof(int32_t) * (size_t)N);
     int32_t *pos = mallocCheck(sizeof(int32_t) * (size_t)N);
-    for (int32_t b = 0; b < B; b++)
-        vd_dataset_get(&ds, (uint64_t)b, inputs + (size_t)b * T, targets + (size_t)b * T, pos + (size_t)b * T);
+    vd_dataset ds;
+    memset(&ds, 0, sizeof(ds));
+    if (tokens) {
+        vd_dataset_open(&ds, tokens, cfg.seq_len, mc.vocab_size, cfg.pack, "tokens");
+        if ((uint64_t)B > ds.n_seqs)
+            vd_die("--tokens: %s holds %llu sequences, batch_size is %d", tokens, (unsigned long long)ds.n_seqs, (int)B);
+        for (int32_t b = 0; b < B; b++)
+            vd_dataset_get(&ds, (uint64_t)b, inputs + (size_t)b * T, targets + (size_t)b * T, pos + (size_t)b * T);
+    } else {
+        memcpy(inputs, file_batch + 2, sizeof(int32_t) * (size_t)N);
+        memcpy(targets, file_batch + 2 + N, sizeof(int32_t) * (size_t)N);
+        memcpy(pos, file_batch + 2 + 2 * (size_t)N, sizeof(int32_t) * (size_t)N);
+        for (int32_t i = 0; i < N; i++) {
+            int32_t t = i % T;
+            if (inputs[i] < 0 || inputs[i] >= V || targets[i] < VD_TARGET_NONE || targets[i] >= V)
+                vd_die("--batch: %s: token %d: input %d / target %d outside the vocabulary (0..%d; target -1 = no loss)",
+                       batch, (int)i, (int)inputs[i], (int)targets[i], (int)V - 1);
+            if (pos[i] < 0 || pos[i] > t || (t > 0 && pos[i] != 0 && pos[i] != pos[i - 1] + 1))
+                vd_die("--batch: %s: token %d: position %d (expected 0, or the previous position + 1, at most %d)", batch,
+                       (int)i, (int)pos[i], (int)t);
+        }
+        free(file_batch);
+    }
+    const char *src = tokens ? tokens : batch;
     int32_t n_targets = 0;
     for (int32_t i = 0; i < N; i++) n_targets += targets[i] != VD_TARGET_NONE;
-    if (!n_targets) vd_die("--tokens: %s: the first %d sequences hold no target token (all masked)", tokens, (int)B);
+    if (!n_targets) vd_die("forward: %s: the first %d sequences hold no target token (all masked)", src, (int)B);
 
     vd_model model;
     vd_model_init(&model, be, &mc, host_params);
@@ -120,6 +166,6 @@ int vd_forward_main(int argc, char **argv) {
     free(pos);
     vd_vera_free(&vera);
     vd_model_free(&model);
-    vd_dataset_close(&ds);
+    if (tokens) vd_dataset_close(&ds);
     return 0;
 }
