@@ -250,6 +250,10 @@ static void train_check_compatible(const train_run *run, const vd_checkpoint *ck
                 snprintf(model_was, sizeof(model_was), "%s", lineA);
             else if (la == 0 && !*pa && vd_config_line_is_default(pb, lb))
                 ; /* a key added after the checkpoint was written (the last ones), at its default */
+            else if (la == 0 && !*pa && !vd_config_key_resume_free(key))
+                vd_die("resume: %s was written before the key '%s' existed (so with its default), this run has '%s' "
+                       "(this changes the math; HINT: leave %s at its default, or --resume none --overwrite 1 to start "
+                       "over)", path, key, lineB, key);
             else if (!vd_config_key_resume_free(key))
                 vd_die("resume: %s was written with '%s', this run has '%s' (this changes the math; HINT: use the "
                        "checkpoint's value, or --resume none --overwrite 1 to start over)", path, lineA, lineB);
