@@ -584,7 +584,7 @@ static void test_serialize(void) {
     CHECK(strstr(s1, "config") == NULL, "config_path is not part of the serialized config");
     int lines = 0;
     for (const char *p = s1; *p; p++) lines += *p == '\n';
-    CHECK(lines == 35, "%d lines", lines);
+    CHECK(lines == 36, "%d lines", lines);
 
     /* round trip through vd_config_set */
     vd_config b;
@@ -664,6 +664,20 @@ static void test_serialize(void) {
     CHECK(!vd_config_key_resume_same_model("out_dir") && vd_config_key_resume_free("out_dir"), "out_dir is free");
     CHECK(!vd_config_key_resume_same_model("no_such_key") && !vd_config_key_resume_free("no_such_key"),
           "unknown keys must match");
+    /* pack changes the data: it must match, but a checkpoint from before the key accepts its default */
+    CHECK(!vd_config_key_resume_free("pack"), "pack must match on resume");
+    CHECK(vd_config_line_is_default("pack = 0", 8) && !vd_config_line_is_default("pack = 1", 8),
+          "pack = 0 is the default line, pack = 1 is not");
+    CHECK(!vd_config_line_is_default("pack = 0x", 8 + 1), "a longer line is not a default");
+    /* the last line of the table is pack: checkpoints written before it line up key by key */
+    {
+        vd_config d;
+        vd_config_defaults(&d);
+        static char sd[16384];
+        serialize(&d, sd, sizeof(sd));
+        size_t n = strlen(sd);
+        CHECK(n > 9 && !strcmp(sd + n - 9, "pack = 0\n"), "pack is the last key:\n%s", sd);
+    }
 }
 
 static void test_help(void) {

@@ -19,7 +19,7 @@ static double urand(uint64_t *s) { return (double)(vd_mix64((*s)++) >> 11) / 900
 
 static double loss_of(vd_model *m, const int32_t *tok, const int32_t *tgt, int B, int T) {
     vd_fwd_ctx ctx = {1, 0, 0};
-    return vd_model_forward(m, tok, tgt, B, &ctx) / (B * T);
+    return vd_model_forward(m, tok, tgt, NULL, B, &ctx) / (B * T);
 }
 
 static void run_case(vd_weff_policy policy) {
@@ -53,7 +53,7 @@ static void run_case(vd_weff_policy policy) {
     }
     vd_fwd_ctx ctx = {1, 0, 0};
     vd_vera_zero_grads(&v);
-    double loss = vd_model_forward(&mm, tok, tgt, B, &ctx) / (B * T);
+    double loss = vd_model_forward(&mm, tok, tgt, NULL, B, &ctx) / (B * T);
     vd_model_backward(&mm, 1.0f / (float)(B * T), &ctx);
     float *g = malloc(sizeof(float) * v.n_trainable);
     for (size_t i = 0; i < v.n_trainable; i++) g[i] = v.grads[i];

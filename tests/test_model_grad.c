@@ -152,7 +152,7 @@ static void run_case(vd_weff_policy policy) {
     for (int i = 0; i < B * T; i++) { tok[i] = (int32_t)(vd_mix64(seed + (uint64_t)i) % 32); tgt[i] = (int32_t)(vd_mix64(seed * 3 + (uint64_t)i) % 32); }
     vd_fwd_ctx ctx = {1, 0, 0};
     vd_vera_zero_grads(&v);
-    double loss = vd_gpt2_forward(m, tok, tgt, B, &ctx) / (B * T);
+    double loss = vd_gpt2_forward(m, tok, tgt, NULL, B, &ctx) / (B * T);
     vd_gpt2_backward(m, 1.0f / (float)(B * T), &ctx);
 
     double *p = malloc(sizeof(double) * v.n_trainable);

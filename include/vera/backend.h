@@ -8,13 +8,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* A target that takes no loss (data.h defines the same): softmax_xent gives it loss 0 and a
+ * zero gradient row. */
+#ifndef VD_TARGET_NONE
+#define VD_TARGET_NONE (-1)
+#endif
+
 /* Shape of one attention call (see attention_forward). */
 typedef struct vd_attn_shape {
     int B, T;
     int n_head, n_kv_head, head_dim;  /* n_head % n_kv_head == 0 */
     int q_stride, kv_stride;          /* floats between consecutive token rows of q, and of k / v */
     /* (B*T) device positions, or NULL: query t of a sequence sees keys t - pos[t] .. t (packed
-     * examples restart pos at 0, which ends attention at the example boundary); NULL = t. */
+     * examples restart pos at 0, which ends attention at the example boundary); NULL = t.
+     * t - pos[t] is clamped to [0, t]. pos NULL and pos[t] = t give bit-identical results. */
     const int32_t *pos;
 } vd_attn_shape;
 
@@ -64,7 +71,8 @@ typedef struct vd_backend {
     /* Causal scaled-dot-product attention with grouped-query heads (shape in vd_attn_shape):
      * q (B,T,.) rows of s->q_stride floats, head h at column h*head_dim; k, v rows of
      * s->kv_stride floats, kv head h / (n_head / n_kv_head). out (B,T,n_head*head_dim)
-     * contiguous; att (B,n_head,T,T) keeps the softmax for backward. Scale 1/sqrt(head_dim).
+     * contiguous; att (B,n_head,T,T) keeps the softmax for backward (0 outside each query's
+     * keys t - pos[t] .. t). Scale 1/sqrt(head_dim).
      * GPT-2 passes its fused qkv (q = qkv, k = qkv + C, v = qkv + 2C, strides 3C). */
     void (*attention_forward)(float *out, float *att, const float *q, const float *k, const float *v,
                               const struct vd_attn_shape *s);
@@ -80,10 +88,12 @@ typedef struct vd_backend {
                             size_t n);
     void (*add)(float *out, const float *a, const float *b, size_t n);        /* out = a + b */
     void (*accumulate)(float *a, const float *b, size_t n);                   /* a += b */
-    /* losses[n] = -log softmax(logits[n])[targets[n]]; probs keeps the softmax (N, V). */
+    /* losses[n] = -log softmax(logits[n])[targets[n]], 0 where targets[n] == VD_TARGET_NONE;
+     * probs keeps the softmax (N, V) of every row. */
     void (*softmax_xent_forward)(float *losses, float *probs, const float *logits,
                                  const int32_t *targets, int N, int V);
-    /* dlogits = (probs - onehot(target)) * dloss; written over probs is allowed. */
+    /* dlogits = (probs - onehot(target)) * dloss, a row of 0 where the target is VD_TARGET_NONE;
+     * written over probs is allowed. */
     void (*softmax_xent_backward)(float *dlogits, const float *probs, const int32_t *targets,
                                   float dloss, int N, int V);
     double (*sum)(const float *x, size_t n);                                  /* result on host */

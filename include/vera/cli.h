@@ -36,6 +36,7 @@ int vd_forward_main(int argc, char **argv);      /* forward.c : vera-dist forwar
 int vd_export_main(int argc, char **argv);       /* export.c : vera-dist export --checkpoint FILE --format F --out DIR */
 int vd_inspect_main(int argc, char **argv);      /* inspect.c : vera-dist inspect --model PATH [--r N ...] */
 int vd_tokenize_main(int argc, char **argv);     /* tokenize.c : vera-dist tokenize --tokenizer PATH (--text S | --in F) */
+int vd_eval_main(int argc, char **argv);         /* eval.c : vera-dist eval --model PATH --data GLOB ... */
 
 /* cli.c. Removes "--name value" / "--name=value" from argv (compacting it) and returns the value, or
  * NULL if absent. Lets a sub-command take its own options before the shared config parser. */
@@ -48,5 +49,14 @@ int vd_cli_take_flag(int *argc, char **argv, const char *name, const char *who);
 /* Dies if argv holds anything past argv[0]: "<who>: unknown argument 'X' (it takes <options>;
  * see vera-dist <who> --help)". */
 void vd_cli_refuse_rest(int argc, char **argv, const char *who, const char *options);
+
+struct vd_config;
+struct vd_vera;
+/* A checkpoint's stored configuration text (vd_config_serialize lines) back into cfg, over the
+ * defaults; path names the file in errors. */
+void vd_cli_config_from_text(struct vd_config *cfg, const char *text, const char *path);
+/* --adapter: a PEFT adapter directory (adapter_config.json checked against the run) or a single
+ * safetensors file with PEFT's key names, into v. */
+void vd_cli_load_adapter(struct vd_vera *v, const char *path);
 
 #endif

@@ -19,6 +19,7 @@ typedef struct vd_config {
     /* [data] */
     char train_data[VD_PATH_MAX];  /* glob of llm.c token shards */
     char val_data[VD_PATH_MAX];    /* glob for eval loss; "" = no eval */
+    int32_t pack;                  /* 1: several examples per sequence (shards of examples) */
     char out_dir[VD_PATH_MAX];     /* metrics.jsonl, final adapter */
     /* [vera] */
     int32_t r;                     /* rank of the shared projections */
@@ -100,6 +101,10 @@ int vd_config_set(vd_config *c, const char *key, const char *value, char *err, s
 const char *vd_config_first_difference(const char *serialized_a, const char *serialized_b,
                                        char *key_out, size_t cap);
 
+/* 1 if the serialized line (len bytes, no newline) is what vd_config_serialize writes for the
+ * defaults: a key that a checkpoint of an earlier version lacks is accepted when this run
+ * leaves it at its default (the math the earlier version had). */
+int vd_config_line_is_default(const char *line, size_t len);
 /* 1 if key may differ between a checkpoint and the run that resumes it (logging, paths,
  * max_steps, the per-rank split of an unchanged global batch, ...); 0 if it changes the math. */
 int vd_config_key_resume_free(const char *key);

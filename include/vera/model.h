@@ -146,6 +146,8 @@ typedef struct vd_gpt2 {
     float *logits;           /* (N, V) logits, then softmax, then dlogits in place */
     float *losses;           /* (N) */
     int32_t *inputs, *targets; /* (N) */
+    int32_t *pos;            /* (N) positions of the last forward, when it had any */
+    const int32_t *last_pos; /* pos, or NULL when the last forward had none (= t) */
     /* backward scratch */
     float *dresidual;        /* (N, C) */
     float *dbuf_a, *dbuf_b;  /* (N, 4C) */
@@ -159,8 +161,9 @@ typedef struct vd_gpt2 {
 void vd_gpt2_init(vd_gpt2 *m, const struct vd_backend *be, const vd_gpt2_config *cfg, const float *host_params);
 void vd_gpt2_alloc_acts(vd_gpt2 *m, int32_t B, int32_t T);
 /* Forward on nb <= B sequences of T tokens (host arrays of nb*T ids). With targets, returns
- * the sum of token losses (and keeps what backward needs); without, returns 0. */
-double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets, int32_t nb,
+ * the sum of token losses (targets VD_TARGET_NONE add 0; and keeps what backward needs);
+ * without, returns 0. pos (host, nb*T) or NULL: as vd_model_forward. */
+double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets, const int32_t *pos, int32_t nb,
                        const vd_fwd_ctx *ctx);
 /* Backward of (dloss * sum of token losses) of the last forward: accumulates the adapter's
  * b/d gradients into m->vera->grads. Frozen weights get no gradient. */
@@ -242,8 +245,14 @@ void vd_model_init(vd_model *m, const struct vd_backend *be, const vd_model_conf
 void vd_model_alloc_acts(vd_model *m, int32_t B, int32_t T);
 /* The adapter every adapted site calls (NULL: plain model). */
 void vd_model_set_adapter(vd_model *m, struct vd_vera *v);
-double vd_model_forward(vd_model *m, const int32_t *inputs, const int32_t *targets, int32_t nb,
+/* Forward on nb <= B sequences of T tokens; host arrays of nb*T: inputs, targets (or NULL: logits
+ * only) and pos (or NULL: pos[t] = t). Returns the sum of the token losses; a target
+ * VD_TARGET_NONE takes no loss (adds 0, gets no gradient). pos[t] is the position of token t
+ * inside its example (docs/instruction-tuning.md): GPT-2's wpe row / Llama's RoPE angle, and
+ * query t attends to keys t - pos[t] .. t only, so packed examples stay apart. */
+double vd_model_forward(vd_model *m, const int32_t *inputs, const int32_t *targets, const int32_t *pos, int32_t nb,
                         const vd_fwd_ctx *ctx);
+/* Backward of dloss * (sum of token losses) of the last forward (its positions included). */
 void vd_model_backward(vd_model *m, float dloss, const vd_fwd_ctx *ctx);
 /* Logits of the last forward, (nb*T, V) on the backend. */
 const float *vd_model_logits(const vd_model *m);
@@ -281,7 +290,7 @@ void vd_llama_save_hf(const char *dir, const vd_model_config *cfg, const float *
 void vd_llama_init(vd_llama *m, const struct vd_backend *be, const vd_model_config *cfg, const float *host_params);
 void vd_llama_sites(const vd_llama *m, vd_linear_site *sites);        /* (n_layer * 7) */
 void vd_llama_alloc_acts(vd_llama *m, int32_t B, int32_t T);
-double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targets, int32_t nb,
+double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targets, const int32_t *pos, int32_t nb,
                         const vd_fwd_ctx *ctx);
 void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx);
 void vd_llama_free(vd_llama *m);
@@ -332,6 +341,8 @@ struct vd_llama {
     float *logits;           /* (N, V) logits, then softmax, then dlogits in place */
     float *losses;           /* (N) */
     int32_t *inputs, *targets;
+    int32_t *pos;            /* (N) positions of the last forward, when it had any */
+    const int32_t *last_pos; /* pos, or NULL when the last forward had none (= t) */
     /* backward scratch */
     float *dres;             /* (N, C) */
     float *dx, *dtmp;        /* (N, max(C, Q, I)) */

@@ -201,20 +201,6 @@ int vd_cpu_attention_gemm_min_t = 128;
 static void cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                      const float *B, int ldb, float beta, float *C, int ldc);
 
-/* Causal softmax of each row of S (T x T) in place, rows above t masked to 0. */
-static void cpu_causal_softmax_rows(float *S, int T) {
-    #pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        float *a = S + (size_t)t * T;
-        float maxv = -INFINITY;
-        for (int t2 = 0; t2 <= t; t2++) if (a[t2] > maxv) maxv = a[t2];
-        float sum = 0.0f;
-        for (int t2 = 0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
-        float inv = 1.0f / sum;
-        for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
-        for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
-    }
-}
 
 /* Attention index helpers. A query head h reads kv head h / (n_head / n_kv_head): the heads of a
  * group are consecutive, as in HF's repeat_kv. Row r = b*T + t of q starts at q + r*q_stride. */
@@ -229,6 +215,31 @@ static inline size_t attn_kv_at(const vd_attn_shape *s, int b, int t, int kvh) {
 static inline size_t attn_o_at(const vd_attn_shape *s, int b, int t, int h) {
     return ((size_t)b * s->T + t) * s->n_head * s->head_dim + (size_t)h * s->head_dim;
 }
+/* First key query t of sequence b sees: t - pos[t] (its example's first token), 0 without pos.
+ * Clamped to [0, t], so a bad position can narrow the window but never read outside it. */
+static inline int attn_first_key(const vd_attn_shape *s, int b, int t) {
+    if (!s->pos) return 0;
+    int lo = t - s->pos[(size_t)b * s->T + t];
+    return lo < 0 ? 0 : lo > t ? t : lo;
+}
+
+/* Softmax of each row t of S (T x T) in place over keys lo(t) .. t, every other entry 0. */
+static void cpu_causal_softmax_rows(float *S, const vd_attn_shape *s, int b) {
+    int T = s->T;
+    #pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float *a = S + (size_t)t * T;
+        int lo = attn_first_key(s, b, t);
+        float maxv = -INFINITY;
+        for (int t2 = lo; t2 <= t; t2++) if (a[t2] > maxv) maxv = a[t2];
+        float sum = 0.0f;
+        for (int t2 = lo; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
+        float inv = 1.0f / sum;
+        for (int t2 = lo; t2 <= t; t2++) a[t2] *= inv;
+        for (int t2 = 0; t2 < lo; t2++) a[t2] = 0.0f;
+        for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+    }
+}
 
 static void cpu_attention_forward_gemm(float *out, float *att, const float *q, const float *k, const float *v,
                                        const vd_attn_shape *s) {
@@ -241,7 +252,7 @@ static void cpu_attention_forward_gemm(float *out, float *att, const float *q, c
             /* S (T,T) = scale * Q_h K_kvh^T, then the causal softmax, then O_h (T,hs) = S V_kvh */
             cpu_gemm(0, 1, T, T, hs, scale, q + attn_q_at(s, b, 0, h), s->q_stride, k + attn_kv_at(s, b, 0, kvh),
                      s->kv_stride, 0.0f, S, T);
-            cpu_causal_softmax_rows(S, T);
+            cpu_causal_softmax_rows(S, s, b);
             cpu_gemm(0, 0, T, hs, T, 1.0f, S, T, v + attn_kv_at(s, b, 0, kvh), s->kv_stride, 0.0f,
                      out + attn_o_at(s, b, 0, h), OC);
         }
@@ -266,14 +277,17 @@ static void cpu_attention_backward_gemm(float *dq, float *dk, float *dv, float *
             float *dvh = dv + attn_kv_at(s, b, 0, kvh);
             cpu_gemm(0, 1, T, T, hs, 1.0f, dO, OC, vh, s->kv_stride, 0.0f, dP, T);             /* dP = dO V^T */
             cpu_gemm(1, 0, T, hs, T, 1.0f, P, T, dO, OC, beta_kv, dvh, s->kv_stride);         /* dV (+)= P^T dO */
-            /* dS = P * (dP - rowsum(P * dP)) * scale, in place over dP (masked entries stay 0) */
+            /* dS = P * (dP - rowsum(P * dP)) * scale, in place over dP, on keys lo(t) .. t; the
+             * masked entries become 0 */
             #pragma omp parallel for schedule(static)
             for (int t = 0; t < T; t++) {
                 const float *p = P + (size_t)t * T;
                 float *d = dP + (size_t)t * T;
+                int lo = attn_first_key(s, b, t);
                 float dot = 0.0f;
-                for (int t2 = 0; t2 <= t; t2++) dot += p[t2] * d[t2];
-                for (int t2 = 0; t2 <= t; t2++) d[t2] = p[t2] * (d[t2] - dot) * scale;
+                for (int t2 = lo; t2 <= t; t2++) dot += p[t2] * d[t2];
+                for (int t2 = lo; t2 <= t; t2++) d[t2] = p[t2] * (d[t2] - dot) * scale;
+                for (int t2 = 0; t2 < lo; t2++) d[t2] = 0.0f;
                 for (int t2 = t + 1; t2 < T; t2++) d[t2] = 0.0f;
             }
             cpu_gemm(0, 0, T, hs, T, 1.0f, dP, T, kh, s->kv_stride, 0.0f, dqh, s->q_stride);   /* dQ = dS K */
@@ -295,11 +309,11 @@ static void cpu_attention_forward(float *out, float *att, const float *q, const 
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             for (int t = 0; t < T; t++) {
-                int kvh = attn_kv_head(s, h);
+                int kvh = attn_kv_head(s, h), lo = attn_first_key(s, b, t);
                 const float *qt = q + attn_q_at(s, b, t, h);
                 float *a = att + (((size_t)b * NH + h) * T + t) * T;
                 float maxv = -INFINITY;
-                for (int t2 = 0; t2 <= t; t2++) {
+                for (int t2 = lo; t2 <= t; t2++) {
                     const float *kt = k + attn_kv_at(s, b, t2, kvh);
                     float sc = 0.0f;
                     for (int i = 0; i < hs; i++) sc += qt[i] * kt[i];
@@ -308,13 +322,14 @@ static void cpu_attention_forward(float *out, float *att, const float *q, const 
                     if (sc > maxv) maxv = sc;
                 }
                 float sum = 0.0f;
-                for (int t2 = 0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
+                for (int t2 = lo; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
                 float inv = 1.0f / sum;
-                for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
+                for (int t2 = lo; t2 <= t; t2++) a[t2] *= inv;
+                for (int t2 = 0; t2 < lo; t2++) a[t2] = 0.0f;
                 for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
                 float *o = out + attn_o_at(s, b, t, h);
                 for (int i = 0; i < hs; i++) o[i] = 0.0f;
-                for (int t2 = 0; t2 <= t; t2++) {
+                for (int t2 = lo; t2 <= t; t2++) {
                     const float *vt = v + attn_kv_at(s, b, t2, kvh);
                     float w = a[t2];
                     for (int i = 0; i < hs; i++) o[i] += w * vt[i];
@@ -356,9 +371,10 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, float *datt,
                     const float *go = dout + attn_o_at(s, b, t, h);
                     const float *qt = q + attn_q_at(s, b, t, h);
                     float *dqt = dq + attn_q_at(s, b, t, h);
+                    int lo = attn_first_key(s, b, t);
                     /* through the weighted sum of values */
                     float dot = 0.0f;
-                    for (int t2 = 0; t2 <= t; t2++) {
+                    for (int t2 = lo; t2 <= t; t2++) {
                         const float *vt = v + attn_kv_at(s, b, t2, kvh);
                         float *dvt = dv + attn_kv_at(s, b, t2, kvh);
                         float sc = 0.0f;
@@ -367,7 +383,7 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, float *datt,
                         dot += a[t2] * sc;
                     }
                     /* through the softmax and the scaled dot products */
-                    for (int t2 = 0; t2 <= t; t2++) {
+                    for (int t2 = lo; t2 <= t; t2++) {
                         float dpre = a[t2] * (da[t2] - dot) * scale;
                         const float *kt = k + attn_kv_at(s, b, t2, kvh);
                         float *dkt = dk + attn_kv_at(s, b, t2, kvh);
@@ -419,12 +435,13 @@ static void cpu_softmax_xent_forward(float *losses, float *probs, const float *l
         float maxv = -INFINITY;
         for (int v = 0; v < V; v++) if (l[v] > maxv) maxv = l[v];
         double sum = 0.0;
-        float lt = l[targets[n]];
+        int32_t tn = targets[n];
+        float lt = tn == VD_TARGET_NONE ? 0.0f : l[tn];
         for (int v = 0; v < V; v++) { float e = expf(l[v] - maxv); p[v] = e; sum += e; }
         float inv = (float)(1.0 / sum);
         for (int v = 0; v < V; v++) p[v] *= inv;
         /* log-sum-exp form keeps the loss exact even when the target's probability underflows */
-        losses[n] = (float)(log(sum) + maxv - lt);
+        losses[n] = tn == VD_TARGET_NONE ? 0.0f : (float)(log(sum) + maxv - lt);
     }
 }
 
@@ -434,6 +451,10 @@ static void cpu_softmax_xent_backward(float *dlogits, const float *probs, const 
     for (int n = 0; n < N; n++) {
         const float *p = probs + (size_t)n * V;
         float *d = dlogits + (size_t)n * V;
+        if (targets[n] == VD_TARGET_NONE) { /* no loss at this position: no gradient either */
+            memset(d, 0, sizeof(float) * (size_t)V);
+            continue;
+        }
         for (int v = 0; v < V; v++) d[v] = p[v] * dloss;
         d[targets[n]] -= dloss;
     }

@@ -1,8 +1,13 @@
 /* cli.c: option handling shared by the sub-commands (conventions in include/vera/cli.h). */
+#include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "vera/adapter.h"
 #include "vera/cli.h"
 #include "vera/common.h"
+#include "vera/config.h"
+#include "vera/peft.h"
 
 /* Drops argv[i .. i+n-1], keeping argv NULL-terminated. */
 static void cli_remove(int *argc, char **argv, int i, int n) {
@@ -73,4 +78,29 @@ int vd_cli_take_flag(int *argc, char **argv, const char *name, const char *who) 
 void vd_cli_refuse_rest(int argc, char **argv, const char *who, const char *options) {
     if (argc > 1)
         vd_die("%s: unknown argument '%s' (it takes %s; see vera-dist %s --help)", who, argv[1], options, who);
+}
+
+void vd_cli_config_from_text(vd_config *cfg, const char *text, const char *path) {
+    vd_config_defaults(cfg);
+    const char *p = text;
+    while (*p) {
+        size_t len = strcspn(p, "\n");
+        char line[VD_PATH_MAX + 128];
+        snprintf(line, sizeof(line), "%.*s", (int)len, p);
+        char *eq = strstr(line, " = ");
+        if (eq) {
+            *eq = 0;
+            char err[512];
+            if (vd_config_set(cfg, line, eq + 3, err, sizeof(err)) != 0)
+                vd_die("%s: stored configuration: %s", path, err);
+        }
+        p += len + (p[len] == '\n');
+    }
+}
+
+void vd_cli_load_adapter(vd_vera *v, const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0) vd_die("--adapter: %s does not exist", path);
+    if (S_ISDIR(st.st_mode)) vd_peft_load_dir(v, path);
+    else vd_peft_load_vectors(v, path);
 }

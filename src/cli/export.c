@@ -16,25 +16,6 @@
 #include "vera/model.h"
 #include "vera/peft.h"
 
-/* The checkpoint's configuration text back into a vd_config. */
-static void export_config_from_text(vd_config *cfg, const char *text, const char *path) {
-    vd_config_defaults(cfg);
-    const char *p = text;
-    while (*p) {
-        size_t len = strcspn(p, "\n");
-        char line[VD_PATH_MAX + 128];
-        snprintf(line, sizeof(line), "%.*s", (int)len, p);
-        char *eq = strstr(line, " = ");
-        if (eq) {
-            *eq = 0;
-            char err[512];
-            if (vd_config_set(cfg, line, eq + 3, err, sizeof(err)) != 0)
-                vd_die("%s: stored configuration: %s", path, err);
-        }
-        p += len + (p[len] == '\n');
-    }
-}
-
 int vd_export_main(int argc, char **argv) {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         printf("usage: vera-dist export --checkpoint FILE --format peft|merged|lora --out DIR [--model DIR]\n"
@@ -68,7 +49,7 @@ int vd_export_main(int argc, char **argv) {
     char err[1024];
     if (vd_checkpoint_read(ckpath, &ck, err, sizeof(err)) != 0) vd_die("export: %s", err);
     vd_config cfg;
-    export_config_from_text(&cfg, ck.config_text, ckpath);
+    vd_cli_config_from_text(&cfg, ck.config_text, ckpath);
     if (model_dir) snprintf(cfg.model, sizeof(cfg.model), "%s", model_dir);
 
     const vd_backend *be = vd_backend_cpu();

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <sys/mman.h>
 
 #include "vera/adapter.h"
 #include "vera/backend.h"
@@ -16,41 +16,60 @@
 #include "vera/peft.h"
 #include "vera/safetensors.h"
 
-/* A PEFT adapter directory or a single safetensors file with PEFT's key names. */
-static void forward_load_adapter(vd_vera *v, const char *path) {
-    struct stat st;
-    if (stat(path, &st) != 0) vd_die("--adapter: %s does not exist", path);
-    if (S_ISDIR(st.st_mode)) vd_peft_load_dir(v, path);
-    else vd_peft_load_vectors(v, path);
-}
-
+/* --batch FILE: int32 B, T, then inputs, targets, pos (B*T each). Returns the whole file. */
 /* the keys read below; train_data is --tokens, vera_dropout is 0 (one deterministic pass) */
 static const char *const forward_keys[] = {"model", "r", "d_initial", "projection_prng_key", "target_modules",
-                                           "batch_size", "seq_len", "threads", NULL};
-static const vd_config_uses forward_uses = {"forward", forward_keys, "--tokens, --out, --adapter"};
+                                           "batch_size", "seq_len", "threads", "pack", NULL};
+static const vd_config_uses forward_uses = {"forward", forward_keys, "--tokens or --batch, --out, --adapter"};
+
+static int32_t *forward_read_batch(const char *path) {
+    size_t bytes = 0;
+    void *map = vd_mmap_file(path, 8, "int32 B, T, inputs, targets, pos", &bytes);
+    int32_t *data = mallocCheck(bytes);
+    memcpy(data, map, bytes);
+    munmap(map, bytes);
+    const int32_t *h = data;
+    if (bytes < 8 || bytes % 4 != 0 || h[0] < 1 || h[1] < 1 || h[0] > 65536 || h[1] > (1 << 20))
+        vd_die("--batch: %s: expected int32 B, T (B, T >= 1) then 3 * B * T int32", path);
+    size_t want = 8 + 12 * (size_t)h[0] * (size_t)h[1];
+    if (bytes != want)
+        vd_die("--batch: %s: %zu bytes, expected %zu for B %d, T %d (int32 B, T, inputs, targets, pos)", path, bytes,
+               want, (int)h[0], (int)h[1]);
+    return data;
+}
 
 int vd_forward_main(int argc, char **argv) {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        printf("usage: vera-dist forward --model DIR|FILE.gguf|FILE.bin --tokens GLOB --out FILE.safetensors [--adapter FILE|DIR]\n"
-               "                         [--batch_size B --seq_len T --r R --d_initial D --projection_prng_key K\n"
-               "                          --target_modules LIST --threads N] [--config FILE]\n"
+        printf("usage: vera-dist forward --model DIR|FILE.gguf|FILE.bin --tokens GLOB|--batch FILE --out FILE.safetensors\n"
+               "                         [--adapter FILE|DIR] [--batch_size B --seq_len T --r R --d_initial D --projection_prng_key K\n"
+               "                          --target_modules LIST --pack 0|1 --threads N] [--config FILE]\n"
                "One forward + backward on the first batch_size sequences of the token shards; writes logits\n"
                "[B,T,V], loss [1], vera_A, vera_B and <module>.vera_lambda_b.grad / .vera_lambda_d.grad\n"
-               "(gradients of the mean token loss) to FILE. Other configuration keys are refused on the\n"
-               "command line (--adapter, not --init_adapter, loads an adapter); from a --config file they\n"
-               "are ignored. A default batch_size or seq_len larger than the shards or the model allow is\n"
-               "lowered to fit, with a line saying so.\n");
+               "(gradients of the mean loss over the target tokens: masked targets take none; --pack 1 packs\n"
+               "shards of examples, with positions restarting per example) to FILE, and targets [B,T], pos [B,T].\n"
+               "--batch FILE instead gives the batch itself (tests): little-endian int32 B, T, then inputs [B,T],\n"
+               "targets [B,T] (-1: no loss) and positions [B,T] (query t attends to keys t - pos[t] .. t).\n"
+               "Other configuration keys are refused on the command line (--adapter, not --init_adapter, loads an\n"
+               "adapter); from a --config file they are ignored. A default batch_size or seq_len larger than the\n"
+               "shards or the model allow is lowered to fit, with a line saying so.\n");
         return 0;
     }
     const char *tokens = vd_cli_take_option(&argc, argv, "tokens");
+    const char *batch = vd_cli_take_option(&argc, argv, "batch");
     const char *out = vd_cli_take_option(&argc, argv, "out");
     const char *adapter = vd_cli_take_option(&argc, argv, "adapter");
-    if (!tokens) vd_die("forward: --tokens GLOB is required (llm.c token shards)");
+    if (!tokens == !batch) vd_die("forward: one of --tokens GLOB (token shards) or --batch FILE is required");
     if (!out) vd_die("forward: --out FILE is required");
     vd_config cfg;
     vd_config_defaults(&cfg);
     vd_config_parse_for(&cfg, argc, argv, 1, &forward_uses);
-    snprintf(cfg.train_data, sizeof(cfg.train_data), "%s", tokens);
+    int32_t *file_batch = NULL;
+    if (batch) {
+        file_batch = forward_read_batch(batch);
+        cfg.batch_size = file_batch[0];
+        cfg.seq_len = file_batch[1];
+    }
+    snprintf(cfg.train_data, sizeof(cfg.train_data), "%s", tokens ? tokens : batch);
     vd_config_validate(&cfg);
     const vd_backend *be = vd_backend_cpu();
     if (cfg.threads > 0) vd_backend_cpu_set_threads(cfg.threads);
@@ -62,16 +81,39 @@ int vd_forward_main(int argc, char **argv) {
     uint32_t mask = vd_model_targets_or_die(vd_model_family_of(mc.arch), cfg.target_modules, sizeof(cfg.target_modules),
                                             cfg.model);
     vd_dataset ds;
-    vd_dataset_open(&ds, tokens, cfg.seq_len, mc.vocab_size, 0, "tokens");
-    int32_t n_seqs = ds.n_seqs > (uint64_t)INT32_MAX ? INT32_MAX : (int32_t)ds.n_seqs;
-    if (vd_config_fit_default(&cfg, "batch_size", n_seqs, "the number of sequences in --tokens") < 0)
-        vd_die("--tokens: %s holds %llu sequences, batch_size is %d", tokens, (unsigned long long)ds.n_seqs,
-               (int)cfg.batch_size);
+    memset(&ds, 0, sizeof(ds));
+    if (tokens) {
+        vd_dataset_open(&ds, tokens, cfg.seq_len, mc.vocab_size, cfg.pack, "tokens");
+        int32_t n_seqs = ds.n_seqs > (uint64_t)INT32_MAX ? INT32_MAX : (int32_t)ds.n_seqs;
+        if (vd_config_fit_default(&cfg, "batch_size", n_seqs, "the number of sequences in --tokens") < 0)
+            vd_die("--tokens: %s holds %llu sequences, batch_size is %d", tokens, (unsigned long long)ds.n_seqs,
+                   (int)cfg.batch_size);
+    }
     int32_t B = cfg.batch_size, T = cfg.seq_len, V = mc.vocab_size, N = B * T;
     int32_t *inputs = mallocCheck(sizeof(int32_t) * (size_t)N), *targets = mallocCheck(sizeof(int32_t) * (size_t)N);
     int32_t *pos = mallocCheck(sizeof(int32_t) * (size_t)N);
-    for (int32_t b = 0; b < B; b++)
-        vd_dataset_get(&ds, (uint64_t)b, inputs + (size_t)b * T, targets + (size_t)b * T, pos + (size_t)b * T);
+    if (tokens) {
+        for (int32_t b = 0; b < B; b++)
+            vd_dataset_get(&ds, (uint64_t)b, inputs + (size_t)b * T, targets + (size_t)b * T, pos + (size_t)b * T);
+    } else {
+        memcpy(inputs, file_batch + 2, sizeof(int32_t) * (size_t)N);
+        memcpy(targets, file_batch + 2 + N, sizeof(int32_t) * (size_t)N);
+        memcpy(pos, file_batch + 2 + 2 * (size_t)N, sizeof(int32_t) * (size_t)N);
+        for (int32_t i = 0; i < N; i++) {
+            int32_t t = i % T;
+            if (inputs[i] < 0 || inputs[i] >= V || targets[i] < VD_TARGET_NONE || targets[i] >= V)
+                vd_die("--batch: %s: token %d: input %d / target %d outside the vocabulary (0..%d; target -1 = no loss)",
+                       batch, (int)i, (int)inputs[i], (int)targets[i], (int)V - 1);
+            if (pos[i] < 0 || pos[i] > t || (t > 0 && pos[i] != 0 && pos[i] != pos[i - 1] + 1))
+                vd_die("--batch: %s: token %d: position %d (expected 0, or the previous position + 1, at most %d)", batch,
+                       (int)i, (int)pos[i], (int)t);
+        }
+        free(file_batch);
+    }
+    const char *src = tokens ? tokens : batch;
+    int32_t n_targets = 0;
+    for (int32_t i = 0; i < N; i++) n_targets += targets[i] != VD_TARGET_NONE;
+    if (!n_targets) vd_die("forward: %s: the first %d sequences hold no target token (all masked)", src, (int)B);
 
     vd_model model;
     vd_model_init(&model, be, &mc, host_params);
@@ -82,15 +124,15 @@ int vd_forward_main(int argc, char **argv) {
     vd_vera_init(&vera, be, &model, &vo);
     vd_model_set_adapter(&model, &vera);
     vd_vera_alloc_acts(&vera, N, N, VD_WEFF_AUTO);
-    if (adapter) forward_load_adapter(&vera, adapter);
+    if (adapter) vd_cli_load_adapter(&vera, adapter);
 
     vd_fwd_ctx ctx = {0, 0, 0};
-    vd_model_forward(&model, inputs, NULL, B, &ctx);
+    vd_model_forward(&model, inputs, NULL, pos, B, &ctx);
     float *logits = mallocCheck(sizeof(float) * (size_t)N * V);
     be->to_host(logits, vd_model_logits(&model), sizeof(float) * (size_t)N * V);
     vd_vera_zero_grads(&vera);
-    float loss = (float)(vd_model_forward(&model, inputs, targets, B, &ctx) / N);
-    vd_model_backward(&model, 1.0f / (float)N, &ctx);
+    float loss = (float)(vd_model_forward(&model, inputs, targets, pos, B, &ctx) / n_targets);
+    vd_model_backward(&model, (float)(1.0 / n_targets), &ctx);
 
     size_t na = (size_t)cfg.r * vera.max_in, nbm = (size_t)vera.max_out * cfg.r;
     float *A = mallocCheck(sizeof(float) * na), *Bm = mallocCheck(sizeof(float) * nbm);
@@ -98,22 +140,34 @@ int vd_forward_main(int argc, char **argv) {
     be->to_host(A, vera.A, sizeof(float) * na);
     be->to_host(Bm, vera.B, sizeof(float) * nbm);
     be->to_host(grads, vera.grads, sizeof(float) * vera.n_trainable);
-    int32_t n = 4 + 2 * vera.n_modules;
+    int32_t n = 6 + 2 * vera.n_modules;
     vd_st_entry *e = callocCheck((size_t)n, sizeof(vd_st_entry));
     char (*names)[192] = callocCheck((size_t)n, 192);
     e[0] = (vd_st_entry){"logits", logits, 3, {B, T, V}};
     e[1] = (vd_st_entry){"loss", &loss, 1, {1}};
     e[2] = (vd_st_entry){"vera_A", A, 2, {cfg.r, vera.max_in}};
     e[3] = (vd_st_entry){"vera_B", Bm, 2, {vera.max_out, cfg.r}};
+    /* the sequences as read (VD_TARGET_NONE = -1 where no loss is taken), as floats: every id and
+     * position is far below 2^24, so they are exact */
+    float *tf = mallocCheck(sizeof(float) * (size_t)N), *pf = mallocCheck(sizeof(float) * (size_t)N);
+    for (int32_t i = 0; i < N; i++) {
+        tf[i] = (float)targets[i];
+        pf[i] = (float)pos[i];
+    }
+    e[4] = (vd_st_entry){"targets", tf, 2, {B, T}};
+    e[5] = (vd_st_entry){"pos", pf, 2, {B, T}};
     for (int32_t i = 0; i < vera.n_modules; i++) {
         const vd_vera_module *md = &vera.modules[i];
         snprintf(names[2 * i], 192, "%s.vera_lambda_b.grad", md->name);
         snprintf(names[2 * i + 1], 192, "%s.vera_lambda_d.grad", md->name);
-        e[4 + 2 * i] = (vd_st_entry){names[2 * i], grads + md->off_b, 1, {md->out}};
-        e[5 + 2 * i] = (vd_st_entry){names[2 * i + 1], grads + md->off_d, 1, {cfg.r}};
+        e[6 + 2 * i] = (vd_st_entry){names[2 * i], grads + md->off_b, 1, {md->out}};
+        e[7 + 2 * i] = (vd_st_entry){names[2 * i + 1], grads + md->off_d, 1, {cfg.r}};
     }
     vd_safetensors_write_f32(out, e, n, NULL, 0);
-    printf("forward: %d sequences of %d tokens, loss %.6f, wrote %s\n", (int)B, (int)T, (double)loss, out);
+    printf("forward: %d sequences of %d tokens, %d targets, loss %.6f, wrote %s\n", (int)B, (int)T, (int)n_targets,
+           (double)loss, out);
+    free(tf);
+    free(pf);
     free(names);
     free(e);
     free(A);
@@ -125,6 +179,6 @@ int vd_forward_main(int argc, char **argv) {
     free(pos);
     vd_vera_free(&vera);
     vd_model_free(&model);
-    vd_dataset_close(&ds);
+    if (tokens) vd_dataset_close(&ds);
     return 0;
 }

@@ -139,6 +139,10 @@ static const vd_key g_keys[] = {
     {"precision", "system", KT_STRING, FIELD(precision), "fp32", 0, 0, RESUME_FREE, "fp32|bf16",
      "arithmetic of the frozen model: fp32; bf16 (bf16 weights and activations, fp32 adapter vectors "
      "and optimizer) is not implemented yet and is rejected"},
+    /* after precision for the same reason: a checkpoint without this line was written with pack 0 */
+    {"pack", "data", KT_BOOL, FIELD(pack), "0", 0, 1, 0, NULL,
+     "shards of examples (prepare-data JSONL): 1 packs several examples into each sequence (positions "
+     "restart and attention stays inside each example); 0 gives each example its own sequences"},
 };
 #define NKEYS ((int)(sizeof(g_keys) / sizeof(g_keys[0])))
 _Static_assert(sizeof(g_keys) / sizeof(g_keys[0]) <= VD_CONFIG_MAX_KEYS, "vd_config.from has no room for every key");
@@ -913,6 +917,8 @@ void vd_config_print_help(FILE *f) {
             "       vera-dist prepare-data --in TEXT --out DIR [...]  byte-level text into llm.c shards\n"
             "       vera-dist forward | export | inspect ...  one forward/backward, adapter export, counts\n"
             "       vera-dist tokenize --tokenizer PATH (--text STR | --in FILE) [--json]  a model's token ids\n"
+            "       vera-dist eval --model PATH --data GLOB [--adapter DIR | --checkpoint FILE] [...]\n"
+            "                                                mean loss / perplexity over the target tokens\n"
             "       vera-dist <sub-command> --help\n"
             "\n"
             "Train VeRA adapters on a GPT-2 or Llama-family model with MPI data parallelism\n"
@@ -992,6 +998,19 @@ const char *vd_config_first_difference(const char *a, const char *b, char *key_o
         b += lb + (b[lb] == '\n');
     }
     return NULL;
+}
+
+int vd_config_line_is_default(const char *line, size_t len) {
+    static char defaults[1 << 16];
+    vd_config d;
+    vd_config_defaults(&d);
+    vd_config_serialize(&d, defaults, sizeof(defaults));
+    for (const char *p = defaults; *p;) {
+        size_t l = strcspn(p, "\n");
+        if (l == len && !memcmp(p, line, len)) return 1;
+        p += l + (p[l] == '\n');
+    }
+    return 0;
 }
 
 int vd_config_key_resume_free(const char *key) {

@@ -95,10 +95,11 @@ static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config 
     ACT(m->datt, (size_t)B * NH * T * T);
     ACT(m->proj_out, N * C);
 #undef ACT
-    total += 2 * sizeof(int32_t) * N;
+    total += 3 * sizeof(int32_t) * N;
     if (be) {
         m->inputs = be->alloc(sizeof(int32_t) * N);
         m->targets = be->alloc(sizeof(int32_t) * N);
+        m->pos = be->alloc(sizeof(int32_t) * N);
     }
     return total;
 }
@@ -118,7 +119,7 @@ static int32_t gpt2_module(const vd_gpt2 *m, int32_t l, int kind) {
     return m->vera ? m->vera->module_of[l * 4 + kind] : -1;
 }
 
-double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets, int32_t nb,
+double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets, const int32_t *pos, int32_t nb,
                        const vd_fwd_ctx *ctx) {
     const vd_backend *be = m->be;
     vd_require(m->encoded != NULL && nb >= 1 && nb <= m->B);
@@ -130,7 +131,13 @@ double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets
     m->last_B = nb;
 
     be->to_device(m->inputs, inputs, sizeof(int32_t) * (size_t)N);
-    be->encoder_forward(m->encoded, m->inputs, p->wte, p->wpe, NULL, B, T, C);
+    /* positions (packed examples restart them): wpe rows and the attention window; NULL = t */
+    m->last_pos = NULL;
+    if (pos) {
+        be->to_device(m->pos, pos, sizeof(int32_t) * (size_t)N);
+        m->last_pos = m->pos;
+    }
+    be->encoder_forward(m->encoded, m->inputs, p->wte, p->wpe, m->last_pos, B, T, C);
     for (int32_t l = 0; l < L; l++) {
         size_t NC = (size_t)N * C;
         const float *residual = l == 0 ? m->encoded : m->residual3 + (size_t)(l - 1) * NC;
@@ -143,7 +150,7 @@ double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets
         vd_linear_forward(vera, be, gpt2_module(m, l, 0), qkv, ln1, p->qkvw + (size_t)l * C * 3 * C,
                           p->qkvb + (size_t)l * 3 * C, N, C, 3 * C, ctx);
         vd_attn_shape ash = {.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
-                             .q_stride = 3 * C, .kv_stride = 3 * C};
+                             .q_stride = 3 * C, .kv_stride = 3 * C, .pos = m->last_pos};
         be->attention_forward(atty, att, qkv, qkv + C, qkv + 2 * C, &ash);
         vd_linear_forward(vera, be, gpt2_module(m, l, 1), m->proj_out, atty, p->attprojw + (size_t)l * C * C,
                           p->attprojb + (size_t)l * C, N, C, C, ctx);
@@ -199,7 +206,7 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
                            N, C, C, ctx);
         const float *qkv = m->qkv + l * NC * 3;
         vd_attn_shape ash = {.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
-                             .q_stride = 3 * C, .kv_stride = 3 * C};
+                             .q_stride = 3 * C, .kv_stride = 3 * C, .pos = m->last_pos};
         be->attention_backward(m->dqkv, m->dqkv + C, m->dqkv + 2 * C, m->datt, datty, qkv, qkv + C, qkv + 2 * C,
                                m->att + (size_t)l * B * NH * T * T, &ash);
         float *dln1 = m->dbuf_a;
@@ -220,5 +227,6 @@ void vd_gpt2_free(vd_gpt2 *m) {
         if (bufs[i]) be->free(bufs[i]);
     if (m->inputs) be->free(m->inputs);
     if (m->targets) be->free(m->targets);
+    if (m->pos) be->free(m->pos);
     memset(m, 0, sizeof(*m));
 }

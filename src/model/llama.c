@@ -506,10 +506,11 @@ static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_confi
     ACT(m->datt, (size_t)B * NH * T * T);
     ACT(m->proj_out, N * C);
 #undef ACT
-    total += 2 * sizeof(int32_t) * N;
+    total += 3 * sizeof(int32_t) * N;
     if (be) {
         m->inputs = be->alloc(sizeof(int32_t) * N);
         m->targets = be->alloc(sizeof(int32_t) * N);
+        m->pos = be->alloc(sizeof(int32_t) * N);
     }
     return total;
 }
@@ -531,13 +532,14 @@ static int32_t llama_module(const vd_llama *m, int32_t l, int32_t kind) {
 
 static vd_attn_shape llama_attn_shape(const vd_llama *m, int32_t B) {
     const vd_model_config *c = &m->config;
-    return (vd_attn_shape){B, m->T, c->n_head, c->n_kv_head, c->head_dim, llama_q(c), llama_kv(c)};
+    return (vd_attn_shape){B, m->T, c->n_head, c->n_kv_head, c->head_dim, llama_q(c), llama_kv(c), m->last_pos};
 }
 
 /* bias of layer l, or NULL when the model has none */
 static const float *llama_bias(const float *b, int32_t l, int32_t n) { return b ? b + (size_t)l * n : NULL; }
 
-double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targets, int32_t nb, const vd_fwd_ctx *ctx) {
+double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targets, const int32_t *pos, int32_t nb,
+                        const vd_fwd_ctx *ctx) {
     const vd_backend *be = m->be;
     vd_require(m->resid != NULL && nb >= 1 && nb <= m->B);
     const vd_model_config *c = &m->config;
@@ -546,8 +548,14 @@ double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targe
     const vd_llama_params *p = &m->params;
     vd_vera *vera = m->vera;
     size_t NC = (size_t)N * C;
-    vd_attn_shape sh = llama_attn_shape(m, B);
     m->last_B = nb;
+    /* positions (packed examples restart them): RoPE angles and the attention window; NULL = t */
+    m->last_pos = NULL;
+    if (pos) {
+        be->to_device(m->pos, pos, sizeof(int32_t) * (size_t)N);
+        m->last_pos = m->pos;
+    }
+    vd_attn_shape sh = llama_attn_shape(m, B);
 
     be->to_device(m->inputs, inputs, sizeof(int32_t) * (size_t)N);
     be->encoder_forward(m->resid, m->inputs, p->embed, NULL, NULL, B, T, C);
@@ -565,8 +573,8 @@ double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targe
                           llama_bias(p->bk, l, KV), N, C, KV, ctx);
         vd_linear_forward(vera, be, llama_module(m, l, K_V), v, xn1, p->wv + (size_t)l * C * KV,
                           llama_bias(p->bv, l, KV), N, C, KV, ctx);
-        be->rope(q, m->inv_freq, NULL, B, T, NH, hd, Q, 0);
-        be->rope(k, m->inv_freq, NULL, B, T, NKV, hd, KV, 0);
+        be->rope(q, m->inv_freq, m->last_pos, B, T, NH, hd, Q, 0);
+        be->rope(k, m->inv_freq, m->last_pos, B, T, NKV, hd, KV, 0);
         be->attention_forward(atty, att, q, k, v, &sh);
         vd_linear_forward(vera, be, llama_module(m, l, K_O), m->proj_out, atty, p->wo + (size_t)l * Q * C,
                           llama_bias(p->bo, l, C), N, Q, C, ctx);
@@ -622,8 +630,8 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
         /* attention: o_proj, attention, RoPE backwards, then q, k, v share the normed input */
         vd_linear_backward(vera, be, llama_module(m, l, K_O), m->dx, m->dres, p->wo + (size_t)l * Q * C, N, Q, C, ctx);
         be->attention_backward(m->dq, m->dk, m->dv, m->datt, m->dx, q, k, v, att, &sh);
-        be->rope(m->dq, m->inv_freq, NULL, B, T, NH, hd, Q, 1);
-        be->rope(m->dk, m->inv_freq, NULL, B, T, NKV, hd, KV, 1);
+        be->rope(m->dq, m->inv_freq, m->last_pos, B, T, NH, hd, Q, 1);
+        be->rope(m->dk, m->inv_freq, m->last_pos, B, T, NKV, hd, KV, 1);
         vd_linear_backward(vera, be, llama_module(m, l, K_Q), m->dx, m->dq, p->wq + (size_t)l * C * Q, N, C, Q, ctx);
         vd_linear_backward(vera, be, llama_module(m, l, K_K), m->dtmp, m->dk, p->wk + (size_t)l * C * KV, N, C, KV, ctx);
         be->accumulate(m->dx, m->dtmp, NC);
@@ -643,5 +651,6 @@ void vd_llama_free(vd_llama *m) {
         if (bufs[i]) be->free(bufs[i]);
     if (m->inputs) be->free(m->inputs);
     if (m->targets) be->free(m->targets);
+    if (m->pos) be->free(m->pos);
     memset(m, 0, sizeof(*m));
 }

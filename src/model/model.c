@@ -173,9 +173,10 @@ void vd_model_set_adapter(vd_model *m, vd_vera *v) {
     else m->llama->vera = v;
 }
 
-double vd_model_forward(vd_model *m, const int32_t *inputs, const int32_t *targets, int32_t nb, const vd_fwd_ctx *ctx) {
-    return m->gpt2 ? vd_gpt2_forward(m->gpt2, inputs, targets, nb, ctx)
-                   : vd_llama_forward(m->llama, inputs, targets, nb, ctx);
+double vd_model_forward(vd_model *m, const int32_t *inputs, const int32_t *targets, const int32_t *pos, int32_t nb,
+                        const vd_fwd_ctx *ctx) {
+    return m->gpt2 ? vd_gpt2_forward(m->gpt2, inputs, targets, pos, nb, ctx)
+                   : vd_llama_forward(m->llama, inputs, targets, pos, nb, ctx);
 }
 
 void vd_model_backward(vd_model *m, float dloss, const vd_fwd_ctx *ctx) {

@@ -248,6 +248,12 @@ static void train_check_compatible(const train_run *run, const vd_checkpoint *ck
             vd_config_first_difference(lineA, lineB, key, sizeof(key));
             if (vd_config_key_resume_same_model(key) && la > 0 && lb > 0)
                 snprintf(model_was, sizeof(model_was), "%s", lineA);
+            else if (la == 0 && !*pa && vd_config_line_is_default(pb, lb))
+                ; /* a key added after the checkpoint was written (the last ones), at its default */
+            else if (la == 0 && !*pa && !vd_config_key_resume_free(key))
+                vd_die("resume: %s was written before the key '%s' existed (so with its default), this run has '%s' "
+                       "(this changes the math; HINT: leave %s at its default, or --resume none --overwrite 1 to start "
+                       "over)", path, key, lineB, key);
             else if (!vd_config_key_resume_free(key))
                 vd_die("resume: %s was written with '%s', this run has '%s' (this changes the math; HINT: use the "
                        "checkpoint's value, or --resume none --overwrite 1 to start over)", path, lineA, lineB);
@@ -475,10 +481,16 @@ typedef struct {
     int32_t B, T, eval_seqs;
 } train_eval;
 
-/* Mean loss over the first eval_seqs validation sequences, split across ranks in chunks of
- * B; the set of sequences does not depend on the world size. */
+/* Validation sequences one evaluation reads: the first min(eval_seqs, n_seqs). */
+static uint64_t train_eval_count(const vd_dataset *val, int32_t eval_seqs) {
+    return val->n_seqs < (uint64_t)eval_seqs ? val->n_seqs : (uint64_t)eval_seqs;
+}
+
+/* Mean loss over the target tokens (not VD_TARGET_NONE) of the first eval_seqs validation
+ * sequences, split across ranks in chunks of B: loss sum and target count ride in one f64
+ * all-reduce, and the set of sequences does not depend on the world size. */
 static double train_evaluate(train_eval *ev) {
-    uint64_t n = ev->val->n_seqs < (uint64_t)ev->eval_seqs ? ev->val->n_seqs : (uint64_t)ev->eval_seqs;
+    uint64_t n = train_eval_count(ev->val, ev->eval_seqs);
     double sums[2] = {0.0, 0.0};
     vd_fwd_ctx ctx = {0, 0, 0};
     uint64_t chunks = (n + (uint64_t)ev->B - 1) / (uint64_t)ev->B;
@@ -488,8 +500,8 @@ static double train_evaluate(train_eval *ev) {
         for (int32_t b = 0; b < nb; b++)
             vd_dataset_get(ev->val, first + (uint64_t)b, ev->inputs + (size_t)b * ev->T, ev->targets + (size_t)b * ev->T,
                            ev->pos + (size_t)b * ev->T);
-        sums[0] += vd_model_forward(ev->model, ev->inputs, ev->targets, nb, &ctx);
-        sums[1] += (double)nb * ev->T;
+        sums[0] += vd_model_forward(ev->model, ev->inputs, ev->targets, ev->pos, nb, &ctx);
+        for (int32_t b = 0; b < nb; b++) sums[1] += (double)vd_dataset_target_count(ev->val, first + (uint64_t)b);
     }
     vd_comm_allreduce_sum_f64(ev->comm, sums, 2);
     return sums[0] / sums[1];
@@ -501,24 +513,41 @@ static void train_format_eta(double seconds, char *out, size_t cap) {
     else snprintf(out, cap, "%ld:%02ld", s / 60, s % 60);
 }
 
-/* One optimizer step: grad_accum micro-batches, the one all-reduce, AdamW. Returns 1 if any
- * rank asked to stop (the request rides in the same all-reduce). */
-static int train_step(train_run *run, float *loss_out, float *lr_out, float *norm_out) {
+/* Target tokens (not VD_TARGET_NONE) of the global batch of `step`: the S sequences step * S ..
+ * step * S + S - 1 (docs/data-format.md, "Global batch order"). Every rank counts all of them
+ * from the data it maps, so the step's normaliser needs no collective of its own. */
+static uint64_t train_step_targets(const train_run *run, int32_t step) {
+    uint64_t n = 0, first = (uint64_t)step * run->S;
+    for (uint64_t i = 0; i < run->S; i++) n += vd_dataset_target_count(&run->train, first + i);
+    return n;
+}
+
+/* One optimizer step: grad_accum micro-batches, the one all-reduce, AdamW. The loss is the
+ * mean over the n_targets target tokens of the whole global batch: dloss = 1 / n_targets on
+ * every token, whatever rank or micro-batch holds it. A global batch without any target
+ * (everything masked) has no loss to take a mean of: every rank knows that from the data, so
+ * all of them skip forward, backward and the AdamW update (*skipped = 1) and the step is
+ * still counted (the next one reads the next sequences); the all-reduce still runs and
+ * carries the stop flag. Returns 1 if any rank asked to stop (the request rides in the same
+ * all-reduce). */
+static int train_step(train_run *run, uint64_t n_targets, float *loss_out, float *lr_out, float *norm_out,
+                      int *skipped) {
     const vd_backend *be = run->be;
     vd_vera *vera = &run->vera;
     int32_t B = run->B, T = run->T, world = run->comm.world, rank = run->comm.rank, step = run->step;
     uint64_t S = run->S;
     vd_vera_zero_grads(vera);
     double loss_sum = 0.0;
-    float dloss = 1.0f / (float)(S * (uint64_t)T);
-    for (int32_t micro = 0; micro < run->cfg.grad_accum; micro++) {
+    *skipped = n_targets == 0;
+    float dloss = n_targets ? (float)(1.0 / (double)n_targets) : 0.0f;
+    for (int32_t micro = 0; micro < run->cfg.grad_accum && !*skipped; micro++) {
         /* rank k's part of the global batch: see docs/data-format.md, "Global batch order" */
         uint64_t first = (uint64_t)step * S + ((uint64_t)micro * world + rank) * (uint64_t)B;
         for (int32_t b = 0; b < B; b++)
             vd_dataset_get(&run->train, first + (uint64_t)b, run->inputs + (size_t)b * T, run->targets + (size_t)b * T,
                            run->pos + (size_t)b * T);
         vd_fwd_ctx ctx = {1, vd_mix64(run->cfg.seed ^ vd_mix64((uint64_t)step + 1)), first * (uint64_t)T};
-        loss_sum += vd_model_forward(&run->model, run->inputs, run->targets, B, &ctx);
+        loss_sum += vd_model_forward(&run->model, run->inputs, run->targets, run->pos, B, &ctx);
         vd_model_backward(&run->model, dloss, &ctx);
     }
     float extra[2] = {(float)loss_sum, g_stop_signal ? 1.0f : 0.0f};
@@ -526,10 +555,15 @@ static int train_step(train_run *run, float *loss_out, float *lr_out, float *nor
     /* the one collective of the step: every gradient, the loss and the stop flag, one buffer */
     be->allreduce_sum(vera->grads, vera->n_reduce);
     be->to_host(extra, vera->grads + vera->n_trainable, sizeof(extra));
-    *loss_out = extra[0] / (float)(S * (uint64_t)T);
     *lr_out = vd_lr_schedule(&run->ao, step);
-    *norm_out = vd_adamw_step(&run->opt, vera->params, vera->grads, *lr_out);
-    vd_vera_refresh(vera);
+    if (*skipped) {
+        *loss_out = NAN;
+        *norm_out = 0.0f;
+    } else {
+        *loss_out = (float)((double)extra[0] / (double)n_targets);
+        *norm_out = vd_adamw_step(&run->opt, vera->params, vera->grads, *lr_out);
+        vd_vera_refresh(vera);
+    }
     run->step++;
     return extra[1] > 0.0f;
 }
@@ -562,13 +596,21 @@ static void train_setup(train_run *run, int argc, char **argv) {
                                                sizeof(cfg->target_modules), cfg->model);
     vd_config_serialize(cfg, run->config_text, sizeof(run->config_text));
     memset(&run->val, 0, sizeof(run->val));
-    vd_dataset_open(&run->train, cfg->train_data, cfg->seq_len, run->mc.vocab_size, 0, "train_data");
+    vd_dataset_open(&run->train, cfg->train_data, cfg->seq_len, run->mc.vocab_size, cfg->pack, "train_data");
     run->has_val = cfg->val_data[0] != 0;
-    if (run->has_val) vd_dataset_open(&run->val, cfg->val_data, cfg->seq_len, run->mc.vocab_size, 0, "val_data");
+    if (run->has_val) vd_dataset_open(&run->val, cfg->val_data, cfg->seq_len, run->mc.vocab_size, cfg->pack, "val_data");
     /* every token id checked now, split over the ranks, so bad data never costs existing output */
     vd_dataset_validate_part(&run->train, run->comm.rank, run->comm.world);
     if (run->has_val) vd_dataset_validate_part(&run->val, run->comm.rank, run->comm.world);
     vd_comm_barrier(&run->comm);
+    if (run->has_val) { /* a validation loss needs at least one target token to take a mean over */
+        uint64_t nv = train_eval_count(&run->val, cfg->eval_seqs), targets = 0;
+        for (uint64_t i = 0; i < nv; i++) targets += vd_dataset_target_count(&run->val, i);
+        if (!targets)
+            vd_die("val_data: %s: the %llu sequences an evaluation reads (eval_seqs %d) hold no target token (every "
+                   "target is masked; HINT: check the shards' loss masks, or raise eval_seqs)", cfg->val_data,
+                   (unsigned long long)nv, (int)cfg->eval_seqs);
+    }
 
     run->B = cfg->batch_size;
     run->T = cfg->seq_len;
@@ -678,33 +720,48 @@ int vd_train_main(int argc, char **argv) {
             vd_log("epoch %llu starts at step %d\n", (unsigned long long)epoch, (int)run.step + 1);
         }
         float loss, lr, norm;
-        stopped = train_step(&run, &loss, &lr, &norm);
+        int skipped;
+        uint64_t n_targets = train_step_targets(&run, run.step);
+        stopped = train_step(&run, n_targets, &loss, &lr, &norm, &skipped);
         double ms = 1e3 * (vd_time_s() - t0);
-        if (!isfinite(loss)) vd_die("loss is %f at step %d (HINT: lower lr)", (double)loss, (int)run.step);
-        run.last_loss = loss;
         int32_t step = run.step; /* 1-based number of the step just taken */
+        if (skipped) {
+            vd_log("step %d: the global batch (sequences %llu..%llu) has no target token (everything masked): no "
+                   "loss, update skipped on every rank\n", (int)step, (unsigned long long)((uint64_t)(step - 1) * run.S),
+                   (unsigned long long)((uint64_t)step * run.S - 1));
+        } else {
+            if (!isfinite(loss)) vd_die("loss is %f at step %d (HINT: lower lr)", (double)loss, (int)step);
+            run.last_loss = loss;
+        }
 
         double val_loss = NAN;
         int do_eval = run.has_val && ((cfg->eval_every > 0 && step % cfg->eval_every == 0) || step == cfg->max_steps);
         if (do_eval) val_loss = train_evaluate(&ev);
         if (rank == 0) {
             double elapsed = vd_time_s() - t_start;
+            /* tokens processed (inputs, masked or not); the targets that took a loss are logged too */
             double tok_s = (double)(run.S * (uint64_t)run.T) / (ms / 1e3);
-            if (step % cfg->log_every == 0 || step == first_step + 1 || step == cfg->max_steps || do_eval) {
+            if (!skipped && (step % cfg->log_every == 0 || step == first_step + 1 || step == cfg->max_steps || do_eval)) {
                 char eta[32];
                 train_format_eta(elapsed / (step - first_step) * (cfg->max_steps - step), eta, sizeof(eta));
                 printf("step %*d/%d | loss %.4f | lr %.2e | grad norm %.4f | %.0f tok/s | %.1f ms | ETA %s",
                        (int)snprintf(NULL, 0, "%d", (int)cfg->max_steps), (int)step, (int)cfg->max_steps,
                        (double)loss, (double)lr, (double)norm, tok_s, ms, eta);
+                if (n_targets != run.S * (uint64_t)run.T) printf(" | %llu targets", (unsigned long long)n_targets);
                 if (do_eval) printf(" | val loss %.4f", val_loss);
                 printf("\n");
                 fflush(stdout);
             }
-            fprintf(run.metrics, "{\"step\": %d, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens\": %llu, "
-                                 "\"ms\": %.3f, \"allreduce_bytes\": %zu, \"epoch\": %llu",
-                    (int)step, (double)loss, (double)lr, (double)norm,
-                    (unsigned long long)((uint64_t)step * run.S * (uint64_t)run.T), ms, allreduce_bytes,
-                    (unsigned long long)epoch);
+            /* a skipped step has no loss: JSON null (and "skipped": true) */
+            char loss_text[32];
+            if (skipped) snprintf(loss_text, sizeof(loss_text), "null");
+            else snprintf(loss_text, sizeof(loss_text), "%.9g", (double)loss);
+            fprintf(run.metrics, "{\"step\": %d, \"loss\": %s, \"lr\": %.9g, \"grad_norm\": %.9g, \"tokens\": %llu, "
+                                 "\"targets\": %llu, \"ms\": %.3f, \"allreduce_bytes\": %zu, \"epoch\": %llu",
+                    (int)step, loss_text, (double)lr, (double)norm,
+                    (unsigned long long)((uint64_t)step * run.S * (uint64_t)run.T), (unsigned long long)n_targets, ms,
+                    allreduce_bytes, (unsigned long long)epoch);
+            if (skipped) fprintf(run.metrics, ", \"skipped\": true");
             if (do_eval) fprintf(run.metrics, ", \"val_loss\": %.9g", val_loss);
             fprintf(run.metrics, "}\n");
             if (fflush(run.metrics) != 0) vd_die("%s: write failed", run.metrics_path);

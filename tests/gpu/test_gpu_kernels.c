@@ -354,7 +354,17 @@ static void test_swiglu(void) {
  * 0); otherwise three buffers, q rows NH*hs + pad floats, k and v rows NKV*hs + pad. dq, dk, dv
  * use the same layout and start from the same random contents on both backends, so comparing
  * whole buffers also checks that neither writes the padding (or the other tensors' columns). */
-static void test_attention_case(int B, int T, int NH, int NKV, int hs, int fused, int pad) {
+/* Packed examples: positions restarting at example lengths 1..12 (a hash of the example index),
+ * so attention windows start inside the row. */
+static void packed_positions(int32_t *pos, int B, int T) {
+    for (int b = 0; b < B; b++)
+        for (int t = 0, e = 0; t < T; e++) {
+            int len = 1 + (int)(vd_mix64((uint64_t)(b * 1000 + e) + 77) % 12);
+            for (int i = 0; i < len && t < T; i++, t++) pos[b * T + t] = i;
+        }
+}
+
+static void test_attention_case(int B, int T, int NH, int NKV, int hs, int fused, int pad, int packed) {
     vd_attn_shape s = {.B = B, .T = T, .n_head = NH, .n_kv_head = NKV, .head_dim = hs};
     const int qw = NH * hs, kw = NKV * hs;
     const size_t rows = (size_t)B * T, NC = rows * qw, natt = (size_t)B * NH * T * T;
@@ -382,20 +392,31 @@ static void test_attention_case(int B, int T, int NH, int NKV, int hs, int fused
     }
 #define VIEW(p, j, side) ((p)[fused ? 0 : (j)].side + off[j])
     pair out = pair_new(NC, 1.0f), att = pair_new(natt, 1.0f), dout = pair_new(NC, 1.0f), datt = pair_new(natt, 1.0f);
-    cpu->attention_forward(out.c, att.c, VIEW(in, 0, c), VIEW(in, 1, c), VIEW(in, 2, c), &s);
-    gpu->attention_forward(out.g, att.g, VIEW(in, 0, g), VIEW(in, 1, g), VIEW(in, 2, g), &s);
+    /* the same shape with each backend's copy of the positions */
+    vd_attn_shape sc = s, sg = s;
+    int32_t *pc = NULL, *pg = NULL;
+    if (packed) {
+        pc = cpu->alloc(sizeof(int32_t) * rows);
+        pg = gpu->alloc(sizeof(int32_t) * rows);
+        packed_positions(pc, B, T);
+        gpu->to_device(pg, pc, sizeof(int32_t) * rows);
+        sc.pos = pc;
+        sg.pos = pg;
+    }
+    cpu->attention_forward(out.c, att.c, VIEW(in, 0, c), VIEW(in, 1, c), VIEW(in, 2, c), &sc);
+    gpu->attention_forward(out.g, att.g, VIEW(in, 0, g), VIEW(in, 1, g), VIEW(in, 2, g), &sg);
     char what[128], shape[96];
-    snprintf(shape, sizeof(shape), "B %d T %d NH %d NKV %d hs %d %s pad %d", B, T, NH, NKV, hs,
-             fused ? "fused" : "q/k/v", pad);
+    snprintf(shape, sizeof(shape), "B %d T %d NH %d NKV %d hs %d %s pad %d%s", B, T, NH, NKV, hs,
+             fused ? "fused" : "q/k/v", pad, packed ? " packed" : "");
     snprintf(what, sizeof(what), "attention_forward %s: out", shape);
     compare(what, &out, 1e-5);
     snprintf(what, sizeof(what), "attention_forward %s: att", shape);
     compare(what, &att, 1e-5);
     gpu->to_device(att.g, att.c, sizeof(float) * natt); /* backward from the same softmax */
     cpu->attention_backward(VIEW(gr, 0, c), VIEW(gr, 1, c), VIEW(gr, 2, c), datt.c, dout.c, VIEW(in, 0, c),
-                            VIEW(in, 1, c), VIEW(in, 2, c), att.c, &s);
+                            VIEW(in, 1, c), VIEW(in, 2, c), att.c, &sc);
     gpu->attention_backward(VIEW(gr, 0, g), VIEW(gr, 1, g), VIEW(gr, 2, g), datt.g, dout.g, VIEW(in, 0, g),
-                            VIEW(in, 1, g), VIEW(in, 2, g), att.g, &s);
+                            VIEW(in, 1, g), VIEW(in, 2, g), att.g, &sg);
 #undef VIEW
     static const char *const names[3] = {"dq", "dk", "dv"};
     for (int i = 0; i < nbuf; i++) {
@@ -410,13 +431,16 @@ static void test_attention_case(int B, int T, int NH, int NKV, int hs, int fused
     pair_free(&att);
     pair_free(&dout);
     pair_free(&datt);
+    if (pc) cpu->free(pc);
+    if (pg) gpu->free(pg);
 }
 
-static void test_xent_case(int N, int V, int in_place) {
+/* masked: every third target is VD_TARGET_NONE (loss 0, zero gradient row) */
+static void test_xent_case(int N, int V, int in_place, int masked) {
     size_t n = (size_t)N * V;
     pair logits = pair_new(n, 8.0f), probs = pair_new(n, 1.0f), losses = pair_new(N, 1.0f);
     int32_t *tgt = malloc(sizeof(int32_t) * N);
-    for (int i = 0; i < N; i++) tgt[i] = (int32_t)(vd_mix64((uint64_t)i * 7 + 1) % V);
+    for (int i = 0; i < N; i++) tgt[i] = masked && i % 3 == 1 ? VD_TARGET_NONE : (int32_t)(vd_mix64((uint64_t)i * 7 + 1) % V);
     int32_t *tc = cpu->alloc(sizeof(int32_t) * N), *tg = gpu->alloc(sizeof(int32_t) * N);
     memcpy(tc, tgt, sizeof(int32_t) * N);
     gpu->to_device(tg, tgt, sizeof(int32_t) * N);
@@ -424,15 +448,32 @@ static void test_xent_case(int N, int V, int in_place) {
     cpu->softmax_xent_forward(losses.c, p->c, logits.c, tc, N, V);
     gpu->softmax_xent_forward(losses.g, p->g, logits.g, tg, N, V);
     char what[96];
-    snprintf(what, sizeof(what), "softmax_xent_forward N %d V %d%s: losses", N, V, in_place ? " in place" : "");
+    const char *mk = masked ? " masked" : "";
+    snprintf(what, sizeof(what), "softmax_xent_forward N %d V %d%s%s: losses", N, V, in_place ? " in place" : "", mk);
     compare(what, &losses, 1e-5);
-    snprintf(what, sizeof(what), "softmax_xent_forward N %d V %d%s: probs", N, V, in_place ? " in place" : "");
+    snprintf(what, sizeof(what), "softmax_xent_forward N %d V %d%s%s: probs", N, V, in_place ? " in place" : "", mk);
     compare(what, p, 1e-5);
+    if (masked) { /* exactly 0 on both backends */
+        float *lh = malloc(sizeof(float) * N);
+        gpu->to_host(lh, losses.g, sizeof(float) * N);
+        int zero = 1;
+        for (int i = 0; i < N; i++) zero &= tgt[i] != VD_TARGET_NONE || (lh[i] == 0.0f && losses.c[i] == 0.0f);
+        report("softmax_xent_forward: masked rows have loss 0", zero ? 0.0 : 1.0, 0);
+        free(lh);
+    }
     gpu->to_device(p->g, p->c, sizeof(float) * n);
     cpu->softmax_xent_backward(p->c, p->c, tc, 1.0f / 4096.0f, N, V);
     gpu->softmax_xent_backward(p->g, p->g, tg, 1.0f / 4096.0f, N, V);
-    snprintf(what, sizeof(what), "softmax_xent_backward N %d V %d (in place)", N, V);
+    snprintf(what, sizeof(what), "softmax_xent_backward N %d V %d (in place)%s", N, V, mk);
     compare(what, p, 1e-6);
+    if (masked) {
+        float *dh = malloc(sizeof(float) * n);
+        gpu->to_host(dh, p->g, sizeof(float) * n);
+        int zero = 1;
+        for (size_t i = 0; i < n; i++) zero &= tgt[i / V] != VD_TARGET_NONE || (dh[i] == 0.0f && p->c[i] == 0.0f);
+        report("softmax_xent_backward: masked rows are 0", zero ? 0.0 : 1.0, 0);
+        free(dh);
+    }
     pair_free(&logits);
     pair_free(&probs);
     pair_free(&losses);
@@ -577,7 +618,7 @@ static void test_model(float dropout, vd_weff_policy pol) {
     const char *path = pol == VD_WEFF_ALWAYS ? "merged" : "factored";
     for (int micro = 0; micro < 2; micro++) { /* two micro-batches accumulate */
         ctx.row0 = 1000 + (uint64_t)micro * B * T;
-        double lc = vd_model_forward(&sc.m, tok, tgt, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, B, &ctx);
+        double lc = vd_model_forward(&sc.m, tok, tgt, NULL, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, NULL, B, &ctx);
         snprintf(what, sizeof(what), "model loss (dropout %g, %s input gradient), micro-batch %d", (double)dropout, path,
                  micro);
         report(what, fabs(lg - lc) / fabs(lc), 1e-5);
@@ -602,7 +643,7 @@ static void test_model(float dropout, vd_weff_policy pol) {
     snprintf(what, sizeof(what), "model vectors after one AdamW step (dropout %g, %s)", (double)dropout, path);
     report(what, max_err(pg, sc.v.params, n), 1e-6);
     /* the next forward sees the refreshed merged weights */
-    double lc = vd_model_forward(&sc.m, tok, tgt, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, B, &ctx);
+    double lc = vd_model_forward(&sc.m, tok, tgt, NULL, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, NULL, B, &ctx);
     snprintf(what, sizeof(what), "model loss after the step (dropout %g, %s)", (double)dropout, path);
     report(what, fabs(lg - lc) / fabs(lc), 1e-5);
     stack_free(&sc);
@@ -612,6 +653,47 @@ static void test_model(float dropout, vd_weff_policy pol) {
     free(params);
     free(tok);
     free(tgt);
+}
+
+/* Packed, masked sequences through the model seam: positions restart (GPT-2's wpe rows, Llama's
+ * RoPE angles, the attention windows), a third of the targets VD_TARGET_NONE. */
+static void test_model_packed(const vd_model_config *cfg, const char *name) {
+    const int B = 2, T = 23;
+    size_t np = vd_model_family_of(cfg->arch)->num_params(cfg);
+    float *params = malloc(sizeof(float) * np);
+    if (cfg->arch == VD_ARCH_GPT2) vd_gpt2_init_random(cfg, params, 11);
+    else vd_llama_init_random(cfg, params, 11);
+    int32_t *tok = malloc(sizeof(int32_t) * B * T), *tgt = malloc(sizeof(int32_t) * B * T);
+    int32_t *pos = malloc(sizeof(int32_t) * B * T);
+    packed_positions(pos, B, T);
+    int n_targets = 0;
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int32_t)(vd_mix64((uint64_t)i + 5) % (uint64_t)cfg->vocab_size);
+        tgt[i] = i % 3 == 0 ? VD_TARGET_NONE : (int32_t)(vd_mix64((uint64_t)i + 500) % (uint64_t)cfg->vocab_size);
+        n_targets += tgt[i] != VD_TARGET_NONE;
+    }
+    stack sc, sg;
+    stack_init(&sc, cpu, cfg, params, B, T, 0.0f, VD_WEFF_AUTO);
+    stack_init(&sg, gpu, cfg, params, B, T, 0.0f, VD_WEFF_AUTO);
+    vd_fwd_ctx ctx = {1, vd_mix64(42), 0};
+    double lc = vd_model_forward(&sc.m, tok, tgt, pos, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, pos, B, &ctx);
+    char what[128];
+    snprintf(what, sizeof(what), "model loss, %s packed + masked", name);
+    report(what, fabs(lg - lc) / fabs(lc), 1e-5);
+    vd_model_backward(&sc.m, 1.0f / (float)n_targets, &ctx);
+    vd_model_backward(&sg.m, 1.0f / (float)n_targets, &ctx);
+    size_t n = sc.v.n_trainable;
+    float *gg = malloc(sizeof(float) * n);
+    sg.v.be->to_host(gg, sg.v.grads, sizeof(float) * n);
+    snprintf(what, sizeof(what), "model lambda_b / lambda_d gradients, %s packed + masked", name);
+    report(what, max_err(gg, sc.v.grads, n), 1e-4);
+    stack_free(&sc);
+    stack_free(&sg);
+    free(gg);
+    free(params);
+    free(tok);
+    free(tgt);
+    free(pos);
 }
 
 int main(int argc, char **argv) {
@@ -646,19 +728,26 @@ int main(int argc, char **argv) {
     const char *att_path = getenv("VERA_CUDA_ATTENTION");
     printf("attention (%s path; VERA_CUDA_ATTENTION=gemm|kernel)\n", att_path && *att_path ? att_path : "gemm");
     /* GPT-2: fused qkv, strides 3C, n_kv_head = n_head */
-    test_attention_case(2, 67, 3, 3, 16, 1, 0);   /* hs 16: 16 groups of threads */
-    test_attention_case(1, 128, 12, 12, 64, 1, 0); /* GPT-2 small's heads: hs 64 */
-    test_attention_case(1, 9, 2, 2, 300, 1, 0);   /* hs 300 > blockDim: the other branch */
+    test_attention_case(2, 67, 3, 3, 16, 1, 0, 0);   /* hs 16: 16 groups of threads */
+    test_attention_case(1, 128, 12, 12, 64, 1, 0, 0); /* GPT-2 small's heads: hs 64 */
+    test_attention_case(1, 9, 2, 2, 300, 1, 0, 0);   /* hs 300 > blockDim: the other branch */
     /* grouped-query heads, head_dim not tied to a model width, separate or fused q / k / v */
-    test_attention_case(2, 37, 4, 2, 24, 0, 5);   /* GQA 2 groups, three padded buffers */
-    test_attention_case(2, 33, 4, 2, 24, 1, 3);   /* GQA in one [q | k | v | pad] row */
-    test_attention_case(1, 130, 4, 1, 40, 0, 0);  /* MQA (one kv head), the CPU's GEMM path */
-    test_attention_case(1, 9, 4, 2, 300, 0, 1);   /* GQA with hs 300 > blockDim */
-    test_attention_case(1, 1, 4, 2, 8, 0, 0);     /* one token */
-    test_attention_case(1, 128, 8, 2, 128, 1, 0); /* Llama-like heads: hs 128, 4 per group */
+    test_attention_case(2, 37, 4, 2, 24, 0, 5, 0);   /* GQA 2 groups, three padded buffers */
+    test_attention_case(2, 33, 4, 2, 24, 1, 3, 0);   /* GQA in one [q | k | v | pad] row */
+    test_attention_case(1, 130, 4, 1, 40, 0, 0, 0);  /* MQA (one kv head), the CPU's GEMM path */
+    test_attention_case(1, 9, 4, 2, 300, 0, 1, 0);   /* GQA with hs 300 > blockDim */
+    test_attention_case(1, 1, 4, 2, 8, 0, 0, 0);     /* one token */
+    test_attention_case(1, 128, 8, 2, 128, 1, 0, 0); /* Llama-like heads: hs 128, 4 per group */
+    /* packed examples (pos restarting): the window starts inside the row */
+    test_attention_case(2, 67, 3, 3, 16, 1, 0, 1);
+    test_attention_case(2, 37, 4, 2, 24, 0, 5, 1);
+    test_attention_case(1, 130, 4, 1, 40, 0, 0, 1); /* the CPU's GEMM path */
+    test_attention_case(1, 9, 4, 2, 300, 0, 1, 1);
     printf("softmax cross-entropy\n");
-    test_xent_case(37, 1000, 0);
-    test_xent_case(4, 50257, 1);
+    test_xent_case(37, 1000, 0, 0);
+    test_xent_case(4, 50257, 1, 0);
+    test_xent_case(37, 1000, 0, 1);
+    test_xent_case(5, 50257, 1, 1);
     test_reductions();
     printf("vera vector gradients\n");
     test_vera_vector_grads(2304, 256);
@@ -670,6 +759,12 @@ int main(int argc, char **argv) {
     test_model(0.0f, VD_WEFF_NEVER);
     test_model(0.0f, VD_WEFF_ALWAYS);
     test_model(0.2f, VD_WEFF_AUTO);
+    vd_model_config g = {32, 97, 2, 3, 48, 1e-5f};
+    test_model_packed(&g, "GPT-2");
+    vd_model_config l = {.max_seq_len = 32, .vocab_size = 97, .n_layer = 2, .n_head = 4, .channels = 32,
+                         .ln_eps = 1e-5f, .arch = VD_ARCH_LLAMA, .n_kv_head = 2, .head_dim = 8,
+                         .intermediate = 40, .tied = 1, .rope_theta = 10000.0f, .rope_type = VD_ROPE_DEFAULT};
+    test_model_packed(&l, "Llama (GQA, tied)");
 
     vd_backend_cuda_shutdown();
     vd_comm_free(&comm);

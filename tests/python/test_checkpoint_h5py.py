@@ -508,3 +508,48 @@ def test_llama_checkpoint(inputs, tmp_path):
     assert want.keys() == got.keys()
     for k in want:
         assert np.array_equal(want[k], got[k]), f"{k} differs after resuming the Llama run"
+
+
+def test_checkpoint_without_pack_resumes(inputs, tmp_path):
+    """A checkpoint written before the `pack` key existed (its configuration text ends at
+    `precision`) resumes with pack at its default 0, and ends where the uninterrupted run does;
+    with --pack 1 the resume is refused naming pack (packing changes the data)."""
+    full = tmp_path / "full"
+    train(inputs, full, 0)
+    mid = full / "checkpoints" / f"step_{EVERY:08d}.h5"
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    old = resumed / "checkpoints" / mid.name
+    shutil.copyfile(mid, old)
+    with h5py.File(old, "r+") as f:
+        text = f["config"][()]
+        text = text.decode() if isinstance(text, bytes) else text
+        assert text.endswith("pack = 0\n"), f"pack is not the last line of the stored configuration:\n{text}"
+        text = text[: -len("pack = 0\n")]
+        raw = text.encode()
+        del f["config"]
+        # the writer's type: a NUL-terminated UTF-8 string of len + 1 bytes, scalar
+        tid = h5py.h5t.C_S1.copy()
+        tid.set_size(len(raw) + 1)
+        tid.set_strpad(h5py.h5t.STR_NULLTERM)
+        tid.set_cset(h5py.h5t.CSET_UTF8)
+        dsid = h5py.h5d.create(f.id, b"config", tid, h5py.h5s.create(h5py.h5s.SCALAR))
+        dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, np.array(raw, dtype=f"S{len(raw) + 1}"), mtype=tid)
+        f["config"].attrs["hash"] = np.uint64(fnv(raw))
+        order = [s.decode() for s in f["adapter"].attrs["module_order"]]
+        params, m1, m2 = (flat(f, t, order) for t in ("adapter", "optimizer/exp_avg", "optimizer/exp_avg_sq"))
+        f.attrs.modify("data_checksum", np.uint64(data_checksum(f, params, m1, m2, version=2)))
+    args = [BIN, "--model", inputs / "model", "--train_data", inputs / "data" / "train_*.bin", "--out_dir", resumed,
+            "--target_modules", "all", "--r", R, "--batch_size", BATCH, "--seq_len", SEQ, "--grad_accum", 1,
+            "--max_steps", STEPS, "--warmup_steps", 0, "--ckpt_every", EVERY, "--save_projection", 0,
+            "--seed", SEED, "--projection_prng_key", KEY, "--threads", 1, "--log_every", 1, "--resume", old]
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    bad = subprocess.run([str(c) for c in args + ["--pack", 1]], capture_output=True, text=True, timeout=300, env=env)
+    assert bad.returncode != 0 and "before the key 'pack' existed" in bad.stderr and "pack = 1" in bad.stderr, \
+        bad.stderr[-2000:]
+    p = run(args, "resuming from a checkpoint without the pack line")
+    assert f"at step {EVERY}" in p.stdout + p.stderr, p.stdout + p.stderr
+    want = safetensors_f32(full / "adapter_final.safetensors")
+    got = safetensors_f32(resumed / "adapter_final.safetensors")
+    for k in want:
+        assert np.array_equal(want[k], got[k]), f"{k} differs after resuming from the checkpoint without pack"

@@ -465,7 +465,16 @@ static void cu_rope(float *x, const float *inv_freq, const int32_t *pos, int B, 
 typedef struct {
     int T, NH, group, hs;
     size_t qs, kvs, oc; /* row strides of q (and dq), k / v (and dk / dv), out / dout */
+    const int32_t *pos; /* (B*T) device positions or NULL: query t sees keys t - pos[t] .. t */
 } vd_attn_dims;
+
+/* First key query t of sequence b sees: t - pos[t], clamped to [0, t]; 0 without pos (the CPU's
+ * attn_first_key). Keys before it get weight 0, so packed examples do not see each other. */
+__device__ int attn_first_key(const int32_t *pos, size_t b, int T, int t) {
+    if (!pos) return 0;
+    const int lo = t - pos[b * (size_t)T + t];
+    return lo < 0 ? 0 : lo > t ? t : lo;
+}
 
 static vd_attn_dims vd_attn_dims_of(const vd_attn_shape *s) {
     if (s->n_head < 1 || s->n_kv_head < 1 || s->n_head % s->n_kv_head != 0 || s->head_dim < 1 ||
@@ -481,6 +490,7 @@ static vd_attn_dims vd_attn_dims_of(const vd_attn_shape *s) {
     d.qs = (size_t)s->q_stride;
     d.kvs = (size_t)s->kv_stride;
     d.oc = (size_t)s->n_head * s->head_dim;
+    d.pos = s->pos;
     return d;
 }
 
@@ -499,6 +509,7 @@ __global__ void k_attention_forward(float *out, float *att, const float *q, cons
     const size_t row = blockIdx.x; /* (b * NH + h) * T + t */
     const int t = (int)(row % (size_t)T), h = (int)((row / (size_t)T) % (size_t)NH), kvh = h / d.group;
     const size_t b = row / ((size_t)T * NH), kvs = d.kvs;
+    const int lo = attn_first_key(d.pos, b, T, t);
     float *sq = sh, *part = sh + hs;
     const float *qr = q + (b * T + t) * d.qs + (size_t)h * hs;
     for (int i = tid; i < hs; i += bd) sq[i] = qr[i];
@@ -507,7 +518,7 @@ __global__ void k_attention_forward(float *out, float *att, const float *q, cons
     const float *vbase = v + b * T * kvs + (size_t)kvh * hs;
     float *a = att + row * T;
     float mx = -INFINITY;
-    for (int t2 = tid; t2 <= t; t2 += bd) {
+    for (int t2 = lo + tid; t2 <= t; t2 += bd) {
         const float *kr = kbase + (size_t)t2 * kvs;
         float s = 0.0f;
         for (int i = 0; i < hs; i++) s += sq[i] * kr[i];
@@ -517,18 +528,19 @@ __global__ void k_attention_forward(float *out, float *att, const float *q, cons
     }
     mx = block_max(mx, red);
     float sum = 0.0f;
-    for (int t2 = tid; t2 <= t; t2 += bd) {
+    for (int t2 = lo + tid; t2 <= t; t2 += bd) {
         float e = expf(a[t2] - mx);
         a[t2] = e;
         sum += e;
     }
     sum = block_sum(sum, red);
     const float inv = 1.0f / sum;
-    for (int t2 = tid; t2 <= t; t2 += bd) a[t2] *= inv;
+    for (int t2 = lo + tid; t2 <= t; t2 += bd) a[t2] *= inv;
+    for (int t2 = tid; t2 < lo; t2 += bd) a[t2] = 0.0f;
     for (int t2 = t + 1 + tid; t2 < T; t2 += bd) a[t2] = 0.0f;
     __syncthreads(); /* the whole row of a is visible to the block */
     float *o = out + (b * T + t) * d.oc + (size_t)h * hs;
-    block_weighted_rows(o, a, vbase, kvs, t + 1, hs, part);
+    block_weighted_rows(o, a + lo, vbase + (size_t)lo * kvs, kvs, t + 1 - lo, hs, part);
 }
 
 /* Backward, part 1: one block per query row (b, h, t). da = dout . v (through the weighted
@@ -542,6 +554,7 @@ __global__ void k_attention_backward_q(float *dq, float *datt, const float *dout
     const size_t row = blockIdx.x;
     const int t = (int)(row % (size_t)T), h = (int)((row / (size_t)T) % (size_t)NH), kvh = h / d.group;
     const size_t b = row / ((size_t)T * NH), kvs = d.kvs;
+    const int lo = attn_first_key(d.pos, b, T, t);
     float *sgo = sh, *part = sh + hs;
     const float *go = dout + (b * T + t) * d.oc + (size_t)h * hs;
     for (int i = tid; i < hs; i += bd) sgo[i] = go[i];
@@ -551,7 +564,7 @@ __global__ void k_attention_backward_q(float *dq, float *datt, const float *dout
     const float *a = att + row * T;
     float *da = datt + row * T;
     float dot = 0.0f;
-    for (int t2 = tid; t2 <= t; t2 += bd) {
+    for (int t2 = lo + tid; t2 <= t; t2 += bd) {
         const float *vr = vbase + (size_t)t2 * kvs;
         float s = 0.0f;
         for (int i = 0; i < hs; i++) s += sgo[i] * vr[i];
@@ -559,10 +572,11 @@ __global__ void k_attention_backward_q(float *dq, float *datt, const float *dout
         dot += a[t2] * s;
     }
     dot = block_sum(dot, red);
-    for (int t2 = tid; t2 <= t; t2 += bd) da[t2] = a[t2] * (da[t2] - dot) * scale;
+    for (int t2 = lo + tid; t2 <= t; t2 += bd) da[t2] = a[t2] * (da[t2] - dot) * scale;
+    for (int t2 = tid; t2 < lo; t2 += bd) da[t2] = 0.0f; /* part 2 reads the whole lower triangle */
     __syncthreads();
     float *dqr = dq + (b * T + t) * d.qs + (size_t)h * hs;
-    block_weighted_rows(dqr, da, kbase, kvs, t + 1, hs, part);
+    block_weighted_rows(dqr, da + lo, kbase + (size_t)lo * kvs, kvs, t + 1 - lo, hs, part);
 }
 
 /* Backward, part 2: one block per key row (b, kv head kvh, t2), which owns dk and dv of that kv
@@ -641,7 +655,8 @@ static unsigned int vd_attention_rows(int B, int T, int NH) {
  * heads, as before. dK and dV sum the group's heads: the call for j = 0 writes them (beta 0),
  * the others add (beta 1), in head order, as the CPU's GEMM path does. The products span the
  * full T x T (the masked half included, as the CPU's GEMM path does); the kernels write exact
- * zeros above the diagonal so the masked half contributes nothing. VERA_CUDA_ATTENTION=kernel
+ * zeros above the diagonal and before each query's first key (packed examples, pos) so the
+ * masked entries contribute nothing. VERA_CUDA_ATTENTION=kernel
  * selects the direct kernels above instead (the reference the GPU tests compare both against). */
 
 /* row-major strided-batched GEMM, the mapping of cu_gemm applied to each of `batch` problems */
@@ -655,44 +670,47 @@ static void cu_gemm_strided_batched(int trans_a, int trans_b, int M, int N, int 
     if (g.debug_sync) cudaCheck(cudaStreamSynchronize(g.stream));
 }
 
-/* att row (b, h, t) := causal softmax of scale * scores (in place), zeros above the diagonal */
-__global__ void k_causal_softmax_forward(float *att, int T, float scale) {
+/* att row (b, h, t) := softmax of scale * scores over keys lo .. t (in place), zeros elsewhere */
+__global__ void k_causal_softmax_forward(float *att, const int32_t *pos, int T, int NH, float scale) {
     __shared__ float red[33];
     const int tid = threadIdx.x, bd = blockDim.x;
     const size_t row = blockIdx.x;
-    const int t = (int)(row % (size_t)T);
+    const int t = (int)(row % (size_t)T), lo = attn_first_key(pos, row / ((size_t)T * NH), T, t);
     float *a = att + row * T;
     float mx = -INFINITY;
-    for (int t2 = tid; t2 <= t; t2 += bd) {
+    for (int t2 = lo + tid; t2 <= t; t2 += bd) {
         float s = a[t2] * scale;
         a[t2] = s;
         mx = fmaxf(mx, s);
     }
     mx = block_max(mx, red);
     float sum = 0.0f;
-    for (int t2 = tid; t2 <= t; t2 += bd) {
+    for (int t2 = lo + tid; t2 <= t; t2 += bd) {
         float e = expf(a[t2] - mx);
         a[t2] = e;
         sum += e;
     }
     sum = block_sum(sum, red);
     const float inv = 1.0f / sum;
-    for (int t2 = tid; t2 <= t; t2 += bd) a[t2] *= inv;
+    for (int t2 = lo + tid; t2 <= t; t2 += bd) a[t2] *= inv;
+    for (int t2 = tid; t2 < lo; t2 += bd) a[t2] = 0.0f;
     for (int t2 = t + 1 + tid; t2 < T; t2 += bd) a[t2] = 0.0f;
 }
 
-/* datt row := a (datt - a . datt) * scale on and below the diagonal, 0 above */
-__global__ void k_causal_softmax_backward(float *datt, const float *att, int T, float scale) {
+/* datt row := a (datt - a . datt) * scale on keys lo .. t, 0 elsewhere */
+__global__ void k_causal_softmax_backward(float *datt, const float *att, const int32_t *pos, int T, int NH,
+                                          float scale) {
     __shared__ float red[33];
     const int tid = threadIdx.x, bd = blockDim.x;
     const size_t row = blockIdx.x;
-    const int t = (int)(row % (size_t)T);
+    const int t = (int)(row % (size_t)T), lo = attn_first_key(pos, row / ((size_t)T * NH), T, t);
     const float *a = att + row * T;
     float *da = datt + row * T;
     float dot = 0.0f;
-    for (int t2 = tid; t2 <= t; t2 += bd) dot += a[t2] * da[t2];
+    for (int t2 = lo + tid; t2 <= t; t2 += bd) dot += a[t2] * da[t2];
     dot = block_sum(dot, red);
-    for (int t2 = tid; t2 <= t; t2 += bd) da[t2] = a[t2] * (da[t2] - dot) * scale;
+    for (int t2 = lo + tid; t2 <= t; t2 += bd) da[t2] = a[t2] * (da[t2] - dot) * scale;
+    for (int t2 = tid; t2 < lo; t2 += bd) da[t2] = 0.0f;
     for (int t2 = t + 1 + tid; t2 < T; t2 += bd) da[t2] = 0.0f;
 }
 
@@ -712,7 +730,7 @@ static void attention_forward_gemm(float *out, float *att, const float *q, const
             cu_gemm_strided_batched(0, 1, T, T, hs, 1.0f, q + (size_t)b * T * qs + (size_t)j * hs, qs,
                                     (long long)group * hs, k + (size_t)b * T * kvs, kvs, hs, 0.0f,
                                     att + ((size_t)b * NH + j) * TT, T, group * TT, NKV);
-    VD_LAUNCH(k_causal_softmax_forward, vd_attention_rows(s->B, T, NH), VD_THREADS, 0, att, T,
+    VD_LAUNCH(k_causal_softmax_forward, vd_attention_rows(s->B, T, NH), VD_THREADS, 0, att, d->pos, T, NH,
               1.0f / sqrtf((float)hs));
     VD_LAUNCHED("attention_forward (softmax)");
     for (int b = 0; b < s->B; b++) /* out_h = att_h V_kvh */
@@ -741,7 +759,7 @@ static void attention_backward_gemm(float *dq, float *dk, float *dv, float *datt
                                     dvb, kvs, hs, NKV);
         }
     }
-    VD_LAUNCH(k_causal_softmax_backward, vd_attention_rows(s->B, T, NH), VD_THREADS, 0, datt, att, T,
+    VD_LAUNCH(k_causal_softmax_backward, vd_attention_rows(s->B, T, NH), VD_THREADS, 0, datt, att, d->pos, T, NH,
               1.0f / sqrtf((float)hs));
     VD_LAUNCHED("attention_backward (softmax)");
     for (int b = 0; b < s->B; b++) {
@@ -889,7 +907,8 @@ __global__ void k_softmax_xent_forward(float *losses, float *probs, const float 
     const int tid = threadIdx.x, bd = blockDim.x;
     const float *l = logits + n * V;
     float *p = probs + n * V;
-    const float lt = l[targets[n]];
+    const int32_t tn = targets[n];
+    const float lt = tn == VD_TARGET_NONE ? 0.0f : l[tn];
     float mx = -INFINITY;
     for (int v = tid; v < V; v += bd) mx = fmaxf(mx, l[v]);
     mx = block_max(mx, redf);
@@ -903,7 +922,7 @@ __global__ void k_softmax_xent_forward(float *losses, float *probs, const float 
     const float inv = (float)(1.0 / sum);
     for (int v = tid; v < V; v += bd) p[v] *= inv;
     /* log-sum-exp form keeps the loss exact even when the target's probability underflows */
-    if (tid == 0) losses[n] = (float)(log(sum) + mx - lt);
+    if (tid == 0) losses[n] = tn == VD_TARGET_NONE ? 0.0f : (float)(log(sum) + mx - lt);
 }
 
 static void cu_softmax_xent_forward(float *losses, float *probs, const float *logits, const int32_t *targets, int N,
@@ -918,8 +937,9 @@ __global__ void k_softmax_xent_backward(float *dlogits, const float *probs, cons
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         size_t row = i / (size_t)V;
         int v = (int)(i % (size_t)V);
-        float d = probs[i] * dloss;
-        if (v == targets[row]) d -= dloss;
+        const int32_t tr = targets[row];
+        float d = tr == VD_TARGET_NONE ? 0.0f : probs[i] * dloss; /* no loss here: no gradient */
+        if (v == tr) d -= dloss;
         dlogits[i] = d;
     }
 }
