@@ -10,6 +10,7 @@ int vd_prepare_data_main(int argc, char **argv); /* prepare_data.c : vera-dist p
 int vd_forward_main(int argc, char **argv);      /* forward.c : vera-dist forward --tokens GLOB --out FILE ... */
 int vd_export_main(int argc, char **argv);       /* export.c : vera-dist export --checkpoint FILE --format F --out DIR */
 int vd_inspect_main(int argc, char **argv);      /* inspect.c : vera-dist inspect --model PATH [--r N ...] */
+int vd_generate_main(int argc, char **argv);     /* generate.c : vera-dist generate --model PATH --prompt ... */
 
 /* cli.c. Removes "--name value" / "--name=value" from argv (compacting it) and returns the value, or
  * NULL if absent. Lets a sub-command take its own options before the shared config parser. */
