@@ -21,12 +21,15 @@
 #include "vera/model.h"
 #include "vera/peft.h"
 #include "vera/sample.h"
+#ifdef VERA_HAVE_CUDA
+#include "vera/backend_cuda.h"
+#endif
 
 static void gen_usage(void) {
     printf("usage: vera-dist generate --model DIR|FILE.gguf|FILE.bin [--adapter PEFT_DIR | --checkpoint FILE.h5]\n"
            "                          (--prompt TEXT | --chat JSON | --prompt_ids 1,2,3)\n"
            "                          [--max_new_tokens N] [--temperature T] [--top_k K] [--top_p P] [--seed S]\n"
-           "                          [--stop_ids 1,2] [--ignore_eos 1] [--json] [--device cpu]\n"
+           "                          [--stop_ids 1,2] [--ignore_eos 1] [--json] [--device cpu|cuda|auto] [--threads N]\n"
            "Generates up to max_new_tokens (default 64) tokens after the prompt with a KV cache.\n"
            "  --prompt TEXT      tokenized with the model's tokenizer as tokenizer(TEXT) (its BOS, if it adds one)\n"
            "  --chat JSON        a list of {\"role\", \"content\"} messages rendered with the model's chat\n"
@@ -43,7 +46,28 @@ static void gen_usage(void) {
            "Output: the new text as it is generated (special tokens not printed; the ids when the model has\n"
            "no tokenizer); --json prints only {\"prompt_ids\": [...], \"ids\": [...], \"text\": \"...\"}\n"
            "(ids = the new tokens; text = their decoding without special tokens).\n"
-           "Runs on the CPU backend (--device cpu).\n");
+           "--device cpu (default), cuda, or auto (cuda when a GPU is usable).\n");
+}
+
+/* The backend for --device (one process, no collectives): cpu; cuda (or a one-line error); auto
+ * = cuda when usable, else cpu. Like train.c's selection, compiled with VERA_HAVE_CUDA in CUDA
+ * builds (and in the emulated backend's binary). */
+static const vd_backend *gen_backend(const char *device) {
+    if (!device || !strcmp(device, "cpu")) return vd_backend_cpu();
+    if (strcmp(device, "cuda") != 0 && strcmp(device, "auto") != 0)
+        vd_die("generate: --device must be cpu, cuda or auto, got '%s'", device);
+#ifdef VERA_HAVE_CUDA
+    char why[512];
+    const vd_backend *be = vd_backend_cuda_init(NULL, why, sizeof(why));
+    if (be) return be;
+    if (!strcmp(device, "cuda"))
+        vd_die("generate: --device cuda requested but no usable CUDA device (%s) (HINT: --device cpu or auto)", why);
+    vd_log("generate: device auto -> cpu (%s)\n", why);
+#else
+    if (!strcmp(device, "cuda"))
+        vd_die("generate: --device cuda requested but this build has no CUDA backend (HINT: --device cpu or auto)");
+#endif
+    return vd_backend_cpu();
 }
 
 /* ---- options ---- */
@@ -228,8 +252,6 @@ int vd_generate_main(int argc, char **argv) {
     if ((prompt != NULL) + (chat != NULL) + (prompt_ids != NULL) != 1)
         vd_die("generate: give exactly one of --prompt TEXT, --chat JSON or --prompt_ids IDS");
     if (adapter && ckpath) vd_die("generate: give --adapter or --checkpoint, not both");
-    if (device && strcmp(device, "cpu") != 0 && strcmp(device, "auto") != 0)
-        vd_die("generate: --device %s is not supported (generation runs on the CPU backend; HINT: --device cpu)", device);
     int32_t max_new = s_max_new ? (int32_t)gen_parse_int("max_new_tokens", s_max_new, 1, INT32_MAX / 2) : 64;
     vd_sample_options so = {0.0f, 0, 1.0f};
     if (s_temp) so.temperature = (float)gen_parse_float("temperature", s_temp, 0.0, 1e6);
@@ -253,7 +275,7 @@ int vd_generate_main(int argc, char **argv) {
     }
     if (!model_path) vd_die("generate: --model PATH is required");
 
-    const vd_backend *be = vd_backend_cpu();
+    const vd_backend *be = gen_backend(device);
     vd_model_config mc;
     float *host = vd_model_load(model_path, &mc);
     int32_t V = mc.vocab_size;
