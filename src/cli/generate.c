@@ -21,6 +21,8 @@
 #include "vera/model.h"
 #include "vera/peft.h"
 #include "vera/sample.h"
+#include "vera/tokenizer.h"
+#include "vera/gguf.h"
 #ifdef VERA_HAVE_CUDA
 #include "vera/backend_cuda.h"
 #endif
@@ -212,6 +214,123 @@ static void gen_adapter_from_checkpoint(vd_vera *v, vd_model *m, const vd_checkp
     vd_vera_refresh(v);
 }
 
+/* ---- text: the tokenizer, the chat template, streaming ---- */
+
+/* The model's tokenizer when it has one: a HF directory's tokenizer.json, or a GGUF file's
+ * tokenizer.ggml metadata. required: die naming the file when there is none. */
+static vd_tokenizer *gen_tokenizer(const char *model, int required, const char *why) {
+    struct stat st;
+    int have = 0;
+    if (stat(model, &st) == 0 && S_ISDIR(st.st_mode)) {
+        char path[VD_PATH_MAX + 32];
+        snprintf(path, sizeof(path), "%s/tokenizer.json", model);
+        have = vd_path_exists(path);
+        if (!have && required)
+            vd_die("generate: %s needs the model's tokenizer, and %s is missing (HINT: --prompt_ids)", why, path);
+    } else if (vd_gguf_has_magic(model)) {
+        vd_gguf g;
+        vd_gguf_open(&g, model);
+        have = vd_gguf_find_kv(&g, "tokenizer.ggml.tokens") != NULL;
+        vd_gguf_close(&g);
+        if (!have && required)
+            vd_die("generate: %s needs the model's tokenizer, and %s has no tokenizer.ggml metadata (HINT: --prompt_ids)",
+                   why, model);
+    } else if (required) {
+        vd_die("generate: %s needs the model's tokenizer, and %s (an llm.c model file) has none (HINT: --prompt_ids)",
+               why, model);
+    }
+    return have ? vd_tokenizer_load(model) : NULL;
+}
+
+/* The UTF-8 character at p[0..n): its byte count when complete and valid; 0 when it is a valid
+ * start that needs more bytes; -k when its first k bytes are the longest start of a valid
+ * character that cannot continue (k >= 1: one U+FFFD replaces them, Python's errors="replace"
+ * and Rust's from_utf8_lossy, which Hugging Face tokenizers' decode uses). */
+static int gen_utf8_len(const unsigned char *p, size_t n) {
+    unsigned c = p[0];
+    int len;
+    if (c < 0x80) return 1;
+    if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) len = 3;
+    else if (c >= 0xF0 && c <= 0xF4) len = 4;
+    else return -1;
+    for (int i = 1; i < len; i++) {
+        if ((size_t)i >= n) return 0;
+        unsigned b = p[i];
+        /* the second byte's range excludes overlong forms, surrogates and code points > U+10FFFF */
+        unsigned lo = 0x80, hi = 0xBF;
+        if (i == 1 && c == 0xE0) lo = 0xA0;
+        if (i == 1 && c == 0xED) hi = 0x9F;
+        if (i == 1 && c == 0xF0) lo = 0x90;
+        if (i == 1 && c == 0xF4) hi = 0x8F;
+        if (b < lo || b > hi) return -i;
+    }
+    return len;
+}
+
+/* Writes to out the longest prefix of p[0..n) that is whole characters, each invalid part as
+ * U+FFFD; returns the bytes consumed. final: nothing more will come, so an incomplete tail
+ * becomes one U+FFFD too. */
+static size_t gen_utf8_emit(const unsigned char *p, size_t n, int final, FILE *out) {
+    size_t i = 0;
+    while (i < n) {
+        int k = gen_utf8_len(p + i, n - i);
+        if (k == 0) {
+            if (!final) break;
+            fputs("\xEF\xBF\xBD", out);
+            i = n;
+        } else if (k < 0) {
+            fputs("\xEF\xBF\xBD", out);
+            i += (size_t)-k;
+        } else {
+            fwrite(p + i, 1, (size_t)k, out);
+            i += (size_t)k;
+        }
+    }
+    return i;
+}
+
+/* A copy of s[0..n) with invalid UTF-8 replaced (JSON must be valid UTF-8). */
+static char *gen_utf8_clean(const char *s, size_t n) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) vd_die("generate: out of memory");
+    gen_utf8_emit((const unsigned char *)s, n, 1, f);
+    fclose(f);
+    return buf;
+}
+
+/* Streams token text to stdout: whole characters only, special tokens not printed. */
+typedef struct {
+    unsigned char pending[64];
+    size_t n;
+} gen_stream;
+
+static void gen_stream_token(gen_stream *s, const vd_tokenizer *tok, int32_t id) {
+    if (vd_tokenizer_is_special(tok, id)) return;
+    size_t len = 0;
+    const char *b = vd_tokenizer_token_bytes(tok, id, &len);
+    if (!b) return;
+    for (size_t i = 0; i < len; i++) {
+        if (s->n == sizeof(s->pending)) { /* cannot happen with valid UTF-8 (at most 3 pending) */
+            gen_utf8_emit(s->pending, s->n, 1, stdout);
+            s->n = 0;
+        }
+        s->pending[s->n++] = (unsigned char)b[i];
+    }
+    size_t used = gen_utf8_emit(s->pending, s->n, 0, stdout);
+    memmove(s->pending, s->pending + used, s->n - used);
+    s->n -= used;
+    fflush(stdout);
+}
+
+static void gen_stream_end(gen_stream *s) {
+    gen_utf8_emit(s->pending, s->n, 1, stdout);
+    s->n = 0;
+    printf("\n");
+}
+
 /* ---- output ---- */
 
 static void gen_print_json_ids(cJSON *root, const char *key, const int32_t *ids, size_t n) {
@@ -280,10 +399,32 @@ int vd_generate_main(int argc, char **argv) {
     float *host = vd_model_load(model_path, &mc);
     int32_t V = mc.vocab_size;
 
+    /* the prompt: ids directly, or text through the model's own tokenizer */
+    vd_tokenizer *tok = gen_tokenizer(model_path, prompt_ids == NULL, prompt ? "--prompt" : "--chat");
     gen_ids pids = {0}, stop = {0};
-    if (prompt_ids) gen_parse_id_list("prompt_ids", prompt_ids, V, &pids);
-    else vd_die("generate: --prompt and --chat need the tokenizer, which this build does not have yet (HINT: --prompt_ids)");
-    if (!ignore_eos) gen_read_eos_ids(model_path, V, &stop);
+    if (prompt_ids) {
+        gen_parse_id_list("prompt_ids", prompt_ids, V, &pids);
+    } else {
+        vd_tokens enc = {0};
+        if (prompt) {
+            vd_tokenizer_encode(tok, prompt, strlen(prompt), VD_TOK_ADD_SPECIAL, &enc);
+        } else {
+            vd_die("generate: --chat needs the chat template renderer, which this build does not have yet (HINT: --prompt)");
+        }
+        for (size_t i = 0; i < enc.n; i++) {
+            if (enc.ids[i] < 0 || enc.ids[i] >= V)
+                vd_die("generate: the tokenizer of %s gives token id %d, outside the model's vocabulary of %d", model_path,
+                       (int)enc.ids[i], (int)V);
+            gen_ids_push(&pids, enc.ids[i]);
+        }
+        vd_tokens_free(&enc);
+        if (pids.n == 0) vd_die("generate: the prompt is empty (no tokens)");
+    }
+    if (!ignore_eos) {
+        gen_read_eos_ids(model_path, V, &stop);
+        int32_t eos = tok ? vd_tokenizer_eos(tok) : -1;
+        if (eos >= 0 && eos < V) gen_ids_push(&stop, eos);
+    }
     if (s_stop) gen_parse_id_list("stop_ids", s_stop, V, &stop);
     int64_t need = (int64_t)pids.n + max_new;
     if (need > mc.max_seq_len)
@@ -315,11 +456,14 @@ int vd_generate_main(int argc, char **argv) {
     vd_sampler_init(&sampler, V, seed);
     float *logits = mallocCheck(sizeof(float) * (size_t)V);
     gen_ids out = {0};
+    gen_stream stream = {{0}, 0};
     vd_model_decode(&model, &kv, pids.v, (int32_t)pids.n, 0, logits);
     for (int32_t step = 0; step < max_new; step++) {
         int32_t id = vd_sample_next(&sampler, logits, &so);
         gen_ids_push(&out, id);
-        if (!json) {
+        if (!json && tok) {
+            gen_stream_token(&stream, tok, id);
+        } else if (!json) {
             printf("%s%d", step ? " " : "", (int)id);
             fflush(stdout);
         }
@@ -330,12 +474,22 @@ int vd_generate_main(int argc, char **argv) {
         cJSON *root = cJSON_CreateObject();
         gen_print_json_ids(root, "prompt_ids", pids.v, pids.n);
         gen_print_json_ids(root, "ids", out.v, out.n);
-        cJSON_AddStringToObject(root, "text", "");
+        char *text = NULL;
+        if (tok) {
+            size_t len = 0;
+            char *raw = vd_tokenizer_decode(tok, out.v, out.n, 1, &len);
+            text = gen_utf8_clean(raw, len);
+            free(raw);
+        }
+        cJSON_AddStringToObject(root, "text", text ? text : "");
+        free(text);
         char *s = cJSON_PrintUnformatted(root);
         if (!s) vd_die("generate: out of memory writing JSON");
         printf("%s\n", s);
         free(s);
         cJSON_Delete(root);
+    } else if (tok) {
+        gen_stream_end(&stream);
     } else {
         printf("\n");
     }
@@ -350,5 +504,6 @@ int vd_generate_main(int argc, char **argv) {
     if (have_vera) vd_vera_free(&vera);
     vd_model_free(&model);
     if (have_ck) vd_checkpoint_free(&ck);
+    if (tok) vd_tokenizer_free(tok);
     return 0;
 }

@@ -25,6 +25,7 @@ import json
 
 import pytest
 import torch
+import transformers
 
 from conftest import (THREADS, error_lines, llama_peft_model, make_gpt2, make_llama, peft_model, random_tokens,
                       run_vd, set_vectors, vd_train, vera_config, write_shard, checkpoint_of)
@@ -148,3 +149,92 @@ def test_bad_input(fam):
     assert len(error_lines(p)) == 1 and "--device cuda" in error_lines(p)[0], p.stderr
     p = vd_generate(fam.dir, PROMPT, "--top_p", 0, ok=False)
     assert any("--top_p" in ln for ln in error_lines(p)), p.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# text: a tokenizer from the `tokenizers` library (byte-level BPE, trained here) beside a tiny
+# GPT-2, and the SmolLM2 GGUF (model + tokenizer + chat template)
+
+TEXT_PROMPT = "Grüße, 世界! The café's naïve piñata 🎉 says"
+
+
+def make_tokenized_gpt2(root):
+    """A GPT-2 tiny model (vocab 320) with a byte-level BPE tokenizer trained on a few lines,
+    saved as tokenizer.json + tokenizer_config.json (PreTrainedTokenizerFast.save_pretrained)."""
+    from tokenizers import ByteLevelBPETokenizer
+    corpus = ["the quick brown fox jumps over the lazy dog", "Grüße aus München, 世界 und café",
+              "naïve piñata parties 🎉 are fun", "hello world, hello tokens"] * 20
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=319, min_frequency=1, special_tokens=["<|endoftext|>"])
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>",
+                                                bos_token="<|endoftext|>")
+    vocab = 320
+    assert len(fast) <= vocab
+    model = make_gpt2(root, n_embd=48, vocab=vocab, n_layer=2, n_head=3, n_positions=128, seed=21)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith(".weight") and ".ln_" not in n:
+                p.mul_(5.0)
+    model.save_pretrained(str(root), safe_serialization=True)
+    fast.save_pretrained(str(root))
+    return model, fast
+
+
+def test_prompt_text_and_streaming(tmp_path):
+    model, tok = make_tokenized_gpt2(tmp_path / "gpt2tok")
+    want_prompt = tok(TEXT_PROMPT)["input_ids"]
+    ref = hf_greedy(model, want_prompt, n_new=48)
+    proc = run_vd("generate", "--model", tmp_path / "gpt2tok", "--prompt", TEXT_PROMPT, "--json", "--ignore_eos", 1,
+                  "--max_new_tokens", 48, "--threads", THREADS)
+    out = json.loads(proc.stdout)
+    assert out["prompt_ids"] == want_prompt
+    assert out["ids"] == ref
+    assert out["text"] == tok.decode(ref, skip_special_tokens=True)
+    # streamed: the same text, whole characters (the bytes of a character may span tokens)
+    proc = run_vd("generate", "--model", tmp_path / "gpt2tok", "--prompt", TEXT_PROMPT, "--ignore_eos", 1,
+                  "--max_new_tokens", 48, "--threads", THREADS)
+    assert proc.stdout == out["text"] + "\n"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    import os
+    import pathlib
+    path = pathlib.Path(os.environ.get("VERA_SMOLLM2_GGUF", pathlib.Path.home() / ".cache/vera-dist/models/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                              dtype=torch.float32)
+    model.eval()
+    return path, tok, model
+
+
+def test_smollm2_chat_greedy(smollm2):
+    path, tok, model = smollm2
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(prompt, dict) or hasattr(prompt, "keys"):
+        prompt = prompt["input_ids"]
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    ref = hf_greedy(model, list(prompt), n_new=N_NEW, eos=eos)
+    proc = run_vd("generate", "--model", path, "--chat", json.dumps(messages), "--json", "--max_new_tokens", N_NEW,
+                  "--threads", THREADS, timeout=120)
+    out = json.loads(proc.stdout)
+    assert out["prompt_ids"] == list(prompt)
+    assert out["ids"] == ref, f"first difference at {next((i for i, (a, b) in enumerate(zip(out['ids'], ref)) if a != b), None)}"
+    assert out["text"] == tok.decode(ref, skip_special_tokens=True)
+    print("SmolLM2:", repr(out["text"]))
+
+
+def test_smollm2_prompt_greedy(smollm2):
+    path, tok, model = smollm2
+    text = "The three primary colors are"
+    prompt = tok(text)["input_ids"]
+    ref = hf_greedy(model, prompt, n_new=N_NEW, eos=tok.eos_token_id)
+    proc = run_vd("generate", "--model", path, "--prompt", text, "--json", "--max_new_tokens", N_NEW,
+                  "--threads", THREADS, timeout=120)
+    out = json.loads(proc.stdout)
+    assert out["prompt_ids"] == prompt
+    assert out["ids"] == ref, f"first difference at {next((i for i, (a, b) in enumerate(zip(out['ids'], ref)) if a != b), None)}"
+    assert out["text"] == tok.decode(ref, skip_special_tokens=True)
