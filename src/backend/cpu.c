@@ -387,7 +387,8 @@ static void cpu_attention_cached(float *out, const float *q, const float *kcache
     vd_require(s->n_kv_head >= 1 && s->n_head % s->n_kv_head == 0 && n_new >= 0 && pos0 >= 0);
     int NH = s->n_head, hs = s->head_dim, group = NH / s->n_kv_head, Tk = pos0 + n_new;
     float scale = 1.0f / sqrtf((float)hs);
-    #pragma omp parallel
+    /* one new token of a small model is less work than waking the threads */
+    #pragma omp parallel if ((size_t)n_new * NH * Tk * hs >= 65536)
     {
         float *a = mallocCheck(sizeof(float) * (size_t)(Tk > 0 ? Tk : 1));
         #pragma omp for collapse(2) schedule(static)
