@@ -18,7 +18,16 @@
         and passing --adapter, and those of transformers + PEFT on the exported adapter
   test_bad_input
         one-line errors: prompt + max_new_tokens beyond the context, ids outside the vocabulary,
-        no prompt, --device cuda
+        no prompt, --device cuda in a build without CUDA, top_p 0, --prompt without a tokenizer
+  test_prompt_text_and_streaming
+        a byte-level BPE trained here with `tokenizers` beside a tiny GPT-2: --prompt gives
+        tokenizer(prompt) ids, transformers' greedy ids and tokenizer.decode(ids,
+        skip_special_tokens=True) as text (random tokens: split and invalid UTF-8 included);
+        the streamed stdout is that text
+  test_smollm2_prompt_greedy, test_smollm2_chat_greedy   (skipped when the GGUF is absent)
+        SmolLM2-135M-Instruct (GGUF): --prompt and --chat (its chat template, the generation
+        prompt, stop at <|im_end|>) give transformers' ids (model and tokenizer read from the
+        same GGUF) and text
 """
 import copy
 import json
@@ -152,6 +161,8 @@ def test_bad_input(fam):
     assert len(error_lines(p)) == 1 and "--device cuda" in error_lines(p)[0], p.stderr
     p = vd_generate(fam.dir, PROMPT, "--top_p", 0, ok=False)
     assert any("--top_p" in ln for ln in error_lines(p)), p.stderr
+    p = run_vd("generate", "--model", fam.dir, "--prompt", "hello", ok=False)
+    assert any("needs the model's tokenizer" in ln and "tokenizer.json is missing" in ln for ln in error_lines(p)), p.stderr
 
 
 # ---------------------------------------------------------------------------------------------
