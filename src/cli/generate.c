@@ -313,15 +313,14 @@ static void gen_stream_token(gen_stream *s, const vd_tokenizer *tok, int32_t id)
     const char *b = vd_tokenizer_token_bytes(tok, id, &len);
     if (!b) return;
     for (size_t i = 0; i < len; i++) {
-        if (s->n == sizeof(s->pending)) { /* cannot happen with valid UTF-8 (at most 3 pending) */
-            gen_utf8_emit(s->pending, s->n, 1, stdout);
-            s->n = 0;
-        }
         s->pending[s->n++] = (unsigned char)b[i];
+        /* print what is whole; at most 3 bytes of a started character stay pending */
+        if (s->n == sizeof(s->pending) || i + 1 == len) {
+            size_t used = gen_utf8_emit(s->pending, s->n, 0, stdout);
+            memmove(s->pending, s->pending + used, s->n - used);
+            s->n -= used;
+        }
     }
-    size_t used = gen_utf8_emit(s->pending, s->n, 0, stdout);
-    memmove(s->pending, s->pending + used, s->n - used);
-    s->n -= used;
     fflush(stdout);
 }
 
