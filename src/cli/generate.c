@@ -18,11 +18,11 @@
 #include "vera/cli.h"
 #include "vera/common.h"
 #include "vera/config.h"
+#include "vera/gguf.h"
 #include "vera/model.h"
 #include "vera/peft.h"
 #include "vera/sample.h"
 #include "vera/tokenizer.h"
-#include "vera/gguf.h"
 #ifdef VERA_HAVE_CUDA
 #include "vera/backend_cuda.h"
 #endif
