@@ -80,6 +80,13 @@ typedef struct vd_backend {
      * heads of a group) from dout (B,T,n_head*head_dim); datt is scratch of att's size. */
     void (*attention_backward)(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *q,
                                const float *k, const float *v, const float *att, const struct vd_attn_shape *s);
+    /* Generation against a KV cache (one sequence; s->B and s->T are not used): query i (row i of
+     * q, rows of s->q_stride floats) is at position pos0 + i and attends to cache rows
+     * 0 .. pos0 + i of kcache / vcache (rows of s->kv_stride floats, head layout and GQA as
+     * attention_forward; the caller has written the n_new new keys / values at rows pos0..).
+     * out (n_new, n_head*head_dim) contiguous. Scale 1/sqrt(head_dim). No softmax is kept. */
+    void (*attention_cached)(float *out, const float *q, const float *kcache, const float *vcache, int n_new,
+                             int pos0, const struct vd_attn_shape *s);
     void (*gelu_forward)(float *out, const float *inp, size_t n);             /* GELU, tanh form */
     void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n); /* dinp = */
     void (*swiglu_forward)(float *out, const float *gate, const float *up, size_t n); /* out = silu(gate) * up */

@@ -35,6 +35,7 @@ int vd_prepare_data_main(int argc, char **argv); /* prepare_data.c : vera-dist p
 int vd_forward_main(int argc, char **argv);      /* forward.c : vera-dist forward --tokens GLOB --out FILE ... */
 int vd_export_main(int argc, char **argv);       /* export.c : vera-dist export --checkpoint FILE --format F --out DIR */
 int vd_inspect_main(int argc, char **argv);      /* inspect.c : vera-dist inspect --model PATH [--r N ...] */
+int vd_generate_main(int argc, char **argv);     /* generate.c : vera-dist generate --model PATH --prompt ... */
 int vd_tokenize_main(int argc, char **argv);     /* tokenize.c : vera-dist tokenize --tokenizer PATH (--text S | --in F) */
 int vd_eval_main(int argc, char **argv);         /* eval.c : vera-dist eval --model PATH --data GLOB ... */
 

@@ -261,6 +261,44 @@ const float *vd_model_logits(const vd_model *m);
 size_t vd_model_site_host_offset(const vd_model *m, int32_t site);
 void vd_model_free(vd_model *m);
 
+/* ---- generation: one sequence through a KV cache (model.c dispatches; gpt2.c, llama.c) ---- */
+/* The keys and values of every position seen so far, per layer, plus scratch for up to max_T new
+ * tokens per call. GPT-2 caches its fused qkv rows (k holds (L, max_T, 3C), v is NULL: the new
+ * rows are written there by c_attn itself); Llama caches k and v (L, max_T, n_kv_head*head_dim)
+ * after RoPE. All buffers are backend memory. */
+typedef struct vd_kv_cache {
+    int32_t max_T;           /* positions it holds (<= the model's max_seq_len) */
+    int32_t kv_width;        /* floats per cached row */
+    float *k, *v;            /* (L, max_T, kv_width) */
+    int32_t *pos;            /* (max_T) 0, 1, .., max_T-1: the positions array the backend ops take */
+    int32_t *tokens;         /* (max_T) the ids of a call */
+    float *x;                /* (max_T, C)  residual stream of the new tokens */
+    float *xn;               /* (max_T, C)  normed input of a sub-layer */
+    float *q;                /* (max_T, n_head*head_dim) Llama's queries (GPT-2: NULL) */
+    float *atty;             /* (max_T, n_head*head_dim) attention output */
+    float *h1, *h2, *h3;     /* (max_T, MLP width) GPT-2: fc, gelu; Llama: gate, up, silu(gate)*up */
+    float *proj;             /* (max_T, C)  output of a projection before the residual add */
+    float *mean, *rstd;      /* (max_T) */
+    float *xf, *xf_mean, *xf_rstd; /* (C), (1), (1): final norm of the last position */
+    float *logits;           /* (V) */
+} vd_kv_cache;
+
+/* Allocates a cache for positions 0 .. max_T-1 (1 <= max_T <= max_seq_len). */
+void vd_model_kv_alloc(const vd_model *m, vd_kv_cache *kv, int32_t max_T);
+void vd_model_kv_free(const vd_model *m, vd_kv_cache *kv);
+/* Runs n >= 1 new tokens at positions pos0 .. pos0+n-1 (pos0 = tokens already in the cache;
+ * pos0 + n <= max_T) in eval mode (no dropout), the adapter applied as in forward (its
+ * activations must hold n tokens: vd_vera_alloc_acts(N >= n)), appends their keys and values to
+ * the cache, and writes the logits (V) of the last of them to logits_host. The prompt goes in one
+ * call, then one token per call: the logits equal those of a full forward of the sequence. */
+void vd_model_decode(vd_model *m, vd_kv_cache *kv, const int32_t *tokens, int32_t n, int32_t pos0,
+                     float *logits_host);
+void vd_gpt2_kv_alloc(const vd_gpt2 *m, vd_kv_cache *kv, int32_t max_T);
+void vd_gpt2_decode(vd_gpt2 *m, vd_kv_cache *kv, const int32_t *tokens, int32_t n, int32_t pos0, float *logits_host);
+void vd_llama_kv_alloc(const vd_llama *m, vd_kv_cache *kv, int32_t max_T);
+void vd_llama_decode(vd_llama *m, vd_kv_cache *kv, const int32_t *tokens, int32_t n, int32_t pos0,
+                     float *logits_host);
+
 /* target_modules against a family: a comma-separated list of PEFT names, each selecting the
  * kinds whose path equals it or ends with "." + it; "all" / "all-linear" select every kind.
  * Returns the kind mask; on a name that selects nothing returns 0 with a one-line reason in err. */

@@ -18,6 +18,11 @@ void vd_peft_load_vectors(vd_vera *v, const char *path);
 /* Reads DIR/adapter_config.json, checks it against the run (peft_type, r, projection_prng_key,
  * target_modules) naming the field that differs, then loads DIR/adapter_model.safetensors. */
 void vd_peft_load_dir(vd_vera *v, const char *dir);
+/* The options an adapter directory was made with, for a run that loads it (generate): r,
+ * projection_prng_key and the target kinds of DIR/adapter_config.json against model m (dropout
+ * 0, d_initial 0: the vectors come from the file). Dies naming the file and field. The checks of
+ * vd_peft_load_dir then pass by construction. */
+void vd_peft_read_options(const char *dir, const vd_model *m, vd_vera_options *opt);
 /* Writes the vectors (host, v's layout) under PEFT's key names to one safetensors file, with
  * base_model.vera_A / vera_B when A and B are non-NULL, and optional metadata pairs. */
 void vd_peft_write_safetensors(const char *path, const vd_vera *v, const float *params, const float *A,

@@ -395,6 +395,49 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, float *datt,
     }
 }
 
+/* Queries of one sequence against its KV cache (generation). The scores of a query row are
+ * computed, softmaxed and applied as in the direct forward loop, in the same summation order,
+ * so a decode step reproduces the full forward's row; each thread keeps one row of scores. */
+static void cpu_attention_cached(float *out, const float *q, const float *kcache, const float *vcache, int n_new,
+                                 int pos0, const vd_attn_shape *s) {
+    vd_require(s->n_kv_head >= 1 && s->n_head % s->n_kv_head == 0 && n_new >= 0 && pos0 >= 0);
+    int NH = s->n_head, hs = s->head_dim, group = NH / s->n_kv_head, Tk = pos0 + n_new;
+    float scale = 1.0f / sqrtf((float)hs);
+    /* one new token of a small model is less work than waking the threads */
+    #pragma omp parallel if ((size_t)n_new * NH * Tk * hs >= 65536)
+    {
+        float *a = mallocCheck(sizeof(float) * (size_t)(Tk > 0 ? Tk : 1));
+        #pragma omp for collapse(2) schedule(static)
+        for (int i = 0; i < n_new; i++) {
+            for (int h = 0; h < NH; h++) {
+                int t = pos0 + i, kvh = h / group;
+                const float *qt = q + (size_t)i * s->q_stride + (size_t)h * hs;
+                float maxv = -INFINITY;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *kt = kcache + (size_t)t2 * s->kv_stride + (size_t)kvh * hs;
+                    float sc = 0.0f;
+                    for (int j = 0; j < hs; j++) sc += qt[j] * kt[j];
+                    sc *= scale;
+                    a[t2] = sc;
+                    if (sc > maxv) maxv = sc;
+                }
+                float sum = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
+                float inv = 1.0f / sum;
+                for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
+                float *o = out + (size_t)i * NH * hs + (size_t)h * hs;
+                for (int j = 0; j < hs; j++) o[j] = 0.0f;
+                for (int t2 = 0; t2 <= t; t2++) {
+                    const float *vt = vcache + (size_t)t2 * s->kv_stride + (size_t)kvh * hs;
+                    float w = a[t2];
+                    for (int j = 0; j < hs; j++) o[j] += w * vt[j];
+                }
+            }
+        }
+        free(a);
+    }
+}
+
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
 static void cpu_gelu_forward(float *out, const float *inp, size_t n) {
     #pragma omp parallel for schedule(static)
@@ -571,6 +614,7 @@ static const vd_backend g_cpu = {
     .rope = cpu_rope,
     .attention_forward = cpu_attention_forward,
     .attention_backward = cpu_attention_backward,
+    .attention_cached = cpu_attention_cached,
     .gelu_forward = cpu_gelu_forward,
     .gelu_backward = cpu_gelu_backward,
     .swiglu_forward = cpu_swiglu_forward,

@@ -19,6 +19,7 @@ int main(int argc, char **argv) {
         if (!strcmp(sub, "forward")) return vd_forward_main(argc - 1, argv + 1);
         if (!strcmp(sub, "export")) return vd_export_main(argc - 1, argv + 1);
         if (!strcmp(sub, "inspect")) return vd_inspect_main(argc - 1, argv + 1);
+        if (!strcmp(sub, "generate")) return vd_generate_main(argc - 1, argv + 1);
         if (!strcmp(sub, "tokenize")) return vd_tokenize_main(argc - 1, argv + 1);
         if (!strcmp(sub, "eval")) return vd_eval_main(argc - 1, argv + 1);
         fprintf(stderr, "vera-dist: error: unknown sub-command '%s' (expected train, init-model, prepare-data, forward, export, inspect, tokenize, eval or generate; "

@@ -188,6 +188,48 @@ void vd_peft_load_dir(vd_vera *v, const char *dir) {
     vd_peft_load_vectors(v, path);
 }
 
+void vd_peft_read_options(const char *dir, const vd_model *m, vd_vera_options *opt) {
+    char path[VD_PATH_MAX + 64];
+    snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
+    if (!vd_path_exists(path)) vd_die("--adapter: %s is missing (expected a PEFT VeRA adapter directory)", path);
+    char *text = peft_read_text(path);
+    cJSON *root = cJSON_Parse(text);
+    if (!root) vd_die("%s: not valid JSON", path);
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
+    if (!cJSON_IsString(type) || strcmp(type->valuestring, "VERA") != 0)
+        vd_die("%s: peft_type is not \"VERA\"", path);
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "r");
+    if (!cJSON_IsNumber(r) || r->valuedouble < 1 || r->valuedouble > 65536 || r->valuedouble != (int32_t)r->valuedouble)
+        vd_die("%s: r is missing or not a positive integer", path);
+    /* the key's digits from the text: cJSON's double cannot hold every uint64 */
+    const char *kp = strstr(text, "\"projection_prng_key\"");
+    unsigned long long key = 0;
+    int parsed = 0;
+    if (kp) {
+        kp += strlen("\"projection_prng_key\"");
+        while (*kp == ' ' || *kp == '\t' || *kp == '\n' || *kp == '\r' || *kp == ':') kp++;
+        char *end = NULL;
+        errno = 0;
+        if (*kp >= '0' && *kp <= '9') {
+            key = strtoull(kp, &end, 10);
+            parsed = errno == 0 && end != kp;
+        }
+    }
+    if (!parsed) vd_die("%s: projection_prng_key is missing or not a non-negative integer", path);
+    vd_vera scratch; /* peft_targets_mask reads the family and the site count */
+    memset(&scratch, 0, sizeof(scratch));
+    scratch.family = m->family;
+    scratch.n_sites = m->n_sites;
+    uint32_t mask = peft_targets_mask(&scratch, cJSON_GetObjectItemCaseSensitive(root, "target_modules"), path);
+    if (!mask) vd_die("%s: target_modules select no layer of this %s model", path, m->family->name);
+    memset(opt, 0, sizeof(*opt));
+    opt->r = (int32_t)r->valuedouble;
+    opt->key = (uint64_t)key;
+    opt->target_mask = mask;
+    cJSON_Delete(root);
+    free(text);
+}
+
 void vd_peft_write_safetensors(const char *path, const vd_vera *v, const float *params, const float *A,
                                const float *B, const char *const *meta_kv, int32_t n_meta) {
     int32_t n = v->n_modules * 2 + (A && B ? 2 : 0);

@@ -230,3 +230,63 @@ void vd_gpt2_free(vd_gpt2 *m) {
     if (m->pos) be->free(m->pos);
     memset(m, 0, sizeof(*m));
 }
+
+/* ---- generation: the forward above for new tokens of one sequence, keys and values cached ---- */
+
+void vd_gpt2_kv_alloc(const vd_gpt2 *m, vd_kv_cache *kv, int32_t max_T) {
+    const vd_backend *be = m->be;
+    size_t T = (size_t)max_T, L = (size_t)m->config.n_layer, C = (size_t)m->config.channels;
+    kv->kv_width = 3 * m->config.channels;
+    kv->k = be->alloc(sizeof(float) * L * T * 3 * C); /* the fused qkv rows: q is read from here too */
+    kv->x = be->alloc(sizeof(float) * T * C);
+    kv->xn = be->alloc(sizeof(float) * T * C);
+    kv->atty = be->alloc(sizeof(float) * T * C);
+    kv->h1 = be->alloc(sizeof(float) * T * 4 * C);
+    kv->h2 = be->alloc(sizeof(float) * T * 4 * C);
+    kv->proj = be->alloc(sizeof(float) * T * C);
+    kv->mean = be->alloc(sizeof(float) * T);
+    kv->rstd = be->alloc(sizeof(float) * T);
+    kv->xf = be->alloc(sizeof(float) * C);
+    kv->xf_mean = be->alloc(sizeof(float));
+    kv->xf_rstd = be->alloc(sizeof(float));
+    kv->logits = be->alloc(sizeof(float) * (size_t)m->config.vocab_size);
+}
+
+void vd_gpt2_decode(vd_gpt2 *m, vd_kv_cache *kv, const int32_t *tokens, int32_t n, int32_t pos0, float *logits_host) {
+    const vd_backend *be = m->be;
+    int32_t C = m->config.channels, NH = m->config.n_head, V = m->config.vocab_size, L = m->config.n_layer;
+    float eps = m->config.ln_eps;
+    const vd_gpt2_params *p = &m->params;
+    vd_vera *vera = m->vera;
+    if (vera && vera->N < n) vd_die("internal: adapter activations hold %d tokens, decode of %d", (int)vera->N, (int)n);
+    const vd_fwd_ctx ctx = {0, 0, 0}; /* eval: no dropout */
+    size_t NC = (size_t)n * C, layer_rows = (size_t)kv->max_T * 3 * C;
+
+    be->to_device(kv->tokens, tokens, sizeof(int32_t) * (size_t)n);
+    be->encoder_forward(kv->x, kv->tokens, p->wte, p->wpe, kv->pos + pos0, 1, n, C);
+    for (int32_t l = 0; l < L; l++) {
+        float *cache = kv->k + (size_t)l * layer_rows, *qkv = cache + (size_t)pos0 * 3 * C;
+        be->layernorm_forward(kv->xn, kv->mean, kv->rstd, kv->x, p->ln1w + (size_t)l * C, p->ln1b + (size_t)l * C, n,
+                              C, eps);
+        vd_linear_forward(vera, be, gpt2_module(m, l, 0), qkv, kv->xn, p->qkvw + (size_t)l * C * 3 * C,
+                          p->qkvb + (size_t)l * 3 * C, n, C, 3 * C, &ctx);
+        vd_attn_shape ash = {.B = 1, .T = n, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
+                             .q_stride = 3 * C, .kv_stride = 3 * C};
+        be->attention_cached(kv->atty, qkv, cache + C, cache + 2 * C, n, pos0, &ash);
+        vd_linear_forward(vera, be, gpt2_module(m, l, 1), kv->proj, kv->atty, p->attprojw + (size_t)l * C * C,
+                          p->attprojb + (size_t)l * C, n, C, C, &ctx);
+        be->accumulate(kv->x, kv->proj, NC);
+        be->layernorm_forward(kv->xn, kv->mean, kv->rstd, kv->x, p->ln2w + (size_t)l * C, p->ln2b + (size_t)l * C, n,
+                              C, eps);
+        vd_linear_forward(vera, be, gpt2_module(m, l, 2), kv->h1, kv->xn, p->fcw + (size_t)l * C * 4 * C,
+                          p->fcb + (size_t)l * 4 * C, n, C, 4 * C, &ctx);
+        be->gelu_forward(kv->h2, kv->h1, NC * 4);
+        vd_linear_forward(vera, be, gpt2_module(m, l, 3), kv->proj, kv->h2, p->fcprojw + (size_t)l * 4 * C * C,
+                          p->fcprojb + (size_t)l * C, n, 4 * C, C, &ctx);
+        be->accumulate(kv->x, kv->proj, NC);
+    }
+    /* only the last position's logits are needed to pick the next token */
+    be->layernorm_forward(kv->xf, kv->xf_mean, kv->xf_rstd, kv->x + (size_t)(n - 1) * C, p->lnfw, p->lnfb, 1, C, eps);
+    be->gemm(0, 1, 1, V, C, 1.0f, kv->xf, C, p->wte, C, 0.0f, kv->logits, V);
+    be->to_host(logits_host, kv->logits, sizeof(float) * (size_t)V);
+}

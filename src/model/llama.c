@@ -654,3 +654,77 @@ void vd_llama_free(vd_llama *m) {
     if (m->pos) be->free(m->pos);
     memset(m, 0, sizeof(*m));
 }
+
+/* ---- generation: the forward above for new tokens of one sequence, keys and values cached ---- */
+
+void vd_llama_kv_alloc(const vd_llama *m, vd_kv_cache *kv, int32_t max_T) {
+    const vd_backend *be = m->be;
+    const vd_model_config *c = &m->config;
+    size_t T = (size_t)max_T, L = (size_t)c->n_layer, C = (size_t)c->channels, Q = (size_t)llama_q(c);
+    size_t KV = (size_t)llama_kv(c), I = (size_t)c->intermediate;
+    kv->kv_width = llama_kv(c);
+    kv->k = be->alloc(sizeof(float) * L * T * KV);
+    kv->v = be->alloc(sizeof(float) * L * T * KV);
+    kv->x = be->alloc(sizeof(float) * T * C);
+    kv->xn = be->alloc(sizeof(float) * T * C);
+    kv->q = be->alloc(sizeof(float) * T * Q);
+    kv->atty = be->alloc(sizeof(float) * T * Q);
+    kv->h1 = be->alloc(sizeof(float) * T * I);
+    kv->h2 = be->alloc(sizeof(float) * T * I);
+    kv->h3 = be->alloc(sizeof(float) * T * I);
+    kv->proj = be->alloc(sizeof(float) * T * C);
+    kv->rstd = be->alloc(sizeof(float) * T);
+    kv->xf = be->alloc(sizeof(float) * C);
+    kv->xf_rstd = be->alloc(sizeof(float));
+    kv->logits = be->alloc(sizeof(float) * (size_t)c->vocab_size);
+}
+
+void vd_llama_decode(vd_llama *m, vd_kv_cache *kv, const int32_t *tokens, int32_t n, int32_t pos0, float *logits_host) {
+    const vd_backend *be = m->be;
+    const vd_model_config *c = &m->config;
+    int32_t C = c->channels, Q = llama_q(c), KV = llama_kv(c), I = c->intermediate, V = c->vocab_size;
+    int32_t L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head, hd = c->head_dim;
+    const vd_llama_params *p = &m->params;
+    vd_vera *vera = m->vera;
+    if (vera && vera->N < n) vd_die("internal: adapter activations hold %d tokens, decode of %d", (int)vera->N, (int)n);
+    const vd_fwd_ctx ctx = {0, 0, 0}; /* eval: no dropout */
+    size_t NC = (size_t)n * C, layer_rows = (size_t)kv->max_T * KV;
+    const int32_t *pos = kv->pos + pos0; /* RoPE angles of the new rows */
+    vd_attn_shape sh = {.B = 1, .T = n, .n_head = NH, .n_kv_head = NKV, .head_dim = hd, .q_stride = Q, .kv_stride = KV};
+
+    be->to_device(kv->tokens, tokens, sizeof(int32_t) * (size_t)n);
+    be->encoder_forward(kv->x, kv->tokens, p->embed, NULL, pos, 1, n, C);
+    for (int32_t l = 0; l < L; l++) {
+        float *kc = kv->k + (size_t)l * layer_rows, *vc = kv->v + (size_t)l * layer_rows;
+        float *knew = kc + (size_t)pos0 * KV, *vnew = vc + (size_t)pos0 * KV;
+        /* attention: the new keys and values go straight into the cache */
+        be->rmsnorm_forward(kv->xn, kv->rstd, kv->x, p->attn_norm + (size_t)l * C, n, C, c->ln_eps);
+        vd_linear_forward(vera, be, llama_module(m, l, K_Q), kv->q, kv->xn, p->wq + (size_t)l * C * Q,
+                          llama_bias(p->bq, l, Q), n, C, Q, &ctx);
+        vd_linear_forward(vera, be, llama_module(m, l, K_K), knew, kv->xn, p->wk + (size_t)l * C * KV,
+                          llama_bias(p->bk, l, KV), n, C, KV, &ctx);
+        vd_linear_forward(vera, be, llama_module(m, l, K_V), vnew, kv->xn, p->wv + (size_t)l * C * KV,
+                          llama_bias(p->bv, l, KV), n, C, KV, &ctx);
+        be->rope(kv->q, m->inv_freq, pos, 1, n, NH, hd, Q, 0);
+        be->rope(knew, m->inv_freq, pos, 1, n, NKV, hd, KV, 0);
+        be->attention_cached(kv->atty, kv->q, kc, vc, n, pos0, &sh);
+        vd_linear_forward(vera, be, llama_module(m, l, K_O), kv->proj, kv->atty, p->wo + (size_t)l * Q * C,
+                          llama_bias(p->bo, l, C), n, Q, C, &ctx);
+        be->accumulate(kv->x, kv->proj, NC);
+        /* MLP */
+        be->rmsnorm_forward(kv->xn, kv->rstd, kv->x, p->mlp_norm + (size_t)l * C, n, C, c->ln_eps);
+        vd_linear_forward(vera, be, llama_module(m, l, K_GATE), kv->h1, kv->xn, p->wg + (size_t)l * C * I,
+                          llama_bias(p->bg, l, I), n, C, I, &ctx);
+        vd_linear_forward(vera, be, llama_module(m, l, K_UP), kv->h2, kv->xn, p->wu + (size_t)l * C * I,
+                          llama_bias(p->bu, l, I), n, C, I, &ctx);
+        be->swiglu_forward(kv->h3, kv->h1, kv->h2, (size_t)n * I);
+        vd_linear_forward(vera, be, llama_module(m, l, K_DOWN), kv->proj, kv->h3, p->wd + (size_t)l * I * C,
+                          llama_bias(p->bd, l, C), n, I, C, &ctx);
+        be->accumulate(kv->x, kv->proj, NC);
+    }
+    /* only the last position's logits are needed to pick the next token */
+    be->rmsnorm_forward(kv->xf, kv->xf_rstd, kv->x + (size_t)(n - 1) * C, p->norm, 1, C, c->ln_eps);
+    const float *head = p->lm_head ? p->lm_head : p->embed;
+    be->gemm(0, 1, 1, V, C, 1.0f, kv->xf, C, head, C, 0.0f, kv->logits, V);
+    be->to_host(logits_host, kv->logits, sizeof(float) * (size_t)V);
+}

@@ -200,6 +200,39 @@ void vd_model_free(vd_model *m) {
     memset(m, 0, sizeof(*m));
 }
 
+/* ---- generation ---- */
+
+void vd_model_kv_alloc(const vd_model *m, vd_kv_cache *kv, int32_t max_T) {
+    memset(kv, 0, sizeof(*kv));
+    if (max_T < 1 || max_T > m->config.max_seq_len)
+        vd_die("internal: KV cache of %d positions (the model holds 1 .. %d)", (int)max_T, (int)m->config.max_seq_len);
+    kv->max_T = max_T;
+    int32_t *pos = mallocCheck(sizeof(int32_t) * (size_t)max_T);
+    for (int32_t t = 0; t < max_T; t++) pos[t] = t;
+    kv->pos = m->be->alloc(sizeof(int32_t) * (size_t)max_T);
+    m->be->to_device(kv->pos, pos, sizeof(int32_t) * (size_t)max_T);
+    free(pos);
+    kv->tokens = m->be->alloc(sizeof(int32_t) * (size_t)max_T);
+    if (m->gpt2) vd_gpt2_kv_alloc(m->gpt2, kv, max_T);
+    else vd_llama_kv_alloc(m->llama, kv, max_T);
+}
+
+void vd_model_kv_free(const vd_model *m, vd_kv_cache *kv) {
+    void *bufs[] = {kv->k, kv->v, kv->pos, kv->tokens, kv->x, kv->xn, kv->q, kv->atty, kv->h1, kv->h2, kv->h3,
+                    kv->proj, kv->mean, kv->rstd, kv->xf, kv->xf_mean, kv->xf_rstd, kv->logits};
+    for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+        if (bufs[i]) m->be->free(bufs[i]);
+    memset(kv, 0, sizeof(*kv));
+}
+
+void vd_model_decode(vd_model *m, vd_kv_cache *kv, const int32_t *tokens, int32_t n, int32_t pos0, float *logits_host) {
+    if (n < 1 || pos0 < 0 || pos0 + n > kv->max_T)
+        vd_die("internal: decode of %d tokens at position %d with a cache of %d positions", (int)n, (int)pos0,
+               (int)kv->max_T);
+    if (m->gpt2) vd_gpt2_decode(m->gpt2, kv, tokens, n, pos0, logits_host);
+    else vd_llama_decode(m->llama, kv, tokens, n, pos0, logits_host);
+}
+
 /* ---- target_modules ---- */
 
 /* PEFT's rule: a module is targeted when its path equals the name or ends with "." + name. */

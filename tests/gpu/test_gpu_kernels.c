@@ -349,6 +349,38 @@ static void test_swiglu(void) {
     pair_free(&du);
 }
 
+/* attention_cached (generation): n_new queries at positions pos0.. against a cache of pos0 +
+ * n_new rows, q rows NH*hs + pad floats, k / v cache rows NKV*hs + pad. The GPU must agree with
+ * the CPU, and the CPU's cached rows with its own full causal forward over the same pos0 + n_new
+ * tokens (the rows of the new queries): the op is the forward restricted to the last rows. */
+static void test_attention_cached_case(int NH, int NKV, int hs, int pos0, int n_new, int pad) {
+    int Tk = pos0 + n_new;
+    vd_attn_shape s = {.B = 1, .T = Tk, .n_head = NH, .n_kv_head = NKV, .head_dim = hs,
+                       .q_stride = NH * hs + pad, .kv_stride = NKV * hs + pad};
+    size_t qlen = (size_t)Tk * s.q_stride, kvlen = (size_t)Tk * s.kv_stride, olen = (size_t)Tk * NH * hs;
+    pair q = pair_new(qlen, 1.0f), k = pair_new(kvlen, 1.0f), v = pair_new(kvlen, 1.0f);
+    size_t onew = (size_t)n_new * NH * hs;
+    pair out = pair_new(onew, 1.0f);
+    const float *qc = q.c + (size_t)pos0 * s.q_stride, *qg = q.g + (size_t)pos0 * s.q_stride;
+    cpu->attention_cached(out.c, qc, k.c, v.c, n_new, pos0, &s);
+    gpu->attention_cached(out.g, qg, k.g, v.g, n_new, pos0, &s);
+    char what[128];
+    snprintf(what, sizeof(what), "attention_cached NH %d NKV %d hs %d pos0 %d n_new %d pad %d", NH, NKV, hs, pos0,
+             n_new, pad);
+    compare(what, &out, 1e-5);
+    float *full = cpu->alloc(sizeof(float) * olen), *att = cpu->alloc(sizeof(float) * (size_t)NH * Tk * Tk);
+    cpu->attention_forward(full, att, q.c, k.c, v.c, &s);
+    snprintf(what, sizeof(what), "  cpu cached vs cpu forward, last %d of %d rows", n_new, Tk);
+    /* the same loops below vd_cpu_attention_gemm_min_t (equal), BLAS products above it */
+    report(what, max_err(out.c, full + (size_t)pos0 * NH * hs, onew), Tk < vd_cpu_attention_gemm_min_t ? 0.0 : 1e-5);
+    cpu->free(full);
+    cpu->free(att);
+    pair_free(&q);
+    pair_free(&k);
+    pair_free(&v);
+    pair_free(&out);
+}
+
 /* Attention with grouped-query heads and strided q / k / v (vd_attn_shape). fused: one buffer
  * per token row [q (NH*hs) | k (NKV*hs) | v (NKV*hs) | pad] (GPT-2's qkv when NKV = NH and pad
  * 0); otherwise three buffers, q rows NH*hs + pad floats, k and v rows NKV*hs + pad. dq, dk, dv
@@ -743,6 +775,12 @@ int main(int argc, char **argv) {
     test_attention_case(2, 37, 4, 2, 24, 0, 5, 1);
     test_attention_case(1, 130, 4, 1, 40, 0, 0, 1); /* the CPU's GEMM path */
     test_attention_case(1, 9, 4, 2, 300, 0, 1, 1);
+    printf("attention_cached (generation)\n");
+    test_attention_cached_case(3, 3, 16, 0, 17, 0);    /* a prompt: the whole causal block */
+    test_attention_cached_case(3, 3, 16, 40, 1, 0);    /* one new token after 40 */
+    test_attention_cached_case(4, 2, 24, 30, 3, 5);    /* GQA, padded rows, 3 new tokens */
+    test_attention_cached_case(4, 1, 300, 8, 1, 1);    /* MQA, hs 300 > blockDim */
+    test_attention_cached_case(8, 2, 128, 300, 1, 0);  /* Llama-like heads, more keys than threads */
     printf("softmax cross-entropy\n");
     test_xent_case(37, 1000, 0, 0);
     test_xent_case(4, 50257, 1, 0);

@@ -53,6 +53,8 @@ typedef struct {
     size_t host_reduce_count;
     int debug_sync;             /* VERA_CUDA_SYNC=1 */
     int attention_gemm;         /* 1 (default): attention through cuBLAS; VERA_CUDA_ATTENTION=kernel: 0 */
+    float *cached_scores;       /* attention_cached's scores, grown on demand (generation) */
+    size_t cached_scores_count;
     vd_backend table;
 } cuda_state;
 
@@ -809,6 +811,67 @@ static void cu_attention_backward(float *dq, float *dk, float *dv, float *datt, 
 }
 
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
+/* Generation against a KV cache: one block per (query i, head h), the direct forward kernel's
+ * steps with the key range 0 .. pos0 + i of the cache. The scores of row (i, h) live in
+ * scores + (i * NH + h) * Tk (device scratch kept by the backend; Tk = pos0 + n_new). */
+__global__ void k_attention_cached(float *out, float *scores, const float *q, const float *kc, const float *vc,
+                                   vd_attn_dims d, int pos0, int Tk, float scale) {
+    VD_DYNAMIC_SHARED(float, sh); /* [hs] the query, [blockDim] partial sums */
+    __shared__ float red[33];
+    const int NH = d.NH, hs = d.hs, tid = threadIdx.x, bd = blockDim.x;
+    const size_t row = blockIdx.x; /* i * NH + h */
+    const int h = (int)(row % (size_t)NH), i = (int)(row / (size_t)NH), kvh = h / d.group, t = pos0 + i;
+    const size_t kvs = d.kvs;
+    float *sq = sh, *part = sh + hs;
+    const float *qr = q + (size_t)i * d.qs + (size_t)h * hs;
+    for (int j = tid; j < hs; j += bd) sq[j] = qr[j];
+    __syncthreads();
+    const float *kbase = kc + (size_t)kvh * hs, *vbase = vc + (size_t)kvh * hs;
+    float *a = scores + row * (size_t)Tk;
+    float mx = -INFINITY;
+    for (int t2 = tid; t2 <= t; t2 += bd) {
+        const float *kr = kbase + (size_t)t2 * kvs;
+        float s = 0.0f;
+        for (int j = 0; j < hs; j++) s += sq[j] * kr[j];
+        s *= scale;
+        a[t2] = s;
+        mx = fmaxf(mx, s);
+    }
+    mx = block_max(mx, red);
+    float sum = 0.0f;
+    for (int t2 = tid; t2 <= t; t2 += bd) {
+        float e = expf(a[t2] - mx);
+        a[t2] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, red);
+    const float inv = 1.0f / sum;
+    for (int t2 = tid; t2 <= t; t2 += bd) a[t2] *= inv;
+    __syncthreads(); /* the whole row of a is visible to the block */
+    float *o = out + (size_t)i * d.oc + (size_t)h * hs;
+    block_weighted_rows(o, a, vbase, kvs, t + 1, hs, part);
+}
+
+static void cu_attention_cached(float *out, const float *q, const float *kcache, const float *vcache, int n_new,
+                                int pos0, const vd_attn_shape *s) {
+    const vd_attn_dims d = vd_attn_dims_of(s);
+    if (n_new <= 0) return;
+    if (pos0 < 0) vd_die("internal: attention_cached at position %d", pos0);
+    const int Tk = pos0 + n_new;
+    const size_t rows = (size_t)n_new * d.NH, need = rows * (size_t)Tk;
+    if (rows > 0x7fffffffu) vd_die("attention_cached: %zu rows (n_new * n_head) exceed one CUDA grid", rows);
+    if (need > g.cached_scores_count) {
+        cu_free(g.cached_scores);
+        g.cached_scores = (float *)cu_alloc(sizeof(float) * need);
+        g.cached_scores_count = need;
+    }
+    const float scale = 1.0f / sqrtf((float)d.hs);
+    const size_t shmem = sizeof(float) * ((size_t)d.hs + VD_THREADS);
+    VD_LAUNCH(k_attention_cached, (unsigned int)rows, VD_THREADS, shmem, out, g.cached_scores, q, kcache, vcache, d,
+              pos0, Tk, scale);
+    VD_LAUNCHED("attention_cached");
+}
+
 __global__ void k_gelu_forward(float *out, const float *inp, size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float x = inp[i];
@@ -1136,6 +1199,7 @@ static void cuda_release(void) {
     if (g.nccl) (void)ncclCommDestroy(g.nccl);
     if (g.cublas) (void)cublasDestroy(g.cublas);
     if (g.partials) (void)cudaFree(g.partials);
+    if (g.cached_scores) (void)cudaFree(g.cached_scores);
     if (g.host_result) (void)cudaFreeHost(g.host_result);
     if (g.host_reduce) (void)cudaFreeHost(g.host_reduce);
     if (g.stream) (void)cudaStreamDestroy(g.stream);
@@ -1227,6 +1291,7 @@ static void cuda_fill_table(vd_backend *t) {
     t->rope = cu_rope;
     t->attention_forward = cu_attention_forward;
     t->attention_backward = cu_attention_backward;
+    t->attention_cached = cu_attention_cached;
     t->gelu_forward = cu_gelu_forward;
     t->gelu_backward = cu_gelu_backward;
     t->swiglu_forward = cu_swiglu_forward;
