@@ -14,6 +14,7 @@
 
 #include "vera/adapter.h"
 #include "vera/backend.h"
+#include "vera/chat.h"
 #include "vera/checkpoint.h"
 #include "vera/cli.h"
 #include "vera/common.h"
@@ -242,6 +243,38 @@ static vd_tokenizer *gen_tokenizer(const char *model, int required, const char *
     return have ? vd_tokenizer_load(model) : NULL;
 }
 
+/* --chat: a JSON list of {"role": ..., "content": ...} rendered with the tokenizer's template
+ * and the generation prompt; *eot gets the template's end-of-turn token id (-1 if absent). */
+static char *gen_render_chat(const vd_tokenizer *tok, const char *json, const char *model, size_t *len, int32_t *eot) {
+    cJSON *root = cJSON_Parse(json);
+    if (!cJSON_IsArray(root) || cJSON_GetArraySize(root) < 1)
+        vd_die("generate: --chat must be a JSON list of {\"role\", \"content\"} messages");
+    size_t n = (size_t)cJSON_GetArraySize(root);
+    vd_chat_message *msgs = callocCheck(n, sizeof(vd_chat_message));
+    size_t i = 0;
+    const cJSON *m;
+    cJSON_ArrayForEach(m, root) {
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+        if (!cJSON_IsString(role) || !cJSON_IsString(content))
+            vd_die("generate: --chat message %zu is not an object with string \"role\" and \"content\"", i);
+        msgs[i].role = role->valuestring;
+        msgs[i].content = content->valuestring;
+        i++;
+    }
+    vd_chat_template tpl;
+    char what[VD_PATH_MAX + 32];
+    snprintf(what, sizeof(what), "generate: --model %s", model);
+    vd_chat_template_recognise(&tpl, vd_tokenizer_chat_template(tok), what);
+    char *text = vd_chat_render(&tpl, msgs, n, 1, vd_tokenizer_bos_text(tok), vd_tokenizer_eos_text(tok), len, NULL, NULL);
+    /* the token that ends the assistant's turn */
+    *eot = vd_tokenizer_token_id(tok, tpl.kind == VD_CHAT_LLAMA3 ? "<|eot_id|>" : "<|im_end|>");
+    vd_chat_template_free(&tpl);
+    free(msgs);
+    cJSON_Delete(root);
+    return text;
+}
+
 /* The UTF-8 character at p[0..n): its byte count when complete and valid; 0 when it is a valid
  * start that needs more bytes; -k when its first k bytes are the longest start of a valid
  * character that cannot continue (k >= 1: one U+FFFD replaces them, Python's errors="replace"
@@ -401,6 +434,7 @@ int vd_generate_main(int argc, char **argv) {
     /* the prompt: ids directly, or text through the model's own tokenizer */
     vd_tokenizer *tok = gen_tokenizer(model_path, prompt_ids == NULL, prompt ? "--prompt" : "--chat");
     gen_ids pids = {0}, stop = {0};
+    int32_t chat_eot = -1; /* the chat template's end-of-turn token */
     if (prompt_ids) {
         gen_parse_id_list("prompt_ids", prompt_ids, V, &pids);
     } else {
@@ -408,7 +442,12 @@ int vd_generate_main(int argc, char **argv) {
         if (prompt) {
             vd_tokenizer_encode(tok, prompt, strlen(prompt), VD_TOK_ADD_SPECIAL, &enc);
         } else {
-            vd_die("generate: --chat needs the chat template renderer, which this build does not have yet (HINT: --prompt)");
+            /* as apply_chat_template(..., add_generation_prompt=True, tokenize=True): the
+             * template writes any BOS itself, so no special tokens are added */
+            size_t len = 0;
+            char *text = gen_render_chat(tok, chat, model_path, &len, &chat_eot);
+            vd_tokenizer_encode(tok, text, len, 0, &enc);
+            free(text);
         }
         for (size_t i = 0; i < enc.n; i++) {
             if (enc.ids[i] < 0 || enc.ids[i] >= V)
@@ -423,6 +462,7 @@ int vd_generate_main(int argc, char **argv) {
         gen_read_eos_ids(model_path, V, &stop);
         int32_t eos = tok ? vd_tokenizer_eos(tok) : -1;
         if (eos >= 0 && eos < V) gen_ids_push(&stop, eos);
+        if (chat_eot >= 0 && chat_eot < V) gen_ids_push(&stop, chat_eot);
     }
     if (s_stop) gen_parse_id_list("stop_ids", s_stop, V, &stop);
     int64_t need = (int64_t)pids.n + max_new;
