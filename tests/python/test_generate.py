@@ -13,6 +13,11 @@
   test_sampling_seeded
         the same seed gives the same ids twice; another seed gives other ids; top_k 1 equals
         greedy whatever the temperature; top_p tiny equals greedy
+  test_sampling_filters_match_transformers
+        the first token sampled with 25 seeds lies in the set transformers' warpers keep for
+        (temperature, top_k, top_p) = (1, 5, off), (1, off, 0.6), (0.7, 10, 0.8) (GPT-2: the
+        unfiltered probability outside that set is 0.81, 0.39, 0.63, so a sampler that filtered
+        less would be caught)
   test_checkpoint_equals_exported_adapter
         --checkpoint FILE (a short `vera-dist train` run) gives the ids of exporting it to PEFT
         and passing --adapter, and those of transformers + PEFT on the exported adapter
@@ -131,6 +136,29 @@ def test_sampling_seeded(fam):
     p0 = vd_generate(fam.dir, PROMPT, "--ignore_eos", 1, "--max_new_tokens", 32, "--temperature", 3, "--top_p", 1e-6,
                      "--seed", 9)
     assert p0 == greedy, "top_p 1e-6 is not greedy"
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 5, 1.0), (1.0, 0, 0.6), (0.7, 10, 0.8)])
+def test_sampling_filters_match_transformers(fam, temperature, top_k, top_p):
+    """The first sampled token of 25 seeds lies in the set transformers' warpers keep
+    (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper in generate's order)."""
+    from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper)
+    with torch.no_grad():
+        x = torch.tensor([PROMPT])
+        logits = fam.base(x).logits[:, -1, :]
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)] +
+                                  ([TopKLogitsWarper(top_k)] if top_k else []) +
+                                  ([TopPLogitsWarper(top_p)] if top_p < 1 else []))
+    kept = set(torch.nonzero(torch.isfinite(warpers(x, logits.clone())[0])).flatten().tolist())
+    assert 1 < len(kept) < logits.shape[-1], f"the warpers keep {len(kept)} tokens: a weak check"
+    seen = set()
+    for seed in range(25):
+        ids = vd_generate(fam.dir, PROMPT, "--ignore_eos", 1, "--max_new_tokens", 1, "--temperature", temperature,
+                          "--top_k", top_k, "--top_p", top_p, "--seed", seed)
+        assert ids[0] in kept, f"seed {seed}: token {ids[0]} is not among the {len(kept)} transformers keeps"
+        seen.add(ids[0])
+    assert len(seen) > 1, "25 seeds sampled one token"
 
 
 def test_checkpoint_equals_exported_adapter(fam, tmp_path):
