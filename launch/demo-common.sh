@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# demo-common.sh: the steps launch/demo.sh and launch/demo-smollm2.sh share (sourced, not run).
+# demo-common.sh: the steps launch/demo.sh and launch/demo-tiny.sh share (sourced, not run).
 # Sourcing it changes to the repository root and sets ROOT; then, in order:
 #   demo_install_and_build     Debian packages (launch/install-deps.sh), then a Release build of
 #                              vera-dist in build/ (VERA_DEMO_BUILD=DIR builds elsewhere); sets VD

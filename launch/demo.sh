@@ -15,9 +15,12 @@
 # Rerunning it replaces the previous outputs (the model is downloaded once). Extra arguments go
 # to the trainer, e.g.  ./launch/demo.sh --max_steps 20
 # launch/demo-tiny.sh is the one-minute version on a tiny random GPT-2.
-# Environment: VERA_DEMO_BUILD=DIR builds into DIR instead of build/; VERA_MODELS (see
-# fetch-smollm2.sh); OPENBLAS_CORETYPE (else set for CPUs that Debian's OpenBLAS does not know:
-# launch/openblas-coretype.sh).
+# Environment: VERA_DEMO_BUILD=DIR builds into DIR instead of build/; VERA_DEMO_BIN=FILE uses that
+# vera-dist and skips installing and building; VERA_DEMO_OUT=DIR (default out/demo) and
+# VERA_DEMO_DATA=DIR (default data/demo) move the outputs and shards; VERA_DEMO_GGUF=FILE uses that
+# model file instead of fetching it; VERA_MODELS (see fetch-smollm2.sh); OPENBLAS_CORETYPE (else
+# set for CPUs that Debian's OpenBLAS does not know: launch/openblas-coretype.sh; VERA_DEMO_KEEP_BLAS=1
+# leaves it as the environment has it, as tests do). tests/integration/demo_smollm2.sh runs it shortened.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/demo-common.sh"   # cd to the repository root; ROOT, say
@@ -25,16 +28,25 @@ source "$(dirname "${BASH_SOURCE[0]}")/demo-common.sh"   # cd to the repository 
 CONFIG=configs/demo.ini
 LICENSES=/usr/share/common-licenses
 VAL_NAME=MPL-2.0
-DATA=data/demo
-OUT=out/demo
+DATA="${VERA_DEMO_DATA:-data/demo}"
+OUT="${VERA_DEMO_OUT:-out/demo}"
 PROMPT=$'Mozilla Public License Version 2.0\n==================================\n\n1. Definitions\n--------------\n\n1.1. "Contributor"'
 NEW_TOKENS=40
 
-demo_install_and_build   # sets VD
+if [[ -n "${VERA_DEMO_BIN:-}" ]]; then
+  VD="$VERA_DEMO_BIN"
+  [[ -x "$VD" ]] || { echo "demo: VERA_DEMO_BIN=$VD is not an executable" >&2; exit 1; }
+else
+  demo_install_and_build   # sets VD
+fi
 
-say "fetching SmolLM2-135M-Instruct (GGUF) once: launch/fetch-smollm2.sh"
-GGUF="$(./launch/fetch-smollm2.sh | tail -n 1)"
-[[ -f "$GGUF" ]] || { echo "demo: launch/fetch-smollm2.sh printed '$GGUF', not a file" >&2; exit 1; }
+if [[ -n "${VERA_DEMO_GGUF:-}" ]]; then
+  GGUF="$VERA_DEMO_GGUF"
+else
+  say "fetching SmolLM2-135M-Instruct (GGUF) once: launch/fetch-smollm2.sh"
+  GGUF="$(./launch/fetch-smollm2.sh | tail -n 1)"
+fi
+[[ -f "$GGUF" ]] || { echo "demo: the model file '$GGUF' does not exist (launch/fetch-smollm2.sh fetches it)" >&2; exit 1; }
 echo "model: $GGUF"
 
 say "tokenizing $LICENSES with the model's tokenizer (vera-dist prepare-data --tokenizer)"
@@ -48,7 +60,8 @@ done
 "$VD" prepare-data --tokenizer "$GGUF" --in "$LICENSES/$VAL_NAME" --out "$DATA/val" --val_fraction 0 --overwrite
 
 demo_mpi_setup   # sets MPIRUN, FRESH
-CORE="$(./launch/openblas-coretype.sh "$VD" || true)"
+CORE=""
+[[ "${VERA_DEMO_KEEP_BLAS:-0}" == 1 ]] || CORE="$(./launch/openblas-coretype.sh "$VD" || true)"
 if [[ -n "$CORE" ]]; then
   export OPENBLAS_CORETYPE="$CORE"
   echo "OpenBLAS does not know this CPU (it would use its slow Prescott kernels): OPENBLAS_CORETYPE=$CORE"
@@ -67,9 +80,10 @@ printf '%s' "$PROMPT"
 "$VD" generate --model "$GGUF" --prompt "$PROMPT" --max_new_tokens "$NEW_TOKENS" | tee "$OUT/generate-before.txt"
 echo
 
-say "training on 2 MPI ranks: ${MPIRUN[*]} $VD --config $CONFIG --model $GGUF ${FRESH[*]} $*"
+say "training on 2 MPI ranks: ${MPIRUN[*]} $VD --config $CONFIG --model $GGUF (--train_data, --val_data: $DATA) ${FRESH[*]} $*"
 T0=$SECONDS
-"${MPIRUN[@]}" "$VD" --config "$CONFIG" --model "$GGUF" "${FRESH[@]}" "$@"
+"${MPIRUN[@]}" "$VD" --config "$CONFIG" --model "$GGUF" --train_data "$DATA/train/train_*.bin" \
+  --val_data "$DATA/val/train_*.bin" "${FRESH[@]}" "$@"
 TRAIN_S=$((SECONDS - T0))
 
 OUT_DIR=$(demo_out_dir "$CONFIG" "$@")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# demo_smollm2: launch/demo-smollm2.sh, shortened, on the real SmolLM2-135M-Instruct GGUF:
+# demo_smollm2: training and both exports on the real SmolLM2-135M-Instruct GGUF (launch/demo.sh is the user-facing demo):
 # configs/smollm2-demo.ini on 2 ranks, 6 steps of 4 x 64 tokens, then both exports. No python.
 #  * the GGUF comes from $VERA_SMOLLM2_GGUF, else launch/fetch-smollm2.sh (once, into
 #    ~/.cache/vera-dist/models); when that download fails (no network: fetch exit status 3)
