@@ -11,6 +11,7 @@ PACKAGES=(
   libopenblas-openmp-dev
   libhdf5-dev libhdf5-openmpi-dev hdf5-tools
   libcjson-dev libinih-dev libcmocka-dev
+  libpcre2-dev
   python3 python3-venv
 )
 

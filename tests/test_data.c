@@ -274,9 +274,9 @@ static void test_bad_shards(void) {
 
     /* wrong version */
     join(path, dir, "version.bin");
-    write_raw(path, 20240520, 2, 10, 1024, 20);
+    write_raw(path, 20240520, 3, 10, 1024, 20);
     sfmt(c.pattern, sizeof(c.pattern), "%s", path);
-    sfmt(needle, sizeof(needle), "%s: unsupported version 2 (expected 1", path);
+    sfmt(needle, sizeof(needle), "%s: unsupported version 3 (expected 1", path);
     CHECK_DIES(die_open, &c, needle);
 
     /* header says more tokens than the file holds (an interrupted copy) */
@@ -573,6 +573,359 @@ static void test_prepare_data(void) {
     CHECK(read_shard(path, tok, N) == 4 && tok[0] == 'a' && tok[3] == 'd', "train is the first 4 bytes 'abcd'");
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* v2 shards: uint16/uint32 tokens, flag bytes, examples, packing. */
+
+/* The v2 file image built here from the documented layout, independently of data.c: the
+ * writer's output must equal it byte for byte, and corrupt variants start from it. */
+static uint8_t *v2_image(const int32_t *tok, const uint8_t *flags, uint64_t n, int32_t width, int32_t hflags,
+                         int32_t vocab, size_t *size_out) {
+    size_t per = (size_t)width + (flags ? 1 : 0);
+    size_t size = 1024 + (size_t)n * per;
+    uint8_t *buf = calloc(size, 1);
+    int32_t h[256] = {0};
+    h[0] = 20240520;
+    h[1] = 2;
+    h[2] = (int32_t)(uint32_t)(n & 0xffffffffu);
+    h[3] = (int32_t)(uint32_t)(n >> 32);
+    h[4] = width;
+    h[5] = hflags;
+    h[6] = vocab;
+    uint8_t *p = buf + 1024;
+    for (uint64_t i = 0; i < n; i++) {
+        uint32_t v = (uint32_t)tok[i];
+        for (int b = 0; b < width; b++) *p++ = (uint8_t)(v >> (8 * b));
+    }
+    if (flags) memcpy(p, flags, (size_t)n);
+    uint64_t hash = vd_hash64(buf + 1024, size - 1024, 0);
+    h[8] = (int32_t)(uint32_t)(hash & 0xffffffffu);
+    h[9] = (int32_t)(uint32_t)(hash >> 32);
+    memcpy(buf, h, sizeof(h));
+    *size_out = size;
+    return buf;
+}
+
+/* Recomputes the header's payload hash after a test edited the payload on purpose. */
+static void v2_rehash(uint8_t *buf, size_t size) {
+    uint64_t hash = vd_hash64(buf + 1024, size - 1024, 0);
+    int32_t lo = (int32_t)(uint32_t)(hash & 0xffffffffu), hi = (int32_t)(uint32_t)(hash >> 32);
+    memcpy(buf + 32, &lo, 4);
+    memcpy(buf + 36, &hi, 4);
+}
+
+static int file_equals(const char *path, const uint8_t *want, size_t n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    uint8_t *got = malloc(n + 1);
+    size_t k = fread(got, 1, n + 1, f);
+    fclose(f);
+    int same = k == n && memcmp(got, want, n) == 0;
+    free(got);
+    return same;
+}
+
+static void test_v2_round_trip(void) {
+    char dir[VD_PATH_MAX], path[VD_PATH_MAX];
+    make_subdir(dir, "v2rt");
+    enum { N = 300 };
+    int32_t tok[N];
+    uint8_t fl[N];
+    const int32_t vocabs[3] = {50257, 65536, 128256}; /* uint16, uint16 (ids up to 65535), uint32 */
+    const int32_t widths[3] = {2, 2, 4};
+    for (int v = 0; v < 3; v++) {
+        int32_t V = vocabs[v];
+        for (int i = 0; i < N; i++) {
+            tok[i] = i < 3 ? V - 1 - i : (int32_t)(((uint32_t)i * 2654435761u) % (uint32_t)V);
+            fl[i] = (uint8_t)((i % 3 != 0) ? VD_TOKEN_TARGET : 0);
+        }
+        CHECK(vd_shard_token_bytes(V) == widths[v], "vocab %d -> width %d", V, vd_shard_token_bytes(V));
+        for (int with_flags = 0; with_flags < 2; with_flags++) {
+            sfmt(path, sizeof(path), "%s/rt_%d_%d.bin", dir, V, with_flags);
+            vd_shard_data sd = {.tokens = tok, .flags = with_flags ? fl : NULL, .n_tokens = N, .vocab_size = V};
+            vd_shard_write_v2(path, &sd);
+            size_t size;
+            uint8_t *want = v2_image(tok, with_flags ? fl : NULL, N, widths[v], with_flags ? 1 : 0, V, &size);
+            CHECK(file_equals(path, want, size), "v2 vocab %d flags %d: file equals the documented layout", V,
+                  with_flags);
+            free(want);
+            /* read back: T = 7 gives floor(299 / 7) = 42 windows */
+            vd_dataset ds;
+            vd_dataset_open(&ds, path, 7, V, 0, "train_data");
+            CHECK(ds.n_seqs == 42, "v2 n_seqs %" PRIu64, ds.n_seqs);
+            CHECK(ds.shards[0].token_bytes == widths[v] && ds.shards[0].version == 2 &&
+                      ds.shards[0].tokenizer_vocab == V, "v2 header fields");
+            int32_t in[7], tg[7], pos[7];
+            int ok = 1, count_ok = 1;
+            for (uint64_t n = 0; n < 42; n++) {
+                vd_dataset_get(&ds, n, in, tg, pos);
+                uint32_t count = 0;
+                for (int t = 0; t < 7; t++) {
+                    size_t i = (size_t)n * 7 + (size_t)t;
+                    int32_t want_tg = (!with_flags || fl[i + 1]) ? tok[i + 1] : VD_TARGET_NONE;
+                    ok &= in[t] == tok[i] && tg[t] == want_tg && pos[t] == t;
+                    count += want_tg != VD_TARGET_NONE;
+                }
+                count_ok &= vd_dataset_target_count(&ds, n) == count;
+            }
+            CHECK(ok, "v2 vocab %d flags %d: inputs / masked targets / pos", V, with_flags);
+            CHECK(count_ok, "v2 vocab %d flags %d: target_count", V, with_flags);
+            vd_dataset_validate_all(&ds);
+            vd_dataset_close(&ds);
+        }
+    }
+    /* v1 and v2 shards in one glob: both read, in name order */
+    char mdir[VD_PATH_MAX], pat[VD_PATH_MAX];
+    make_subdir(mdir, "v2mixed");
+    join(path, mdir, "m_0.bin");
+    write_counting_shard(path, 9, 0);
+    for (int i = 0; i < 9; i++) tok[i] = 100 + i;
+    join(path, mdir, "m_1.bin");
+    vd_shard_data sd = {.tokens = tok, .n_tokens = 9, .vocab_size = 256};
+    vd_shard_write_v2(path, &sd);
+    join(pat, mdir, "m_*.bin");
+    vd_dataset ds;
+    vd_dataset_open(&ds, pat, 4, 256, 0, "train_data");
+    int32_t in[4], tg[4], pos[4];
+    CHECK(ds.n_seqs == 4, "mixed n_seqs %" PRIu64, ds.n_seqs);
+    vd_dataset_get(&ds, 2, in, tg, pos);
+    CHECK(in[0] == 100 && tg[3] == 104 && vd_dataset_target_count(&ds, 2) == 4, "mixed: sequence 2 is the v2 shard's");
+    vd_dataset_get(&ds, 1, in, tg, pos);
+    CHECK(in[0] == 4 && tg[3] == 8, "mixed: sequence 1 is the v1 shard's");
+    vd_dataset_close(&ds);
+}
+
+/* The worked example of docs/data-format.md ("Examples"), seq_len 6:
+ *   A = 10 11 12 13                 flags S . T T   (11 is prompt: no loss on it)
+ *   B = 20 21                       flags S T
+ *   C = 30 31 32 33 34 35 36 37     flags S . . T T T T T   (8 > 6: cut to 30..35)
+ *   D = 40 41                       flags S T
+ *   E = 50 51 52                    flags S T .
+ * in two shards: x_0 = A B C, x_1 = D E. */
+#define N_ VD_TARGET_NONE
+static const int32_t ex_tok0[14] = {10, 11, 12, 13, 20, 21, 30, 31, 32, 33, 34, 35, 36, 37};
+static const uint8_t ex_fl0[14] = {2, 0, 1, 1, 2, 1, 2, 0, 0, 1, 1, 1, 1, 1};
+static const int32_t ex_tok1[5] = {40, 41, 50, 51, 52};
+static const uint8_t ex_fl1[5] = {2, 1, 2, 1, 0};
+static const int32_t want_unpacked[5][3][6] = {
+    {{10, 11, 12, 13, 13, 13}, {N_, 12, 13, N_, N_, N_}, {0, 1, 2, 3, 4, 5}},
+    {{20, 21, 21, 21, 21, 21}, {21, N_, N_, N_, N_, N_}, {0, 1, 2, 3, 4, 5}},
+    {{30, 31, 32, 33, 34, 35}, {N_, N_, 33, 34, 35, N_}, {0, 1, 2, 3, 4, 5}},
+    {{40, 41, 41, 41, 41, 41}, {41, N_, N_, N_, N_, N_}, {0, 1, 2, 3, 4, 5}},
+    {{50, 51, 52, 52, 52, 52}, {51, N_, N_, N_, N_, N_}, {0, 1, 2, 3, 4, 5}},
+};
+static const int32_t want_packed[3][3][6] = {
+    {{10, 11, 12, 13, 20, 21}, {N_, 12, 13, N_, 21, N_}, {0, 1, 2, 3, 0, 1}},
+    {{30, 31, 32, 33, 34, 35}, {N_, N_, 33, 34, 35, N_}, {0, 1, 2, 3, 4, 5}},
+    {{40, 41, 50, 51, 52, 52}, {41, N_, 51, N_, N_, N_}, {0, 1, 0, 1, 2, 0}},
+};
+#undef N_
+
+/* (context, target) pairs of a sequence: the context of position t is inputs[t - pos[t] .. t],
+ * what attention lets query t see. Written as "c0 c1 ... -> target" strings into out. */
+static int collect_pairs(const int32_t *in, const int32_t *tg, const int32_t *pos, int n, char out[][64], int at) {
+    for (int t = 0; t < n; t++) {
+        if (tg[t] == VD_TARGET_NONE) continue;
+        char *s = out[at++];
+        int k = 0;
+        for (int u = t - pos[t]; u <= t; u++) k += snprintf(s + k, (size_t)(64 - k), "%d ", in[u]);
+        snprintf(s + k, (size_t)(64 - k), "-> %d", tg[t]);
+    }
+    return at;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(a, b); }
+
+static void write_example_shards(const char *dir) {
+    char path[VD_PATH_MAX];
+    join(path, dir, "x_0.bin");
+    vd_shard_data a = {.tokens = ex_tok0, .flags = ex_fl0, .n_tokens = 14, .vocab_size = 100, .examples = 1};
+    vd_shard_write_v2(path, &a);
+    join(path, dir, "x_1.bin");
+    vd_shard_data b = {.tokens = ex_tok1, .flags = ex_fl1, .n_tokens = 5, .vocab_size = 100, .examples = 1};
+    vd_shard_write_v2(path, &b);
+}
+
+static void test_examples(void) {
+    char dir[VD_PATH_MAX], pat[VD_PATH_MAX];
+    make_subdir(dir, "examples");
+    write_example_shards(dir);
+    join(pat, dir, "x_*.bin");
+    char pairs[2][32][64];
+    int n_pairs[2] = {0, 0};
+    for (int pack = 0; pack < 2; pack++) {
+        vd_dataset ds;
+        vd_dataset_open(&ds, pat, 6, 128, pack, "train_data");
+        uint64_t want_n = pack ? 3 : 5;
+        CHECK(ds.n_seqs == want_n, "pack %d: n_seqs %" PRIu64 " want %" PRIu64, pack, ds.n_seqs, want_n);
+        CHECK(ds.n_truncated == 1, "pack %d: one truncated example (C), got %" PRIu64, pack, ds.n_truncated);
+        CHECK(ds.shards[0].n_examples == 3 && ds.shards[1].n_examples == 2, "example index");
+        for (uint64_t n = 0; n < want_n * 2; n++) { /* a second epoch reads the same */
+            int32_t in[6], tg[6], pos[6];
+            vd_dataset_get(&ds, n, in, tg, pos);
+            const int32_t(*w)[6] = pack ? want_packed[n % want_n] : want_unpacked[n % want_n];
+            int ok = memcmp(in, w[0], sizeof(in)) == 0 && memcmp(tg, w[1], sizeof(tg)) == 0 &&
+                     memcmp(pos, w[2], sizeof(pos)) == 0;
+            CHECK(ok, "pack %d sequence %" PRIu64 ": in %d %d %d %d %d %d tg %d %d %d %d %d %d pos %d %d %d %d %d %d",
+                  pack, n, in[0], in[1], in[2], in[3], in[4], in[5], tg[0], tg[1], tg[2], tg[3], tg[4], tg[5], pos[0],
+                  pos[1], pos[2], pos[3], pos[4], pos[5]);
+            uint32_t count = 0;
+            for (int t = 0; t < 6; t++) count += tg[t] != VD_TARGET_NONE;
+            CHECK(vd_dataset_target_count(&ds, n) == count, "pack %d sequence %" PRIu64 ": target_count %u want %u",
+                  pack, n, vd_dataset_target_count(&ds, n), count);
+            if (n < want_n) n_pairs[pack] = collect_pairs(in, tg, pos, 6, pairs[pack], n_pairs[pack]);
+        }
+        vd_dataset_close(&ds);
+    }
+    /* packing changes where examples sit, never what a target is predicted from */
+    CHECK(n_pairs[0] == 8 && n_pairs[1] == 8, "8 targets either way (%d, %d)", n_pairs[0], n_pairs[1]);
+    qsort(pairs[0], (size_t)n_pairs[0], 64, cmp_str);
+    qsort(pairs[1], (size_t)n_pairs[1], 64, cmp_str);
+    int same = n_pairs[0] == n_pairs[1];
+    for (int i = 0; same && i < n_pairs[0]; i++) same = strcmp(pairs[0][i], pairs[1][i]) == 0;
+    CHECK(same, "packed and unpacked give the same (context, target) pairs");
+
+    /* seq_len 2: every example is cut to 2 tokens and each fills a sequence, so packing
+     * packs nothing; seq_len 100: all of a shard's examples share one sequence */
+    vd_dataset ds;
+    vd_dataset_open(&ds, pat, 2, 128, 1, "train_data");
+    CHECK(ds.n_seqs == 5 && ds.n_truncated == 3, "seq_len 2: 5 sequences, 3 truncated (%" PRIu64 ", %" PRIu64 ")",
+          ds.n_seqs, ds.n_truncated);
+    int32_t in[100], tg[100], pos[100];
+    vd_dataset_get(&ds, 0, in, tg, pos);
+    CHECK(in[0] == 10 && in[1] == 11 && tg[0] == VD_TARGET_NONE && tg[1] == VD_TARGET_NONE && pos[1] == 1,
+          "seq_len 2: A cut to 10 11, no target (11 is prompt, 12 cut off)");
+    vd_dataset_close(&ds);
+    vd_dataset_open(&ds, pat, 100, 128, 1, "train_data");
+    CHECK(ds.n_seqs == 2 && ds.n_truncated == 0, "seq_len 100: one sequence per shard");
+    vd_dataset_get(&ds, 1, in, tg, pos);
+    CHECK(in[0] == 40 && in[2] == 50 && in[4] == 52 && in[5] == 52 && pos[4] == 2 && pos[5] == 0 && pos[99] == 94 &&
+              tg[0] == 41 && tg[2] == 51 && tg[5] == VD_TARGET_NONE && vd_dataset_target_count(&ds, 1) == 2,
+          "seq_len 100: D E then a 95-token pad run");
+    vd_dataset_close(&ds);
+}
+
+static void die_write_v2(void *arg) {
+    const vd_shard_data *sd = arg;
+    char path[VD_PATH_MAX];
+    join(path, g_dir, "never_written.bin");
+    vd_shard_write_v2(path, sd);
+}
+
+/* Each corrupt variant of a good v2 file is refused at open with a line naming the file. */
+static void test_v2_bad(void) {
+    char dir[VD_PATH_MAX], path[VD_PATH_MAX], needle[2 * VD_PATH_MAX];
+    make_subdir(dir, "v2bad");
+    open_case c = {.seq_len = 6, .vocab = 100, .what = "train_data"};
+    size_t size;
+    int k = 0;
+    /* writes buf to a fresh file, points c at it, expects death with "PATH: msg" */
+#define EXPECT_REFUSED(buf_, size_, msg_)                                   \
+    do {                                                                    \
+        sfmt(path, sizeof(path), "%s/bad_%02d.bin", dir, k++);              \
+        vd_write_file_atomic(path, (buf_), (size_));                        \
+        sfmt(c.pattern, sizeof(c.pattern), "%s", path);                     \
+        sfmt(needle, sizeof(needle), "train_data: %s: %s", path, (msg_));   \
+        CHECK_DIES(die_open, &c, needle);                                   \
+    } while (0)
+    uint8_t *good = v2_image(ex_tok0, ex_fl0, 14, 2, 3, 100, &size);
+    uint8_t *b = malloc(size + 8);
+    int32_t v;
+
+    memcpy(b, good, size);
+    sfmt(path, sizeof(path), "%s/good.bin", dir);
+    vd_write_file_atomic(path, b, size);
+    sfmt(c.pattern, sizeof(c.pattern), "%s", path);
+    CHECK(survives(die_open, &c), "the unmodified image opens");
+
+    memcpy(b, good, size);
+    v = 3;
+    memcpy(b + 16, &v, 4); /* width */
+    EXPECT_REFUSED(b, size, "token width 3 bytes (expected 2 for uint16 or 4 for uint32)");
+    memcpy(b, good, size);
+    v = 7;
+    memcpy(b + 20, &v, 4); /* header flags */
+    EXPECT_REFUSED(b, size, "header flags 0x7 have unknown bits");
+    memcpy(b, good, size);
+    v = 2;
+    memcpy(b + 20, &v, 4); /* examples without the flag array */
+    EXPECT_REFUSED(b, size, "header says it holds examples but has no per-token flag array");
+    memcpy(b, good, size);
+    v = 101;
+    memcpy(b + 24, &v, 4); /* tokenizer vocab above the model's */
+    EXPECT_REFUSED(b, size, "made with a tokenizer of 101 tokens, more than the model's vocab size 100");
+    memcpy(b, good, size);
+    v = 0;
+    memcpy(b + 24, &v, 4);
+    EXPECT_REFUSED(b, size, "header vocab size 0 (expected >= 1)");
+    memcpy(b, good, size);
+    v = 5;
+    memcpy(b + 4 * 200, &v, 4); /* a reserved slot */
+    EXPECT_REFUSED(b, size, "reserved header int 200 is 5 (expected 0");
+    memcpy(b, good, size);
+    v = 15;
+    memcpy(b + 8, &v, 4); /* count 15 for 14 tokens */
+    EXPECT_REFUSED(b, size, "truncated: header says 15 tokens (1069 bytes), file has 1066 bytes");
+    memcpy(b, good, size);
+    b[size] = 0;
+    EXPECT_REFUSED(b, size + 1, "too long: header says 14 tokens (1066 bytes), file has 1067 bytes");
+    memcpy(b, good, size);
+    v = 1;
+    memcpy(b + 12, &v, 4); /* count's high word: 2^32 + 14 tokens */
+    EXPECT_REFUSED(b, size, "truncated: header says 4294967310 tokens");
+    memcpy(b, good, size);
+    b[1024 + 5] ^= 0x40; /* one flipped bit in a token */
+    EXPECT_REFUSED(b, size, "payload hash");
+    memcpy(b, good, size);
+    b[size - 1] ^= 1; /* and in a flag byte */
+    EXPECT_REFUSED(b, size, "payload hash");
+    memcpy(b, good, size);
+    b[1024 + 28 + 3] = 0x81; /* unknown flag bits on token 3 */
+    v2_rehash(b, size);
+    EXPECT_REFUSED(b, size, "flag byte 0x81 of token 3 has unknown bits");
+    memcpy(b, good, size);
+    b[1024 + 28 + 0] = 1; /* token 0 does not start an example */
+    v2_rehash(b, size);
+    EXPECT_REFUSED(b, size, "the first token does not start an example");
+    free(good);
+    /* an example-start flag in a shard that is not one of examples */
+    good = v2_image(ex_tok0, ex_fl0, 14, 2, 1, 100, &size);
+    EXPECT_REFUSED(good, size, "token 0 is flagged as an example start, but the header does not say");
+    free(good);
+    /* id 150 >= the model's 100 in a shard whose header claims vocab 100: refused when read */
+    int32_t tok[14];
+    memcpy(tok, ex_tok0, sizeof(tok));
+    tok[9] = 150;
+    good = v2_image(tok, ex_fl0, 14, 4, 3, 100, &size);
+    sfmt(path, sizeof(path), "%s/bad_id.bin", dir);
+    vd_write_file_atomic(path, good, size);
+    free(good);
+    sfmt(c.pattern, sizeof(c.pattern), "%s", path);
+    c.get_n = 0;
+    CHECK(survives(die_get, &c), "example A does not touch the bad id");
+    c.get_n = 2; /* example C holds it */
+    sfmt(needle, sizeof(needle), "train_data: %s: token id 150 at token offset 9 is >= the model's vocab size 100", path);
+    CHECK_DIES(die_get, &c, needle);
+    c.get_n = 0;
+    CHECK_DIES(die_validate, &c, needle);
+    free(b);
+#undef EXPECT_REFUSED
+
+    /* the writer refuses what the reader would */
+    int32_t bad_tok[2] = {5, 100};
+    uint8_t bad_fl[2] = {2, 4};
+    vd_shard_data sd = {.tokens = bad_tok, .n_tokens = 2, .vocab_size = 100};
+    CHECK_DIES(die_write_v2, &sd, "token 1 has id 100, outside the vocab [0, 100)");
+    bad_tok[1] = 6;
+    sd.flags = bad_fl;
+    sd.examples = 1;
+    CHECK_DIES(die_write_v2, &sd, "token 1 has flag byte 0x04");
+    bad_fl[1] = 0;
+    bad_fl[0] = 1;
+    CHECK_DIES(die_write_v2, &sd, "the first token of a shard of examples must start an example");
+    join(path, g_dir, "never_written.bin");
+    CHECK(!vd_path_exists(path), "refused writes leave no file");
+}
+
 /* Removes the temp tree (two levels deep is all the tests create, plus nested/defaults). */
 static void remove_tree(const char *path) {
     struct stat st;
@@ -627,6 +980,9 @@ int main(void) {
     test_special_files();
     test_bad_token();
     test_prepare_data();
+    test_v2_round_trip();
+    test_examples();
+    test_v2_bad();
     if (vd_test_failures == 0) remove_tree(g_dir); /* keep the files to look at when a check failed */
     else fprintf(stderr, "test files kept in %s\n", g_dir);
     TEST_END();

@@ -11,6 +11,7 @@ int vd_forward_main(int argc, char **argv);      /* forward.c : vera-dist forwar
 int vd_export_main(int argc, char **argv);       /* export.c : vera-dist export --checkpoint FILE --format F --out DIR */
 int vd_inspect_main(int argc, char **argv);      /* inspect.c : vera-dist inspect --model PATH [--r N ...] */
 int vd_eval_main(int argc, char **argv);         /* eval.c : vera-dist eval --model PATH --data GLOB ... */
+int vd_tokenize_main(int argc, char **argv);     /* tokenize.c : vera-dist tokenize --tokenizer PATH (--text S | --in F) */
 
 /* cli.c. Removes "--name value" / "--name=value" from argv (compacting it) and returns the value, or
  * NULL if absent. Lets a sub-command take its own options before the shared config parser. */

@@ -20,7 +20,8 @@ int main(int argc, char **argv) {
         if (!strcmp(sub, "export")) return vd_export_main(argc - 1, argv + 1);
         if (!strcmp(sub, "inspect")) return vd_inspect_main(argc - 1, argv + 1);
         if (!strcmp(sub, "eval")) return vd_eval_main(argc - 1, argv + 1);
-        fprintf(stderr, "vera-dist: error: unknown sub-command '%s' (expected train, init-model, prepare-data, forward, export, inspect or eval; "
+        if (!strcmp(sub, "tokenize")) return vd_tokenize_main(argc - 1, argv + 1);
+        fprintf(stderr, "vera-dist: error: unknown sub-command '%s' (expected train, init-model, prepare-data, forward, export, inspect, eval or tokenize; "
                         "see vera-dist --help)\n", sub);
         return 1;
     }

@@ -789,6 +789,7 @@ void vd_config_print_help(FILE *f) {
             "       vera-dist init-model --out DIR [...]     write a small random GPT-2 or Llama (tests, demo)\n"
             "       vera-dist prepare-data --in TEXT --out DIR [...]  byte-level text into llm.c shards\n"
             "       vera-dist forward | export | inspect ...  one forward/backward, adapter export, counts\n"
+            "       vera-dist tokenize --tokenizer PATH (--text STR | --in FILE) [--json]  a model's token ids\n"
             "       vera-dist eval --model PATH --data GLOB [--adapter DIR | --checkpoint FILE] [...]\n"
             "                                                mean loss / perplexity over the target tokens\n"
             "       vera-dist <sub-command> --help\n"
