@@ -2,7 +2,7 @@
 # masked_world_size: instruction data (prompt tokens masked, examples of different lengths) with
 # the loss normalised over the target tokens of the whole global batch, docs/instruction-tuning.md:
 #  * np=1 grad_accum=4, np=2 grad_accum=2, np=4 grad_accum=1 give the same loss and val_loss at
-#    every step within 1e-5 relative, unpacked (pack 0) and packed (pack 1); the loss moves;
+#    every step within 1e-5 relative, unpacked (pack 0) and packed (pack 1); val_loss falls;
 #  * metrics rows carry "targets" (fewer than the tokens: the prompts are masked), the same on
 #    every world size; the packed run reads fewer sequences per epoch;
 #  * a global batch without any target (its examples have no response) is skipped on every
@@ -23,7 +23,7 @@ else
 fi
 "$MAKE" "$TMP/sft" 400 128 5 4 28 >"$TMP/make.log" || { cat "$TMP/make.log" >&2; fail "make_sft_shards"; }
 COMMON=(--model "$TMP/model" --train_data "$TMP/sft/train_*.bin" --val_data "$TMP/sft/val_*.bin"
-        --batch_size 2 --seq_len 32 --max_steps "$STEPS" --warmup_steps 2 --lr 3e-2 --r 16
+        --batch_size 2 --seq_len 32 --max_steps "$STEPS" --warmup_steps 2 --lr 1e-1 --r 16
         --target_modules all --eval_every 4 --eval_seqs 12 --threads 1 --log_every 4)
 
 # run NAME NP GRAD_ACCUM [extra args]
@@ -45,9 +45,12 @@ for pack in 0 1; do
     cmp -s <(metrics_field "$TMP/p${pack}np1/metrics.jsonl" targets) <(metrics_field "$TMP/p${pack}np$n/metrics.jsonl" targets) ||
       fail "pack $pack: np=1 and np=$n count other targets per step"
   done
-  first=$(metrics_field "$TMP/p${pack}np1/metrics.jsonl" loss | head -n 1)
-  last=$(metrics_field "$TMP/p${pack}np1/metrics.jsonl" loss | tail -n 1)
-  awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1e-2) }' || fail "pack $pack: loss did not move: first $first, last $last"
+  # training changes the model, or equal trajectories prove little: the validation loss (the same
+  # sequences each time) goes down from the first evaluation to the last
+  first=$(metrics_field "$TMP/p${pack}np1/metrics.jsonl" val_loss | grep . | head -n 1)
+  last=$(metrics_field "$TMP/p${pack}np1/metrics.jsonl" val_loss | grep . | tail -n 1)
+  awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1e-3) }' ||
+    fail "pack $pack: val_loss did not move: first $first, last $last"
   # 8 sequences of 32 tokens per step: the masked prompts (and pads) leave fewer targets
   metrics_field "$TMP/p${pack}np1/metrics.jsonl" targets | awk '{ if ($1 <= 0 || $1 >= 256) bad = 1 } END { exit bad }' ||
     fail "pack $pack: targets per step not in (0, 256): $(metrics_field "$TMP/p${pack}np1/metrics.jsonl" targets | tr '\n' ' ')"
