@@ -46,7 +46,7 @@ int vd_forward_main(int argc, char **argv) {
                "One forward + backward on the first batch_size sequences of the token shards; writes logits\n"
                "[B,T,V], loss [1], vera_A, vera_B and <module>.vera_lambda_b.grad / .vera_lambda_d.grad\n"
                "(gradients of the mean loss over the target tokens: masked targets take none; --pack 1 packs\n"
-               "shards of examples, with positions restarting per example) to FILE, and targets [B,T], pos [B,T].\n"
+               "shards of examples, with positions restarting per example) to FILE, and inputs, targets, pos [B,T].\n"
                "--batch FILE instead gives the batch itself (tests): little-endian int32 B, T, then inputs [B,T],\n"
                "targets [B,T] (-1: no loss) and positions [B,T] (query t attends to keys t - pos[t] .. t).\n"
                "Other configuration keys are refused on the command line (--adapter, not --init_adapter, loads an\n"
@@ -140,7 +140,7 @@ int vd_forward_main(int argc, char **argv) {
     be->to_host(A, vera.A, sizeof(float) * na);
     be->to_host(Bm, vera.B, sizeof(float) * nbm);
     be->to_host(grads, vera.grads, sizeof(float) * vera.n_trainable);
-    int32_t n = 6 + 2 * vera.n_modules;
+    int32_t n = 7 + 2 * vera.n_modules;
     vd_st_entry *e = callocCheck((size_t)n, sizeof(vd_st_entry));
     char (*names)[192] = callocCheck((size_t)n, 192);
     e[0] = (vd_st_entry){"logits", logits, 3, {B, T, V}};
@@ -150,24 +150,28 @@ int vd_forward_main(int argc, char **argv) {
     /* the sequences as read (VD_TARGET_NONE = -1 where no loss is taken), as floats: every id and
      * position is far below 2^24, so they are exact */
     float *tf = mallocCheck(sizeof(float) * (size_t)N), *pf = mallocCheck(sizeof(float) * (size_t)N);
+    float *inf = mallocCheck(sizeof(float) * (size_t)N);
     for (int32_t i = 0; i < N; i++) {
         tf[i] = (float)targets[i];
         pf[i] = (float)pos[i];
+        inf[i] = (float)inputs[i];
     }
     e[4] = (vd_st_entry){"targets", tf, 2, {B, T}};
     e[5] = (vd_st_entry){"pos", pf, 2, {B, T}};
+    e[6] = (vd_st_entry){"inputs", inf, 2, {B, T}};
     for (int32_t i = 0; i < vera.n_modules; i++) {
         const vd_vera_module *md = &vera.modules[i];
         snprintf(names[2 * i], 192, "%s.vera_lambda_b.grad", md->name);
         snprintf(names[2 * i + 1], 192, "%s.vera_lambda_d.grad", md->name);
-        e[6 + 2 * i] = (vd_st_entry){names[2 * i], grads + md->off_b, 1, {md->out}};
-        e[7 + 2 * i] = (vd_st_entry){names[2 * i + 1], grads + md->off_d, 1, {cfg.r}};
+        e[7 + 2 * i] = (vd_st_entry){names[2 * i], grads + md->off_b, 1, {md->out}};
+        e[8 + 2 * i] = (vd_st_entry){names[2 * i + 1], grads + md->off_d, 1, {cfg.r}};
     }
     vd_safetensors_write_f32(out, e, n, NULL, 0);
     printf("forward: %d sequences of %d tokens, %d targets, loss %.6f, wrote %s\n", (int)B, (int)T, (int)n_targets,
            (double)loss, out);
     free(tf);
     free(pf);
+    free(inf);
     free(names);
     free(e);
     free(A);

@@ -16,10 +16,14 @@ adapter on every linear layer with non-zero seeded vectors (saved by PEFT, read 
                               position_ids restarting, a block-causal 4D attention mask);
   test_eval_matches           `vera-dist eval` with the adapter: the mean loss over the shard's
                               sequences equals transformers', the same on 1 and 2 ranks and for
-                              batch sizes 1 and 3.
+                              batch sizes 1 and 3;
+  test_masked_shard_eval      v2 shards of examples (masked prompts; tests/make_sft_shards), pack 0
+                              and 1: forward's loss and gradients on the sequences as read, and
+                              eval on 1 and 2 ranks, vs PEFT with labels -100, position_ids and the
+                              block-causal mask.
 
 vera-dist gets its batch through `forward --batch FILE` (int32 B, T, inputs, targets, positions),
-so these checks do not depend on the shard format. Tolerances as in test_peft_conformance.py.
+so the first checks do not depend on the shard format; the last reads real v2 shards. Tolerances as in test_peft_conformance.py.
 """
 import json
 import os
@@ -193,8 +197,8 @@ def test_packed_equals_rows(fam):
     check_grads(packed, fam.pm, f"{fam.name}: packed gradients vs transformers' flattened batch + position_ids")
 
 
-def _eval(fam, shard, np_, B, n):
-    cmd = [str(BIN), "eval", "--model", str(fam.model_dir), "--data", str(shard), "--seq_len", str(T),
+def _eval(fam, shard, np_, B, n, pack=0):
+    cmd = [str(BIN), "eval", "--model", str(fam.model_dir), "--data", str(shard), "--seq_len", str(T), "--pack", str(pack),
            "--batch_size", str(B), "--max_seqs", str(n), "--adapter", str(fam.adapter_dir), "--r", str(R),
            "--projection_prng_key", str(KEY), "--target_modules", "all", "--threads", "1", "--json"]
     if np_ > 1:
@@ -227,3 +231,48 @@ def test_eval_matches(fam):
     assert abs(a - b) <= 1e-12 * abs(a), f"{fam.name}: eval on 1 rank {a!r} vs 2 ranks {b!r}"
     assert abs(a - c) <= 1e-6 * abs(a), f"{fam.name}: eval with batch_size 3 {a!r} vs 1 {c!r}"
     print(f"measured: {fam.name}: eval loss {a:.9f}, transformers {ref:.9f}; np 2 {b:.17g}; batch 1 {c:.17g}")
+
+
+def block_causal(pos):
+    """(rows, 1, T, T) bool: query t sees keys t - pos[t] .. t (the rule of vera-dist's attention),
+    as a 4D mask for transformers."""
+    pos = torch.as_tensor(pos, dtype=torch.long)
+    t = torch.arange(pos.shape[1])
+    lo = (t[None, :] - pos)[:, :, None]
+    return ((t[None, None, :] <= t[None, :, None]) & (t[None, None, :] >= lo))[:, None]
+
+
+@pytest.mark.parametrize("pack", [0, 1])
+def test_masked_shard_eval(fam, pack):
+    """v2 shards of examples (prompt masked; tests/make_sft_shards): the sequences vera-dist reads
+    (forward writes inputs, targets, positions), the loss and gradients vs PEFT on them (labels
+    -100, position_ids, the block-causal mask), and `eval` over the same sequences on 1 and 2
+    ranks vs the same reference."""
+    make = BIN.parent / "tests" / "make_sft_shards"
+    assert make.is_file(), f"{make} not built (the make_sft_shards target)"
+    data = fam.root / f"sft{pack}"
+    subprocess.run([str(make), str(data), "40", str(fam.vocab), "9", "4", "20"], check=True, capture_output=True)
+    shard = data / "train_000.bin"
+    n = 6
+    out = fam.root / f"shard{pack}.safetensors"
+    run_vd("forward", "--model", fam.model_dir, "--tokens", shard, "--pack", pack, "--out", out, "--batch_size", n,
+           "--seq_len", T, "--r", R, "--projection_prng_key", KEY, "--target_modules", "all", "--d_initial",
+           repr(D_INIT), "--adapter", fam.adapter_dir, "--threads", THREADS)
+    got = load_file(str(out))
+    x = got["inputs"].long()
+    tg = got["targets"].long()
+    pos = got["pos"].long()
+    assert (tg == -1).any() and (tg >= 0).any(), "the shard's sequences should have masked and kept targets"
+    if pack:
+        assert (pos[:, 1:] == 0).any(), "packed rows should restart positions inside a row"
+    _, ref = fam.peft_loss(x, hf_labels(tg.numpy()), position_ids=pos, attention_mask=block_causal(pos))
+    check_close(f"{fam.name}: pack {pack}: forward loss on the shard vs PEFT", got["loss"], ref.reshape(1), LOSS_RTOL)
+    check_grads(got, fam.pm, f"{fam.name}: pack {pack}: gradients on the shard vs PEFT")
+    r1 = _eval(fam, shard, 1, 4, n, pack)
+    r2 = _eval(fam, shard, 2, 1, n, pack)
+    assert r1["targets"] == int((tg >= 0).sum()) == r2["targets"]
+    for r in (r1, r2):
+        assert abs(r["loss"] - ref.item()) <= LOSS_RTOL * abs(ref.item()), f"eval {r['loss']} vs PEFT {ref.item()}"
+    assert abs(r1["loss"] - r2["loss"]) <= 1e-6 * abs(r1["loss"])
+    print(f"measured: {fam.name}: pack {pack}: eval {r1['loss']:.9f} (np 2 {r2['loss']:.9f}) vs PEFT {ref.item():.9f} "
+          f"over {r1['targets']} targets")
