@@ -8,7 +8,7 @@
 #      prepare-data --tokenizer): every license but MPL-2.0 to train on, MPL-2.0 to validate on,
 #   4. measures the pretrained model (vera-dist eval) and lets it continue a prompt taken from
 #      MPL-2.0 (vera-dist generate, greedy),
-#   5. trains VeRA (r 256, all linear layers, configs/demo.ini) for two epochs on 2 ranks,
+#   5. trains VeRA (r 256, all linear layers, configs/demo.ini) for one epoch on 2 ranks,
 #   6. measures and prompts the adapted model the same way (--checkpoint), and plots the train and
 #      validation loss into out/demo/loss.png (gnuplot).
 # It fails if the validation loss did not end below the pretrained model's.
