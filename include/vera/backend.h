@@ -137,6 +137,16 @@ float vd_dropout_uniform(uint64_t seed, uint64_t row, uint64_t col);
 /* The CPU backend runs attention through BLAS GEMMs for seq_len >= this (default 128), with
  * direct loops below it; tests lower it to compare the two paths. */
 extern int vd_cpu_attention_gemm_min_t;
+/* src/backend/blas_kernel.c: the OpenBLAS kernel in use (openblas_get_corename), and the check
+ * main() runs first: when OpenBLAS picked a kernel weaker than the CPU's features allow (its
+ * generic Prescott kernels on a CPU it does not know), execute argv again with OPENBLAS_CORETYPE
+ * set from the features (SkylakeX, Haswell), once; a user's OPENBLAS_CORETYPE is kept (the
+ * summary says so when it is weaker), VERA_BLAS_FIX=0 turns the restart off. Returns only when no
+ * restart is needed or possible. */
+const char *vd_blas_kernel_name(void);
+/* "" or why the kernel is what it is (" (OpenBLAS picked Prescott ...: restarted ...)"), for the summary. */
+const char *vd_blas_kernel_note(void);
+void vd_blas_ensure_kernel(char **argv);
 /* Threads this rank uses for OpenMP and OpenBLAS (its share of the node's cores). */
 void vd_backend_cpu_set_threads(int32_t n);
 

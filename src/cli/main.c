@@ -2,11 +2,13 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "vera/backend.h"
 #include "vera/cli.h"
 
 int main(int argc, char **argv) {
+    vd_blas_ensure_kernel(argv); /* may execute argv again with a better OpenBLAS kernel */
     if (argc >= 2 && !strcmp(argv[1], "--version")) {
-        printf("vera-dist 0.1.0\n");
+        printf("vera-dist 0.1.0 (BLAS: OpenBLAS kernel %s%s)\n", vd_blas_kernel_name(), vd_blas_kernel_note());
         return 0;
     }
     if (argc >= 2 && argv[1][0] != '-') {

@@ -651,8 +651,8 @@ static void train_print_summary(const train_run *run) {
     const vd_vera *v = &run->vera;
     int32_t n_weff = 0;
     for (int32_t i = 0; i < v->n_modules; i++) n_weff += v->modules[i].weff != NULL;
-    vd_log("vera-dist: %d rank(s), %d thread(s) per rank, backend %s\n", (int)run->comm.world, (int)run->threads,
-           run->be->name);
+    vd_log("vera-dist: %d rank(s), %d thread(s) per rank, backend %s, BLAS OpenBLAS kernel %s%s\n",
+           (int)run->comm.world, (int)run->threads, run->be->name, vd_blas_kernel_name(), vd_blas_kernel_note());
     vd_log("model: %s: %s (%s), %d layers, %d heads (%d kv), %d dim, vocab %d, context %d, %zu frozen parameters\n",
            cfg->model, run->mc.hf_architecture, run->model.family->name, (int)run->mc.n_layer, (int)run->mc.n_head,
            (int)(run->mc.n_kv_head ? run->mc.n_kv_head : run->mc.n_head), (int)run->mc.channels,
