@@ -27,7 +27,7 @@ typedef struct {
     size_t off_b, off_d;  /* offsets of lambda_b / lambda_d in the flat arrays below */
 } vd_ckpt_module;
 
-typedef struct {
+typedef struct vd_checkpoint {
     /* identity: what the vectors belong to */
     char *config_text;            /* vd_config_serialize output of the run that wrote it (malloc'd) */
     uint64_t config_hash;         /* vd_hash64 of config_text */

@@ -29,6 +29,8 @@
 #ifndef VERA_CLI_H
 #define VERA_CLI_H
 
+#include <stdint.h>
+
 int vd_train_main(int argc, char **argv);        /* train.c  : vera-dist [train] --config ... */
 int vd_init_model_main(int argc, char **argv);   /* init_model.c : vera-dist init-model --out DIR ... */
 int vd_prepare_data_main(int argc, char **argv); /* prepare_data.c : vera-dist prepare-data --in TEXT --out DIR */
@@ -59,5 +61,14 @@ void vd_cli_config_from_text(struct vd_config *cfg, const char *text, const char
 /* --adapter: a PEFT adapter directory (adapter_config.json checked against the run) or a single
  * safetensors file with PEFT's key names, into v. */
 void vd_cli_load_adapter(struct vd_vera *v, const char *path);
+struct vd_checkpoint;
+/* A checkpoint given to export, eval or generate: it belongs to this base model (fingerprint of
+ * the weights in `model`), and to the adapter v regenerated from its stored r, target_modules and
+ * projection_prng_key (projection checksum, layer list, offsets). Each dies naming `who`
+ * ("export"), the file and what differs. */
+void vd_cli_check_checkpoint_model(const char *who, const char *path, const struct vd_checkpoint *ck,
+                                   uint64_t fingerprint, const char *model);
+void vd_cli_check_checkpoint_adapter(const char *who, const char *path, const struct vd_checkpoint *ck,
+                                     const struct vd_vera *v);
 
 #endif

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include "vera/adapter.h"
+#include "vera/checkpoint.h"
 #include "vera/cli.h"
 #include "vera/common.h"
 #include "vera/config.h"
@@ -103,4 +104,25 @@ void vd_cli_load_adapter(vd_vera *v, const char *path) {
     if (stat(path, &st) != 0) vd_die("--adapter: %s does not exist", path);
     if (S_ISDIR(st.st_mode)) vd_peft_load_dir(v, path);
     else vd_peft_load_vectors(v, path);
+}
+
+void vd_cli_check_checkpoint_model(const char *who, const char *path, const vd_checkpoint *ck, uint64_t fingerprint,
+                                   const char *model) {
+    if (ck->model_fingerprint != fingerprint)
+        vd_die("%s: %s was trained on another base model than %s (fingerprint %016llx, the model has %016llx; "
+               "HINT: --model PATH of the base model it was trained on)", who, path, model,
+               (unsigned long long)ck->model_fingerprint, (unsigned long long)fingerprint);
+}
+
+void vd_cli_check_checkpoint_adapter(const char *who, const char *path, const vd_checkpoint *ck, const vd_vera *v) {
+    if (v->proj_checksum != ck->projection_checksum || v->n_trainable != ck->n_trainable)
+        vd_die("%s: %s: the projections regenerated from its stored r, target_modules and projection_prng_key do not "
+               "match its checksum", who, path);
+    if (ck->n_modules != v->n_modules)
+        vd_die("%s: %s holds %d adapted layers, the model and its target_modules give %d", who, path, (int)ck->n_modules,
+               (int)v->n_modules);
+    for (int32_t i = 0; i < ck->n_modules; i++)
+        if (strcmp(ck->modules[i].name, v->modules[i].name) != 0 || ck->modules[i].off_b != v->modules[i].off_b)
+            vd_die("%s: %s: adapted layer %d is %s, the model gives %s", who, path, (int)i, ck->modules[i].name,
+                   v->modules[i].name);
 }

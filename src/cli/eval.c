@@ -53,24 +53,6 @@ static void eval_apply_checkpoint(eval_ckpt *e, const char *path, vd_config *cfg
     if (!model_given) snprintf(cfg->model, sizeof(cfg->model), "%s", stored.model);
 }
 
-/* the checkpoint belongs to this model and these projections, layer by layer */
-static void eval_check_checkpoint(const eval_ckpt *e, const char *path, const vd_vera *v, uint64_t fingerprint,
-                                  const char *model) {
-    const vd_checkpoint *ck = &e->ck;
-    if (ck->model_fingerprint != fingerprint)
-        vd_die("--checkpoint: %s was trained on another base model than %s (fingerprint %016llx, the model has "
-               "%016llx; HINT: --model PATH of the base model it was trained on)", path, model,
-               (unsigned long long)ck->model_fingerprint, (unsigned long long)fingerprint);
-    if (v->proj_checksum != ck->projection_checksum || v->n_trainable != ck->n_trainable ||
-        v->n_modules != ck->n_modules)
-        vd_die("--checkpoint: %s: the projections or adapted layers regenerated from its stored r, target_modules "
-               "and projection_prng_key do not match it", path);
-    for (int32_t i = 0; i < ck->n_modules; i++)
-        if (strcmp(ck->modules[i].name, v->modules[i].name) != 0 || ck->modules[i].off_b != v->modules[i].off_b)
-            vd_die("--checkpoint: %s: adapted layer %d is %s, the model gives %s", path, (int)i, ck->modules[i].name,
-                   v->modules[i].name);
-}
-
 /* This rank's share of the node's cores, unless threads is set. */
 static int32_t eval_threads(const vd_config *cfg, const vd_comm *comm) {
     if (cfg->threads > 0) return cfg->threads;
@@ -151,7 +133,8 @@ int vd_eval_main(int argc, char **argv) {
         if (adapter) {
             vd_cli_load_adapter(&vera, adapter);
         } else {
-            eval_check_checkpoint(&ek, ckpath, &vera, fingerprint, cfg.model);
+            vd_cli_check_checkpoint_model("eval", ckpath, &ek.ck, fingerprint, cfg.model);
+            vd_cli_check_checkpoint_adapter("eval", ckpath, &ek.ck, &vera);
             be->to_device(vera.params, ek.ck.params, sizeof(float) * ek.ck.n_trainable);
             vd_vera_refresh(&vera);
         }

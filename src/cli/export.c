@@ -55,9 +55,7 @@ int vd_export_main(int argc, char **argv) {
     const vd_backend *be = vd_backend_cpu();
     vd_model_config mc;
     float *host = vd_model_load(cfg.model, &mc);
-    if (vd_model_fingerprint(&mc, host) != ck.model_fingerprint)
-        vd_die("export: %s was trained on another base model than %s (fingerprint differs; HINT: --model DIR)",
-               ckpath, cfg.model);
+    vd_cli_check_checkpoint_model("export", ckpath, &ck, vd_model_fingerprint(&mc, host), cfg.model);
     uint32_t mask = vd_model_targets_or_die(vd_model_family_of(mc.arch), cfg.target_modules, sizeof(cfg.target_modules),
                                             cfg.model);
     vd_model model;
@@ -65,14 +63,7 @@ int vd_export_main(int argc, char **argv) {
     vd_vera vera;
     vd_vera_options vo = {cfg.r, cfg.d_initial, cfg.projection_prng_key, mask, 0.0f};
     vd_vera_init(&vera, be, &model, &vo);
-    if (vera.proj_checksum != ck.projection_checksum || vera.n_trainable != ck.n_trainable)
-        vd_die("export: %s: projections regenerated from the stored key do not match its checksum", ckpath);
-    if (ck.n_modules != vera.n_modules) vd_die("export: %s holds %d adapted layers, the model and its target_modules give %d",
-                                               ckpath, (int)ck.n_modules, (int)vera.n_modules);
-    for (int32_t i = 0; i < ck.n_modules; i++)
-        if (strcmp(ck.modules[i].name, vera.modules[i].name) != 0 || ck.modules[i].off_b != vera.modules[i].off_b)
-            vd_die("export: %s: adapted layer %d is %s, the model gives %s", ckpath, (int)i, ck.modules[i].name,
-                   vera.modules[i].name);
+    vd_cli_check_checkpoint_adapter("export", ckpath, &ck, &vera);
     be->to_device(vera.params, ck.params, sizeof(float) * ck.n_trainable);
 
     if (strcmp(format, "merged") != 0) {

@@ -173,43 +173,16 @@ static void gen_read_eos_ids(const char *model, int32_t V, gen_ids *stop) {
 
 /* ---- the adapter ---- */
 
-/* The checkpoint's configuration text back into a vd_config (the same as export does). */
-static void gen_config_from_text(vd_config *cfg, const char *text, const char *path) {
-    vd_config_defaults(cfg);
-    const char *p = text;
-    while (*p) {
-        size_t len = strcspn(p, "\n");
-        char line[VD_PATH_MAX + 128];
-        snprintf(line, sizeof(line), "%.*s", (int)len, p);
-        char *eq = strstr(line, " = ");
-        if (eq) {
-            *eq = 0;
-            char err[512];
-            if (vd_config_set(cfg, line, eq + 3, err, sizeof(err)) != 0)
-                vd_die("%s: stored configuration: %s", path, err);
-        }
-        p += len + (p[len] == '\n');
-    }
-}
-
-/* Loads a checkpoint's vectors into a new adapter on m (checked as export checks them). */
+/* Loads a checkpoint's vectors into a new adapter on m (checked by vd_cli_check_checkpoint). */
 static void gen_adapter_from_checkpoint(vd_vera *v, vd_model *m, const vd_checkpoint *ck, const vd_config *cfg,
                                         uint64_t fingerprint, const char *ckpath, int32_t N) {
-    if (fingerprint != ck->model_fingerprint)
-        vd_die("generate: %s was trained on another base model than %s (fingerprint differs; HINT: --model DIR)",
-               ckpath, cfg->model);
+    vd_cli_check_checkpoint_model("generate", ckpath, ck, fingerprint, cfg->model);
     char targets[sizeof(cfg->target_modules)];
     snprintf(targets, sizeof(targets), "%s", cfg->target_modules);
     uint32_t mask = vd_model_targets_or_die(m->family, targets, sizeof(targets), cfg->model);
     vd_vera_options vo = {cfg->r, cfg->d_initial, cfg->projection_prng_key, mask, 0.0f};
     vd_vera_init(v, m->be, m, &vo);
-    if (v->proj_checksum != ck->projection_checksum || v->n_trainable != ck->n_trainable || v->n_modules != ck->n_modules)
-        vd_die("generate: %s: the adapter regenerated from its stored configuration does not match it (projection "
-               "checksum or layer list)", ckpath);
-    for (int32_t i = 0; i < ck->n_modules; i++)
-        if (strcmp(ck->modules[i].name, v->modules[i].name) != 0 || ck->modules[i].off_b != v->modules[i].off_b)
-            vd_die("generate: %s: adapted layer %d is %s, the model gives %s", ckpath, (int)i, ck->modules[i].name,
-                   v->modules[i].name);
+    vd_cli_check_checkpoint_adapter("generate", ckpath, ck, v);
     vd_vera_alloc_acts(v, N, N, VD_WEFF_NEVER);
     m->be->to_device(v->params, ck->params, sizeof(float) * ck->n_trainable);
     vd_vera_refresh(v);
@@ -419,7 +392,7 @@ int vd_generate_main(int argc, char **argv) {
     if (ckpath) {
         char err[1024];
         if (vd_checkpoint_read(ckpath, &ck, err, sizeof(err)) != 0) vd_die("generate: --checkpoint: %s", err);
-        gen_config_from_text(&ckcfg, ck.config_text, ckpath);
+        vd_cli_config_from_text(&ckcfg, ck.config_text, ckpath);
         if (model_path) snprintf(ckcfg.model, sizeof(ckcfg.model), "%s", model_path);
         model_path = ckcfg.model;
         have_ck = 1;
