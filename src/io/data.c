@@ -59,6 +59,17 @@ static inline uint32_t token_at(const vd_shard *sh, uint64_t i) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
+/* The file holds exactly the bytes its header announces (both versions). */
+static void check_shard_size(const char *what, const char *path, uint64_t n_tokens, uint64_t want_bytes,
+                             uint64_t file_bytes) {
+    if (file_bytes < want_bytes)
+        vd_die("%s: %s: truncated: header says %" PRIu64 " tokens (%" PRIu64 " bytes), file has %" PRIu64 " bytes",
+               what, path, n_tokens, want_bytes, file_bytes);
+    if (file_bytes > want_bytes)
+        vd_die("%s: %s: too long: header says %" PRIu64 " tokens (%" PRIu64 " bytes), file has %" PRIu64 " bytes",
+               what, path, n_tokens, want_bytes, file_bytes);
+}
+
 /* v1: the int32 count and uint16 tokens llm.c writes. */
 static void parse_header_v1(const char *what, const char *path, const int32_t *header, uint64_t file_bytes,
                             vd_shard *sh) {
@@ -66,12 +77,7 @@ static void parse_header_v1(const char *what, const char *path, const int32_t *h
         vd_die("%s: %s: header token count %" PRId32 " is negative (expected >= 0)", what, path, header[2]);
     uint64_t n_tokens = (uint64_t)header[2];
     uint64_t want_bytes = HEADER_BYTES + n_tokens * sizeof(uint16_t);
-    if (file_bytes < want_bytes)
-        vd_die("%s: %s: truncated: header says %" PRIu64 " tokens (%" PRIu64 " bytes), file has %" PRIu64 " bytes",
-               what, path, n_tokens, want_bytes, file_bytes);
-    if (file_bytes > want_bytes)
-        vd_die("%s: %s: too long: header says %" PRIu64 " tokens (%" PRIu64 " bytes), file has %" PRIu64 " bytes",
-               what, path, n_tokens, want_bytes, file_bytes);
+    check_shard_size(what, path, n_tokens, want_bytes, file_bytes);
     sh->version = 1;
     sh->n_tokens = n_tokens;
     sh->token_bytes = 2;
@@ -109,12 +115,7 @@ static int32_t parse_header_v2(const char *what, const char *path, const int32_t
         vd_die("%s: %s: header token count %" PRIu64 " is impossibly large (file has %" PRIu64 " bytes)", what, path,
                n_tokens, file_bytes);
     uint64_t want_bytes = HEADER_BYTES + n_tokens * per_token;
-    if (file_bytes < want_bytes)
-        vd_die("%s: %s: truncated: header says %" PRIu64 " tokens (%" PRIu64 " bytes), file has %" PRIu64 " bytes",
-               what, path, n_tokens, want_bytes, file_bytes);
-    if (file_bytes > want_bytes)
-        vd_die("%s: %s: too long: header says %" PRIu64 " tokens (%" PRIu64 " bytes), file has %" PRIu64 " bytes",
-               what, path, n_tokens, want_bytes, file_bytes);
+    check_shard_size(what, path, n_tokens, want_bytes, file_bytes);
     sh->version = 2;
     sh->n_tokens = n_tokens;
     sh->token_bytes = width;

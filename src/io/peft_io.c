@@ -138,6 +138,20 @@ static uint32_t peft_targets_mask(const vd_vera *v, const cJSON *targets, const 
     return mask;
 }
 
+/* projection_prng_key's digits from the JSON text itself (cJSON's double cannot tell 2^60 from
+ * 2^60 + 1): 1 and *key when they form a whole non-negative integer, else 0. */
+static int peft_read_key(const char *text, unsigned long long *key) {
+    const char *kp = strstr(text, "\"projection_prng_key\"");
+    if (!kp) return 0;
+    kp += strlen("\"projection_prng_key\"");
+    while (*kp == ' ' || *kp == '\t' || *kp == '\n' || *kp == '\r' || *kp == ':') kp++;
+    if (!(*kp >= '0' && *kp <= '9')) return 0;
+    char *end = NULL;
+    errno = 0;
+    *key = strtoull(kp, &end, 10);
+    return errno == 0 && end != kp && (*end == ',' || *end == '}' || *end == ' ' || *end == '\n' || *end == '\r');
+}
+
 void vd_peft_load_dir(vd_vera *v, const char *dir) {
     char path[VD_PATH_MAX + 64];
     snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
@@ -154,20 +168,8 @@ void vd_peft_load_dir(vd_vera *v, const char *dir) {
      * digits from the text itself and compare as uint64 */
     const cJSON *key = cJSON_GetObjectItemCaseSensitive(root, "projection_prng_key");
     if (!cJSON_IsNumber(key)) vd_die("%s: projection_prng_key is missing or not a number", path);
-    const char *kp = strstr(text, "\"projection_prng_key\"");
     unsigned long long file_key = 0;
-    int parsed = 0;
-    if (kp) {
-        kp += strlen("\"projection_prng_key\"");
-        while (*kp == ' ' || *kp == '\t' || *kp == '\n' || *kp == '\r' || *kp == ':') kp++;
-        char *end = NULL;
-        errno = 0;
-        if (*kp >= '0' && *kp <= '9') {
-            file_key = strtoull(kp, &end, 10);
-            parsed = errno == 0 && end != kp && (*end == ',' || *end == '}' || *end == ' ' || *end == '\n' || *end == '\r');
-        }
-    }
-    if (!parsed) vd_die("%s: projection_prng_key is not a non-negative integer", path);
+    if (!peft_read_key(text, &file_key)) vd_die("%s: projection_prng_key is not a non-negative integer", path);
     if ((uint64_t)file_key != v->opt.key)
         vd_die("%s: projection_prng_key is %llu, this run has %llu", path, file_key, (unsigned long long)v->opt.key);
     /* PEFT extras that would silently not be applied */
@@ -202,20 +204,8 @@ void vd_peft_read_options(const char *dir, const vd_model *m, vd_vera_options *o
     if (!cJSON_IsNumber(r) || r->valuedouble < 1 || r->valuedouble > 65536 || r->valuedouble != (int32_t)r->valuedouble)
         vd_die("%s: r is missing or not a positive integer", path);
     /* the key's digits from the text: cJSON's double cannot hold every uint64 */
-    const char *kp = strstr(text, "\"projection_prng_key\"");
     unsigned long long key = 0;
-    int parsed = 0;
-    if (kp) {
-        kp += strlen("\"projection_prng_key\"");
-        while (*kp == ' ' || *kp == '\t' || *kp == '\n' || *kp == '\r' || *kp == ':') kp++;
-        char *end = NULL;
-        errno = 0;
-        if (*kp >= '0' && *kp <= '9') {
-            key = strtoull(kp, &end, 10);
-            parsed = errno == 0 && end != kp;
-        }
-    }
-    if (!parsed) vd_die("%s: projection_prng_key is missing or not a non-negative integer", path);
+    if (!peft_read_key(text, &key)) vd_die("%s: projection_prng_key is missing or not a non-negative integer", path);
     vd_vera scratch; /* peft_targets_mask reads the family and the site count */
     memset(&scratch, 0, sizeof(scratch));
     scratch.family = m->family;
