@@ -296,6 +296,32 @@ static void cpu_attention_backward_gemm(float *dq, float *dk, float *dv, float *
     }
 }
 
+/* One query row of the direct attention loops (the forward's and the KV cache's): key / value t2
+ * at k0 / v0 + t2 * stride; scores of keys lo..t into a[lo..t], softmaxed there, then
+ * o = sum a[t2] v[t2]. One summation order for both, so a decode step reproduces the forward's row. */
+static void attn_row(float *o, float *a, const float *qt, const float *k0, const float *v0, size_t stride, int lo,
+                     int t, int hs, float scale) {
+    float maxv = -INFINITY;
+    for (int t2 = lo; t2 <= t; t2++) {
+        const float *kt = k0 + (size_t)t2 * stride;
+        float sc = 0.0f;
+        for (int i = 0; i < hs; i++) sc += qt[i] * kt[i];
+        sc *= scale;
+        a[t2] = sc;
+        if (sc > maxv) maxv = sc;
+    }
+    float sum = 0.0f;
+    for (int t2 = lo; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
+    float inv = 1.0f / sum;
+    for (int t2 = lo; t2 <= t; t2++) a[t2] *= inv;
+    for (int i = 0; i < hs; i++) o[i] = 0.0f;
+    for (int t2 = lo; t2 <= t; t2++) {
+        const float *vt = v0 + (size_t)t2 * stride;
+        float w = a[t2];
+        for (int i = 0; i < hs; i++) o[i] += w * vt[i];
+    }
+}
+
 static void cpu_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
                                   const vd_attn_shape *s) {
     vd_require(s->n_kv_head >= 1 && s->n_head % s->n_kv_head == 0);
@@ -312,28 +338,10 @@ static void cpu_attention_forward(float *out, float *att, const float *q, const 
                 int kvh = attn_kv_head(s, h), lo = attn_first_key(s, b, t);
                 const float *qt = q + attn_q_at(s, b, t, h);
                 float *a = att + (((size_t)b * NH + h) * T + t) * T;
-                float maxv = -INFINITY;
-                for (int t2 = lo; t2 <= t; t2++) {
-                    const float *kt = k + attn_kv_at(s, b, t2, kvh);
-                    float sc = 0.0f;
-                    for (int i = 0; i < hs; i++) sc += qt[i] * kt[i];
-                    sc *= scale;
-                    a[t2] = sc;
-                    if (sc > maxv) maxv = sc;
-                }
-                float sum = 0.0f;
-                for (int t2 = lo; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
-                float inv = 1.0f / sum;
-                for (int t2 = lo; t2 <= t; t2++) a[t2] *= inv;
+                attn_row(out + attn_o_at(s, b, t, h), a, qt, k + attn_kv_at(s, b, 0, kvh), v + attn_kv_at(s, b, 0, kvh),
+                         (size_t)s->kv_stride, lo, t, hs, scale);
                 for (int t2 = 0; t2 < lo; t2++) a[t2] = 0.0f;
                 for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
-                float *o = out + attn_o_at(s, b, t, h);
-                for (int i = 0; i < hs; i++) o[i] = 0.0f;
-                for (int t2 = lo; t2 <= t; t2++) {
-                    const float *vt = v + attn_kv_at(s, b, t2, kvh);
-                    float w = a[t2];
-                    for (int i = 0; i < hs; i++) o[i] += w * vt[i];
-                }
             }
         }
     }
@@ -395,9 +403,8 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, float *datt,
     }
 }
 
-/* Queries of one sequence against its KV cache (generation). The scores of a query row are
- * computed, softmaxed and applied as in the direct forward loop, in the same summation order,
- * so a decode step reproduces the full forward's row; each thread keeps one row of scores. */
+/* Queries of one sequence against its KV cache (generation): each query row through attn_row,
+ * as the direct forward loop; each thread keeps one row of scores. */
 static void cpu_attention_cached(float *out, const float *q, const float *kcache, const float *vcache, int n_new,
                                  int pos0, const vd_attn_shape *s) {
     vd_require(s->n_kv_head >= 1 && s->n_head % s->n_kv_head == 0 && n_new >= 0 && pos0 >= 0);
@@ -412,26 +419,8 @@ static void cpu_attention_cached(float *out, const float *q, const float *kcache
             for (int h = 0; h < NH; h++) {
                 int t = pos0 + i, kvh = h / group;
                 const float *qt = q + (size_t)i * s->q_stride + (size_t)h * hs;
-                float maxv = -INFINITY;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float *kt = kcache + (size_t)t2 * s->kv_stride + (size_t)kvh * hs;
-                    float sc = 0.0f;
-                    for (int j = 0; j < hs; j++) sc += qt[j] * kt[j];
-                    sc *= scale;
-                    a[t2] = sc;
-                    if (sc > maxv) maxv = sc;
-                }
-                float sum = 0.0f;
-                for (int t2 = 0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
-                float inv = 1.0f / sum;
-                for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
-                float *o = out + (size_t)i * NH * hs + (size_t)h * hs;
-                for (int j = 0; j < hs; j++) o[j] = 0.0f;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float *vt = vcache + (size_t)t2 * s->kv_stride + (size_t)kvh * hs;
-                    float w = a[t2];
-                    for (int j = 0; j < hs; j++) o[j] += w * vt[j];
-                }
+                attn_row(out + (size_t)i * NH * hs + (size_t)h * hs, a, qt, kcache + (size_t)kvh * hs,
+                         vcache + (size_t)kvh * hs, (size_t)s->kv_stride, 0, t, hs, scale);
             }
         }
         free(a);
