@@ -138,6 +138,18 @@ static uint32_t peft_targets_mask(const vd_vera *v, const cJSON *targets, const 
     return mask;
 }
 
+/* DIR/adapter_config.json parsed (and its text in *text, for peft_read_key), refused unless it is
+ * a VeRA adapter's. The caller frees both. */
+static cJSON *peft_open_config(const char *path, char **text) {
+    *text = peft_read_text(path);
+    cJSON *root = cJSON_Parse(*text);
+    if (!root) vd_die("%s: not valid JSON", path);
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
+    if (!cJSON_IsString(type) || strcmp(type->valuestring, "VERA") != 0)
+        vd_die("%s: peft_type is not \"VERA\"", path);
+    return root;
+}
+
 /* projection_prng_key's digits from the JSON text itself (cJSON's double cannot tell 2^60 from
  * 2^60 + 1): 1 and *key when they form a whole non-negative integer, else 0. */
 static int peft_read_key(const char *text, unsigned long long *key) {
@@ -155,12 +167,8 @@ static int peft_read_key(const char *text, unsigned long long *key) {
 void vd_peft_load_dir(vd_vera *v, const char *dir) {
     char path[VD_PATH_MAX + 64];
     snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
-    char *text = peft_read_text(path);
-    cJSON *root = cJSON_Parse(text);
-    if (!root) vd_die("%s: not valid JSON", path);
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
-    if (!cJSON_IsString(type) || strcmp(type->valuestring, "VERA") != 0)
-        vd_die("%s: peft_type is not \"VERA\"", path);
+    char *text;
+    cJSON *root = peft_open_config(path, &text);
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "r");
     if (!cJSON_IsNumber(r) || (int32_t)r->valuedouble != v->opt.r)
         vd_die("%s: r is %g, this run has r = %d", path, cJSON_IsNumber(r) ? r->valuedouble : -1.0, (int)v->opt.r);
@@ -194,12 +202,8 @@ void vd_peft_read_options(const char *dir, const vd_model *m, vd_vera_options *o
     char path[VD_PATH_MAX + 64];
     snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
     if (!vd_path_exists(path)) vd_die("--adapter: %s is missing (expected a PEFT VeRA adapter directory)", path);
-    char *text = peft_read_text(path);
-    cJSON *root = cJSON_Parse(text);
-    if (!root) vd_die("%s: not valid JSON", path);
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
-    if (!cJSON_IsString(type) || strcmp(type->valuestring, "VERA") != 0)
-        vd_die("%s: peft_type is not \"VERA\"", path);
+    char *text;
+    cJSON *root = peft_open_config(path, &text);
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "r");
     if (!cJSON_IsNumber(r) || r->valuedouble < 1 || r->valuedouble > 65536 || r->valuedouble != (int32_t)r->valuedouble)
         vd_die("%s: r is missing or not a positive integer", path);
