@@ -308,6 +308,15 @@ static int32_t find_shard(const vd_dataset *ds, uint64_t m) {
     return lo;
 }
 
+/* Global sequence n (wrapped by epoch): its shard, and in *j its index inside that shard. */
+static int32_t locate_sequence(const vd_dataset *ds, uint64_t n, uint64_t *j) {
+    vd_require(ds->n_seqs > 0);
+    uint64_t m = n % ds->n_seqs;
+    int32_t s = find_shard(ds, m);
+    *j = m - ds->seq_start[s];
+    return s;
+}
+
 static void die_bad_token(const vd_dataset *ds, int32_t s, uint64_t offset, uint32_t id) {
     vd_die("%s: %s: token id %" PRIu32 " at token offset %" PRIu64 " is >= the model's vocab size %" PRId32,
            ds->what, ds->paths[s], id, offset, ds->vocab_size);
@@ -336,11 +345,9 @@ static void sequence_examples(const vd_shard *sh, uint64_t j, uint64_t *e0, uint
 }
 
 void vd_dataset_get(const vd_dataset *ds, uint64_t n, int32_t *inputs, int32_t *targets, int32_t *pos) {
-    vd_require(ds->n_seqs > 0);
-    uint64_t m = n % ds->n_seqs;
-    int32_t s = find_shard(ds, m);
+    uint64_t j;
+    int32_t s = locate_sequence(ds, n, &j);
     const vd_shard *sh = &ds->shards[s];
-    uint64_t j = m - ds->seq_start[s];
     uint64_t T = (uint64_t)ds->seq_len;
     if (!sh->examples) {
         /* a window of T+1 tokens: target t is token t+1, unless its flag says no loss */
@@ -386,11 +393,9 @@ void vd_dataset_get(const vd_dataset *ds, uint64_t n, int32_t *inputs, int32_t *
 }
 
 uint32_t vd_dataset_target_count(const vd_dataset *ds, uint64_t n) {
-    vd_require(ds->n_seqs > 0);
-    uint64_t m = n % ds->n_seqs;
-    int32_t s = find_shard(ds, m);
+    uint64_t j;
+    int32_t s = locate_sequence(ds, n, &j);
     const vd_shard *sh = &ds->shards[s];
-    uint64_t j = m - ds->seq_start[s];
     uint64_t T = (uint64_t)ds->seq_len;
     if (!sh->flags) return (uint32_t)T;
     uint32_t count = 0;
