@@ -582,12 +582,20 @@ static void cpu_vera_vector_grads(float *db, float *dd, const float *M, const fl
         for (int k = 0; k < r; k++) s += bb[k] * d[k] * m[k];
         db[i] += s;
     }
-    /* dd: a column reduction, kept serial over i (fixed order) and parallel over k */
+    /* dd: a column reduction, kept serial over i (fixed order) and parallel over blocks of k;
+     * each block walks the rows of M and B contiguously (a column walk would touch one float
+     * per cache line), summing each k over i in the same order */
+    enum { KB = 64 };
     #pragma omp parallel for schedule(static)
-    for (int k = 0; k < r; k++) {
-        float s = 0.0f;
-        for (int i = 0; i < out; i++) s += b[i] * Bs[(size_t)i * r + k] * M[(size_t)i * r + k];
-        dd[k] += s;
+    for (int k0 = 0; k0 < r; k0 += KB) {
+        int kn = r - k0 < KB ? r - k0 : KB;
+        float s[KB] = {0};
+        for (int i = 0; i < out; i++) {
+            const float *bb = Bs + (size_t)i * r + k0, *m = M + (size_t)i * r + k0;
+            float bi = b[i];
+            for (int k = 0; k < kn; k++) s[k] += bi * bb[k] * m[k];
+        }
+        for (int k = 0; k < kn; k++) dd[k0 + k] += s[k];
     }
 }
 
