@@ -325,8 +325,13 @@ def base_env(threads):
     return env
 
 
-def vd_command(a, spec, shard, out):
-    return [str(a.vera_dist), "train", "--model", str(spec["vd_model"]), "--train_data", str(shard), "--out_dir", str(out),
+def vd_binary(a, extra_env):
+    """The binary of a vera-dist system: --vera-dist, or a --vd-binary variant's (its VD_BIN= entry)."""
+    return next((e.split("=", 1)[1] for e in extra_env if e.startswith("VD_BIN=")), str(a.vera_dist))
+
+
+def vd_command(a, spec, shard, out, binary=None):
+    return [str(binary or a.vera_dist), "train", "--model", str(spec["vd_model"]), "--train_data", str(shard), "--out_dir", str(out),
             "--resume", "none", "--overwrite", "1", "--batch_size", str(a.batch), "--seq_len", str(a.seq),
             "--grad_accum", "1", "--max_steps", str(a.steps), "--warmup_steps", "0", "--min_lr_ratio", "1",
             "--lr", repr(a.lr), "--weight_decay", "0", "--grad_clip", "0", "--beta1", repr(a.beta1),
@@ -340,7 +345,8 @@ def measure_vd(a, spec, shard, out, extra_env):
     metrics = out / "metrics.jsonl"
     if metrics.exists():
         metrics.unlink()
-    cmd = vd_command(a, spec, shard, out)
+    cmd = vd_command(a, spec, shard, out, vd_binary(a, extra_env))
+    extra_env = [e for e in extra_env if not e.startswith("VD_BIN=")]
     env = vd_env(a, extra_env)
     r = run_child(cmd, env, out / "log.txt", lambda: metrics.exists() and metrics.stat().st_size > 0, a.timeout)
     r["cmd"] = " ".join(shlex.quote(c) for c in cmd)
@@ -551,11 +557,16 @@ def main():
     ap.add_argument("--peft-variant", dest="peft_variant", action="append", default=[], metavar="NAME:K=V[,K=V]",
                     help="also run PEFT eager with this extra environment, shown as peft-eager[NAME] "
                          "(e.g. stock:-OMP_WAIT_POLICY; -KEY unsets)")
+    ap.add_argument("--vd-binary", dest="vd_binary", action="append", default=[], metavar="NAME:PATH",
+                    help="also run another vera-dist binary (e.g. a build of the previous commit) as vera-dist[NAME], "
+                         "interleaved with the others, same environment")
     ap.add_argument("--vd-variant", dest="vd_variant", action="append", default=[], metavar="NAME:K=V[,K=V]",
                     help="also run vera-dist with this extra environment, shown as vera-dist[NAME]; -KEY unsets "
                          "(e.g. passive:OMP_WAIT_POLICY=passive)")
     ap.add_argument("--skip", action="append", default=[], choices=["peft-eager", "peft-compile"],
                     help="leave this reference out (e.g. a vera-dist-only A/B of environments)")
+    ap.add_argument("--no-roofline", dest="no_roofline", action="store_true",
+                    help="skip the sgemm-rate measurement and the FLOP fraction after the runs (bench/roofline.py)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler over PEFT eager's measured steps")
     ap.add_argument("--json", help="write every measurement here")
     ap.add_argument("--label", default="", help="free text stored in --json")
@@ -599,6 +610,11 @@ def main():
     run_root = cache / "runs" / f"{spec['name']}-t{a.threads}-b{a.batch}-s{a.seq}-k{a.steps}-{os.getpid()}"
 
     variants = {}
+    for v in a.vd_binary:
+        name, _, path = v.partition(":")
+        if not os.access(path, os.X_OK):
+            ap.error(f"--vd-binary {v}: {path} is not an executable")
+        variants["vera-dist[" + name + "]"] = ["VD_BIN=" + str(pathlib.Path(path).resolve())]
     for v in a.vd_variant:
         name, _, envs = v.partition(":")
         variants["vera-dist[" + name + "]"] = [e for e in envs.split(",") if e]
@@ -614,7 +630,9 @@ def main():
     info["vd_blas"] = {}
     for sysname in systems:
         if sysname.startswith("vera-dist"):
-            b = info["vd_blas"][sysname] = vd_blas_info(a.vera_dist, vd_env(a, variants.get(sysname, [])))
+            ve = variants.get(sysname, [])
+            b = info["vd_blas"][sysname] = vd_blas_info(vd_binary(a, ve),
+                                                        vd_env(a, [e for e in ve if not e.startswith("VD_BIN=")]))
             print(f"{sysname} BLAS: {'; '.join(b['ldd'])}; OpenBLAS kernel {b['corename']}; env {b['env']}")
     print(f"model {spec['name']} ({spec['describe']}), VeRA on {spec['targets_text']}, batch {a.batch}, seq {a.seq}, steps {a.steps} (first {WARMUP} are warm-up), "
           f"threads {a.threads}, r {a.r}, lr {a.lr}, repeats {a.repeats}")
@@ -717,6 +735,22 @@ def main():
             print(f"ratio {s}: " + ", ".join(parts))
     if "peft-compile" in skipped:
         print(f"peft-compile skipped after a failure: {skipped['peft-compile']}")
+    roof = {}
+    if not a.no_roofline:
+        import roofline
+        cfg = (roofline.model_cfg("gpt2", shape=SHAPES[a.shape]) if spec["family"] == "gpt2"
+               else roofline.model_cfg("llama", hf_dir=pathlib.Path(spec["hf_dir"])))
+        _, shapes = roofline.step_flops(cfg, a.batch, a.seq, a.r)
+        for s in systems:
+            if not (s.startswith("vera-dist") and ok[s]):
+                continue
+            ve = variants.get(s, [])
+            rate = roofline.sgemm_rate(vd_binary(a, ve), vd_env(a, [e for e in ve if not e.startswith("VD_BIN=")]),
+                                       a.threads, shapes)
+            tok = {f"{s} (median)": statistics.median(r["tok_s"] for r in ok[s]), f"{s} (fastest step)": fastest(ok[s])}
+            lines, per_tok = roofline.report(cfg, a.batch, a.seq, a.r, rate, tok)
+            print("\n".join(lines))
+            roof[s] = dict(rate=rate, flops_per_token=per_tok, tok_s=tok)
     print("tok/s: tokens of steps %d..%d / their time, per run; 'x / PEFT eager': ratio of the medians (range of "
           "the per-round ratios); med-step: the same ratio from each run's median step time (robust to bursts of "
           "load); peak RSS: ru_maxrss of the process (load included); train RSS: largest VmRSS "
@@ -731,7 +765,7 @@ def main():
         with open(a.json, "w") as f:
             json.dump(dict(label=a.label, args={k: str(v) for k, v in vars(a).items()}, machine=info,
                            model={k: str(v) if isinstance(v, pathlib.Path) else v for k, v in spec.items()},
-                           summary=summary, runs=runs, skipped=skipped), f, indent=1)
+                           summary=summary, runs=runs, skipped=skipped, roofline=roof), f, indent=1)
         print(f"wrote {a.json}")
 
 
