@@ -38,6 +38,9 @@
 #              VERA_SLURM_START_TIMEOUT (seconds to wait for idle nodes, default 60),
 #              VERA_SLURM_CPUS (CPUs of a node, default 2),
 #              VERA_SLURM_CRED_EXPIRE (credential lifetime = requeue delay in seconds, default 5),
+#              VERA_SLURM_OWNER=PID (with N >= 2): the nodes belong to process PID; once it is
+#              gone, the next use of the harness removes them with everything running in them
+#              (the whole cluster but DIR), even if `stop` never ran (default: slurmctld's PID),
 #              VERA_SLURM_GPUS=N (default 0): N fake GPUs per node (character devices
 #              DIR/dev/nvidia0..N-1 named in gres.conf, GresTypes=gpu) so --gpus-per-node jobs
 #              schedule and see CUDA_VISIBLE_DEVICES; there is no real GPU behind them.
@@ -105,7 +108,11 @@ start_munge() {
   chmod 755 "$mdir"
   echo "$mdir" >"$dir/munge.dir"
   MUNGE_SOCKET="$mdir/munge.socket"
-  runuser -u munge -- /usr/sbin/munged --socket="$MUNGE_SOCKET" --pid-file="$mdir/munged.pid" \
+  # with namespace nodes munged runs in node 0 too (its socket is a path: every node reaches
+  # it), so that removing the nodes ends every daemon of the cluster
+  local -a in_node=()
+  [[ -f "$dir/mn.env" ]] && in_node=(bash "$0" node-daemon "$dir" 0)
+  "${in_node[@]}" runuser -u munge -- /usr/sbin/munged --socket="$MUNGE_SOCKET" --pid-file="$mdir/munged.pid" \
     --log-file="$mdir/munged.log" --seed-file="$mdir/munged.seed" ||
     { cat "$mdir/munged.log" >&2 2>/dev/null || true; die "munged failed to start"; }
   local i pid=""
@@ -333,8 +340,9 @@ cmd_start() {
   export SLURM_CONF="$dir/slurm.conf"
   if [[ -f "$dir/mn.env" ]]; then
     start_daemon "$dir" slurmctld bash "$0" node-daemon "$dir" 0 slurmctld -D -i
-    # the harness sweeps away a cluster whose owner has died: from now on that is slurmctld
-    cp "$dir/slurmctld.pid" "$MN_DIR/owner"
+    # the harness sweeps away (mn_sweep: every process in the nodes, then the namespaces) a
+    # cluster whose owner has died: the caller's VERA_SLURM_OWNER, else slurmctld
+    echo "${VERA_SLURM_OWNER:-$(cat "$dir/slurmctld.pid")}" >"$MN_DIR/owner"
     k=0
     while read -r name addr; do
       start_daemon "$dir" "slurmd.$name" bash "$0" node-daemon "$dir" "$k" slurmd -D -N "$name"

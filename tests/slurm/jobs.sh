@@ -51,7 +51,8 @@ slurm_on_exit() {
 slurm_cluster_up() {
   trap slurm_on_exit EXIT
   local t0=$SECONDS
-  CL=$(VERA_SLURM_START_TIMEOUT="${VERA_SLURM_START_TIMEOUT:-60}" timeout -k 5 300 bash "$CLUSTER_SH" start "$1") ||
+  # VERA_SLURM_OWNER: namespace nodes left by a test killed with SIGKILL are swept later
+  CL=$(VERA_SLURM_OWNER=$$ VERA_SLURM_START_TIMEOUT="${VERA_SLURM_START_TIMEOUT:-60}" timeout -k 5 300 bash "$CLUSTER_SH" start "$1") ||
     fail "could not start the Slurm cluster"
   export SLURM_CONF="$CL/slurm.conf"
   note "cluster up in $((SECONDS - t0)) s ($SLURM_CONF): $(cut -d' ' -f1 "$CL/nodes" | paste -sd' ')"
