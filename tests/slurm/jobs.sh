@@ -30,6 +30,8 @@ sl() { bash "$CLUSTER_SH" exec "$CL" "$@"; }
 slurm_on_exit() {
   local rc=$?
   trap - EXIT
+  # no errexit here: `(exit $rc)` below would end the handler before cleanup removes $TMP
+  set +e
   if [[ $rc -ne 0 ]]; then
     echo "======== [$TEST_NAME] failed (exit $rc): diagnostics" >&2
     local f
