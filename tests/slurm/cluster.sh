@@ -20,7 +20,8 @@
 #     added to the host's network); slurmctld then runs in node 0, which is also the login
 #     node: run sbatch/squeue/... there (`cluster.sh exec DIR CMD`; from the host they cannot
 #     reach it);
-#   * writes a private slurm.conf into DIR (nothing in /etc changes): one NodeName line per node
+#   * writes a private slurm.conf into DIR (nothing in /etc changes but the harness's
+#     /etc/netns/NODE/hosts with N >= 2): one NodeName line per node
 #     (NodeHostname = its name, NodeAddr = its address) with CPUs=2 and the real socket/core
 #     counts, per-node spool dir, pid file, log and TmpFS (%n), a TaskProlog that gives every
 #     task its node's TMPDIR, cons_tres + CR_Core, proctrack/linuxproc, task/none,
