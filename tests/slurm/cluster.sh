@@ -395,6 +395,7 @@ cmd_status() {
   fi
   return $rc
 }
+
 # stop_pids PIDFILE...: TERM to each recorded PID at once, wait up to 10 s, then KILL; only
 # the PIDs recorded in those files (the daemons are not our children: poll, do not wait)
 stop_pids() {
@@ -429,13 +430,14 @@ cmd_stop() {
   local dir="${1:?usage: cluster.sh stop DIR}"
   [[ -d "$dir" ]] || return 0
   [[ -f "$dir/slurm.conf" || -f "$dir/slurmctld.pid" || -f "$dir/nodes" ]] || die "$dir does not look like a cluster directory"
+  export SLURM_CONF="$dir/slurm.conf"
   local name addr f k pids
   local -a slurmds=()
   for f in "$dir"/slurmd.*.pid; do [[ -f "$f" ]] && slurmds+=("$f"); done
   if alive "$dir/slurmctld.pid" && ((${#slurmds[@]} > 0)); then
     # end the jobs still in this private cluster, then any step processes a slurmd still knows
     local i jobs
-    jobs=$(bash "$0" exec "$dir" squeue -h -o %i 2>/dev/null || true)
+    jobs=$(bash "$0" exec "$dir" squeue -h -o %i </dev/null 2>/dev/null || true)
     if [[ -n "$jobs" ]]; then
       say "cancelling jobs left in the cluster: $(tr '\n' ' ' <<<"$jobs")"
       # shellcheck disable=SC2086
@@ -450,9 +452,9 @@ cmd_stop() {
     while read -r name addr; do
       if alive "$dir/slurmd.$name.pid"; then
         if [[ -f "$dir/mn.env" ]]; then
-          pids=$( (mn_load "$dir" && SLURM_CONF="$dir/slurm.conf" mn_exec "$k" scontrol listpids) 2>/dev/null || true)
+          pids=$( (mn_load "$dir" && mn_exec "$k" scontrol listpids) </dev/null 2>/dev/null || true)
         else
-          pids=$(scontrol listpids 2>/dev/null || true)
+          pids=$(scontrol listpids </dev/null 2>/dev/null || true)
         fi
         # shellcheck disable=SC2013  # (one PID per word)
         for pid in $(awk 'NR > 1 && $1 ~ /^[0-9]+$/ { print $1 }' <<<"$pids"); do kill -KILL "$pid" 2>/dev/null || true; done

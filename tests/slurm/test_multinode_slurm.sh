@@ -24,6 +24,7 @@
 #        adapter's gradient size times the steps run there);
 #      - losses equal to the single-host 4-rank reference (within 1e-5, bit-identity reported)
 #        and adapter_final.safetensors byte-identical.
+# 4. stops the cluster while a job runs a task on each node: no task, daemon or namespace is left.
 # Every sub-check prints one line; the cluster start is shared. Skips (exit 77) when not root
 # or when network namespaces are not possible. VERA_KEEP_TMP=1 keeps the temp dir.
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -88,4 +89,25 @@ multinode_scenario() {
 
 multinode_scenario srun
 multinode_scenario mpirun
+
+# stop with a job still running on both nodes: nothing of the cluster may be left
+marker="vera-mn-sleep-$$"
+JOBID=$(sl sbatch --parsable -N 2 --ntasks-per-node=1 --output=/dev/null \
+          --wrap "srun -N 2 -n 2 bash -c 'exec -a $marker sleep 300'") || fail "stop: sbatch failed"
+for ((i = 0; i < 100; i++)); do
+  (($(pgrep -c -f "^$marker" || true) == 2)) && break
+  sleep 0.1
+done
+(($(pgrep -c -f "^$marker" || true) == 2)) || fail "stop: job $JOBID did not start a task on each node within 10 s"
+daemons=$(cat "$CL"/*.pid | paste -sd' ')
+bash "$CLUSTER_SH" stop "$CL" >&2 || fail "stop: cluster.sh stop failed"
+CL=""
+left=$(pgrep -f "^$marker" | paste -sd' ' || true)
+[[ -z "$left" ]] || fail "stop: the job's tasks survive the cluster: $left"
+for pid in $daemons; do
+  ! kill -0 "$pid" 2>/dev/null || fail "stop: daemon $pid ($(ps -o comm= -p "$pid")) survives"
+done
+left=$(mn_leftovers "$MN_PREFIX")
+[[ -z "$left" ]] || fail "stop: left of the nodes: $left"
+note "stop with job $JOBID running on both nodes: its tasks, munged, slurmctld, both slurmd and the namespaces are gone"
 note "PASS in $((SECONDS - T_BEGIN)) s"
