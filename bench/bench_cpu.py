@@ -222,20 +222,21 @@ def worker_peft(a):
         return x[:, :-1].contiguous(), x[:, 1:].contiguous()
 
     prof = None
-    step_ms, losses = [], []
+    step_ms, step_cpu_ms, losses = [], [], []
     for s in range(a.steps):
         x, y = batch(s)
         if a.profile and s == WARMUP:
             prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
             prof.__enter__()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         logits = fwd(input_ids=x).logits
         loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
         loss.backward()
         opt.step()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         step_ms.append(1e3 * (t1 - t0))
+        step_cpu_ms.append(1e3 * (c1 - c0))
         losses.append(float(loss.detach()))
         del logits, loss
         if s == 0 and a.marker:
@@ -253,7 +254,7 @@ def worker_peft(a):
         vectors[n[: -len(".default")] if n.endswith(".default") else n] = p.detach().clone().contiguous()
     from safetensors.torch import save_file
     save_file(vectors, os.path.join(a.out, "vectors.safetensors"))
-    info = dict(step_ms=step_ms, losses=losses, load_s=load_s, rss_setup_kb=rss_setup_kb,
+    info = dict(step_ms=step_ms, step_cpu_ms=step_cpu_ms, losses=losses, load_s=load_s, rss_setup_kb=rss_setup_kb,
                 n_trainable=sum(p.numel() for _, p in trainable), torch=torch.__version__,
                 transformers=transformers.__version__, peft=peft.__version__,
                 attn=getattr(model.config, "_attn_implementation", a.attn), threads=torch.get_num_threads(),
@@ -276,19 +277,38 @@ def vm_rss_kb(pid):
     return 0
 
 
-def run_child(cmd, env, log_path, train_marker, timeout):
+def proc_cpu_s(pid):
+    """CPU seconds (user + system, all threads) a live process has used so far; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def run_child(cmd, env, log_path, train_marker, timeout, progress=None):
     """Runs cmd with stdout+stderr to log_path; returns rc, wall, ru_maxrss of the child (kB),
     and the largest VmRSS sampled once train_marker (a file) exists: the memory of training
-    itself, without load-time peaks."""
+    itself, without load-time peaks. progress (optional): the number of steps done so far; the
+    child's CPU time is sampled when it first reads k (cpu_at_step[k]), so CPU seconds per step
+    come out without the load (a 20 ms sampling period against steps of seconds)."""
     with open(log_path, "w") as log:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     samples = {"train_max": 0}
+    cpu_at = {}
     done = threading.Event()
 
     def sampler():
         while not done.is_set():
             if train_marker():
                 samples["train_max"] = max(samples["train_max"], vm_rss_kb(p.pid))
+            if progress is not None:
+                k = progress()
+                if k not in cpu_at:
+                    c = proc_cpu_s(p.pid)
+                    if c is not None:
+                        cpu_at[k] = c
             done.wait(0.02)
 
     th = threading.Thread(target=sampler, daemon=True)
@@ -310,7 +330,7 @@ def run_child(cmd, env, log_path, train_marker, timeout):
     th.join()
     p.returncode = os.waitstatus_to_exitcode(status)
     return dict(rc=p.returncode, timed_out=timed_out, wall_s=wall, maxrss_kb=ru.ru_maxrss,
-                train_rss_kb=samples["train_max"])
+                train_rss_kb=samples["train_max"], cpu_at_step=cpu_at)
 
 
 def base_env(threads):
@@ -348,7 +368,13 @@ def measure_vd(a, spec, shard, out, extra_env):
     cmd = vd_command(a, spec, shard, out, vd_binary(a, extra_env))
     extra_env = [e for e in extra_env if not e.startswith("VD_BIN=")]
     env = vd_env(a, extra_env)
-    r = run_child(cmd, env, out / "log.txt", lambda: metrics.exists() and metrics.stat().st_size > 0, a.timeout)
+    def steps_done():
+        try:
+            return metrics.read_text().count("\n")
+        except OSError:
+            return 0
+    r = run_child(cmd, env, out / "log.txt", lambda: metrics.exists() and metrics.stat().st_size > 0, a.timeout,
+                  steps_done)
     r["cmd"] = " ".join(shlex.quote(c) for c in cmd)
     if a.vd_env or extra_env:
         r["cmd"] = " ".join(list(a.vd_env) + list(extra_env)) + " " + r["cmd"]
@@ -360,6 +386,8 @@ def measure_vd(a, spec, shard, out, extra_env):
     r["losses"] = [row["loss"] for row in rows]
     r["tokens_per_step"] = rows[0]["tokens"]
     r["vectors"] = str(out / "adapter_final.safetensors")
+    ca, K = r["cpu_at_step"], len(rows)
+    r["cpu_s_measured"] = ca[K] - ca[WARMUP] if K in ca and WARMUP in ca else None
     return r
 
 
@@ -398,6 +426,14 @@ def tail(path, n=25):
         return "\n".join(pathlib.Path(path).read_text(errors="replace").splitlines()[-n:])
     except OSError:
         return ""
+
+
+def cpu_throughput(r):
+    """tokens per CPU second (all threads) over the steps after the warm-up; None when not sampled."""
+    c = r.get("cpu_s_measured")
+    if c is None and r.get("step_cpu_ms"):
+        c = sum(r["step_cpu_ms"][WARMUP:]) / 1e3
+    return r["tokens_per_step"] * (len(r["step_ms"]) - WARMUP) / c if c else None
 
 
 def throughput(r):
@@ -667,11 +703,13 @@ def main():
                 continue
             r["tok_s"] = throughput(r)
             r["tok_s_medstep"] = r["tokens_per_step"] / (statistics.median(r["step_ms"][WARMUP:]) / 1e3)
+            r["tok_cpu_s"] = cpu_throughput(r)
             runs[sysname].append(r)
             extra = f", first step {r['step_ms'][0] / 1e3:.1f} s" if sysname == "peft-compile" else ""
             if "load_s" in r:
                 extra += f", load {r['load_s']:.1f} s"
-            print(f"  rep {rep} {sysname:26s}: {r['tok_s']:9.0f} tok/s, peak RSS {fmt_mib(r['maxrss_kb'])} MiB, "
+            cpu_txt = f", {r['tok_cpu_s']:.0f} tok/CPU-s" if r["tok_cpu_s"] else ""
+            print(f"  rep {rep} {sysname:26s}: {r['tok_s']:9.0f} tok/s{cpu_txt}, peak RSS {fmt_mib(r['maxrss_kb'])} MiB, "
                   f"loss {r['losses'][-1]:.6f}, load {r['load_before'][0]:.2f}->{r['load_after'][0]:.2f}{extra}",
                   flush=True)
 
@@ -712,6 +750,7 @@ def main():
               f"{fmt_mib(trss):>7s}Mi {rs[0]['losses'][-1]:11.6f} {dloss:9.1e} {dvec_s:>9s}")
         summary[s] = dict(tok_s=toks, tok_s_median=statistics.median(toks), ratio_to_peft_eager=ratios,
                           tok_s_medstep=[r["tok_s_medstep"] for r in rs],
+                          tok_cpu_s=[r.get("tok_cpu_s") for r in rs],
                           maxrss_kb=[r["maxrss_kb"] for r in rs], train_rss_kb=[r["train_rss_kb"] for r in rs],
                           last_loss=rs[0]["losses"][-1], losses=rs[0]["losses"], max_rel_loss_diff_vs_vd=dloss,
                           max_rel_vec_diff_vs_vd=dvec, load=[(r["load_before"][0], r["load_after"][0]) for r in rs])
@@ -735,6 +774,13 @@ def main():
             print(f"ratio {s}: " + ", ".join(parts))
     if "peft-compile" in skipped:
         print(f"peft-compile skipped after a failure: {skipped['peft-compile']}")
+    cpu_med = {s: statistics.median(x) for s in systems if ok[s]
+               for x in [[r["tok_cpu_s"] for r in ok[s] if r.get("tok_cpu_s")]] if x}
+    if cpu_med:
+        ref_cpu = cpu_med.get(ref_sys)
+        print("tokens per CPU-second (user + system of all threads, the measured steps; the same work on a busy "
+              "machine costs about the same CPU time): " + ", ".join(
+                  f"{s} {v:.0f}" + (f" ({v / ref_cpu:.2f}x {ref_name})" if ref_cpu else "") for s, v in cpu_med.items()))
     roof = {}
     if not a.no_roofline:
         import roofline
