@@ -794,7 +794,9 @@ def main():
             rate = roofline.sgemm_rate(vd_binary(a, ve), vd_env(a, [e for e in ve if not e.startswith("VD_BIN=")]),
                                        a.threads, shapes)
             tok = {f"{s} (median)": statistics.median(r["tok_s"] for r in ok[s]), f"{s} (fastest step)": fastest(ok[s])}
-            lines, per_tok = roofline.report(cfg, a.batch, a.seq, a.r, rate, tok)
+            cpu = [r["tok_cpu_s"] for r in ok[s] if r.get("tok_cpu_s")]
+            lines, per_tok = roofline.report(cfg, a.batch, a.seq, a.r, rate, tok,
+                                             {f"{s} (median)": statistics.median(cpu)} if cpu else None)
             print("\n".join(lines))
             roof[s] = dict(rate=rate, flops_per_token=per_tok, tok_s=tok)
     print("tok/s: tokens of steps %d..%d / their time, per run; 'x / PEFT eager': ratio of the medians (range of "

@@ -115,18 +115,19 @@ def sgemm_child(lib, threads, shapes, reps):
     f = h.cblas_sgemm
     c_int, c_float, P = ctypes.c_int, ctypes.c_float, ctypes.POINTER(ctypes.c_float)
     f.argtypes = [c_int, c_int, c_int, c_int, c_int, c_int, c_float, P, c_int, P, c_int, c_float, P, c_int]
-    res = []
+    res, res_cpu = [], []
     for M, N, K in shapes:
         A, B, Cm = (ctypes.c_float * (M * K))(), (ctypes.c_float * (K * N))(), (ctypes.c_float * (M * N))()
         for buf in (A, B):   # touch every page with small values (no denormals)
             ctypes.memset(buf, 0x3c, ctypes.sizeof(buf))
-        best = float("inf")
+        best, best_cpu = float("inf"), float("inf")
         for _ in range(reps + 1):   # the first is warm-up
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             f(ROW_MAJOR, NO_TRANS, NO_TRANS, M, N, K, 1.0, A, K, B, N, 0.0, Cm, N)
-            best = min(best, time.perf_counter() - t)
+            best, best_cpu = min(best, time.perf_counter() - t), min(best_cpu, time.process_time() - c)
         res.append(2.0 * M * N * K / best / 1e9)
-    return dict(corename=core().decode(), gflops=res)
+        res_cpu.append(2.0 * M * N * K / max(best_cpu, 1e-9) / 1e9)
+    return dict(corename=core().decode(), gflops=res, gflops_cpu=res_cpu)
 
 
 def sgemm_rate(vd, env, threads, shapes, reps=3):
@@ -148,13 +149,17 @@ def sgemm_rate(vd, env, threads, shapes, reps=3):
     r = json.loads(p.stdout)
     flops = {s: 2.0 * s[0] * s[1] * s[2] * shapes[s] for s in order}
     secs = sum(flops[s] / (g * 1e9) for s, g in zip(order, r["gflops"]))
+    cpu_secs = sum(flops[s] / (g * 1e9) for s, g in zip(order, r["gflops_cpu"]))
     return dict(lib=lib, kernel=r["corename"], vd_kernel=kernel, coretype_env=cenv.get("OPENBLAS_CORETYPE"),
                 threads=threads, per_shape={f"{s[0]}x{s[1]}x{s[2]}": g for s, g in zip(order, r["gflops"])},
-                weighted_gflops=sum(flops.values()) / secs / 1e9, version=version)
+                weighted_gflops=sum(flops.values()) / secs / 1e9,
+                weighted_gflops_per_cpu_s=sum(flops.values()) / cpu_secs / 1e9, version=version)
 
 
-def report(cfg, batch, seq, r, rate, tok_s=None):
-    """The lines bench_cpu.py prints: the rate, the FLOPs per token, and the fraction per tok/s given."""
+def report(cfg, batch, seq, r, rate, tok_s=None, tok_cpu_s=None):
+    """The lines bench_cpu.py prints: the rate, the FLOPs per token, and the fraction per tok/s given
+    (wall clock, against the wall-clock rate) and per tok/CPU-s given (against GFLOP per CPU second
+    of the same sgemm calls: the reading that holds on a busy machine)."""
     parts, _ = step_flops(cfg, batch, seq, r)
     N = batch * seq
     per_tok = sum(parts.values()) / N
@@ -163,12 +168,16 @@ def report(cfg, batch, seq, r, rate, tok_s=None):
         return [f"roofline: sgemm rate not measured ({rate['error']})"], per_tok
     lines.append(f"roofline: sgemm of {rate['lib']} (kernel {rate['kernel']}, {rate['threads']} threads), the step's "
                  f"shapes M x N x K: " + ", ".join(f"{k} {v:.0f}" for k, v in rate["per_shape"].items()) +
-                 f" GFLOP/s; FLOP-weighted {rate['weighted_gflops']:.0f} GFLOP/s")
+                 f" GFLOP/s; FLOP-weighted {rate['weighted_gflops']:.0f} GFLOP/s wall, "
+                 f"{rate['weighted_gflops_per_cpu_s']:.0f} GFLOP per CPU-second (all threads)")
     lines.append(f"roofline: useful FLOPs per token {per_tok / 1e6:.0f} M (" +
                  ", ".join(f"{k} {v / N / 1e6:.1f} M" for k, v in parts.items()) + ")")
     for name, t in (tok_s or {}).items():
         lines.append(f"roofline: {name} at {t:.0f} tok/s = {per_tok * t / 1e9:.0f} GFLOP/s useful = "
                      f"{per_tok * t / 1e9 / rate['weighted_gflops']:.0%} of the sgemm rate")
+    for name, t in (tok_cpu_s or {}).items():
+        lines.append(f"roofline: {name} at {t:.0f} tok/CPU-s = {per_tok * t / 1e9:.0f} useful GFLOP per CPU-second = "
+                     f"{per_tok * t / 1e9 / rate['weighted_gflops_per_cpu_s']:.0%} of the sgemm's")
     return lines, per_tok
 
 
@@ -181,13 +190,16 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--r", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tok-s", dest="tok_s", type=float, help="a measured tok/s to express as a fraction")
+    ap.add_argument("--tok-cpu-s", dest="tok_cpu_s", type=float, help="a measured tok/CPU-s to express as a fraction")
     a = ap.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import bench_cpu
     cfg = model_cfg("llama", hf_dir=a.hf_config) if a.hf_config else model_cfg("gpt2", shape=bench_cpu.SHAPES[a.shape])
     _, shapes = step_flops(cfg, a.batch, a.seq, a.r)
     rate = sgemm_rate(a.vera_dist, bench_cpu.base_env(a.threads), a.threads, shapes)
-    print("\n".join(report(cfg, a.batch, a.seq, a.r, rate)[0]))
+    print("\n".join(report(cfg, a.batch, a.seq, a.r, rate, {"given": a.tok_s} if a.tok_s else None,
+                           {"given": a.tok_cpu_s} if a.tok_cpu_s else None)[0]))
 
 
 if __name__ == "__main__":
