@@ -11,7 +11,8 @@
 #    and the adapter file is byte-identical to the single-host one;
 #  * shaped links (tbf at 10 Mbit/s on both directions of every node's link): an all-reduce of
 #    1.25 MB takes at least the time those bytes need at 10 Mbit/s (the shaping is real) and at
-#    most 4x it (TCP copes with the shaper), and training over the slow links is bit-identical.
+#    most 8x it (TCP copes with the shaper; Open MPI's default algorithm alone takes ~2x), and
+#    training over the slow links is bit-identical.
 # Exit 77 (skipped) only when not root or `ip netns` is impossible.
 # usage: bash tests/multinode/train_2x2.sh PATH/TO/vera-dist PATH/TO/allreduce_bench
 source "$(dirname "$0")/../integration/common.sh"
@@ -90,8 +91,8 @@ line="$(grep '^{"floats"' "$TMP/bench.log")" || { cat "$TMP/bench.log" >&2; fail
 t="$(sed -n 's/.*"median_s": \([^,]*\),.*/\1/p' <<<"$line")"
 bound="$(awk -v b=$((4 * floats)) 'BEGIN { printf "%.4f", b * 8 / 10e6 }')"
 note "10 Mbit/s links: all-reduce of $((4 * floats)) bytes on 2 x 2 ranks: ${t} s (bytes / rate = ${bound} s)"
-awk -v t="$t" -v b="$bound" 'BEGIN { exit !(t >= 0.9 * b && t <= 4 * b) }' ||
-  fail "all-reduce over 10 Mbit/s links took $t s, expected between 0.9x and 4x of $bound s"
+awk -v t="$t" -v b="$bound" 'BEGIN { exit !(t >= 0.9 * b && t <= 8 * b) }' ||
+  fail "all-reduce over 10 Mbit/s links took $t s, expected between 0.9x and 8x of $bound s"
 mn_train mn_10mbit
 same_as_host mn_10mbit
 mn_unshape
