@@ -24,7 +24,7 @@ static MPI_Comm g_roll = MPI_COMM_NULL; /* a duplicate of MPI_COMM_WORLD for the
  * roll call (they answer while they wait in any collective, so an answer takes milliseconds;
  * this covers a slow link), and how long a rank that is not the one to report waits before it
  * ends the job (so that the report is printed first). */
-#define COMM_ROLL_GRACE_S 2.0
+#define COMM_ROLL_GRACE_S 1.0
 #define COMM_REPORT_GRACE_S 1.0
 /* How long MPI_Abort may take before the rank exits by itself: with a node's link down the
  * launcher may be unreachable and MPI_Abort may never return. */
