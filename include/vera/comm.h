@@ -36,6 +36,13 @@ void vd_comm_bcast(const vd_comm *c, void *buf, size_t bytes, int32_t root);
 /* Gathers one uint64 from every rank into out[world] on every rank. */
 void vd_comm_allgather_u64(const vd_comm *c, uint64_t value, uint64_t *out);
 void vd_comm_barrier(const vd_comm *c);
+/* For a backend that waits for a collective of its own (NCCL) with the same deadline: whether
+ * another rank has started a roll call (then call vd_comm_lost at once: it must answer), and
+ * the report: a roll call over MPI, one line naming the ranks that did not answer (printed by
+ * the lowest rank that did), the job ended. `what` names the collective, waited_s how long
+ * this rank waited in it. */
+int vd_comm_roll_called(const vd_comm *c);
+void vd_comm_lost(const vd_comm *c, const char *what, double waited_s) __attribute__((noreturn));
 void vd_comm_abort(int code);
 
 #endif

@@ -202,7 +202,7 @@ static void comm_name_missing(const vd_comm *c, const int *answered, char *out, 
     }
 }
 
-__attribute__((noreturn)) static void comm_lost(const vd_comm *c, const char *what, double waited) {
+void vd_comm_lost(const vd_comm *c, const char *what, double waited) {
     int32_t world = c->world, me = c->rank;
     comm_roll_msg mine = {me, c->step, (int32_t)(waited * 1e3), 0};
     comm_roll_msg *got = callocCheck((size_t)world, sizeof(comm_roll_msg));
@@ -256,6 +256,13 @@ __attribute__((noreturn)) static void comm_lost(const vd_comm *c, const char *wh
            missing, where, 1e-3 * longest, what, (int)n_answered, (int)world, COMM_ROLL_GRACE_S);
 }
 
+int vd_comm_roll_called(const vd_comm *c) {
+    if (c->world == 1) return 0;
+    int roll = 0;
+    mpiCheck(MPI_Iprobe(MPI_ANY_SOURCE, COMM_TAG_ROLL, g_roll, &roll, MPI_STATUS_IGNORE));
+    return roll;
+}
+
 /* Waits for a non-blocking collective, at most timeout_s seconds (0 = forever), answering a
  * roll call another rank starts meanwhile. Polls: MPI_Test drives the collective's progress,
  * and after the first 10 ms each poll sleeps 200 us so a long wait leaves the core to others. */
@@ -273,11 +280,9 @@ static void comm_wait(const vd_comm *c, MPI_Request *req, const char *what) {
         double now = comm_now();
         if (now - last_probe > 1e-3) {
             last_probe = now;
-            int roll = 0;
-            mpiCheck(MPI_Iprobe(MPI_ANY_SOURCE, COMM_TAG_ROLL, g_roll, &roll, MPI_STATUS_IGNORE));
-            if (roll) comm_lost(c, what, now - t0);
+            if (vd_comm_roll_called(c)) vd_comm_lost(c, what, now - t0);
         }
-        if (now - t0 > c->timeout_s) comm_lost(c, what, now - t0);
+        if (now - t0 > c->timeout_s) vd_comm_lost(c, what, now - t0);
         if (now - t0 > 0.01) nanosleep(&nap, NULL);
     }
 }
