@@ -24,7 +24,8 @@
 #                      $MN_DIR/nK-tmp so nodes do not share Open MPI's session directories.
 #   $MN_DIR            /tmp/PREFIX: hostfile, owner file, per-node TMPDIRs.
 #
-# Functions (all return non-zero with a one-line "mn: ..." message on stderr on failure):
+# Functions (all return non-zero with a one-line "mn: ..." message on stderr on failure; safe
+# to call under set -euo pipefail):
 #   mn_require          exit 77 (skip) with a message unless root and `ip netns` works
 #   mn_up N             make the cluster; sets MN_PREFIX, MN_DIR, MN_NODES, MN_SUBNET, MN_HOSTFILE;
 #                       installs an EXIT/INT/TERM trap that runs mn_down (chained before any EXIT
@@ -39,7 +40,8 @@
 #   mn_exec K CMD...    run CMD in node K (its netns, a fresh UTS namespace with its hostname,
 #                       its TMPDIR); exit code of CMD
 #   mn_mpirun RPN -- CMD...  mpirun inside node 0 launching RPN ranks on each node (N*RPN in all,
-#                       by slot: ranks K*RPN..K*RPN+RPN-1 on node K) through agent.sh;
+#                       by slot: ranks K*RPN..K*RPN+RPN-1 on node K; N = $MN_USE_NODES if set,
+#                       nodes 0..N-1, else all) through agent.sh;
 #                       TCP between nodes, shared memory inside a node. Under `timeout -k 5
 #                       $MN_TIMEOUT`; returns mpirun's exit code (124 = timed out)
 #   mn_shape RATE       tbf at RATE (tc syntax: 10gbit, 1gbit, 100mbit, 10mbit) on both directions
@@ -52,6 +54,7 @@
 #   MN_IF        interface name inside each node (default vdmn0)
 #   MN_MPIRUN    the mpirun to use (default $VERA_MPIRUN, else mpirun)
 #   MN_TIMEOUT   seconds before mn_mpirun is killed (default 300)
+#   MN_USE_NODES how many of the nodes (0..N-1) mn_mpirun uses (default all MN_NODES)
 #   MN_MPIRUN_ARGS  extra mpirun arguments (word-split), e.g. "--mca btl_base_verbose 30"
 #   MN_FORWARD   env vars forwarded to every rank with -x (default: OMP_NUM_THREADS
 #                OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE ASAN_OPTIONS, those that are set)
@@ -131,8 +134,8 @@ mn_up() {
 mn__wait_link() {
   local k="$1" i state oper
   for ((i = 0; i < 50; i++)); do
-    oper="$(ip netns exec "$(mn_ns "$k")" cat "/sys/class/net/$MN_IF/operstate" 2>/dev/null)"
-    state="$(ip netns exec "$MN_PREFIX-sw" cat "/sys/class/net/p$k/brport/state" 2>/dev/null)"
+    oper="$(ip netns exec "$(mn_ns "$k")" cat "/sys/class/net/$MN_IF/operstate" 2>/dev/null || true)"
+    state="$(ip netns exec "$MN_PREFIX-sw" cat "/sys/class/net/p$k/brport/state" 2>/dev/null || true)"
     [[ "$oper" == up && "$state" == 3 ]] && return 0 # 3 = BR_STATE_FORWARDING
     sleep 0.1
   done
@@ -172,14 +175,14 @@ mn_down() {
   pids="$(for ns in $nss; do ip netns pids "$ns" 2>/dev/null; done | sort -u)"
   if [[ -n "$pids" ]]; then
     # shellcheck disable=SC2086 # one pid per word
-    { kill -TERM $pids; kill -CONT $pids; } 2>/dev/null
+    { kill -TERM $pids; kill -CONT $pids; } 2>/dev/null || true # some may be gone already
     for ((i = 0; i < 30; i++)); do
       pids="$(for ns in $nss; do ip netns pids "$ns" 2>/dev/null; done | sort -u)"
       [[ -z "$pids" ]] && break
       sleep 0.1
     done
     # shellcheck disable=SC2086
-    [[ -n "$pids" ]] && kill -KILL $pids 2>/dev/null
+    if [[ -n "$pids" ]]; then kill -KILL $pids 2>/dev/null || true; fi
     for ((i = 0; i < 30; i++)); do
       pids="$(for ns in $nss; do ip netns pids "$ns" 2>/dev/null; done | sort -u)"
       [[ -z "$pids" ]] && break
@@ -192,8 +195,8 @@ mn_down() {
     [[ -d "/etc/netns/$ns" ]] && { rm -rf "/etc/netns/$ns" || rc=1; }
   done
   # entries without a namespace (a crash between the two), then /etc/netns itself if now empty
-  rm -rf "/etc/netns/$prefix-"* 2>/dev/null
-  rmdir /etc/netns 2>/dev/null
+  rm -rf "/etc/netns/$prefix-"*
+  rmdir /etc/netns 2>/dev/null || true # not empty: others' entries
   rm -rf "${MN_STATE_ROOT:?}/$prefix"
   return $rc
 }
@@ -202,8 +205,8 @@ mn_down() {
 mn__prefixes() {
   {
     ip netns list 2>/dev/null | awk '{print $1}'
-    ls /etc/netns 2>/dev/null
-    ls "$MN_STATE_ROOT" 2>/dev/null
+    ls /etc/netns 2>/dev/null || true
+    ls "$MN_STATE_ROOT" 2>/dev/null || true
   } | sed -n -E 's/^(vdmn[0-9]+)(-.*)?$/\1/p' | sort -u
 }
 
@@ -229,9 +232,9 @@ mn_sweep() {
 
 mn_leftovers() {
   local prefix="${1:-$MN_PREFIX}" out=""
-  out+="$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$prefix-" | tr '\n' ' ')"
-  out+="$(ip -o link 2>/dev/null | grep -F "$prefix" | awk -F': ' '{print "link:" $2}' | tr '\n' ' ')"
-  out+="$(find /etc/netns -maxdepth 1 -name "$prefix-*" 2>/dev/null | tr '\n' ' ')"
+  out+="$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$prefix-" | tr '\n' ' ' || true)"
+  out+="$(ip -o link 2>/dev/null | grep -F "$prefix" | awk -F': ' '{print "link:" $2}' | tr '\n' ' ' || true)"
+  out+="$(find /etc/netns -maxdepth 1 -name "$prefix-*" 2>/dev/null | tr '\n' ' ' || true)"
   [[ -e "$MN_STATE_ROOT/$prefix" ]] && out+="$MN_STATE_ROOT/$prefix"
   echo -n "$out"
 }
@@ -251,16 +254,18 @@ mn_mpirun() {
   local rpn="${1:?usage: mn_mpirun RANKS_PER_NODE -- CMD...}"; shift
   [[ "${1:-}" == -- ]] && shift
   [[ "$rpn" =~ ^[1-9][0-9]*$ ]] || { mn__err "mn_mpirun: ranks per node must be a positive integer, got '$rpn'"; return 2; }
-  local k fwd=() v
+  local k fwd=() v nodes="${MN_USE_NODES:-$MN_NODES}"
+  [[ "$nodes" =~ ^[1-9][0-9]*$ && $nodes -le $MN_NODES ]] ||
+    { mn__err "mn_mpirun: MN_USE_NODES must be 1..$MN_NODES, got '$nodes'"; return 2; }
   : >"$MN_HOSTFILE" || { mn__err "cannot write $MN_HOSTFILE"; return 1; }
-  for ((k = 0; k < MN_NODES; k++)); do echo "$(mn_host "$k") slots=$rpn" >>"$MN_HOSTFILE"; done
+  for ((k = 0; k < nodes; k++)); do echo "$(mn_host "$k") slots=$rpn" >>"$MN_HOSTFILE"; done
   for v in ${MN_FORWARD:-OMP_NUM_THREADS OPENBLAS_NUM_THREADS OPENBLAS_CORETYPE ASAN_OPTIONS}; do
     [[ -n "${!v:-}" ]] && fwd+=(-x "$v")
   done
   local mpirun="${MN_MPIRUN:-${VERA_MPIRUN:-mpirun}}"
   # shellcheck disable=SC2086 # MN_MPIRUN_ARGS is word-split on purpose
   timeout -k 5 "${MN_TIMEOUT:-300}" bash "$MN_LIB_DIR/lib.sh" exec 0 \
-    "$mpirun" --hostfile "$MN_HOSTFILE" -np $((rpn * MN_NODES)) --map-by slot \
+    "$mpirun" --hostfile "$MN_HOSTFILE" -np $((rpn * nodes)) --map-by slot \
     --mca plm_rsh_agent "$MN_LIB_DIR/agent.sh" --mca plm_rsh_no_tree_spawn 1 \
     --mca pml ob1 --mca btl self,vader,tcp \
     --mca btl_tcp_if_include "$MN_SUBNET" --mca oob_tcp_if_include "$MN_SUBNET" \
@@ -285,8 +290,9 @@ mn_shape() {
 mn_unshape() {
   local k
   for ((k = 0; k < MN_NODES; k++)); do
-    ip netns exec "$(mn_ns "$k")" tc qdisc del dev "$MN_IF" root 2>/dev/null
-    ip netns exec "$MN_PREFIX-sw" tc qdisc del dev "p$k" root 2>/dev/null
+    # "no qdisc" is not an error here: unshaped links stay unshaped
+    ip netns exec "$(mn_ns "$k")" tc qdisc del dev "$MN_IF" root 2>/dev/null || true
+    ip netns exec "$MN_PREFIX-sw" tc qdisc del dev "p$k" root 2>/dev/null || true
   done
   return 0
 }
