@@ -4,6 +4,7 @@
 
 #include <mpi.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -264,15 +265,15 @@ int vd_comm_roll_called(const vd_comm *c) {
 }
 
 /* Waits for a non-blocking collective, at most timeout_s seconds (0 = forever), answering a
- * roll call another rank starts meanwhile. Polls: MPI_Test drives the collective's progress,
- * and after the first 10 ms each poll sleeps 200 us so a long wait leaves the core to others. */
+ * roll call another rank starts meanwhile. Polls, as MPI's blocking calls do: MPI_Test drives
+ * the collective's progress; after the first 10 ms each poll yields the core to any other
+ * runnable thread (never sleeps: a large message over TCP moves only while it is polled). */
 static void comm_wait(const vd_comm *c, MPI_Request *req, const char *what) {
     if (c->timeout_s <= 0) {
         mpiCheck(MPI_Wait(req, MPI_STATUS_IGNORE));
         return;
     }
     double t0 = comm_now(), last_probe = t0;
-    struct timespec nap = {0, 200 * 1000};
     for (;;) {
         int done = 0;
         mpiCheck(MPI_Test(req, &done, MPI_STATUS_IGNORE));
@@ -283,7 +284,7 @@ static void comm_wait(const vd_comm *c, MPI_Request *req, const char *what) {
             if (vd_comm_roll_called(c)) vd_comm_lost(c, what, now - t0);
         }
         if (now - t0 > c->timeout_s) vd_comm_lost(c, what, now - t0);
-        if (now - t0 > 0.01) nanosleep(&nap, NULL);
+        if (now - t0 > 0.01) sched_yield();
     }
 }
 

@@ -22,7 +22,9 @@
 #   - `--resume auto` afterwards (link up again) continues from the newest checkpoint and ends
 #     bit-identical (every loss, adapter_final.safetensors) to an uninterrupted run.
 # The time to exit is printed ("time to exit: ..."); docs/multinode.md records it.
-# VERA_FAULT_TIMEOUT sets collective_timeout (default: the trainer's default).
+# VERA_FAULT_TIMEOUT sets collective_timeout: default 15 s, so that the abort that follows still
+# fits in the limit on a loaded machine (with the trainer's default of 20 s the stop cases took
+# 24-25 s on an idle one: docs/multinode.md).
 set -euo pipefail
 CASE="${1:?usage: bash $0 kill|link|stop|stop-local|stop-nccl PATH/TO/vera-dist}"
 shift
@@ -43,8 +45,8 @@ if [[ $CASE == stop-nccl ]]; then
   STEPS=12 AT=$((2 + RANDOM % 2)) CHECK_RESUME=0
   COMMON+=(--max_steps "$STEPS" --ckpt_every 2 --device cuda --collective_timeout "${VERA_FAULT_TIMEOUT:-8}")
   export VERA_EMU_GPUS="${VERA_EMU_GPUS:-2}"
-elif [[ -n "${VERA_FAULT_TIMEOUT:-}" ]]; then
-  COMMON+=(--collective_timeout "$VERA_FAULT_TIMEOUT")
+else
+  COMMON+=(--collective_timeout "${VERA_FAULT_TIMEOUT:-15}")
 fi
 
 if [[ $CASE == stop-nccl ]]; then
