@@ -245,16 +245,18 @@ void vd_comm_lost(const vd_comm *c, const char *what, double waited) {
     }
     char where[96];
     if (step < 0) snprintf(where, sizeof(where), "during start-up");
-    else snprintf(where, sizeof(where), "in step %d", (int)step + 1);
+    else snprintf(where, sizeof(where), "of step %d", (int)step + 1);
     if (n_answered == world)
         vd_die("a collective %s made no progress for %.1f s, yet every rank answered a roll call: the ranks are "
                "in different collectives (a bug; this rank was in the %s)", where, 1e-3 * longest, what);
     char missing[1024];
     comm_name_missing(c, answered, missing, sizeof(missing));
-    vd_die("lost %s: no answer %s after %.1f s in the %s (%d of %d ranks answered a roll call within %.0f s); "
-           "the rank was killed, frozen or cut off from the network (HINT: --resume auto continues from the last "
-           "checkpoint; raise collective_timeout if a rank is only slow)",
-           missing, where, 1e-3 * longest, what, (int)n_answered, (int)world, COMM_ROLL_GRACE_S);
+    int one = world - n_answered == 1;
+    vd_die("lost %s: the %s %s waited %.1f s for %s and %s did not answer a roll call (%d of %d ranks answered "
+           "within %.0f s): killed, frozen or cut off from the network (HINT: --resume auto continues from the "
+           "last checkpoint; raise collective_timeout if a rank is only slow)",
+           missing, what, where, 1e-3 * longest, one ? "it" : "them", one ? "it" : "they", (int)n_answered,
+           (int)world, COMM_ROLL_GRACE_S);
 }
 
 int vd_comm_roll_called(const vd_comm *c) {
