@@ -96,7 +96,10 @@ int main(int argc, char **argv) {
     const char *iters_s = vd_cli_take_option(&argc, argv, "iters");
     const char *warm_s = vd_cli_take_option(&argc, argv, "warmup");
     const char *max_s = vd_cli_take_option(&argc, argv, "max_seconds");
-    vd_cli_refuse_rest(argc, argv, "allreduce_bench", "--floats N[,N...] --iters K --warmup W --max_seconds S");
+    /* not vd_cli_refuse_rest: its hint names a vera-dist sub-command */
+    if (argc > 1)
+        vd_die("allreduce_bench: unknown argument '%s' (it takes --floats N[,N...] --iters K --warmup W --max_seconds S)",
+               argv[1]);
     if (!floats) vd_die("allreduce_bench: --floats N[,N...] is required (floats per all-reduce)");
     uint64_t sizes[BENCH_MAX_SIZES];
     int n_sizes = bench_parse_sizes(floats, sizes);
