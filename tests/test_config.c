@@ -278,6 +278,8 @@ static void test_cli_errors(void) {
     PARSE_DIES("--max_steps: expected an integer in [1, 1000000000], got '0'", "--max_steps", "0");
     PARSE_DIES("--lr: expected a number in (0, 10], got '0'", "--lr", "0");
     PARSE_DIES("--lr: expected a number in (0, 10], got '1e-50'", "--lr", "1e-50"); /* 0 as a float */
+    PARSE_DIES("--collective_timeout: expected a number in [0, 86400], got '-1'", "--collective_timeout", "-1");
+    PARSE_DIES("--collective_timeout: expected a number in [0, 86400], got 'soon'", "--collective_timeout", "soon");
     PARSE_DIES("--lr: expected a number", "--lr", "nan");
     PARSE_DIES("--lr: expected a number", "--lr", "inf");
     PARSE_DIES("--lr: expected a number", "--lr", "0.1x");
@@ -584,7 +586,7 @@ static void test_serialize(void) {
     CHECK(strstr(s1, "config") == NULL, "config_path is not part of the serialized config");
     int lines = 0;
     for (const char *p = s1; *p; p++) lines += *p == '\n';
-    CHECK(lines == 36, "%d lines", lines);
+    CHECK(lines == 37, "%d lines", lines);
 
     /* round trip through vd_config_set */
     vd_config b;
@@ -669,15 +671,18 @@ static void test_serialize(void) {
     CHECK(vd_config_line_is_default("pack = 0", 8) && !vd_config_line_is_default("pack = 1", 8),
           "pack = 0 is the default line, pack = 1 is not");
     CHECK(!vd_config_line_is_default("pack = 0x", 8 + 1), "a longer line is not a default");
-    /* the last line of the table is pack: checkpoints written before it line up key by key */
+    /* pack, then collective_timeout, end the table: checkpoints written before they existed line
+     * up key by key; collective_timeout (how long to wait for a lost rank) never changes the math */
     {
         vd_config d;
         vd_config_defaults(&d);
         static char sd[16384];
         serialize(&d, sd, sizeof(sd));
         size_t n = strlen(sd);
-        CHECK(n > 9 && !strcmp(sd + n - 9, "pack = 0\n"), "pack is the last key:\n%s", sd);
+        static const char tail[] = "pack = 0\ncollective_timeout = 20\n"; /* shortest float text, whole numbers whole */
+        CHECK(n > sizeof(tail) - 1 && !strcmp(sd + n - (sizeof(tail) - 1), tail), "pack, collective_timeout are the last keys:\n%s", sd);
     }
+    CHECK(vd_config_key_resume_free("collective_timeout"), "collective_timeout may change on resume");
 }
 
 static void test_help(void) {
