@@ -230,6 +230,18 @@ static inline int attn_first_key(const vd_attn_shape *s, int b, int t) {
  * only the keys up to its last row, so about half of T x T (the masked half) is skipped. */
 #define ATTN_BLOCK 64
 
+/* Softmax of scores a[lo..t] in place: every attention row (both paths, the KV cache) goes
+ * through this one summation order. */
+static void attn_softmax_span(float *a, int lo, int t) {
+    float maxv = -INFINITY;
+    for (int t2 = lo; t2 <= t; t2++) if (a[t2] > maxv) maxv = a[t2];
+    float sum = 0.0f;
+    for (int t2 = lo; t2 <= t; t2++) a[t2] = vd_vexpf(a[t2] - maxv); /* vectorised, then summed in order */
+    for (int t2 = lo; t2 <= t; t2++) sum += a[t2];
+    float inv = 1.0f / sum;
+    for (int t2 = lo; t2 <= t; t2++) a[t2] *= inv;
+}
+
 /* Softmax of rows t0 .. t1-1 of S (rows of T floats) in place over keys lo(t) .. t, every other
  * entry of the row 0. Serial: it runs inside the per-head parallel loop. */
 static void attn_softmax_rows(float *S, const vd_attn_shape *s, int b, int t0, int t1) {
@@ -237,13 +249,7 @@ static void attn_softmax_rows(float *S, const vd_attn_shape *s, int b, int t0, i
     for (int t = t0; t < t1; t++) {
         float *a = S + (size_t)(t - t0) * T;
         int lo = attn_first_key(s, b, t);
-        float maxv = -INFINITY;
-        for (int t2 = lo; t2 <= t; t2++) if (a[t2] > maxv) maxv = a[t2];
-        float sum = 0.0f;
-        for (int t2 = lo; t2 <= t; t2++) a[t2] = vd_vexpf(a[t2] - maxv); /* vectorised, then summed in order */
-        for (int t2 = lo; t2 <= t; t2++) sum += a[t2];
-        float inv = 1.0f / sum;
-        for (int t2 = lo; t2 <= t; t2++) a[t2] *= inv;
+        attn_softmax_span(a, lo, t);
         for (int t2 = 0; t2 < lo; t2++) a[t2] = 0.0f;
         for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
     }
@@ -329,20 +335,13 @@ static void cpu_attention_backward_gemm(float *dq, float *dk, float *dv, float *
  * o = sum a[t2] v[t2]. One summation order for both, so a decode step reproduces the forward's row. */
 static void attn_row(float *o, float *a, const float *qt, const float *k0, const float *v0, size_t stride, int lo,
                      int t, int hs, float scale) {
-    float maxv = -INFINITY;
     for (int t2 = lo; t2 <= t; t2++) {
         const float *kt = k0 + (size_t)t2 * stride;
         float sc = 0.0f;
         for (int i = 0; i < hs; i++) sc += qt[i] * kt[i];
-        sc *= scale;
-        a[t2] = sc;
-        if (sc > maxv) maxv = sc;
+        a[t2] = sc * scale;
     }
-    float sum = 0.0f;
-    for (int t2 = lo; t2 <= t; t2++) a[t2] = vd_vexpf(a[t2] - maxv); /* vectorised, then summed in order */
-    for (int t2 = lo; t2 <= t; t2++) sum += a[t2];
-    float inv = 1.0f / sum;
-    for (int t2 = lo; t2 <= t; t2++) a[t2] *= inv;
+    attn_softmax_span(a, lo, t);
     for (int i = 0; i < hs; i++) o[i] = 0.0f;
     for (int t2 = lo; t2 <= t; t2++) {
         const float *vt = v0 + (size_t)t2 * stride;
