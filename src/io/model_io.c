@@ -305,14 +305,6 @@ float *vd_gpt2_load_hf(const char *dir, vd_gpt2_config *cfg) {
 #define VD_LLMC_MAGIC 20240326
 #define VD_LLMC_HEADER_INTS 256
 
-/* bfloat16 is the top half of a float: widening is exact. */
-static float vd_llmc_bf16(uint16_t b) {
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
-
 /* Reads n parameters of `esize` bytes (4: fp32, 2: bf16) from f into dst as fp32. */
 static void vd_llmc_read(FILE *f, const char *path, float *dst, size_t n, int esize, void *scratch) {
     if (esize == 4) {
@@ -321,7 +313,7 @@ static void vd_llmc_read(FILE *f, const char *path, float *dst, size_t n, int es
     }
     uint16_t *b = scratch;
     freadCheck(b, sizeof(uint16_t), n, f, path);
-    for (size_t i = 0; i < n; i++) dst[i] = vd_llmc_bf16(b[i]);
+    for (size_t i = 0; i < n; i++) dst[i] = vd_bf16_to_f32(b[i]); /* tensor.h: exact */
 }
 
 /* A header field in [lo, hi], or die naming the file and the field. */
