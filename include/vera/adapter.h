@@ -21,7 +21,9 @@ typedef struct {
     int32_t in, out;    /* base layer shape (in x out on the backend) */
     size_t off_b;       /* offset of lambda_b (out) in params / grads */
     size_t off_d;       /* offset of lambda_d (r)   in params / grads */
-    const float *W0;    /* (in, out) frozen base weight (device), owned by the model */
+    const float *W0;    /* (in, out) frozen base weight (device), owned by the model, when it is
+                         * F32; NULL when BF16 (then weff is never built: the adapter stays
+                         * factored rather than merging dW into a bf16 weight) */
     float *U;           /* (N, r) u = A[:, :in] x of the last forward, kept for backward */
     float *weff;        /* (in, out) W0 + dW^T when this module uses the merged backward, else NULL */
 } vd_vera_module;
@@ -77,13 +79,14 @@ void vd_vera_zero_grads(vd_vera *v);
 void vd_vera_free(vd_vera *v);
 
 /* One linear layer of the model, adapted when module >= 0.
- * out (N, outd) = inp (N, in) W (in, outd) + bias (may be NULL) [+ VeRA]. */
+ * out (N, outd) = inp (N, in) W (in, outd) + bias (may be NULL) [+ VeRA]. W is F32 or BF16
+ * (be->gemm_ex: bf16 inputs, fp32 accumulation); everything else is fp32. */
 void vd_linear_forward(vd_vera *v, const vd_backend *be, int32_t module, float *out, const float *inp,
-                       const float *W, const float *bias, int32_t N, int32_t in, int32_t outd,
+                       const vd_tensor *W, const float *bias, int32_t N, int32_t in, int32_t outd,
                        const vd_fwd_ctx *ctx);
 /* dinp (N, in) = dout W^T [+ adapter path]; accumulates lambda_b / lambda_d gradients. */
 void vd_linear_backward(vd_vera *v, const vd_backend *be, int32_t module, float *dinp, const float *dout,
-                        const float *W, int32_t N, int32_t in, int32_t outd, const vd_fwd_ctx *ctx);
+                        const vd_tensor *W, int32_t N, int32_t in, int32_t outd, const vd_fwd_ctx *ctx);
 
 /* Seed of module's dropout mask for this forward (the backend draws element (row, col) from it). */
 uint64_t vd_vera_dropout_seed(const vd_fwd_ctx *ctx, int32_t module);

@@ -32,7 +32,7 @@ void vd_vera_init(vd_vera *v, const vd_backend *be, const vd_model *m, const vd_
         md->site = i;
         md->in = s->in;
         md->out = s->out;
-        md->W0 = vd_tensor_f32(&s->W);
+        md->W0 = s->W.dtype == VD_DTYPE_F32 ? vd_tensor_f32(&s->W) : NULL;
         md->off_b = off;
         off += (size_t)md->out;
         md->off_d = off;
@@ -84,7 +84,7 @@ void vd_vera_alloc_acts(vd_vera *v, int32_t N, int64_t tokens_per_step, vd_weff_
         /* The merged input gradient G (W0 + dW)^T costs 2*in*out*r once per step to form and
          * saves 2*r*(in+out) per token; dropout breaks it (the mask sits inside the sum). */
         int use = 0;
-        if (v->opt.dropout == 0.0f) {
+        if (v->opt.dropout == 0.0f && md->W0) { /* never merge into a bf16 W0 (W0 NULL) */
             if (policy == VD_WEFF_ALWAYS) use = 1;
             else if (policy == VD_WEFF_AUTO)
                 use = (double)tokens_per_step * (md->in + md->out) > (double)md->in * md->out;
@@ -143,11 +143,12 @@ uint64_t vd_vera_dropout_seed(const vd_fwd_ctx *ctx, int32_t module) {
 }
 
 void vd_linear_forward(vd_vera *v, const vd_backend *be, int32_t module, float *out, const float *inp,
-                       const float *W, const float *bias, int32_t N, int32_t in, int32_t outd,
+                       const vd_tensor *W, const float *bias, int32_t N, int32_t in, int32_t outd,
                        const vd_fwd_ctx *ctx) {
     vd_vera_module *md = module >= 0 ? &v->modules[module] : NULL;
     /* with a merged weight (no dropout) the adapter term is already inside W0 + dW */
-    be->gemm(0, 0, N, outd, in, 1.0f, inp, in, md && md->weff ? md->weff : W, outd, 0.0f, out, outd);
+    if (md && md->weff) be->gemm(0, 0, N, outd, in, 1.0f, inp, in, md->weff, outd, 0.0f, out, outd);
+    else be->gemm_ex(0, 0, N, outd, in, 1.0f, inp, VD_DTYPE_F32, in, W->data, W->dtype, outd, 0.0f, out, outd);
     if (bias) be->add_bias(out, bias, N, outd);
     if (!md) return;
     int32_t r = v->opt.r;
@@ -167,9 +168,9 @@ void vd_linear_forward(vd_vera *v, const vd_backend *be, int32_t module, float *
 }
 
 void vd_linear_backward(vd_vera *v, const vd_backend *be, int32_t module, float *dinp, const float *dout,
-                        const float *W, int32_t N, int32_t in, int32_t outd, const vd_fwd_ctx *ctx) {
+                        const vd_tensor *W, int32_t N, int32_t in, int32_t outd, const vd_fwd_ctx *ctx) {
     if (module < 0) {
-        be->gemm(0, 1, N, in, outd, 1.0f, dout, outd, W, outd, 0.0f, dinp, in);
+        be->gemm_ex(0, 1, N, in, outd, 1.0f, dout, VD_DTYPE_F32, outd, W->data, W->dtype, outd, 0.0f, dinp, in);
         return;
     }
     vd_vera_module *md = &v->modules[module];
@@ -182,7 +183,7 @@ void vd_linear_backward(vd_vera *v, const vd_backend *be, int32_t module, float 
         be->gemm(0, 1, N, in, outd, 1.0f, dout, outd, md->weff, outd, 0.0f, dinp, in);
         return;
     }
-    be->gemm(0, 1, N, in, outd, 1.0f, dout, outd, W, outd, 0.0f, dinp, in);
+    be->gemm_ex(0, 1, N, in, outd, 1.0f, dout, VD_DTYPE_F32, outd, W->data, W->dtype, outd, 0.0f, dinp, in);
     /* adapter path: dx += mask * (((G diag(b)) B[:out]) diag(d)) A[:, :in] */
     be->scale_cols(v->tmp_out, dout, b, N, outd);
     be->gemm(0, 0, N, r, outd, 1.0f, v->tmp_out, outd, v->B, r, 0.0f, v->tmp_r, r);

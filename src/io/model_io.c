@@ -65,17 +65,23 @@ size_t vd_gpt2_num_params(const vd_gpt2_config *cfg) {
     return total;
 }
 
-void vd_gpt2_params_point(vd_gpt2_params *p, const vd_gpt2_config *cfg, float *buf) {
-    size_t sizes[VD_GPT2_NUM_PARAMS];
-    vd_gpt2_param_sizes(cfg, sizes);
+void vd_gpt2_params_set(vd_gpt2_params *p, float *const addr[VD_GPT2_NUM_PARAMS]) {
     float **ptrs[VD_GPT2_NUM_PARAMS] = {
         &p->wte,  &p->wpe,  &p->ln1w, &p->ln1b, &p->qkvw,    &p->qkvb,    &p->attprojw, &p->attprojb,
         &p->ln2w, &p->ln2b, &p->fcw,  &p->fcb,  &p->fcprojw, &p->fcprojb, &p->lnfw,     &p->lnfb,
     };
+    for (int i = 0; i < VD_GPT2_NUM_PARAMS; i++) *ptrs[i] = addr[i];
+}
+
+void vd_gpt2_params_point(vd_gpt2_params *p, const vd_gpt2_config *cfg, float *buf) {
+    size_t sizes[VD_GPT2_NUM_PARAMS];
+    vd_gpt2_param_sizes(cfg, sizes);
+    float *addr[VD_GPT2_NUM_PARAMS];
     for (int i = 0; i < VD_GPT2_NUM_PARAMS; i++) {
-        *ptrs[i] = buf;
+        addr[i] = buf;
         buf += sizes[i];
     }
+    vd_gpt2_params_set(p, addr);
 }
 
 void vd_gpt2_param_name(int which, int32_t l, char *out, size_t cap) {
