@@ -258,6 +258,11 @@ void vd_model_init(vd_model *m, const struct vd_backend *be, const vd_model_conf
  * fp32 accumulation). Embeddings, the LM head, norms and biases stay fp32. */
 void vd_model_init_typed(vd_model *m, const struct vd_backend *be, const vd_model_config *cfg,
                          const float *host_params, vd_dtype wdtype);
+/* The storage of the linear layers' frozen weights for a `precision` value: BF16 for "bf16",
+ * F32 for "fp32" and "tf32" (TF32 is a GEMM mode, not a storage type). */
+vd_dtype vd_precision_weight_dtype(const char *precision);
+/* Elements of the linear layers' weights (all kinds, every layer): what BF16 storage halves. */
+size_t vd_model_linear_params(const vd_model_config *cfg);
 /* The families' upload (model.c). host: n tensors of count[i] floats, in order; the tensors in
  * `linear` (bit i) hold linear weights. F32: one fp32 device buffer in the host layout
  * (*f32_mem; *lin_mem = NULL). BF16: the linear tensors rounded into one bf16 buffer (*lin_mem),

@@ -140,6 +140,21 @@ void vd_model_save_hf(const char *dir, const vd_model_config *cfg, const float *
 
 /* ---- the model on a backend ---- */
 
+vd_dtype vd_precision_weight_dtype(const char *precision) {
+    return !strcmp(precision, "bf16") ? VD_DTYPE_BF16 : VD_DTYPE_F32;
+}
+
+size_t vd_model_linear_params(const vd_model_config *cfg) {
+    const vd_model_family *f = vd_model_family_of(cfg->arch);
+    size_t n = 0;
+    for (int32_t k = 0; k < f->n_kinds; k++) {
+        int32_t in, out;
+        f->kind_shape(cfg, k, &in, &out);
+        n += (size_t)cfg->n_layer * (size_t)in * (size_t)out;
+    }
+    return n;
+}
+
 void vd_model_upload(const vd_backend *be, const float *host, const size_t *count, int n, uint32_t linear,
                      vd_dtype wdtype, float **f32_mem, void **lin_mem, float **f32, void **lin, size_t *host_off) {
     vd_require(wdtype == VD_DTYPE_F32 || wdtype == VD_DTYPE_BF16);

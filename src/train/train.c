@@ -94,8 +94,9 @@ static void train_check_config(const vd_config *cfg, const vd_comm *comm) {
 /* The backend for `device` (docs/gpu.md): cpu; cuda (or a one-line error on every rank); auto =
  * cuda when a device is usable, else cpu, saying which and why. The only code that knows
  * whether this build has the CUDA backend. vd_backend_cuda_init is collective and answers the
- * same on every rank, so all ranks take the same branch. Then `precision`: fp32 everywhere;
- * bf16 is designed (docs/gpu.md, "Precision") but not implemented on either backend yet. */
+ * same on every rank, so all ranks take the same branch. Then `precision`: tf32 is a cuBLAS
+ * mode (refused on a backend without it); bf16 is how the model stores its weights
+ * (train_weight_dtype), the same on every backend. */
 static const vd_backend *train_pick_backend(const vd_config *cfg, const vd_comm *comm) {
     const char *dev = cfg->device;
     const vd_backend *be = NULL;
@@ -121,11 +122,11 @@ static const vd_backend *train_pick_backend(const vd_config *cfg, const vd_comm 
     if (!strcmp(dev, "auto")) vd_log("device: auto -> cpu (this build has no CUDA backend)\n");
 #endif
     if (!be) be = vd_backend_cpu_init(comm);
-    if (!strcmp(cfg->precision, "bf16")) {
-        if (!strcmp(be->name, "cpu"))
-            vd_die("precision: bf16 needs the cuda backend; the cpu backend computes in fp32 (HINT: --precision fp32)");
-        vd_die("precision: bf16 is not implemented yet on the cuda backend (design in docs/gpu.md, \"Precision\"); "
-               "use --precision fp32");
+    if (!strcmp(cfg->precision, "tf32")) {
+        if (!be->set_tf32)
+            vd_die("precision: tf32 needs the cuda backend; the %s backend has no TF32 arithmetic (HINT: --precision "
+                   "fp32 or bf16)", be->name);
+        be->set_tf32(1);
     }
     return be;
 }
@@ -617,7 +618,7 @@ static void train_setup(train_run *run, int argc, char **argv) {
     run->S = (uint64_t)run->B * (uint64_t)cfg->grad_accum * (uint64_t)run->comm.world;
     /* refuse what cannot fit before allocating it (the kernel would kill the rank silently) */
     vd_memory_check_run(&run->mc, run->target_mask, cfg, run->comm.local_size, run->be);
-    vd_model_init(&run->model, run->be, &run->mc, host_params);
+    vd_model_init_typed(&run->model, run->be, &run->mc, host_params, vd_precision_weight_dtype(cfg->precision));
     free(host_params);
     vd_model_alloc_acts(&run->model, run->B, run->T);
     vd_vera_options vo = {cfg->r, cfg->d_initial, cfg->projection_prng_key, run->target_mask, cfg->vera_dropout};
@@ -665,6 +666,12 @@ static void train_print_summary(const train_run *run) {
            v->n_reduce, sizeof(float) * v->n_reduce);
     vd_log("input gradient: merged W0+dW on %d of %d adapted layers, factored on the rest\n", (int)n_weff,
            (int)v->n_modules);
+    if (!strcmp(cfg->precision, "bf16"))
+        vd_log("precision: bf16: %zu frozen linear-layer weights stored bf16 (gemm_ex: bf16 inputs, fp32 accumulation); "
+               "embeddings, norms, biases, adapter, gradients, AdamW and the residual stream fp32\n",
+               vd_model_linear_params(&run->mc));
+    else if (!strcmp(cfg->precision, "tf32"))
+        vd_log("precision: tf32: fp32 storage, TF32 GEMMs (cuBLAS CUBLAS_COMPUTE_32F_FAST_TF32)\n");
     vd_log("data: %s: %llu sequences of %d tokens per epoch; global batch %llu sequences = %llu tokens\n",
            cfg->train_data, (unsigned long long)run->train.n_seqs, (int)run->T, (unsigned long long)run->S,
            (unsigned long long)(run->S * (uint64_t)run->T));
