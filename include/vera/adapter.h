@@ -53,6 +53,11 @@ typedef struct vd_vera {
     uint64_t proj_checksum;   /* hash of A and B as generated */
     float *A;                 /* (r, max_in) device */
     float *B;                 /* (max_out, r) device */
+    /* bf16 copies of A and B, for the adapter GEMMs when the model's weights are bf16 (the
+     * GEMMs then run on bf16 inputs like the base ones; U and the other fp32 operands are
+     * rounded as they enter gemm_ex). The vector gradients read the fp32 B. Else NULL. */
+    void *A16;                /* (r, max_in) device bf16 */
+    void *B16;                /* (max_out, r) device bf16 */
     float *params;            /* (n_trainable) device: [lambda_b, lambda_d] per module */
     float *grads;             /* (n_reduce) device: gradients, then the loss sum, then the number of
                                * ranks that received a stop signal (SIGTERM/SIGUSR1) */

@@ -54,6 +54,14 @@ void vd_vera_init(vd_vera *v, const vd_backend *be, const vd_model *m, const vd_
     v->B = be->alloc(sizeof(float) * nbm);
     be->to_device(v->A, hA, sizeof(float) * na);
     be->to_device(v->B, hB, sizeof(float) * nbm);
+    int bf16 = 0;
+    for (int32_t i = 0; i < v->n_modules; i++) bf16 |= m->sites[v->modules[i].site].W.dtype == VD_DTYPE_BF16;
+    if (bf16) {
+        v->A16 = be->alloc(sizeof(uint16_t) * na);
+        v->B16 = be->alloc(sizeof(uint16_t) * nbm);
+        be->to_bf16(v->A16, v->A, na);
+        be->to_bf16(v->B16, v->B, nbm);
+    }
     free(hA);
     free(hB);
 
@@ -125,6 +133,8 @@ void vd_vera_free(vd_vera *v) {
     }
     be->free(v->A);
     be->free(v->B);
+    if (v->A16) be->free(v->A16);
+    if (v->B16) be->free(v->B16);
     be->free(v->params);
     be->free(v->grads);
     if (v->xdrop) be->free(v->xdrop);
@@ -135,6 +145,12 @@ void vd_vera_free(vd_vera *v) {
     free(v->modules);
     free(v->module_of);
     memset(v, 0, sizeof(*v));
+}
+
+/* The projection operand of an adapter GEMM: the bf16 copy when there is one, else fp32. */
+static const void *vera_proj(const float *p32, const void *p16, vd_dtype *t) {
+    *t = p16 ? VD_DTYPE_BF16 : VD_DTYPE_F32;
+    return p16 ? p16 : (const void *)p32;
 }
 
 /* Per-module dropout stream: the mask depends on (seed, step, module, global row, column). */
@@ -159,11 +175,13 @@ void vd_linear_forward(vd_vera *v, const vd_backend *be, int32_t module, float *
         x = v->xdrop;
     }
     /* U = x A[:, :in]^T is kept for the vector gradients (M = G^T U) */
-    be->gemm(0, 1, N, r, in, 1.0f, x, in, v->A, v->max_in, 0.0f, md->U, r);
+    vd_dtype ta, tb;
+    const void *A = vera_proj(v->A, v->A16, &ta), *Bp = vera_proj(v->B, v->B16, &tb);
+    be->gemm_ex(0, 1, N, r, in, 1.0f, x, VD_DTYPE_F32, in, A, ta, v->max_in, 0.0f, md->U, r);
     if (md->weff) return;
     /* factored: z = (U diag(d)) B[:out]^T, out += z diag(b) (PEFT's order of operations) */
     be->scale_cols(v->tmp_r, md->U, d, N, r);
-    be->gemm(0, 1, N, outd, r, 1.0f, v->tmp_r, r, v->B, r, 0.0f, v->tmp_out, outd);
+    be->gemm_ex(0, 1, N, outd, r, 1.0f, v->tmp_r, VD_DTYPE_F32, r, Bp, tb, r, 0.0f, v->tmp_out, outd);
     be->scale_cols_add(out, v->tmp_out, b, N, outd);
 }
 
@@ -186,13 +204,15 @@ void vd_linear_backward(vd_vera *v, const vd_backend *be, int32_t module, float 
     be->gemm_ex(0, 1, N, in, outd, 1.0f, dout, VD_DTYPE_F32, outd, W->data, W->dtype, outd, 0.0f, dinp, in);
     /* adapter path: dx += mask * (((G diag(b)) B[:out]) diag(d)) A[:, :in] */
     be->scale_cols(v->tmp_out, dout, b, N, outd);
-    be->gemm(0, 0, N, r, outd, 1.0f, v->tmp_out, outd, v->B, r, 0.0f, v->tmp_r, r);
+    vd_dtype ta, tb;
+    const void *A = vera_proj(v->A, v->A16, &ta), *Bp = vera_proj(v->B, v->B16, &tb);
+    be->gemm_ex(0, 0, N, r, outd, 1.0f, v->tmp_out, VD_DTYPE_F32, outd, Bp, tb, r, 0.0f, v->tmp_r, r);
     be->scale_cols(v->tmp_r, v->tmp_r, d, N, r);
     if (v->opt.dropout > 0.0f && ctx->training) {
-        be->gemm(0, 0, N, in, r, 1.0f, v->tmp_r, r, v->A, v->max_in, 0.0f, v->xdrop, in);
+        be->gemm_ex(0, 0, N, in, r, 1.0f, v->tmp_r, VD_DTYPE_F32, r, A, ta, v->max_in, 0.0f, v->xdrop, in);
         be->dropout(v->xdrop, v->xdrop, N, in, v->opt.dropout, vd_vera_dropout_seed(ctx, module), ctx->row0);
         be->accumulate(dinp, v->xdrop, (size_t)N * in);
     } else {
-        be->gemm(0, 0, N, in, r, 1.0f, v->tmp_r, r, v->A, v->max_in, 1.0f, dinp, in);
+        be->gemm_ex(0, 0, N, in, r, 1.0f, v->tmp_r, VD_DTYPE_F32, r, A, ta, v->max_in, 1.0f, dinp, in);
     }
 }

@@ -672,8 +672,12 @@ typedef struct {
     vd_adamw o;
 } stack;
 
-/* storage of the frozen linear weights in stack_init (test_model under bf16 sets BF16) */
+/* storage of the frozen linear weights in stack_init (test_model under bf16 sets BF16). With bf16
+ * GEMM inputs a last-bit difference between the backends' fp32 sums can move a value across a
+ * bf16 rounding boundary (a 2^-9 relative step), so test_model's loss and gradient bounds grow
+ * by g_bf16_slack: 10x for the loss, 50x for the gradients (1e-4 and 5e-3). */
 static vd_dtype g_stack_wdtype = VD_DTYPE_F32;
+static double g_bf16_slack(int grads) { return g_stack_wdtype == VD_DTYPE_BF16 ? (grads ? 50.0 : 10.0) : 1.0; }
 
 static void stack_init(stack *s, const vd_backend *be, const vd_gpt2_config *cfg, const float *params, int B, int T,
                        float dropout, vd_weff_policy pol) {
@@ -722,7 +726,7 @@ static void test_model(float dropout, vd_weff_policy pol) {
         double lc = vd_model_forward(&sc.m, tok, tgt, NULL, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, NULL, B, &ctx);
         snprintf(what, sizeof(what), "model loss (dropout %g, %s input gradient), micro-batch %d", (double)dropout, path,
                  micro);
-        report(what, fabs(lg - lc) / fabs(lc), 1e-5);
+        report(what, fabs(lg - lc) / fabs(lc), 1e-5 * g_bf16_slack(0));
         vd_model_backward(&sc.m, 1.0f / (2 * B * T), &ctx);
         vd_model_backward(&sg.m, 1.0f / (2 * B * T), &ctx);
     }
@@ -730,7 +734,7 @@ static void test_model(float dropout, vd_weff_policy pol) {
     float *gg = malloc(sizeof(float) * n), *pg = malloc(sizeof(float) * n);
     sg.v.be->to_host(gg, sg.v.grads, sizeof(float) * n);
     snprintf(what, sizeof(what), "model lambda_b / lambda_d gradients (dropout %g, %s)", (double)dropout, path);
-    report(what, max_err(gg, sc.v.grads, n), 1e-4);
+    report(what, max_err(gg, sc.v.grads, n), 1e-4 * g_bf16_slack(1));
     /* AdamW's first steps are nearly sign(g): a gradient entry near 0 may flip between
      * backends. The step is compared from the same (the CPU's) gradients. */
     gpu->to_device(sg.v.grads, sc.v.grads, sizeof(float) * n);
@@ -746,7 +750,7 @@ static void test_model(float dropout, vd_weff_policy pol) {
     /* the next forward sees the refreshed merged weights */
     double lc = vd_model_forward(&sc.m, tok, tgt, NULL, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, NULL, B, &ctx);
     snprintf(what, sizeof(what), "model loss after the step (dropout %g, %s)", (double)dropout, path);
-    report(what, fabs(lg - lc) / fabs(lc), 1e-5);
+    report(what, fabs(lg - lc) / fabs(lc), 1e-5 * g_bf16_slack(0));
     stack_free(&sc);
     stack_free(&sg);
     free(gg);
