@@ -536,33 +536,17 @@ static size_t extent(cublasOperation_t op, int rows, int cols, int ld, size_t el
     return elem * ((size_t)(c - 1) * ld + r);
 }
 
+/* cublasSgemm is cublasGemmEx on fp32 operands (one set of checks, below) */
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                            int k, const void *alpha, const void *A, cudaDataType Atype, int lda, const void *B,
+                            cudaDataType Btype, int ldb, const void *beta, void *C, cudaDataType Ctype, int ldc,
+                            cublasComputeType_t computeType, cublasGemmAlgo_t algo);
+
 cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
                            int k, const float *alpha, const float *A, int lda, const float *B, int ldb,
                            const float *beta, float *C, int ldc) {
-    if (!handle || handle->magic != 0xB1A5 || !handle->stream) return CUBLAS_STATUS_NOT_INITIALIZED;
-    /* cuBLAS's own argument checks */
-    if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
-    int min_lda = transa == CUBLAS_OP_N ? m : k, min_ldb = transb == CUBLAS_OP_N ? k : n;
-    if (lda < (min_lda > 1 ? min_lda : 1) || ldb < (min_ldb > 1 ? min_ldb : 1) || ldc < (m > 1 ? m : 1)) {
-        fprintf(stderr, "vera-dist CUDA emulation: cublasSgemm(%c, %c, m %d, n %d, k %d, lda %d, ldb %d, ldc %d): "
-                        "leading dimension too small\n",
-                transa == CUBLAS_OP_N ? 'N' : 'T', transb == CUBLAS_OP_N ? 'N' : 'T', m, n, k, lda, ldb, ldc);
-        return CUBLAS_STATUS_INVALID_VALUE;
-    }
-    /* every operand inside one device allocation */
-    size_t ea = k ? extent(transa, m, k, lda) : 0, eb = k ? extent(transb, k, n, ldb) : 0;
-    size_t ec = (m && n) ? sizeof(float) * ((size_t)(n - 1) * ldc + m) : 0;
-    if ((ea && !vd_emu_is_device(A, ea)) || (eb && !vd_emu_is_device(B, eb)) || (ec && !vd_emu_is_device(C, ec)))
-        emu_fatal("cublasSgemm(m %d, n %d, k %d, lda %d, ldb %d, ldc %d): an operand reaches outside its device "
-                  "allocation (A %s, B %s, C %s)",
-                  m, n, k, lda, ldb, ldc, ea && !vd_emu_is_device(A, ea) ? "out" : "ok",
-                  eb && !vd_emu_is_device(B, eb) ? "out" : "ok", ec && !vd_emu_is_device(C, ec) ? "out" : "ok");
-    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-    vd_emu_device_access(1);
-    cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
-                transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
-    vd_emu_device_access(0);
-    return CUBLAS_STATUS_SUCCESS;
+    return cublasGemmEx(handle, transa, transb, m, n, k, alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, beta, C,
+                        CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
 }
 
 cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
@@ -629,10 +613,15 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
                         "not a supported combination\n", (int)Atype, (int)Btype, (int)Ctype, (int)computeType, (int)algo);
         return CUBLAS_STATUS_INVALID_VALUE;
     }
+    /* cuBLAS's own argument checks */
     if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
     int min_lda = transa == CUBLAS_OP_N ? m : k, min_ldb = transb == CUBLAS_OP_N ? k : n;
-    if (lda < (min_lda > 1 ? min_lda : 1) || ldb < (min_ldb > 1 ? min_ldb : 1) || ldc < (m > 1 ? m : 1))
+    if (lda < (min_lda > 1 ? min_lda : 1) || ldb < (min_ldb > 1 ? min_ldb : 1) || ldc < (m > 1 ? m : 1)) {
+        fprintf(stderr, "vera-dist CUDA emulation: cublasGemmEx(%c, %c, m %d, n %d, k %d, lda %d, ldb %d, ldc %d): "
+                        "leading dimension too small\n",
+                transa == CUBLAS_OP_N ? 'N' : 'T', transb == CUBLAS_OP_N ? 'N' : 'T', m, n, k, lda, ldb, ldc);
         return CUBLAS_STATUS_INVALID_VALUE;
+    }
     size_t es = Atype == CUDA_R_16BF ? 2 : 4;
     size_t ea = k ? extent(transa, m, k, lda, es) : 0, eb = k ? extent(transb, k, n, ldb, es) : 0;
     size_t ec = (m && n) ? sizeof(float) * ((size_t)(n - 1) * ldc + m) : 0;
@@ -642,6 +631,13 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cub
     if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
     int tf32 = computeType == CUBLAS_COMPUTE_32F_FAST_TF32;
     vd_emu_device_access(1);
+    if (Atype == CUDA_R_32F && !tf32) { /* fp32 operands as they are */
+        cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                    transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *(const float *)alpha,
+                    (const float *)A, lda, (const float *)B, ldb, *(const float *)beta, (float *)C, ldc);
+        vd_emu_device_access(0);
+        return CUBLAS_STATUS_SUCCESS;
+    }
     float *a = emu_widen(A, Atype, transa, m, k, lda, tf32), *b = emu_widen(B, Btype, transb, k, n, ldb, tf32);
     cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
                 transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *(const float *)alpha, a, lda, b, ldb,
