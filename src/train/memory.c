@@ -51,6 +51,7 @@ void vd_memory_estimate_run(const vd_model_config *mc, uint32_t mask, const vd_c
             if ((size_t)(in > out ? in : out) > imax) imax = (size_t)(in > out ? in : out);
         }
         e->merged = sizeof(float) * (wmax + N * imax);
+        e->adapter += sizeof(uint16_t) * ((size_t)r * max_in + (size_t)max_out * r); /* bf16 A, B */
     }
     e->total = e->weights + e->acts + e->adapter + e->merged;
 }
