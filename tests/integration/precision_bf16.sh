@@ -23,6 +23,8 @@ for arch in gpt2 llama; do
   vd_run "$TMP/$arch-bf16.log" "${COMMON[@]}" --precision bf16 --out_dir "$TMP/$arch-bf16"
   vd_run "$TMP/$arch-bf16b.log" "${COMMON[@]}" --precision bf16 --out_dir "$TMP/$arch-bf16b"
   grep -q "^precision: bf16: " "$TMP/$arch-bf16.log" || fail "$arch: the summary does not say bf16"
+  # the fp32 run merges W0 + dW on some layers (this shape pays for it); bf16 must not
+  grep -q "merged W0+dW on [1-9][0-9]* of" "$TMP/$arch-fp32.log" || fail "$arch: fp32 merged nothing: the check below is vacuous"
   grep -q "merged W0+dW on 0 of" "$TMP/$arch-bf16.log" || fail "$arch: bf16 merged dW into a bf16 weight"
   [[ $(wc -l < "$TMP/$arch-bf16/metrics.jsonl") -eq 20 ]] || fail "$arch: expected 20 metrics rows"
   compare_losses "$TMP/$arch-fp32/metrics.jsonl" "$TMP/$arch-bf16/metrics.jsonl" 0.01 "$arch bf16 vs fp32"
