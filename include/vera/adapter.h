@@ -121,6 +121,10 @@ struct vd_adapter;
 typedef struct vd_adapter_ops {
     const char *name;       /* adapter_type spelling: "vera" */
     const char *peft_type;  /* adapter_config.json peft_type: "VERA", "VBLORA", "LORA" */
+    const char *trainable_formula; /* how n_trainable adds up, for the log: "sum over adapted layers of out + r" */
+    /* The method's setup in one line for the log, after "<name>: r=R, M adapted layers (targets)":
+     * e.g. ", A 4x64, B 192x4, projection checksum ..." (may be empty). */
+    void (*describe)(const struct vd_adapter *a, char *out, size_t cap);
     /* Declares the tensors (vd_adapter_add_tensor), groups (vd_adapter_add_group) and saved
      * tensors of a->modules (already laid out), and builds the method's frozen state (VeRA: A, B).
      * Sets a->identity_checksum (hash of that frozen state; 0 if none). Dies naming the option
@@ -193,10 +197,19 @@ typedef struct vd_adapter {
     void *state;                   /* the method's private state */
 } vd_adapter;
 
+/* The configuration keys, besides r, target_modules, d_initial and projection_prng_key, that
+ * decide the shape and math of an adapter a sub-command rebuilds to load values into (forward,
+ * eval): list them in its key list (cli.h). Init-only keys are not among them. */
+#define VD_ADAPTER_SHAPE_KEYS "adapter_type", "lora_alpha", "use_rslora", "num_vectors", "vector_length", "topk"
+
 /* "vera" / "vblora" / "lora"; parse returns -1 for an unknown name. */
 const char *vd_adapter_type_name(vd_adapter_type t);
 int vd_adapter_type_parse(const char *name);
+/* The method's table; dies naming adapter_type when this build lacks it. */
 const vd_adapter_ops *vd_adapter_ops_of(vd_adapter_type t);
+/* The method whose ops->peft_type is peft_type ("VERA"), or -1; the list of them, for messages. */
+int vd_adapter_type_of_peft(const char *peft_type);
+const char *vd_adapter_peft_types(void);
 /* The options of a run from its configuration and target mask. */
 void vd_adapter_options_from_config(vd_adapter_options *opt, const vd_config *cfg, uint32_t target_mask);
 
