@@ -167,10 +167,6 @@ typedef struct vd_adapter_ops {
      * params; NULL = every tensor of the table, plus the saved tensors when save_saved. */
     void (*peft_write_tensors)(const struct vd_adapter *a, const float *hp, const char *path, int save_saved,
                                const char *const *meta_kv, int32_t n_meta);
-    /* optional: reads adapter_model.safetensors at path into hp (host, n_trainable floats) itself
-     * (VB-LoRA's top-k-only form); NULL = every tensor of the table by its peft_key, refusing
-     * keys the table lacks. The saved-tensor check and the upload stay generic. */
-    void (*peft_read_tensors)(const struct vd_adapter *a, const char *path, float *hp);
 } vd_adapter_ops;
 
 typedef struct vd_adapter {

@@ -241,5 +241,4 @@ const vd_adapter_ops vd_lora_ops = {
     .peft_config_write = lora_peft_config_write,
     .peft_config_read = lora_peft_config_read,
     .peft_write_tensors = NULL,
-    .peft_read_tensors = NULL,
 };

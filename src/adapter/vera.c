@@ -241,5 +241,4 @@ const vd_adapter_ops vd_vera_ops = {
     .peft_config_write = vera_peft_config_write,
     .peft_config_read = vera_peft_config_read,
     .peft_write_tensors = NULL,
-    .peft_read_tensors = NULL,
 };

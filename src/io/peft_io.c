@@ -37,8 +37,7 @@ void vd_peft_load_tensors(vd_adapter *a, const char *path) {
     vd_safetensors st;
     vd_safetensors_open(&st, path);
     float *hp = mallocCheck(sizeof(float) * a->n_trainable);
-    if (a->ops->peft_read_tensors) a->ops->peft_read_tensors(a, path, hp);
-    for (int32_t i = 0; !a->ops->peft_read_tensors && i < a->n_tensors; i++) {
+    for (int32_t i = 0; i < a->n_tensors; i++) {
         const vd_adapter_tensor *at = &a->tensors[i];
         const vd_st_tensor *t = vd_safetensors_find(&st, at->peft_key);
         if (!t) vd_die("%s: missing tensor %s (HINT: target_modules and r must match the adapter's)", path, at->peft_key);
@@ -52,7 +51,7 @@ void vd_peft_load_tensors(vd_adapter *a, const char *path) {
         vd_safetensors_read_f32(&st, t, hp + at->offset);
     }
     /* a tensor this adapter does not have means the configurations differ */
-    for (int32_t k = 0; !a->ops->peft_read_tensors && k < st.n_tensors; k++) {
+    for (int32_t k = 0; k < st.n_tensors; k++) {
         const char *name = st.tensors[k].name;
         int known = vd_adapter_find_tensor(a, name) >= 0;
         for (int32_t i = 0; i < a->n_saved && !known; i++) known = !strcmp(a->saved[i].peft_key, name);
