@@ -322,7 +322,9 @@ static void cu_gemm_ex(int trans_a, int trans_b, int M, int N, int K, float alph
     } else {
         /* stored shapes: A is M x K (K x M transposed), B is K x N (N x K transposed) */
         size_t ar = trans_a ? K : M, ac = trans_a ? M : K, br = trans_b ? N : K, bc = trans_b ? K : N;
-        size_t need = (ta == VD_DTYPE_F32 ? ar * ac : 0) + (tb == VD_DTYPE_F32 ? br * bc : 0);
+        /* B's copy starts 16-byte aligned after A's (what cuBLAS's tensor-core kernels want) */
+        size_t a_room = ta == VD_DTYPE_F32 ? (ar * ac + 7) / 8 * 8 : 0;
+        size_t need = a_room + (tb == VD_DTYPE_F32 ? br * bc : 0);
         if (need > g.bf16_scratch_count) {
             cu_free(g.bf16_scratch);
             g.bf16_scratch = (uint16_t *)cu_alloc(sizeof(uint16_t) * need);
@@ -333,7 +335,7 @@ static void cu_gemm_ex(int trans_a, int trans_b, int M, int N, int K, float alph
             cu_to_bf16_strided(scratch, (const float *)A, ar, ac, (size_t)lda);
             A = scratch;
             lda = (int)ac;
-            scratch += ar * ac;
+            scratch += a_room;
         }
         if (tb == VD_DTYPE_F32) {
             cu_to_bf16_strided(scratch, (const float *)B, br, bc, (size_t)ldb);
