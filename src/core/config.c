@@ -145,8 +145,12 @@ static const vd_key g_keys[] = {
     {"pack", "data", KT_BOOL, FIELD(pack), "0", 0, 1, 0, NULL,
      "shards of examples (prepare-data JSONL): 1 packs several examples into each sequence (positions "
      "restart and attention stays inside each example); 0 gives each example its own sequences"},
-    /* after pack for the same reason: the adapter method and its keys (docs/adapters.md); a
-     * checkpoint without these lines was written by VeRA at these defaults */
+    /* appended for the same reason */
+    {"collective_timeout", "system", KT_FLOAT, FIELD(collective_timeout), "20", 0, 86400, RESUME_FREE, NULL,
+     "seconds a rank waits inside one collective for the others before it names the ranks that did not "
+     "arrive and ends the job (10x this at start-up, in the first step and at the end); 0 = wait forever"},
+    /* after collective_timeout for the same reason: the adapter method and its keys
+     * (docs/adapters.md); a checkpoint without these lines was written by VeRA at these defaults */
     {"adapter_type", "adapter", KT_STRING, FIELD(adapter_type), "vera", 0, 0, 0, "vera|vblora|lora",
      "adapter method: vera (shared frozen projections, trainable scaling vectors), vblora (VB-LoRA: "
      "a shared vector bank with top-k admixture), lora (trainable A and B per layer); r and "
