@@ -36,10 +36,10 @@ static void cpu_memcpy(void *dst, const void *src, size_t bytes) { if (bytes) me
 static void cpu_zero(void *p, size_t bytes) { if (bytes) memset(p, 0, bytes); }
 
 /* ---- dense ---- */
+/* the fp32 GEMM is gemm_ex on two F32 operands (cpu_bf16.c: cblas_sgemm) */
 static void cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                      const float *B, int ldb, float beta, float *C, int ldc) {
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    vd_cpu_gemm_ex(trans_a, trans_b, M, N, K, alpha, A, VD_DTYPE_F32, lda, B, VD_DTYPE_F32, ldb, beta, C, ldc);
 }
 
 static void cpu_add_bias(float *out, const float *bias, int N, int OC) {
@@ -594,6 +594,9 @@ static const vd_backend g_cpu = {
     .zero = cpu_zero,
     .copy = cpu_memcpy,
     .gemm = cpu_gemm,
+    .gemm_ex = vd_cpu_gemm_ex,
+    .to_bf16 = vd_cpu_to_bf16,
+    .set_tf32 = NULL, /* no TF32 on the CPU: the CLI refuses --precision tf32 */
     .add_bias = cpu_add_bias,
     .encoder_forward = cpu_encoder_forward,
     .layernorm_forward = cpu_layernorm_forward,

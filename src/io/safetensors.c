@@ -84,14 +84,6 @@ static float vd_f16_to_f32(uint16_t h) {
     return f;
 }
 
-/* bfloat16 is the top half of a float: widening is exact, NaN and inf included. */
-static float vd_bf16_to_f32(uint16_t b) {
-    uint32_t bits = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &bits, sizeof(f));
-    return f;
-}
-
 /* ----------------------------------------------------------------------------------------- */
 /* reader */
 
