@@ -12,6 +12,8 @@
  *              backward, AdamW
  *   1e-5       reductions over a row in another order: LayerNorm, RMSNorm, attention forward,
  *              softmax cross-entropy forward, the VeRA vector gradients, GEMMs (K up to 3072)
+ *   1e-6       VB-LoRA top-k weights (expf) and composition; indices exact (shared selection code,
+ *              src/backend/vblora_row.h); 1e-5 its backward (dot products over vector_length)
  *   1e-4       attention backward (two chained reductions over T)
  *   1e-12      sum, sum_sq (double accumulation on both sides)
  *   model      loss 1e-5 relative, gradients of every lambda_b / lambda_d 1e-4, vectors after
@@ -551,6 +553,44 @@ static void test_vera_vector_grads(int out, int r) {
     pair_free(&dd);
 }
 
+/* VB-LoRA: top-k of each logits row (indices exact: the same selection code), its softmax,
+ * composition into A's and B's layouts, and the backward into logits and bank (accumulating). */
+static void test_vblora_case(int n_outer, int n_inner, int L, int nv, int k, int b_layout) {
+    vd_vblora_shape sh = {n_outer, n_inner, L, nv, k, 0, 0, 0};
+    if (b_layout) { sh.so = L * n_inner; sh.si = 1; sh.sl = n_inner; }
+    else { sh.so = n_inner * L; sh.si = L; sh.sl = 1; }
+    int n = n_outer * n_inner;
+    size_t nm = (size_t)n * L;
+    pair logits = pair_new((size_t)n * nv, 1.0f), bank = pair_new((size_t)nv * L, 0.5f), w = pair_new((size_t)n * k, 1.0f);
+    pair mat = pair_new(nm, 1.0f), dmat = pair_new(nm, 1.0f);
+    pair dlogits = pair_new((size_t)n * nv, 1.0f), dbank = pair_new((size_t)nv * L, 1.0f);
+    int32_t *ic = cpu->alloc(sizeof(int32_t) * (size_t)n * k), *ig = gpu->alloc(sizeof(int32_t) * (size_t)n * k);
+    int32_t *ih = malloc(sizeof(int32_t) * (size_t)n * k);
+    cpu->vblora_topk(ic, w.c, logits.c, n, nv, k);
+    gpu->vblora_topk(ig, w.g, logits.g, n, nv, k);
+    gpu->to_host(ih, ig, sizeof(int32_t) * (size_t)n * k);
+    char what[128];
+    snprintf(what, sizeof(what), "vblora_topk %d rows of %d, k %d: indices", n, nv, k);
+    report(what, memcmp(ih, ic, sizeof(int32_t) * (size_t)n * k) ? 1.0 : 0.0, 0);
+    snprintf(what, sizeof(what), "vblora_topk %d rows of %d, k %d: softmax weights", n, nv, k);
+    compare(what, &w, 1e-6);
+    cpu->vblora_compose(mat.c, bank.c, ic, w.c, &sh);
+    gpu->vblora_compose(mat.g, bank.g, ig, w.g, &sh);
+    snprintf(what, sizeof(what), "vblora_compose %s layout %dx%d L %d", b_layout ? "B" : "A", n_outer, n_inner, L);
+    compare(what, &mat, 1e-6);
+    cpu->vblora_compose_backward(dlogits.c, dbank.c, dmat.c, bank.c, ic, w.c, &sh);
+    gpu->vblora_compose_backward(dlogits.g, dbank.g, dmat.g, bank.g, ig, w.g, &sh);
+    snprintf(what, sizeof(what), "vblora_compose_backward %s layout: dlogits", b_layout ? "B" : "A");
+    compare(what, &dlogits, 1e-5);
+    snprintf(what, sizeof(what), "vblora_compose_backward %s layout: dbank", b_layout ? "B" : "A");
+    compare(what, &dbank, 1e-5);
+    pair_free(&logits); pair_free(&bank); pair_free(&w); pair_free(&mat); pair_free(&dmat);
+    pair_free(&dlogits); pair_free(&dbank);
+    cpu->free(ic);
+    gpu->free(ig);
+    free(ih);
+}
+
 static void test_dropout(void) {
     printf("dropout (bit-identical mask)\n");
     const int N = 129, C = 301;
@@ -790,6 +830,10 @@ int main(int argc, char **argv) {
     printf("vera vector gradients\n");
     test_vera_vector_grads(2304, 256);
     test_vera_vector_grads(37, 5);
+    printf("VB-LoRA top-k admixture\n");
+    test_vblora_case(4, 12, 64, 256, 2, 0);    /* A of a 768-wide layer, PEFT's defaults */
+    test_vblora_case(36, 4, 64, 256, 2, 1);    /* B of a 2304-wide layer */
+    test_vblora_case(3, 5, 16, 2048, 5, 1);    /* the paper's bank, k 5 */
     test_dropout();
     test_adamw();
     test_allreduce();
