@@ -17,7 +17,7 @@ typedef struct {
     uint64_t begin, end;  /* byte offsets into the data section */
 } vd_st_tensor;
 
-typedef struct {
+typedef struct vd_safetensors {
     char path[VD_PATH_MAX];
     void *map;             /* whole file, read-only mmap */
     size_t map_size;
