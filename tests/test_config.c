@@ -584,7 +584,7 @@ static void test_serialize(void) {
     CHECK(strstr(s1, "config") == NULL, "config_path is not part of the serialized config");
     int lines = 0;
     for (const char *p = s1; *p; p++) lines += *p == '\n';
-    CHECK(lines == 36, "%d lines", lines);
+    CHECK(lines == 48, "%d lines", lines);
 
     /* round trip through vd_config_set */
     vd_config b;
@@ -669,14 +669,19 @@ static void test_serialize(void) {
     CHECK(vd_config_line_is_default("pack = 0", 8) && !vd_config_line_is_default("pack = 1", 8),
           "pack = 0 is the default line, pack = 1 is not");
     CHECK(!vd_config_line_is_default("pack = 0x", 8 + 1), "a longer line is not a default");
-    /* the last line of the table is pack: checkpoints written before it line up key by key */
+    /* pack, then the adapter keys, end the table: checkpoints written before them line up key by key */
     {
         vd_config d;
         vd_config_defaults(&d);
         static char sd[16384];
         serialize(&d, sd, sizeof(sd));
-        size_t n = strlen(sd);
-        CHECK(n > 9 && !strcmp(sd + n - 9, "pack = 0\n"), "pack is the last key:\n%s", sd);
+        const char *tail = "pack = 0\nadapter_type = vera\nlora_alpha = 8\nlora_dropout = 0\nuse_rslora = 0\n"
+                           "num_vectors = 256\nvector_length = 256\ntopk = 2\ninit_vector_bank_bound = 0.02\n"
+                           "init_logits_std = 0.1\nvblora_dropout = 0\nlr_vector_bank = 0\nsave_only_topk_weights = 0\n";
+        size_t n = strlen(sd), nt = strlen(tail);
+        CHECK(n > nt && !strcmp(sd + n - nt, tail), "pack and the adapter keys are the last keys:\n%s", sd);
+        CHECK(vd_config_line_is_default("adapter_type = vera", 19), "adapter_type = vera is the default line");
+        CHECK(!vd_config_key_resume_free("adapter_type"), "adapter_type must match on resume");
     }
 }
 

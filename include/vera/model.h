@@ -111,7 +111,7 @@ uint64_t vd_gpt2_fingerprint(const vd_gpt2_config *cfg, const float *params);
 
 /* ---- model.c: the model on a backend ---- */
 struct vd_backend;
-struct vd_vera;
+struct vd_adapter;
 
 /* Per forward call: what dropout needs to draw a world-size independent mask. */
 typedef struct {
@@ -126,7 +126,7 @@ typedef struct vd_gpt2 {
     vd_gpt2_params params;   /* frozen weights, named pointers into params_memory (device) */
     float *params_memory;
     size_t num_params;
-    struct vd_vera *vera;    /* adapter (owned by the caller); NULL = plain GPT-2 */
+    struct vd_adapter *adapter; /* adapter (owned by the caller); NULL = plain GPT-2 */
     int32_t B, T;            /* activation capacity: up to B sequences of exactly T tokens */
     /* activations kept for backward (device); L = n_layer, N = B*T */
     float *encoded;          /* (N, C)        embeddings = input of block 0 */
@@ -166,7 +166,7 @@ void vd_gpt2_alloc_acts(vd_gpt2 *m, int32_t B, int32_t T);
 double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets, const int32_t *pos, int32_t nb,
                        const vd_fwd_ctx *ctx);
 /* Backward of (dloss * sum of token losses) of the last forward: accumulates the adapter's
- * b/d gradients into m->vera->grads. Frozen weights get no gradient. */
+ * adapter gradients into m->adapter->grads. Frozen weights get no gradient. */
 void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx);
 void vd_gpt2_free(vd_gpt2 *m);
 
@@ -244,7 +244,7 @@ size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T);
 void vd_model_init(vd_model *m, const struct vd_backend *be, const vd_model_config *cfg, const float *host_params);
 void vd_model_alloc_acts(vd_model *m, int32_t B, int32_t T);
 /* The adapter every adapted site calls (NULL: plain model). */
-void vd_model_set_adapter(vd_model *m, struct vd_vera *v);
+void vd_model_set_adapter(vd_model *m, struct vd_adapter *a);
 /* Forward on nb <= B sequences of T tokens; host arrays of nb*T: inputs, targets (or NULL: logits
  * only) and pos (or NULL: pos[t] = t). Returns the sum of the token losses; a target
  * VD_TARGET_NONE takes no loss (adds 0, gets no gradient). pos[t] is the position of token t
@@ -288,7 +288,7 @@ void vd_model_kv_alloc(const vd_model *m, vd_kv_cache *kv, int32_t max_T);
 void vd_model_kv_free(const vd_model *m, vd_kv_cache *kv);
 /* Runs n >= 1 new tokens at positions pos0 .. pos0+n-1 (pos0 = tokens already in the cache;
  * pos0 + n <= max_T) in eval mode (no dropout), the adapter applied as in forward (its
- * activations must hold n tokens: vd_vera_alloc_acts(N >= n)), appends their keys and values to
+ * activations must hold n tokens: vd_adapter_alloc_acts(N >= n)), appends their keys and values to
  * the cache, and writes the logits (V) of the last of them to logits_host. The prompt goes in one
  * call, then one token per call: the logits equal those of a full forward of the sequence. */
 void vd_model_decode(vd_model *m, vd_kv_cache *kv, const int32_t *tokens, int32_t n, int32_t pos0,
@@ -364,7 +364,7 @@ struct vd_llama {
     float *params_memory;
     size_t num_params;
     float *inv_freq;         /* (hd/2) RoPE frequencies, device */
-    struct vd_vera *vera;
+    struct vd_adapter *adapter; /* adapter (owned by the caller); NULL = plain model */
     int32_t B, T, last_B;
     /* activations kept for backward (device); N = B*T */
     float *resid;            /* (L+1, N, C)   input of each block; [L] = output of the last */

@@ -2,7 +2,8 @@
  * peft:   adapter_config.json + adapter_model.safetensors that PeftModel.from_pretrained loads;
  * merged: the base model with W0 + dW folded into each adapted weight, in the Hugging Face
  *         format of its family, which transformers loads without PEFT;
- * lora:   the same dW as a PEFT LoRA adapter (every LoRA server can serve it). */
+ * lora:   the same dW as a PEFT LoRA adapter (every LoRA server can serve it): VeRA's update
+ *         rewritten as LoRA; a LoRA checkpoint's own adapter. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,42 +61,39 @@ int vd_export_main(int argc, char **argv) {
                                             cfg.model);
     vd_model model;
     vd_model_init(&model, be, &mc, host);
-    vd_vera vera;
-    vd_vera_options vo = {cfg.r, cfg.d_initial, cfg.projection_prng_key, mask, 0.0f};
-    vd_vera_init(&vera, be, &model, &vo);
-    vd_cli_check_checkpoint_adapter("export", ckpath, &ck, &vera);
-    be->to_device(vera.params, ck.params, sizeof(float) * ck.n_trainable);
+    vd_adapter ad;
+    vd_adapter_options ao;
+    vd_adapter_options_from_config(&ao, &cfg, mask);
+    vd_adapter_init(&ad, be, &model, &ao);
+    vd_cli_check_checkpoint_adapter("export", ckpath, &ck, &ad);
+    be->to_device(ad.params, ck.params, sizeof(float) * ck.n_trainable);
 
-    if (strcmp(format, "merged") != 0) {
-        size_t na = (size_t)vera.opt.r * vera.max_in, nbm = (size_t)vera.max_out * vera.opt.r;
-        float *A = mallocCheck(sizeof(float) * na), *Bm = mallocCheck(sizeof(float) * nbm);
-        be->to_host(A, vera.A, sizeof(float) * na);
-        be->to_host(Bm, vera.B, sizeof(float) * nbm);
-        if (!strcmp(format, "peft")) {
-            vd_peft_save_dir(out, &vera, ck.params, A, Bm, save_projection, cfg.model);
-            printf("export: wrote PEFT adapter %s (step %lld, %d layers, save_projection %d)\n", out,
-                   (long long)ck.step, (int)vera.n_modules, save_projection);
-        } else {
-            vd_peft_save_lora_dir(out, &vera, ck.params, A, Bm, cfg.model);
-            printf("export: wrote PEFT LoRA adapter %s (step %lld, %d layers, r %d, lora_alpha %d)\n", out,
-                   (long long)ck.step, (int)vera.n_modules, (int)vera.opt.r, (int)vera.opt.r);
-        }
-        free(A);
-        free(Bm);
+    if (!strcmp(format, "peft") || (!strcmp(format, "lora") && ad.type == VD_ADAPTER_LORA)) {
+        vd_peft_save_dir(out, &ad, ck.params, save_projection, cfg.model);
+        printf("export: wrote PEFT %s adapter %s (step %lld, %d layers, save_projection %d)\n", ad.ops->peft_type, out,
+               (long long)ck.step, (int)ad.n_modules, save_projection);
+    } else if (!strcmp(format, "lora")) {
+        if (ad.type != VD_ADAPTER_VERA)
+            vd_die("export: --format lora writes VeRA's update as LoRA; %s is a %s checkpoint (HINT: --format peft or "
+                   "merged)", ckpath, ad.ops->name);
+        vd_peft_save_lora_dir(out, &ad, ck.params, cfg.model);
+        printf("export: wrote PEFT LoRA adapter %s (step %lld, %d layers, r %d, lora_alpha %d)\n", out,
+               (long long)ck.step, (int)ad.n_modules, (int)ad.opt.r, (int)ad.opt.r);
     } else {
         /* the merged weights are exactly what the trainer's merged backward uses */
-        vd_vera_alloc_acts(&vera, 1, 1, VD_WEFF_ALWAYS);
-        for (int32_t i = 0; i < vera.n_modules; i++) {
-            const vd_vera_module *md = &vera.modules[i];
+        vd_adapter_alloc_acts(&ad, 1, 1, VD_WEFF_ALWAYS);
+        for (int32_t i = 0; i < ad.n_modules; i++) {
+            const vd_adapter_module *md = &ad.modules[i];
+            vd_require(md->weff != NULL);
             size_t off = vd_model_site_host_offset(&model, md->site);
             be->to_host(host + off, md->weff, sizeof(float) * (size_t)md->in * md->out);
         }
         vd_model_save_hf(out, &mc, host);
         printf("export: wrote merged model %s (step %lld, %d layers merged)\n", out, (long long)ck.step,
-               (int)vera.n_modules);
+               (int)ad.n_modules);
     }
     free(host);
-    vd_vera_free(&vera);
+    vd_adapter_free(&ad);
     vd_model_free(&model);
     vd_checkpoint_free(&ck);
     return 0;

@@ -116,7 +116,7 @@ size_t vd_gpt2_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T) {
 }
 
 static int32_t gpt2_module(const vd_gpt2 *m, int32_t l, int kind) {
-    return m->vera ? m->vera->module_of[l * 4 + kind] : -1;
+    return m->adapter ? m->adapter->module_of[l * 4 + kind] : -1;
 }
 
 double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets, const int32_t *pos, int32_t nb,
@@ -127,7 +127,7 @@ double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets
     int32_t L = m->config.n_layer, N = B * T;
     float eps = m->config.ln_eps;
     vd_gpt2_params *p = &m->params;
-    vd_vera *vera = m->vera;
+    vd_adapter *ad = m->adapter;
     m->last_B = nb;
 
     be->to_device(m->inputs, inputs, sizeof(int32_t) * (size_t)N);
@@ -147,20 +147,20 @@ double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets
         float *fch = m->fch + l * NC * 4, *fch_gelu = m->fch_gelu + l * NC * 4, *res3 = m->residual3 + l * NC;
         be->layernorm_forward(ln1, m->ln1_mean + (size_t)l * N, m->ln1_rstd + (size_t)l * N, residual,
                               p->ln1w + (size_t)l * C, p->ln1b + (size_t)l * C, N, C, eps);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 0), qkv, ln1, p->qkvw + (size_t)l * C * 3 * C,
+        vd_linear_forward(ad, be, gpt2_module(m, l, 0), qkv, ln1, p->qkvw + (size_t)l * C * 3 * C,
                           p->qkvb + (size_t)l * 3 * C, N, C, 3 * C, ctx);
         vd_attn_shape ash = {.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
                              .q_stride = 3 * C, .kv_stride = 3 * C, .pos = m->last_pos};
         be->attention_forward(atty, att, qkv, qkv + C, qkv + 2 * C, &ash);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 1), m->proj_out, atty, p->attprojw + (size_t)l * C * C,
+        vd_linear_forward(ad, be, gpt2_module(m, l, 1), m->proj_out, atty, p->attprojw + (size_t)l * C * C,
                           p->attprojb + (size_t)l * C, N, C, C, ctx);
         be->add(res2, residual, m->proj_out, NC);
         be->layernorm_forward(ln2, m->ln2_mean + (size_t)l * N, m->ln2_rstd + (size_t)l * N, res2,
                               p->ln2w + (size_t)l * C, p->ln2b + (size_t)l * C, N, C, eps);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 2), fch, ln2, p->fcw + (size_t)l * C * 4 * C,
+        vd_linear_forward(ad, be, gpt2_module(m, l, 2), fch, ln2, p->fcw + (size_t)l * C * 4 * C,
                           p->fcb + (size_t)l * 4 * C, N, C, 4 * C, ctx);
         be->gelu_forward(fch_gelu, fch, NC * 4);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 3), m->proj_out, fch_gelu,
+        vd_linear_forward(ad, be, gpt2_module(m, l, 3), m->proj_out, fch_gelu,
                           p->fcprojw + (size_t)l * 4 * C * C, p->fcprojb + (size_t)l * C, N, 4 * C, C, ctx);
         be->add(res3, res2, m->proj_out, NC);
     }
@@ -181,7 +181,7 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
     int32_t L = m->config.n_layer, N = B * T;
     size_t NC = (size_t)N * C;
     vd_gpt2_params *p = &m->params;
-    vd_vera *vera = m->vera;
+    vd_adapter *ad = m->adapter;
 
     be->softmax_xent_backward(m->logits, m->logits, m->targets, dloss, N, V);
     float *dlnf = m->dbuf_a;
@@ -193,16 +193,16 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
     for (int32_t l = L - 1; l >= 0; l--) {
         const float *residual = l == 0 ? m->encoded : m->residual3 + (size_t)(l - 1) * NC;
         float *dfch_gelu = m->dbuf_a, *dfch = m->dbuf_b;
-        vd_linear_backward(vera, be, gpt2_module(m, l, 3), dfch_gelu, m->dresidual,
+        vd_linear_backward(ad, be, gpt2_module(m, l, 3), dfch_gelu, m->dresidual,
                            p->fcprojw + (size_t)l * 4 * C * C, N, 4 * C, C, ctx);
         be->gelu_backward(dfch, m->fch + l * NC * 4, dfch_gelu, NC * 4);
         float *dln2 = m->dbuf_a;
-        vd_linear_backward(vera, be, gpt2_module(m, l, 2), dln2, dfch, p->fcw + (size_t)l * C * 4 * C, N, C,
+        vd_linear_backward(ad, be, gpt2_module(m, l, 2), dln2, dfch, p->fcw + (size_t)l * C * 4 * C, N, C,
                            4 * C, ctx);
         be->layernorm_backward(m->dresidual, dln2, m->residual2 + l * NC, p->ln2w + (size_t)l * C,
                                m->ln2_mean + (size_t)l * N, m->ln2_rstd + (size_t)l * N, N, C);
         float *datty = m->dbuf_a;
-        vd_linear_backward(vera, be, gpt2_module(m, l, 1), datty, m->dresidual, p->attprojw + (size_t)l * C * C,
+        vd_linear_backward(ad, be, gpt2_module(m, l, 1), datty, m->dresidual, p->attprojw + (size_t)l * C * C,
                            N, C, C, ctx);
         const float *qkv = m->qkv + l * NC * 3;
         vd_attn_shape ash = {.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
@@ -210,7 +210,7 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
         be->attention_backward(m->dqkv, m->dqkv + C, m->dqkv + 2 * C, m->datt, datty, qkv, qkv + C, qkv + 2 * C,
                                m->att + (size_t)l * B * NH * T * T, &ash);
         float *dln1 = m->dbuf_a;
-        vd_linear_backward(vera, be, gpt2_module(m, l, 0), dln1, m->dqkv, p->qkvw + (size_t)l * C * 3 * C, N, C,
+        vd_linear_backward(ad, be, gpt2_module(m, l, 0), dln1, m->dqkv, p->qkvw + (size_t)l * C * 3 * C, N, C,
                            3 * C, ctx);
         be->layernorm_backward(m->dresidual, dln1, residual, p->ln1w + (size_t)l * C,
                                m->ln1_mean + (size_t)l * N, m->ln1_rstd + (size_t)l * N, N, C);
@@ -257,8 +257,8 @@ void vd_gpt2_decode(vd_gpt2 *m, vd_kv_cache *kv, const int32_t *tokens, int32_t 
     int32_t C = m->config.channels, NH = m->config.n_head, V = m->config.vocab_size, L = m->config.n_layer;
     float eps = m->config.ln_eps;
     const vd_gpt2_params *p = &m->params;
-    vd_vera *vera = m->vera;
-    if (vera && vera->N < n) vd_die("internal: adapter activations hold %d tokens, decode of %d", (int)vera->N, (int)n);
+    vd_adapter *ad = m->adapter;
+    if (ad && ad->N < n) vd_die("internal: adapter activations hold %d tokens, decode of %d", (int)ad->N, (int)n);
     const vd_fwd_ctx ctx = {0, 0, 0}; /* eval: no dropout */
     size_t NC = (size_t)n * C, layer_rows = (size_t)kv->max_T * 3 * C;
 
@@ -268,20 +268,20 @@ void vd_gpt2_decode(vd_gpt2 *m, vd_kv_cache *kv, const int32_t *tokens, int32_t 
         float *cache = kv->k + (size_t)l * layer_rows, *qkv = cache + (size_t)pos0 * 3 * C;
         be->layernorm_forward(kv->xn, kv->mean, kv->rstd, kv->x, p->ln1w + (size_t)l * C, p->ln1b + (size_t)l * C, n,
                               C, eps);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 0), qkv, kv->xn, p->qkvw + (size_t)l * C * 3 * C,
+        vd_linear_forward(ad, be, gpt2_module(m, l, 0), qkv, kv->xn, p->qkvw + (size_t)l * C * 3 * C,
                           p->qkvb + (size_t)l * 3 * C, n, C, 3 * C, &ctx);
         vd_attn_shape ash = {.B = 1, .T = n, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
                              .q_stride = 3 * C, .kv_stride = 3 * C};
         be->attention_cached(kv->atty, qkv, cache + C, cache + 2 * C, n, pos0, &ash);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 1), kv->proj, kv->atty, p->attprojw + (size_t)l * C * C,
+        vd_linear_forward(ad, be, gpt2_module(m, l, 1), kv->proj, kv->atty, p->attprojw + (size_t)l * C * C,
                           p->attprojb + (size_t)l * C, n, C, C, &ctx);
         be->accumulate(kv->x, kv->proj, NC);
         be->layernorm_forward(kv->xn, kv->mean, kv->rstd, kv->x, p->ln2w + (size_t)l * C, p->ln2b + (size_t)l * C, n,
                               C, eps);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 2), kv->h1, kv->xn, p->fcw + (size_t)l * C * 4 * C,
+        vd_linear_forward(ad, be, gpt2_module(m, l, 2), kv->h1, kv->xn, p->fcw + (size_t)l * C * 4 * C,
                           p->fcb + (size_t)l * 4 * C, n, C, 4 * C, &ctx);
         be->gelu_forward(kv->h2, kv->h1, NC * 4);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 3), kv->proj, kv->h2, p->fcprojw + (size_t)l * 4 * C * C,
+        vd_linear_forward(ad, be, gpt2_module(m, l, 3), kv->proj, kv->h2, p->fcprojw + (size_t)l * 4 * C * C,
                           p->fcprojb + (size_t)l * C, n, 4 * C, C, &ctx);
         be->accumulate(kv->x, kv->proj, NC);
     }

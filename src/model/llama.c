@@ -527,7 +527,7 @@ size_t vd_llama_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T) {
 }
 
 static int32_t llama_module(const vd_llama *m, int32_t l, int32_t kind) {
-    return m->vera ? m->vera->module_of[l * K_COUNT + kind] : -1;
+    return m->adapter ? m->adapter->module_of[l * K_COUNT + kind] : -1;
 }
 
 static vd_attn_shape llama_attn_shape(const vd_llama *m, int32_t B) {
@@ -546,7 +546,7 @@ double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targe
     int32_t B = nb, T = m->T, C = c->channels, Q = llama_q(c), KV = llama_kv(c), I = c->intermediate;
     int32_t V = c->vocab_size, L = c->n_layer, N = B * T, NH = c->n_head, NKV = c->n_kv_head, hd = c->head_dim;
     const vd_llama_params *p = &m->params;
-    vd_vera *vera = m->vera;
+    vd_adapter *ad = m->adapter;
     size_t NC = (size_t)N * C;
     m->last_B = nb;
     /* positions (packed examples restart them): RoPE angles and the attention window; NULL = t */
@@ -567,26 +567,26 @@ double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targe
         float *gate = m->gate + (size_t)l * N * I, *up = m->up + (size_t)l * N * I, *act = m->act + (size_t)l * N * I;
         /* attention */
         be->rmsnorm_forward(xn1, m->rstd1 + (size_t)l * N, x, p->attn_norm + (size_t)l * C, N, C, c->ln_eps);
-        vd_linear_forward(vera, be, llama_module(m, l, K_Q), q, xn1, p->wq + (size_t)l * C * Q, llama_bias(p->bq, l, Q),
+        vd_linear_forward(ad, be, llama_module(m, l, K_Q), q, xn1, p->wq + (size_t)l * C * Q, llama_bias(p->bq, l, Q),
                           N, C, Q, ctx);
-        vd_linear_forward(vera, be, llama_module(m, l, K_K), k, xn1, p->wk + (size_t)l * C * KV,
+        vd_linear_forward(ad, be, llama_module(m, l, K_K), k, xn1, p->wk + (size_t)l * C * KV,
                           llama_bias(p->bk, l, KV), N, C, KV, ctx);
-        vd_linear_forward(vera, be, llama_module(m, l, K_V), v, xn1, p->wv + (size_t)l * C * KV,
+        vd_linear_forward(ad, be, llama_module(m, l, K_V), v, xn1, p->wv + (size_t)l * C * KV,
                           llama_bias(p->bv, l, KV), N, C, KV, ctx);
         be->rope(q, m->inv_freq, m->last_pos, B, T, NH, hd, Q, 0);
         be->rope(k, m->inv_freq, m->last_pos, B, T, NKV, hd, KV, 0);
         be->attention_forward(atty, att, q, k, v, &sh);
-        vd_linear_forward(vera, be, llama_module(m, l, K_O), m->proj_out, atty, p->wo + (size_t)l * Q * C,
+        vd_linear_forward(ad, be, llama_module(m, l, K_O), m->proj_out, atty, p->wo + (size_t)l * Q * C,
                           llama_bias(p->bo, l, C), N, Q, C, ctx);
         be->add(mid, x, m->proj_out, NC);
         /* MLP */
         be->rmsnorm_forward(xn2, m->rstd2 + (size_t)l * N, mid, p->mlp_norm + (size_t)l * C, N, C, c->ln_eps);
-        vd_linear_forward(vera, be, llama_module(m, l, K_GATE), gate, xn2, p->wg + (size_t)l * C * I,
+        vd_linear_forward(ad, be, llama_module(m, l, K_GATE), gate, xn2, p->wg + (size_t)l * C * I,
                           llama_bias(p->bg, l, I), N, C, I, ctx);
-        vd_linear_forward(vera, be, llama_module(m, l, K_UP), up, xn2, p->wu + (size_t)l * C * I,
+        vd_linear_forward(ad, be, llama_module(m, l, K_UP), up, xn2, p->wu + (size_t)l * C * I,
                           llama_bias(p->bu, l, I), N, C, I, ctx);
         be->swiglu_forward(act, gate, up, (size_t)N * I);
-        vd_linear_forward(vera, be, llama_module(m, l, K_DOWN), m->proj_out, act, p->wd + (size_t)l * I * C,
+        vd_linear_forward(ad, be, llama_module(m, l, K_DOWN), m->proj_out, act, p->wd + (size_t)l * I * C,
                           llama_bias(p->bd, l, C), N, I, C, ctx);
         be->add(m->resid + (size_t)(l + 1) * NC, mid, m->proj_out, NC);
     }
@@ -605,7 +605,7 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
     int32_t B = m->last_B, T = m->T, C = c->channels, Q = llama_q(c), KV = llama_kv(c), I = c->intermediate;
     int32_t V = c->vocab_size, L = c->n_layer, N = B * T, NH = c->n_head, NKV = c->n_kv_head, hd = c->head_dim;
     const vd_llama_params *p = &m->params;
-    vd_vera *vera = m->vera;
+    vd_adapter *ad = m->adapter;
     size_t NC = (size_t)N * C;
     vd_attn_shape sh = llama_attn_shape(m, B);
 
@@ -621,21 +621,21 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
         const float *att = m->att + (size_t)l * B * NH * T * T;
         const float *gate = m->gate + (size_t)l * N * I, *up = m->up + (size_t)l * N * I;
         /* MLP: down, SwiGLU, then gate and up share the normed input */
-        vd_linear_backward(vera, be, llama_module(m, l, K_DOWN), m->dx, m->dres, p->wd + (size_t)l * I * C, N, I, C, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_DOWN), m->dx, m->dres, p->wd + (size_t)l * I * C, N, I, C, ctx);
         be->swiglu_backward(m->dgate, m->dup, gate, up, m->dx, (size_t)N * I);
-        vd_linear_backward(vera, be, llama_module(m, l, K_GATE), m->dx, m->dgate, p->wg + (size_t)l * C * I, N, C, I, ctx);
-        vd_linear_backward(vera, be, llama_module(m, l, K_UP), m->dtmp, m->dup, p->wu + (size_t)l * C * I, N, C, I, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_GATE), m->dx, m->dgate, p->wg + (size_t)l * C * I, N, C, I, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_UP), m->dtmp, m->dup, p->wu + (size_t)l * C * I, N, C, I, ctx);
         be->accumulate(m->dx, m->dtmp, NC);
         be->rmsnorm_backward(m->dres, m->dx, mid, p->mlp_norm + (size_t)l * C, m->rstd2 + (size_t)l * N, N, C);
         /* attention: o_proj, attention, RoPE backwards, then q, k, v share the normed input */
-        vd_linear_backward(vera, be, llama_module(m, l, K_O), m->dx, m->dres, p->wo + (size_t)l * Q * C, N, Q, C, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_O), m->dx, m->dres, p->wo + (size_t)l * Q * C, N, Q, C, ctx);
         be->attention_backward(m->dq, m->dk, m->dv, m->datt, m->dx, q, k, v, att, &sh);
         be->rope(m->dq, m->inv_freq, m->last_pos, B, T, NH, hd, Q, 1);
         be->rope(m->dk, m->inv_freq, m->last_pos, B, T, NKV, hd, KV, 1);
-        vd_linear_backward(vera, be, llama_module(m, l, K_Q), m->dx, m->dq, p->wq + (size_t)l * C * Q, N, C, Q, ctx);
-        vd_linear_backward(vera, be, llama_module(m, l, K_K), m->dtmp, m->dk, p->wk + (size_t)l * C * KV, N, C, KV, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_Q), m->dx, m->dq, p->wq + (size_t)l * C * Q, N, C, Q, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_K), m->dtmp, m->dk, p->wk + (size_t)l * C * KV, N, C, KV, ctx);
         be->accumulate(m->dx, m->dtmp, NC);
-        vd_linear_backward(vera, be, llama_module(m, l, K_V), m->dtmp, m->dv, p->wv + (size_t)l * C * KV, N, C, KV, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_V), m->dtmp, m->dv, p->wv + (size_t)l * C * KV, N, C, KV, ctx);
         be->accumulate(m->dx, m->dtmp, NC);
         be->rmsnorm_backward(m->dres, m->dx, x, p->attn_norm + (size_t)l * C, m->rstd1 + (size_t)l * N, N, C);
     }
@@ -685,8 +685,8 @@ void vd_llama_decode(vd_llama *m, vd_kv_cache *kv, const int32_t *tokens, int32_
     int32_t C = c->channels, Q = llama_q(c), KV = llama_kv(c), I = c->intermediate, V = c->vocab_size;
     int32_t L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head, hd = c->head_dim;
     const vd_llama_params *p = &m->params;
-    vd_vera *vera = m->vera;
-    if (vera && vera->N < n) vd_die("internal: adapter activations hold %d tokens, decode of %d", (int)vera->N, (int)n);
+    vd_adapter *ad = m->adapter;
+    if (ad && ad->N < n) vd_die("internal: adapter activations hold %d tokens, decode of %d", (int)ad->N, (int)n);
     const vd_fwd_ctx ctx = {0, 0, 0}; /* eval: no dropout */
     size_t NC = (size_t)n * C, layer_rows = (size_t)kv->max_T * KV;
     const int32_t *pos = kv->pos + pos0; /* RoPE angles of the new rows */
@@ -699,26 +699,26 @@ void vd_llama_decode(vd_llama *m, vd_kv_cache *kv, const int32_t *tokens, int32_
         float *knew = kc + (size_t)pos0 * KV, *vnew = vc + (size_t)pos0 * KV;
         /* attention: the new keys and values go straight into the cache */
         be->rmsnorm_forward(kv->xn, kv->rstd, kv->x, p->attn_norm + (size_t)l * C, n, C, c->ln_eps);
-        vd_linear_forward(vera, be, llama_module(m, l, K_Q), kv->q, kv->xn, p->wq + (size_t)l * C * Q,
+        vd_linear_forward(ad, be, llama_module(m, l, K_Q), kv->q, kv->xn, p->wq + (size_t)l * C * Q,
                           llama_bias(p->bq, l, Q), n, C, Q, &ctx);
-        vd_linear_forward(vera, be, llama_module(m, l, K_K), knew, kv->xn, p->wk + (size_t)l * C * KV,
+        vd_linear_forward(ad, be, llama_module(m, l, K_K), knew, kv->xn, p->wk + (size_t)l * C * KV,
                           llama_bias(p->bk, l, KV), n, C, KV, &ctx);
-        vd_linear_forward(vera, be, llama_module(m, l, K_V), vnew, kv->xn, p->wv + (size_t)l * C * KV,
+        vd_linear_forward(ad, be, llama_module(m, l, K_V), vnew, kv->xn, p->wv + (size_t)l * C * KV,
                           llama_bias(p->bv, l, KV), n, C, KV, &ctx);
         be->rope(kv->q, m->inv_freq, pos, 1, n, NH, hd, Q, 0);
         be->rope(knew, m->inv_freq, pos, 1, n, NKV, hd, KV, 0);
         be->attention_cached(kv->atty, kv->q, kc, vc, n, pos0, &sh);
-        vd_linear_forward(vera, be, llama_module(m, l, K_O), kv->proj, kv->atty, p->wo + (size_t)l * Q * C,
+        vd_linear_forward(ad, be, llama_module(m, l, K_O), kv->proj, kv->atty, p->wo + (size_t)l * Q * C,
                           llama_bias(p->bo, l, C), n, Q, C, &ctx);
         be->accumulate(kv->x, kv->proj, NC);
         /* MLP */
         be->rmsnorm_forward(kv->xn, kv->rstd, kv->x, p->mlp_norm + (size_t)l * C, n, C, c->ln_eps);
-        vd_linear_forward(vera, be, llama_module(m, l, K_GATE), kv->h1, kv->xn, p->wg + (size_t)l * C * I,
+        vd_linear_forward(ad, be, llama_module(m, l, K_GATE), kv->h1, kv->xn, p->wg + (size_t)l * C * I,
                           llama_bias(p->bg, l, I), n, C, I, &ctx);
-        vd_linear_forward(vera, be, llama_module(m, l, K_UP), kv->h2, kv->xn, p->wu + (size_t)l * C * I,
+        vd_linear_forward(ad, be, llama_module(m, l, K_UP), kv->h2, kv->xn, p->wu + (size_t)l * C * I,
                           llama_bias(p->bu, l, I), n, C, I, &ctx);
         be->swiglu_forward(kv->h3, kv->h1, kv->h2, (size_t)n * I);
-        vd_linear_forward(vera, be, llama_module(m, l, K_DOWN), kv->proj, kv->h3, p->wd + (size_t)l * I * C,
+        vd_linear_forward(ad, be, llama_module(m, l, K_DOWN), kv->proj, kv->h3, p->wd + (size_t)l * I * C,
                           llama_bias(p->bd, l, C), n, I, C, &ctx);
         be->accumulate(kv->x, kv->proj, NC);
     }

@@ -168,9 +168,9 @@ void vd_model_alloc_acts(vd_model *m, int32_t B, int32_t T) {
     else vd_llama_alloc_acts(m->llama, B, T);
 }
 
-void vd_model_set_adapter(vd_model *m, vd_vera *v) {
-    if (m->gpt2) m->gpt2->vera = v;
-    else m->llama->vera = v;
+void vd_model_set_adapter(vd_model *m, vd_adapter *a) {
+    if (m->gpt2) m->gpt2->adapter = a;
+    else m->llama->adapter = a;
 }
 
 double vd_model_forward(vd_model *m, const int32_t *inputs, const int32_t *targets, const int32_t *pos, int32_t nb,

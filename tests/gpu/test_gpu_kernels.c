@@ -29,6 +29,7 @@
 
 #include "../test_util.h"
 #include "vera/adapter.h"
+#include "../test_adapter.h"
 #include "vera/backend.h"
 #include "vera/backend_cuda.h"
 #include "vera/comm.h"
@@ -642,7 +643,7 @@ static void test_allreduce(void) {
 
 typedef struct {
     vd_model m; /* through the model seam, as the trainer runs it */
-    vd_vera v;
+    vd_adapter v;
     vd_adamw o;
 } stack;
 
@@ -651,23 +652,23 @@ static void stack_init(stack *s, const vd_backend *be, const vd_gpt2_config *cfg
     memset(s, 0, sizeof(*s));
     vd_model_init(&s->m, be, cfg, params);
     vd_model_alloc_acts(&s->m, B, T);
-    vd_vera_options vo = {8, 0.1f, 3, 0xF /* all four */, dropout};
-    vd_vera_init(&s->v, be, &s->m, &vo);
+    vd_adapter_options vo = vd_test_vera_options(8, 0.1f, 3, 0xF /* all four */, dropout);
+    vd_adapter_init(&s->v, be, &s->m, &vo);
     vd_model_set_adapter(&s->m, &s->v);
-    vd_vera_alloc_acts(&s->v, B * T, (int64_t)B * T, pol);
+    vd_adapter_alloc_acts(&s->v, B * T, (int64_t)B * T, pol);
     /* non-zero b so the adapter term and both gradient paths matter */
     float *hp = malloc(sizeof(float) * s->v.n_trainable);
     for (size_t i = 0; i < s->v.n_trainable; i++) hp[i] = 0.1f + 0.05f * (float)((i * 37) % 11) / 11.0f;
     be->to_device(s->v.params, hp, sizeof(float) * s->v.n_trainable);
     free(hp);
-    vd_vera_refresh(&s->v);
+    vd_adapter_refresh(&s->v);
     vd_adamw_options ao = {1e-2f, 0.1f, 0, 10, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f};
     vd_adamw_init(&s->o, be, s->v.n_trainable, &ao);
 }
 
 static void stack_free(stack *s) {
     vd_adamw_free(&s->o);
-    vd_vera_free(&s->v);
+    vd_adapter_free(&s->v);
     vd_model_free(&s->m);
 }
 
@@ -709,8 +710,8 @@ static void test_model(float dropout, vd_weff_policy pol) {
     float ng = vd_adamw_step(&sg.o, sg.v.params, sg.v.grads, 1e-2f);
     snprintf(what, sizeof(what), "model gradient norm, clipping (dropout %g, %s)", (double)dropout, path);
     report(what, fabs((double)ng - nc) / nc, 1e-12);
-    vd_vera_refresh(&sc.v);
-    vd_vera_refresh(&sg.v);
+    vd_adapter_refresh(&sc.v);
+    vd_adapter_refresh(&sg.v);
     sg.v.be->to_host(pg, sg.v.params, sizeof(float) * n);
     snprintf(what, sizeof(what), "model vectors after one AdamW step (dropout %g, %s)", (double)dropout, path);
     report(what, max_err(pg, sc.v.params, n), 1e-6);
