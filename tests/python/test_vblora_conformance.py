@@ -44,7 +44,7 @@ LR, LR_BANK, WEIGHT_DECAY = 1e-2, 1e-3, 0.1
 # id: (arch, r, num_vectors, vector_length, topk, PEFT target_modules, grad_clip)
 SETTINGS = {
     "gpt2-r4-nv12-L16-k2-all4":     ("gpt2", 4, 12, 16, 2, ALL4, 0.0),
-    "gpt2-r2-nv300-L32-k3-c_attn":  ("gpt2", 2, 300, 32, 3, ["c_attn"], 0.05),   # I16 indices
+    "gpt2-r2-nv300-L32-k3-c_attn":  ("gpt2", 2, 300, 32, 3, ["c_attn"], 0.01),   # I16 indices, clipped
     "llama-r4-nv16-L8-k2-all":      ("llama", 4, 16, 8, 2, "all-linear", 0.05),
     "llama-r3-nv10-L16-k1-q_v":     ("llama", 3, 10, 16, 1, ["q_proj", "v_proj"], 0.0),  # top-1: no logit gradient
 }
