@@ -107,7 +107,8 @@ static const vd_key g_keys[] = {
     {"grad_clip", "train", KT_FLOAT, FIELD(grad_clip), "1", 0, 1e6, 0, NULL,
      "clip the global gradient norm to this value; 0 = no clipping"},
     {"seed", "train", KT_U64, FIELD(seed), "1337", 0, 0, 0, NULL,
-     "seed of the dropout stream (the masks do not depend on the number of ranks)"},
+     "seed of the dropout stream (the masks do not depend on the number of ranks) and of the random init of "
+     "LoRA and VB-LoRA"},
     /* [log] */
     {"log_every", "log", KT_INT, FIELD(log_every), "1", 1, I32_BIG, RESUME_FREE, NULL,
      "print and record the training loss every N steps"},
