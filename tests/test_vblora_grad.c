@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "test_adapter.h"
 #include "test_util.h"
 #include "vera/adapter.h"
 #include "vera/backend.h"
@@ -126,24 +127,6 @@ static float *run_backward(vd_adapter *a, float *const *xf, float *const *y, flo
     return g;
 }
 
-static vd_adapter_options vblora_options(int r, int nv, int L, int topk, float bound, float std, float dropout) {
-    vd_adapter_options o;
-    memset(&o, 0, sizeof(o));
-    o.type = VD_ADAPTER_VBLORA;
-    o.target_mask = 0xF;
-    o.r = r;
-    o.num_vectors = nv;
-    o.vector_length = L;
-    o.topk = topk;
-    o.init_vector_bank_bound = bound;
-    o.init_logits_std = std;
-    o.vblora_dropout = dropout;
-    o.lr = 1e-2f;
-    o.lr_vector_bank = 1e-3f;
-    o.seed = 11;
-    return o;
-}
-
 static void run_case(int topk, float dropout, vd_weff_policy policy) {
     const vd_backend *be = vd_backend_cpu();
     vd_gpt2_config mc = {16, 32, 1, 2, 16, 1e-5f}; /* C 16: layers 16x48, 16x16, 16x64, 64x16 */
@@ -153,7 +136,7 @@ static void run_case(int topk, float dropout, vd_weff_policy policy) {
     vd_model mm;
     vd_model_init(&mm, be, &mc, hp);
     vd_gpt2 *m = mm.gpt2;
-    vd_adapter_options vo = vblora_options(4, 6, 8, topk, 0.5f, 1.0f, dropout);
+    vd_adapter_options vo = vd_test_vblora_options(4, 6, 8, topk, 0.5f, 1.0f, dropout);
     vd_adapter v;
     vd_adapter_init(&v, be, &mm, &vo);
     const int N = 3, nm = v.n_modules;
@@ -311,7 +294,7 @@ static void init_bad_width(void *arg) {
     float *hp = calloc(vd_gpt2_num_params(&mc), sizeof(float));
     vd_model mm;
     vd_model_init(&mm, be, &mc, hp);
-    vd_adapter_options vo = vblora_options(4, 6, 32, 2, 0.02f, 0.1f, 0.0f); /* 16 % 32 != 0 */
+    vd_adapter_options vo = vd_test_vblora_options(4, 6, 32, 2, 0.02f, 0.1f, 0.0f); /* 16 % 32 != 0 */
     vd_adapter v;
     vd_adapter_init(&v, be, &mm, &vo);
 }
@@ -323,7 +306,7 @@ static void init_bad_topk(void *arg) {
     float *hp = calloc(vd_gpt2_num_params(&mc), sizeof(float));
     vd_model mm;
     vd_model_init(&mm, be, &mc, hp);
-    vd_adapter_options vo = vblora_options(4, 6, 8, 7, 0.02f, 0.1f, 0.0f);
+    vd_adapter_options vo = vd_test_vblora_options(4, 6, 8, 7, 0.02f, 0.1f, 0.0f);
     vd_adapter v;
     vd_adapter_init(&v, be, &mm, &vo);
 }

@@ -647,18 +647,24 @@ typedef struct {
     vd_adamw o;
 } stack;
 
+/* VeRA r 8 on all four layers, or VB-LoRA (vblora: r 4, a bank of 32 x 16, top-2) */
 static void stack_init(stack *s, const vd_backend *be, const vd_gpt2_config *cfg, const float *params, int B, int T,
-                       float dropout, vd_weff_policy pol) {
+                       float dropout, vd_weff_policy pol, int vblora) {
     memset(s, 0, sizeof(*s));
     vd_model_init(&s->m, be, cfg, params);
     vd_model_alloc_acts(&s->m, B, T);
-    vd_adapter_options vo = vd_test_vera_options(8, 0.1f, 3, 0xF /* all four */, dropout);
+    vd_adapter_options vo = vblora ? vd_test_vblora_options(4, 32, 16, 2, 0.02f, 0.1f, dropout)
+                                   : vd_test_vera_options(8, 0.1f, 3, 0xF /* all four */, dropout);
     vd_adapter_init(&s->v, be, &s->m, &vo);
     vd_model_set_adapter(&s->m, &s->v);
     vd_adapter_alloc_acts(&s->v, B * T, (int64_t)B * T, pol);
-    /* non-zero b so the adapter term and both gradient paths matter */
+    /* non-zero b so the adapter term and both gradient paths matter; VB-LoRA: distinct logits in
+     * (-1, 1) (no ties in the top-k) and a bank in (-0.1, 0.1) */
     float *hp = malloc(sizeof(float) * s->v.n_trainable);
-    for (size_t i = 0; i < s->v.n_trainable; i++) hp[i] = 0.1f + 0.05f * (float)((i * 37) % 11) / 11.0f;
+    for (size_t i = 0; i < s->v.n_trainable; i++) {
+        float u = (float)(vd_mix64(i + 77) >> 40) / 16777216.0f * 2.0f - 1.0f;
+        hp[i] = !vblora ? 0.1f + 0.05f * (float)((i * 37) % 11) / 11.0f : i < 32 * 16 ? 0.1f * u : u;
+    }
     be->to_device(s->v.params, hp, sizeof(float) * s->v.n_trainable);
     free(hp);
     vd_adapter_refresh(&s->v);
@@ -672,7 +678,7 @@ static void stack_free(stack *s) {
     vd_model_free(&s->m);
 }
 
-static void test_model(float dropout, vd_weff_policy pol) {
+static void test_model(float dropout, vd_weff_policy pol, int vblora) {
     vd_gpt2_config cfg = {32, 97, 2, 3, 48, 1e-5f};
     const int B = 2, T = 19;
     size_t np = vd_gpt2_num_params(&cfg);
@@ -684,11 +690,12 @@ static void test_model(float dropout, vd_weff_policy pol) {
         tgt[i] = (int32_t)(vd_mix64((uint64_t)i + 500) % 97);
     }
     stack sc, sg;
-    stack_init(&sc, cpu, &cfg, params, B, T, dropout, pol);
-    stack_init(&sg, gpu, &cfg, params, B, T, dropout, pol);
+    stack_init(&sc, cpu, &cfg, params, B, T, dropout, pol, vblora);
+    stack_init(&sg, gpu, &cfg, params, B, T, dropout, pol, vblora);
     vd_fwd_ctx ctx = {1, vd_mix64(42), 1000};
     char what[128];
-    const char *path = pol == VD_WEFF_ALWAYS ? "merged" : "factored";
+    const char *path = pol == VD_WEFF_ALWAYS ? (vblora ? "VB-LoRA, merged" : "merged")
+                                             : (vblora ? "VB-LoRA, factored" : "factored");
     for (int micro = 0; micro < 2; micro++) { /* two micro-batches accumulate */
         ctx.row0 = 1000 + (uint64_t)micro * B * T;
         double lc = vd_model_forward(&sc.m, tok, tgt, NULL, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, NULL, B, &ctx);
@@ -746,8 +753,8 @@ static void test_model_packed(const vd_model_config *cfg, const char *name) {
         n_targets += tgt[i] != VD_TARGET_NONE;
     }
     stack sc, sg;
-    stack_init(&sc, cpu, cfg, params, B, T, 0.0f, VD_WEFF_AUTO);
-    stack_init(&sg, gpu, cfg, params, B, T, 0.0f, VD_WEFF_AUTO);
+    stack_init(&sc, cpu, cfg, params, B, T, 0.0f, VD_WEFF_AUTO, 0);
+    stack_init(&sg, gpu, cfg, params, B, T, 0.0f, VD_WEFF_AUTO, 0);
     vd_fwd_ctx ctx = {1, vd_mix64(42), 0};
     double lc = vd_model_forward(&sc.m, tok, tgt, pos, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, pos, B, &ctx);
     char what[128];
@@ -839,9 +846,13 @@ int main(int argc, char **argv) {
     test_adamw();
     test_allreduce();
     printf("model (GPT-2 2 layers, C 48, 3 heads, V 97, B 2, T 19, VeRA r 8 on all four layers)\n");
-    test_model(0.0f, VD_WEFF_NEVER);
-    test_model(0.0f, VD_WEFF_ALWAYS);
-    test_model(0.2f, VD_WEFF_AUTO);
+    test_model(0.0f, VD_WEFF_NEVER, 0);
+    test_model(0.0f, VD_WEFF_ALWAYS, 0);
+    test_model(0.2f, VD_WEFF_AUTO, 0);
+    printf("model (the same GPT-2, VB-LoRA r 4, bank 32 x 16, top-2 on all four layers)\n");
+    test_model(0.0f, VD_WEFF_NEVER, 1);
+    test_model(0.0f, VD_WEFF_ALWAYS, 1);
+    test_model(0.2f, VD_WEFF_AUTO, 1);
     vd_model_config g = {32, 97, 2, 3, 48, 1e-5f};
     test_model_packed(&g, "GPT-2");
     vd_model_config l = {.max_seq_len = 32, .vocab_size = 97, .n_layer = 2, .n_head = 4, .channels = 32,
