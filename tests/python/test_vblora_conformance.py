@@ -7,6 +7,8 @@ and saved with save_pretrained), for each setting in SETTINGS:
   test_forward_grads     `forward --adapter` on PEFT's directory: logits, loss and the gradient of
                          every trainable tensor (the shared bank, every layer's vblora_logits_A /
                          vblora_logits_B) equal torch autograd through PEFT's model;
+  test_peft_initialised_trains  PEFT's own initialisation, saved by PEFT, trains here with the
+                         losses and grad norms of torch.optim.AdamW on PEFT's model;
   test_adamw_trajectory  5 AdamW steps (`train --init_adapter`, two learning-rate groups: logits
                          at lr, the bank at lr_vector_bank) against torch.optim.AdamW with the
                          same two parameter groups: losses, grad norms, final tensors;
@@ -104,6 +106,11 @@ class Case:
         vocab = self.base.config.vocab_size
         self.tokens = random_tokens((B * K + 1) * T + 1, vocab, seed + 1)
         self.shard = write_shard(root / "train_000.bin", self.tokens)
+        # PEFT's own initialisation (bank U(-0.02, 0.02), logits N(0, 0.1)), saved as is ...
+        torch.manual_seed(seed + 3)
+        self.init_dir = root / "peft_init"
+        peft_model(self.base, vblora_config(sid)).save_pretrained(str(self.init_dir))
+        # ... and an adapter with seeded non-zero values
         self.pm = peft_model(self.base, vblora_config(sid))
         set_values(self.pm, seed + 2)
         self.adapter_dir = root / "peft_adapter"
@@ -172,10 +179,10 @@ def test_forward_grads(case):
     print(f"measured: gradients: worst {worst:.3g} (tolerance {GRAD_RTOL:g}, {len(tensors)} tensors)")
 
 
-def torch_adamw(case):
-    """K AdamW steps on PEFT's model from the same directory: two groups (logits at LR, bank at LR_BANK)."""
+def torch_adamw(case, adapter_dir):
+    """K AdamW steps on PEFT's model from adapter_dir: two groups (logits at LR, bank at LR_BANK)."""
     from peft import PeftModel
-    pm = PeftModel.from_pretrained(copy.deepcopy(case.base), str(case.adapter_dir), is_trainable=True)
+    pm = PeftModel.from_pretrained(copy.deepcopy(case.base), str(adapter_dir), is_trainable=True)
     pm.eval()
     tensors = vblora_tensors(pm)
     bank = [tensors["vblora_vector_bank"]]
@@ -195,8 +202,6 @@ def torch_adamw(case):
         opt.step()
         losses.append(loss.item())
         norms.append(norm.item())
-    if case.clip > 0:
-        assert max(norms) > case.clip, "clipping never engaged: the clipped setting tests nothing"
     return pm, tensors, losses, norms
 
 
@@ -204,11 +209,10 @@ def torch_adamw(case):
 def trained(case):
     out_dir = case.root / "run"
     case.train(out_dir, case.adapter_dir)
-    return out_dir, torch_adamw(case)
+    return out_dir, torch_adamw(case, case.adapter_dir)
 
 
-def test_adamw_trajectory(case, trained):
-    out_dir, (pm, tensors, losses, norms) = trained
+def check_trajectory(out_dir, losses, norms):
     rows = read_metrics(out_dir)
     assert [r["step"] for r in rows] == list(range(1, K + 1)), f"metrics steps {[r['step'] for r in rows]}"
     for s in range(K):
@@ -216,6 +220,21 @@ def test_adamw_trajectory(case, trained):
         assert abs(got - ref) <= TRAIN_LOSS_RTOL * abs(ref), f"step {s + 1}: loss {got!r} vs torch {ref!r}"
         got, ref = rows[s]["grad_norm"], norms[s]
         assert abs(got - ref) <= TRAIN_NORM_RTOL * abs(ref), f"step {s + 1}: grad norm {got!r} vs torch {ref!r}"
+
+
+def test_peft_initialised_trains(case):
+    """An adapter as PEFT initialises and saves it trains here with PEFT's losses."""
+    out_dir = case.root / "run_peft_init"
+    case.train(out_dir, case.init_dir)
+    _, _, losses, norms = torch_adamw(case, case.init_dir)
+    check_trajectory(out_dir, losses, norms)
+
+
+def test_adamw_trajectory(case, trained):
+    out_dir, (pm, tensors, losses, norms) = trained
+    if case.clip > 0:
+        assert max(norms) > case.clip, "clipping never engaged: the clipped setting tests nothing"
+    check_trajectory(out_dir, losses, norms)
     final = load_file(str(out_dir / "adapter_final.safetensors"))
     want = {peft_key(n) for n in tensors}
     assert set(final) == want, f"adapter_final keys: extra {sorted(set(final) - want)}, missing {sorted(want - set(final))}"
