@@ -231,6 +231,15 @@ void vd_adapter_refresh(vd_adapter *a);
  * module where the merged weight pays (tokens_per_step (in + out) > in out; every module with
  * VD_WEFF_ALWAYS, none with VD_WEFF_NEVER or dropout > 0). Returns 1 if any module got one. */
 int vd_adapter_alloc_weffs(vd_adapter *a, float dropout, int64_t tokens_per_step, vd_weff_policy policy);
+/* For a method's linear_forward / _backward (LoRA-shaped: U = dropout(x) A^T with A (r, in)):
+ * dropout(x) of module's input into scratch (N, in), the same mask in forward and backward, or x
+ * itself when p is 0 or not training. */
+const float *vd_adapter_dropped(vd_adapter *a, int32_t module, float *scratch, const float *x, float p, int32_t N,
+                               const vd_fwd_ctx *ctx);
+/* dinp (N, in) += mask * (scale dU A), dU (N, r), A (r, in); scratch (N, in) holds the product
+ * when a dropout mask applies. */
+void vd_adapter_input_grad(vd_adapter *a, int32_t module, float *dinp, const float *dU, const float *A, float scale,
+                           float *scratch, float p, int32_t N, const vd_fwd_ctx *ctx);
 /* A training run calls this after loading an adapter (--init_adapter): the method dies with one
  * line if what it loaded cannot be trained (VB-LoRA's save_only_topk_weights files). */
 void vd_adapter_check_trainable(const vd_adapter *a);

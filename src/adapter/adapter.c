@@ -197,6 +197,26 @@ int vd_adapter_alloc_weffs(vd_adapter *a, float dropout, int64_t tokens_per_step
     return any;
 }
 
+const float *vd_adapter_dropped(vd_adapter *a, int32_t module, float *scratch, const float *x, float p, int32_t N,
+                               const vd_fwd_ctx *ctx) {
+    if (!(p > 0.0f && ctx->training)) return x;
+    a->be->dropout(scratch, x, N, a->modules[module].in, p, vd_adapter_dropout_seed(ctx, module), ctx->row0);
+    return scratch;
+}
+
+void vd_adapter_input_grad(vd_adapter *a, int32_t module, float *dinp, const float *dU, const float *A, float scale,
+                           float *scratch, float p, int32_t N, const vd_fwd_ctx *ctx) {
+    const vd_backend *be = a->be;
+    int32_t r = a->opt.r, in = a->modules[module].in;
+    if (p > 0.0f && ctx->training) {
+        be->gemm(0, 0, N, in, r, scale, dU, r, A, in, 0.0f, scratch, in);
+        be->dropout(scratch, scratch, N, in, p, vd_adapter_dropout_seed(ctx, module), ctx->row0);
+        be->accumulate(dinp, scratch, (size_t)N * in);
+    } else {
+        be->gemm(0, 0, N, in, r, scale, dU, r, A, in, 1.0f, dinp, in);
+    }
+}
+
 void vd_adapter_refresh(vd_adapter *a) { a->ops->refresh(a); }
 
 void vd_adapter_check_trainable(const vd_adapter *a) {

@@ -181,15 +181,6 @@ static void vblora_free(vd_adapter *a) {
     a->state = NULL;
 }
 
-/* dropout(x) into the xdrop scratch (the same counter-based mask in forward and backward), or x */
-static const float *vblora_dropped(vd_adapter *a, int32_t module, const float *x, int32_t N, const vd_fwd_ctx *ctx) {
-    vblora_state *s = vblora_of(a);
-    if (!(a->opt.vblora_dropout > 0.0f && ctx->training)) return x;
-    a->be->dropout(s->xdrop, x, N, a->modules[module].in, a->opt.vblora_dropout, vd_adapter_dropout_seed(ctx, module),
-                   ctx->row0);
-    return s->xdrop;
-}
-
 /* PEFT refuses the same (its forward finds -inf logits in training mode) */
 static void vblora_refuse_topk_only(const vd_adapter *a) {
     const vblora_state *s = vblora_of(a);
@@ -209,7 +200,7 @@ static void vblora_linear_forward(vd_adapter *a, int32_t module, float *out, con
     const vd_adapter_module *md = &a->modules[module];
     int32_t r = a->opt.r;
     vm->x = inp;
-    const float *x = vblora_dropped(a, module, inp, N, ctx);
+    const float *x = vd_adapter_dropped(a, module, s->xdrop, inp, a->opt.vblora_dropout, N, ctx);
     be->gemm(0, 1, N, r, md->in, 1.0f, x, md->in, vm->A, md->in, 0.0f, vm->U, r);
     if (md->weff) return;
     be->gemm(0, 1, N, md->out, r, 1.0f, vm->U, r, vm->B, r, 1.0f, out, md->out);
@@ -228,20 +219,14 @@ static void vblora_linear_backward(vd_adapter *a, int32_t module, float *dinp, c
     int32_t r = a->opt.r, in = md->in, outd = md->out;
     be->gemm(1, 0, outd, r, N, 1.0f, dout, outd, vm->U, r, 0.0f, s->dB, r);
     be->gemm(0, 0, N, r, outd, 1.0f, dout, outd, vm->B, r, 0.0f, s->dU, r);
-    const float *x = vblora_dropped(a, module, vm->x, N, ctx);
+    const float *x = vd_adapter_dropped(a, module, s->xdrop, vm->x, a->opt.vblora_dropout, N, ctx);
     be->gemm(1, 0, r, in, N, 1.0f, s->dU, r, x, in, 0.0f, s->dA, in);
     const float *bank = a->params + s->off_bank;
     float *dbank = a->grads + s->off_bank;
     be->vblora_compose_backward(a->grads + vm->off_la, dbank, s->dA, bank, vm->idx_a, vm->w_a, &vm->sa);
     be->vblora_compose_backward(a->grads + vm->off_lb, dbank, s->dB, bank, vm->idx_b, vm->w_b, &vm->sb);
     if (md->weff) return; /* the base GEMM used W0 + A^T B^T */
-    if (a->opt.vblora_dropout > 0.0f && ctx->training) {
-        be->gemm(0, 0, N, in, r, 1.0f, s->dU, r, vm->A, in, 0.0f, s->xdrop, in);
-        be->dropout(s->xdrop, s->xdrop, N, in, a->opt.vblora_dropout, vd_adapter_dropout_seed(ctx, module), ctx->row0);
-        be->accumulate(dinp, s->xdrop, (size_t)N * in);
-    } else {
-        be->gemm(0, 0, N, in, r, 1.0f, s->dU, r, vm->A, in, 1.0f, dinp, in);
-    }
+    vd_adapter_input_grad(a, module, dinp, s->dU, vm->A, 1.0f, s->xdrop, a->opt.vblora_dropout, N, ctx);
 }
 
 static void vblora_describe(const vd_adapter *a, char *out, size_t cap) {
