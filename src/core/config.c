@@ -173,6 +173,10 @@ static const vd_key g_keys[] = {
     {"save_only_topk_weights", "vblora", KT_BOOL, FIELD(save_only_topk_weights), "0", 0, 1, RESUME_FREE, NULL,
      "VB-LoRA: PEFT exports keep only the top-k indices and weights of the logits (smaller; for merging "
      "and inference only, never resumed)"},
+    /* appended for the same reason */
+    {"collective_timeout", "system", KT_FLOAT, FIELD(collective_timeout), "20", 0, 86400, RESUME_FREE, NULL,
+     "seconds a rank waits inside one collective for the others before it names the ranks that did not "
+     "arrive and ends the job (10x this at start-up, in the first step and at the end); 0 = wait forever"},
 };
 #define NKEYS ((int)(sizeof(g_keys) / sizeof(g_keys[0])))
 _Static_assert(sizeof(g_keys) / sizeof(g_keys[0]) <= VD_CONFIG_MAX_KEYS, "vd_config.from has no room for every key");

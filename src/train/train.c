@@ -524,6 +524,7 @@ static int train_step(train_run *run, uint64_t n_targets, float *loss_out, float
     float extra[2] = {(float)loss_sum, g_stop_signal ? 1.0f : 0.0f};
     be->to_device(ad->grads + ad->n_trainable, extra, sizeof(extra));
     /* the one collective of the step: every gradient, the loss and the stop flag, one buffer */
+    vd_comm_set_step(&run->comm, step);
     be->allreduce_sum(ad->grads, ad->n_reduce);
     be->to_host(extra, ad->grads + ad->n_trainable, sizeof(extra));
     /* each optimizer group at its own peak, on the one schedule; the first group's is logged */
@@ -549,12 +550,24 @@ static int train_step(train_run *run, uint64_t n_targets, float *loss_out, float
     return extra[1] > 0.0f;
 }
 
+/* The collectives' patience (docs/multinode.md, "Lost and frozen nodes"): collective_timeout
+ * seconds of waiting inside one collective, ten times that while the ranks may legitimately be
+ * far apart: start-up (each rank loads the model and checks its part of the data; page caches
+ * and file systems differ between nodes), the first step, and the end (rank 0 writes the last
+ * checkpoint and the adapter while the others wait in the last barrier). */
+#define TRAIN_SLOW_PHASE_FACTOR 10.0
+
+static void train_set_patience(train_run *run, int slow_phase) {
+    vd_comm_set_timeout(&run->comm, (double)run->cfg.collective_timeout * (slow_phase ? TRAIN_SLOW_PHASE_FACTOR : 1.0));
+}
+
 static void train_setup(train_run *run, int argc, char **argv) {
     vd_config *cfg = &run->cfg;
     vd_comm_init(&run->comm, &argc, &argv);
     vd_config_defaults(cfg);
     vd_config_parse(cfg, argc, argv, 1);
     vd_config_validate(cfg);
+    train_set_patience(run, 1);
     train_check_config(cfg, &run->comm);
     vd_config_serialize(cfg, run->config_text, sizeof(run->config_text));
 
@@ -709,6 +722,7 @@ int vd_train_main(int argc, char **argv) {
         int skipped;
         uint64_t n_targets = train_step_targets(&run, run.step);
         stopped = train_step(&run, n_targets, &loss, &lr, &norm, &skipped);
+        train_set_patience(&run, 0); /* the first step is done: from now on the ranks move in step */
         double ms = 1e3 * (vd_time_s() - t0);
         int32_t step = run.step; /* 1-based number of the step just taken */
         if (skipped) {
@@ -759,6 +773,7 @@ int vd_train_main(int argc, char **argv) {
         }
     }
 
+    train_set_patience(&run, 1);
     /* every rank must hold the same vectors: one hash per rank, compared */
     float *hp = mallocCheck(sizeof(float) * run.ad.n_trainable);
     run.be->to_host(hp, run.ad.params, sizeof(float) * run.ad.n_trainable);

@@ -1236,13 +1236,49 @@ static void cu_adamw(float *params, const float *grads, float *m, float *v, size
 /* ------------------------------------------------------------------------------------------ */
 /* the gradient all-reduce */
 
+/* Waits for the NCCL all-reduce on g.stream with the deadline of MPI's collectives
+ * (vd_comm.timeout_s; docs/multinode.md, "Lost and frozen nodes"): a rank that never arrives
+ * leaves the kernel spinning on the GPU, so after the deadline, or when another rank starts a
+ * roll call, the communicator is aborted (which stops the kernel) and the roll call over MPI
+ * names the ranks that did not answer. Without a deadline: cudaStreamSynchronize. Compiled
+ * here, not yet run on GPUs (one GPU per rank is needed for NCCL). */
+static void cu_nccl_wait(void) {
+    double limit = g.comm ? g.comm->timeout_s : 0.0;
+    if (limit <= 0) {
+        cudaCheck(cudaStreamSynchronize(g.stream));
+        return;
+    }
+    double t0 = vd_time_s(), last_probe = t0;
+    for (;;) {
+        cudaError_t e = cudaStreamQuery(g.stream);
+        if (e == cudaSuccess) return;
+        if (e != cudaErrorNotReady) cudaCheck(e);
+        ncclResult_t async = ncclSuccess;
+        ncclCheck(ncclCommGetAsyncError(g.nccl, &async));
+        ncclCheck(async);
+        double now = vd_time_s();
+        int roll = 0;
+        if (now - last_probe > 1e-3) {
+            last_probe = now;
+            roll = vd_comm_roll_called(g.comm);
+        }
+        if (roll || now - t0 > limit) {
+            (void)ncclCommAbort(g.nccl);
+            g.nccl = NULL;
+            g.use_nccl = 0;
+            vd_comm_lost(g.comm, "gradient all-reduce (NCCL)", now - t0);
+        }
+        usleep(100);
+    }
+}
+
 static void cu_allreduce_sum(float *buf, size_t count) {
     if (!count) return;
     if (g.use_nccl) {
         /* in place on the device buffer, ordered after the backward on the same stream; count
          * in elements (ncclFloat), the same on every rank */
         ncclCheck(ncclAllReduce(buf, buf, count, ncclFloat, ncclSum, g.nccl, g.stream));
-        cudaCheck(cudaStreamSynchronize(g.stream));
+        cu_nccl_wait();
         return;
     }
     if (!g.comm || g.comm->world == 1) return; /* one process: the sum is the buffer */

@@ -67,6 +67,10 @@ struct Alloc {
 };
 std::map<uintptr_t, Alloc> g_allocs;
 int g_access_depth = 0;
+/* The emulated ncclAllReduce is asynchronous like NCCL's: it posts an MPI_Iallreduce on the
+ * device buffer (device memory stays open while it is pending); the stream's next operation,
+ * cudaStreamSynchronize or a cudaStreamQuery that finds it done completes it. */
+MPI_Request g_nccl_req = MPI_REQUEST_NULL;
 int g_protect = -1;
 
 bool protect_enabled() {
@@ -275,7 +279,10 @@ void run_block(unsigned int n) {
 /* ---------------------------------------------------------------------------------------- */
 /* kernels */
 
+static void emu_nccl_drain(void);
+
 void vd_emu_launch(dim3 grid, dim3 block, size_t shmem, const char *name, const std::function<void()> &body) {
+    emu_nccl_drain();
     if (block.x == 0 || block.x > 1024 || block.y != 1 || block.z != 1 || grid.x == 0 || grid.y != 1 || grid.z != 1 ||
         shmem > 48 * 1024) {
         fprintf(stderr, "vera-dist CUDA emulation: invalid launch of %s: grid %u, block %u, %zu bytes dynamic shared\n",
@@ -381,9 +388,32 @@ static cudaError_t check_stream(cudaStream_t s) {
     return s && s->magic == 0x5713 ? cudaSuccess : emu_ret(cudaErrorInvalidResourceHandle);
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t stream) { return check_stream(stream); }
+/* completes the pending all-reduce: waiting (block) or not; 1 when none is pending any more */
+static int emu_nccl_complete(int block) {
+    if (g_nccl_req == MPI_REQUEST_NULL) return 1;
+    int done = 0, rc = MPI_SUCCESS;
+    if (block) { rc = MPI_Wait(&g_nccl_req, MPI_STATUS_IGNORE); done = 1; }
+    else rc = MPI_Test(&g_nccl_req, &done, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) emu_fatal("emulated ncclAllReduce: MPI error %d", rc);
+    if (done) vd_emu_device_access(0);
+    return done;
+}
+
+static void emu_nccl_drain(void) { (void)emu_nccl_complete(1); }
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+    emu_nccl_drain();
+    return check_stream(stream);
+}
+
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+    cudaError_t e = check_stream(stream);
+    if (e != cudaSuccess) return e;
+    return emu_nccl_complete(0) ? cudaSuccess : cudaErrorNotReady;
+}
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+    emu_nccl_drain();
     cudaError_t e = check_stream(stream);
     if (e == cudaSuccess) {
         stream->magic = 0;
@@ -407,6 +437,7 @@ cudaError_t cudaMalloc(void **p, size_t bytes) {
 }
 
 cudaError_t cudaFree(void *p) {
+    emu_nccl_drain();
     if (!p) return cudaSuccess;
     auto it = g_allocs.find((uintptr_t)p);
     if (it == g_allocs.end()) return emu_ret(cudaErrorInvalidValue);
@@ -426,6 +457,7 @@ cudaError_t cudaFreeHost(void *p) {
 }
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream) {
+    emu_nccl_drain();
     if (check_stream(stream) != cudaSuccess) return cudaErrorInvalidResourceHandle;
     int dd = vd_emu_is_device(dst, bytes), sd = vd_emu_is_device(src, bytes);
     int want_dd = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
@@ -447,6 +479,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
 }
 
 cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t stream) {
+    emu_nccl_drain();
     if (check_stream(stream) != cudaSuccess) return cudaErrorInvalidResourceHandle;
     if (!vd_emu_is_device(p, bytes)) return emu_ret(cudaErrorInvalidValue);
     vd_emu_device_access(1);
@@ -478,6 +511,7 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorNoKernelImageForDevice: return "cudaErrorNoKernelImageForDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
     }
     return "cudaErrorUnknown";
 }
@@ -493,6 +527,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorNoKernelImageForDevice: return "no kernel image is available for execution on the device";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorNotReady: return "device not ready";
     }
     return "unknown error";
 }
@@ -538,6 +573,7 @@ static size_t extent(cublasOperation_t op, int rows, int cols, int ld) {
 cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
                            int k, const float *alpha, const float *A, int lda, const float *B, int ldb,
                            const float *beta, float *C, int ldc) {
+    emu_nccl_drain();
     if (!handle || handle->magic != 0xB1A5 || !handle->stream) return CUBLAS_STATUS_NOT_INITIALIZED;
     /* cuBLAS's own argument checks */
     if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
@@ -568,6 +604,7 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_
                                          int m, int n, int k, const float *alpha, const float *A, int lda,
                                          long long strideA, const float *B, int ldb, long long strideB,
                                          const float *beta, float *C, int ldc, long long strideC, int batchCount) {
+    emu_nccl_drain();
     if (batchCount < 0) return CUBLAS_STATUS_INVALID_VALUE;
     /* the problems must not write over each other (cuBLAS leaves that undefined) */
     if (batchCount > 1 && m > 0 && n > 0) {
@@ -672,7 +709,23 @@ ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
+    emu_nccl_drain();
     delete comm;
+    return ncclSuccess;
+}
+
+/* NCCL stops the communicator's kernels; here the pending MPI request is left behind (an MPI
+ * collective cannot be cancelled) and device memory stays open, since MPI may still write the
+ * peers' parts into it while the caller reports and ends the job */
+ncclResult_t ncclCommAbort(ncclComm_t comm) {
+    g_nccl_req = MPI_REQUEST_NULL;
+    delete comm;
+    return ncclSuccess;
+}
+
+ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *async_error) {
+    if (!comm || !async_error) return ncclInvalidArgument;
+    *async_error = ncclSuccess;
     return ncclSuccess;
 }
 
@@ -688,11 +741,15 @@ ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t count, n
         return ncclInvalidArgument;
     }
     if (count > 0x7fffffff) return ncclInvalidArgument;
+    emu_nccl_drain();
     vd_emu_device_access(1);
-    int rc = MPI_Allreduce(sendbuff == recvbuff ? MPI_IN_PLACE : sendbuff, recvbuff, (int)count, MPI_FLOAT, MPI_SUM,
-                           MPI_COMM_WORLD);
-    vd_emu_device_access(0);
-    return rc == MPI_SUCCESS ? ncclSuccess : ncclSystemError;
+    int rc = MPI_Iallreduce(sendbuff == recvbuff ? MPI_IN_PLACE : sendbuff, recvbuff, (int)count, MPI_FLOAT, MPI_SUM,
+                            MPI_COMM_WORLD, &g_nccl_req);
+    if (rc != MPI_SUCCESS) {
+        vd_emu_device_access(0);
+        return ncclSystemError;
+    }
+    return ncclSuccess;
 }
 
 ncclResult_t ncclGetVersion(int *version) {
