@@ -221,6 +221,11 @@ const char *vd_adapter_peft_types(void);
 /* The options of a run from its configuration and target mask. */
 void vd_adapter_options_from_config(vd_adapter_options *opt, const vd_config *cfg, uint32_t target_mask);
 
+/* Copies every key that defines an adapter (adapter_type, r, target_modules, d_initial,
+ * projection_prng_key, the LoRA and VB-LoRA keys, lr, lr_vector_bank, seed) from src to dst:
+ * a checkpoint's stored configuration into a sub-command's (eval --checkpoint). */
+void vd_adapter_config_copy(vd_config *dst, const vd_config *src);
+
 /* Lays out one module per targeted site of `m`, calls the method's layout, allocates params and
  * grads, fills params with the method's init, binds each module to its site's frozen weight.
  * The caller attaches it to the model with vd_model_set_adapter. */

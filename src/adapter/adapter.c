@@ -75,6 +75,26 @@ void vd_adapter_options_from_config(vd_adapter_options *opt, const vd_config *cf
     opt->save_only_topk_weights = cfg->save_only_topk_weights;
 }
 
+void vd_adapter_config_copy(vd_config *dst, const vd_config *src) {
+    vd_adapter_options o;
+    vd_adapter_options_from_config(&o, src, 0); /* refuses an unknown adapter_type */
+    snprintf(dst->adapter_type, sizeof(dst->adapter_type), "%s", src->adapter_type);
+    snprintf(dst->target_modules, sizeof(dst->target_modules), "%s", src->target_modules);
+    dst->r = src->r;
+    dst->d_initial = src->d_initial;
+    dst->projection_prng_key = src->projection_prng_key;
+    dst->lora_alpha = src->lora_alpha;
+    dst->use_rslora = src->use_rslora;
+    dst->num_vectors = src->num_vectors;
+    dst->vector_length = src->vector_length;
+    dst->topk = src->topk;
+    dst->init_vector_bank_bound = src->init_vector_bank_bound;
+    dst->init_logits_std = src->init_logits_std;
+    dst->lr = src->lr;
+    dst->lr_vector_bank = src->lr_vector_bank;
+    dst->seed = src->seed;
+}
+
 int32_t vd_adapter_add_group(vd_adapter *a, const char *name, float lr) {
     if (a->n_groups >= VD_ADAPTER_MAX_GROUPS) vd_die("internal: more than %d optimizer groups", VD_ADAPTER_MAX_GROUPS);
     vd_adapter_group *g = &a->groups[a->n_groups];

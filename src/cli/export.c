@@ -80,8 +80,10 @@ int vd_export_main(int argc, char **argv) {
 
     if (!strcmp(format, "peft") || (!strcmp(format, "lora") && ad.type == VD_ADAPTER_LORA)) {
         vd_peft_save_dir(out, &ad, ck.params, save_projection, cfg.model);
-        printf("export: wrote PEFT %s adapter %s (step %lld, %d layers, save_projection %d)\n", ad.ops->peft_type, out,
-               (long long)ck.step, (int)ad.n_modules, save_projection);
+        printf("export: wrote PEFT %s adapter %s (step %lld, %d layers", ad.ops->peft_type, out, (long long)ck.step,
+               (int)ad.n_modules);
+        if (ad.n_saved) printf(", save_projection %d", save_projection);
+        printf(")\n");
     } else if (!strcmp(format, "lora")) {
         if (ad.type != VD_ADAPTER_VERA)
             vd_die("export: --format lora writes VeRA's update as LoRA; %s is a %s checkpoint (HINT: --format peft or "
