@@ -28,6 +28,18 @@ typedef struct vd_attn_shape {
     const int32_t *pos;
 } vd_attn_shape;
 
+/* Shape of one VB-LoRA matrix (see vblora_compose): logits (n_outer, n_inner, nv), one
+ * sub-vector of L entries per (outer, inner) pair, written with strides so, si, sl (floats).
+ * PEFT's A (r x in): n_outer = r, n_inner = in / L, so = in, si = L, sl = 1.
+ * PEFT's B (out x r): n_outer = out / L, n_inner = r, so = L * r, si = 1, sl = r. */
+typedef struct vd_vblora_shape {
+    int n_outer, n_inner;
+    int L;       /* vector_length */
+    int nv;      /* num_vectors (bank rows) */
+    int k;       /* topk, 1 <= k <= nv */
+    int so, si, sl;
+} vd_vblora_shape;
+
 typedef struct vd_backend {
     const char *name;
     /* ---- memory ---- */
@@ -129,6 +141,22 @@ typedef struct vd_backend {
     /* Inverted dropout with a counter-based mask: element (row, c) is kept iff
      * mix(seed, row0 + row, c) >= p; kept values are scaled by 1/(1-p). out may equal inp. */
     void (*dropout)(float *out, const float *inp, int N, int C, float p, uint64_t seed, uint64_t row0);
+
+    /* ---- VB-LoRA: matrices composed from a shared vector bank (docs/adapters.md) ---- */
+    /* For each of n rows of nv logits: idx (n, k) = the k largest logits in descending order
+     * (ties: the lower index first; torch.topk leaves the order of ties unspecified) and
+     * w (n, k) = their softmax (max subtracted, as torch.softmax). */
+    void (*vblora_topk)(int32_t *idx, float *w, const float *logits, int n, int nv, int k);
+    /* Sub-vector s = o * n_inner + i (o < n_outer, i < n_inner) is written at
+     * out[o*so + i*si + l*sl] = sum_j w[s,j] bank[idx[s,j], l], l < L, j ascending. */
+    void (*vblora_compose)(float *out, const float *bank, const int32_t *idx, const float *w,
+                           const struct vd_vblora_shape *s);
+    /* The backward of compose for g(s, l) = dmat[o*so + i*si + l*sl] (accumulated, +=):
+     * dlogits (n_outer*n_inner, nv): only the top-k entries of each row, through the softmax;
+     * dbank (nv, L): sum over s ascending, j ascending of w[s,j] g(s, :) (a fixed order:
+     * bit-identical for any thread count; callers fix the order of layers). */
+    void (*vblora_compose_backward)(float *dlogits, float *dbank, const float *dmat, const float *bank,
+                                    const int32_t *idx, const float *w, const struct vd_vblora_shape *s);
 
     /* ---- optimizer ---- */
     double (*sum_sq)(const float *x, size_t n);                               /* result on host */

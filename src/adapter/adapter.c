@@ -13,6 +13,7 @@
 /* The registry, by vd_adapter_type; NULL = not built into this version. */
 static const vd_adapter_ops *const k_adapter_ops[VD_ADAPTER_N_TYPES] = {
     [VD_ADAPTER_VERA] = &vd_vera_ops,
+    [VD_ADAPTER_VBLORA] = &vd_vblora_ops,
     [VD_ADAPTER_LORA] = &vd_lora_ops,
 };
 static const char *const k_adapter_names[VD_ADAPTER_N_TYPES] = {"vera", "vblora", "lora"};
@@ -72,6 +73,26 @@ void vd_adapter_options_from_config(vd_adapter_options *opt, const vd_config *cf
     opt->vblora_dropout = cfg->vblora_dropout;
     opt->lr_vector_bank = cfg->lr_vector_bank;
     opt->save_only_topk_weights = cfg->save_only_topk_weights;
+}
+
+void vd_adapter_config_copy(vd_config *dst, const vd_config *src) {
+    vd_adapter_options o;
+    vd_adapter_options_from_config(&o, src, 0); /* refuses an unknown adapter_type */
+    snprintf(dst->adapter_type, sizeof(dst->adapter_type), "%s", src->adapter_type);
+    snprintf(dst->target_modules, sizeof(dst->target_modules), "%s", src->target_modules);
+    dst->r = src->r;
+    dst->d_initial = src->d_initial;
+    dst->projection_prng_key = src->projection_prng_key;
+    dst->lora_alpha = src->lora_alpha;
+    dst->use_rslora = src->use_rslora;
+    dst->num_vectors = src->num_vectors;
+    dst->vector_length = src->vector_length;
+    dst->topk = src->topk;
+    dst->init_vector_bank_bound = src->init_vector_bank_bound;
+    dst->init_logits_std = src->init_logits_std;
+    dst->lr = src->lr;
+    dst->lr_vector_bank = src->lr_vector_bank;
+    dst->seed = src->seed;
 }
 
 int32_t vd_adapter_add_group(vd_adapter *a, const char *name, float lr) {
@@ -179,7 +200,50 @@ void vd_adapter_alloc_acts(vd_adapter *a, int32_t N, int64_t tokens_per_step, vd
     a->ops->alloc_acts(a, N, tokens_per_step, policy);
 }
 
+int vd_adapter_alloc_weffs(vd_adapter *a, float dropout, int64_t tokens_per_step, vd_weff_policy policy) {
+    int any = 0;
+    for (int32_t i = 0; i < a->n_modules; i++) {
+        vd_adapter_module *md = &a->modules[i];
+        /* the merged input gradient G (W0 + dW)^T costs 2*in*out*r once per step to form and
+         * saves 2*r*(in+out) per token; dropout breaks it (the mask sits inside the sum) */
+        int use = 0;
+        if (dropout == 0.0f) {
+            if (policy == VD_WEFF_ALWAYS) use = 1;
+            else if (policy == VD_WEFF_AUTO) use = (double)tokens_per_step * (md->in + md->out) > (double)md->in * md->out;
+        }
+        if (use) {
+            md->weff = a->be->alloc(sizeof(float) * (size_t)md->in * md->out);
+            any = 1;
+        }
+    }
+    return any;
+}
+
+const float *vd_adapter_dropped(vd_adapter *a, int32_t module, float *scratch, const float *x, float p, int32_t N,
+                               const vd_fwd_ctx *ctx) {
+    if (!(p > 0.0f && ctx->training)) return x;
+    a->be->dropout(scratch, x, N, a->modules[module].in, p, vd_adapter_dropout_seed(ctx, module), ctx->row0);
+    return scratch;
+}
+
+void vd_adapter_input_grad(vd_adapter *a, int32_t module, float *dinp, const float *dU, const float *A, float scale,
+                           float *scratch, float p, int32_t N, const vd_fwd_ctx *ctx) {
+    const vd_backend *be = a->be;
+    int32_t r = a->opt.r, in = a->modules[module].in;
+    if (p > 0.0f && ctx->training) {
+        be->gemm(0, 0, N, in, r, scale, dU, r, A, in, 0.0f, scratch, in);
+        be->dropout(scratch, scratch, N, in, p, vd_adapter_dropout_seed(ctx, module), ctx->row0);
+        be->accumulate(dinp, scratch, (size_t)N * in);
+    } else {
+        be->gemm(0, 0, N, in, r, scale, dU, r, A, in, 1.0f, dinp, in);
+    }
+}
+
 void vd_adapter_refresh(vd_adapter *a) { a->ops->refresh(a); }
+
+void vd_adapter_check_trainable(const vd_adapter *a) {
+    if (a->ops->check_trainable) a->ops->check_trainable(a);
+}
 
 void vd_adapter_zero_grads(vd_adapter *a) {
     if (a->ops->zero_grads) a->ops->zero_grads(a);

@@ -46,10 +46,7 @@ static void eval_apply_checkpoint(eval_ckpt *e, const char *path, vd_config *cfg
     e->loaded = 1;
     vd_config stored;
     vd_cli_config_from_text(&stored, e->ck.config_text, path);
-    cfg->r = stored.r;
-    cfg->d_initial = stored.d_initial;
-    cfg->projection_prng_key = stored.projection_prng_key;
-    snprintf(cfg->target_modules, sizeof(cfg->target_modules), "%s", stored.target_modules);
+    vd_adapter_config_copy(cfg, &stored);
     if (!model_given) snprintf(cfg->model, sizeof(cfg->model), "%s", stored.model);
 }
 

@@ -437,6 +437,7 @@ static void train_resume(train_run *run) {
         vd_log("resume: continuing from %s at step %d\n", run->comm.rank == 0 ? chosen : "checkpoint", (int)head.step);
     } else if (run->cfg.init_adapter[0]) {
         vd_peft_load_dir(&run->ad, run->cfg.init_adapter);
+        vd_adapter_check_trainable(&run->ad);
         vd_log("resume: starting fresh from the PEFT adapter %s\n", run->cfg.init_adapter);
     } else {
         vd_log("resume: starting fresh\n");

@@ -12,6 +12,8 @@
  *              backward, AdamW
  *   1e-5       reductions over a row in another order: LayerNorm, RMSNorm, attention forward,
  *              softmax cross-entropy forward, the VeRA vector gradients, GEMMs (K up to 3072)
+ *   1e-6       VB-LoRA top-k weights (expf) and composition; indices exact (shared selection code,
+ *              src/backend/vblora_row.h); 1e-5 its backward (dot products over vector_length)
  *   1e-4       attention backward (two chained reductions over T)
  *   1e-12      sum, sum_sq (double accumulation on both sides)
  *   model      loss 1e-5 relative, gradients of every lambda_b / lambda_d 1e-4, vectors after
@@ -618,6 +620,44 @@ static void test_vera_vector_grads(int out, int r) {
     pair_free(&dd);
 }
 
+/* VB-LoRA: top-k of each logits row (indices exact: the same selection code), its softmax,
+ * composition into A's and B's layouts, and the backward into logits and bank (accumulating). */
+static void test_vblora_case(int n_outer, int n_inner, int L, int nv, int k, int b_layout) {
+    vd_vblora_shape sh = {n_outer, n_inner, L, nv, k, 0, 0, 0};
+    if (b_layout) { sh.so = L * n_inner; sh.si = 1; sh.sl = n_inner; }
+    else { sh.so = n_inner * L; sh.si = L; sh.sl = 1; }
+    int n = n_outer * n_inner;
+    size_t nm = (size_t)n * L;
+    pair logits = pair_new((size_t)n * nv, 1.0f), bank = pair_new((size_t)nv * L, 0.5f), w = pair_new((size_t)n * k, 1.0f);
+    pair mat = pair_new(nm, 1.0f), dmat = pair_new(nm, 1.0f);
+    pair dlogits = pair_new((size_t)n * nv, 1.0f), dbank = pair_new((size_t)nv * L, 1.0f);
+    int32_t *ic = cpu->alloc(sizeof(int32_t) * (size_t)n * k), *ig = gpu->alloc(sizeof(int32_t) * (size_t)n * k);
+    int32_t *ih = malloc(sizeof(int32_t) * (size_t)n * k);
+    cpu->vblora_topk(ic, w.c, logits.c, n, nv, k);
+    gpu->vblora_topk(ig, w.g, logits.g, n, nv, k);
+    gpu->to_host(ih, ig, sizeof(int32_t) * (size_t)n * k);
+    char what[128];
+    snprintf(what, sizeof(what), "vblora_topk %d rows of %d, k %d: indices", n, nv, k);
+    report(what, memcmp(ih, ic, sizeof(int32_t) * (size_t)n * k) ? 1.0 : 0.0, 0);
+    snprintf(what, sizeof(what), "vblora_topk %d rows of %d, k %d: softmax weights", n, nv, k);
+    compare(what, &w, 1e-6);
+    cpu->vblora_compose(mat.c, bank.c, ic, w.c, &sh);
+    gpu->vblora_compose(mat.g, bank.g, ig, w.g, &sh);
+    snprintf(what, sizeof(what), "vblora_compose %s layout %dx%d L %d", b_layout ? "B" : "A", n_outer, n_inner, L);
+    compare(what, &mat, 1e-6);
+    cpu->vblora_compose_backward(dlogits.c, dbank.c, dmat.c, bank.c, ic, w.c, &sh);
+    gpu->vblora_compose_backward(dlogits.g, dbank.g, dmat.g, bank.g, ig, w.g, &sh);
+    snprintf(what, sizeof(what), "vblora_compose_backward %s layout: dlogits", b_layout ? "B" : "A");
+    compare(what, &dlogits, 1e-5);
+    snprintf(what, sizeof(what), "vblora_compose_backward %s layout: dbank", b_layout ? "B" : "A");
+    compare(what, &dbank, 1e-5);
+    pair_free(&logits); pair_free(&bank); pair_free(&w); pair_free(&mat); pair_free(&dmat);
+    pair_free(&dlogits); pair_free(&dbank);
+    cpu->free(ic);
+    gpu->free(ig);
+    free(ih);
+}
+
 static void test_dropout(void) {
     printf("dropout (bit-identical mask)\n");
     const int N = 129, C = 301;
@@ -680,18 +720,24 @@ typedef struct {
 static vd_dtype g_stack_wdtype = VD_DTYPE_F32;
 static double g_bf16_slack(int grads) { return g_stack_wdtype == VD_DTYPE_BF16 ? (grads ? 50.0 : 10.0) : 1.0; }
 
+/* VeRA r 8 on all four layers, or VB-LoRA (vblora: r 4, a bank of 32 x 16, top-2) */
 static void stack_init(stack *s, const vd_backend *be, const vd_gpt2_config *cfg, const float *params, int B, int T,
-                       float dropout, vd_weff_policy pol) {
+                       float dropout, vd_weff_policy pol, int vblora) {
     memset(s, 0, sizeof(*s));
     vd_model_init_typed(&s->m, be, cfg, params, g_stack_wdtype);
     vd_model_alloc_acts(&s->m, B, T);
-    vd_adapter_options vo = vd_test_vera_options(8, 0.1f, 3, 0xF /* all four */, dropout);
+    vd_adapter_options vo = vblora ? vd_test_vblora_options(4, 32, 16, 2, 0.02f, 0.1f, dropout)
+                                   : vd_test_vera_options(8, 0.1f, 3, 0xF /* all four */, dropout);
     vd_adapter_init(&s->v, be, &s->m, &vo);
     vd_model_set_adapter(&s->m, &s->v);
     vd_adapter_alloc_acts(&s->v, B * T, (int64_t)B * T, pol);
-    /* non-zero b so the adapter term and both gradient paths matter */
+    /* non-zero b so the adapter term and both gradient paths matter; VB-LoRA: distinct logits in
+     * (-1, 1) (no ties in the top-k) and a bank in (-0.1, 0.1) */
     float *hp = malloc(sizeof(float) * s->v.n_trainable);
-    for (size_t i = 0; i < s->v.n_trainable; i++) hp[i] = 0.1f + 0.05f * (float)((i * 37) % 11) / 11.0f;
+    for (size_t i = 0; i < s->v.n_trainable; i++) {
+        float u = (float)(vd_mix64(i + 77) >> 40) / 16777216.0f * 2.0f - 1.0f;
+        hp[i] = !vblora ? 0.1f + 0.05f * (float)((i * 37) % 11) / 11.0f : i < 32 * 16 ? 0.1f * u : u;
+    }
     be->to_device(s->v.params, hp, sizeof(float) * s->v.n_trainable);
     free(hp);
     vd_adapter_refresh(&s->v);
@@ -705,7 +751,7 @@ static void stack_free(stack *s) {
     vd_model_free(&s->m);
 }
 
-static void test_model(float dropout, vd_weff_policy pol) {
+static void test_model(float dropout, vd_weff_policy pol, int vblora) {
     vd_gpt2_config cfg = {32, 97, 2, 3, 48, 1e-5f};
     const int B = 2, T = 19;
     size_t np = vd_gpt2_num_params(&cfg);
@@ -717,11 +763,12 @@ static void test_model(float dropout, vd_weff_policy pol) {
         tgt[i] = (int32_t)(vd_mix64((uint64_t)i + 500) % 97);
     }
     stack sc, sg;
-    stack_init(&sc, cpu, &cfg, params, B, T, dropout, pol);
-    stack_init(&sg, gpu, &cfg, params, B, T, dropout, pol);
+    stack_init(&sc, cpu, &cfg, params, B, T, dropout, pol, vblora);
+    stack_init(&sg, gpu, &cfg, params, B, T, dropout, pol, vblora);
     vd_fwd_ctx ctx = {1, vd_mix64(42), 1000};
     char what[128];
-    const char *path = pol == VD_WEFF_ALWAYS ? "merged" : "factored";
+    const char *path = pol == VD_WEFF_ALWAYS ? (vblora ? "VB-LoRA, merged" : "merged")
+                                             : (vblora ? "VB-LoRA, factored" : "factored");
     for (int micro = 0; micro < 2; micro++) { /* two micro-batches accumulate */
         ctx.row0 = 1000 + (uint64_t)micro * B * T;
         double lc = vd_model_forward(&sc.m, tok, tgt, NULL, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, NULL, B, &ctx);
@@ -779,8 +826,8 @@ static void test_model_packed(const vd_model_config *cfg, const char *name) {
         n_targets += tgt[i] != VD_TARGET_NONE;
     }
     stack sc, sg;
-    stack_init(&sc, cpu, cfg, params, B, T, 0.0f, VD_WEFF_AUTO);
-    stack_init(&sg, gpu, cfg, params, B, T, 0.0f, VD_WEFF_AUTO);
+    stack_init(&sc, cpu, cfg, params, B, T, 0.0f, VD_WEFF_AUTO, 0);
+    stack_init(&sg, gpu, cfg, params, B, T, 0.0f, VD_WEFF_AUTO, 0);
     vd_fwd_ctx ctx = {1, vd_mix64(42), 0};
     double lc = vd_model_forward(&sc.m, tok, tgt, pos, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, pos, B, &ctx);
     char what[128];
@@ -864,18 +911,26 @@ int main(int argc, char **argv) {
     printf("vera vector gradients\n");
     test_vera_vector_grads(2304, 256);
     test_vera_vector_grads(37, 5);
+    printf("VB-LoRA top-k admixture\n");
+    test_vblora_case(4, 12, 64, 256, 2, 0);    /* A of a 768-wide layer, PEFT's defaults */
+    test_vblora_case(36, 4, 64, 256, 2, 1);    /* B of a 2304-wide layer */
+    test_vblora_case(3, 5, 16, 2048, 5, 1);    /* the paper's bank, k 5 */
     test_dropout();
     test_adamw();
     test_allreduce();
     printf("model (GPT-2 2 layers, C 48, 3 heads, V 97, B 2, T 19, VeRA r 8 on all four layers)\n");
-    test_model(0.0f, VD_WEFF_NEVER);
-    test_model(0.0f, VD_WEFF_ALWAYS);
-    test_model(0.2f, VD_WEFF_AUTO);
+    test_model(0.0f, VD_WEFF_NEVER, 0);
+    test_model(0.0f, VD_WEFF_ALWAYS, 0);
+    test_model(0.2f, VD_WEFF_AUTO, 0);
     printf("model with bf16 frozen linear weights (the same on both backends; factored: never merged)\n");
     g_stack_wdtype = VD_DTYPE_BF16;
-    test_model(0.0f, VD_WEFF_AUTO);
-    test_model(0.2f, VD_WEFF_AUTO);
+    test_model(0.0f, VD_WEFF_AUTO, 0);
+    test_model(0.2f, VD_WEFF_AUTO, 0);
     g_stack_wdtype = VD_DTYPE_F32;
+    printf("model (the same GPT-2, VB-LoRA r 4, bank 32 x 16, top-2 on all four layers)\n");
+    test_model(0.0f, VD_WEFF_NEVER, 1);
+    test_model(0.0f, VD_WEFF_ALWAYS, 1);
+    test_model(0.2f, VD_WEFF_AUTO, 1);
     vd_model_config g = {32, 97, 2, 3, 48, 1e-5f};
     test_model_packed(&g, "GPT-2");
     vd_model_config l = {.max_seq_len = 32, .vocab_size = 97, .n_layer = 2, .n_head = 4, .channels = 32,

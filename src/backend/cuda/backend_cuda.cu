@@ -37,6 +37,7 @@ extern "C" {
 #include "vera/backend_cuda.h"
 
 #include "dropout_hash.h"
+#include "../vblora_row.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* state */
@@ -1198,6 +1199,79 @@ static void cu_dropout(float *out, const float *inp, int N, int C, float p, uint
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* VB-LoRA: the CPU backend's semantics; the per-row pieces are shared (src/backend/vblora_row.h) */
+
+/* one thread per row of logits (rows are few: r * in / vector_length per matrix) */
+__global__ void k_vblora_topk(int32_t *idx, float *w, const float *logits, int n, int nv, int k) {
+    for (int s = blockIdx.x * blockDim.x + threadIdx.x; s < n; s += gridDim.x * blockDim.x)
+        vd_vblora_topk_row(idx + (size_t)s * k, w + (size_t)s * k, logits + (size_t)s * nv, nv, k);
+}
+
+static void cu_vblora_topk(int32_t *idx, float *w, const float *logits, int n, int nv, int k) {
+    if (n <= 0) return;
+    VD_LAUNCH(k_vblora_topk, vd_grid((size_t)n, VD_THREADS), VD_THREADS, 0, idx, w, logits, n, nv, k);
+    VD_LAUNCHED("vblora_topk");
+}
+
+/* one thread per composed element (s, l), j ascending as the CPU */
+__global__ void k_vblora_compose(float *out, const float *bank, const int32_t *idx, const float *w,
+                                 vd_vblora_shape sh) {
+    size_t n = (size_t)sh.n_outer * sh.n_inner * sh.L;
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
+        size_t s = e / (size_t)sh.L;
+        int l = (int)(e % (size_t)sh.L);
+        const int32_t *ix = idx + s * sh.k;
+        const float *ws = w + s * sh.k;
+        float acc = 0.0f;
+        for (int j = 0; j < sh.k; j++) acc += ws[j] * bank[(size_t)ix[j] * sh.L + l];
+        out[(s / sh.n_inner) * sh.so + (s % sh.n_inner) * sh.si + (size_t)l * sh.sl] = acc;
+    }
+}
+
+static void cu_vblora_compose(float *out, const float *bank, const int32_t *idx, const float *w,
+                              const vd_vblora_shape *sh) {
+    size_t n = (size_t)sh->n_outer * sh->n_inner * sh->L;
+    if (!n) return;
+    VD_LAUNCH(k_vblora_compose, vd_grid(n, VD_THREADS), VD_THREADS, 0, out, bank, idx, w, *sh);
+    VD_LAUNCHED("vblora_compose");
+}
+
+/* logits: one thread per sub-vector (it owns its row) */
+__global__ void k_vblora_dlogits(float *dlogits, const float *dmat, const float *bank, const int32_t *idx,
+                                 const float *w, vd_vblora_shape sh) {
+    int n = sh.n_outer * sh.n_inner;
+    for (int s = blockIdx.x * blockDim.x + threadIdx.x; s < n; s += gridDim.x * blockDim.x) {
+        const float *g = dmat + (size_t)(s / sh.n_inner) * sh.so + (size_t)(s % sh.n_inner) * sh.si;
+        vd_vblora_dlogits_row(dlogits + (size_t)s * sh.nv, g, sh.sl, bank, sh.L, idx + (size_t)s * sh.k,
+                              w + (size_t)s * sh.k, sh.k);
+    }
+}
+
+/* bank: one thread per column l, summing s, j ascending (the CPU's order, no atomics). Only L
+ * threads: the loop is n_outer * n_inner * k long, small next to the layer's GEMMs. */
+__global__ void k_vblora_dbank(float *dbank, const float *dmat, const int32_t *idx, const float *w,
+                               vd_vblora_shape sh) {
+    int n = sh.n_outer * sh.n_inner;
+    for (int l = blockIdx.x * blockDim.x + threadIdx.x; l < sh.L; l += gridDim.x * blockDim.x) {
+        for (int s = 0; s < n; s++) {
+            float g = dmat[(size_t)(s / sh.n_inner) * sh.so + (size_t)(s % sh.n_inner) * sh.si + (size_t)l * sh.sl];
+            for (int j = 0; j < sh.k; j++)
+                dbank[(size_t)idx[(size_t)s * sh.k + j] * sh.L + l] += w[(size_t)s * sh.k + j] * g;
+        }
+    }
+}
+
+static void cu_vblora_compose_backward(float *dlogits, float *dbank, const float *dmat, const float *bank,
+                                       const int32_t *idx, const float *w, const vd_vblora_shape *sh) {
+    int n = sh->n_outer * sh->n_inner;
+    if (n <= 0 || sh->L <= 0) return;
+    VD_LAUNCH(k_vblora_dlogits, vd_grid((size_t)n, VD_THREADS), VD_THREADS, 0, dlogits, dmat, bank, idx, w, *sh);
+    VD_LAUNCHED("vblora_compose_backward (logits)");
+    VD_LAUNCH(k_vblora_dbank, vd_grid((size_t)sh->L, VD_THREADS), VD_THREADS, 0, dbank, dmat, idx, w, *sh);
+    VD_LAUNCHED("vblora_compose_backward (bank)");
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* optimizer */
 
 /* torch.optim.AdamW (single-tensor path), as the CPU backend; the step constants come from the
@@ -1415,6 +1489,9 @@ static void cuda_fill_table(vd_backend *t) {
     t->scale_cols_add = cu_scale_cols_add;
     t->vera_vector_grads = cu_vera_vector_grads;
     t->dropout = cu_dropout;
+    t->vblora_topk = cu_vblora_topk;
+    t->vblora_compose = cu_vblora_compose;
+    t->vblora_compose_backward = cu_vblora_compose_backward;
     t->sum_sq = cu_sum_sq;
     t->adamw = cu_adamw;
     t->allreduce_sum = cu_allreduce_sum;
