@@ -13,6 +13,7 @@
 #include "cublas_v2.h"
 #include "cuda_runtime.h"
 #include "nccl.h"
+#include "vera/tensor.h"
 
 #include <cblas.h>
 #include <mpi.h>
@@ -564,40 +565,23 @@ cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode) {
 }
 
 /* column-major extent of an op(X) of rows x cols stored with leading dimension ld */
-static size_t extent(cublasOperation_t op, int rows, int cols, int ld) {
+static size_t extent(cublasOperation_t op, int rows, int cols, int ld, size_t elem = sizeof(float)) {
     int r = op == CUBLAS_OP_N ? rows : cols, c = op == CUBLAS_OP_N ? cols : rows;
     if (r == 0 || c == 0) return 0;
-    return sizeof(float) * ((size_t)(c - 1) * ld + r);
+    return elem * ((size_t)(c - 1) * ld + r);
 }
+
+/* cublasSgemm is cublasGemmEx on fp32 operands (one set of checks, below) */
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                            int k, const void *alpha, const void *A, cudaDataType Atype, int lda, const void *B,
+                            cudaDataType Btype, int ldb, const void *beta, void *C, cudaDataType Ctype, int ldc,
+                            cublasComputeType_t computeType, cublasGemmAlgo_t algo);
 
 cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
                            int k, const float *alpha, const float *A, int lda, const float *B, int ldb,
                            const float *beta, float *C, int ldc) {
-    emu_nccl_drain();
-    if (!handle || handle->magic != 0xB1A5 || !handle->stream) return CUBLAS_STATUS_NOT_INITIALIZED;
-    /* cuBLAS's own argument checks */
-    if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
-    int min_lda = transa == CUBLAS_OP_N ? m : k, min_ldb = transb == CUBLAS_OP_N ? k : n;
-    if (lda < (min_lda > 1 ? min_lda : 1) || ldb < (min_ldb > 1 ? min_ldb : 1) || ldc < (m > 1 ? m : 1)) {
-        fprintf(stderr, "vera-dist CUDA emulation: cublasSgemm(%c, %c, m %d, n %d, k %d, lda %d, ldb %d, ldc %d): "
-                        "leading dimension too small\n",
-                transa == CUBLAS_OP_N ? 'N' : 'T', transb == CUBLAS_OP_N ? 'N' : 'T', m, n, k, lda, ldb, ldc);
-        return CUBLAS_STATUS_INVALID_VALUE;
-    }
-    /* every operand inside one device allocation */
-    size_t ea = k ? extent(transa, m, k, lda) : 0, eb = k ? extent(transb, k, n, ldb) : 0;
-    size_t ec = (m && n) ? sizeof(float) * ((size_t)(n - 1) * ldc + m) : 0;
-    if ((ea && !vd_emu_is_device(A, ea)) || (eb && !vd_emu_is_device(B, eb)) || (ec && !vd_emu_is_device(C, ec)))
-        emu_fatal("cublasSgemm(m %d, n %d, k %d, lda %d, ldb %d, ldc %d): an operand reaches outside its device "
-                  "allocation (A %s, B %s, C %s)",
-                  m, n, k, lda, ldb, ldc, ea && !vd_emu_is_device(A, ea) ? "out" : "ok",
-                  eb && !vd_emu_is_device(B, eb) ? "out" : "ok", ec && !vd_emu_is_device(C, ec) ? "out" : "ok");
-    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-    vd_emu_device_access(1);
-    cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
-                transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
-    vd_emu_device_access(0);
-    return CUBLAS_STATUS_SUCCESS;
+    return cublasGemmEx(handle, transa, transb, m, n, k, alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, beta, C,
+                        CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
 }
 
 cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
@@ -625,6 +609,79 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_
                                         ldb, beta, C + b * strideC, ldc);
         if (st != CUBLAS_STATUS_SUCCESS) return st;
     }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* TF32: fp32's exponent, 10 mantissa bits; rounded to nearest even (NaN and inf kept) */
+static float emu_tf32_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof(u));
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0xfffu + ((u >> 13) & 1u)) & ~0x1fffu;
+    memcpy(&x, &u, sizeof(x));
+    return x;
+}
+
+/* One stored column-major operand (rows x cols of op, leading dimension ld) as fp32 host values. */
+static float *emu_widen(const void *X, cudaDataType t, cublasOperation_t op, int rows, int cols, int ld, int tf32) {
+    int r = op == CUBLAS_OP_N ? rows : cols, c = op == CUBLAS_OP_N ? cols : rows;
+    size_t n = (size_t)ld * (size_t)(c > 0 ? c : 1);
+    float *w = (float *)calloc(n, sizeof(float));
+    if (!w) emu_fatal("out of memory in cublasGemmEx");
+    for (int j = 0; j < c; j++)
+        for (int i = 0; i < r; i++) {
+            size_t at = (size_t)j * ld + i;
+            float v = t == CUDA_R_16BF ? vd_bf16_to_f32(((const uint16_t *)X)[at]) : ((const float *)X)[at];
+            w[at] = tf32 ? emu_tf32_round(v) : v;
+        }
+    return w;
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                            int k, const void *alpha, const void *A, cudaDataType Atype, int lda, const void *B,
+                            cudaDataType Btype, int ldb, const void *beta, void *C, cudaDataType Ctype, int ldc,
+                            cublasComputeType_t computeType, cublasGemmAlgo_t algo) {
+    emu_nccl_drain();
+    if (!handle || handle->magic != 0xB1A5 || !handle->stream) return CUBLAS_STATUS_NOT_INITIALIZED;
+    /* the combinations cuBLAS supports that the backend may use (cuBLAS's GemmEx table) */
+    int inputs_ok = Atype == Btype && (Atype == CUDA_R_32F || Atype == CUDA_R_16BF);
+    int compute_ok = computeType == CUBLAS_COMPUTE_32F || (computeType == CUBLAS_COMPUTE_32F_FAST_TF32 && Atype == CUDA_R_32F);
+    if (!inputs_ok || Ctype != CUDA_R_32F || !compute_ok || algo != CUBLAS_GEMM_DEFAULT) {
+        fprintf(stderr, "vera-dist CUDA emulation: cublasGemmEx(Atype %d, Btype %d, Ctype %d, compute %d, algo %d): "
+                        "not a supported combination\n", (int)Atype, (int)Btype, (int)Ctype, (int)computeType, (int)algo);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    /* cuBLAS's own argument checks */
+    if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    int min_lda = transa == CUBLAS_OP_N ? m : k, min_ldb = transb == CUBLAS_OP_N ? k : n;
+    if (lda < (min_lda > 1 ? min_lda : 1) || ldb < (min_ldb > 1 ? min_ldb : 1) || ldc < (m > 1 ? m : 1)) {
+        fprintf(stderr, "vera-dist CUDA emulation: cublasGemmEx(%c, %c, m %d, n %d, k %d, lda %d, ldb %d, ldc %d): "
+                        "leading dimension too small\n",
+                transa == CUBLAS_OP_N ? 'N' : 'T', transb == CUBLAS_OP_N ? 'N' : 'T', m, n, k, lda, ldb, ldc);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    size_t es = Atype == CUDA_R_16BF ? 2 : 4;
+    size_t ea = k ? extent(transa, m, k, lda, es) : 0, eb = k ? extent(transb, k, n, ldb, es) : 0;
+    size_t ec = (m && n) ? sizeof(float) * ((size_t)(n - 1) * ldc + m) : 0;
+    if ((ea && !vd_emu_is_device(A, ea)) || (eb && !vd_emu_is_device(B, eb)) || (ec && !vd_emu_is_device(C, ec)))
+        emu_fatal("cublasGemmEx(m %d, n %d, k %d, lda %d, ldb %d, ldc %d, %zu-byte inputs): an operand reaches outside "
+                  "its device allocation", m, n, k, lda, ldb, ldc, es);
+    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    int tf32 = computeType == CUBLAS_COMPUTE_32F_FAST_TF32;
+    vd_emu_device_access(1);
+    if (Atype == CUDA_R_32F && !tf32) { /* fp32 operands as they are */
+        cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                    transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *(const float *)alpha,
+                    (const float *)A, lda, (const float *)B, ldb, *(const float *)beta, (float *)C, ldc);
+        vd_emu_device_access(0);
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    float *a = emu_widen(A, Atype, transa, m, k, lda, tf32), *b = emu_widen(B, Btype, transb, k, n, ldb, tf32);
+    cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *(const float *)alpha, a, lda, b, ldb,
+                *(const float *)beta, (float *)C, ldc);
+    vd_emu_device_access(0);
+    free(a);
+    free(b);
     return CUBLAS_STATUS_SUCCESS;
 }
 
