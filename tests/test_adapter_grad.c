@@ -111,11 +111,11 @@ static void run_case(vd_weff_policy policy, float dropout) {
                           : md->kind == 2 ? m->params.fcb : m->params.fcprojb;
         ref_layer p = {N, in, out, vo.r, v.max_in, W, bias, vd_test_vera_A(&v), vd_test_vera_B(&v), mask, R};
         ref_loss(&p, x, b, d, yref);
-        vd_linear_forward(&v, be, mod, y, xf, W, bias, N, in, out, &ctx);
+        vd_linear_forward(&v, be, mod, y, xf, &mm.sites[md->site].W, bias, N, in, out, &ctx);
         for (int i = 0; i < N * out; i++) CHECK_CLOSE(y[i], yref[i], 1e-5, 1e-5, "forward y");
         for (int i = 0; i < N * out; i++) dout[i] = (float)(R[i] * (1.0 - tanh(yref[i]) * tanh(yref[i])));
         vd_adapter_zero_grads(&v);
-        vd_linear_backward(&v, be, mod, dinp, dout, W, N, in, out, &ctx);
+        vd_linear_backward(&v, be, mod, dinp, dout, &mm.sites[md->site].W, N, in, out, &ctx);
         char what[256];
         for (int o = 0; o < out; o++) {
             snprintf(what, sizeof(what), "%s dL/db[%d] (weff %d, dropout %.1f)", md->name, o, md->weff != NULL, dropout);

@@ -29,6 +29,7 @@
 #include "vera/model.h"
 
 struct cJSON;
+struct vd_safetensors;
 
 /* Method ids; the config key adapter_type spells them "vera", "vblora", "lora". The id is
  * stored in checkpoints (attribute /adapter/adapter_type; absent = vera). */
@@ -73,7 +74,10 @@ typedef struct {
     int32_t kind;       /* index into the family's kind_paths */
     int32_t site;       /* index into the model's site list */
     int32_t in, out;    /* base layer shape (in x out on the backend) */
-    const float *W0;    /* (in, out) frozen base weight (device), owned by the model */
+    const float *W0;    /* (in, out) frozen base weight (device), owned by the model, when it is
+                         * F32; NULL when BF16 (--precision bf16): then no method builds weff
+                         * (vd_adapter_alloc_acts passes VD_WEFF_NEVER), since merging dW into a
+                         * bf16 weight would round most of it away (docs/gpu.md) */
     float *weff;        /* (in, out) W0 + dW^T kept by the method (rebuilt in refresh), used by
                          * vd_linear_forward / _backward in place of W0; NULL = factored path */
 } vd_adapter_module;
@@ -164,9 +168,16 @@ typedef struct vd_adapter_ops {
     void (*peft_config_read)(const struct cJSON *root, const char *text, const char *path, vd_adapter_options *opt,
                              const vd_adapter_options *run);
     /* optional: writes adapter_model.safetensors itself (VB-LoRA's top-k only form) from host
-     * params; NULL = every tensor of the table, plus the saved tensors when save_saved. */
-    void (*peft_write_tensors)(const struct vd_adapter *a, const float *hp, const char *path, int save_saved,
-                               const char *const *meta_kv, int32_t n_meta);
+     * params and returns 1, or returns 0 to let peft_io write every tensor of the table (plus the
+     * saved tensors when save_saved); NULL = always the table. */
+    int (*peft_write_tensors)(const struct vd_adapter *a, const float *hp, const char *path, int save_saved,
+                              const char *const *meta_kv, int32_t n_meta);
+    /* optional: reads a file in the method's own form (VB-LoRA's top-k only) into hp (host,
+     * n_trainable floats) with its own checks and returns 1, or returns 0 to let peft_io read it
+     * by the table; NULL = always the table. */
+    int (*peft_read_tensors)(struct vd_adapter *a, const struct vd_safetensors *st, float *hp);
+    /* optional: dies with one line when the loaded values cannot be trained (NULL = they can) */
+    void (*check_trainable)(const struct vd_adapter *a);
 } vd_adapter_ops;
 
 typedef struct vd_adapter {
@@ -224,6 +235,22 @@ void vd_adapter_config_copy(vd_config *dst, const vd_config *src);
 void vd_adapter_init(vd_adapter *a, const vd_backend *be, const vd_model *m, const vd_adapter_options *opt);
 void vd_adapter_alloc_acts(vd_adapter *a, int32_t N, int64_t tokens_per_step, vd_weff_policy policy);
 void vd_adapter_refresh(vd_adapter *a);
+/* For a method's alloc_acts: gives md->weff (in x out, device; the method frees it) to every
+ * module where the merged weight pays (tokens_per_step (in + out) > in out; every module with
+ * VD_WEFF_ALWAYS, none with VD_WEFF_NEVER or dropout > 0). Returns 1 if any module got one. */
+int vd_adapter_alloc_weffs(vd_adapter *a, float dropout, int64_t tokens_per_step, vd_weff_policy policy);
+/* For a method's linear_forward / _backward (LoRA-shaped: U = dropout(x) A^T with A (r, in)):
+ * dropout(x) of module's input into scratch (N, in), the same mask in forward and backward, or x
+ * itself when p is 0 or not training. */
+const float *vd_adapter_dropped(vd_adapter *a, int32_t module, float *scratch, const float *x, float p, int32_t N,
+                               const vd_fwd_ctx *ctx);
+/* dinp (N, in) += mask * (scale dU A), dU (N, r), A (r, in); scratch (N, in) holds the product
+ * when a dropout mask applies. */
+void vd_adapter_input_grad(vd_adapter *a, int32_t module, float *dinp, const float *dU, const float *A, float scale,
+                           float *scratch, float p, int32_t N, const vd_fwd_ctx *ctx);
+/* A training run calls this after loading an adapter (--init_adapter): the method dies with one
+ * line if what it loaded cannot be trained (VB-LoRA's save_only_topk_weights files). */
+void vd_adapter_check_trainable(const vd_adapter *a);
 void vd_adapter_zero_grads(vd_adapter *a);
 void vd_adapter_free(vd_adapter *a);
 /* For a method's layout: appends a tensor at the next offset (n_trainable grows by its numel)
@@ -238,13 +265,15 @@ void vd_adapter_add_saved(vd_adapter *a, const char *peft_key, const char *ckpt_
 int32_t vd_adapter_find_tensor(const vd_adapter *a, const char *peft_key);
 
 /* One linear layer of the model, adapted when module >= 0.
- * out (N, outd) = inp (N, in) W (in, outd) + bias (may be NULL) [+ the adapter's term]. */
+ * out (N, outd) = inp (N, in) W (in, outd) + bias (may be NULL) [+ the adapter's term]. W is F32
+ * or BF16: the base GEMM is the one place that reads it (be->gemm_ex: bf16 inputs, fp32
+ * accumulation); everything else is fp32. */
 void vd_linear_forward(vd_adapter *a, const vd_backend *be, int32_t module, float *out, const float *inp,
-                       const float *W, const float *bias, int32_t N, int32_t in, int32_t outd,
+                       const vd_tensor *W, const float *bias, int32_t N, int32_t in, int32_t outd,
                        const vd_fwd_ctx *ctx);
 /* dinp (N, in) = dout W^T [+ adapter path]; accumulates the module's gradients into a->grads. */
 void vd_linear_backward(vd_adapter *a, const vd_backend *be, int32_t module, float *dinp, const float *dout,
-                        const float *W, int32_t N, int32_t in, int32_t outd, const vd_fwd_ctx *ctx);
+                        const vd_tensor *W, int32_t N, int32_t in, int32_t outd, const vd_fwd_ctx *ctx);
 
 /* Seed of module's dropout mask for this forward (the backend draws element (row, col) from it);
  * every method draws its adapter-input dropout from this stream. */
@@ -253,8 +282,6 @@ uint64_t vd_adapter_dropout_seed(const vd_fwd_ctx *ctx, int32_t module);
 /* The methods' tables (src/adapter/<method>.c). */
 extern const vd_adapter_ops vd_vera_ops;
 extern const vd_adapter_ops vd_lora_ops;
-extern const vd_adapter_ops vd_vblora_ops; /* src/adapter/vblora.c: listed in adapter.c's
-                                            * registry when it lands; until then adapter_type =
-                                            * vblora is refused with one line */
+extern const vd_adapter_ops vd_vblora_ops;
 
 #endif

@@ -49,7 +49,8 @@ typedef struct vd_config {
     /* [system] */
     int32_t threads;               /* threads per rank; 0 = node cores / ranks on the node */
     char device[16];               /* "cpu", "cuda" or "auto" (cuda when usable, else cpu): docs/gpu.md */
-    char precision[8];             /* "fp32"; "bf16" is designed (docs/gpu.md) but rejected for now */
+    char precision[8];             /* "fp32", "bf16" or "tf32" (cuda only): docs/configuration.md, "Precision" */
+    float collective_timeout;      /* seconds of waiting in one collective before the job ends; 0 = off */
     /* [checkpoint] */
     int32_t ckpt_every;            /* steps between checkpoints; 0 = only at the end */
     int32_t keep_last;             /* checkpoints kept */

@@ -13,6 +13,7 @@
 /* The registry, by vd_adapter_type; NULL = not built into this version. */
 static const vd_adapter_ops *const k_adapter_ops[VD_ADAPTER_N_TYPES] = {
     [VD_ADAPTER_VERA] = &vd_vera_ops,
+    [VD_ADAPTER_VBLORA] = &vd_vblora_ops,
     [VD_ADAPTER_LORA] = &vd_lora_ops,
 };
 static const char *const k_adapter_names[VD_ADAPTER_N_TYPES] = {"vera", "vblora", "lora"};
@@ -176,7 +177,7 @@ void vd_adapter_init(vd_adapter *a, const vd_backend *be, const vd_model *m, con
         md->site = i;
         md->in = s->in;
         md->out = s->out;
-        md->W0 = vd_tensor_f32(&s->W);
+        md->W0 = s->W.dtype == VD_DTYPE_F32 ? vd_tensor_f32(&s->W) : NULL; /* bf16: never merged */
         if (md->in > a->max_in) a->max_in = md->in;
         if (md->out > a->max_out) a->max_out = md->out;
         a->module_of[i] = a->n_modules++;
@@ -194,10 +195,55 @@ void vd_adapter_init(vd_adapter *a, const vd_backend *be, const vd_model *m, con
 
 void vd_adapter_alloc_acts(vd_adapter *a, int32_t N, int64_t tokens_per_step, vd_weff_policy policy) {
     a->N = N;
+    /* bf16 base weights (W0 NULL; every site has the same dtype): the factored path everywhere */
+    if (a->n_modules > 0 && !a->modules[0].W0) policy = VD_WEFF_NEVER;
     a->ops->alloc_acts(a, N, tokens_per_step, policy);
 }
 
+int vd_adapter_alloc_weffs(vd_adapter *a, float dropout, int64_t tokens_per_step, vd_weff_policy policy) {
+    int any = 0;
+    for (int32_t i = 0; i < a->n_modules; i++) {
+        vd_adapter_module *md = &a->modules[i];
+        /* the merged input gradient G (W0 + dW)^T costs 2*in*out*r once per step to form and
+         * saves 2*r*(in+out) per token; dropout breaks it (the mask sits inside the sum) */
+        int use = 0;
+        if (dropout == 0.0f) {
+            if (policy == VD_WEFF_ALWAYS) use = 1;
+            else if (policy == VD_WEFF_AUTO) use = (double)tokens_per_step * (md->in + md->out) > (double)md->in * md->out;
+        }
+        if (use) {
+            md->weff = a->be->alloc(sizeof(float) * (size_t)md->in * md->out);
+            any = 1;
+        }
+    }
+    return any;
+}
+
+const float *vd_adapter_dropped(vd_adapter *a, int32_t module, float *scratch, const float *x, float p, int32_t N,
+                               const vd_fwd_ctx *ctx) {
+    if (!(p > 0.0f && ctx->training)) return x;
+    a->be->dropout(scratch, x, N, a->modules[module].in, p, vd_adapter_dropout_seed(ctx, module), ctx->row0);
+    return scratch;
+}
+
+void vd_adapter_input_grad(vd_adapter *a, int32_t module, float *dinp, const float *dU, const float *A, float scale,
+                           float *scratch, float p, int32_t N, const vd_fwd_ctx *ctx) {
+    const vd_backend *be = a->be;
+    int32_t r = a->opt.r, in = a->modules[module].in;
+    if (p > 0.0f && ctx->training) {
+        be->gemm(0, 0, N, in, r, scale, dU, r, A, in, 0.0f, scratch, in);
+        be->dropout(scratch, scratch, N, in, p, vd_adapter_dropout_seed(ctx, module), ctx->row0);
+        be->accumulate(dinp, scratch, (size_t)N * in);
+    } else {
+        be->gemm(0, 0, N, in, r, scale, dU, r, A, in, 1.0f, dinp, in);
+    }
+}
+
 void vd_adapter_refresh(vd_adapter *a) { a->ops->refresh(a); }
+
+void vd_adapter_check_trainable(const vd_adapter *a) {
+    if (a->ops->check_trainable) a->ops->check_trainable(a);
+}
 
 void vd_adapter_zero_grads(vd_adapter *a) {
     if (a->ops->zero_grads) a->ops->zero_grads(a);
@@ -221,18 +267,20 @@ uint64_t vd_adapter_dropout_seed(const vd_fwd_ctx *ctx, int32_t module) {
 }
 
 void vd_linear_forward(vd_adapter *a, const vd_backend *be, int32_t module, float *out, const float *inp,
-                       const float *W, const float *bias, int32_t N, int32_t in, int32_t outd,
+                       const vd_tensor *W, const float *bias, int32_t N, int32_t in, int32_t outd,
                        const vd_fwd_ctx *ctx) {
     vd_adapter_module *md = module >= 0 ? &a->modules[module] : NULL;
-    /* with a merged weight the adapter term is already inside W0 + dW */
-    be->gemm(0, 0, N, outd, in, 1.0f, inp, in, md && md->weff ? md->weff : W, outd, 0.0f, out, outd);
+    /* with a merged weight (fp32 only) the adapter term is already inside W0 + dW */
+    if (md && md->weff) be->gemm(0, 0, N, outd, in, 1.0f, inp, in, md->weff, outd, 0.0f, out, outd);
+    else be->gemm_ex(0, 0, N, outd, in, 1.0f, inp, VD_DTYPE_F32, in, W->data, W->dtype, outd, 0.0f, out, outd);
     if (bias) be->add_bias(out, bias, N, outd);
     if (md) a->ops->linear_forward(a, module, out, inp, N, ctx);
 }
 
 void vd_linear_backward(vd_adapter *a, const vd_backend *be, int32_t module, float *dinp, const float *dout,
-                        const float *W, int32_t N, int32_t in, int32_t outd, const vd_fwd_ctx *ctx) {
+                        const vd_tensor *W, int32_t N, int32_t in, int32_t outd, const vd_fwd_ctx *ctx) {
     vd_adapter_module *md = module >= 0 ? &a->modules[module] : NULL;
-    be->gemm(0, 1, N, in, outd, 1.0f, dout, outd, md && md->weff ? md->weff : W, outd, 0.0f, dinp, in);
+    if (md && md->weff) be->gemm(0, 1, N, in, outd, 1.0f, dout, outd, md->weff, outd, 0.0f, dinp, in);
+    else be->gemm_ex(0, 1, N, in, outd, 1.0f, dout, VD_DTYPE_F32, outd, W->data, W->dtype, outd, 0.0f, dinp, in);
     if (md) a->ops->linear_backward(a, module, dinp, dout, N, ctx);
 }

@@ -17,6 +17,11 @@
 typedef struct {
     float *A;            /* (r, max_in) device */
     float *B;            /* (max_out, r) device */
+    /* bf16 copies of A and B for the adapter GEMMs when the base weights are bf16 (W0 NULL):
+     * they run on bf16 inputs like the base GEMMs (U and the other fp32 operands are rounded as
+     * they enter gemm_ex); the vector gradients read the fp32 B. Else NULL. */
+    void *A16;           /* (r, max_in) device bf16 */
+    void *B16;           /* (max_out, r) device bf16 */
     size_t *off_b;       /* (n_modules) offset of lambda_b (out) in params / grads */
     size_t *off_d;       /* (n_modules) offset of lambda_d (r) */
     float **U;           /* (n_modules) of (N, r): u = A[:, :in] x of the last forward, kept for backward */
@@ -62,6 +67,12 @@ static void vera_layout(vd_adapter *a) {
     s->B = be->alloc(sizeof(float) * nbm);
     be->to_device(s->A, hA, sizeof(float) * na);
     be->to_device(s->B, hB, sizeof(float) * nbm);
+    if (a->n_modules > 0 && !a->modules[0].W0) { /* bf16 base weights */
+        s->A16 = be->alloc(sizeof(uint16_t) * na);
+        s->B16 = be->alloc(sizeof(uint16_t) * nbm);
+        be->to_bf16(s->A16, s->A, na);
+        be->to_bf16(s->B16, s->B, nbm);
+    }
     free(hA);
     free(hB);
     int64_t sa[2] = {opt->r, a->max_in}, sb[2] = {a->max_out, opt->r};
@@ -135,6 +146,8 @@ static void vera_free(vd_adapter *a) {
     }
     be->free(s->A);
     be->free(s->B);
+    if (s->A16) be->free(s->A16);
+    if (s->B16) be->free(s->B16);
     if (s->xdrop) be->free(s->xdrop);
     if (s->tmp_r) be->free(s->tmp_r);
     if (s->tmp_out) be->free(s->tmp_out);
@@ -145,6 +158,12 @@ static void vera_free(vd_adapter *a) {
     free(s->U);
     free(s);
     a->state = NULL;
+}
+
+/* A projection as a GEMM operand: the bf16 copy when there is one, else fp32. */
+static const void *vera_proj(const float *p32, const void *p16, vd_dtype *t) {
+    *t = p16 ? VD_DTYPE_BF16 : VD_DTYPE_F32;
+    return p16 ? p16 : (const void *)p32;
 }
 
 /* After the base GEMM: U = x A[:, :in]^T (kept for the vector gradients), then, unless the merged
@@ -161,10 +180,12 @@ static void vera_linear_forward(vd_adapter *a, int32_t module, float *out, const
         be->dropout(s->xdrop, inp, N, in, a->opt.dropout, vd_adapter_dropout_seed(ctx, module), ctx->row0);
         x = s->xdrop;
     }
-    be->gemm(0, 1, N, r, in, 1.0f, x, in, s->A, a->max_in, 0.0f, s->U[module], r);
+    vd_dtype ta, tb;
+    const void *A = vera_proj(s->A, s->A16, &ta), *Bp = vera_proj(s->B, s->B16, &tb);
+    be->gemm_ex(0, 1, N, r, in, 1.0f, x, VD_DTYPE_F32, in, A, ta, a->max_in, 0.0f, s->U[module], r);
     if (md->weff) return;
     be->scale_cols(s->tmp_r, s->U[module], d, N, r);
-    be->gemm(0, 1, N, outd, r, 1.0f, s->tmp_r, r, s->B, r, 0.0f, s->tmp_out, outd);
+    be->gemm_ex(0, 1, N, outd, r, 1.0f, s->tmp_r, VD_DTYPE_F32, r, Bp, tb, r, 0.0f, s->tmp_out, outd);
     be->scale_cols_add(out, s->tmp_out, b, N, outd);
 }
 
@@ -181,14 +202,16 @@ static void vera_linear_backward(vd_adapter *a, int32_t module, float *dinp, con
     be->vera_vector_grads(a->grads + s->off_b[module], a->grads + s->off_d[module], s->M, s->B, b, d, outd, r);
     if (md->weff) return;
     be->scale_cols(s->tmp_out, dout, b, N, outd);
-    be->gemm(0, 0, N, r, outd, 1.0f, s->tmp_out, outd, s->B, r, 0.0f, s->tmp_r, r);
+    vd_dtype ta, tb;
+    const void *A = vera_proj(s->A, s->A16, &ta), *Bp = vera_proj(s->B, s->B16, &tb);
+    be->gemm_ex(0, 0, N, r, outd, 1.0f, s->tmp_out, VD_DTYPE_F32, outd, Bp, tb, r, 0.0f, s->tmp_r, r);
     be->scale_cols(s->tmp_r, s->tmp_r, d, N, r);
     if (a->opt.dropout > 0.0f && ctx->training) {
-        be->gemm(0, 0, N, in, r, 1.0f, s->tmp_r, r, s->A, a->max_in, 0.0f, s->xdrop, in);
+        be->gemm_ex(0, 0, N, in, r, 1.0f, s->tmp_r, VD_DTYPE_F32, r, A, ta, a->max_in, 0.0f, s->xdrop, in);
         be->dropout(s->xdrop, s->xdrop, N, in, a->opt.dropout, vd_adapter_dropout_seed(ctx, module), ctx->row0);
         be->accumulate(dinp, s->xdrop, (size_t)N * in);
     } else {
-        be->gemm(0, 0, N, in, r, 1.0f, s->tmp_r, r, s->A, a->max_in, 1.0f, dinp, in);
+        be->gemm_ex(0, 0, N, in, r, 1.0f, s->tmp_r, VD_DTYPE_F32, r, A, ta, a->max_in, 1.0f, dinp, in);
     }
 }
 

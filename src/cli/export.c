@@ -20,9 +20,11 @@
 int vd_export_main(int argc, char **argv) {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         printf("usage: vera-dist export --checkpoint FILE --format peft|merged|lora --out DIR [--model DIR]\n"
-               "                        [--save_projection [0|1]] [--overwrite [0|1]]\n"
+               "                        [--save_projection [0|1]] [--save_only_topk_weights [0|1]] [--overwrite [0|1]]\n"
                "peft:   DIR/adapter_config.json + adapter_model.safetensors for PeftModel.from_pretrained\n"
-               "        (save_projection 1, the default, also stores vera_A/vera_B)\n"
+               "        (save_projection 1, the default, also stores vera_A/vera_B; VB-LoRA:\n"
+               "        save_only_topk_weights 1 stores only the top-k indices and weights, for merging\n"
+               "        and inference only; default: the checkpoint's configuration)\n"
                "merged: DIR/config.json + model.safetensors with W0 + dW merged, for transformers alone\n"
                "lora:   DIR/adapter_config.json + adapter_model.safetensors, a PEFT LoRA adapter with the same\n"
                "        dW (lora_A = diag(d) A, lora_B = diag(b) B, lora_alpha = r) for LoRA-only servers\n"
@@ -35,8 +37,10 @@ int vd_export_main(int argc, char **argv) {
     const char *out = vd_cli_take_option(&argc, argv, "out");
     const char *model_dir = vd_cli_take_option(&argc, argv, "model");
     int save_projection = vd_cli_take_flag(&argc, argv, "save_projection", "export");
+    int topk_only = vd_cli_take_flag(&argc, argv, "save_only_topk_weights", "export");
     int force = vd_cli_take_flag(&argc, argv, "overwrite", "export") == 1;
-    vd_cli_refuse_rest(argc, argv, "export", "--checkpoint, --format, --out, --model, --save_projection, --overwrite");
+    vd_cli_refuse_rest(argc, argv, "export",
+                       "--checkpoint, --format, --out, --model, --save_projection, --save_only_topk_weights, --overwrite");
     if (!ckpath) vd_die("export: --checkpoint FILE is required");
     if (!out) vd_die("export: --out DIR is required");
     if (!format || (strcmp(format, "peft") != 0 && strcmp(format, "merged") != 0 && strcmp(format, "lora") != 0))
@@ -64,6 +68,12 @@ int vd_export_main(int argc, char **argv) {
     vd_adapter ad;
     vd_adapter_options ao;
     vd_adapter_options_from_config(&ao, &cfg, mask);
+    if (topk_only >= 0) {
+        if (topk_only == 1 && (ao.type != VD_ADAPTER_VBLORA || strcmp(format, "peft") != 0))
+            vd_die("export: --save_only_topk_weights applies to --format peft of a vblora checkpoint; %s is a %s "
+                   "checkpoint, --format %s", ckpath, vd_adapter_type_name(ao.type), format);
+        ao.save_only_topk_weights = topk_only;
+    }
     vd_adapter_init(&ad, be, &model, &ao);
     vd_cli_check_checkpoint_adapter("export", ckpath, &ck, &ad);
     be->to_device(ad.params, ck.params, sizeof(float) * ck.n_trainable);

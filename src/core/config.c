@@ -137,15 +137,20 @@ static const vd_key g_keys[] = {
      "testing only: sleep this long between datasets while writing a checkpoint"},
     /* last in the table (it is a [system] key): checkpoints written before it existed still line
      * up key by key with this table when resumed */
-    {"precision", "system", KT_STRING, FIELD(precision), "fp32", 0, 0, RESUME_FREE, "fp32|bf16",
-     "arithmetic of the frozen model: fp32; bf16 (bf16 weights and activations, fp32 adapter vectors "
-     "and optimizer) is not implemented yet and is rejected"},
+    {"precision", "system", KT_STRING, FIELD(precision), "fp32", 0, 0, RESUME_FREE, "fp32|bf16|tf32",
+     "arithmetic of the frozen model: fp32; bf16 (frozen linear weights stored bf16, their GEMMs on bf16 "
+     "inputs with fp32 accumulation; adapter vectors, gradients, optimizer and residual stream fp32); "
+     "tf32 (cuda only: fp32 storage, TF32 tensor-core GEMMs). May differ on resume"},
     /* after precision for the same reason: a checkpoint without this line was written with pack 0 */
     {"pack", "data", KT_BOOL, FIELD(pack), "0", 0, 1, 0, NULL,
      "shards of examples (prepare-data JSONL): 1 packs several examples into each sequence (positions "
      "restart and attention stays inside each example); 0 gives each example its own sequences"},
-    /* after pack for the same reason: the adapter method and its keys (docs/adapters.md); a
-     * checkpoint without these lines was written by VeRA at these defaults */
+    /* appended for the same reason */
+    {"collective_timeout", "system", KT_FLOAT, FIELD(collective_timeout), "20", 0, 86400, RESUME_FREE, NULL,
+     "seconds a rank waits inside one collective for the others before it names the ranks that did not "
+     "arrive and ends the job (10x this at start-up, in the first step and at the end); 0 = wait forever"},
+    /* after collective_timeout for the same reason: the adapter method and its keys
+     * (docs/adapters.md); a checkpoint without these lines was written by VeRA at these defaults */
     {"adapter_type", "adapter", KT_STRING, FIELD(adapter_type), "vera", 0, 0, 0, "vera|vblora|lora",
      "adapter method: vera (shared frozen projections, trainable scaling vectors), vblora (VB-LoRA: "
      "a shared vector bank with top-k admixture), lora (trainable A and B per layer); r and "

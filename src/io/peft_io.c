@@ -33,13 +33,11 @@ static void peft_check_saved(const vd_adapter *a, const vd_safetensors *st, cons
     free(ours);
 }
 
-void vd_peft_load_tensors(vd_adapter *a, const char *path) {
-    vd_safetensors st;
-    vd_safetensors_open(&st, path);
-    float *hp = mallocCheck(sizeof(float) * a->n_trainable);
+/* Every tensor of a's table by its PEFT key into hp; the file may hold nothing else. */
+static void peft_read_table(const vd_adapter *a, const vd_safetensors *st, const char *path, float *hp) {
     for (int32_t i = 0; i < a->n_tensors; i++) {
         const vd_adapter_tensor *at = &a->tensors[i];
-        const vd_st_tensor *t = vd_safetensors_find(&st, at->peft_key);
+        const vd_st_tensor *t = vd_safetensors_find(st, at->peft_key);
         if (!t) vd_die("%s: missing tensor %s (HINT: target_modules and r must match the adapter's)", path, at->peft_key);
         if ((size_t)vd_st_tensor_numel(t) != at->numel || t->ndim != at->ndim)
             vd_die("%s: tensor %s has %lld elements in %d dimensions, expected %lld in %d", path, at->peft_key,
@@ -48,17 +46,25 @@ void vd_peft_load_tensors(vd_adapter *a, const char *path) {
             if (t->shape[d] != at->shape[d])
                 vd_die("%s: tensor %s has dimension %d of %lld, expected %lld", path, at->peft_key, (int)d,
                        (long long)t->shape[d], (long long)at->shape[d]);
-        vd_safetensors_read_f32(&st, t, hp + at->offset);
+        vd_safetensors_read_f32(st, t, hp + at->offset);
     }
     /* a tensor this adapter does not have means the configurations differ */
-    for (int32_t k = 0; k < st.n_tensors; k++) {
-        const char *name = st.tensors[k].name;
+    for (int32_t k = 0; k < st->n_tensors; k++) {
+        const char *name = st->tensors[k].name;
         int known = vd_adapter_find_tensor(a, name) >= 0;
         for (int32_t i = 0; i < a->n_saved && !known; i++) known = !strcmp(a->saved[i].peft_key, name);
         if (!known)
             vd_die("%s: tensor %s belongs to a layer this run does not adapt, or to another method (HINT: check "
                    "target_modules and adapter_type)", path, name);
     }
+}
+
+void vd_peft_load_tensors(vd_adapter *a, const char *path) {
+    vd_safetensors st;
+    vd_safetensors_open(&st, path);
+    float *hp = mallocCheck(sizeof(float) * a->n_trainable);
+    /* a method may read its own form first (VB-LoRA's top-k only files) */
+    if (!(a->ops->peft_read_tensors && a->ops->peft_read_tensors(a, &st, hp))) peft_read_table(a, &st, path, hp);
     for (int32_t i = 0; i < a->n_saved; i++) peft_check_saved(a, &st, &a->saved[i]);
     a->be->to_device(a->params, hp, sizeof(float) * a->n_trainable);
     free(hp);
@@ -259,10 +265,7 @@ static void peft_saved_free(const vd_adapter *a, float **h) {
 
 void vd_peft_write_safetensors(const char *path, const vd_adapter *a, const float *hp, int save_saved,
                                const char *const *meta_kv, int32_t n_meta) {
-    if (a->ops->peft_write_tensors) {
-        a->ops->peft_write_tensors(a, hp, path, save_saved, meta_kv, n_meta);
-        return;
-    }
+    if (a->ops->peft_write_tensors && a->ops->peft_write_tensors(a, hp, path, save_saved, meta_kv, n_meta)) return;
     float **saved = peft_saved_host(a, save_saved);
     int32_t n = a->n_tensors + (saved ? a->n_saved : 0);
     vd_st_entry *e = callocCheck((size_t)n, sizeof(vd_st_entry));

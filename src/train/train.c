@@ -94,8 +94,9 @@ static void train_check_config(const vd_config *cfg, const vd_comm *comm) {
 /* The backend for `device` (docs/gpu.md): cpu; cuda (or a one-line error on every rank); auto =
  * cuda when a device is usable, else cpu, saying which and why. The only code that knows
  * whether this build has the CUDA backend. vd_backend_cuda_init is collective and answers the
- * same on every rank, so all ranks take the same branch. Then `precision`: fp32 everywhere;
- * bf16 is designed (docs/gpu.md, "Precision") but not implemented on either backend yet. */
+ * same on every rank, so all ranks take the same branch. Then `precision`: tf32 is a cuBLAS
+ * mode (refused on a backend without it); bf16 is how the model stores its weights
+ * (train_weight_dtype), the same on every backend. */
 static const vd_backend *train_pick_backend(const vd_config *cfg, const vd_comm *comm) {
     const char *dev = cfg->device;
     const vd_backend *be = NULL;
@@ -121,11 +122,11 @@ static const vd_backend *train_pick_backend(const vd_config *cfg, const vd_comm 
     if (!strcmp(dev, "auto")) vd_log("device: auto -> cpu (this build has no CUDA backend)\n");
 #endif
     if (!be) be = vd_backend_cpu_init(comm);
-    if (!strcmp(cfg->precision, "bf16")) {
-        if (!strcmp(be->name, "cpu"))
-            vd_die("precision: bf16 needs the cuda backend; the cpu backend computes in fp32 (HINT: --precision fp32)");
-        vd_die("precision: bf16 is not implemented yet on the cuda backend (design in docs/gpu.md, \"Precision\"); "
-               "use --precision fp32");
+    if (!strcmp(cfg->precision, "tf32")) {
+        if (!be->set_tf32)
+            vd_die("precision: tf32 needs the cuda backend; the %s backend has no TF32 arithmetic (HINT: --precision "
+                   "fp32 or bf16)", be->name);
+        be->set_tf32(1);
     }
     return be;
 }
@@ -436,6 +437,7 @@ static void train_resume(train_run *run) {
         vd_log("resume: continuing from %s at step %d\n", run->comm.rank == 0 ? chosen : "checkpoint", (int)head.step);
     } else if (run->cfg.init_adapter[0]) {
         vd_peft_load_dir(&run->ad, run->cfg.init_adapter);
+        vd_adapter_check_trainable(&run->ad);
         vd_log("resume: starting fresh from the PEFT adapter %s\n", run->cfg.init_adapter);
     } else {
         vd_log("resume: starting fresh\n");
@@ -523,6 +525,7 @@ static int train_step(train_run *run, uint64_t n_targets, float *loss_out, float
     float extra[2] = {(float)loss_sum, g_stop_signal ? 1.0f : 0.0f};
     be->to_device(ad->grads + ad->n_trainable, extra, sizeof(extra));
     /* the one collective of the step: every gradient, the loss and the stop flag, one buffer */
+    vd_comm_set_step(&run->comm, step);
     be->allreduce_sum(ad->grads, ad->n_reduce);
     be->to_host(extra, ad->grads + ad->n_trainable, sizeof(extra));
     /* each optimizer group at its own peak, on the one schedule; the first group's is logged */
@@ -548,12 +551,24 @@ static int train_step(train_run *run, uint64_t n_targets, float *loss_out, float
     return extra[1] > 0.0f;
 }
 
+/* The collectives' patience (docs/multinode.md, "Lost and frozen nodes"): collective_timeout
+ * seconds of waiting inside one collective, ten times that while the ranks may legitimately be
+ * far apart: start-up (each rank loads the model and checks its part of the data; page caches
+ * and file systems differ between nodes), the first step, and the end (rank 0 writes the last
+ * checkpoint and the adapter while the others wait in the last barrier). */
+#define TRAIN_SLOW_PHASE_FACTOR 10.0
+
+static void train_set_patience(train_run *run, int slow_phase) {
+    vd_comm_set_timeout(&run->comm, (double)run->cfg.collective_timeout * (slow_phase ? TRAIN_SLOW_PHASE_FACTOR : 1.0));
+}
+
 static void train_setup(train_run *run, int argc, char **argv) {
     vd_config *cfg = &run->cfg;
     vd_comm_init(&run->comm, &argc, &argv);
     vd_config_defaults(cfg);
     vd_config_parse(cfg, argc, argv, 1);
     vd_config_validate(cfg);
+    train_set_patience(run, 1);
     train_check_config(cfg, &run->comm);
     vd_config_serialize(cfg, run->config_text, sizeof(run->config_text));
 
@@ -597,7 +612,7 @@ static void train_setup(train_run *run, int argc, char **argv) {
     run->S = (uint64_t)run->B * (uint64_t)cfg->grad_accum * (uint64_t)run->comm.world;
     /* refuse what cannot fit before allocating it (the kernel would kill the rank silently) */
     vd_memory_check_run(&run->mc, run->target_mask, cfg, run->comm.local_size, run->be);
-    vd_model_init(&run->model, run->be, &run->mc, host_params);
+    vd_model_init_typed(&run->model, run->be, &run->mc, host_params, vd_precision_weight_dtype(cfg->precision));
     free(host_params);
     vd_model_alloc_acts(&run->model, run->B, run->T);
     vd_adapter_options ao;
@@ -650,6 +665,12 @@ static void train_print_summary(const train_run *run) {
            v->n_reduce, sizeof(float) * v->n_reduce);
     vd_log("input gradient: merged W0+dW on %d of %d adapted layers, factored on the rest\n", (int)n_weff,
            (int)v->n_modules);
+    if (!strcmp(cfg->precision, "bf16"))
+        vd_log("precision: bf16: %zu frozen linear-layer weights stored bf16 (gemm_ex: bf16 inputs, fp32 accumulation); "
+               "embeddings, norms, biases, adapter, gradients, AdamW and the residual stream fp32\n",
+               vd_model_linear_params(&run->mc));
+    else if (!strcmp(cfg->precision, "tf32"))
+        vd_log("precision: tf32: fp32 storage, TF32 GEMMs (cuBLAS CUBLAS_COMPUTE_32F_FAST_TF32)\n");
     vd_log("data: %s: %llu sequences of %d tokens per epoch; global batch %llu sequences = %llu tokens\n",
            cfg->train_data, (unsigned long long)run->train.n_seqs, (int)run->T, (unsigned long long)run->S,
            (unsigned long long)(run->S * (uint64_t)run->T));
@@ -708,6 +729,7 @@ int vd_train_main(int argc, char **argv) {
         int skipped;
         uint64_t n_targets = train_step_targets(&run, run.step);
         stopped = train_step(&run, n_targets, &loss, &lr, &norm, &skipped);
+        train_set_patience(&run, 0); /* the first step is done: from now on the ranks move in step */
         double ms = 1e3 * (vd_time_s() - t0);
         int32_t step = run.step; /* 1-based number of the step just taken */
         if (skipped) {
@@ -758,6 +780,7 @@ int vd_train_main(int argc, char **argv) {
         }
     }
 
+    train_set_patience(&run, 1);
     /* every rank must hold the same vectors: one hash per rank, compared */
     float *hp = mallocCheck(sizeof(float) * run.ad.n_trainable);
     run.be->to_host(hp, run.ad.params, sizeof(float) * run.ad.n_trainable);

@@ -167,5 +167,7 @@ case "${VD_TEST_ADAPTER:-vera}" in
   vera) ADAPTER_ARGS=(--adapter_type vera --r 16); DROPOUT_KEY=--vera_dropout; HAS_PROJECTION=1; OTHER_ADAPTER=lora ;;
   lora) ADAPTER_ARGS=(--adapter_type lora --r 4 --lora_alpha 8); DROPOUT_KEY=--lora_dropout; HAS_PROJECTION=0
         OTHER_ADAPTER=vera ;;
-  *) fail "VD_TEST_ADAPTER=${VD_TEST_ADAPTER} is not vera or lora" ;;
+  vblora) ADAPTER_ARGS=(--adapter_type vblora --r 4 --num_vectors 32 --vector_length 16 --topk 2 --lr_vector_bank 1e-3)
+          DROPOUT_KEY=--vblora_dropout; HAS_PROJECTION=0; OTHER_ADAPTER=lora ;;
+  *) fail "VD_TEST_ADAPTER=${VD_TEST_ADAPTER} is not vera, lora or vblora" ;;
 esac
