@@ -222,20 +222,21 @@ def worker_peft(a):
         return x[:, :-1].contiguous(), x[:, 1:].contiguous()
 
     prof = None
-    step_ms, losses = [], []
+    step_ms, step_cpu_ms, losses = [], [], []
     for s in range(a.steps):
         x, y = batch(s)
         if a.profile and s == WARMUP:
             prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
             prof.__enter__()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         opt.zero_grad(set_to_none=True)
         logits = fwd(input_ids=x).logits
         loss = F.cross_entropy(logits.reshape(-1, V), y.reshape(-1))
         loss.backward()
         opt.step()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         step_ms.append(1e3 * (t1 - t0))
+        step_cpu_ms.append(1e3 * (c1 - c0))
         losses.append(float(loss.detach()))
         del logits, loss
         if s == 0 and a.marker:
@@ -253,7 +254,7 @@ def worker_peft(a):
         vectors[n[: -len(".default")] if n.endswith(".default") else n] = p.detach().clone().contiguous()
     from safetensors.torch import save_file
     save_file(vectors, os.path.join(a.out, "vectors.safetensors"))
-    info = dict(step_ms=step_ms, losses=losses, load_s=load_s, rss_setup_kb=rss_setup_kb,
+    info = dict(step_ms=step_ms, step_cpu_ms=step_cpu_ms, losses=losses, load_s=load_s, rss_setup_kb=rss_setup_kb,
                 n_trainable=sum(p.numel() for _, p in trainable), torch=torch.__version__,
                 transformers=transformers.__version__, peft=peft.__version__,
                 attn=getattr(model.config, "_attn_implementation", a.attn), threads=torch.get_num_threads(),
@@ -276,19 +277,38 @@ def vm_rss_kb(pid):
     return 0
 
 
-def run_child(cmd, env, log_path, train_marker, timeout):
+def proc_cpu_s(pid):
+    """CPU seconds (user + system, all threads) a live process has used so far; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def run_child(cmd, env, log_path, train_marker, timeout, progress=None):
     """Runs cmd with stdout+stderr to log_path; returns rc, wall, ru_maxrss of the child (kB),
     and the largest VmRSS sampled once train_marker (a file) exists: the memory of training
-    itself, without load-time peaks."""
+    itself, without load-time peaks. progress (optional): the number of steps done so far; the
+    child's CPU time is sampled when it first reads k (cpu_at_step[k]), so CPU seconds per step
+    come out without the load (a 20 ms sampling period against steps of seconds)."""
     with open(log_path, "w") as log:
         p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     samples = {"train_max": 0}
+    cpu_at = {}
     done = threading.Event()
 
     def sampler():
         while not done.is_set():
             if train_marker():
                 samples["train_max"] = max(samples["train_max"], vm_rss_kb(p.pid))
+            if progress is not None:
+                k = progress()
+                if k not in cpu_at:
+                    c = proc_cpu_s(p.pid)
+                    if c is not None:
+                        cpu_at[k] = c
             done.wait(0.02)
 
     th = threading.Thread(target=sampler, daemon=True)
@@ -310,7 +330,7 @@ def run_child(cmd, env, log_path, train_marker, timeout):
     th.join()
     p.returncode = os.waitstatus_to_exitcode(status)
     return dict(rc=p.returncode, timed_out=timed_out, wall_s=wall, maxrss_kb=ru.ru_maxrss,
-                train_rss_kb=samples["train_max"])
+                train_rss_kb=samples["train_max"], cpu_at_step=cpu_at)
 
 
 def base_env(threads):
@@ -325,8 +345,13 @@ def base_env(threads):
     return env
 
 
-def vd_command(a, spec, shard, out):
-    return [str(a.vera_dist), "train", "--model", str(spec["vd_model"]), "--train_data", str(shard), "--out_dir", str(out),
+def vd_binary(a, extra_env):
+    """The binary of a vera-dist system: --vera-dist, or a --vd-binary variant's (its VD_BIN= entry)."""
+    return next((e.split("=", 1)[1] for e in extra_env if e.startswith("VD_BIN=")), str(a.vera_dist))
+
+
+def vd_command(a, spec, shard, out, binary=None):
+    return [str(binary or a.vera_dist), "train", "--model", str(spec["vd_model"]), "--train_data", str(shard), "--out_dir", str(out),
             "--resume", "none", "--overwrite", "1", "--batch_size", str(a.batch), "--seq_len", str(a.seq),
             "--grad_accum", "1", "--max_steps", str(a.steps), "--warmup_steps", "0", "--min_lr_ratio", "1",
             "--lr", repr(a.lr), "--weight_decay", "0", "--grad_clip", "0", "--beta1", repr(a.beta1),
@@ -340,9 +365,16 @@ def measure_vd(a, spec, shard, out, extra_env):
     metrics = out / "metrics.jsonl"
     if metrics.exists():
         metrics.unlink()
-    cmd = vd_command(a, spec, shard, out)
+    cmd = vd_command(a, spec, shard, out, vd_binary(a, extra_env))
+    extra_env = [e for e in extra_env if not e.startswith("VD_BIN=")]
     env = vd_env(a, extra_env)
-    r = run_child(cmd, env, out / "log.txt", lambda: metrics.exists() and metrics.stat().st_size > 0, a.timeout)
+    def steps_done():
+        try:
+            return metrics.read_text().count("\n")
+        except OSError:
+            return 0
+    r = run_child(cmd, env, out / "log.txt", lambda: metrics.exists() and metrics.stat().st_size > 0, a.timeout,
+                  steps_done)
     r["cmd"] = " ".join(shlex.quote(c) for c in cmd)
     if a.vd_env or extra_env:
         r["cmd"] = " ".join(list(a.vd_env) + list(extra_env)) + " " + r["cmd"]
@@ -354,6 +386,8 @@ def measure_vd(a, spec, shard, out, extra_env):
     r["losses"] = [row["loss"] for row in rows]
     r["tokens_per_step"] = rows[0]["tokens"]
     r["vectors"] = str(out / "adapter_final.safetensors")
+    ca, K = r["cpu_at_step"], len(rows)
+    r["cpu_s_measured"] = ca[K] - ca[WARMUP] if K in ca and WARMUP in ca else None
     return r
 
 
@@ -392,6 +426,14 @@ def tail(path, n=25):
         return "\n".join(pathlib.Path(path).read_text(errors="replace").splitlines()[-n:])
     except OSError:
         return ""
+
+
+def cpu_throughput(r):
+    """tokens per CPU second (all threads) over the steps after the warm-up; None when not sampled."""
+    c = r.get("cpu_s_measured")
+    if c is None and r.get("step_cpu_ms"):
+        c = sum(r["step_cpu_ms"][WARMUP:]) / 1e3
+    return r["tokens_per_step"] * (len(r["step_ms"]) - WARMUP) / c if c else None
 
 
 def throughput(r):
@@ -551,11 +593,16 @@ def main():
     ap.add_argument("--peft-variant", dest="peft_variant", action="append", default=[], metavar="NAME:K=V[,K=V]",
                     help="also run PEFT eager with this extra environment, shown as peft-eager[NAME] "
                          "(e.g. stock:-OMP_WAIT_POLICY; -KEY unsets)")
+    ap.add_argument("--vd-binary", dest="vd_binary", action="append", default=[], metavar="NAME:PATH",
+                    help="also run another vera-dist binary (e.g. a build of the previous commit) as vera-dist[NAME], "
+                         "interleaved with the others, same environment")
     ap.add_argument("--vd-variant", dest="vd_variant", action="append", default=[], metavar="NAME:K=V[,K=V]",
                     help="also run vera-dist with this extra environment, shown as vera-dist[NAME]; -KEY unsets "
                          "(e.g. passive:OMP_WAIT_POLICY=passive)")
     ap.add_argument("--skip", action="append", default=[], choices=["peft-eager", "peft-compile"],
                     help="leave this reference out (e.g. a vera-dist-only A/B of environments)")
+    ap.add_argument("--no-roofline", dest="no_roofline", action="store_true",
+                    help="skip the sgemm-rate measurement and the FLOP fraction after the runs (bench/roofline.py)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler over PEFT eager's measured steps")
     ap.add_argument("--json", help="write every measurement here")
     ap.add_argument("--label", default="", help="free text stored in --json")
@@ -599,6 +646,11 @@ def main():
     run_root = cache / "runs" / f"{spec['name']}-t{a.threads}-b{a.batch}-s{a.seq}-k{a.steps}-{os.getpid()}"
 
     variants = {}
+    for v in a.vd_binary:
+        name, _, path = v.partition(":")
+        if not os.access(path, os.X_OK):
+            ap.error(f"--vd-binary {v}: {path} is not an executable")
+        variants["vera-dist[" + name + "]"] = ["VD_BIN=" + str(pathlib.Path(path).resolve())]
     for v in a.vd_variant:
         name, _, envs = v.partition(":")
         variants["vera-dist[" + name + "]"] = [e for e in envs.split(",") if e]
@@ -614,7 +666,9 @@ def main():
     info["vd_blas"] = {}
     for sysname in systems:
         if sysname.startswith("vera-dist"):
-            b = info["vd_blas"][sysname] = vd_blas_info(a.vera_dist, vd_env(a, variants.get(sysname, [])))
+            ve = variants.get(sysname, [])
+            b = info["vd_blas"][sysname] = vd_blas_info(vd_binary(a, ve),
+                                                        vd_env(a, [e for e in ve if not e.startswith("VD_BIN=")]))
             print(f"{sysname} BLAS: {'; '.join(b['ldd'])}; OpenBLAS kernel {b['corename']}; env {b['env']}")
     print(f"model {spec['name']} ({spec['describe']}), VeRA on {spec['targets_text']}, batch {a.batch}, seq {a.seq}, steps {a.steps} (first {WARMUP} are warm-up), "
           f"threads {a.threads}, r {a.r}, lr {a.lr}, repeats {a.repeats}")
@@ -649,11 +703,13 @@ def main():
                 continue
             r["tok_s"] = throughput(r)
             r["tok_s_medstep"] = r["tokens_per_step"] / (statistics.median(r["step_ms"][WARMUP:]) / 1e3)
+            r["tok_cpu_s"] = cpu_throughput(r)
             runs[sysname].append(r)
             extra = f", first step {r['step_ms'][0] / 1e3:.1f} s" if sysname == "peft-compile" else ""
             if "load_s" in r:
                 extra += f", load {r['load_s']:.1f} s"
-            print(f"  rep {rep} {sysname:26s}: {r['tok_s']:9.0f} tok/s, peak RSS {fmt_mib(r['maxrss_kb'])} MiB, "
+            cpu_txt = f", {r['tok_cpu_s']:.0f} tok/CPU-s" if r["tok_cpu_s"] else ""
+            print(f"  rep {rep} {sysname:26s}: {r['tok_s']:9.0f} tok/s{cpu_txt}, peak RSS {fmt_mib(r['maxrss_kb'])} MiB, "
                   f"loss {r['losses'][-1]:.6f}, load {r['load_before'][0]:.2f}->{r['load_after'][0]:.2f}{extra}",
                   flush=True)
 
@@ -694,6 +750,7 @@ def main():
               f"{fmt_mib(trss):>7s}Mi {rs[0]['losses'][-1]:11.6f} {dloss:9.1e} {dvec_s:>9s}")
         summary[s] = dict(tok_s=toks, tok_s_median=statistics.median(toks), ratio_to_peft_eager=ratios,
                           tok_s_medstep=[r["tok_s_medstep"] for r in rs],
+                          tok_cpu_s=[r.get("tok_cpu_s") for r in rs],
                           maxrss_kb=[r["maxrss_kb"] for r in rs], train_rss_kb=[r["train_rss_kb"] for r in rs],
                           last_loss=rs[0]["losses"][-1], losses=rs[0]["losses"], max_rel_loss_diff_vs_vd=dloss,
                           max_rel_vec_diff_vs_vd=dvec, load=[(r["load_before"][0], r["load_after"][0]) for r in rs])
@@ -717,6 +774,31 @@ def main():
             print(f"ratio {s}: " + ", ".join(parts))
     if "peft-compile" in skipped:
         print(f"peft-compile skipped after a failure: {skipped['peft-compile']}")
+    cpu_med = {s: statistics.median(x) for s in systems if ok[s]
+               for x in [[r["tok_cpu_s"] for r in ok[s] if r.get("tok_cpu_s")]] if x}
+    if cpu_med:
+        ref_cpu = cpu_med.get(ref_sys)
+        print("tokens per CPU-second (user + system of all threads, the measured steps; the same work on a busy "
+              "machine costs about the same CPU time): " + ", ".join(
+                  f"{s} {v:.0f}" + (f" ({v / ref_cpu:.2f}x {ref_name})" if ref_cpu else "") for s, v in cpu_med.items()))
+    roof = {}
+    if not a.no_roofline:
+        import roofline
+        cfg = (roofline.model_cfg("gpt2", shape=SHAPES[a.shape]) if spec["family"] == "gpt2"
+               else roofline.model_cfg("llama", hf_dir=pathlib.Path(spec["hf_dir"])))
+        _, shapes = roofline.step_flops(cfg, a.batch, a.seq, a.r)
+        for s in systems:
+            if not (s.startswith("vera-dist") and ok[s]):
+                continue
+            ve = variants.get(s, [])
+            rate = roofline.sgemm_rate(vd_binary(a, ve), vd_env(a, [e for e in ve if not e.startswith("VD_BIN=")]),
+                                       a.threads, shapes)
+            tok = {f"{s} (median)": statistics.median(r["tok_s"] for r in ok[s]), f"{s} (fastest step)": fastest(ok[s])}
+            cpu = [r["tok_cpu_s"] for r in ok[s] if r.get("tok_cpu_s")]
+            lines, per_tok = roofline.report(cfg, a.batch, a.seq, a.r, rate, tok,
+                                             {f"{s} (median)": statistics.median(cpu)} if cpu else None)
+            print("\n".join(lines))
+            roof[s] = dict(rate=rate, flops_per_token=per_tok, tok_s=tok)
     print("tok/s: tokens of steps %d..%d / their time, per run; 'x / PEFT eager': ratio of the medians (range of "
           "the per-round ratios); med-step: the same ratio from each run's median step time (robust to bursts of "
           "load); peak RSS: ru_maxrss of the process (load included); train RSS: largest VmRSS "
@@ -731,7 +813,7 @@ def main():
         with open(a.json, "w") as f:
             json.dump(dict(label=a.label, args={k: str(v) for k, v in vars(a).items()}, machine=info,
                            model={k: str(v) if isinstance(v, pathlib.Path) else v for k, v in spec.items()},
-                           summary=summary, runs=runs, skipped=skipped), f, indent=1)
+                           summary=summary, runs=runs, skipped=skipped, roofline=roof), f, indent=1)
         print(f"wrote {a.json}")
 
 

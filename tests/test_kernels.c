@@ -6,9 +6,10 @@
  *             through the double reference (tight), and through the backend's own float
  *             forward on a sample (loose, as this test always did); dq/dk/dv are written, not
  *             accumulated (the buffers start as garbage) and their padding columns untouched;
- *   paths     loops vs GEMMs, and the loops on 1 vs 3 threads (bit for bit).
+ *   paths     loops vs GEMMs, and each path on 1 vs 3 threads (bit for bit).
  * Cases: GPT-2's fused qkv; separate padded q/k/v with 2 kv groups and with none; a fused
- * Llama-style row with one kv head; head_dim never C/n_head of a nominal hidden size. */
+ * Llama-style row with one kv head; a sequence of three of the GEMM path's causal blocks;
+ * head_dim never C/n_head of a nominal hidden size. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -259,20 +260,24 @@ static void test_case(const vd_backend *be, const attn_case *c, uint64_t seed) {
                 CHECK_CLOSE(g1, g0, 1e-4, 1e-6, what);
                 g_err_paths = max_d(g_err_paths, fabs(g1 - g0));
             }
-    /* the loops on 3 threads: every float has one writer in a fixed order, so the same bits */
-    vd_cpu_attention_gemm_min_t = 1 << 30;
-    vd_backend_cpu_set_threads(3);
-    float *o3 = malloc(sizeof(float) * no), *a3 = malloc(sizeof(float) * natt);
-    be->attention_forward(o3, a3, fview(&in, &L, 0), fview(&in, &L, 1), fview(&in, &L, 2), s);
-    run_backward(be, &L, &grad3, datt, R, &in, a3);
-    vd_backend_cpu_set_threads(1);
-    CHECK(memcmp(o3, out[0], sizeof(float) * no) == 0, "%s: loops, 3 threads vs 1: out differs", c->name);
-    CHECK(memcmp(a3, att[0], sizeof(float) * natt) == 0, "%s: loops, 3 threads vs 1: att differs", c->name);
-    for (int j = 0; j < 3; j++)
-        if (grad3.f[j])
-            CHECK(memcmp(grad3.f[j], grad[0].f[j], sizeof(float) * L.nbuf[j]) == 0,
-                  "%s: loops, 3 threads vs 1: gradient buffer %d differs", c->name, j);
-    free(o3); free(a3);
+    /* both paths on 3 threads: every float has one writer in a fixed order (the GEMM path runs
+     * one head per thread, its GEMMs single-threaded), so the same bits as on 1 thread */
+    for (int path = 0; path < 2; path++) {
+        vd_cpu_attention_gemm_min_t = path == 0 ? 1 << 30 : 1;
+        vd_backend_cpu_set_threads(3);
+        float *o3 = malloc(sizeof(float) * no), *a3 = malloc(sizeof(float) * natt);
+        be->attention_forward(o3, a3, fview(&in, &L, 0), fview(&in, &L, 1), fview(&in, &L, 2), s);
+        run_backward(be, &L, &grad3, datt, R, &in, a3);
+        vd_backend_cpu_set_threads(1);
+        CHECK(memcmp(o3, out[path], sizeof(float) * no) == 0, "%s path %d, 3 threads vs 1: out differs", c->name, path);
+        CHECK(memcmp(a3, att[path], sizeof(float) * natt) == 0, "%s path %d, 3 threads vs 1: att differs", c->name,
+              path);
+        for (int j = 0; j < 3; j++)
+            if (grad3.f[j])
+                CHECK(memcmp(grad3.f[j], grad[path].f[j], sizeof(float) * L.nbuf[j]) == 0,
+                      "%s path %d, 3 threads vs 1: gradient buffer %d differs", c->name, path, j);
+        free(o3); free(a3);
+    }
     vd_cpu_attention_gemm_min_t = 128;
 
     for (int p = 0; p < 2; p++) { free(out[p]); free(att[p]); free_bufs(&grad[p]); }
@@ -294,6 +299,8 @@ int main(void) {
         {"mha separate", 2, 9, 4, 4, 6, 0, 3},
         /* one kv head for all 4 query heads, fused Llama-style [q | k | v | pad] rows */
         {"mqa fused", 2, 7, 4, 1, 5, 1, 2},
+        /* longer than two of the GEMM path's query / key blocks (64), the last one partial */
+        {"gqa long", 1, 133, 2, 1, 4, 0, 1},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) test_case(be, &cases[i], 42 + i);
     printf("max |err|: out vs double ref %.3g, softmax vs double ref %.3g, dq/dk/dv vs double FD %.3g, "

@@ -14,6 +14,8 @@
 #include "vera/prng.h"
 #include "vblora_row.h"
 
+#include "cpu_vmath.h"
+
 /* OpenBLAS exports this; declared here so we do not depend on which cblas.h is first on the path. */
 void openblas_set_num_threads(int num_threads);
 
@@ -174,20 +176,21 @@ static void cpu_rope(float *x, const float *inv_freq, const int32_t *pos, int B,
 
 /* SwiGLU's elementwise part: out = silu(gate) * up, silu(x) = x / (1 + exp(-x)). (n) each. */
 static void cpu_swiglu_forward(float *out, const float *gate, const float *up, size_t n) {
-    #pragma omp parallel for schedule(static)
+    /* simd: GCC's cost model declines these loops at SSE2 width on its own */
+    #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        out[i] = g / (1.0f + vd_vexpf(-g)) * up[i];
     }
 }
 
 /* silu'(x) = sig(x) (1 + x (1 - sig(x))). Large negative gates: exp(-g) = inf, sig = 0, both 0. */
 static void cpu_swiglu_backward(float *dgate, float *dup, const float *gate, const float *up, const float *dout,
                                 size_t n) {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
-        float e = expf(-g);
+        float e = vd_vexpf(-g);
         float sig = 1.0f / (1.0f + e);
         float silu = g / (1.0f + e);
         dgate[i] = dout[i] * up[i] * (sig * (1.0f + g * (1.0f - sig)));
@@ -224,75 +227,106 @@ static inline int attn_first_key(const vd_attn_shape *s, int b, int t) {
     return lo < 0 ? 0 : lo > t ? t : lo;
 }
 
-/* Softmax of each row t of S (T x T) in place over keys lo(t) .. t, every other entry 0. */
-static void cpu_causal_softmax_rows(float *S, const vd_attn_shape *s, int b) {
+/* Query rows (and key columns) per block of the GEMM path: each block of queries multiplies
+ * only the keys up to its last row, so about half of T x T (the masked half) is skipped. */
+#define ATTN_BLOCK 64
+
+/* Softmax of scores a[lo..t] in place: every attention row (both paths, the KV cache) goes
+ * through this one summation order. */
+static void attn_softmax_span(float *a, int lo, int t) {
+    float maxv = -INFINITY;
+    for (int t2 = lo; t2 <= t; t2++) if (a[t2] > maxv) maxv = a[t2];
+    float sum = 0.0f;
+    for (int t2 = lo; t2 <= t; t2++) a[t2] = vd_vexpf(a[t2] - maxv); /* vectorised, then summed in order */
+    for (int t2 = lo; t2 <= t; t2++) sum += a[t2];
+    float inv = 1.0f / sum;
+    for (int t2 = lo; t2 <= t; t2++) a[t2] *= inv;
+}
+
+/* Softmax of rows t0 .. t1-1 of S (rows of T floats) in place over keys lo(t) .. t, every other
+ * entry of the row 0. Serial: it runs inside the per-head parallel loop. */
+static void attn_softmax_rows(float *S, const vd_attn_shape *s, int b, int t0, int t1) {
     int T = s->T;
-    #pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        float *a = S + (size_t)t * T;
+    for (int t = t0; t < t1; t++) {
+        float *a = S + (size_t)(t - t0) * T;
         int lo = attn_first_key(s, b, t);
-        float maxv = -INFINITY;
-        for (int t2 = lo; t2 <= t; t2++) if (a[t2] > maxv) maxv = a[t2];
-        float sum = 0.0f;
-        for (int t2 = lo; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
-        float inv = 1.0f / sum;
-        for (int t2 = lo; t2 <= t; t2++) a[t2] *= inv;
+        attn_softmax_span(a, lo, t);
         for (int t2 = 0; t2 < lo; t2++) a[t2] = 0.0f;
         for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
     }
 }
 
+/* One (batch, head) per iteration of one parallel loop; each thread runs its head's GEMMs on
+ * its own (the OpenMP OpenBLAS is single-threaded inside a parallel region), so no thread team
+ * is woken per head and the result does not depend on the thread count. Per block of
+ * ATTN_BLOCK queries: S = scale Q K^T over the keys up to the block's end, the causal softmax,
+ * O = S V over the same keys. */
 static void cpu_attention_forward_gemm(float *out, float *att, const float *q, const float *k, const float *v,
                                        const vd_attn_shape *s) {
     int T = s->T, NH = s->n_head, hs = s->head_dim, OC = NH * hs;
     float scale = 1.0f / sqrtf((float)hs);
+    #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < s->B; b++) {
         for (int h = 0; h < NH; h++) {
             int kvh = attn_kv_head(s, h);
-            float *S = att + (((size_t)b * NH + h) * T) * T;
-            /* S (T,T) = scale * Q_h K_kvh^T, then the causal softmax, then O_h (T,hs) = S V_kvh */
-            cpu_gemm(0, 1, T, T, hs, scale, q + attn_q_at(s, b, 0, h), s->q_stride, k + attn_kv_at(s, b, 0, kvh),
-                     s->kv_stride, 0.0f, S, T);
-            cpu_causal_softmax_rows(S, s, b);
-            cpu_gemm(0, 0, T, hs, T, 1.0f, S, T, v + attn_kv_at(s, b, 0, kvh), s->kv_stride, 0.0f,
-                     out + attn_o_at(s, b, 0, h), OC);
+            const float *kh = k + attn_kv_at(s, b, 0, kvh), *vh = v + attn_kv_at(s, b, 0, kvh);
+            for (int i0 = 0; i0 < T; i0 += ATTN_BLOCK) {
+                int i1 = i0 + ATTN_BLOCK < T ? i0 + ATTN_BLOCK : T;
+                float *S = att + (((size_t)b * NH + h) * T + i0) * T;
+                cpu_gemm(0, 1, i1 - i0, i1, hs, scale, q + attn_q_at(s, b, i0, h), s->q_stride, kh, s->kv_stride,
+                         0.0f, S, T);
+                attn_softmax_rows(S, s, b, i0, i1);
+                cpu_gemm(0, 0, i1 - i0, hs, i1, 1.0f, S, T, vh, s->kv_stride, 0.0f, out + attn_o_at(s, b, i0, h), OC);
+            }
         }
     }
 }
 
+/* One (batch, kv head) per iteration: it owns that kv head's dK, dV and its group's dQ, so no two
+ * threads write the same floats; the heads of a group run in order (the first writes dK, dV with
+ * beta 0, the others add). Per head: by query blocks dP = dO V^T, dS = P (dP - rowsum(P dP)) scale
+ * in place over dP, dQ = dS K (keys up to the block's end); then by key blocks dV (+)= P^T dO and
+ * dK (+)= dS^T Q over the queries from the block's start (the rows above it are masked). */
 static void cpu_attention_backward_gemm(float *dq, float *dk, float *dv, float *datt, const float *dout,
                                         const float *q, const float *k, const float *v, const float *att,
                                         const vd_attn_shape *s) {
-    int T = s->T, NH = s->n_head, hs = s->head_dim, OC = NH * hs, group = NH / s->n_kv_head;
+    int T = s->T, NH = s->n_head, NKV = s->n_kv_head, hs = s->head_dim, OC = NH * hs, group = NH / NKV;
     float scale = 1.0f / sqrtf((float)hs);
+    #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < s->B; b++) {
-        for (int h = 0; h < NH; h++) {
-            int kvh = attn_kv_head(s, h);
-            /* the first head of a group writes dK, dV (beta 0); the others add to them */
-            float beta_kv = h % group == 0 ? 0.0f : 1.0f;
-            const float *qh = q + attn_q_at(s, b, 0, h), *kh = k + attn_kv_at(s, b, 0, kvh);
-            const float *vh = v + attn_kv_at(s, b, 0, kvh), *dO = dout + attn_o_at(s, b, 0, h);
-            const float *P = att + (((size_t)b * NH + h) * T) * T;
-            float *dP = datt + (((size_t)b * NH + h) * T) * T;
-            float *dqh = dq + attn_q_at(s, b, 0, h), *dkh = dk + attn_kv_at(s, b, 0, kvh);
-            float *dvh = dv + attn_kv_at(s, b, 0, kvh);
-            cpu_gemm(0, 1, T, T, hs, 1.0f, dO, OC, vh, s->kv_stride, 0.0f, dP, T);             /* dP = dO V^T */
-            cpu_gemm(1, 0, T, hs, T, 1.0f, P, T, dO, OC, beta_kv, dvh, s->kv_stride);         /* dV (+)= P^T dO */
-            /* dS = P * (dP - rowsum(P * dP)) * scale, in place over dP, on keys lo(t) .. t; the
-             * masked entries become 0 */
-            #pragma omp parallel for schedule(static)
-            for (int t = 0; t < T; t++) {
-                const float *p = P + (size_t)t * T;
-                float *d = dP + (size_t)t * T;
-                int lo = attn_first_key(s, b, t);
-                float dot = 0.0f;
-                for (int t2 = lo; t2 <= t; t2++) dot += p[t2] * d[t2];
-                for (int t2 = lo; t2 <= t; t2++) d[t2] = p[t2] * (d[t2] - dot) * scale;
-                for (int t2 = 0; t2 < lo; t2++) d[t2] = 0.0f;
-                for (int t2 = t + 1; t2 < T; t2++) d[t2] = 0.0f;
+        for (int kvh = 0; kvh < NKV; kvh++) {
+            const float *kh = k + attn_kv_at(s, b, 0, kvh), *vh = v + attn_kv_at(s, b, 0, kvh);
+            float *dkh = dk + attn_kv_at(s, b, 0, kvh), *dvh = dv + attn_kv_at(s, b, 0, kvh);
+            for (int h = kvh * group; h < (kvh + 1) * group; h++) {
+                float beta_kv = h == kvh * group ? 0.0f : 1.0f;
+                const float *P = att + (((size_t)b * NH + h) * T) * T;
+                float *dP = datt + (((size_t)b * NH + h) * T) * T;
+                for (int i0 = 0; i0 < T; i0 += ATTN_BLOCK) {
+                    int i1 = i0 + ATTN_BLOCK < T ? i0 + ATTN_BLOCK : T;
+                    cpu_gemm(0, 1, i1 - i0, i1, hs, 1.0f, dout + attn_o_at(s, b, i0, h), OC, vh, s->kv_stride, 0.0f,
+                             dP + (size_t)i0 * T, T);
+                    for (int t = i0; t < i1; t++) {
+                        const float *p = P + (size_t)t * T;
+                        float *d = dP + (size_t)t * T;
+                        int lo = attn_first_key(s, b, t);
+                        float dot = 0.0f;
+                        for (int t2 = lo; t2 <= t; t2++) dot += p[t2] * d[t2];
+                        for (int t2 = lo; t2 <= t; t2++) d[t2] = p[t2] * (d[t2] - dot) * scale;
+                        for (int t2 = 0; t2 < lo; t2++) d[t2] = 0.0f;
+                        for (int t2 = t + 1; t2 < T; t2++) d[t2] = 0.0f;
+                    }
+                    cpu_gemm(0, 0, i1 - i0, hs, i1, 1.0f, dP + (size_t)i0 * T, T, kh, s->kv_stride, 0.0f,
+                             dq + attn_q_at(s, b, i0, h), s->q_stride);
+                }
+                for (int j0 = 0; j0 < T; j0 += ATTN_BLOCK) {
+                    int j1 = j0 + ATTN_BLOCK < T ? j0 + ATTN_BLOCK : T;
+                    size_t corner = (size_t)j0 * T + (size_t)j0; /* rows j0.., columns j0.. */
+                    cpu_gemm(1, 0, j1 - j0, hs, T - j0, 1.0f, P + corner, T, dout + attn_o_at(s, b, j0, h), OC,
+                             beta_kv, dvh + (size_t)j0 * s->kv_stride, s->kv_stride);
+                    cpu_gemm(1, 0, j1 - j0, hs, T - j0, 1.0f, dP + corner, T, q + attn_q_at(s, b, j0, h), s->q_stride,
+                             beta_kv, dkh + (size_t)j0 * s->kv_stride, s->kv_stride);
+                }
             }
-            cpu_gemm(0, 0, T, hs, T, 1.0f, dP, T, kh, s->kv_stride, 0.0f, dqh, s->q_stride);   /* dQ = dS K */
-            cpu_gemm(1, 0, T, hs, T, 1.0f, dP, T, qh, s->q_stride, beta_kv, dkh, s->kv_stride); /* dK (+)= dS^T Q */
         }
     }
 }
@@ -302,19 +336,13 @@ static void cpu_attention_backward_gemm(float *dq, float *dk, float *dv, float *
  * o = sum a[t2] v[t2]. One summation order for both, so a decode step reproduces the forward's row. */
 static void attn_row(float *o, float *a, const float *qt, const float *k0, const float *v0, size_t stride, int lo,
                      int t, int hs, float scale) {
-    float maxv = -INFINITY;
     for (int t2 = lo; t2 <= t; t2++) {
         const float *kt = k0 + (size_t)t2 * stride;
         float sc = 0.0f;
         for (int i = 0; i < hs; i++) sc += qt[i] * kt[i];
-        sc *= scale;
-        a[t2] = sc;
-        if (sc > maxv) maxv = sc;
+        a[t2] = sc * scale;
     }
-    float sum = 0.0f;
-    for (int t2 = lo; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
-    float inv = 1.0f / sum;
-    for (int t2 = lo; t2 <= t; t2++) a[t2] *= inv;
+    attn_softmax_span(a, lo, t);
     for (int i = 0; i < hs; i++) o[i] = 0.0f;
     for (int t2 = lo; t2 <= t; t2++) {
         const float *vt = v0 + (size_t)t2 * stride;
@@ -429,22 +457,28 @@ static void cpu_attention_cached(float *out, const float *q, const float *kcache
 }
 
 #define GELU_SCALE 0.7978845608028654f /* sqrt(2/pi) */
+/* GELU, tanh form (transformers' gelu_new), through the identity 0.5 (1 + tanh u) = sigmoid(2u):
+ * out = x / (1 + e^{-2u}), u = sqrt(2/pi) (x + 0.044715 x^3). One vector exp per element and no
+ * cancellation (1 + tanh u loses digits for negative u; the sigmoid does not). */
 static void cpu_gelu_forward(float *out, const float *inp, size_t n) {
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
-        out[i] = 0.5f * x * (1.0f + tanhf(GELU_SCALE * (x + 0.044715f * x * x * x)));
+        float u = GELU_SCALE * (x + 0.044715f * x * x * x);
+        out[i] = x / (1.0f + vd_vexpf(-2.0f * u));
     }
 }
 
+/* d/dx x s(2u) = s + 2 x s (1 - s) u', s = sigmoid(2u), 1 - s = e s with e = e^{-2u} (exact where
+ * s is near 1), u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2). */
 static void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
     #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
         float u = GELU_SCALE * (x + 0.044715f * x * x * x);
-        float th = tanhf(u);
-        float sech2 = 1.0f - th * th;
-        float local = 0.5f * (1.0f + th) + 0.5f * x * sech2 * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
+        float e = vd_vexpf(-2.0f * u);
+        float sg = 1.0f / (1.0f + e);
+        float local = sg + 2.0f * x * sg * (e * sg) * GELU_SCALE * (1.0f + 3.0f * 0.044715f * x * x);
         dinp[i] = local * dout[i];
     }
 }
@@ -459,18 +493,36 @@ static void cpu_accumulate(float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) a[i] += b[i];
 }
 
+/* Lanes of the partial sums in softmax_xent: a fixed count, so the order of additions (and the
+ * result) is the same whatever SIMD width the compiler picks and however many threads run. */
+#define XENT_LANES 16
+
 static void cpu_softmax_xent_forward(float *losses, float *probs, const float *logits, const int32_t *targets,
                                      int N, int V) {
     #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const float *l = logits + (size_t)n * V;
         float *p = probs + (size_t)n * V;
-        float maxv = -INFINITY;
-        for (int v = 0; v < V; v++) if (l[v] > maxv) maxv = l[v];
-        double sum = 0.0;
         int32_t tn = targets[n];
-        float lt = tn == VD_TARGET_NONE ? 0.0f : l[tn];
-        for (int v = 0; v < V; v++) { float e = expf(l[v] - maxv); p[v] = e; sum += e; }
+        float lt = tn == VD_TARGET_NONE ? 0.0f : l[tn]; /* read first: probs may alias logits */
+        int V16 = V / XENT_LANES * XENT_LANES;
+        float mx[XENT_LANES];
+        for (int j = 0; j < XENT_LANES; j++) mx[j] = -INFINITY;
+        for (int v = 0; v < V16; v += XENT_LANES)
+            for (int j = 0; j < XENT_LANES; j++) mx[j] = l[v + j] > mx[j] ? l[v + j] : mx[j];
+        float maxv = -INFINITY;
+        for (int j = 0; j < XENT_LANES; j++) if (mx[j] > maxv) maxv = mx[j];
+        for (int v = V16; v < V; v++) if (l[v] > maxv) maxv = l[v];
+        double acc[XENT_LANES] = {0};
+        for (int v = 0; v < V16; v += XENT_LANES)
+            for (int j = 0; j < XENT_LANES; j++) {
+                float e = vd_vexpf(l[v + j] - maxv);
+                p[v + j] = e;
+                acc[j] += e;
+            }
+        double sum = 0.0;
+        for (int j = 0; j < XENT_LANES; j++) sum += acc[j];
+        for (int v = V16; v < V; v++) { float e = vd_vexpf(l[v] - maxv); p[v] = e; sum += e; }
         float inv = (float)(1.0 / sum);
         for (int v = 0; v < V; v++) p[v] *= inv;
         /* log-sum-exp form keeps the loss exact even when the target's probability underflows */
@@ -530,12 +582,20 @@ static void cpu_vera_vector_grads(float *db, float *dd, const float *M, const fl
         for (int k = 0; k < r; k++) s += bb[k] * d[k] * m[k];
         db[i] += s;
     }
-    /* dd: a column reduction, kept serial over i (fixed order) and parallel over k */
+    /* dd: a column reduction, kept serial over i (fixed order) and parallel over blocks of k;
+     * each block walks the rows of M and B contiguously (a column walk would touch one float
+     * per cache line), summing each k over i in the same order */
+    enum { KB = 64 };
     #pragma omp parallel for schedule(static)
-    for (int k = 0; k < r; k++) {
-        float s = 0.0f;
-        for (int i = 0; i < out; i++) s += b[i] * Bs[(size_t)i * r + k] * M[(size_t)i * r + k];
-        dd[k] += s;
+    for (int k0 = 0; k0 < r; k0 += KB) {
+        int kn = r - k0 < KB ? r - k0 : KB;
+        float s[KB] = {0};
+        for (int i = 0; i < out; i++) {
+            const float *bb = Bs + (size_t)i * r + k0, *m = M + (size_t)i * r + k0;
+            float bi = b[i];
+            for (int k = 0; k < kn; k++) s[k] += bi * bb[k] * m[k];
+        }
+        for (int k = 0; k < kn; k++) dd[k0 + k] += s[k];
     }
 }
 
