@@ -180,6 +180,8 @@ export OPAL_PKGDATADIR="\$_vd_b/usr/share/openmpi"
 export PMIX_PREFIX="\$_vd_b/usr/lib/$ARCH/pmix2"
 export PMIX_MCA_mca_base_component_path="\$_vd_b/usr/lib/$ARCH/pmix2/lib/pmix"
 export HWLOC_PLUGINS_PATH="\$_vd_b/usr/lib/$ARCH/hwloc"
+# the libraries the bundle assumes the machine has (tests/gpu/dry_run.sh checks nothing else came from outside)
+export VD_BUNDLE_BASE_SONAMES_RE='$BASE_SONAMES_RE'
 export VD_BUNDLE_CMAKE_ARGS="-DPKG_CONFIG_EXECUTABLE=\$_vd_b/usr/bin/pkgconf -DMPI_C_COMPILER=\$_vd_b/usr/bin/mpicc.openmpi -DMPIEXEC_EXECUTABLE=\$_vd_b/usr/bin/mpirun.openmpi -DHDF5_C_COMPILER_EXECUTABLE=\$_vd_b/usr/bin/h5pcc.openmpi -DVERA_OPENBLAS_OPENMP_PC=\$_vd_b/usr/lib/$ARCH/openblas-openmp/pkgconfig"
 unset _vd_b _vd_dir
 EOF
