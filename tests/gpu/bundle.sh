@@ -36,7 +36,7 @@ ARCH=x86_64-linux-gnu
 # what the build and the GPU tests use (headers, .so links, .pc files, wrappers, mpirun)
 PKGS=(openmpi-bin openmpi-common libopenmpi3 libopenmpi-dev libpmix2 libhwloc15
       libevent-core-2.1-7 libevent-pthreads-2.1-7
-      libhdf5-openmpi-103-1 libhdf5-openmpi-dev libaec0 libsz2
+      libhdf5-openmpi-103-1 libhdf5-openmpi-hl-100 libhdf5-openmpi-dev libaec0 libsz2
       libopenblas0-openmp libopenblas-openmp-dev libopenblas-dev libgfortran5
       libcjson1 libcjson-dev libinih1 libinih-dev libpcre2-8-0 libpcre2-dev libicu72 libicu-dev
       pkgconf-bin libpkgconf3)
@@ -141,6 +141,15 @@ grep -q '^prefix="\$(cd' "$ROOT/usr/bin/h5pcc.openmpi" || die "h5pcc.openmpi: it
 # Open MPI's wrapper data: sysconfdir etc. are outside the prefix in Debian's build
 for f in "$ROOT"/usr/share/openmpi/*-wrapper-data.txt; do [[ -f $f ]] || die "no Open MPI wrapper data in the bundle"; done
 
+# the unversioned names the link step asks for (-lcrypto -lcurl -lsz from h5pcc -show): the
+# runtime packages carry only libX.so.N, the -dev packages that add libX.so are not bundled
+while IFS= read -r f; do
+  base="${f%%.so.*}.so"
+  [[ -e $base || -L $base ]] || ln -s "$(basename "$f")" "$base"
+done < <(find "$ROOT/usr/lib/$ARCH" -maxdepth 1 -name 'lib*.so.[0-9]*' | sort)
+bad_links=$(find "$ROOT" -xtype l ! -path '*/fortran/*' | sed "s|^$ROOT||" | tr '\n' ' ')
+[[ -z $bad_links ]] || say "links left dangling (libraries nothing here loads): $bad_links"
+
 unpacked=$(du -sb "$ROOT" | cut -f1)
 say "unpacked: $(( unpacked / 1048576 )) MiB; archiving"
 tar -C "$ROOT" -cf - . | xz -T2 -6 >"$BUNDLE/root.tar.xz"
@@ -179,6 +188,8 @@ export OPAL_SYSCONFDIR="\$_vd_b/etc/openmpi"
 export OPAL_PKGDATADIR="\$_vd_b/usr/share/openmpi"
 export PMIX_PREFIX="\$_vd_b/usr/lib/$ARCH/pmix2"
 export PMIX_MCA_mca_base_component_path="\$_vd_b/usr/lib/$ARCH/pmix2/lib/pmix"
+# h5pcc links the static libraries unless told (they are stripped from the bundle)
+export HDF5_USE_SHLIB=yes
 export HWLOC_PLUGINS_PATH="\$_vd_b/usr/lib/$ARCH/hwloc"
 # the libraries the bundle assumes the machine has (tests/gpu/dry_run.sh checks nothing else came from outside)
 export VD_BUNDLE_BASE_SONAMES_RE='$BASE_SONAMES_RE'

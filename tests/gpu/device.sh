@@ -97,7 +97,7 @@ grep -E "summary|FAILED|SKIPPED" "$OUT/tests.txt" | tail -n 5 | sed 's/^/  /' | 
 
 if [[ $DRY -eq 1 ]]; then
   # the host emulation of the CUDA backend, through the bundle's MPI, HDF5 and OpenBLAS
-  emu="${VD_DRY_EMU_TESTS:-^(test_gpu_kernels_emu|gpu_train_emu_2gpus|device_cuda_unavailable|device_cuda_unavailable_emu)$}"
+  emu="${VD_DRY_EMU_TESTS:-^(test_gpu_kernels_emu|device_cuda_unavailable|device_cuda_unavailable_emu)$}"
   rc=0
   timeout -k 10 1500 ctest --test-dir "$BUILD" -R "$emu" --output-on-failure >"$LOGS/emu-ctest.log" 2>&1 || rc=$?
   grep -E "Test +#|tests passed|tests failed" "$LOGS/emu-ctest.log" | sed 's/^ */  /' | tee -a "$SUMMARY"

@@ -4,11 +4,12 @@
 #
 #   tests/gpu/dry_run.sh [BUNDLE_DIR]     (default .bundle; writes build-dry/ and build-dry/out/)
 #
-# In a private mount namespace (unshare -m; nothing outside it changes), overlay mounts on /usr
-# and /etc hide every file of the Debian packages the bundle carries (and of their serial/pthread
-# siblings: HDF5 serial, OpenBLAS pthread, ...), as installed here, the alternatives links to
-# them, and the toolkit's own unversioned libnccl.so (so NCCL must come from the nvidia-nccl wheel
-# as libnccl.so.2, as on the GPU machine). Then:
+# In a private mount namespace (unshare -m; nothing outside it changes), overlay mounts on /usr,
+# /usr/local and /etc hide every file of the installed Debian packages of Open MPI, HDF5 (both
+# flavours), OpenBLAS/BLAS/LAPACK, cJSON, inih, PMIx, hwloc, pkgconf, libaec, libevent and the
+# -dev packages of PCRE2 and ICU (their runtime libraries stay: grep, mount and CMake load them),
+# the alternatives links to them, and the toolkit's NCCL (so NCCL must come from the nvidia-nccl
+# wheel as libnccl.so.2, as on the GPU machine). Then:
 #   1. a plain `cmake -DVERA_CUDA=ON` (no bundle) must FAIL: the hiding is real;
 #   2. tests/gpu/device.sh --dry-run: configure against the bundle with CUDA on, build, run the
 #      label-gpu tests (they skip: no GPU) and unit tests, and the host-emulation tests of the CUDA
@@ -29,24 +30,30 @@ mkdir -p "$WORK"
 say() { printf '[dry_run] %s\n' "$*"; }
 
 if [[ "${VD_DRY_INSIDE:-}" != 1 ]]; then
-  # the packages to hide: those the bundle carries, plus installed siblings CMake might find
-  mapfile -t pkgs < <({ grep -v '^#' "$BUNDLE/MANIFEST" | cut -d' ' -f1
-                        dpkg-query -W -f='${Package}\n' | grep -E '^(lib)?(hdf5|openmpi|openblas|blas|lapack|cjson|inih|pcre2|icu|pmix|hwloc|pkgconf|pkg-config)' ; } | sort -u)
+  # the packages to hide: every installed one of the libraries the build asks for (and their
+  # siblings CMake might pick instead: serial HDF5, OpenBLAS pthread, reference BLAS, ...), with
+  # two exceptions: the runtime libraries of PCRE2 and ICU, which grep, mount and CMake here load
+  # themselves (their headers, .pc files and .so links are hidden; the loader check below shows
+  # vera-dist takes the bundle's copies). The generic libraries the bundle also carries (curl,
+  # OpenSSL, Kerberos, ...: HDF5's) stay visible for the same reason and are checked the same way.
+  mapfile -t pkgs < <(dpkg-query -W -f='${Package}\n' \
+    | grep -E '^(lib)?(hdf5|openmpi|openblas|blas[0-9]|lapack|cjson|inih|pcre2|icu|pmix|hwloc|pkgconf|pkg-config|aec|sz2|event-)' \
+    | grep -v -x -E 'libpcre2-(8|16|32)-0|libpcre2-posix3|libicu[0-9]+' | sort -u)
   hide="$WORK/hidden.txt"
   : >"$hide"
   for p in "${pkgs[@]}"; do
     dpkg-query -W "$p" >/dev/null 2>&1 || continue
     # a package's libraries live in the merged /usr (/lib is a link to usr/lib on Debian 12)
     dpkg -L "$p" 2>/dev/null | sed 's|^/lib|/usr/lib|; s|^/bin|/usr/bin|' | while IFS= read -r f; do
-      [[ ( -f $f || -L $f ) && ! -d $f && ( $f == /usr/* || $f == /etc/* ) ]] && echo "$f"
+      if [[ ( -f $f || -L $f ) && ! -d $f && ( $f == /usr/* || $f == /etc/* ) ]]; then echo "$f"; fi
     done >>"$hide"
   done
   # alternatives links (made by update-alternatives, owned by no package) that lead to a hidden file
   for l in /usr/bin/* /usr/lib/x86_64-linux-gnu/*.so* /usr/lib/x86_64-linux-gnu/pkgconfig/*; do
     [[ -L $l && $(readlink "$l") == /etc/alternatives/* ]] || continue
     t=$(readlink -f "$l" || true)
-    grep -qxF "$t" "$hide" && { echo "$l"; echo "$(readlink "$l")"; }
-  done >>"$hide" || true
+    if grep -qxF "$t" "$hide"; then echo "$l"; readlink "$l"; fi
+  done >>"$hide"
   # NCCL: hide the toolkit's copy, unversioned and versioned (the GPU machine has only the wheel)
   find /usr/local -name 'libnccl.so*' 2>/dev/null >>"$hide" || true
   find /usr/local -name 'nccl.h' -path '*cuda*' 2>/dev/null >>"$hide" || true
@@ -57,25 +64,32 @@ fi
 
 # ---- inside the private mount namespace ----
 # whiteouts (character device 0/0) in an overlay's upper layer make the lower file vanish
+# (python3 makes the ~3000 of them: one process instead of thousands)
 ov="$WORK/overlay"
 rm -rf "$ov" && mkdir -p "$ov"
-for top in usr etc local; do
-  case $top in usr) lower=/usr ;; etc) lower=/etc ;; local) lower=/usr/local ;; esac
-  mkdir -p "$ov/$top/upper" "$ov/$top/work"
-  while IFS= read -r f; do
-    [[ $top == usr && $f == /usr/local/* ]] && continue
-    [[ $f == "$lower"/* ]] || continue
-    rel="${f#"$lower"/}"
-    mkdir -p "$ov/$top/upper/$(dirname "$rel")"
-    mknod "$ov/$top/upper/$rel" c 0 0
-  done <"$VD_DRY_HIDE"
-done
+python3 - "$ov" "$VD_DRY_HIDE" <<'PY' || { say "FAILED: cannot make the whiteouts"; exit 1; }
+import os, sys
+ov, hide = sys.argv[1], sys.argv[2]
+lowers = [("local", "/usr/local/"), ("usr", "/usr/"), ("etc", "/etc/")]
+for top, _ in lowers:
+    os.makedirs(f"{ov}/{top}/upper", exist_ok=True); os.makedirs(f"{ov}/{top}/work", exist_ok=True)
+for f in open(hide).read().split("\n"):
+    for top, lower in lowers:
+        if f.startswith(lower):
+            w = f"{ov}/{top}/upper/{f[len(lower):]}"
+            os.makedirs(os.path.dirname(w), exist_ok=True)
+            if not os.path.lexists(w):
+                os.mknod(w, 0o600 | 0o020000, os.makedev(0, 0))  # a whiteout: character device 0/0
+            break
+PY
 # /usr/local is its own overlay on top (it is mounted after /usr, so it is not shadowed)
 mount -t overlay overlay -o "lowerdir=/usr,upperdir=$ov/usr/upper,workdir=$ov/usr/work" /usr
 mount -t overlay overlay -o "lowerdir=/usr/local,upperdir=$ov/local/upper,workdir=$ov/local/work" /usr/local
 mount -t overlay overlay -o "lowerdir=/etc,upperdir=$ov/etc/upper,workdir=$ov/etc/work" /etc
 left=0
-while IFS= read -r f; do [[ -e $f || -L $f ]] && { say "still visible: $f"; left=$((left + 1)); }; done <"$VD_DRY_HIDE"
+while IFS= read -r f; do
+  if [[ -e $f || -L $f ]]; then say "still visible: $f"; left=$((left + 1)); fi
+done <"$VD_DRY_HIDE"
 [[ $left -eq 0 ]] || { say "FAILED: $left hidden files are still visible"; exit 1; }
 say "hidden: $(wc -l <"$VD_DRY_HIDE") files (mpicc: $(command -v mpicc || echo none), h5pcc: $(command -v h5pcc || echo none), pkg-config: $(command -v pkg-config || echo none))"
 # the python3 with the nvidia-nccl wheel (as on the GPU machine: PyTorch's python3 first on PATH)
@@ -119,7 +133,7 @@ for exe in "$WORK/gpu/vera-dist" "$WORK/gpu/tests/gpu/test_gpu_kernels" "$VD_BUN
     [[ $arrow == "=>" ]] || { [[ $so == /* ]] && path=$so && so=$(basename "$so") || continue; }
     if [[ $path == "not" ]]; then echo "BAD $so not-found ($(basename "$exe"))" >>"$cls"; bad=$((bad + 1)); continue; fi
     c=$(classify "$so" "$path"); echo "$c $so $path ($(basename "$exe"))" >>"$cls"
-    [[ $c == BAD ]] && bad=$((bad + 1))
+    if [[ $c == BAD ]]; then bad=$((bad + 1)); fi
   done < <(ldd "$exe")
 done
 # the libraries a 2-rank training run really loads, plugins (dlopen) included
@@ -139,7 +153,7 @@ n=0
 while read -r path; do
   n=$((n + 1))
   c=$(classify "$(basename "$path")" "$path"); echo "$c $(basename "$path") $path (mpirun -np 2, LD_DEBUG)" >>"$cls"
-  [[ $c == BAD ]] && bad=$((bad + 1))
+  if [[ $c == BAD ]]; then bad=$((bad + 1)); fi
 done < <(sed -n 's/.*calling init: \(\/.*\)$/\1/p' "$d"/trace.* | sort -u)
 [[ $n -gt 10 ]] || { say "FAILED: LD_DEBUG traced only $n libraries (parse error?)"; exit 1; }
 sort -u -o "$cls" "$cls"
