@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# cluster.sh: a real single-node Slurm cluster on loopback, for tests.
+# cluster.sh: a real Slurm cluster for tests: one node on loopback, or several "nodes" as
+# network namespaces (VERA_SLURM_NODES=N).
 #
 #   DIR=$(bash tests/slurm/cluster.sh start [DIR])   # prints the state directory (only that, on stdout)
 #   export SLURM_CONF=$DIR/slurm.conf                # then sbatch / srun / squeue / scontrol work
+#   bash tests/slurm/cluster.sh exec DIR CMD...      # CMD on the login node (needed with namespaces)
 #   bash tests/slurm/cluster.sh status DIR
 #   bash tests/slurm/cluster.sh stop DIR             # kills exactly the daemons start started, removes DIR
 #
@@ -10,27 +12,45 @@
 #   * installs slurm-wlm and munge with apt-get when they are missing;
 #   * starts a private munged as the munge user on its own socket (/run/munge/vera.*; Slurm
 #     gets it with AuthInfo=socket=...), so a system munged or another test cluster is never
-#     shared or stopped; its PID is recorded like the daemons';
-#   * writes a private slurm.conf into DIR (nothing in /etc changes): the node is `hostname -s`
-#     at 127.0.0.1 with CPUs=2 and the real socket/core counts, cons_tres + CR_Core,
-#     proctrack/linuxproc, task/none, MpiDefault=pmix, no accounting, JobRequeue=1, a short
-#     KillWait, free TCP ports for slurmctld and slurmd (so it never collides with a system
-#     Slurm or another test cluster);
-#   * starts `slurmctld -D -i` and `slurmd -D` with setsid in the background, records their PIDs
-#     in DIR, and waits (bounded) until sinfo reports the node idle.
-# Logs: DIR/slurmctld.log, DIR/slurmd.log (DIR/*.out hold the daemons' own stdout/stderr).
-# Environment: VERA_SLURM_START_TIMEOUT (seconds to wait for an idle node, default 60),
-#              VERA_SLURM_CPUS (CPUs of the node, default 2),
+#     shared or stopped; its PID is recorded like the daemons'; a Unix socket path works from
+#     every network namespace, so all nodes share it;
+#   * the nodes: with VERA_SLURM_NODES=1 (the default) this host, `hostname -s` at 127.0.0.1;
+#     with N >= 2 the N nodes of the multi-node harness (tests/multinode/lib.sh mn_up: a network
+#     namespace, hostname and address each, on a bridge in a namespace of its own; nothing is
+#     added to the host's network); slurmctld then runs in node 0, which is also the login
+#     node: run sbatch/squeue/... there (`cluster.sh exec DIR CMD`; from the host they cannot
+#     reach it);
+#   * writes a private slurm.conf into DIR (nothing in /etc changes but the harness's
+#     /etc/netns/NODE/hosts with N >= 2): one NodeName line per node
+#     (NodeHostname = its name, NodeAddr = its address) with CPUs=2 and the real socket/core
+#     counts, per-node spool dir, pid file, log and TmpFS (%n), a TaskProlog that gives every
+#     task its node's TMPDIR, cons_tres + CR_Core, proctrack/linuxproc, task/none,
+#     MpiDefault=pmix, no accounting, JobRequeue=1, a short KillWait, free TCP ports for
+#     slurmctld and slurmd (so it never collides with a system Slurm or another test cluster);
+#   * starts `slurmctld -D -i` and one `slurmd -D -N NODE` per node with setsid in the
+#     background (in its namespace and with its hostname), records their PIDs in DIR, and waits
+#     (bounded) until sinfo reports every node idle. If anything fails, what was started is
+#     stopped again (daemons and namespaces).
+# stop cancels the jobs left, kills their step processes (scontrol listpids on each node), the
+# daemons by their recorded PIDs, and removes the namespaces (mn_down, which also ends anything
+# still running in them).
+# Logs: DIR/slurmctld.log, DIR/slurmd.NODE.log (DIR/*.out hold the daemons' own stdout/stderr).
+# Environment: VERA_SLURM_NODES (number of nodes, default 1; >= 2 needs network namespaces),
+#              VERA_SLURM_START_TIMEOUT (seconds to wait for idle nodes, default 60),
+#              VERA_SLURM_CPUS (CPUs of a node, default 2),
 #              VERA_SLURM_CRED_EXPIRE (credential lifetime = requeue delay in seconds, default 5),
-#              VERA_SLURM_GPUS=N (default 0): N fake GPUs (character devices DIR/dev/nvidia0..N-1
-#              named in gres.conf, GresTypes=gpu) so --gpus-per-node jobs schedule and see
-#              CUDA_VISIBLE_DEVICES; there is no real GPU behind them.
+#              VERA_SLURM_OWNER=PID (with N >= 2): the nodes belong to process PID; once it is
+#              gone, the next use of the harness removes them with everything running in them
+#              (the whole cluster but DIR), even if `stop` never ran (default: slurmctld's PID),
+#              VERA_SLURM_GPUS=N (default 0): N fake GPUs per node (character devices
+#              DIR/dev/nvidia0..N-1 named in gres.conf, GresTypes=gpu) so --gpus-per-node jobs
+#              schedule and see CUDA_VISIBLE_DEVICES; there is no real GPU behind them.
 set -euo pipefail
 
 say() { echo "[cluster] $*" >&2; }
 die() { echo "[cluster] error: $*" >&2; exit 1; }
 
-usage() { sed -n '2,8p' "$0" >&2; exit 2; }
+usage() { sed -n '2,10p' "$0" >&2; exit 2; }
 
 need_root() { [[ $(id -u) -eq 0 ]] || die "must run as root (slurmd needs it; SlurmUser=root)"; }
 
@@ -89,7 +109,11 @@ start_munge() {
   chmod 755 "$mdir"
   echo "$mdir" >"$dir/munge.dir"
   MUNGE_SOCKET="$mdir/munge.socket"
-  runuser -u munge -- /usr/sbin/munged --socket="$MUNGE_SOCKET" --pid-file="$mdir/munged.pid" \
+  # with namespace nodes munged runs in node 0 too (its socket is a path: every node reaches
+  # it), so that removing the nodes ends every daemon of the cluster
+  local -a in_node=()
+  [[ -f "$dir/mn.env" ]] && in_node=(bash "$0" node-daemon "$dir" 0)
+  "${in_node[@]}" runuser -u munge -- /usr/sbin/munged --socket="$MUNGE_SOCKET" --pid-file="$mdir/munged.pid" \
     --log-file="$mdir/munged.log" --seed-file="$mdir/munged.seed" ||
     { cat "$mdir/munged.log" >&2 2>/dev/null || true; die "munged failed to start"; }
   local i pid=""
@@ -120,8 +144,11 @@ free_port() {
   die "no free TCP port found"
 }
 
+# write_conf DIR CTLD_NAME CTLD_ADDR NODE=ADDR...: DIR/slurm.conf for slurmctld on CTLD_NAME
+# (reached at CTLD_ADDR) and one slurmd per NODE at ADDR, all with the same CPUs and topology
+# (every node is this machine: one host, or one network namespace of it per node)
 write_conf() {
-  local dir="$1" host="$2"
+  local dir="$1" ctld_name="$2" ctld_addr="$3"; shift 3
   local cpus="${VERA_SLURM_CPUS:-2}" sockets cores threads
   # real topology from slurmd -C (what slurmd will report; a mismatch would drain the node)
   local c
@@ -138,8 +165,8 @@ write_conf() {
   # CPUs must match sockets*cores*threads for slurmd; only lower it when the machine has more
   local real=$((sockets * cores * threads))
   [[ $cpus -le $real ]] || cpus=$real
-  local nodeline="NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus"
-  [[ $cpus -eq $real ]] && nodeline+=" Sockets=$sockets CoresPerSocket=$cores ThreadsPerCore=$threads"
+  local nodeopts="CPUs=$cpus"
+  [[ $cpus -eq $real ]] && nodeopts+=" Sockets=$sockets CoresPerSocket=$cores ThreadsPerCore=$threads"
   local gpus="${VERA_SLURM_GPUS:-0}" gresline="" i
   if ((gpus > 0)); then
     # slurmd drops GPUs whose device files do not exist: fake ones (the /dev/null device)
@@ -151,17 +178,31 @@ write_conf() {
   fi
   if ((gpus > 0)); then
     echo "Name=gpu File=$dir/dev/nvidia[0-$((gpus - 1))]" >"$dir/gres.conf"
-    nodeline+=" Gres=gpu:$gpus"
+    nodeopts+=" Gres=gpu:$gpus"
     gresline="GresTypes=gpu"
   fi
   local ctld_port slurmd_port
   ctld_port=$(free_port)
   slurmd_port=$(free_port)
-  mkdir -p "$dir/state" "$dir/spool"
+  # one line per node; NodeHostname is what slurmd -N NAME answers to, NodeAddr where it listens
+  local nodelines="" names="" spec
+  for spec in "$@"; do
+    nodelines+="NodeName=${spec%%=*} NodeHostname=${spec%%=*} NodeAddr=${spec#*=} $nodeopts State=UNKNOWN"$'\n'
+    names+="${names:+,}${spec%%=*}"
+    mkdir -p "$dir/spool/${spec%%=*}" "$dir/tmp/${spec%%=*}"
+  done
+  mkdir -p "$dir/state"
+  # every task's TMPDIR on its own node (Open MPI keeps its session files there): the nodes share
+  # this machine's /tmp, and the TMPDIR a submission passes on would be the same on every node
+  cat >"$dir/task_prolog.sh" <<EOF
+#!/bin/sh
+echo "export TMPDIR=$dir/tmp/\$SLURMD_NODENAME"
+EOF
+  chmod 755 "$dir/task_prolog.sh"
   cat >"$dir/slurm.conf" <<EOF
 # private test cluster written by tests/slurm/cluster.sh
 ClusterName=veratest
-SlurmctldHost=$host(127.0.0.1)
+SlurmctldHost=$ctld_name($ctld_addr)
 SlurmctldPort=$ctld_port
 SlurmdPort=$slurmd_port
 SlurmUser=root
@@ -172,11 +213,15 @@ CredType=cred/munge
 # waits before it may start again (default 120 s): short, so a requeue test does not sit idle
 AuthInfo=socket=$MUNGE_SOCKET,cred_expire=${VERA_SLURM_CRED_EXPIRE:-5}
 StateSaveLocation=$dir/state
-SlurmdSpoolDir=$dir/spool
+# per node (%n: the node's name), since several slurmd may share this machine and directory
+SlurmdSpoolDir=$dir/spool/%n
 SlurmctldPidFile=$dir/slurmctld.pidfile
-SlurmdPidFile=$dir/slurmd.pidfile
+SlurmdPidFile=$dir/slurmd.%n.pidfile
 SlurmctldLogFile=$dir/slurmctld.log
-SlurmdLogFile=$dir/slurmd.log
+SlurmdLogFile=$dir/slurmd.%n.log
+# the node's temporary space; srun --mpi=pmix puts each step's PMIx directory there
+TmpFS=$dir/tmp/%n
+TaskProlog=$dir/task_prolog.sh
 SlurmctldDebug=info
 SlurmdDebug=info
 SchedulerType=sched/backfill
@@ -198,8 +243,7 @@ JobRequeue=1
 MinJobAge=600
 InactiveLimit=0
 $gresline
-$nodeline State=UNKNOWN
-PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP
+${nodelines}PartitionName=test Nodes=$names Default=YES MaxTime=INFINITE State=UP
 EOF
 }
 
@@ -216,49 +260,129 @@ start_daemon() {
   say "started $name (pid $pid)"
 }
 
+# ---- nodes: this host alone, or VERA_SLURM_NODES network namespaces ---------------------------
+# With VERA_SLURM_NODES >= 2 the nodes come from the multi-node harness (tests/multinode/lib.sh:
+# one network namespace, hostname and address per node on a bridge of their own; nothing is
+# added to the host's network). slurmctld runs in node 0, which is also the login node: Slurm
+# commands must run in a node (`cluster.sh exec DIR CMD...` runs them in node 0).
+# DIR/nodes lists "NAME ADDR" per node; DIR/mn.env keeps the harness's MN_* variables.
+MN_LIB="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/multinode/lib.sh"
+
+mn_load() { # DIR: the harness's functions and this cluster's MN_* variables
+  # shellcheck disable=SC1090
+  source "$MN_LIB"
+  # shellcheck disable=SC1091
+  source "$1/mn.env"
+}
+
+# node_daemon K CMD...: exec CMD in node K: its network namespace and hostname, its TMPDIR.
+# Not mn_exec: `ip netns exec` mounts a fresh /sys without the cgroup hierarchies that slurmd
+# 22.05 refuses to start without; nsenter enters the network namespace and keeps the mounts.
+node_daemon() {
+  local k="$1"; shift
+  # shellcheck disable=SC2016  # ($0 and $@ are the inner shell's)
+  TMPDIR="$MN_DIR/n$k-tmp" exec nsenter --net="/run/netns/$(mn_ns "$k")" unshare --uts -- \
+    sh -c 'hostname "$0" || exit 1; exec "$@"' "$(mn_host "$k")" "$@"
+}
+
+# cmd_exec DIR CMD...: CMD with this cluster's SLURM_CONF on its login node (node 0 of the
+# namespaces; with one node, here)
+cmd_exec() {
+  local dir="${1:?usage: cluster.sh exec DIR CMD...}"; shift
+  [[ -f "$dir/slurm.conf" ]] || die "$dir/slurm.conf: not a cluster directory"
+  export SLURM_CONF="$dir/slurm.conf"
+  if [[ -f "$dir/mn.env" ]]; then
+    mn_load "$dir"
+    mn_exec 0 "$@"
+  else
+    exec "$@"
+  fi
+}
+
 cmd_start() {
   need_root
   local dir="${1:-}"
+  local nnodes="${VERA_SLURM_NODES:-1}"
+  [[ "$nnodes" =~ ^[1-9][0-9]*$ ]] || die "VERA_SLURM_NODES=$nnodes: expected a number of nodes >= 1"
+  ((nnodes == 1)) || [[ -f "$MN_LIB" ]] || die "VERA_SLURM_NODES=$nnodes needs the multi-node harness $MN_LIB"
   if [[ -z "$dir" ]]; then
     dir=$(mktemp -d "${TMPDIR:-/tmp}/vera-slurm.XXXXXX")
   else
+    [[ ! -e "$dir/slurmctld.pid" ]] || die "$dir already holds a cluster (stop it first)"
+    # stop (also after a failed start) removes DIR: never take a directory that holds anything
+    [[ ! -e "$dir" || -z "$(ls -A "$dir" 2>/dev/null)" ]] || die "$dir exists and is not empty (give a new or empty directory)"
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
   fi
-  [[ ! -e "$dir/slurmctld.pid" ]] || die "$dir already holds a cluster (stop it first)"
   install_if_missing
-  local host
-  host=$(hostname -s)
+  # whatever fails from here on, stop what was started (daemons, namespaces): nothing is left
+  # shellcheck disable=SC2064  # (expanded now: dir is local)
+  trap "cmd_stop $(printf %q "$dir") >/dev/null 2>&1 || true" EXIT
+  local k name addr
+  if ((nnodes == 1)); then
+    # the classic test cluster: this host is the node and the controller, on loopback
+    echo "$(hostname -s) 127.0.0.1" >"$dir/nodes"
+  else
+    # shellcheck disable=SC1090
+    source "$MN_LIB"
+    # no harness trap (this process ends, the cluster lives on); cmd_stop removes the nodes
+    MN_KEEP=1 mn_up "$nnodes" || die "could not make $nnodes nodes (tests/multinode/lib.sh mn_up)"
+    local v
+    for v in MN_PREFIX MN_DIR MN_NODES MN_SUBNET MN_HOSTFILE MN_IF; do
+      printf 'export %s=%q\n' "$v" "${!v}"
+    done >"$dir/mn.env"
+    for ((k = 0; k < nnodes; k++)); do echo "$(mn_host "$k") $(mn_addr "$k")"; done >"$dir/nodes"
+  fi
+  local -a specs=()
+  while read -r name addr; do specs+=("$name=$addr"); done <"$dir/nodes"
   start_munge "$dir"
-  write_conf "$dir" "$host"
+  # the controller runs on the first node (the login node)
+  write_conf "$dir" "${specs[0]%%=*}" "${specs[0]#*=}" "${specs[@]}"
   export SLURM_CONF="$dir/slurm.conf"
-  start_daemon "$dir" slurmctld slurmctld -D -i
-  start_daemon "$dir" slurmd slurmd -D
-  local timeout="${VERA_SLURM_START_TIMEOUT:-60}" t0=$SECONDS st=""
+  if [[ -f "$dir/mn.env" ]]; then
+    start_daemon "$dir" slurmctld bash "$0" node-daemon "$dir" 0 slurmctld -D -i
+    # the harness sweeps away (mn_sweep: every process in the nodes, then the namespaces) a
+    # cluster whose owner has died: the caller's VERA_SLURM_OWNER, else slurmctld
+    echo "${VERA_SLURM_OWNER:-$(cat "$dir/slurmctld.pid")}" >"$MN_DIR/owner"
+    k=0
+    while read -r name addr; do
+      start_daemon "$dir" "slurmd.$name" bash "$0" node-daemon "$dir" "$k" slurmd -D -N "$name"
+      k=$((k + 1))
+    done <"$dir/nodes"
+  else
+    start_daemon "$dir" slurmctld slurmctld -D -i
+    start_daemon "$dir" "slurmd.${specs[0]%%=*}" slurmd -D -N "${specs[0]%%=*}"
+  fi
+  local timeout="${VERA_SLURM_START_TIMEOUT:-60}" t0=$SECONDS st="" f n
   while ((SECONDS - t0 < timeout)); do
-    st=$(sinfo -h -N -n "$host" -o %T 2>/dev/null | head -n 1 || true)
-    [[ "$st" == idle ]] && break
-    for n in slurmctld slurmd; do
-      kill -0 "$(cat "$dir/$n.pid")" 2>/dev/null ||
-        { tail -n 30 "$dir/$n.log" "$dir/$n.out" >&2 2>/dev/null || true; cmd_stop "$dir" >/dev/null 2>&1 || true; die "$n died while starting"; }
+    st=$(bash "$0" exec "$dir" sinfo -h -N -o %T 2>/dev/null | sort -u | tr '\n' ' ' || true)
+    [[ "$st" == "idle " ]] && break
+    for f in "$dir"/slurmctld.pid "$dir"/slurmd.*.pid; do
+      n=$(basename "$f" .pid)
+      kill -0 "$(cat "$f")" 2>/dev/null ||
+        { tail -n 30 "$dir/$n.log" "$dir/$n.out" >&2 2>/dev/null || true; die "$n died while starting"; }
     done
     sleep 0.2
   done
-  if [[ "$st" != idle ]]; then
-    say "node state '${st:-unknown}' after ${timeout}s; logs:"
-    tail -n 30 "$dir/slurmctld.log" "$dir/slurmd.log" >&2 2>/dev/null || true
-    cmd_stop "$dir" >/dev/null 2>&1 || true
-    die "the node did not become idle within ${timeout}s"
+  if [[ "$st" != "idle " ]]; then
+    say "node states '${st:-unknown}' after ${timeout}s; logs:"
+    tail -n 30 "$dir/slurmctld.log" "$dir"/slurmd.*.log >&2 2>/dev/null || true
+    die "the nodes did not become idle within ${timeout}s"
   fi
-  say "node $host idle after $((SECONDS - t0)) s; SLURM_CONF=$dir/slurm.conf"
+  trap - EXIT
+  say "$nnodes node(s) $(cut -d' ' -f1 "$dir/nodes" | paste -sd,) idle after $((SECONDS - t0)) s; SLURM_CONF=$dir/slurm.conf"
   echo "$dir"
 }
 
 alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 cmd_status() {
-  local dir="${1:?usage: cluster.sh status DIR}" n rc=0
-  for n in munged slurmctld slurmd; do
+  local dir="${1:?usage: cluster.sh status DIR}" n rc=0 name addr
+  local -a daemons=(munged slurmctld)
+  if [[ -f "$dir/nodes" ]]; then
+    while read -r name addr; do daemons+=("slurmd.$name"); done <"$dir/nodes"
+  fi
+  for n in "${daemons[@]}"; do
     if [[ -f "$dir/$n.pid" ]]; then
       if alive "$dir/$n.pid"; then echo "$n: running (pid $(cat "$dir/$n.pid"))"; else echo "$n: dead"; rc=1; fi
     else
@@ -266,8 +390,8 @@ cmd_status() {
     fi
   done
   if [[ -f "$dir/slurm.conf" ]]; then
-    SLURM_CONF="$dir/slurm.conf" sinfo -N 2>&1 || rc=1
-    SLURM_CONF="$dir/slurm.conf" squeue 2>&1 || true
+    bash "$0" exec "$dir" sinfo -N 2>&1 || rc=1
+    bash "$0" exec "$dir" squeue 2>&1 || true
   fi
   return $rc
 }
@@ -305,25 +429,44 @@ stop_pids() {
 cmd_stop() {
   local dir="${1:?usage: cluster.sh stop DIR}"
   [[ -d "$dir" ]] || return 0
-  [[ -f "$dir/slurm.conf" || -f "$dir/slurmctld.pid" ]] || die "$dir does not look like a cluster directory"
+  [[ -f "$dir/slurm.conf" || -f "$dir/slurmctld.pid" || -f "$dir/nodes" ]] || die "$dir does not look like a cluster directory"
   export SLURM_CONF="$dir/slurm.conf"
-  if alive "$dir/slurmctld.pid" && alive "$dir/slurmd.pid"; then
-    # end the jobs still in this private cluster, then any step processes slurmd still knows
-    local i jobs pids
-    jobs=$(squeue -h -o %i 2>/dev/null || true)
+  local name addr f k pids
+  local -a slurmds=()
+  for f in "$dir"/slurmd.*.pid; do [[ -f "$f" ]] && slurmds+=("$f"); done
+  if alive "$dir/slurmctld.pid" && ((${#slurmds[@]} > 0)); then
+    # end the jobs still in this private cluster, then any step processes a slurmd still knows
+    local i jobs
+    jobs=$(bash "$0" exec "$dir" squeue -h -o %i </dev/null 2>/dev/null || true)
     if [[ -n "$jobs" ]]; then
       say "cancelling jobs left in the cluster: $(tr '\n' ' ' <<<"$jobs")"
       # shellcheck disable=SC2086
-      scancel $jobs 2>/dev/null || true
+      bash "$0" exec "$dir" scancel $jobs 2>/dev/null || true
       for ((i = 0; i < 50; i++)); do
-        [[ -z "$(squeue -h -o %i 2>/dev/null || true)" ]] && break
+        [[ -z "$(bash "$0" exec "$dir" squeue -h -o %i 2>/dev/null || true)" ]] && break
         sleep 0.2
       done
     fi
-    pids=$(scontrol listpids 2>/dev/null | awk 'NR > 1 && $1 ~ /^[0-9]+$/ { print $1 }' || true)
-    for pid in $pids; do kill -KILL "$pid" 2>/dev/null || true; done
+    # scontrol listpids asks the slurmd of the node it runs on
+    k=0
+    while read -r name addr; do
+      if alive "$dir/slurmd.$name.pid"; then
+        if [[ -f "$dir/mn.env" ]]; then
+          pids=$( (mn_load "$dir" && mn_exec "$k" scontrol listpids) </dev/null 2>/dev/null || true)
+        else
+          pids=$(scontrol listpids </dev/null 2>/dev/null || true)
+        fi
+        # shellcheck disable=SC2013  # (one PID per word)
+        for pid in $(awk 'NR > 1 && $1 ~ /^[0-9]+$/ { print $1 }' <<<"$pids"); do kill -KILL "$pid" 2>/dev/null || true; done
+      fi
+      k=$((k + 1))
+    done <"$dir/nodes"
   fi
-  stop_pids "$dir/slurmd.pid" "$dir/slurmctld.pid"
+  stop_pids "${slurmds[@]}" "$dir/slurmctld.pid"
+  # the nodes (namespaces) after their daemons; mn_down also ends anything still running in them
+  if [[ -f "$dir/mn.env" ]]; then
+    (mn_load "$dir" && mn_down "$MN_PREFIX") || say "warning: tests/multinode/lib.sh mn_down failed"
+  fi
   # munged last: the Slurm daemons talk to it while stopping
   stop_pids "$dir/munged.pid"
   if [[ -f "$dir/munge.dir" ]]; then
@@ -343,5 +486,8 @@ case "${1:-}" in
   start) shift; cmd_start "$@" ;;
   stop) shift; cmd_stop "$@" ;;
   status) shift; cmd_status "$@" ;;
+  exec) shift; cmd_exec "$@" ;;
+  # internal: how start_daemon enters a node
+  node-daemon) shift; mn_load "$1"; shift; node_daemon "$@" ;;
   *) usage ;;
 esac
