@@ -170,11 +170,16 @@ if [[ ! -f "\$_vd_b/.complete" ]]; then
     python3 -c 'import sys,tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "\$_vd_dir/root.tar.xz" "\$_vd_b" \
       || { echo "env.sh: cannot unpack \$_vd_dir/root.tar.xz" >&2; return 1; }
   fi
+  # zlib is a base library (libz.so.1 on every image), its -dev link libz.so maybe not: HDF5 links -lz
+  _vd_z=\$(ldconfig -p 2>/dev/null | sed -n 's|.*libz\\.so\\.1 (libc6,x86-64) => ||p' | head -n 1)
+  [[ -n "\$_vd_z" ]] && ln -sf "\$_vd_z" "\$_vd_b/usr/lib/$ARCH/libz.so"
   touch "\$_vd_b/.complete"
 fi
 export VD_BUNDLE_ROOT="\$_vd_b"
 export PATH="\$_vd_b/usr/bin:\$PATH"
 export LD_LIBRARY_PATH="\$_vd_b/usr/lib/$ARCH:\$_vd_b/usr/lib/$ARCH/openblas-openmp:\$_vd_b/usr/lib/$ARCH/hdf5/openmpi:\$_vd_b/$OMPI_LIB\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+# the link step of h5pcc and of CMake's checks: -lsz -lcurl -lcrypto live in the bundle
+export LIBRARY_PATH="\$_vd_b/usr/lib/$ARCH\${LIBRARY_PATH:+:\$LIBRARY_PATH}"
 export CMAKE_PREFIX_PATH="\$_vd_b/usr\${CMAKE_PREFIX_PATH:+:\$CMAKE_PREFIX_PATH}"
 # pkg-config reads the bundle's .pc files only; they say prefix=/usr, the sysroot maps that
 export PKG_CONFIG_LIBDIR="\$_vd_b/usr/lib/$ARCH/openblas-openmp/pkgconfig:\$_vd_b/usr/lib/$ARCH/pkgconfig:\$_vd_b/usr/share/pkgconfig"
@@ -194,7 +199,7 @@ export HWLOC_PLUGINS_PATH="\$_vd_b/usr/lib/$ARCH/hwloc"
 # the libraries the bundle assumes the machine has (tests/gpu/dry_run.sh checks nothing else came from outside)
 export VD_BUNDLE_BASE_SONAMES_RE='$BASE_SONAMES_RE'
 export VD_BUNDLE_CMAKE_ARGS="-DPKG_CONFIG_EXECUTABLE=\$_vd_b/usr/bin/pkgconf -DMPI_C_COMPILER=\$_vd_b/usr/bin/mpicc.openmpi -DMPIEXEC_EXECUTABLE=\$_vd_b/usr/bin/mpirun.openmpi -DHDF5_C_COMPILER_EXECUTABLE=\$_vd_b/usr/bin/h5pcc.openmpi -DVERA_OPENBLAS_OPENMP_PC=\$_vd_b/usr/lib/$ARCH/openblas-openmp/pkgconfig"
-unset _vd_b _vd_dir
+unset _vd_b _vd_dir _vd_z
 EOF
 
 size=$(du -sb "$BUNDLE" | cut -f1)

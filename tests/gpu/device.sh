@@ -67,7 +67,7 @@ finish() {
   echo "gcc: $(gcc --version 2>&1 | head -n 1)"
   echo "nvcc: $(nvcc --version 2>&1 | tail -n 1)"
   echo "cmake: $(cmake --version 2>&1 | head -n 1)"
-  timeout 10 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /'
+  echo "gpu: $(timeout 10 nvidia-smi -L 2>&1 | head -n 4 | tr "\n" " ")"
   echo "python3: $(command -v python3) $(timeout 20 python3 -c 'import torch,sys; print(sys.version.split()[0], "torch", torch.__version__)' 2>&1 | tail -n 1)"
   echo "nccl wheel: $(timeout 20 python3 -c 'import nvidia.nccl as n, os; d=list(n.__path__)[0]; print(d, os.listdir(d + "/lib"))' 2>&1 | tail -n 1)"
   echo "libnccl elsewhere: $(find / -xdev -name 'libnccl.so*' 2>/dev/null | head -n 4 | tr '\n' ' ')"
@@ -101,7 +101,7 @@ if [[ $DRY -eq 1 ]]; then
   rc=0
   timeout -k 10 1500 ctest --test-dir "$BUILD" -R "$emu" --output-on-failure >"$LOGS/emu-ctest.log" 2>&1 || rc=$?
   grep -E "Test +#|tests passed|tests failed" "$LOGS/emu-ctest.log" | sed 's/^ */  /' | tee -a "$SUMMARY"
-  grep -q -E "100% tests passed" "$LOGS/emu-ctest.log" || rc=${rc/#0/1}
+  if [[ $rc -eq 0 ]] && ! grep -q -E "100% tests passed" "$LOGS/emu-ctest.log"; then rc=1; fi
   phase_rc emu $rc
   finish
 fi
