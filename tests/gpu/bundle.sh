@@ -177,7 +177,8 @@ if [[ ! -f "\$_vd_b/.complete" ]]; then
 fi
 export VD_BUNDLE_ROOT="\$_vd_b"
 export PATH="\$_vd_b/usr/bin:\$PATH"
-export LD_LIBRARY_PATH="\$_vd_b/usr/lib/$ARCH:\$_vd_b/usr/lib/$ARCH/openblas-openmp:\$_vd_b/usr/lib/$ARCH/hdf5/openmpi:\$_vd_b/$OMPI_LIB\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+# lib/$ARCH: the packages not yet moved to /usr (libcom-err2, libkeyutils1, ...) unpack there
+export LD_LIBRARY_PATH="\$_vd_b/usr/lib/$ARCH:\$_vd_b/lib/$ARCH:\$_vd_b/usr/lib/$ARCH/openblas-openmp:\$_vd_b/usr/lib/$ARCH/hdf5/openmpi:\$_vd_b/$OMPI_LIB\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
 # the link step of h5pcc and of CMake's checks: -lsz -lcurl -lcrypto live in the bundle
 export LIBRARY_PATH="\$_vd_b/usr/lib/$ARCH\${LIBRARY_PATH:+:\$LIBRARY_PATH}"
 export CMAKE_PREFIX_PATH="\$_vd_b/usr\${CMAKE_PREFIX_PATH:+:\$CMAKE_PREFIX_PATH}"

@@ -121,7 +121,7 @@ cls="$OUT/libraries.txt"
 classify() { # classify SONAME PATH: bundle | cuda | nccl-wheel | base | BAD
   local so="$1" path="$2"
   if [[ $path == "$VD_BUNDLE_ROOT"/* ]]; then echo bundle
-  elif [[ $path == /usr/local/cuda* ]]; then echo cuda
+  elif [[ $path == /usr/local/cuda* || $so =~ ^lib(cudart|cublas|cublasLt|cuda|nvidia-ml)\.so ]]; then echo cuda
   elif [[ $path == */nvidia/nccl/* ]]; then echo nccl-wheel
   elif [[ $so =~ $VD_BUNDLE_BASE_SONAMES_RE ]]; then echo base
   else echo BAD; fi
