@@ -8,6 +8,7 @@
 
 #include "test_util.h"
 #include "vera/adapter.h"
+#include "test_adapter.h"
 #include "vera/backend.h"
 #include "vera/model.h"
 #include "vera/prng.h"
@@ -69,19 +70,19 @@ static void run_case(vd_weff_policy policy, float dropout) {
     vd_model mm; /* through the model seam; m is its GPT-2 */
     vd_model_init(&mm, be, &mc, hp);
     vd_gpt2 *m = mm.gpt2;
-    vd_vera v;
-    vd_vera_options vo = {4, 0.1f, 3, 0xF /* all four */, dropout};
-    vd_vera_init(&v, be, &mm, &vo);
+    vd_adapter v;
+    vd_adapter_options vo = vd_test_vera_options(4, 0.1f, 3, 0xF /* all four */, dropout);
+    vd_adapter_init(&v, be, &mm, &vo);
     vd_model_set_adapter(&mm, &v);
     const int N = 5;
-    vd_vera_alloc_acts(&v, N, policy == VD_WEFF_ALWAYS ? 1 : 1000000, policy);
+    vd_adapter_alloc_acts(&v, N, policy == VD_WEFF_ALWAYS ? 1 : 1000000, policy);
     uint64_t seed = 99;
     for (size_t i = 0; i < v.n_trainable; i++) v.params[i] = (float)urand(&seed);
-    vd_vera_refresh(&v);
+    vd_adapter_refresh(&v);
     CHECK(v.max_in == 32 && v.max_out == 32, "max_in %d max_out %d", v.max_in, v.max_out);
     vd_fwd_ctx ctx = {1, 12345, 77};
     for (int32_t mod = 0; mod < v.n_modules; mod++) {
-        vd_vera_module *md = &v.modules[mod];
+        vd_adapter_module *md = &v.modules[mod];
         int in = md->in, out = md->out;
         float *xf = malloc(sizeof(float) * N * in), *y = malloc(sizeof(float) * N * out);
         float *dout = malloc(sizeof(float) * N * out), *dinp = malloc(sizeof(float) * N * in);
@@ -90,11 +91,11 @@ static void run_case(vd_weff_policy policy, float dropout) {
         double *b = malloc(sizeof(double) * out), *d = malloc(sizeof(double) * vo.r);
         for (int i = 0; i < N * in; i++) { xf[i] = (float)urand(&seed); x[i] = xf[i]; }
         for (int i = 0; i < N * out; i++) R[i] = urand(&seed);
-        for (int o = 0; o < out; o++) b[o] = v.params[md->off_b + o];
-        for (int k = 0; k < vo.r; k++) d[k] = v.params[md->off_d + k];
+        for (int o = 0; o < out; o++) b[o] = v.params[vd_test_off_b(&v, mod) + o];
+        for (int k = 0; k < vo.r; k++) d[k] = v.params[vd_test_off_d(&v, mod) + k];
         if (dropout > 0) {
             mask = malloc(sizeof(double) * N * in);
-            uint64_t s = vd_vera_dropout_seed(&ctx, mod);
+            uint64_t s = vd_adapter_dropout_seed(&ctx, mod);
             int dropped = 0;
             for (int n = 0; n < N; n++)
                 for (int i = 0; i < in; i++) {
@@ -108,21 +109,21 @@ static void run_case(vd_weff_policy policy, float dropout) {
         const float *bias = md->kind == 0 ? m->params.qkvb
                           : md->kind == 1 ? m->params.attprojb
                           : md->kind == 2 ? m->params.fcb : m->params.fcprojb;
-        ref_layer p = {N, in, out, vo.r, v.max_in, W, bias, v.A, v.B, mask, R};
+        ref_layer p = {N, in, out, vo.r, v.max_in, W, bias, vd_test_vera_A(&v), vd_test_vera_B(&v), mask, R};
         ref_loss(&p, x, b, d, yref);
-        vd_linear_forward(&v, be, mod, y, xf, W, bias, N, in, out, &ctx);
+        vd_linear_forward(&v, be, mod, y, xf, &mm.sites[md->site].W, bias, N, in, out, &ctx);
         for (int i = 0; i < N * out; i++) CHECK_CLOSE(y[i], yref[i], 1e-5, 1e-5, "forward y");
         for (int i = 0; i < N * out; i++) dout[i] = (float)(R[i] * (1.0 - tanh(yref[i]) * tanh(yref[i])));
-        vd_vera_zero_grads(&v);
-        vd_linear_backward(&v, be, mod, dinp, dout, W, N, in, out, &ctx);
+        vd_adapter_zero_grads(&v);
+        vd_linear_backward(&v, be, mod, dinp, dout, &mm.sites[md->site].W, N, in, out, &ctx);
         char what[256];
         for (int o = 0; o < out; o++) {
             snprintf(what, sizeof(what), "%s dL/db[%d] (weff %d, dropout %.1f)", md->name, o, md->weff != NULL, dropout);
-            CHECK_CLOSE(v.grads[md->off_b + o], fd(&p, x, b, d, &b[o]), 1e-3, 1e-5, what);
+            CHECK_CLOSE(v.grads[vd_test_off_b(&v, mod) + o], fd(&p, x, b, d, &b[o]), 1e-3, 1e-5, what);
         }
         for (int k = 0; k < vo.r; k++) {
             snprintf(what, sizeof(what), "%s dL/dd[%d] (weff %d, dropout %.1f)", md->name, k, md->weff != NULL, dropout);
-            CHECK_CLOSE(v.grads[md->off_d + k], fd(&p, x, b, d, &d[k]), 1e-3, 1e-5, what);
+            CHECK_CLOSE(v.grads[vd_test_off_d(&v, mod) + k], fd(&p, x, b, d, &d[k]), 1e-3, 1e-5, what);
         }
         for (int i = 0; i < N * in; i++) {
             snprintf(what, sizeof(what), "%s dL/dx[%d] (weff %d, dropout %.1f)", md->name, i, md->weff != NULL, dropout);
@@ -131,7 +132,7 @@ static void run_case(vd_weff_policy policy, float dropout) {
         CHECK((policy == VD_WEFF_ALWAYS && dropout == 0) == (md->weff != NULL), "weff path chosen as asked");
         free(xf); free(y); free(dout); free(dinp); free(x); free(R); free(yref); free(mask); free(b); free(d);
     }
-    vd_vera_free(&v);
+    vd_adapter_free(&v);
     vd_model_free(&mm);
     free(hp);
 }

@@ -1008,10 +1008,15 @@ static void test_surgery(void) {
     copy_file(good, bad);
     set_attr(bad, "/", "step", H5T_STD_I32LE, H5T_NATIVE_INT32, &step32);
     expect_refused(bad, "attribute step of / is not int64", "step stored as int32");
-    int32_t version = 3;
+    int32_t version = 4;
     copy_file(good, bad);
     set_attr(bad, "/", "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &version);
-    expect_refused(bad, "format_version 3 is not supported (this build reads versions 1 to 2)", "format_version 3");
+    expect_refused(bad, "format_version 4 is not supported (this build reads versions 1 to 3)", "format_version 4");
+    /* a VeRA file (module table) relabelled as version 3 (tensor table) */
+    version = 3;
+    copy_file(good, bad);
+    set_attr(bad, "/", "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &version);
+    expect_refused(bad, "/adapter has no attribute 'adapter_type'", "format_version 3 without a tensor table");
     version = 0;
     copy_file(good, bad);
     set_attr(bad, "/", "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &version);

@@ -278,6 +278,8 @@ static void test_cli_errors(void) {
     PARSE_DIES("--max_steps: expected an integer in [1, 1000000000], got '0'", "--max_steps", "0");
     PARSE_DIES("--lr: expected a number in (0, 10], got '0'", "--lr", "0");
     PARSE_DIES("--lr: expected a number in (0, 10], got '1e-50'", "--lr", "1e-50"); /* 0 as a float */
+    PARSE_DIES("--collective_timeout: expected a number in [0, 86400], got '-1'", "--collective_timeout", "-1");
+    PARSE_DIES("--collective_timeout: expected a number in [0, 86400], got 'soon'", "--collective_timeout", "soon");
     PARSE_DIES("--lr: expected a number", "--lr", "nan");
     PARSE_DIES("--lr: expected a number", "--lr", "inf");
     PARSE_DIES("--lr: expected a number", "--lr", "0.1x");
@@ -584,7 +586,7 @@ static void test_serialize(void) {
     CHECK(strstr(s1, "config") == NULL, "config_path is not part of the serialized config");
     int lines = 0;
     for (const char *p = s1; *p; p++) lines += *p == '\n';
-    CHECK(lines == 36, "%d lines", lines);
+    CHECK(lines == 49, "%d lines", lines);
 
     /* round trip through vd_config_set */
     vd_config b;
@@ -669,15 +671,25 @@ static void test_serialize(void) {
     CHECK(vd_config_line_is_default("pack = 0", 8) && !vd_config_line_is_default("pack = 1", 8),
           "pack = 0 is the default line, pack = 1 is not");
     CHECK(!vd_config_line_is_default("pack = 0x", 8 + 1), "a longer line is not a default");
-    /* the last line of the table is pack: checkpoints written before it line up key by key */
+    /* pack, then collective_timeout, then the adapter keys end the table: checkpoints written before
+     * they existed line up key by key; collective_timeout (how long to wait for a lost rank) never
+     * changes the math */
     {
         vd_config d;
         vd_config_defaults(&d);
         static char sd[16384];
         serialize(&d, sd, sizeof(sd));
-        size_t n = strlen(sd);
-        CHECK(n > 9 && !strcmp(sd + n - 9, "pack = 0\n"), "pack is the last key:\n%s", sd);
+        const char *tail = "pack = 0\ncollective_timeout = 20\nadapter_type = vera\nlora_alpha = 8\n"
+                           "lora_dropout = 0\nuse_rslora = 0\n"
+                           "num_vectors = 256\nvector_length = 256\ntopk = 2\ninit_vector_bank_bound = 0.02\n"
+                           "init_logits_std = 0.1\nvblora_dropout = 0\nlr_vector_bank = 0\nsave_only_topk_weights = 0\n"
+                           "collective_timeout = 2e+01\n"; /* shortest float text */
+        size_t n = strlen(sd), nt = strlen(tail);
+        CHECK(n > nt && !strcmp(sd + n - nt, tail), "pack, collective_timeout and the adapter keys are the last keys:\n%s", sd);
+        CHECK(vd_config_line_is_default("adapter_type = vera", 19), "adapter_type = vera is the default line");
+        CHECK(!vd_config_key_resume_free("adapter_type"), "adapter_type must match on resume");
     }
+    CHECK(vd_config_key_resume_free("collective_timeout"), "collective_timeout may change on resume");
 }
 
 static void test_help(void) {

@@ -11,6 +11,7 @@
 
 #include "test_util.h"
 #include "vera/adapter.h"
+#include "test_adapter.h"
 #include "vera/backend.h"
 #include "vera/model.h"
 #include "vera/prng.h"
@@ -18,7 +19,7 @@
 static double urand(uint64_t *s) { return (double)(vd_mix64((*s)++) >> 11) / 9007199254740992.0 * 2.0 - 1.0; }
 
 /* max |decode - forward| over the positions of one decode schedule */
-static double decode_vs_forward(vd_model *m, vd_vera *v, const int32_t *tok, int T, int prompt, const float *full) {
+static double decode_vs_forward(vd_model *m, vd_adapter *v, const int32_t *tok, int T, int prompt, const float *full) {
     int V = m->config.vocab_size;
     vd_kv_cache kv;
     vd_model_kv_alloc(m, &kv, T);
@@ -55,14 +56,14 @@ static void run_case(const char *name, vd_model_config mc, int adapted) {
     vd_model m;
     vd_model_init(&m, be, &mc, hp);
     vd_model_alloc_acts(&m, 1, T);
-    vd_vera v;
+    vd_adapter v;
     if (adapted) {
-        vd_vera_options vo = {4, 0.1f, 7, (1u << f->n_kinds) - 1, 0.0f};
-        vd_vera_init(&v, be, &m, &vo);
+        vd_adapter_options vo = vd_test_vera_options(4, 0.1f, 7, (1u << f->n_kinds) - 1, 0.0f);
+        vd_adapter_init(&v, be, &m, &vo);
         vd_model_set_adapter(&m, &v);
-        vd_vera_alloc_acts(&v, T, T, VD_WEFF_NEVER);
+        vd_adapter_alloc_acts(&v, T, T, VD_WEFF_NEVER);
         for (size_t i = 0; i < v.n_trainable; i++) v.params[i] = (float)(0.8 * urand(&seed));
-        vd_vera_refresh(&v);
+        vd_adapter_refresh(&v);
     }
     int32_t tok[12];
     for (int i = 0; i < T; i++) tok[i] = (int32_t)(vd_mix64(seed + 31 * (uint64_t)i) % (uint64_t)mc.vocab_size);
@@ -87,7 +88,7 @@ static void run_case(const char *name, vd_model_config mc, int adapted) {
     }
     vd_cpu_attention_gemm_min_t = keep_min_t;
     free(full);
-    if (adapted) vd_vera_free(&v);
+    if (adapted) vd_adapter_free(&v);
     vd_model_free(&m);
     free(hp);
 }

@@ -11,6 +11,7 @@
 
 #include "test_util.h"
 #include "vera/adapter.h"
+#include "test_adapter.h"
 #include "vera/backend.h"
 #include "vera/model.h"
 #include "vera/prng.h"
@@ -39,20 +40,20 @@ static void run_case(vd_weff_policy policy) {
     vd_model_init(&mm, be, &mc, hp);
     int B = 2, T = 5;
     vd_model_alloc_acts(&mm, B, T);
-    vd_vera v;
-    vd_vera_options vo = {4, 0.1f, 1, 0x7F /* all seven */, 0.0f};
-    vd_vera_init(&v, be, &mm, &vo);
+    vd_adapter v;
+    vd_adapter_options vo = vd_test_vera_options(4, 0.1f, 1, 0x7F /* all seven */, 0.0f);
+    vd_adapter_init(&v, be, &mm, &vo);
     vd_model_set_adapter(&mm, &v);
-    vd_vera_alloc_acts(&v, B * T, B * T, policy);
+    vd_adapter_alloc_acts(&v, B * T, B * T, policy);
     for (size_t i = 0; i < v.n_trainable; i++) v.params[i] = (float)(0.5 * urand(&seed));
-    vd_vera_refresh(&v);
+    vd_adapter_refresh(&v);
     int32_t tok[10], tgt[10];
     for (int i = 0; i < B * T; i++) {
         tok[i] = (int32_t)(vd_mix64(seed + (uint64_t)i) % 29);
         tgt[i] = (int32_t)(vd_mix64(seed * 3 + (uint64_t)i) % 29);
     }
     vd_fwd_ctx ctx = {1, 0, 0};
-    vd_vera_zero_grads(&v);
+    vd_adapter_zero_grads(&v);
     double loss = vd_model_forward(&mm, tok, tgt, NULL, B, &ctx) / (B * T);
     vd_model_backward(&mm, 1.0f / (float)(B * T), &ctx);
     float *g = malloc(sizeof(float) * v.n_trainable);
@@ -64,10 +65,10 @@ static void run_case(vd_weff_policy policy) {
     for (size_t i = 0; i < v.n_trainable; i++) {
         float keep = v.params[i];
         v.params[i] = keep + h;
-        vd_vera_refresh(&v);
+        vd_adapter_refresh(&v);
         double lp = loss_of(&mm, tok, tgt, B, T);
         v.params[i] = keep - h;
-        vd_vera_refresh(&v);
+        vd_adapter_refresh(&v);
         double lm = loss_of(&mm, tok, tgt, B, T);
         v.params[i] = keep;
         double fd = (lp - lm) / (2.0 * (double)h);
@@ -78,7 +79,7 @@ static void run_case(vd_weff_policy policy) {
         nonzero += fabs(fd) > 1e-3;
         checked++;
     }
-    vd_vera_refresh(&v);
+    vd_adapter_refresh(&v);
     /* every kind adapted in both layers: sum of (out + r) over 14 modules */
     int expect = 2 * ((24 + 4) + 2 * (12 + 4) + (16 + 4) + 2 * (20 + 4) + (16 + 4));
     CHECK(checked == expect, "checked %d, expected %d", checked, expect);
@@ -87,7 +88,7 @@ static void run_case(vd_weff_policy policy) {
     printf("policy %d: %d gradients checked (%d non-zero), loss %.6f, max |analytic - fd| %.2e\n", (int)policy, checked,
            nonzero, loss, max_abs);
     free(g);
-    vd_vera_free(&v);
+    vd_adapter_free(&v);
     vd_model_free(&mm);
     free(hp);
 }

@@ -8,6 +8,7 @@
 
 #include "test_util.h"
 #include "vera/adapter.h"
+#include "test_adapter.h"
 #include "vera/backend.h"
 #include "vera/model.h"
 #include "vera/prng.h"
@@ -16,7 +17,7 @@ static double urand(uint64_t *s) { *s = vd_mix64(*s); return (double)(*s >> 11) 
 
 typedef struct {
     const vd_gpt2 *m;
-    const vd_vera *v;
+    const vd_adapter *v;
     const int32_t *tok, *tgt;
     int B, T;
 } ref_model;
@@ -34,7 +35,7 @@ static void ref_ln(double *out, const double *x, const float *w, const float *b,
 
 /* out = x W + bias, plus the VeRA term when module >= 0 (b, d read from the double params p) */
 static void ref_linear(double *out, const double *x, const float *W, const float *bias, int N, int in, int outd,
-                       const vd_vera *v, int module, const double *p) {
+                       const vd_adapter *v, int module, const double *p) {
     for (int n = 0; n < N; n++)
         for (int o = 0; o < outd; o++) {
             double s = bias[o];
@@ -42,19 +43,19 @@ static void ref_linear(double *out, const double *x, const float *W, const float
             out[n * outd + o] = s;
         }
     if (module < 0) return;
-    const vd_vera_module *md = &v->modules[module];
     int r = v->opt.r;
+    const float *A = vd_test_vera_A(v), *B = vd_test_vera_B(v);
     double *u = malloc(sizeof(double) * r);
     for (int n = 0; n < N; n++) {
         for (int k = 0; k < r; k++) {
             double s = 0;
-            for (int i = 0; i < in; i++) s += (double)v->A[k * v->max_in + i] * x[n * in + i];
-            u[k] = s * p[md->off_d + k];
+            for (int i = 0; i < in; i++) s += (double)A[k * v->max_in + i] * x[n * in + i];
+            u[k] = s * p[vd_test_off_d(v, module) + k];
         }
         for (int o = 0; o < outd; o++) {
             double z = 0;
-            for (int k = 0; k < r; k++) z += (double)v->B[o * r + k] * u[k];
-            out[n * outd + o] += p[md->off_b + o] * z;
+            for (int k = 0; k < r; k++) z += (double)B[o * r + k] * u[k];
+            out[n * outd + o] += p[vd_test_off_b(v, module) + o] * z;
         }
     }
     free(u);
@@ -141,17 +142,17 @@ static void run_case(vd_weff_policy policy) {
     }
     int B = 2, T = 6;
     vd_gpt2_alloc_acts(m, B, T);
-    vd_vera v;
-    vd_vera_options vo = {4, 0.1f, 1, 0xF /* all four */, 0.0f};
-    vd_vera_init(&v, be, &mm, &vo);
+    vd_adapter v;
+    vd_adapter_options vo = vd_test_vera_options(4, 0.1f, 1, 0xF /* all four */, 0.0f);
+    vd_adapter_init(&v, be, &mm, &vo);
     vd_model_set_adapter(&mm, &v);
-    vd_vera_alloc_acts(&v, B * T, B * T, policy);
+    vd_adapter_alloc_acts(&v, B * T, B * T, policy);
     for (size_t i = 0; i < v.n_trainable; i++) v.params[i] = (float)(0.5 * urand(&seed));
-    vd_vera_refresh(&v);
+    vd_adapter_refresh(&v);
     int32_t tok[12], tgt[12];
     for (int i = 0; i < B * T; i++) { tok[i] = (int32_t)(vd_mix64(seed + (uint64_t)i) % 32); tgt[i] = (int32_t)(vd_mix64(seed * 3 + (uint64_t)i) % 32); }
     vd_fwd_ctx ctx = {1, 0, 0};
-    vd_vera_zero_grads(&v);
+    vd_adapter_zero_grads(&v);
     double loss = vd_gpt2_forward(m, tok, tgt, NULL, B, &ctx) / (B * T);
     vd_gpt2_backward(m, 1.0f / (float)(B * T), &ctx);
 
@@ -181,7 +182,7 @@ static void run_case(vd_weff_policy policy) {
     printf("policy %d: %d gradients checked, loss %.8f (ref %.8f), max rel err %.2e\n", (int)policy, checked, loss, ref, max_rel);
     CHECK(checked == (int)(2 * (3 * 16 + 16 + 4 * 16 + 16 + 4 * 4)), "checked %d", checked);
     free(p);
-    vd_vera_free(&v);
+    vd_adapter_free(&v);
     vd_model_free(&mm);
     free(hp);
 }

@@ -18,6 +18,7 @@
 
 #include "test_util.h"
 #include "vera/adapter.h"
+#include "test_adapter.h"
 #include "vera/backend.h"
 #include "vera/model.h"
 #include "vera/prng.h"
@@ -291,7 +292,7 @@ static int pack_rows(const example *ex, int n_ex, int T, int one_per_row, int32_
 
 typedef struct {
     vd_model m;
-    vd_vera v;
+    vd_adapter v;
 } model_run;
 
 static void model_setup(model_run *r, const vd_model_config *mc, const float *hp, int B, int T, uint32_t mask,
@@ -299,16 +300,16 @@ static void model_setup(model_run *r, const vd_model_config *mc, const float *hp
     const vd_backend *be = vd_backend_cpu();
     vd_model_init(&r->m, be, mc, hp);
     vd_model_alloc_acts(&r->m, B, T);
-    vd_vera_options vo = {4, 0.1f, 1, mask, 0.0f};
-    vd_vera_init(&r->v, be, &r->m, &vo);
+    vd_adapter_options vo = vd_test_vera_options(4, 0.1f, 1, mask, 0.0f);
+    vd_adapter_init(&r->v, be, &r->m, &vo);
     vd_model_set_adapter(&r->m, &r->v);
-    vd_vera_alloc_acts(&r->v, B * T, B * T, VD_WEFF_AUTO);
+    vd_adapter_alloc_acts(&r->v, B * T, B * T, VD_WEFF_AUTO);
     if (vparams) memcpy(r->v.params, vparams, sizeof(float) * r->v.n_trainable);
-    vd_vera_refresh(&r->v);
+    vd_adapter_refresh(&r->v);
 }
 
 static void model_free(model_run *r) {
-    vd_vera_free(&r->v);
+    vd_adapter_free(&r->v);
     vd_model_free(&r->m);
 }
 
@@ -335,14 +336,14 @@ static void model_case(const char *name, const vd_model_config *mc, const float 
     float *vp = malloc(sizeof(float) * P.v.n_trainable);
     for (size_t i = 0; i < P.v.n_trainable; i++) vp[i] = 0.5f * urand(&seed);
     memcpy(P.v.params, vp, sizeof(float) * P.v.n_trainable);
-    vd_vera_refresh(&P.v);
+    vd_adapter_refresh(&P.v);
     model_setup(&U, mc, hp, ub, T, mask, vp);
     vd_fwd_ctx ctx = {1, 0, 0};
     float dloss = (float)(1.0 / n_targets);
-    vd_vera_zero_grads(&P.v);
+    vd_adapter_zero_grads(&P.v);
     double lp = vd_model_forward(&P.m, ptok, ptgt, ppos, pb, &ctx);
     vd_model_backward(&P.m, dloss, &ctx);
-    vd_vera_zero_grads(&U.v);
+    vd_adapter_zero_grads(&U.v);
     double lu = vd_model_forward(&U.m, utok, utgt, NULL, ub, &ctx); /* one example per row: pos = t */
     vd_model_backward(&U.m, dloss, &ctx);
     CHECK(fabs(lp - lu) <= 1e-5 * fabs(lu), "%s: packed loss sum %.9g, unpacked %.9g", name, lp, lu);

@@ -121,6 +121,39 @@ static void test_round_trip(void) {
 
 /* F16 and BF16 as torch/safetensors store them (little-endian), covering zero, normal,
  * subnormal, max, inf and NaN. The data section starts at an odd offset (unpadded header). */
+/* integer tensors (VB-LoRA's top-k indices, PEFT's U8 / I16 / I32 / I64) beside an F32 one */
+static void test_int_types(void) {
+    char path[512];
+    path_in_dir(path, sizeof(path), "ints.safetensors");
+    const uint8_t u8[3] = {0, 200, 255};
+    const int16_t i16[2] = {-32768, 32767};
+    const int32_t i32[2] = {-7, 2147483647};
+    const int64_t i64[2] = {-1, (int64_t)1 << 40};
+    const float f[2] = {1.5f, -2.0f};
+    vd_st_entry e[5] = {{"u8", NULL, 1, {3}, "U8", u8},  {"f", f, 1, {2}, NULL, NULL},
+                        {"i16", NULL, 1, {2}, "I16", i16}, {"i32", NULL, 2, {1, 2}, "I32", i32},
+                        {"i64", NULL, 1, {2}, "I64", i64}};
+    vd_safetensors_write_f32(path, e, 5, NULL, 0);
+    vd_safetensors st;
+    vd_safetensors_open(&st, path);
+    int64_t got[3];
+    const int64_t want_u8[3] = {0, 200, 255}, want_i16[2] = {-32768, 32767}, want_i32[2] = {-7, 2147483647};
+    const struct { const char *name, *dtype; const int64_t *want; int n; } cases[4] = {
+        {"u8", "U8", want_u8, 3}, {"i16", "I16", want_i16, 2}, {"i32", "I32", want_i32, 2}, {"i64", "I64", i64, 2}};
+    for (int c = 0; c < 4; c++) {
+        const vd_st_tensor *t = vd_safetensors_find(&st, cases[c].name);
+        CHECK(t && strcmp(t->dtype_name, cases[c].dtype) == 0, "%s stored as %s", cases[c].name, cases[c].dtype);
+        if (!t) continue;
+        vd_safetensors_read_int(&st, t, got);
+        for (int i = 0; i < cases[c].n; i++)
+            CHECK(got[i] == cases[c].want[i], "%s[%d] = %lld", cases[c].name, i, (long long)got[i]);
+    }
+    float fg[2];
+    vd_safetensors_read_f32(&st, vd_safetensors_find(&st, "f"), fg);
+    CHECK(fg[0] == 1.5f && fg[1] == -2.0f, "F32 beside integers");
+    vd_safetensors_close(&st);
+}
+
 static void test_half_types(void) {
     char path[512];
     path_in_dir(path, sizeof(path), "half.safetensors");
@@ -368,6 +401,7 @@ int main(void) {
     snprintf(g_dir, sizeof(g_dir), "/tmp/vd_test_safetensors_XXXXXX");
     if (!mkdtemp(g_dir)) { perror("mkdtemp"); return 1; }
     test_round_trip();
+    test_int_types();
     test_half_types();
     test_f16_all();
     test_malformed();

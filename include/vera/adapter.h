@@ -1,8 +1,23 @@
-/* adapter.h: VeRA. Owns the shared frozen projections A (r x max_in) and B (max_out x r),
- * the trainable vectors of every adapted layer in ONE contiguous buffer, and the gradient
- * buffer that is all-reduced once per optimizer step. The model calls vd_linear_forward /
- * vd_linear_backward for each of its four linear layers; an adapted one adds
- * y += b * (B[:out] (d * (A[:, :in] x))) as in docs/vera-math (PEFT's definition). */
+/* adapter.h: the adapter seam. A method (VeRA, VB-LoRA, LoRA) is a table of operations
+ * (vd_adapter_ops) over one generic vd_adapter that holds everything the trainer, the
+ * checkpoint, PEFT I/O, export, inspect and the all-reduce need WITHOUT knowing the method:
+ *
+ *   - ONE contiguous trainable buffer `params` (n_trainable floats) and ONE gradient buffer
+ *     `grads` (n_reduce = n_trainable + 2 floats: the loss sum and the stop-request count ride
+ *     along), all-reduced once per optimizer step (the only collective of a step);
+ *   - the adapted modules (one per targeted site of the model, PEFT's order) and module_of[site];
+ *   - a table of named trainable tensors (PEFT key, checkpoint path, offset, shape) covering
+ *     params exactly once, in offset order;
+ *   - optimizer groups (offset, count, peak learning rate): AdamW runs per group with its own lr;
+ *   - non-trainable tensors the method may save (VeRA's A and B when save_projection);
+ *   - the method id and its options.
+ *
+ * Ownership: adapter.c allocates and frees modules, module_of, tensors, saved, params and grads
+ * (the method declares sizes in `layout`, fills initial values in `init_params`); a method's
+ * private state (VeRA's A, B, U, scratch) lives behind `state`, allocated by its `layout` /
+ * `alloc_acts` and freed by its `free`. A merged weight (`vd_adapter_module.weff`) is allocated
+ * by the method and used by vd_linear_forward / vd_linear_backward in place of W0.
+ * See docs/adapters.md ("Design") and docs/architecture.md. */
 #ifndef VERA_ADAPTER_H
 #define VERA_ADAPTER_H
 
@@ -13,79 +28,260 @@
 #include "vera/config.h"
 #include "vera/model.h"
 
+struct cJSON;
+struct vd_safetensors;
+
+/* Method ids; the config key adapter_type spells them "vera", "vblora", "lora". The id is
+ * stored in checkpoints (attribute /adapter/adapter_type; absent = vera). */
+typedef enum { VD_ADAPTER_VERA = 0, VD_ADAPTER_VBLORA = 1, VD_ADAPTER_LORA = 2, VD_ADAPTER_N_TYPES } vd_adapter_type;
+
+#define VD_ADAPTER_MAX_GROUPS 4
+#define VD_ADAPTER_MAX_DIM 4
+
+typedef enum { VD_WEFF_AUTO = 0, VD_WEFF_ALWAYS, VD_WEFF_NEVER } vd_weff_policy;
+
+/* Every method's options, flat (a method reads its own block). Built from vd_config by
+ * vd_adapter_options_from_config, or from an adapter_config.json by vd_peft_read_options. */
+typedef struct {
+    vd_adapter_type type;
+    uint32_t target_mask;  /* bit k: adapt the family's kind k (vd_model_parse_targets) */
+    int32_t r;             /* rank (every method) */
+    float lr;              /* peak learning rate of the default optimizer group (config lr) */
+    uint64_t seed;         /* init seed of random trainable tensors (LoRA's A, VB-LoRA's bank and logits) */
+    /* VeRA */
+    float d_initial;
+    uint64_t key;          /* projection_prng_key */
+    float dropout;         /* vera_dropout */
+    /* LoRA */
+    float lora_alpha;
+    float lora_dropout;
+    int32_t use_rslora;    /* 1: scaling alpha / sqrt(r), else alpha / r */
+    /* VB-LoRA */
+    int32_t num_vectors;          /* bank rows */
+    int32_t vector_length;        /* bank columns; every adapted in / out must be a multiple */
+    int32_t topk;
+    float init_vector_bank_bound; /* bank ~ U(-bound, bound) */
+    float init_logits_std;        /* logits ~ N(0, std) */
+    float vblora_dropout;
+    float lr_vector_bank;         /* peak learning rate of the bank group (0 = lr) */
+    int32_t save_only_topk_weights; /* PEFT export of top-k indices / weights only (not resumable) */
+} vd_adapter_options;
+
+/* One adapted linear layer (a targeted site of the model). */
 typedef struct {
     char name[96];      /* HF module path, e.g. "transformer.h.0.attn.c_attn", "model.layers.0.self_attn.q_proj" */
     int32_t layer;      /* block index */
     int32_t kind;       /* index into the family's kind_paths */
     int32_t site;       /* index into the model's site list */
     int32_t in, out;    /* base layer shape (in x out on the backend) */
-    size_t off_b;       /* offset of lambda_b (out) in params / grads */
-    size_t off_d;       /* offset of lambda_d (r)   in params / grads */
-    const float *W0;    /* (in, out) frozen base weight (device), owned by the model */
-    float *U;           /* (N, r) u = A[:, :in] x of the last forward, kept for backward */
-    float *weff;        /* (in, out) W0 + dW^T when this module uses the merged backward, else NULL */
-} vd_vera_module;
+    const float *W0;    /* (in, out) frozen base weight (device), owned by the model, when it is
+                         * F32; NULL when BF16 (--precision bf16): then no method builds weff
+                         * (vd_adapter_alloc_acts passes VD_WEFF_NEVER), since merging dW into a
+                         * bf16 weight would round most of it away (docs/gpu.md) */
+    float *weff;        /* (in, out) W0 + dW^T kept by the method (rebuilt in refresh), used by
+                         * vd_linear_forward / _backward in place of W0; NULL = factored path */
+} vd_adapter_module;
 
+/* One named trainable tensor: a slice of params (and the same slice of grads, of the AdamW
+ * moments, of the checkpoint's arrays). Stored row-major in PEFT's own layout, so PEFT export
+ * and import are plain copies. */
 typedef struct {
-    int32_t r;
-    float d_initial;
-    uint64_t key;          /* projection_prng_key */
-    uint32_t target_mask;  /* bit k: adapt the family's kind k (vd_model_parse_targets) */
-    float dropout;
-} vd_vera_options;
+    char peft_key[192];  /* safetensors key in adapter_model.safetensors, e.g.
+                          * "base_model.model.transformer.h.0.attn.c_attn.vera_lambda_b",
+                          * "base_model.vblora_vector_bank" */
+    char ckpt_path[160]; /* HDF5 path under /adapter (and /optimizer/exp_avg...), e.g.
+                          * "transformer.h.0.attn.c_attn/lambda_b", "vector_bank" */
+    int32_t module;      /* owning module, or -1 for a tensor shared by every module */
+    int32_t group;       /* optimizer group index */
+    size_t offset;       /* first float in params / grads */
+    size_t numel;        /* product of shape */
+    int32_t ndim;        /* 1..VD_ADAPTER_MAX_DIM */
+    int64_t shape[VD_ADAPTER_MAX_DIM];
+} vd_adapter_tensor;
 
-typedef enum { VD_WEFF_AUTO = 0, VD_WEFF_ALWAYS, VD_WEFF_NEVER } vd_weff_policy;
+/* A contiguous range of params updated with its own peak learning rate (the schedule's warmup
+ * and cosine apply to each). Groups cover params exactly once, in offset order. */
+typedef struct {
+    char name[32];       /* "default", "logits", "vector_bank" (logged) */
+    size_t offset, count;
+    float lr;            /* peak learning rate */
+} vd_adapter_group;
 
-typedef struct vd_vera {
+/* A non-trainable tensor the method can save (VeRA's vera_A / vera_B): regenerated from the
+ * options on every run, so it is saved only on request (save_projection) and checked bit for
+ * bit when a file holds it. */
+typedef struct {
+    char peft_key[192];  /* e.g. "base_model.vera_A" */
+    char ckpt_name[32];  /* dataset name under /projection, e.g. "A" */
+    const float *data;   /* device, owned by the method */
+    size_t numel;
+    int32_t ndim;
+    int64_t shape[VD_ADAPTER_MAX_DIM];
+} vd_adapter_saved;
+
+struct vd_adapter;
+
+/* The method table. Every entry is required unless marked optional. */
+typedef struct vd_adapter_ops {
+    const char *name;       /* adapter_type spelling: "vera" */
+    const char *peft_type;  /* adapter_config.json peft_type: "VERA", "VBLORA", "LORA" */
+    const char *trainable_formula; /* how n_trainable adds up, for the log: "sum over adapted layers of out + r" */
+    /* The method's setup in one line for the log, after "<name>: r=R, M adapted layers (targets)":
+     * e.g. ", A 4x64, B 192x4, projection checksum ..." (may be empty). */
+    void (*describe)(const struct vd_adapter *a, char *out, size_t cap);
+    /* Declares the tensors (vd_adapter_add_tensor), groups (vd_adapter_add_group) and saved
+     * tensors of a->modules (already laid out), and builds the method's frozen state (VeRA: A, B).
+     * Sets a->identity_checksum (hash of that frozen state; 0 if none). Dies naming the option
+     * or layer on options the method cannot take. */
+    void (*layout)(struct vd_adapter *a);
+    /* Initial trainable values into hp (host, n_trainable floats, zeroed): PEFT's init. */
+    void (*init_params)(const struct vd_adapter *a, float *hp);
+    /* Per-token buffers for N tokens per micro-batch; tokens_per_step (per rank) and policy
+     * decide the merged-weight path. Calls refresh at the end. */
+    void (*alloc_acts)(struct vd_adapter *a, int32_t N, int64_t tokens_per_step, vd_weff_policy policy);
+    /* After params change (each optimizer step, a load): rebuild whatever derives from them
+     * (merged weights, VB-LoRA's composed A / B). */
+    void (*refresh)(struct vd_adapter *a);
+    /* optional: NULL = zero all of grads (n_reduce floats) */
+    void (*zero_grads)(struct vd_adapter *a);
+    /* The adapter's part of an adapted layer, after vd_linear_forward's base GEMM
+     * out = inp (W0 or weff) + bias: adds the adapter term unless md->weff already holds it,
+     * and keeps what backward needs. */
+    void (*linear_forward)(struct vd_adapter *a, int32_t module, float *out, const float *inp, int32_t N,
+                           const vd_fwd_ctx *ctx);
+    /* After vd_linear_backward's base GEMM dinp = dout (W0 or weff)^T: accumulates the
+     * module's parameter gradients into a->grads and, unless md->weff was used, adds the
+     * adapter path to dinp. */
+    void (*linear_backward)(struct vd_adapter *a, int32_t module, float *dinp, const float *dout, int32_t N,
+                            const vd_fwd_ctx *ctx);
+    /* Frees the method's state (not the generic arrays). */
+    void (*free)(struct vd_adapter *a);
+
+    /* ---- PEFT I/O (src/io/peft_io.c calls these; the tensors go by the table) ---- */
+    /* Adds the method's adapter_config.json fields (r, alpha, key, ...) to root; the common keys
+     * (peft_type, target_modules, bias, ...) are written by peft_io. */
+    void (*peft_config_write)(const struct vd_adapter *a, struct cJSON *root, int save_saved);
+    /* Reads the method's fields of an adapter_config.json (text: the file's bytes, for exact
+     * 64-bit integers) into opt (type and target_mask are already set); dies naming path and
+     * field. run non-NULL (loading into a run): also dies naming the field where the file
+     * differs from run in what shapes the tensors or the frozen state ("r is 8, this run has 4"). */
+    void (*peft_config_read)(const struct cJSON *root, const char *text, const char *path, vd_adapter_options *opt,
+                             const vd_adapter_options *run);
+    /* optional: writes adapter_model.safetensors itself (VB-LoRA's top-k only form) from host
+     * params and returns 1, or returns 0 to let peft_io write every tensor of the table (plus the
+     * saved tensors when save_saved); NULL = always the table. */
+    int (*peft_write_tensors)(const struct vd_adapter *a, const float *hp, const char *path, int save_saved,
+                              const char *const *meta_kv, int32_t n_meta);
+    /* optional: reads a file in the method's own form (VB-LoRA's top-k only) into hp (host,
+     * n_trainable floats) with its own checks and returns 1, or returns 0 to let peft_io read it
+     * by the table; NULL = always the table. */
+    int (*peft_read_tensors)(struct vd_adapter *a, const struct vd_safetensors *st, float *hp);
+    /* optional: dies with one line when the loaded values cannot be trained (NULL = they can) */
+    void (*check_trainable)(const struct vd_adapter *a);
+} vd_adapter_ops;
+
+typedef struct vd_adapter {
+    vd_adapter_type type;
+    const vd_adapter_ops *ops;
     const vd_backend *be;
     const vd_model_family *family; /* the model's: layer names for PEFT I/O */
     char base_model_class[48];     /* HF architecture, e.g. "LlamaForCausalLM" (adapter_config.json) */
-    vd_vera_options opt;
-    int32_t max_in, max_out;
+    vd_adapter_options opt;
+    int32_t max_in, max_out;       /* over the modules */
     int32_t n_modules;
-    vd_vera_module *modules;  /* (n_modules) PEFT's order: block by block, kinds in the family's order */
+    vd_adapter_module *modules;    /* (n_modules) PEFT's order: block by block, kinds in the family's order */
     int32_t n_sites;
-    int32_t *module_of;       /* (n_sites) module index of each model site, or -1 */
-    size_t n_trainable;       /* sum over modules of (out + r) */
-    size_t n_reduce;          /* n_trainable + 2: the loss sum and the stop-request count ride along */
-    uint64_t proj_checksum;   /* hash of A and B as generated */
-    float *A;                 /* (r, max_in) device */
-    float *B;                 /* (max_out, r) device */
-    float *params;            /* (n_trainable) device: [lambda_b, lambda_d] per module */
-    float *grads;             /* (n_reduce) device: gradients, then the loss sum, then the number of
-                               * ranks that received a stop signal (SIGTERM/SIGUSR1) */
-    /* scratch, sized for N = B*T tokens */
-    int32_t N;
-    float *xdrop;             /* (N, max_in) dropped adapter input */
-    float *tmp_r;             /* (N, r) */
-    float *tmp_out;           /* (N, max(max_out, max_in)) */
-    float *M;                 /* (max_out, r) G^T U */
-    float *tmp_w;             /* (max_in, max_out) dW^T while building weff */
-    vd_weff_policy weff_policy;
-} vd_vera;
+    int32_t *module_of;            /* (n_sites) module index of each model site, or -1 */
+    int32_t n_tensors;
+    vd_adapter_tensor *tensors;    /* (n_tensors) in offset order, covering params */
+    int32_t n_groups;
+    vd_adapter_group groups[VD_ADAPTER_MAX_GROUPS]; /* (n_groups) in offset order, covering params */
+    int32_t n_saved;
+    vd_adapter_saved *saved;       /* (n_saved) */
+    size_t n_trainable;            /* floats in params */
+    size_t n_reduce;               /* n_trainable + 2: the loss sum and the stop-request count ride along */
+    uint64_t identity_checksum;    /* hash of the frozen state regenerated from the options (VeRA: A then B) */
+    float *params;                 /* (n_trainable) device, the tensors at their offsets */
+    float *grads;                  /* (n_reduce) device: gradients, then the loss sum, then the number of
+                                    * ranks that received a stop signal (SIGTERM/SIGUSR1) */
+    int32_t N;                     /* tokens per micro-batch the activations hold (alloc_acts) */
+    void *state;                   /* the method's private state */
+} vd_adapter;
 
-/* Lays out one module per targeted site of `m`, draws A and B from opt.key (host, then
- * uploaded), sets b = 0 and d = d_initial, and binds each module to its site's frozen weight.
+/* The configuration keys, besides r, target_modules, d_initial and projection_prng_key, that
+ * decide the shape and math of an adapter a sub-command rebuilds to load values into (forward,
+ * eval): list them in its key list (cli.h). Init-only keys are not among them. */
+#define VD_ADAPTER_SHAPE_KEYS "adapter_type", "lora_alpha", "use_rslora", "num_vectors", "vector_length", "topk"
+
+/* "vera" / "vblora" / "lora"; parse returns -1 for an unknown name. */
+const char *vd_adapter_type_name(vd_adapter_type t);
+int vd_adapter_type_parse(const char *name);
+/* The method's table; dies naming adapter_type when this build lacks it. */
+const vd_adapter_ops *vd_adapter_ops_of(vd_adapter_type t);
+/* The method whose ops->peft_type is peft_type ("VERA"), or -1; the list of them, for messages. */
+int vd_adapter_type_of_peft(const char *peft_type);
+const char *vd_adapter_peft_types(void);
+/* The options of a run from its configuration and target mask. */
+void vd_adapter_options_from_config(vd_adapter_options *opt, const vd_config *cfg, uint32_t target_mask);
+
+/* Copies every key that defines an adapter (adapter_type, r, target_modules, d_initial,
+ * projection_prng_key, the LoRA and VB-LoRA keys, lr, lr_vector_bank, seed) from src to dst:
+ * a checkpoint's stored configuration into a sub-command's (eval --checkpoint). */
+void vd_adapter_config_copy(vd_config *dst, const vd_config *src);
+
+/* Lays out one module per targeted site of `m`, calls the method's layout, allocates params and
+ * grads, fills params with the method's init, binds each module to its site's frozen weight.
  * The caller attaches it to the model with vd_model_set_adapter. */
-void vd_vera_init(vd_vera *v, const vd_backend *be, const vd_model *m, const vd_vera_options *opt);
-/* Allocates per-token buffers for N tokens per micro-batch; tokens_per_step (per rank) decides
- * which modules use the merged input gradient (see docs/architecture.md). */
-void vd_vera_alloc_acts(vd_vera *v, int32_t N, int64_t tokens_per_step, vd_weff_policy policy);
-/* Must run after params change (each optimizer step): rebuilds the merged weights. */
-void vd_vera_refresh(vd_vera *v);
-void vd_vera_zero_grads(vd_vera *v);
-void vd_vera_free(vd_vera *v);
+void vd_adapter_init(vd_adapter *a, const vd_backend *be, const vd_model *m, const vd_adapter_options *opt);
+void vd_adapter_alloc_acts(vd_adapter *a, int32_t N, int64_t tokens_per_step, vd_weff_policy policy);
+void vd_adapter_refresh(vd_adapter *a);
+/* For a method's alloc_acts: gives md->weff (in x out, device; the method frees it) to every
+ * module where the merged weight pays (tokens_per_step (in + out) > in out; every module with
+ * VD_WEFF_ALWAYS, none with VD_WEFF_NEVER or dropout > 0). Returns 1 if any module got one. */
+int vd_adapter_alloc_weffs(vd_adapter *a, float dropout, int64_t tokens_per_step, vd_weff_policy policy);
+/* For a method's linear_forward / _backward (LoRA-shaped: U = dropout(x) A^T with A (r, in)):
+ * dropout(x) of module's input into scratch (N, in), the same mask in forward and backward, or x
+ * itself when p is 0 or not training. */
+const float *vd_adapter_dropped(vd_adapter *a, int32_t module, float *scratch, const float *x, float p, int32_t N,
+                               const vd_fwd_ctx *ctx);
+/* dinp (N, in) += mask * (scale dU A), dU (N, r), A (r, in); scratch (N, in) holds the product
+ * when a dropout mask applies. */
+void vd_adapter_input_grad(vd_adapter *a, int32_t module, float *dinp, const float *dU, const float *A, float scale,
+                           float *scratch, float p, int32_t N, const vd_fwd_ctx *ctx);
+/* A training run calls this after loading an adapter (--init_adapter): the method dies with one
+ * line if what it loaded cannot be trained (VB-LoRA's save_only_topk_weights files). */
+void vd_adapter_check_trainable(const vd_adapter *a);
+void vd_adapter_zero_grads(vd_adapter *a);
+void vd_adapter_free(vd_adapter *a);
+/* For a method's layout: appends a tensor at the next offset (n_trainable grows by its numel)
+ * and returns its index; module -1 = shared. `ckpt_path` and `peft_key` are complete strings. */
+int32_t vd_adapter_add_tensor(vd_adapter *a, const char *peft_key, const char *ckpt_path, int32_t module,
+                              int32_t group, int32_t ndim, const int64_t *shape);
+/* Opens a new optimizer group at the current end of params (the tensors added next belong to it). */
+int32_t vd_adapter_add_group(vd_adapter *a, const char *name, float lr);
+void vd_adapter_add_saved(vd_adapter *a, const char *peft_key, const char *ckpt_name, const float *data,
+                          int32_t ndim, const int64_t *shape);
+/* Index of the tensor with this PEFT key, or -1. */
+int32_t vd_adapter_find_tensor(const vd_adapter *a, const char *peft_key);
 
 /* One linear layer of the model, adapted when module >= 0.
- * out (N, outd) = inp (N, in) W (in, outd) + bias (may be NULL) [+ VeRA]. */
-void vd_linear_forward(vd_vera *v, const vd_backend *be, int32_t module, float *out, const float *inp,
-                       const float *W, const float *bias, int32_t N, int32_t in, int32_t outd,
+ * out (N, outd) = inp (N, in) W (in, outd) + bias (may be NULL) [+ the adapter's term]. W is F32
+ * or BF16: the base GEMM is the one place that reads it (be->gemm_ex: bf16 inputs, fp32
+ * accumulation); everything else is fp32. */
+void vd_linear_forward(vd_adapter *a, const vd_backend *be, int32_t module, float *out, const float *inp,
+                       const vd_tensor *W, const float *bias, int32_t N, int32_t in, int32_t outd,
                        const vd_fwd_ctx *ctx);
-/* dinp (N, in) = dout W^T [+ adapter path]; accumulates lambda_b / lambda_d gradients. */
-void vd_linear_backward(vd_vera *v, const vd_backend *be, int32_t module, float *dinp, const float *dout,
-                        const float *W, int32_t N, int32_t in, int32_t outd, const vd_fwd_ctx *ctx);
+/* dinp (N, in) = dout W^T [+ adapter path]; accumulates the module's gradients into a->grads. */
+void vd_linear_backward(vd_adapter *a, const vd_backend *be, int32_t module, float *dinp, const float *dout,
+                        const vd_tensor *W, int32_t N, int32_t in, int32_t outd, const vd_fwd_ctx *ctx);
 
-/* Seed of module's dropout mask for this forward (the backend draws element (row, col) from it). */
-uint64_t vd_vera_dropout_seed(const vd_fwd_ctx *ctx, int32_t module);
+/* Seed of module's dropout mask for this forward (the backend draws element (row, col) from it);
+ * every method draws its adapter-input dropout from this stream. */
+uint64_t vd_adapter_dropout_seed(const vd_fwd_ctx *ctx, int32_t module);
+
+/* The methods' tables (src/adapter/<method>.c). */
+extern const vd_adapter_ops vd_vera_ops;
+extern const vd_adapter_ops vd_lora_ops;
+extern const vd_adapter_ops vd_vblora_ops;
 
 #endif

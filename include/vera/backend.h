@@ -1,12 +1,15 @@
 /* backend.h: the seam between the model and the hardware. The model, adapter and optimizer
  * call only these operations on buffers the backend allocated ("device" pointers: host
  * memory for the CPU backend, GPU memory for a CUDA backend). A second backend fills the
- * same table; no #ifdef reaches the model code. All tensors are fp32, row-major. */
+ * same table; no #ifdef reaches the model code. All tensors are fp32, row-major, except the
+ * operands of gemm_ex (frozen weights stored bf16 under --precision bf16). */
 #ifndef VERA_BACKEND_H
 #define VERA_BACKEND_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "vera/tensor.h"
 
 /* A target that takes no loss (data.h defines the same): softmax_xent gives it loss 0 and a
  * zero gradient row. */
@@ -25,6 +28,18 @@ typedef struct vd_attn_shape {
     const int32_t *pos;
 } vd_attn_shape;
 
+/* Shape of one VB-LoRA matrix (see vblora_compose): logits (n_outer, n_inner, nv), one
+ * sub-vector of L entries per (outer, inner) pair, written with strides so, si, sl (floats).
+ * PEFT's A (r x in): n_outer = r, n_inner = in / L, so = in, si = L, sl = 1.
+ * PEFT's B (out x r): n_outer = out / L, n_inner = r, so = L * r, si = 1, sl = r. */
+typedef struct vd_vblora_shape {
+    int n_outer, n_inner;
+    int L;       /* vector_length */
+    int nv;      /* num_vectors (bank rows) */
+    int k;       /* topk, 1 <= k <= nv */
+    int so, si, sl;
+} vd_vblora_shape;
+
 typedef struct vd_backend {
     const char *name;
     /* ---- memory ---- */
@@ -42,6 +57,18 @@ typedef struct vd_backend {
     /* C (M x N) = alpha * op(A) op(B) + beta * C; op(A) is M x K, op(B) is K x N. */
     void (*gemm)(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                  const float *B, int ldb, float beta, float *C, int ldc);
+    /* gemm with typed operands: A of type ta, B of type tb (VD_DTYPE_F32 or VD_DTYPE_BF16; lda,
+     * ldb in elements), C fp32, every product accumulated in fp32. When either operand is BF16
+     * the other one enters as its bf16 rounding too (the GEMM runs on bf16 inputs, as cuBLAS's
+     * GemmEx does), so backends agree up to the order of the fp32 sums. Both F32 is `gemm`
+     * exactly (TF32 inputs when set_tf32 turned it on). */
+    void (*gemm_ex)(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A, vd_dtype ta,
+                    int lda, const void *B, vd_dtype tb, int ldb, float beta, float *C, int ldc);
+    /* dst (n bf16, device) = round-to-nearest-even of src (n fp32, device). */
+    void (*to_bf16)(void *dst, const float *src, size_t n);
+    /* --precision tf32: fp32 GEMMs may round their inputs to TF32 (cuBLAS's FAST_TF32 compute).
+     * NULL on a backend without TF32 (the CPU: the CLI refuses the option there). */
+    void (*set_tf32)(int on);
     void (*add_bias)(float *out, const float *bias, int N, int OC);           /* out[n,:] += bias */
 
     /* ---- transformer ---- */
@@ -115,6 +142,22 @@ typedef struct vd_backend {
      * mix(seed, row0 + row, c) >= p; kept values are scaled by 1/(1-p). out may equal inp. */
     void (*dropout)(float *out, const float *inp, int N, int C, float p, uint64_t seed, uint64_t row0);
 
+    /* ---- VB-LoRA: matrices composed from a shared vector bank (docs/adapters.md) ---- */
+    /* For each of n rows of nv logits: idx (n, k) = the k largest logits in descending order
+     * (ties: the lower index first; torch.topk leaves the order of ties unspecified) and
+     * w (n, k) = their softmax (max subtracted, as torch.softmax). */
+    void (*vblora_topk)(int32_t *idx, float *w, const float *logits, int n, int nv, int k);
+    /* Sub-vector s = o * n_inner + i (o < n_outer, i < n_inner) is written at
+     * out[o*so + i*si + l*sl] = sum_j w[s,j] bank[idx[s,j], l], l < L, j ascending. */
+    void (*vblora_compose)(float *out, const float *bank, const int32_t *idx, const float *w,
+                           const struct vd_vblora_shape *s);
+    /* The backward of compose for g(s, l) = dmat[o*so + i*si + l*sl] (accumulated, +=):
+     * dlogits (n_outer*n_inner, nv): only the top-k entries of each row, through the softmax;
+     * dbank (nv, L): sum over s ascending, j ascending of w[s,j] g(s, :) (a fixed order:
+     * bit-identical for any thread count; callers fix the order of layers). */
+    void (*vblora_compose_backward)(float *dlogits, float *dbank, const float *dmat, const float *bank,
+                                    const int32_t *idx, const float *w, const struct vd_vblora_shape *s);
+
     /* ---- optimizer ---- */
     double (*sum_sq)(const float *x, size_t n);                               /* result on host */
     /* AdamW (PyTorch semantics) on n values; grads are multiplied by grad_scale first. */
@@ -137,6 +180,19 @@ float vd_dropout_uniform(uint64_t seed, uint64_t row, uint64_t col);
 /* The CPU backend runs attention through BLAS GEMMs for seq_len >= this (default 128), with
  * direct loops below it; tests lower it to compare the two paths. */
 extern int vd_cpu_attention_gemm_min_t;
+/* src/backend/cpu_bf16.c: the CPU's gemm_ex. VD_CPU_BF16_CONVERT (default) widens bf16 operands
+ * to fp32 and calls cblas_sgemm; VD_CPU_BF16_SBGEMM calls OpenBLAS's cblas_sbgemm when the
+ * loaded library has it (vd_cpu_has_sbgemm), the convert path otherwise. The benchmark
+ * (bench/bench_bf16_gemm.c) switches between them. */
+enum { VD_CPU_BF16_CONVERT = 0, VD_CPU_BF16_SBGEMM = 1 };
+extern int vd_cpu_bf16_gemm_impl;
+int vd_cpu_has_sbgemm(void);
+void vd_cpu_gemm_ex(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A, vd_dtype ta, int lda,
+                    const void *B, vd_dtype tb, int ldb, float beta, float *C, int ldc);
+void vd_cpu_to_bf16(void *dst, const float *src, size_t n);
+/* host conversions of n values (OpenMP): bf16 -> fp32 exact, fp32 -> bf16 nearest even */
+void vd_cpu_bf16_widen(float *dst, const uint16_t *src, size_t n);
+void vd_cpu_bf16_narrow(uint16_t *dst, const float *src, size_t n);
 /* src/backend/blas_kernel.c: the OpenBLAS kernel in use (openblas_get_corename), and the check
  * main() runs first: when OpenBLAS picked a kernel weaker than the CPU's features allow (its
  * generic Prescott kernels on a CPU it does not know), execute argv again with OPENBLAS_CORETYPE

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "vera/adapter.h"
 #include "vera/model.h"
 
 #define VD_CKPT_FORMAT "vera-dist-checkpoint"
@@ -16,6 +17,12 @@
  * also reads version 1 (GPT-2 only; the fields it lacks read as GPT-2 defaults, 0). */
 #define VD_CKPT_VERSION 2
 #define VD_CKPT_MIN_VERSION 1
+/* Version 3: any adapter other than VeRA (docs/checkpoint-format.md, "Version 3"): /adapter holds
+ * adapter_type and the tensor table (tensor_order, n_trainable) instead of VeRA's module table,
+ * each tensor a dataset of its own shape. VeRA's files stay version 2 (adapter_type absent =
+ * vera), so every reader of version 2 still reads them. */
+#define VD_CKPT_VERSION_TENSORS 3
+#define VD_CKPT_MAX_VERSION VD_CKPT_VERSION_TENSORS
 
 /* One adapted layer as stored: its module path and vector lengths, in the trainer's (PEFT's)
  * order. The reader checks that the list is self-consistent (names unique and valid, out > 0,
@@ -26,6 +33,16 @@ typedef struct {
     int32_t out;          /* length of lambda_b */
     size_t off_b, off_d;  /* offsets of lambda_b / lambda_d in the flat arrays below */
 } vd_ckpt_module;
+
+/* One trainable tensor as stored: its HDF5 path under /adapter (and under /optimizer/exp_avg,
+ * /optimizer/exp_avg_sq), its place in the flat arrays below and its shape; the generic form of
+ * the adapter's tensor table (vd_adapter_tensor), for every adapter type. */
+typedef struct {
+    char path[160];       /* e.g. "transformer.h.0.attn.c_attn/lambda_b", "model.layers.0.self_attn.q_proj/lora_A" */
+    size_t offset, numel; /* in the flat arrays */
+    int32_t ndim;
+    int64_t shape[VD_ADAPTER_MAX_DIM];
+} vd_ckpt_tensor;
 
 typedef struct vd_checkpoint {
     /* identity: what the vectors belong to */
@@ -49,9 +66,14 @@ typedef struct vd_checkpoint {
     uint64_t dropout_seed;        /* run seed; masks are counter-based on (seed, step) */
     int32_t adam_t;               /* AdamW bias-correction step count */
     float last_loss;              /* loss of the last completed step */
+    /* the adapter: its method and tensor table (every version: files before version 3 are VeRA's,
+     * their table rebuilt from the module table) */
+    char adapter_type[16];        /* "vera", "lora", "vblora" (vd_adapter_type_name) */
+    int32_t n_tensors;
+    vd_ckpt_tensor *tensors;      /* (n_tensors) in offset order, covering n_trainable */
     /* tensors (host, fp32) */
     int32_t n_modules;
-    vd_ckpt_module *modules;      /* (n_modules) */
+    vd_ckpt_module *modules;      /* (n_modules) VeRA's module table (versions 1 and 2); 0 / NULL otherwise */
     size_t n_trainable;
     float *params;                /* (n_trainable) lambda_b / lambda_d, at modules' offsets */
     float *exp_avg;               /* (n_trainable) AdamW first moment */
@@ -60,20 +82,33 @@ typedef struct vd_checkpoint {
     float *B;                     /* (max_out, r) or NULL when not stored */
 } vd_checkpoint;
 
-/* Writes ck to path atomically (path + ".tmp.<pid>", H5Fflush, fsync, rename, fsync dir).
+/* Writes ck to path atomically (path + ".tmp.<pid>", H5Fflush, fsync, rename, fsync dir), as
+ * version 2 when ck->adapter_type is "vera" (or empty: VeRA's module table), else version 3
+ * (the tensor table).
  * Stores A and B only if ck->A and ck->B are non-NULL. delay_ms > 0 sleeps between writing
  * datasets (tests use it to kill a writer mid-file). Dies (vd_die) on any I/O error. */
 void vd_checkpoint_write(const char *path, const vd_checkpoint *ck, int32_t delay_ms);
 /* Reads and verifies path into ck (allocating its arrays); format versions
- * VD_CKPT_MIN_VERSION..VD_CKPT_VERSION. Returns 0 on success; on any
+ * VD_CKPT_MIN_VERSION..VD_CKPT_MAX_VERSION. Returns 0 on success; on any
  * problem (not HDF5, missing group/dataset/attribute, wrong shape, checksum mismatch,
  * truncated) returns -1 with a one-line reason in err, leaves ck freed, and never dies. */
 int vd_checkpoint_read(const char *path, vd_checkpoint *ck, char *err, size_t errcap);
 void vd_checkpoint_free(vd_checkpoint *ck);
 /* Checksum over params, exp_avg and exp_avg_sq, the scalars that drive resume, the model
- * config and the module table, as format version VD_CKPT_VERSION defines it
+ * config and the module (or tensor) table, as the version vd_checkpoint_write writes ck in defines it
  * (docs/checkpoint-format.md, "data_checksum"); ck->format_version is not used. */
 uint64_t vd_checkpoint_data_checksum(const vd_checkpoint *ck);
+
+/* The identity and tensor table of adapter a into ck (adapter_type, r, max_in, max_out,
+ * projection_prng_key, target_modules from targets, projection_checksum, the tensor table, and
+ * VeRA's module table), and, when save_saved, host copies of a's saved tensors into A / B.
+ * The arrays params / exp_avg / exp_avg_sq are the caller's to fill. */
+void vd_checkpoint_set_adapter(vd_checkpoint *ck, const vd_adapter *a, const char *targets, int save_saved);
+/* Compares a checkpoint's adapter with adapter a regenerated from the run's options: the type,
+ * the frozen state's checksum, the tensor table (paths, offsets, shapes). Returns 0 if they
+ * agree; else 1 with the first difference in out, e.g. "adapter_type lora in the checkpoint,
+ * vera here". */
+int vd_checkpoint_adapter_difference(const vd_checkpoint *ck, const vd_adapter *a, char *out, size_t cap);
 
 /* Compares a checkpoint's base-model config (format `version`: fields a version does not store
  * are skipped) with the model loaded now, field by field in the file's order. Returns 0 if they

@@ -54,21 +54,21 @@ int vd_cli_take_flag(int *argc, char **argv, const char *name, const char *who);
 void vd_cli_refuse_rest(int argc, char **argv, const char *who, const char *options);
 
 struct vd_config;
-struct vd_vera;
+struct vd_adapter;
 /* A checkpoint's stored configuration text (vd_config_serialize lines) back into cfg, over the
  * defaults; path names the file in errors. */
 void vd_cli_config_from_text(struct vd_config *cfg, const char *text, const char *path);
 /* --adapter: a PEFT adapter directory (adapter_config.json checked against the run) or a single
- * safetensors file with PEFT's key names, into v. */
-void vd_cli_load_adapter(struct vd_vera *v, const char *path);
+ * safetensors file with PEFT's key names, into a. */
+void vd_cli_load_adapter(struct vd_adapter *a, const char *path);
 struct vd_checkpoint;
 /* A checkpoint given to export, eval or generate: it belongs to this base model (fingerprint of
- * the weights in `model`), and to the adapter v regenerated from its stored r, target_modules and
- * projection_prng_key (projection checksum, layer list, offsets). Each dies naming `who`
+ * the weights in `model`), and to the adapter a regenerated from its stored adapter_type, r,
+ * target_modules and projection_prng_key (vd_checkpoint_adapter_difference). Each dies naming `who`
  * ("export"), the file and what differs. */
 void vd_cli_check_checkpoint_model(const char *who, const char *path, const struct vd_checkpoint *ck,
                                    uint64_t fingerprint, const char *model);
 void vd_cli_check_checkpoint_adapter(const char *who, const char *path, const struct vd_checkpoint *ck,
-                                     const struct vd_vera *v);
+                                     const struct vd_adapter *a);
 
 #endif

@@ -49,13 +49,29 @@ typedef struct vd_config {
     /* [system] */
     int32_t threads;               /* threads per rank; 0 = node cores / ranks on the node */
     char device[16];               /* "cpu", "cuda" or "auto" (cuda when usable, else cpu): docs/gpu.md */
-    char precision[8];             /* "fp32"; "bf16" is designed (docs/gpu.md) but rejected for now */
+    char precision[8];             /* "fp32", "bf16" or "tf32" (cuda only): docs/configuration.md, "Precision" */
+    float collective_timeout;      /* seconds of waiting in one collective before the job ends; 0 = off */
     /* [checkpoint] */
     int32_t ckpt_every;            /* steps between checkpoints; 0 = only at the end */
     int32_t keep_last;             /* checkpoints kept */
     int32_t save_projection;       /* 1: store A and B in checkpoints */
     char resume[VD_PATH_MAX];      /* "auto", "none" or a checkpoint path */
     int32_t ckpt_delay_ms;         /* testing only: slow checkpoint writes down */
+    /* [adapter] (docs/adapters.md) */
+    char adapter_type[16];         /* "vera", "vblora" or "lora" */
+    /* [lora] */
+    float lora_alpha;              /* scaling lora_alpha / r (or / sqrt(r) with use_rslora) */
+    float lora_dropout;            /* dropout probability on the adapter input */
+    int32_t use_rslora;            /* 1: rank-stabilised scaling */
+    /* [vblora] */
+    int32_t num_vectors;           /* vectors in the shared bank */
+    int32_t vector_length;         /* length of each bank vector */
+    int32_t topk;                  /* bank vectors mixed per sub-vector */
+    float init_vector_bank_bound;  /* bank ~ U(-bound, bound) */
+    float init_logits_std;         /* logits ~ N(0, std) */
+    float vblora_dropout;          /* dropout probability on the adapter input */
+    float lr_vector_bank;          /* peak lr of the bank; 0 = lr */
+    int32_t save_only_topk_weights; /* PEFT export: top-k indices and weights only */
     /* not a key: who set each key (defaults 0 = VD_FROM_DEFAULT). A default that conflicts with
      * a value the user gave gives way to it (vd_config_parse adjusts it and logs one line); only
      * values the user gave can conflict with each other (vd_config_validate refuses those). */

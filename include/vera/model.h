@@ -71,6 +71,8 @@ void vd_gpt2_param_sizes(const vd_gpt2_config *cfg, size_t sizes[VD_GPT2_NUM_PAR
 size_t vd_gpt2_num_params(const vd_gpt2_config *cfg);
 /* Points the named pointers into one contiguous buffer laid out in that order. */
 void vd_gpt2_params_point(vd_gpt2_params *p, const vd_gpt2_config *cfg, float *buf);
+/* Sets the named pointers to addr[i] (vd_gpt2_params order; NULL allowed). */
+void vd_gpt2_params_set(vd_gpt2_params *p, float *const addr[VD_GPT2_NUM_PARAMS]);
 
 /* ---- model_io.c: Hugging Face directories and llm.c model files ---- */
 /* Reads DIR/config.json and DIR/model.safetensors (names with or without the "transformer."
@@ -111,7 +113,7 @@ uint64_t vd_gpt2_fingerprint(const vd_gpt2_config *cfg, const float *params);
 
 /* ---- model.c: the model on a backend ---- */
 struct vd_backend;
-struct vd_vera;
+struct vd_adapter;
 
 /* Per forward call: what dropout needs to draw a world-size independent mask. */
 typedef struct {
@@ -120,13 +122,18 @@ typedef struct {
     uint64_t row0;          /* global index of this micro-batch's first token row */
 } vd_fwd_ctx;
 
+struct vd_linear_site;
+
 typedef struct vd_gpt2 {
     vd_gpt2_config config;
     const struct vd_backend *be;
-    vd_gpt2_params params;   /* frozen weights, named pointers into params_memory (device) */
+    vd_gpt2_params params;   /* frozen weights, named pointers into params_memory (device); the four
+                              * linear weights are NULL under bf16: they live in lin_memory */
     float *params_memory;
+    void *lin_memory;        /* bf16 linear weights (weight_dtype BF16), else NULL */
+    const struct vd_linear_site *sites; /* (n_layer * 4) the model's site list: W of each linear layer */
     size_t num_params;
-    struct vd_vera *vera;    /* adapter (owned by the caller); NULL = plain GPT-2 */
+    struct vd_adapter *adapter; /* adapter (owned by the caller); NULL = plain GPT-2 */
     int32_t B, T;            /* activation capacity: up to B sequences of exactly T tokens */
     /* activations kept for backward (device); L = n_layer, N = B*T */
     float *encoded;          /* (N, C)        embeddings = input of block 0 */
@@ -157,8 +164,10 @@ typedef struct vd_gpt2 {
     int32_t last_B;          /* sequences in the last forward */
 } vd_gpt2;
 
-/* Uploads host_params (vd_gpt2_params order) to the backend. */
-void vd_gpt2_init(vd_gpt2 *m, const struct vd_backend *be, const vd_gpt2_config *cfg, const float *host_params);
+/* Uploads host_params (vd_gpt2_params order) to the backend, the linear weights as wdtype (F32
+ * or BF16), and fills sites (n_layer * 4), which the model keeps using. */
+void vd_gpt2_init(vd_gpt2 *m, const struct vd_backend *be, const vd_gpt2_config *cfg, const float *host_params,
+                  vd_dtype wdtype, struct vd_linear_site *sites);
 void vd_gpt2_alloc_acts(vd_gpt2 *m, int32_t B, int32_t T);
 /* Forward on nb <= B sequences of T tokens (host arrays of nb*T ids). With targets, returns
  * the sum of token losses (targets VD_TARGET_NONE add 0; and keeps what backward needs);
@@ -166,7 +175,7 @@ void vd_gpt2_alloc_acts(vd_gpt2 *m, int32_t B, int32_t T);
 double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets, const int32_t *pos, int32_t nb,
                        const vd_fwd_ctx *ctx);
 /* Backward of (dloss * sum of token losses) of the last forward: accumulates the adapter's
- * b/d gradients into m->vera->grads. Frozen weights get no gradient. */
+ * adapter gradients into m->adapter->grads. Frozen weights get no gradient. */
 void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx);
 void vd_gpt2_free(vd_gpt2 *m);
 
@@ -198,11 +207,13 @@ typedef struct vd_model_family {
 
 /* One adaptable linear layer, y = x W (+ bias). Every family keeps linear weights in x out on
  * the backend (GPT-2's Conv1D layout; Llama's nn.Linear weights are transposed at load). */
-typedef struct {
+typedef struct vd_linear_site {
     char name[96];        /* HF module path, e.g. "model.layers.3.self_attn.q_proj" */
     int32_t layer, kind;  /* block index; index into family->kind_paths */
     int32_t in, out;
-    vd_tensor W;          /* (in, out) frozen weight on the backend, owned by the model */
+    vd_tensor W;          /* (in, out) frozen weight on the backend, owned by the model: F32, or BF16
+                           * under --precision bf16 */
+    size_t host_off;      /* where W's (in, out) floats start in the family's host buffer */
 } vd_linear_site;
 
 typedef struct vd_llama vd_llama;
@@ -240,11 +251,34 @@ void vd_model_save_hf(const char *dir, const vd_model_config *cfg, const float *
 
 /* Bytes of activations and backward scratch vd_model_alloc_acts(B, T) allocates (inspect). */
 size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T);
-/* Uploads host_params to the backend and lists the sites. */
+/* Uploads host_params to the backend and lists the sites: vd_model_init_typed with F32. */
 void vd_model_init(vd_model *m, const struct vd_backend *be, const vd_model_config *cfg, const float *host_params);
+/* The same with the linear layers' frozen weights stored as wdtype: VD_DTYPE_F32, or
+ * VD_DTYPE_BF16 (rounded to nearest even; half the memory; their GEMMs run on bf16 inputs with
+ * fp32 accumulation). Embeddings, the LM head, norms and biases stay fp32. */
+void vd_model_init_typed(vd_model *m, const struct vd_backend *be, const vd_model_config *cfg,
+                         const float *host_params, vd_dtype wdtype);
+/* The storage of the linear layers' frozen weights for a `precision` value: BF16 for "bf16",
+ * F32 for "fp32" and "tf32" (TF32 is a GEMM mode, not a storage type). */
+vd_dtype vd_precision_weight_dtype(const char *precision);
+/* Elements of the linear layers' weights (all kinds, every layer): what BF16 storage halves. */
+size_t vd_model_linear_params(const vd_model_config *cfg);
+/* The families' upload (model.c). host: n tensors of count[i] floats, in order; the tensors in
+ * `linear` (bit i) hold linear weights. F32: one fp32 device buffer in the host layout
+ * (*f32_mem; *lin_mem = NULL). BF16: the linear tensors rounded into one bf16 buffer (*lin_mem),
+ * the rest in a compact fp32 buffer. f32[i]: tensor i's fp32 device address (NULL when it has
+ * no elements or went to bf16); lin[i]: tensor i's device address either way; host_off[i]:
+ * its offset in host (floats). */
+void vd_model_upload(const struct vd_backend *be, const float *host, const size_t *count, int n, uint32_t linear,
+                     vd_dtype wdtype, float **f32_mem, void **lin_mem, float **f32, void **lin, size_t *host_off);
+/* Fills sites (n_layer * n_kinds, block by block): names, shapes, and W = layer l's slice of
+ * tensor kind_tensor[kind] (an (n_layer, in, out) tensor at lin[] / host_off[] of
+ * vd_model_upload). */
+void vd_model_fill_sites(const vd_model_family *f, const vd_model_config *cfg, const int *kind_tensor,
+                         void *const *lin, const size_t *host_off, vd_dtype wdtype, vd_linear_site *sites);
 void vd_model_alloc_acts(vd_model *m, int32_t B, int32_t T);
 /* The adapter every adapted site calls (NULL: plain model). */
-void vd_model_set_adapter(vd_model *m, struct vd_vera *v);
+void vd_model_set_adapter(vd_model *m, struct vd_adapter *a);
 /* Forward on nb <= B sequences of T tokens; host arrays of nb*T: inputs, targets (or NULL: logits
  * only) and pos (or NULL: pos[t] = t). Returns the sum of the token losses; a target
  * VD_TARGET_NONE takes no loss (adds 0, gets no gradient). pos[t] is the position of token t
@@ -288,7 +322,7 @@ void vd_model_kv_alloc(const vd_model *m, vd_kv_cache *kv, int32_t max_T);
 void vd_model_kv_free(const vd_model *m, vd_kv_cache *kv);
 /* Runs n >= 1 new tokens at positions pos0 .. pos0+n-1 (pos0 = tokens already in the cache;
  * pos0 + n <= max_T) in eval mode (no dropout), the adapter applied as in forward (its
- * activations must hold n tokens: vd_vera_alloc_acts(N >= n)), appends their keys and values to
+ * activations must hold n tokens: vd_adapter_alloc_acts(N >= n)), appends their keys and values to
  * the cache, and writes the logits (V) of the last of them to logits_host. The prompt goes in one
  * call, then one token per call: the logits equal those of a full forward of the sequence. */
 void vd_model_decode(vd_model *m, vd_kv_cache *kv, const int32_t *tokens, int32_t n, int32_t pos0,
@@ -315,7 +349,6 @@ size_t vd_model_count_trainable(const vd_model_config *cfg, uint32_t mask, int32
 /* ---- the families' entry points (model.c dispatches to them) ---- */
 extern const vd_model_family vd_family_gpt2;
 extern const vd_model_family vd_family_llama;
-void vd_gpt2_sites(const vd_gpt2 *m, vd_linear_site *sites);          /* (n_layer * 4) */
 size_t vd_gpt2_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T);
 size_t vd_llama_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T);
 void vd_gpt2_config_read_file(const char *config_json, vd_gpt2_config *cfg);
@@ -325,8 +358,8 @@ float *vd_llama_load(const char *path, vd_model_config *cfg);         /* HF dir 
 void vd_llama_init_random(const vd_model_config *cfg, float *params, uint64_t seed);
 uint64_t vd_llama_fingerprint(const vd_model_config *cfg, const float *params);
 void vd_llama_save_hf(const char *dir, const vd_model_config *cfg, const float *params);
-void vd_llama_init(vd_llama *m, const struct vd_backend *be, const vd_model_config *cfg, const float *host_params);
-void vd_llama_sites(const vd_llama *m, vd_linear_site *sites);        /* (n_layer * 7) */
+void vd_llama_init(vd_llama *m, const struct vd_backend *be, const vd_model_config *cfg, const float *host_params,
+                   vd_dtype wdtype, struct vd_linear_site *sites); /* as vd_gpt2_init; sites (n_layer * 7) */
 void vd_llama_alloc_acts(vd_llama *m, int32_t B, int32_t T);
 double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targets, const int32_t *pos, int32_t nb,
                         const vd_fwd_ctx *ctx);
@@ -360,11 +393,14 @@ typedef struct {
 struct vd_llama {
     vd_model_config config;
     const struct vd_backend *be;
-    vd_llama_params params;  /* named pointers into params_memory (device) */
+    vd_llama_params params;  /* named pointers into params_memory (device); the seven linear weights
+                              * are NULL under bf16: they live in lin_memory */
     float *params_memory;
+    void *lin_memory;        /* bf16 linear weights (weight_dtype BF16), else NULL */
+    const struct vd_linear_site *sites; /* (n_layer * 7) the model's site list */
     size_t num_params;
     float *inv_freq;         /* (hd/2) RoPE frequencies, device */
-    struct vd_vera *vera;
+    struct vd_adapter *adapter; /* adapter (owned by the caller); NULL = plain model */
     int32_t B, T, last_B;
     /* activations kept for backward (device); N = B*T */
     float *resid;            /* (L+1, N, C)   input of each block; [L] = output of the last */

@@ -33,5 +33,10 @@ float vd_lr_schedule(const vd_adamw_options *opt, int32_t step);
 /* One update. Returns the global gradient norm before clipping; clipping scales the gradients
  * by min(1, grad_clip / (norm + 1e-6)) as torch.nn.utils.clip_grad_norm_ does. */
 float vd_adamw_step(vd_adamw *o, float *params, const float *grads, float lr);
+/* The same over n_ranges ranges of the n values (an adapter's optimizer groups), range i at
+ * learning rate lr[i]: one global-norm clip over all n gradients, then AdamW on each range.
+ * One range covering everything is vd_adamw_step. */
+float vd_adamw_step_ranges(vd_adamw *o, float *params, const float *grads, const size_t *offset, const size_t *count,
+                           const float *lr, int32_t n_ranges);
 
 #endif

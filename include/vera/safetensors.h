@@ -17,7 +17,7 @@ typedef struct {
     uint64_t begin, end;  /* byte offsets into the data section */
 } vd_st_tensor;
 
-typedef struct {
+typedef struct vd_safetensors {
     char path[VD_PATH_MAX];
     void *map;             /* whole file, read-only mmap */
     size_t map_size;
@@ -33,6 +33,8 @@ const vd_st_tensor *vd_safetensors_find(const vd_safetensors *st, const char *na
 int64_t vd_st_tensor_numel(const vd_st_tensor *t);
 /* Converts F32/F16/BF16 to fp32 into dst (numel floats); dies on other dtypes naming the tensor. */
 void vd_safetensors_read_f32(const vd_safetensors *st, const vd_st_tensor *t, float *dst);
+/* Integer tensors (U8, I16, I32, I64) into dst (numel int64); dies on other dtypes naming the tensor. */
+void vd_safetensors_read_int(const vd_safetensors *st, const vd_st_tensor *t, int64_t *dst);
 void vd_safetensors_close(vd_safetensors *st);
 
 typedef struct {
@@ -40,9 +42,12 @@ typedef struct {
     const float *data;   /* fp32, numel = product of shape */
     int32_t ndim;
     int64_t shape[4];
+    const char *dtype;   /* NULL: F32 from data; else a safetensors dtype ("U8", "I16", "I32", "I64")
+                          * and raw holds numel little-endian elements of it */
+    const void *raw;
 } vd_st_entry;
 
-/* Writes F32 tensors in the given order, with an optional {"__metadata__": {...}} object given
+/* Writes the tensors (F32 unless an entry names its dtype) in the given order, with an optional {"__metadata__": {...}} object given
  * as key/value string pairs (n_meta pairs). Atomic (temp file + fsync + rename). */
 void vd_safetensors_write_f32(const char *path, const vd_st_entry *entries, int32_t n,
                               const char *const *meta_kv, int32_t n_meta);

@@ -30,7 +30,22 @@ static inline int64_t vd_tensor_numel(const vd_tensor *t) {
     for (int32_t i = 0; i < t->ndim; i++) n *= t->shape[i];
     return n;
 }
-/* fp32 view; model code uses it where the backend op is fp32-only (all of them, today) */
+/* fp32 view; model code uses it where the backend op is fp32-only (every op but gemm_ex) */
 static inline float *vd_tensor_f32(const vd_tensor *t) { return (float *)t->data; }
+
+/* bfloat16 <-> fp32 on the host. bf16 is the top half of an fp32: widening is exact; narrowing
+ * rounds to nearest, ties to even, as torch's .to(torch.bfloat16) and CUDA's __float2bfloat16
+ * do (a NaN stays a quiet NaN with its sign; overflow rounds to inf like torch). */
+static inline float vd_bf16_to_f32(uint16_t h) {
+    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    return v.f;
+}
+static inline uint16_t vd_bf16_from_f32(float f) {
+    union { float f; uint32_t u; } v = {f};
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((v.u >> 16) | 0x0040u); /* NaN: quiet */
+    return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+}
+/* x rounded to the nearest bf16, kept as fp32 (what a bf16 GEMM input holds) */
+static inline float vd_bf16_round(float x) { return vd_bf16_to_f32(vd_bf16_from_f32(x)); }
 
 #endif

@@ -1,90 +1,109 @@
-/* adapter.c: VeRA layers. See include/vera/adapter.h for ownership and docs/architecture.md
- * for the math and the choice of gradient path. */
+/* vera.c: VeRA as one method of the adapter seam (include/vera/adapter.h). Per adapted layer
+ * y += b * (B[:out] (d * (A[:, :in] x))) as in docs/vera-math (PEFT's definition), with the
+ * frozen projections A (r x max_in) and B (max_out x r) shared by every layer and drawn from
+ * projection_prng_key. See docs/architecture.md for the choice of gradient path. */
 #include "vera/adapter.h"
 
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "vera/common.h"
+#include "vera/peft.h"
 #include "vera/prng.h"
 
-void vd_vera_init(vd_vera *v, const vd_backend *be, const vd_model *m, const vd_vera_options *opt) {
-    memset(v, 0, sizeof(*v));
-    v->be = be;
-    v->opt = *opt;
-    if (opt->target_mask == 0) vd_die("target_modules: no layer selected");
-    v->family = m->family;
-    snprintf(v->base_model_class, sizeof(v->base_model_class), "%s", m->config.hf_architecture);
-    v->n_sites = m->n_sites;
-    v->module_of = mallocCheck(sizeof(int32_t) * (size_t)m->n_sites);
-    v->modules = callocCheck((size_t)m->n_sites, sizeof(vd_vera_module));
-    size_t off = 0;
-    /* sites come block by block, kinds in the family's order: PEFT's module order */
-    for (int32_t i = 0; i < m->n_sites; i++) {
-        const vd_linear_site *s = &m->sites[i];
-        v->module_of[i] = -1;
-        if (!(opt->target_mask & (1u << s->kind))) continue;
-        vd_vera_module *md = &v->modules[v->n_modules];
-        snprintf(md->name, sizeof(md->name), "%s", s->name);
-        md->layer = s->layer;
-        md->kind = s->kind;
-        md->site = i;
-        md->in = s->in;
-        md->out = s->out;
-        md->W0 = vd_tensor_f32(&s->W);
-        md->off_b = off;
-        off += (size_t)md->out;
-        md->off_d = off;
-        off += (size_t)opt->r;
-        if (md->in > v->max_in) v->max_in = md->in;
-        if (md->out > v->max_out) v->max_out = md->out;
-        v->module_of[i] = v->n_modules++;
-    }
-    v->n_trainable = off;
-    v->n_reduce = off + 2; /* + loss sum + stop-request count */
+/* VeRA's private state (vd_adapter.state). */
+typedef struct {
+    float *A;            /* (r, max_in) device */
+    float *B;            /* (max_out, r) device */
+    /* bf16 copies of A and B for the adapter GEMMs when the base weights are bf16 (W0 NULL):
+     * they run on bf16 inputs like the base GEMMs (U and the other fp32 operands are rounded as
+     * they enter gemm_ex); the vector gradients read the fp32 B. Else NULL. */
+    void *A16;           /* (r, max_in) device bf16 */
+    void *B16;           /* (max_out, r) device bf16 */
+    size_t *off_b;       /* (n_modules) offset of lambda_b (out) in params / grads */
+    size_t *off_d;       /* (n_modules) offset of lambda_d (r) */
+    float **U;           /* (n_modules) of (N, r): u = A[:, :in] x of the last forward, kept for backward */
+    /* scratch, sized for N = B*T tokens */
+    float *xdrop;        /* (N, max_in) dropped adapter input */
+    float *tmp_r;        /* (N, r) */
+    float *tmp_out;      /* (N, max(max_out, max_in)) */
+    float *M;            /* (max_out, r) G^T U */
+    float *tmp_w;        /* (max_in, max_out) dW^T while building weff */
+} vera_state;
 
+static vera_state *vera_of(const vd_adapter *a) { return (vera_state *)a->state; }
+
+static void vera_layout(vd_adapter *a) {
+    const vd_adapter_options *opt = &a->opt;
+    const vd_backend *be = a->be;
+    vera_state *s = callocCheck(1, sizeof(vera_state));
+    a->state = s;
+    s->off_b = callocCheck((size_t)a->n_modules, sizeof(size_t));
+    s->off_d = callocCheck((size_t)a->n_modules, sizeof(size_t));
+    s->U = callocCheck((size_t)a->n_modules, sizeof(float *));
+    int32_t g = vd_adapter_add_group(a, "default", opt->lr);
+    char key[192], path[160];
+    for (int32_t i = 0; i < a->n_modules; i++) {
+        const vd_adapter_module *md = &a->modules[i];
+        int64_t nb = md->out, nd = opt->r;
+        snprintf(key, sizeof(key), "base_model.model.%s.vera_lambda_b", md->name);
+        snprintf(path, sizeof(path), "%s/lambda_b", md->name);
+        s->off_b[i] = a->n_trainable;
+        vd_adapter_add_tensor(a, key, path, i, g, 1, &nb);
+        snprintf(key, sizeof(key), "base_model.model.%s.vera_lambda_d", md->name);
+        snprintf(path, sizeof(path), "%s/lambda_d", md->name);
+        s->off_d[i] = a->n_trainable;
+        vd_adapter_add_tensor(a, key, path, i, g, 1, &nd);
+    }
     /* projections: generated on the host from the key, identical on every rank and backend */
-    size_t na = (size_t)opt->r * v->max_in, nbm = (size_t)v->max_out * opt->r;
+    size_t na = (size_t)opt->r * a->max_in, nbm = (size_t)a->max_out * opt->r;
     float *hA = mallocCheck(sizeof(float) * na);
     float *hB = mallocCheck(sizeof(float) * nbm);
-    vd_vera_projections(opt->key, opt->r, v->max_in, v->max_out, hA, hB);
-    v->proj_checksum = vd_hash64(hB, sizeof(float) * nbm, vd_hash64(hA, sizeof(float) * na, 0));
-    v->A = be->alloc(sizeof(float) * na);
-    v->B = be->alloc(sizeof(float) * nbm);
-    be->to_device(v->A, hA, sizeof(float) * na);
-    be->to_device(v->B, hB, sizeof(float) * nbm);
+    vd_vera_projections(opt->key, opt->r, a->max_in, a->max_out, hA, hB);
+    a->identity_checksum = vd_hash64(hB, sizeof(float) * nbm, vd_hash64(hA, sizeof(float) * na, 0));
+    s->A = be->alloc(sizeof(float) * na);
+    s->B = be->alloc(sizeof(float) * nbm);
+    be->to_device(s->A, hA, sizeof(float) * na);
+    be->to_device(s->B, hB, sizeof(float) * nbm);
+    if (a->n_modules > 0 && !a->modules[0].W0) { /* bf16 base weights */
+        s->A16 = be->alloc(sizeof(uint16_t) * na);
+        s->B16 = be->alloc(sizeof(uint16_t) * nbm);
+        be->to_bf16(s->A16, s->A, na);
+        be->to_bf16(s->B16, s->B, nbm);
+    }
     free(hA);
     free(hB);
-
-    /* b = 0 (so dW = 0 at start), d = d_initial */
-    float *hp = callocCheck(v->n_trainable, sizeof(float));
-    for (int32_t i = 0; i < v->n_modules; i++)
-        for (int32_t k = 0; k < opt->r; k++) hp[v->modules[i].off_d + (size_t)k] = opt->d_initial;
-    v->params = be->alloc(sizeof(float) * v->n_trainable);
-    v->grads = be->alloc(sizeof(float) * v->n_reduce);
-    be->to_device(v->params, hp, sizeof(float) * v->n_trainable);
-    free(hp);
+    int64_t sa[2] = {opt->r, a->max_in}, sb[2] = {a->max_out, opt->r};
+    vd_adapter_add_saved(a, "base_model.vera_A", "A", s->A, 2, sa);
+    vd_adapter_add_saved(a, "base_model.vera_B", "B", s->B, 2, sb);
 }
 
-void vd_vera_alloc_acts(vd_vera *v, int32_t N, int64_t tokens_per_step, vd_weff_policy policy) {
-    const vd_backend *be = v->be;
-    int32_t r = v->opt.r;
-    v->N = N;
-    v->weff_policy = policy;
-    int32_t wide = v->max_out > v->max_in ? v->max_out : v->max_in;
-    v->xdrop = be->alloc(sizeof(float) * (size_t)N * v->max_in);
-    v->tmp_r = be->alloc(sizeof(float) * (size_t)N * r);
-    v->tmp_out = be->alloc(sizeof(float) * (size_t)N * wide);
-    v->M = be->alloc(sizeof(float) * (size_t)v->max_out * r);
+/* b = 0 (so dW = 0 at start), d = d_initial */
+static void vera_init_params(const vd_adapter *a, float *hp) {
+    const vera_state *s = vera_of(a);
+    for (int32_t i = 0; i < a->n_modules; i++)
+        for (int32_t k = 0; k < a->opt.r; k++) hp[s->off_d[i] + (size_t)k] = a->opt.d_initial;
+}
+
+static void vera_alloc_acts(vd_adapter *a, int32_t N, int64_t tokens_per_step, vd_weff_policy policy) {
+    const vd_backend *be = a->be;
+    vera_state *s = vera_of(a);
+    int32_t r = a->opt.r;
+    int32_t wide = a->max_out > a->max_in ? a->max_out : a->max_in;
+    s->xdrop = be->alloc(sizeof(float) * (size_t)N * a->max_in);
+    s->tmp_r = be->alloc(sizeof(float) * (size_t)N * r);
+    s->tmp_out = be->alloc(sizeof(float) * (size_t)N * wide);
+    s->M = be->alloc(sizeof(float) * (size_t)a->max_out * r);
     int any_weff = 0;
-    for (int32_t i = 0; i < v->n_modules; i++) {
-        vd_vera_module *md = &v->modules[i];
-        md->U = be->alloc(sizeof(float) * (size_t)N * r);
+    for (int32_t i = 0; i < a->n_modules; i++) {
+        vd_adapter_module *md = &a->modules[i];
+        s->U[i] = be->alloc(sizeof(float) * (size_t)N * r);
         /* The merged input gradient G (W0 + dW)^T costs 2*in*out*r once per step to form and
          * saves 2*r*(in+out) per token; dropout breaks it (the mask sits inside the sum). */
         int use = 0;
-        if (v->opt.dropout == 0.0f) {
+        if (a->opt.dropout == 0.0f) {
             if (policy == VD_WEFF_ALWAYS) use = 1;
             else if (policy == VD_WEFF_AUTO)
                 use = (double)tokens_per_step * (md->in + md->out) > (double)md->in * md->out;
@@ -94,104 +113,155 @@ void vd_vera_alloc_acts(vd_vera *v, int32_t N, int64_t tokens_per_step, vd_weff_
             any_weff = 1;
         }
     }
-    if (any_weff) v->tmp_w = be->alloc(sizeof(float) * (size_t)v->max_in * v->max_out);
-    vd_vera_refresh(v);
+    if (any_weff) s->tmp_w = be->alloc(sizeof(float) * (size_t)a->max_in * a->max_out);
+    vd_adapter_refresh(a);
 }
 
-void vd_vera_refresh(vd_vera *v) {
-    const vd_backend *be = v->be;
-    int32_t r = v->opt.r;
-    for (int32_t i = 0; i < v->n_modules; i++) {
-        vd_vera_module *md = &v->modules[i];
+static void vera_refresh(vd_adapter *a) {
+    const vd_backend *be = a->be;
+    vera_state *s = vera_of(a);
+    int32_t r = a->opt.r;
+    for (int32_t i = 0; i < a->n_modules; i++) {
+        vd_adapter_module *md = &a->modules[i];
         if (!md->weff) continue;
-        const float *b = v->params + md->off_b, *d = v->params + md->off_d;
+        const float *b = a->params + s->off_b[i], *d = a->params + s->off_d[i];
         /* Bd (out x r) = B[:out] diag(d), in the M scratch (max_out x r; unused outside backward) */
-        float *Bd = v->M;
-        be->scale_cols(Bd, v->B, d, md->out, r);
+        float *Bd = s->M;
+        be->scale_cols(Bd, s->B, d, md->out, r);
         /* dW^T (in x out) = A[:, :in]^T Bd^T, then columns scaled by b */
-        be->gemm(1, 1, md->in, md->out, r, 1.0f, v->A, v->max_in, Bd, r, 0.0f, v->tmp_w, md->out);
+        be->gemm(1, 1, md->in, md->out, r, 1.0f, s->A, a->max_in, Bd, r, 0.0f, s->tmp_w, md->out);
         be->copy(md->weff, md->W0, sizeof(float) * (size_t)md->in * md->out);
-        be->scale_cols_add(md->weff, v->tmp_w, b, md->in, md->out);
+        be->scale_cols_add(md->weff, s->tmp_w, b, md->in, md->out);
     }
 }
 
-void vd_vera_zero_grads(vd_vera *v) { v->be->zero(v->grads, sizeof(float) * v->n_reduce); }
-
-void vd_vera_free(vd_vera *v) {
-    const vd_backend *be = v->be;
-    for (int32_t i = 0; i < v->n_modules; i++) {
-        if (v->modules[i].U) be->free(v->modules[i].U);
-        if (v->modules[i].weff) be->free(v->modules[i].weff);
+static void vera_free(vd_adapter *a) {
+    const vd_backend *be = a->be;
+    vera_state *s = vera_of(a);
+    if (!s) return;
+    for (int32_t i = 0; i < a->n_modules; i++) {
+        if (s->U[i]) be->free(s->U[i]);
+        if (a->modules[i].weff) be->free(a->modules[i].weff);
+        a->modules[i].weff = NULL;
     }
-    be->free(v->A);
-    be->free(v->B);
-    be->free(v->params);
-    be->free(v->grads);
-    if (v->xdrop) be->free(v->xdrop);
-    if (v->tmp_r) be->free(v->tmp_r);
-    if (v->tmp_out) be->free(v->tmp_out);
-    if (v->M) be->free(v->M);
-    if (v->tmp_w) be->free(v->tmp_w);
-    free(v->modules);
-    free(v->module_of);
-    memset(v, 0, sizeof(*v));
+    be->free(s->A);
+    be->free(s->B);
+    if (s->A16) be->free(s->A16);
+    if (s->B16) be->free(s->B16);
+    if (s->xdrop) be->free(s->xdrop);
+    if (s->tmp_r) be->free(s->tmp_r);
+    if (s->tmp_out) be->free(s->tmp_out);
+    if (s->M) be->free(s->M);
+    if (s->tmp_w) be->free(s->tmp_w);
+    free(s->off_b);
+    free(s->off_d);
+    free(s->U);
+    free(s);
+    a->state = NULL;
 }
 
-/* Per-module dropout stream: the mask depends on (seed, step, module, global row, column). */
-uint64_t vd_vera_dropout_seed(const vd_fwd_ctx *ctx, int32_t module) {
-    return vd_mix64(ctx->dropout_seed ^ vd_mix64(0x5eed0000ULL + (uint64_t)module));
+/* A projection as a GEMM operand: the bf16 copy when there is one, else fp32. */
+static const void *vera_proj(const float *p32, const void *p16, vd_dtype *t) {
+    *t = p16 ? VD_DTYPE_BF16 : VD_DTYPE_F32;
+    return p16 ? p16 : (const void *)p32;
 }
 
-void vd_linear_forward(vd_vera *v, const vd_backend *be, int32_t module, float *out, const float *inp,
-                       const float *W, const float *bias, int32_t N, int32_t in, int32_t outd,
-                       const vd_fwd_ctx *ctx) {
-    vd_vera_module *md = module >= 0 ? &v->modules[module] : NULL;
-    /* with a merged weight (no dropout) the adapter term is already inside W0 + dW */
-    be->gemm(0, 0, N, outd, in, 1.0f, inp, in, md && md->weff ? md->weff : W, outd, 0.0f, out, outd);
-    if (bias) be->add_bias(out, bias, N, outd);
-    if (!md) return;
-    int32_t r = v->opt.r;
-    const float *b = v->params + md->off_b, *d = v->params + md->off_d;
+/* After the base GEMM: U = x A[:, :in]^T (kept for the vector gradients), then, unless the merged
+ * weight holds it, the factored term z = (U diag(d)) B[:out]^T, out += z diag(b) (PEFT's order). */
+static void vera_linear_forward(vd_adapter *a, int32_t module, float *out, const float *inp, int32_t N,
+                                const vd_fwd_ctx *ctx) {
+    const vd_backend *be = a->be;
+    vera_state *s = vera_of(a);
+    vd_adapter_module *md = &a->modules[module];
+    int32_t r = a->opt.r, in = md->in, outd = md->out;
+    const float *b = a->params + s->off_b[module], *d = a->params + s->off_d[module];
     const float *x = inp;
-    if (v->opt.dropout > 0.0f && ctx->training) {
-        be->dropout(v->xdrop, inp, N, in, v->opt.dropout, vd_vera_dropout_seed(ctx, module), ctx->row0);
-        x = v->xdrop;
+    if (a->opt.dropout > 0.0f && ctx->training) {
+        be->dropout(s->xdrop, inp, N, in, a->opt.dropout, vd_adapter_dropout_seed(ctx, module), ctx->row0);
+        x = s->xdrop;
     }
-    /* U = x A[:, :in]^T is kept for the vector gradients (M = G^T U) */
-    be->gemm(0, 1, N, r, in, 1.0f, x, in, v->A, v->max_in, 0.0f, md->U, r);
+    vd_dtype ta, tb;
+    const void *A = vera_proj(s->A, s->A16, &ta), *Bp = vera_proj(s->B, s->B16, &tb);
+    be->gemm_ex(0, 1, N, r, in, 1.0f, x, VD_DTYPE_F32, in, A, ta, a->max_in, 0.0f, s->U[module], r);
     if (md->weff) return;
-    /* factored: z = (U diag(d)) B[:out]^T, out += z diag(b) (PEFT's order of operations) */
-    be->scale_cols(v->tmp_r, md->U, d, N, r);
-    be->gemm(0, 1, N, outd, r, 1.0f, v->tmp_r, r, v->B, r, 0.0f, v->tmp_out, outd);
-    be->scale_cols_add(out, v->tmp_out, b, N, outd);
+    be->scale_cols(s->tmp_r, s->U[module], d, N, r);
+    be->gemm_ex(0, 1, N, outd, r, 1.0f, s->tmp_r, VD_DTYPE_F32, r, Bp, tb, r, 0.0f, s->tmp_out, outd);
+    be->scale_cols_add(out, s->tmp_out, b, N, outd);
 }
 
-void vd_linear_backward(vd_vera *v, const vd_backend *be, int32_t module, float *dinp, const float *dout,
-                        const float *W, int32_t N, int32_t in, int32_t outd, const vd_fwd_ctx *ctx) {
-    if (module < 0) {
-        be->gemm(0, 1, N, in, outd, 1.0f, dout, outd, W, outd, 0.0f, dinp, in);
-        return;
-    }
-    vd_vera_module *md = &v->modules[module];
-    int32_t r = v->opt.r;
-    const float *b = v->params + md->off_b, *d = v->params + md->off_d;
-    /* Both vector gradients from one rank-r product M = G^T U (out x r). */
-    be->gemm(1, 0, outd, r, N, 1.0f, dout, outd, md->U, r, 0.0f, v->M, r);
-    be->vera_vector_grads(v->grads + md->off_b, v->grads + md->off_d, v->M, v->B, b, d, outd, r);
-    if (md->weff) {
-        be->gemm(0, 1, N, in, outd, 1.0f, dout, outd, md->weff, outd, 0.0f, dinp, in);
-        return;
-    }
-    be->gemm(0, 1, N, in, outd, 1.0f, dout, outd, W, outd, 0.0f, dinp, in);
-    /* adapter path: dx += mask * (((G diag(b)) B[:out]) diag(d)) A[:, :in] */
-    be->scale_cols(v->tmp_out, dout, b, N, outd);
-    be->gemm(0, 0, N, r, outd, 1.0f, v->tmp_out, outd, v->B, r, 0.0f, v->tmp_r, r);
-    be->scale_cols(v->tmp_r, v->tmp_r, d, N, r);
-    if (v->opt.dropout > 0.0f && ctx->training) {
-        be->gemm(0, 0, N, in, r, 1.0f, v->tmp_r, r, v->A, v->max_in, 0.0f, v->xdrop, in);
-        be->dropout(v->xdrop, v->xdrop, N, in, v->opt.dropout, vd_vera_dropout_seed(ctx, module), ctx->row0);
-        be->accumulate(dinp, v->xdrop, (size_t)N * in);
+/* After the base GEMM dinp = G (W0 or weff)^T: both vector gradients from one rank-r product
+ * M = G^T U (out x r); then, on the factored path, dx += mask * (((G diag(b)) B[:out]) diag(d)) A[:, :in]. */
+static void vera_linear_backward(vd_adapter *a, int32_t module, float *dinp, const float *dout, int32_t N,
+                                 const vd_fwd_ctx *ctx) {
+    const vd_backend *be = a->be;
+    vera_state *s = vera_of(a);
+    vd_adapter_module *md = &a->modules[module];
+    int32_t r = a->opt.r, in = md->in, outd = md->out;
+    const float *b = a->params + s->off_b[module], *d = a->params + s->off_d[module];
+    be->gemm(1, 0, outd, r, N, 1.0f, dout, outd, s->U[module], r, 0.0f, s->M, r);
+    be->vera_vector_grads(a->grads + s->off_b[module], a->grads + s->off_d[module], s->M, s->B, b, d, outd, r);
+    if (md->weff) return;
+    be->scale_cols(s->tmp_out, dout, b, N, outd);
+    vd_dtype ta, tb;
+    const void *A = vera_proj(s->A, s->A16, &ta), *Bp = vera_proj(s->B, s->B16, &tb);
+    be->gemm_ex(0, 0, N, r, outd, 1.0f, s->tmp_out, VD_DTYPE_F32, outd, Bp, tb, r, 0.0f, s->tmp_r, r);
+    be->scale_cols(s->tmp_r, s->tmp_r, d, N, r);
+    if (a->opt.dropout > 0.0f && ctx->training) {
+        be->gemm_ex(0, 0, N, in, r, 1.0f, s->tmp_r, VD_DTYPE_F32, r, A, ta, a->max_in, 0.0f, s->xdrop, in);
+        be->dropout(s->xdrop, s->xdrop, N, in, a->opt.dropout, vd_adapter_dropout_seed(ctx, module), ctx->row0);
+        be->accumulate(dinp, s->xdrop, (size_t)N * in);
     } else {
-        be->gemm(0, 0, N, in, r, 1.0f, v->tmp_r, r, v->A, v->max_in, 1.0f, dinp, in);
+        be->gemm_ex(0, 0, N, in, r, 1.0f, s->tmp_r, VD_DTYPE_F32, r, A, ta, a->max_in, 1.0f, dinp, in);
     }
 }
+
+static void vera_describe(const vd_adapter *a, char *out, size_t cap) {
+    snprintf(out, cap, ", A %dx%d, B %dx%d, projection checksum %016llx", (int)a->opt.r, (int)a->max_in,
+             (int)a->max_out, (int)a->opt.r, (unsigned long long)a->identity_checksum);
+}
+
+static void vera_peft_config_write(const vd_adapter *a, cJSON *root, int save_saved) {
+    /* the shortest decimal that reads back as the same float: 0.1, not 0.10000000149011612 */
+    char dtext[32];
+    vd_format_float_shortest(dtext, sizeof(dtext), a->opt.d_initial);
+    cJSON_AddItemToObject(root, "d_initial", cJSON_CreateRaw(dtext));
+    cJSON_AddBoolToObject(root, "init_weights", 1);
+    /* cJSON prints doubles; a 64-bit key above 2^53 needs its exact digits */
+    char keytext[32];
+    snprintf(keytext, sizeof(keytext), "%llu", (unsigned long long)a->opt.key);
+    cJSON_AddItemToObject(root, "projection_prng_key", cJSON_CreateRaw(keytext));
+    cJSON_AddBoolToObject(root, "save_projection", save_saved != 0);
+    cJSON_AddNumberToObject(root, "vera_dropout", (double)a->opt.dropout);
+}
+
+/* r and projection_prng_key; dropout and d_initial stay 0 (the vectors come from the file). */
+static void vera_peft_config_read(const cJSON *root, const char *text, const char *path, vd_adapter_options *opt,
+                                  const vd_adapter_options *run) {
+    opt->r = vd_peft_read_rank(root, path, run ? run->r : 0);
+    /* JSON numbers are doubles in cJSON, which cannot tell 2^60 from 2^60 + 1: read the key's
+     * digits from the text itself and compare as uint64 */
+    unsigned long long key = 0;
+    if (!vd_peft_read_u64(text, "projection_prng_key", &key))
+        vd_die("%s: projection_prng_key is missing or not a non-negative integer", path);
+    if (run && (uint64_t)key != run->key)
+        vd_die("%s: projection_prng_key is %llu, this run has %llu", path, key, (unsigned long long)run->key);
+    opt->key = (uint64_t)key;
+}
+
+const vd_adapter_ops vd_vera_ops = {
+    .name = "vera",
+    .peft_type = "VERA",
+    .trainable_formula = "sum over adapted layers of out + r",
+    .describe = vera_describe,
+    .layout = vera_layout,
+    .init_params = vera_init_params,
+    .alloc_acts = vera_alloc_acts,
+    .refresh = vera_refresh,
+    .zero_grads = NULL,
+    .linear_forward = vera_linear_forward,
+    .linear_backward = vera_linear_backward,
+    .free = vera_free,
+    .peft_config_write = vera_peft_config_write,
+    .peft_config_read = vera_peft_config_read,
+    .peft_write_tensors = NULL,
+};

@@ -12,6 +12,7 @@
 #include "vera/comm.h"
 #include "vera/common.h"
 #include "vera/prng.h"
+#include "vblora_row.h"
 
 /* OpenBLAS exports this; declared here so we do not depend on which cblas.h is first on the path. */
 void openblas_set_num_threads(int num_threads);
@@ -36,10 +37,10 @@ static void cpu_memcpy(void *dst, const void *src, size_t bytes) { if (bytes) me
 static void cpu_zero(void *p, size_t bytes) { if (bytes) memset(p, 0, bytes); }
 
 /* ---- dense ---- */
+/* the fp32 GEMM is gemm_ex on two F32 operands (cpu_bf16.c: cblas_sgemm) */
 static void cpu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                      const float *B, int ldb, float beta, float *C, int ldc) {
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
-                M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    vd_cpu_gemm_ex(trans_a, trans_b, M, N, K, alpha, A, VD_DTYPE_F32, lda, B, VD_DTYPE_F32, ldb, beta, C, ldc);
 }
 
 static void cpu_add_bias(float *out, const float *bias, int N, int OC) {
@@ -556,6 +557,52 @@ static void cpu_dropout(float *out, const float *inp, int N, int C, float p, uin
     }
 }
 
+/* ---- VB-LoRA ---- */
+static void cpu_vblora_topk(int32_t *idx, float *w, const float *logits, int n, int nv, int k) {
+    #pragma omp parallel for schedule(static)
+    for (int s = 0; s < n; s++)
+        vd_vblora_topk_row(idx + (size_t)s * k, w + (size_t)s * k, logits + (size_t)s * nv, nv, k);
+}
+
+static void cpu_vblora_compose(float *out, const float *bank, const int32_t *idx, const float *w,
+                               const vd_vblora_shape *sh) {
+    int n = sh->n_outer * sh->n_inner;
+    #pragma omp parallel for schedule(static)
+    for (int s = 0; s < n; s++) {
+        float *o = out + (size_t)(s / sh->n_inner) * sh->so + (size_t)(s % sh->n_inner) * sh->si;
+        const int32_t *ix = idx + (size_t)s * sh->k;
+        const float *ws = w + (size_t)s * sh->k;
+        for (int l = 0; l < sh->L; l++) {
+            float acc = 0.0f;
+            for (int j = 0; j < sh->k; j++) acc += ws[j] * bank[(size_t)ix[j] * sh->L + l];
+            o[(size_t)l * sh->sl] = acc;
+        }
+    }
+}
+
+static void cpu_vblora_compose_backward(float *dlogits, float *dbank, const float *dmat, const float *bank,
+                                        const int32_t *idx, const float *w, const vd_vblora_shape *sh) {
+    int n = sh->n_outer * sh->n_inner;
+    /* logits: each sub-vector owns its row */
+    #pragma omp parallel for schedule(static)
+    for (int s = 0; s < n; s++) {
+        const float *g = dmat + (size_t)(s / sh->n_inner) * sh->so + (size_t)(s % sh->n_inner) * sh->si;
+        vd_vblora_dlogits_row(dlogits + (size_t)s * sh->nv, g, sh->sl, bank, sh->L, idx + (size_t)s * sh->k,
+                              w + (size_t)s * sh->k, sh->k);
+    }
+    /* bank: sub-vectors share rows, so split the columns l instead; every element sums its
+     * contributions in the order s, j ascending whatever the thread count */
+    #pragma omp parallel for schedule(static)
+    for (int l = 0; l < sh->L; l++) {
+        for (int s = 0; s < n; s++) {
+            float g = dmat[(size_t)(s / sh->n_inner) * sh->so + (size_t)(s % sh->n_inner) * sh->si +
+                           (size_t)l * sh->sl];
+            for (int j = 0; j < sh->k; j++)
+                dbank[(size_t)idx[(size_t)s * sh->k + j] * sh->L + l] += w[(size_t)s * sh->k + j] * g;
+        }
+    }
+}
+
 /* ---- optimizer ---- */
 static double cpu_sum_sq(const float *x, size_t n) {
     double s = 0.0;
@@ -594,6 +641,9 @@ static const vd_backend g_cpu = {
     .zero = cpu_zero,
     .copy = cpu_memcpy,
     .gemm = cpu_gemm,
+    .gemm_ex = vd_cpu_gemm_ex,
+    .to_bf16 = vd_cpu_to_bf16,
+    .set_tf32 = NULL, /* no TF32 on the CPU: the CLI refuses --precision tf32 */
     .add_bias = cpu_add_bias,
     .encoder_forward = cpu_encoder_forward,
     .layernorm_forward = cpu_layernorm_forward,
@@ -617,6 +667,9 @@ static const vd_backend g_cpu = {
     .scale_cols_add = cpu_scale_cols_add,
     .vera_vector_grads = cpu_vera_vector_grads,
     .dropout = cpu_dropout,
+    .vblora_topk = cpu_vblora_topk,
+    .vblora_compose = cpu_vblora_compose,
+    .vblora_compose_backward = cpu_vblora_compose_backward,
     .sum_sq = cpu_sum_sq,
     .adamw = cpu_adamw,
     .allreduce_sum = cpu_allreduce_sum,

@@ -99,11 +99,11 @@ void vd_cli_config_from_text(vd_config *cfg, const char *text, const char *path)
     }
 }
 
-void vd_cli_load_adapter(vd_vera *v, const char *path) {
+void vd_cli_load_adapter(vd_adapter *a, const char *path) {
     struct stat st;
     if (stat(path, &st) != 0) vd_die("--adapter: %s does not exist", path);
-    if (S_ISDIR(st.st_mode)) vd_peft_load_dir(v, path);
-    else vd_peft_load_vectors(v, path);
+    if (S_ISDIR(st.st_mode)) vd_peft_load_dir(a, path);
+    else vd_peft_load_tensors(a, path);
 }
 
 void vd_cli_check_checkpoint_model(const char *who, const char *path, const vd_checkpoint *ck, uint64_t fingerprint,
@@ -114,15 +114,9 @@ void vd_cli_check_checkpoint_model(const char *who, const char *path, const vd_c
                (unsigned long long)ck->model_fingerprint, (unsigned long long)fingerprint);
 }
 
-void vd_cli_check_checkpoint_adapter(const char *who, const char *path, const vd_checkpoint *ck, const vd_vera *v) {
-    if (v->proj_checksum != ck->projection_checksum || v->n_trainable != ck->n_trainable)
-        vd_die("%s: %s: the projections regenerated from its stored r, target_modules and projection_prng_key do not "
-               "match its checksum", who, path);
-    if (ck->n_modules != v->n_modules)
-        vd_die("%s: %s holds %d adapted layers, the model and its target_modules give %d", who, path, (int)ck->n_modules,
-               (int)v->n_modules);
-    for (int32_t i = 0; i < ck->n_modules; i++)
-        if (strcmp(ck->modules[i].name, v->modules[i].name) != 0 || ck->modules[i].off_b != v->modules[i].off_b)
-            vd_die("%s: %s: adapted layer %d is %s, the model gives %s", who, path, (int)i, ck->modules[i].name,
-                   v->modules[i].name);
+void vd_cli_check_checkpoint_adapter(const char *who, const char *path, const vd_checkpoint *ck, const vd_adapter *a) {
+    char diff[512];
+    if (vd_checkpoint_adapter_difference(ck, a, diff, sizeof(diff)))
+        vd_die("%s: %s: the adapter regenerated from its stored configuration (adapter_type, r, target_modules, "
+               "projection_prng_key) does not match it: %s", who, path, diff);
 }

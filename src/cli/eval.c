@@ -46,10 +46,7 @@ static void eval_apply_checkpoint(eval_ckpt *e, const char *path, vd_config *cfg
     e->loaded = 1;
     vd_config stored;
     vd_cli_config_from_text(&stored, e->ck.config_text, path);
-    cfg->r = stored.r;
-    cfg->d_initial = stored.d_initial;
-    cfg->projection_prng_key = stored.projection_prng_key;
-    snprintf(cfg->target_modules, sizeof(cfg->target_modules), "%s", stored.target_modules);
+    vd_adapter_config_copy(cfg, &stored);
     if (!model_given) snprintf(cfg->model, sizeof(cfg->model), "%s", stored.model);
 }
 
@@ -71,7 +68,7 @@ static int64_t eval_parse_max_seqs(const char *s) {
 
 /* the config keys eval reads; train_data is --data */
 static const char *const eval_keys[] = {"model", "r", "d_initial", "projection_prng_key", "target_modules",
-                                        "batch_size", "seq_len", "pack", "threads", NULL};
+                                        "batch_size", "seq_len", "pack", "threads", VD_ADAPTER_SHAPE_KEYS, NULL};
 static const vd_config_uses eval_uses = {"eval", eval_keys, "--data, --adapter, --checkpoint, --max_seqs, --json"};
 
 int vd_eval_main(int argc, char **argv) {
@@ -123,20 +120,22 @@ int vd_eval_main(int argc, char **argv) {
     vd_model_init(&model, be, &mc, host_params);
     free(host_params);
     vd_model_alloc_acts(&model, B, T);
-    vd_vera vera;
-    memset(&vera, 0, sizeof(vera));
+    vd_adapter ad;
+    memset(&ad, 0, sizeof(ad));
     if (with_adapter) {
-        vd_vera_options vo = {cfg.r, cfg.d_initial, cfg.projection_prng_key, mask, 0.0f};
-        vd_vera_init(&vera, be, &model, &vo);
-        vd_model_set_adapter(&model, &vera);
-        vd_vera_alloc_acts(&vera, B * T, (int64_t)B * T, VD_WEFF_AUTO);
+        vd_adapter_options ao;
+        vd_adapter_options_from_config(&ao, &cfg, mask);
+        ao.dropout = ao.lora_dropout = ao.vblora_dropout = 0.0f;
+        vd_adapter_init(&ad, be, &model, &ao);
+        vd_model_set_adapter(&model, &ad);
+        vd_adapter_alloc_acts(&ad, B * T, (int64_t)B * T, VD_WEFF_AUTO);
         if (adapter) {
-            vd_cli_load_adapter(&vera, adapter);
+            vd_cli_load_adapter(&ad, adapter);
         } else {
             vd_cli_check_checkpoint_model("eval", ckpath, &ek.ck, fingerprint, cfg.model);
-            vd_cli_check_checkpoint_adapter("eval", ckpath, &ek.ck, &vera);
-            be->to_device(vera.params, ek.ck.params, sizeof(float) * ek.ck.n_trainable);
-            vd_vera_refresh(&vera);
+            vd_cli_check_checkpoint_adapter("eval", ckpath, &ek.ck, &ad);
+            be->to_device(ad.params, ek.ck.params, sizeof(float) * ek.ck.n_trainable);
+            vd_adapter_refresh(&ad);
         }
     }
 
@@ -201,7 +200,7 @@ int vd_eval_main(int argc, char **argv) {
     free(inputs);
     free(targets);
     free(pos);
-    if (with_adapter) vd_vera_free(&vera);
+    if (with_adapter) vd_adapter_free(&ad);
     vd_model_free(&model);
     vd_dataset_close(&ds);
     if (ek.loaded) vd_checkpoint_free(&ek.ck);

@@ -19,7 +19,7 @@
 /* --batch FILE: int32 B, T, then inputs, targets, pos (B*T each). Returns the whole file. */
 /* the keys read below; train_data is --tokens, vera_dropout is 0 (one deterministic pass) */
 static const char *const forward_keys[] = {"model", "r", "d_initial", "projection_prng_key", "target_modules",
-                                           "batch_size", "seq_len", "threads", "pack", NULL};
+                                           "batch_size", "seq_len", "threads", "pack", VD_ADAPTER_SHAPE_KEYS, NULL};
 static const vd_config_uses forward_uses = {"forward", forward_keys, "--tokens or --batch, --out, --adapter"};
 
 static int32_t *forward_read_batch(const char *path) {
@@ -119,34 +119,33 @@ int vd_forward_main(int argc, char **argv) {
     vd_model_init(&model, be, &mc, host_params);
     free(host_params);
     vd_model_alloc_acts(&model, B, T);
-    vd_vera vera;
-    vd_vera_options vo = {cfg.r, cfg.d_initial, cfg.projection_prng_key, mask, 0.0f};
-    vd_vera_init(&vera, be, &model, &vo);
-    vd_model_set_adapter(&model, &vera);
-    vd_vera_alloc_acts(&vera, N, N, VD_WEFF_AUTO);
-    if (adapter) vd_cli_load_adapter(&vera, adapter);
+    vd_adapter ad;
+    vd_adapter_options ao;
+    vd_adapter_options_from_config(&ao, &cfg, mask);
+    ao.dropout = ao.lora_dropout = ao.vblora_dropout = 0.0f;
+    vd_adapter_init(&ad, be, &model, &ao);
+    vd_model_set_adapter(&model, &ad);
+    vd_adapter_alloc_acts(&ad, N, N, VD_WEFF_AUTO);
+    if (adapter) vd_cli_load_adapter(&ad, adapter);
 
     vd_fwd_ctx ctx = {0, 0, 0};
     vd_model_forward(&model, inputs, NULL, pos, B, &ctx);
     float *logits = mallocCheck(sizeof(float) * (size_t)N * V);
     be->to_host(logits, vd_model_logits(&model), sizeof(float) * (size_t)N * V);
-    vd_vera_zero_grads(&vera);
+    vd_adapter_zero_grads(&ad);
     float loss = (float)(vd_model_forward(&model, inputs, targets, pos, B, &ctx) / n_targets);
     vd_model_backward(&model, (float)(1.0 / n_targets), &ctx);
 
-    size_t na = (size_t)cfg.r * vera.max_in, nbm = (size_t)vera.max_out * cfg.r;
-    float *A = mallocCheck(sizeof(float) * na), *Bm = mallocCheck(sizeof(float) * nbm);
-    float *grads = mallocCheck(sizeof(float) * vera.n_trainable);
-    be->to_host(A, vera.A, sizeof(float) * na);
-    be->to_host(Bm, vera.B, sizeof(float) * nbm);
-    be->to_host(grads, vera.grads, sizeof(float) * vera.n_trainable);
-    int32_t n = 7 + 2 * vera.n_modules;
+    /* outputs: logits, loss, the batch, the saved tensors (vera_A, vera_B) and the gradient of
+     * every trainable tensor, named by its PEFT key without "base_model.model." ("<module>.vera_lambda_b.grad") */
+    float *grads = mallocCheck(sizeof(float) * ad.n_trainable);
+    be->to_host(grads, ad.grads, sizeof(float) * ad.n_trainable);
+    int32_t n = 5 + ad.n_saved + ad.n_tensors;
     vd_st_entry *e = callocCheck((size_t)n, sizeof(vd_st_entry));
-    char (*names)[192] = callocCheck((size_t)n, 192);
+    char (*names)[256] = callocCheck((size_t)n, 256);
+    float **saved = callocCheck((size_t)(ad.n_saved ? ad.n_saved : 1), sizeof(float *));
     e[0] = (vd_st_entry){"logits", logits, 3, {B, T, V}};
     e[1] = (vd_st_entry){"loss", &loss, 1, {1}};
-    e[2] = (vd_st_entry){"vera_A", A, 2, {cfg.r, vera.max_in}};
-    e[3] = (vd_st_entry){"vera_B", Bm, 2, {vera.max_out, cfg.r}};
     /* the sequences as read (VD_TARGET_NONE = -1 where no loss is taken), as floats: every id and
      * position is far below 2^24, so they are exact */
     float *tf = mallocCheck(sizeof(float) * (size_t)N), *pf = mallocCheck(sizeof(float) * (size_t)N);
@@ -156,15 +155,28 @@ int vd_forward_main(int argc, char **argv) {
         pf[i] = (float)pos[i];
         inf[i] = (float)inputs[i];
     }
-    e[4] = (vd_st_entry){"targets", tf, 2, {B, T}};
-    e[5] = (vd_st_entry){"pos", pf, 2, {B, T}};
-    e[6] = (vd_st_entry){"inputs", inf, 2, {B, T}};
-    for (int32_t i = 0; i < vera.n_modules; i++) {
-        const vd_vera_module *md = &vera.modules[i];
-        snprintf(names[2 * i], 192, "%s.vera_lambda_b.grad", md->name);
-        snprintf(names[2 * i + 1], 192, "%s.vera_lambda_d.grad", md->name);
-        e[7 + 2 * i] = (vd_st_entry){names[2 * i], grads + md->off_b, 1, {md->out}};
-        e[8 + 2 * i] = (vd_st_entry){names[2 * i + 1], grads + md->off_d, 1, {cfg.r}};
+    e[2] = (vd_st_entry){"targets", tf, 2, {B, T}};
+    e[3] = (vd_st_entry){"pos", pf, 2, {B, T}};
+    e[4] = (vd_st_entry){"inputs", inf, 2, {B, T}};
+    int32_t k = 5;
+    for (int32_t i = 0; i < ad.n_saved; i++, k++) {
+        const vd_adapter_saved *sv = &ad.saved[i];
+        saved[i] = mallocCheck(sizeof(float) * sv->numel);
+        be->to_host(saved[i], sv->data, sizeof(float) * sv->numel);
+        const char *name = sv->peft_key;
+        if (!strncmp(name, "base_model.", 11)) name += 11;
+        snprintf(names[k], 256, "%s", name);
+        e[k] = (vd_st_entry){names[k], saved[i], sv->ndim, {0}};
+        for (int32_t d = 0; d < sv->ndim; d++) e[k].shape[d] = sv->shape[d];
+    }
+    for (int32_t i = 0; i < ad.n_tensors; i++, k++) {
+        const vd_adapter_tensor *t = &ad.tensors[i];
+        const char *name = t->peft_key;
+        if (!strncmp(name, "base_model.model.", 17)) name += 17;
+        else if (!strncmp(name, "base_model.", 11)) name += 11;
+        snprintf(names[k], 256, "%s.grad", name);
+        e[k] = (vd_st_entry){names[k], grads + t->offset, t->ndim, {0}};
+        for (int32_t d = 0; d < t->ndim; d++) e[k].shape[d] = t->shape[d];
     }
     vd_safetensors_write_f32(out, e, n, NULL, 0);
     printf("forward: %d sequences of %d tokens, %d targets, loss %.6f, wrote %s\n", (int)B, (int)T, (int)n_targets,
@@ -174,14 +186,14 @@ int vd_forward_main(int argc, char **argv) {
     free(inf);
     free(names);
     free(e);
-    free(A);
-    free(Bm);
+    for (int32_t i = 0; i < ad.n_saved; i++) free(saved[i]);
+    free(saved);
     free(grads);
     free(logits);
     free(inputs);
     free(targets);
     free(pos);
-    vd_vera_free(&vera);
+    vd_adapter_free(&ad);
     vd_model_free(&model);
     if (tokens) vd_dataset_close(&ds);
     return 0;

@@ -174,18 +174,20 @@ static void gen_read_eos_ids(const char *model, int32_t V, gen_ids *stop) {
 /* ---- the adapter ---- */
 
 /* Loads a checkpoint's vectors into a new adapter on m (checked by vd_cli_check_checkpoint). */
-static void gen_adapter_from_checkpoint(vd_vera *v, vd_model *m, const vd_checkpoint *ck, const vd_config *cfg,
+static void gen_adapter_from_checkpoint(vd_adapter *a, vd_model *m, const vd_checkpoint *ck, const vd_config *cfg,
                                         uint64_t fingerprint, const char *ckpath, int32_t N) {
     vd_cli_check_checkpoint_model("generate", ckpath, ck, fingerprint, cfg->model);
     char targets[sizeof(cfg->target_modules)];
     snprintf(targets, sizeof(targets), "%s", cfg->target_modules);
     uint32_t mask = vd_model_targets_or_die(m->family, targets, sizeof(targets), cfg->model);
-    vd_vera_options vo = {cfg->r, cfg->d_initial, cfg->projection_prng_key, mask, 0.0f};
-    vd_vera_init(v, m->be, m, &vo);
-    vd_cli_check_checkpoint_adapter("generate", ckpath, ck, v);
-    vd_vera_alloc_acts(v, N, N, VD_WEFF_NEVER);
-    m->be->to_device(v->params, ck->params, sizeof(float) * ck->n_trainable);
-    vd_vera_refresh(v);
+    vd_adapter_options ao;
+    vd_adapter_options_from_config(&ao, cfg, mask);
+    ao.dropout = ao.lora_dropout = ao.vblora_dropout = 0.0f;
+    vd_adapter_init(a, m->be, m, &ao);
+    vd_cli_check_checkpoint_adapter("generate", ckpath, ck, a);
+    vd_adapter_alloc_acts(a, N, N, VD_WEFF_NEVER);
+    m->be->to_device(a->params, ck->params, sizeof(float) * ck->n_trainable);
+    vd_adapter_refresh(a);
 }
 
 /* ---- text: the tokenizer, the chat template, streaming ---- */
@@ -445,14 +447,14 @@ int vd_generate_main(int argc, char **argv) {
 
     vd_model model;
     vd_model_init(&model, be, &mc, host);
-    vd_vera vera;
+    vd_adapter vera;
     int have_vera = 0;
     int32_t N = (int32_t)pids.n; /* the largest decode call: the prompt */
     if (adapter) {
-        vd_vera_options vo;
+        vd_adapter_options vo;
         vd_peft_read_options(adapter, &model, &vo);
-        vd_vera_init(&vera, be, &model, &vo);
-        vd_vera_alloc_acts(&vera, N, N, VD_WEFF_NEVER);
+        vd_adapter_init(&vera, be, &model, &vo);
+        vd_adapter_alloc_acts(&vera, N, N, VD_WEFF_NEVER);
         vd_peft_load_dir(&vera, adapter);
         have_vera = 1;
     } else if (have_ck) {
@@ -513,7 +515,7 @@ int vd_generate_main(int argc, char **argv) {
     free(out.v);
     vd_sampler_free(&sampler);
     vd_model_kv_free(&model, &kv);
-    if (have_vera) vd_vera_free(&vera);
+    if (have_vera) vd_adapter_free(&vera);
     vd_model_free(&model);
     if (have_ck) vd_checkpoint_free(&ck);
     if (tok) vd_tokenizer_free(tok);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -324,8 +325,10 @@ double vd_time_s(void) {
 void vd_format_float_shortest(char *out, size_t cap, float x) {
     for (int prec = 1; prec <= 9; prec++) {
         snprintf(out, cap, "%.*g", prec, (double)x);
-        if (strtof(out, NULL) == x) return;
+        if (strtof(out, NULL) == x) break;
     }
+    /* whole numbers print whole: "20", not %g's "2e+01" */
+    if (strchr(out, 'e') && strchr(out, '+') && fabsf(x) < 1e9f && x == truncf(x)) snprintf(out, cap, "%.0f", (double)x);
 }
 
 void *vd_mmap_file(const char *path, size_t min_size, const char *what, size_t *size_out) {

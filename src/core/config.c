@@ -107,7 +107,8 @@ static const vd_key g_keys[] = {
     {"grad_clip", "train", KT_FLOAT, FIELD(grad_clip), "1", 0, 1e6, 0, NULL,
      "clip the global gradient norm to this value; 0 = no clipping"},
     {"seed", "train", KT_U64, FIELD(seed), "1337", 0, 0, 0, NULL,
-     "seed of the dropout stream (the masks do not depend on the number of ranks)"},
+     "seed of the dropout stream (the masks do not depend on the number of ranks) and of the random init of "
+     "LoRA and VB-LoRA"},
     /* [log] */
     {"log_every", "log", KT_INT, FIELD(log_every), "1", 1, I32_BIG, RESUME_FREE, NULL,
      "print and record the training loss every N steps"},
@@ -136,13 +137,47 @@ static const vd_key g_keys[] = {
      "testing only: sleep this long between datasets while writing a checkpoint"},
     /* last in the table (it is a [system] key): checkpoints written before it existed still line
      * up key by key with this table when resumed */
-    {"precision", "system", KT_STRING, FIELD(precision), "fp32", 0, 0, RESUME_FREE, "fp32|bf16",
-     "arithmetic of the frozen model: fp32; bf16 (bf16 weights and activations, fp32 adapter vectors "
-     "and optimizer) is not implemented yet and is rejected"},
+    {"precision", "system", KT_STRING, FIELD(precision), "fp32", 0, 0, RESUME_FREE, "fp32|bf16|tf32",
+     "arithmetic of the frozen model: fp32; bf16 (frozen linear weights stored bf16, their GEMMs on bf16 "
+     "inputs with fp32 accumulation; adapter vectors, gradients, optimizer and residual stream fp32); "
+     "tf32 (cuda only: fp32 storage, TF32 tensor-core GEMMs). May differ on resume"},
     /* after precision for the same reason: a checkpoint without this line was written with pack 0 */
     {"pack", "data", KT_BOOL, FIELD(pack), "0", 0, 1, 0, NULL,
      "shards of examples (prepare-data JSONL): 1 packs several examples into each sequence (positions "
      "restart and attention stays inside each example); 0 gives each example its own sequences"},
+    /* appended for the same reason */
+    {"collective_timeout", "system", KT_FLOAT, FIELD(collective_timeout), "20", 0, 86400, RESUME_FREE, NULL,
+     "seconds a rank waits inside one collective for the others before it names the ranks that did not "
+     "arrive and ends the job (10x this at start-up, in the first step and at the end); 0 = wait forever"},
+    /* after collective_timeout for the same reason: the adapter method and its keys
+     * (docs/adapters.md); a checkpoint without these lines was written by VeRA at these defaults */
+    {"adapter_type", "adapter", KT_STRING, FIELD(adapter_type), "vera", 0, 0, 0, "vera|vblora|lora",
+     "adapter method: vera (shared frozen projections, trainable scaling vectors), vblora (VB-LoRA: "
+     "a shared vector bank with top-k admixture), lora (trainable A and B per layer); r and "
+     "target_modules apply to all three"},
+    {"lora_alpha", "lora", KT_FLOAT, FIELD(lora_alpha), "8", 0, 1e6, MIN_OPEN, NULL,
+     "LoRA: the update is scaled by lora_alpha / r (lora_alpha / sqrt(r) with use_rslora)"},
+    {"lora_dropout", "lora", KT_FLOAT, FIELD(lora_dropout), "0", 0, 1, MAX_OPEN, NULL,
+     "LoRA: dropout probability on the adapter input while training; 0 = off"},
+    {"use_rslora", "lora", KT_BOOL, FIELD(use_rslora), "0", 0, 1, 0, NULL,
+     "LoRA: 1 scales by lora_alpha / sqrt(r) (rank-stabilised LoRA), 0 by lora_alpha / r"},
+    {"num_vectors", "vblora", KT_INT, FIELD(num_vectors), "256", 1, 1 << 24, 0, NULL,
+     "VB-LoRA: vectors in the shared bank"},
+    {"vector_length", "vblora", KT_INT, FIELD(vector_length), "256", 1, 1 << 20, 0, NULL,
+     "VB-LoRA: length of each bank vector; every adapted layer's in and out must be multiples of it"},
+    {"topk", "vblora", KT_INT, FIELD(topk), "2", 1, 1 << 20, 0, NULL,
+     "VB-LoRA: bank vectors mixed into each sub-vector (top-k of its logits, softmax weights)"},
+    {"init_vector_bank_bound", "vblora", KT_FLOAT, FIELD(init_vector_bank_bound), "0.02", 0, 1e3, MIN_OPEN, NULL,
+     "VB-LoRA: the bank starts uniform in (-bound, bound)"},
+    {"init_logits_std", "vblora", KT_FLOAT, FIELD(init_logits_std), "0.1", 0, 1e3, MIN_OPEN, NULL,
+     "VB-LoRA: the logits start normal with this standard deviation"},
+    {"vblora_dropout", "vblora", KT_FLOAT, FIELD(vblora_dropout), "0", 0, 1, MAX_OPEN, NULL,
+     "VB-LoRA: dropout probability on the adapter input while training; 0 = off"},
+    {"lr_vector_bank", "vblora", KT_FLOAT, FIELD(lr_vector_bank), "0", 0, 10, 0, NULL,
+     "VB-LoRA: peak learning rate of the vector bank (lr is the logits'); 0 = lr"},
+    {"save_only_topk_weights", "vblora", KT_BOOL, FIELD(save_only_topk_weights), "0", 0, 1, RESUME_FREE, NULL,
+     "VB-LoRA: PEFT exports keep only the top-k indices and weights of the logits (smaller; for merging "
+     "and inference only, never resumed)"},
 };
 #define NKEYS ((int)(sizeof(g_keys) / sizeof(g_keys[0])))
 _Static_assert(sizeof(g_keys) / sizeof(g_keys[0]) <= VD_CONFIG_MAX_KEYS, "vd_config.from has no room for every key");
@@ -158,7 +193,8 @@ static const struct { const char *lo, *hi; } g_le_rules[] = {
 };
 #define NRULES ((int)(sizeof(g_le_rules) / sizeof(g_le_rules[0])))
 
-static const char *const g_sections[] = {"model", "data", "vera", "train", "log", "system", "checkpoint"};
+static const char *const g_sections[] = {"model", "data", "vera", "train", "log", "system", "checkpoint", "adapter",
+                                          "lora", "vblora"};
 #define NSECTIONS ((int)(sizeof(g_sections) / sizeof(g_sections[0])))
 
 

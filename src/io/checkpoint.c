@@ -244,7 +244,19 @@ static uint64_t data_checksum_v(const vd_checkpoint *ck, int32_t version) {
     w[n++] = ck->projection_checksum;
     h = hash_words(w, n, h);
     h = vd_hash64(ck->target_modules, strnlen(ck->target_modules, sizeof(ck->target_modules)), h);
-    if (version >= 2) {
+    if (version >= VD_CKPT_VERSION_TENSORS) {
+        /* the adapter type, then the tensor table: its size, then per tensor its path and layout */
+        h = vd_hash64(ck->adapter_type, strnlen(ck->adapter_type, sizeof(ck->adapter_type)), h);
+        const uint64_t head[2] = {(uint64_t)(int64_t)ck->n_tensors, (uint64_t)ck->n_trainable};
+        h = hash_words(head, 2, h);
+        for (int32_t i = 0; ck->tensors && i < ck->n_tensors; i++) {
+            const vd_ckpt_tensor *t = &ck->tensors[i];
+            h = vd_hash64(t->path, strnlen(t->path, sizeof(t->path)), h);
+            uint64_t lay[3 + VD_ADAPTER_MAX_DIM] = {(uint64_t)t->offset, (uint64_t)t->numel, (uint64_t)(int64_t)t->ndim};
+            for (int32_t d = 0; d < VD_ADAPTER_MAX_DIM; d++) lay[3 + d] = (uint64_t)t->shape[d];
+            h = hash_words(lay, 3 + VD_ADAPTER_MAX_DIM, h);
+        }
+    } else if (version >= 2) {
         /* the module table: its size, then per module its name and layout */
         const uint64_t head[2] = {(uint64_t)(int64_t)ck->n_modules, (uint64_t)ck->n_trainable};
         h = hash_words(head, 2, h);
@@ -258,7 +270,12 @@ static uint64_t data_checksum_v(const vd_checkpoint *ck, int32_t version) {
     return h;
 }
 
-uint64_t vd_checkpoint_data_checksum(const vd_checkpoint *ck) { return data_checksum_v(ck, VD_CKPT_VERSION); }
+/* The version ck is written in: 2 for VeRA's module table, 3 for any other adapter's tensor table. */
+static int32_t ck_write_version(const vd_checkpoint *ck) {
+    return (ck->adapter_type[0] == 0 || !strcmp(ck->adapter_type, "vera")) ? VD_CKPT_VERSION : VD_CKPT_VERSION_TENSORS;
+}
+
+uint64_t vd_checkpoint_data_checksum(const vd_checkpoint *ck) { return data_checksum_v(ck, ck_write_version(ck)); }
 
 /* How the trainer computes vd_vera.proj_checksum: A's bytes from seed 0, then B's. */
 static uint64_t projection_checksum(const float *A, const float *B, int64_t r, int64_t max_in, int64_t max_out) {
@@ -384,6 +401,30 @@ static void w_array_attr(ck_writer *w, hid_t loc, const char *name, hid_t ftype,
 }
 
 /* /model's attributes, one per k_model_fields row. */
+/* A one-dimensional fixed-length string attribute from n NUL-terminated strings at first,
+ * first + stride, ... (a field of an array of structs), sized to the longest. */
+static void w_str_list_attr(ck_writer *w, hid_t loc, const char *name, int32_t n, const char *first, size_t stride) {
+    size_t maxlen = 1;
+    for (int32_t i = 0; i < n; i++) {
+        size_t len = strlen(first + (size_t)i * stride);
+        if (len > maxlen) maxlen = len;
+    }
+    char *names = callocCheck((size_t)n, maxlen + 1);
+    for (int32_t i = 0; i < n; i++) {
+        const char *s = first + (size_t)i * stride;
+        memcpy(names + (size_t)i * (maxlen + 1), s, strlen(s));
+    }
+    hsize_t hn = (hsize_t)n;
+    hid_t t = w_str_type(w, maxlen);
+    hid_t sp = h5Check(w, H5Screate_simple(1, &hn, NULL));
+    hid_t a = h5Check(w, H5Acreate2(loc, name, t, sp, H5P_DEFAULT, H5P_DEFAULT));
+    h5Check(w, H5Awrite(a, t, names));
+    h5Check(w, H5Aclose(a));
+    h5Check(w, H5Sclose(sp));
+    h5Check(w, H5Tclose(t));
+    free(names);
+}
+
 static void w_model(ck_writer *w, hid_t g, const vd_model_config *m) {
     for (int i = 0; i < NUM_MODEL_FIELDS; i++) {
         const model_field *f = &k_model_fields[i];
@@ -422,6 +463,51 @@ static void w_vectors(ck_writer *w, hid_t parent, const vd_checkpoint *ck, const
     }
 }
 
+/* A tensor path is "<name>" or "<group>/<name>": each part a usable HDF5 link name. */
+static int ck_path_ok(const char *p, size_t cap) {
+    if (!memchr(p, 0, cap) || !p[0]) return 0;
+    const char *slash = strchr(p, '/');
+    if (slash && strchr(slash + 1, '/')) return 0;
+    size_t first = slash ? (size_t)(slash - p) : strlen(p);
+    const char *second = slash ? slash + 1 : NULL;
+    if (first == 0 || (first == 1 && p[0] == '.') || (first == 2 && p[0] == '.' && p[1] == '.')) return 0;
+    return !second || (second[0] && strcmp(second, ".") != 0 && strcmp(second, "..") != 0);
+}
+
+/* Opens parent/<group> of a tensor path, creating it on first use; *name = the dataset's name.
+ * Returns parent itself (not to be closed) for a path without '/'. */
+static hid_t w_tensor_parent(ck_writer *w, hid_t parent, const char *path, char *group, size_t cap, const char **name) {
+    const char *slash = strchr(path, '/');
+    if (!slash) {
+        *name = path;
+        return parent;
+    }
+    snprintf(group, cap, "%.*s", (int)(slash - path), path);
+    *name = slash + 1;
+    htri_t ex = h5Check(w, H5Lexists(parent, group, H5P_DEFAULT));
+    return ex ? h5Check(w, H5Gopen2(parent, group, H5P_DEFAULT)) : w_group(w, parent, group);
+}
+
+/* parent/<path> of every tensor of the table, from flat (version 3). */
+static void w_tensors(ck_writer *w, hid_t parent, const vd_checkpoint *ck, const float *flat) {
+    for (int32_t i = 0; i < ck->n_tensors; i++) {
+        const vd_ckpt_tensor *t = &ck->tensors[i];
+        char group[160];
+        const char *name;
+        hid_t g = w_tensor_parent(w, parent, t->path, group, sizeof(group), &name);
+        hsize_t dims[VD_ADAPTER_MAX_DIM];
+        for (int32_t d = 0; d < t->ndim; d++) dims[d] = (hsize_t)t->shape[d];
+        w_f32_dset(w, g, name, t->ndim, dims, flat + t->offset);
+        if (g != parent) h5Check(w, H5Gclose(g));
+    }
+}
+
+/* The adapter's trainable values (or one moment) under parent, in the form of the version. */
+static void w_adapter_values(ck_writer *w, hid_t parent, const vd_checkpoint *ck, const float *flat) {
+    if (ck_write_version(ck) >= VD_CKPT_VERSION_TENSORS) w_tensors(w, parent, ck, flat);
+    else w_vectors(w, parent, ck, flat);
+}
+
 /* The writer's own invariants on ck (bugs in the caller, not user input). */
 static void check_layout(const vd_checkpoint *ck) {
     vd_require(ck->config_text != NULL);
@@ -431,10 +517,23 @@ static void check_layout(const vd_checkpoint *ck) {
         if (f->type == MF_STR) vd_require(memchr((const char *)&ck->model + f->off, 0, f->size) != NULL);
     }
     vd_require(memchr(ck->target_modules, 0, sizeof(ck->target_modules)) != NULL);
-    vd_require(ck->n_modules > 0 && ck->modules != NULL && ck->r > 0);
-    vd_require(ck->params && ck->exp_avg && ck->exp_avg_sq);
+    vd_require(ck->params && ck->exp_avg && ck->exp_avg_sq && ck->r > 0);
     vd_require((ck->A == NULL) == (ck->B == NULL));
     size_t off = 0;
+    if (ck_write_version(ck) >= VD_CKPT_VERSION_TENSORS) {
+        vd_require(ck->n_tensors > 0 && ck->tensors != NULL && memchr(ck->adapter_type, 0, sizeof(ck->adapter_type)));
+        for (int32_t i = 0; i < ck->n_tensors; i++) {
+            const vd_ckpt_tensor *t = &ck->tensors[i];
+            size_t numel = 1;
+            vd_require(t->ndim >= 1 && t->ndim <= VD_ADAPTER_MAX_DIM && ck_path_ok(t->path, sizeof(t->path)));
+            for (int32_t d = 0; d < t->ndim; d++) numel *= (size_t)t->shape[d];
+            vd_require(t->numel == numel && numel > 0 && t->offset == off); /* back to back, in order */
+            off += numel;
+        }
+        vd_require(off == ck->n_trainable);
+        return;
+    }
+    vd_require(ck->n_modules > 0 && ck->modules != NULL);
     for (int32_t i = 0; i < ck->n_modules; i++) {
         const vd_ckpt_module *md = &ck->modules[i];
         /* the flat layout is implied by the module order: [lambda_b, lambda_d] back to back */
@@ -475,7 +574,8 @@ void vd_checkpoint_write(const char *path, const vd_checkpoint *ck, int32_t dela
 
     h5_quiet(); /* failures are reported by h5Check, in one line */
 
-    uint64_t data_checksum = vd_checkpoint_data_checksum(ck);
+    int32_t version = ck_write_version(ck);
+    uint64_t data_checksum = data_checksum_v(ck, version);
     hid_t fapl = h5Check(w, make_fapl());
     w->file = h5Check(w, H5Fcreate(w->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl));
     h5Check(w, H5Pclose(fapl));
@@ -488,7 +588,7 @@ void vd_checkpoint_write(const char *path, const vd_checkpoint *ck, int32_t dela
     gmtime_r(&now, &tm);
     strftime(created, sizeof(created), "%Y-%m-%dT%H:%M:%SZ", &tm);
     w_str_attr(w, f, "format", VD_CKPT_FORMAT);
-    w_i32(w, f, "format_version", VD_CKPT_VERSION);
+    w_i32(w, f, "format_version", version);
     w_i64(w, f, "step", ck->step);
     w_u64(w, f, "tokens_seen", ck->tokens_seen);
     w_u64(w, f, "next_sequence", ck->next_sequence);
@@ -534,24 +634,15 @@ void vd_checkpoint_write(const char *path, const vd_checkpoint *ck, int32_t dela
      * before "h.2", so the order is stored explicitly), each module's lambda_b length and
      * offsets in the flat arrays, n_trainable -- then one group per module */
     g = w_group(w, f, "adapter");
-    {
-        size_t maxlen = 1;
-        for (int32_t i = 0; i < ck->n_modules; i++) {
-            size_t len = strlen(ck->modules[i].name);
-            if (len > maxlen) maxlen = len;
-        }
-        char *names = callocCheck((size_t)ck->n_modules, maxlen + 1);
-        for (int32_t i = 0; i < ck->n_modules; i++)
-            memcpy(names + (size_t)i * (maxlen + 1), ck->modules[i].name, strlen(ck->modules[i].name));
+    if (version >= VD_CKPT_VERSION_TENSORS) {
+        /* version 3: adapter_type, then the tensor table -- tensor_order (the paths, in offset
+         * order: HDF5 lists links alphabetically) and n_trainable -- then one dataset per tensor */
+        w_str_attr(w, g, "adapter_type", ck->adapter_type);
+        w_str_list_attr(w, g, "tensor_order", ck->n_tensors, (const char *)ck->tensors[0].path, sizeof(ck->tensors[0]));
+        w_u64(w, g, "n_trainable", (uint64_t)ck->n_trainable);
+    } else {
+        w_str_list_attr(w, g, "module_order", ck->n_modules, (const char *)ck->modules[0].name, sizeof(ck->modules[0]));
         hsize_t n = (hsize_t)ck->n_modules;
-        hid_t t = w_str_type(w, maxlen);
-        hid_t sp = h5Check(w, H5Screate_simple(1, &n, NULL));
-        hid_t a = h5Check(w, H5Acreate2(g, "module_order", t, sp, H5P_DEFAULT, H5P_DEFAULT));
-        h5Check(w, H5Awrite(a, t, names));
-        h5Check(w, H5Aclose(a));
-        h5Check(w, H5Sclose(sp));
-        h5Check(w, H5Tclose(t));
-        free(names);
         int32_t *outs = callocCheck((size_t)ck->n_modules, sizeof(int32_t));
         uint64_t *offs = callocCheck((size_t)ck->n_modules, sizeof(uint64_t));
         for (int32_t i = 0; i < ck->n_modules; i++) outs[i] = ck->modules[i].out;
@@ -564,16 +655,16 @@ void vd_checkpoint_write(const char *path, const vd_checkpoint *ck, int32_t dela
         free(offs);
         w_u64(w, g, "n_trainable", (uint64_t)ck->n_trainable);
     }
-    w_vectors(w, g, ck, ck->params);
+    w_adapter_values(w, g, ck, ck->params);
     h5Check(w, H5Gclose(g));
 
     /* /optimizer: AdamW moments, same tree as /adapter */
     g = w_group(w, f, "optimizer");
     hid_t gm = w_group(w, g, "exp_avg");
-    w_vectors(w, gm, ck, ck->exp_avg);
+    w_adapter_values(w, gm, ck, ck->exp_avg);
     h5Check(w, H5Gclose(gm));
     gm = w_group(w, g, "exp_avg_sq");
-    w_vectors(w, gm, ck, ck->exp_avg_sq);
+    w_adapter_values(w, gm, ck, ck->exp_avg_sq);
     h5Check(w, H5Gclose(gm));
     h5Check(w, H5Gclose(g));
 
@@ -812,13 +903,18 @@ static int r_f32_dset(ck_reader *r, hid_t loc, const char *locname, const char *
     int nd = H5Sget_simple_extent_ndims(sp);
     if (nd < 0) { rfail_h5(r, "cannot read the shape of %s", full); goto done; }
     if (nd != rank) { rfail(r, "%s has %d dimensions, expected %d", full, nd, rank); goto done; }
-    hsize_t got[2] = {0, 0};
-    if (H5Sget_simple_extent_dims(sp, got, NULL) < 0) { rfail_h5(r, "cannot read the shape of %s", full); goto done; }
+    hsize_t got[VD_ADAPTER_MAX_DIM] = {0};
+    if (nd > VD_ADAPTER_MAX_DIM || H5Sget_simple_extent_dims(sp, got, NULL) < 0) { rfail_h5(r, "cannot read the shape of %s", full); goto done; }
+    for (int k = 2; k < rank; k++)
+        if (got[k] != want[k]) {
+            rfail(r, "%s has dimension %d of %llu, expected %llu", full, k, (unsigned long long)got[k], (unsigned long long)want[k]);
+            goto done;
+        }
     if (rank == 1 && got[0] != want[0]) {
         rfail(r, "%s has %llu elements, expected %llu", full, (unsigned long long)got[0], (unsigned long long)want[0]);
         goto done;
     }
-    if (rank == 2 && (got[0] != want[0] || got[1] != want[1])) {
+    if (rank >= 2 && (got[0] != want[0] || got[1] != want[1])) {
         rfail(r, "%s has shape [%llu, %llu], expected [%llu, %llu]", full, (unsigned long long)got[0],
               (unsigned long long)got[1], (unsigned long long)want[0], (unsigned long long)want[1]);
         goto done;
@@ -954,35 +1050,61 @@ static int cmp_name_ref(const void *a, const void *b) {
  * names non-empty, usable as one HDF5 link name and unique; out in 1..CK_MAX_DIM; in order,
  * each module's lambda_b then lambda_d back to back (off_b = the previous module's off_d + r,
  * off_d = off_b + out); the total equal to n_trainable; max_out of /vera the largest out. */
+/* A one-dimensional fixed-length string attribute (what names it in messages) of 1..max_n
+ * entries, each at most maxsize bytes: *n entries of *size bytes each, NUL-terminated, in a
+ * malloc'd *names (the caller frees it). */
+static int r_str_list(ck_reader *r, hid_t obj, const char *objname, const char *attr, const char *what,
+                      const char *noun, hsize_t max_n, size_t maxsize, hsize_t *n, size_t *size, char **names) {
+    hid_t a = r_attr_open(r, obj, objname, attr);
+    if (a < 0) return -1;
+    int rc = -1;
+    *names = NULL;
+    hid_t mt = -1, t = H5Aget_type(a), sp = H5Aget_space(a);
+    if (t < 0 || sp < 0) { rfail_h5(r, "cannot read the type of %s", what); goto done; }
+    *size = r_str_size(r, t, what, maxsize);
+    if (*size == 0) goto done;
+    if (H5Sget_simple_extent_type(sp) != H5S_SIMPLE || H5Sget_simple_extent_ndims(sp) != 1 ||
+        H5Sget_simple_extent_dims(sp, n, NULL) != 1) {
+        rfail(r, "%s is not a one-dimensional list", what);
+        goto done;
+    }
+    if (*n < 1 || *n > max_n) {
+        rfail(r, "%s lists %llu %s, expected 1..%llu", what, (unsigned long long)*n, noun, (unsigned long long)max_n);
+        goto done;
+    }
+    *names = calloc((size_t)*n, *size);
+    if (!*names) { rfail(r, "out of memory for %llu %s", (unsigned long long)*n, noun); goto done; }
+    mt = str_mem_type(t, *size);
+    if (mt < 0 || H5Aread(a, mt, *names) < 0) { rfail_h5(r, "cannot read %s", what); goto done; }
+    for (hsize_t i = 0; i < *n; i++) (*names)[(size_t)i * *size + *size - 1] = 0;
+    rc = 0;
+done:
+    if (rc) { free(*names); *names = NULL; }
+    if (mt >= 0) H5Tclose(mt);
+    if (t >= 0) H5Tclose(t);
+    if (sp >= 0) H5Sclose(sp);
+    H5Aclose(a);
+    return rc;
+}
+
 static int r_module_table(ck_reader *r, hid_t g, int32_t version, vd_checkpoint *ck) {
     const char *what = "attribute module_order of /adapter";
-    hid_t a = r_attr_open(r, g, "/adapter", "module_order");
-    if (a < 0) return -1;
     int rc = -1;
     char *names = NULL;
     name_ref *sorted = NULL;
     int32_t *outs = NULL;
     uint64_t *off_b = NULL, *off_d = NULL;
-    hid_t mt = -1, t = H5Aget_type(a), sp = H5Aget_space(a);
-    if (t < 0 || sp < 0) { rfail_h5(r, "cannot read the type of %s", what); goto done; }
-    size_t size = r_str_size(r, t, what, sizeof(ck->modules[0].name));
-    if (size == 0) goto done;
     hsize_t n = 0;
-    if (H5Sget_simple_extent_type(sp) != H5S_SIMPLE || H5Sget_simple_extent_ndims(sp) != 1 ||
-        H5Sget_simple_extent_dims(sp, &n, NULL) != 1) {
-        rfail(r, "%s is not a one-dimensional list", what);
-        goto done;
-    }
-    if (n < 1 || n > CK_MAX_MODULES) { rfail(r, "%s lists %llu modules, expected 1..%d", what, (unsigned long long)n, CK_MAX_MODULES); goto done; }
-    names = calloc((size_t)n, size);
+    size_t size = 0;
+    if (r_str_list(r, g, "/adapter", "module_order", what, "modules", CK_MAX_MODULES, sizeof(ck->modules[0].name), &n,
+                   &size, &names))
+        return -1;
     ck->modules = calloc((size_t)n, sizeof(vd_ckpt_module));
     sorted = calloc((size_t)n, sizeof(name_ref));
     outs = calloc((size_t)n, sizeof(int32_t));
     off_b = calloc((size_t)n, sizeof(uint64_t));
     off_d = calloc((size_t)n, sizeof(uint64_t));
-    if (!names || !ck->modules || !sorted || !outs || !off_b || !off_d) { rfail(r, "out of memory for %llu modules", (unsigned long long)n); goto done; }
-    mt = str_mem_type(t, size);
-    if (mt < 0 || H5Aread(a, mt, names) < 0) { rfail_h5(r, "cannot read %s", what); goto done; }
+    if (!ck->modules || !sorted || !outs || !off_b || !off_d) { rfail(r, "out of memory for %llu modules", (unsigned long long)n); goto done; }
     ck->n_modules = (int32_t)n;
     for (int32_t i = 0; i < ck->n_modules; i++) {
         char *s = names + (size_t)i * size;
@@ -1063,11 +1185,146 @@ done:
     free(outs);
     free(off_b);
     free(off_d);
-    if (mt >= 0) H5Tclose(mt);
-    if (t >= 0) H5Tclose(t);
-    if (sp >= 0) H5Sclose(sp);
-    H5Aclose(a);
     return rc;
+}
+
+/* The group of a tensor path under parent (parent itself for a path without '/'; else opened,
+ * the caller closes it) and the dataset's name in it; gname gets the group's full name. */
+static hid_t r_tensor_parent(ck_reader *r, hid_t parent, const char *parentname, const char *path, char *gname,
+                             size_t cap, const char **name) {
+    const char *slash = strchr(path, '/');
+    if (!slash) {
+        snprintf(gname, cap, "%s", parentname);
+        *name = path;
+        return parent;
+    }
+    char group[160];
+    snprintf(group, sizeof(group), "%.*s", (int)(slash - path), path);
+    join(gname, cap, parentname, group);
+    *name = slash + 1;
+    return r_group(r, parent, parentname, group);
+}
+
+/* The shape of float32 dataset parentname/path (1..VD_ADAPTER_MAX_DIM dimensions, each >= 1). */
+static int r_tensor_shape(ck_reader *r, hid_t parent, const char *parentname, vd_ckpt_tensor *t) {
+    char gname[256], full[420];
+    const char *name;
+    hid_t g = r_tensor_parent(r, parent, parentname, t->path, gname, sizeof(gname), &name);
+    if (g < 0) return -1;
+    join(full, sizeof(full), gname, name);
+    int rc = -1;
+    hid_t d = -1, ty = -1, sp = -1;
+    htri_t ex = H5Lexists(g, name, H5P_DEFAULT);
+    if (ex < 0) { rfail_h5(r, "cannot look up %s", full); goto done; }
+    if (ex == 0) { rfail(r, "dataset %s is missing", full); goto done; }
+    if ((d = H5Dopen2(g, name, H5P_DEFAULT)) < 0) { rfail_h5(r, "%s is not a readable dataset", full); goto done; }
+    ty = H5Dget_type(d);
+    sp = H5Dget_space(d);
+    if (ty < 0 || sp < 0) { rfail_h5(r, "cannot read the type of %s", full); goto done; }
+    if (H5Tget_class(ty) != H5T_FLOAT || H5Tget_size(ty) != 4) { rfail(r, "%s is not float32", full); goto done; }
+    int nd = H5Sget_simple_extent_ndims(sp);
+    if (nd < 1 || nd > VD_ADAPTER_MAX_DIM) { rfail(r, "%s has %d dimensions, expected 1..%d", full, nd, VD_ADAPTER_MAX_DIM); goto done; }
+    hsize_t dims[VD_ADAPTER_MAX_DIM];
+    if (H5Sget_simple_extent_dims(sp, dims, NULL) != nd) { rfail_h5(r, "cannot read the shape of %s", full); goto done; }
+    t->ndim = nd;
+    t->numel = 1;
+    for (int k = 0; k < nd; k++) {
+        if (dims[k] < 1 || dims[k] > (hsize_t)CK_MAX_DIM) {
+            rfail(r, "%s has dimension %d of %llu, expected 1..%d", full, k, (unsigned long long)dims[k], CK_MAX_DIM);
+            goto done;
+        }
+        t->shape[k] = (int64_t)dims[k];
+        t->numel *= (size_t)dims[k];
+    }
+    rc = 0;
+done:
+    if (ty >= 0) H5Tclose(ty);
+    if (sp >= 0) H5Sclose(sp);
+    if (d >= 0) H5Dclose(d);
+    if (g != parent) H5Gclose(g);
+    return rc;
+}
+
+/* Version 3: /adapter's adapter_type and tensor table into ck, checked for self-consistency:
+ * a known adapter type; paths usable as HDF5 names ("<name>" or "<group>/<name>") and unique;
+ * the tensors back to back in order (each one's shape from its dataset), adding up to
+ * n_trainable. */
+static int r_tensor_table(ck_reader *r, hid_t g, vd_checkpoint *ck) {
+    if (r_str_attr(r, g, "/adapter", "adapter_type", ck->adapter_type, sizeof(ck->adapter_type))) return -1;
+    if (vd_adapter_type_parse(ck->adapter_type) < 0)
+        return rfail(r, "attribute adapter_type of /adapter is '%s', expected vera, vblora or lora", ck->adapter_type);
+    const char *what = "attribute tensor_order of /adapter";
+    char *names = NULL;
+    name_ref *sorted = NULL;
+    hsize_t n = 0;
+    size_t size = 0;
+    uint64_t n_trainable = 0;
+    int rc = -1;
+    if (r_str_list(r, g, "/adapter", "tensor_order", what, "tensors", CK_MAX_MODULES, sizeof(ck->tensors[0].path), &n,
+                   &size, &names) ||
+        r_scalar(r, g, "/adapter", "n_trainable", S_U64, &n_trainable))
+        goto done;
+    ck->tensors = calloc((size_t)n, sizeof(vd_ckpt_tensor));
+    sorted = calloc((size_t)n, sizeof(name_ref));
+    if (!ck->tensors || !sorted) { rfail(r, "out of memory for %llu tensors", (unsigned long long)n); goto done; }
+    ck->n_tensors = (int32_t)n;
+    size_t off = 0;
+    for (int32_t i = 0; i < ck->n_tensors; i++) {
+        vd_ckpt_tensor *t = &ck->tensors[i];
+        const char *p = names + (size_t)i * size;
+        if (!ck_path_ok(p, size)) {
+            rfail(r, "%s[%d] is '%.96s', not a tensor path ('<name>' or '<group>/<name>', not '.' or '..')", what, (int)i, p);
+            goto done;
+        }
+        memcpy(t->path, p, strlen(p) + 1);
+        sorted[i] = (name_ref){t->path, i};
+        if (r_tensor_shape(r, g, "/adapter", t)) goto done;
+        t->offset = off;
+        off += t->numel;
+    }
+    qsort(sorted, (size_t)n, sizeof(name_ref), cmp_name_ref);
+    for (size_t i = 1; i < (size_t)n; i++)
+        if (strcmp(sorted[i - 1].name, sorted[i].name) == 0) {
+            rfail(r, "%s lists '%s' twice (entries %d and %d)", what, sorted[i].name, (int)sorted[i - 1].index,
+                  (int)sorted[i].index);
+            goto done;
+        }
+    if (n_trainable != off) {
+        rfail(r, "attribute n_trainable of /adapter is %llu; the tensors of tensor_order add up to %llu",
+              (unsigned long long)n_trainable, (unsigned long long)off);
+        goto done;
+    }
+    ck->n_trainable = off;
+    rc = 0;
+done:
+    free(names);
+    free(sorted);
+    return rc;
+}
+
+/* The inverse of w_tensors: parent/<path> of every tensor into flat at its offset, each with the
+ * shape the table says (read from /adapter). */
+static int r_tensor_values(ck_reader *r, hid_t parent, const char *parentname, const vd_checkpoint *ck, float *flat) {
+    for (int32_t i = 0; i < ck->n_tensors; i++) {
+        const vd_ckpt_tensor *t = &ck->tensors[i];
+        char gname[256];
+        const char *name;
+        hid_t g = r_tensor_parent(r, parent, parentname, t->path, gname, sizeof(gname), &name);
+        if (g < 0) return -1;
+        hsize_t dims[VD_ADAPTER_MAX_DIM];
+        for (int32_t d = 0; d < t->ndim; d++) dims[d] = (hsize_t)t->shape[d];
+        int rc = r_f32_dset(r, g, gname, name, t->ndim, dims, flat + t->offset);
+        if (g != parent) H5Gclose(g);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+/* The adapter's values (or one moment) under parent, in the form of the file's version. */
+static int r_adapter_values(ck_reader *r, hid_t parent, const char *parentname, int32_t version, const vd_checkpoint *ck,
+                            float *flat) {
+    return version >= VD_CKPT_VERSION_TENSORS ? r_tensor_values(r, parent, parentname, ck, flat)
+                                               : r_vectors(r, parent, parentname, ck, flat);
 }
 
 /* /config: a scalar fixed-length string dataset with a uint64 attribute "hash". */
@@ -1107,6 +1364,8 @@ done:
 }
 
 /* Everything after opening the file; returns 0 or -1 with r->err set. */
+static int ck_tensors_from_modules(vd_checkpoint *ck);
+
 static int read_all(ck_reader *r, hid_t f, off_t file_size, vd_checkpoint *ck) {
     /* identity of the format first, so a foreign HDF5 file gets the right message */
     char format[64];
@@ -1115,9 +1374,9 @@ static int read_all(ck_reader *r, hid_t f, off_t file_size, vd_checkpoint *ck) {
         return rfail(r, "attribute format is '%s', expected '%s' (not a vera-dist checkpoint)", format, VD_CKPT_FORMAT);
     int32_t version = 0;
     if (r_scalar(r, f, "/", "format_version", S_I32, &version)) return -1;
-    if (version < VD_CKPT_MIN_VERSION || version > VD_CKPT_VERSION)
+    if (version < VD_CKPT_MIN_VERSION || version > VD_CKPT_MAX_VERSION)
         return rfail(r, "format_version %d is not supported (this build reads versions %d to %d)", (int)version,
-                     VD_CKPT_MIN_VERSION, VD_CKPT_VERSION);
+                     VD_CKPT_MIN_VERSION, VD_CKPT_MAX_VERSION);
     ck->format_version = version;
 
     uint64_t data_checksum = 0;
@@ -1167,7 +1426,12 @@ static int read_all(ck_reader *r, hid_t f, off_t file_size, vd_checkpoint *ck) {
 
     g = r_group(r, f, "/", "adapter");
     if (g < 0) return -1;
-    rc = r_module_table(r, g, version, ck);
+    if (version >= VD_CKPT_VERSION_TENSORS) {
+        rc = r_tensor_table(r, g, ck);
+    } else {
+        rc = r_module_table(r, g, version, ck);
+        if (rc == 0 && ck_tensors_from_modules(ck) != 0) rc = rfail(r, "out of memory for the tensor table");
+    }
 
     /* Every value the attributes describe must fit in the file (datasets are stored
      * uncompressed): refuses absurd sizes before allocating anything from them. */
@@ -1183,7 +1447,7 @@ static int read_all(ck_reader *r, hid_t f, off_t file_size, vd_checkpoint *ck) {
         ck->exp_avg_sq = malloc(nb);
         if (!ck->params || !ck->exp_avg || !ck->exp_avg_sq) rc = rfail(r, "out of memory for %zu trainable values", ck->n_trainable);
     }
-    if (rc == 0) rc = r_vectors(r, g, "/adapter", ck, ck->params);
+    if (rc == 0) rc = r_adapter_values(r, g, "/adapter", version, ck, ck->params);
     H5Gclose(g);
     if (rc) return -1;
 
@@ -1196,7 +1460,7 @@ static int read_all(ck_reader *r, hid_t f, off_t file_size, vd_checkpoint *ck) {
         snprintf(gname, sizeof(gname), "/optimizer/%s", moment_name[k]);
         hid_t gm = r_group(r, g, "/optimizer", moment_name[k]);
         if (gm < 0) { rc = -1; break; }
-        rc = r_vectors(r, gm, gname, ck, moment[k]);
+        rc = r_adapter_values(r, gm, gname, version, ck, moment[k]);
         H5Gclose(gm);
     }
     H5Gclose(g);
@@ -1266,6 +1530,7 @@ int vd_checkpoint_read(const char *path, vd_checkpoint *ck, char *err, size_t er
 void vd_checkpoint_free(vd_checkpoint *ck) {
     free(ck->config_text);
     free(ck->modules);
+    free(ck->tensors);
     free(ck->params);
     free(ck->exp_avg);
     free(ck->exp_avg_sq);
@@ -1440,4 +1705,107 @@ int vd_checkpoint_move_refused(const char *out_dir, const char *path, char *move
 void vd_checkpoint_path(const char *out_dir, int64_t step, char *out, size_t cap) {
     int n = snprintf(out, cap, "%s/checkpoints/step_%08lld.h5", out_dir, (long long)step);
     if (n < 0 || (size_t)n >= cap) vd_die("%s: checkpoint path too long", out_dir);
+}
+
+/* ----------------------------------------------------------------------------------------- */
+/* the adapter's identity and tensor table */
+
+/* The module table of format versions 1 and 2 describes VeRA's layout: per module lambda_b (out)
+ * then lambda_d (r), back to back. The tensor table of such a file, in the generic form. */
+static int ck_tensors_from_modules(vd_checkpoint *ck) {
+    ck->n_tensors = 2 * ck->n_modules;
+    ck->tensors = calloc((size_t)(ck->n_tensors ? ck->n_tensors : 1), sizeof(vd_ckpt_tensor));
+    if (!ck->tensors) return -1;
+    for (int32_t i = 0; i < ck->n_modules; i++) {
+        const vd_ckpt_module *md = &ck->modules[i];
+        vd_ckpt_tensor *tb = &ck->tensors[2 * i], *td = &ck->tensors[2 * i + 1];
+        snprintf(tb->path, sizeof(tb->path), "%s/lambda_b", md->name);
+        tb->offset = md->off_b;
+        tb->numel = (size_t)md->out;
+        tb->ndim = 1;
+        tb->shape[0] = md->out;
+        snprintf(td->path, sizeof(td->path), "%s/lambda_d", md->name);
+        td->offset = md->off_d;
+        td->numel = (size_t)ck->r;
+        td->ndim = 1;
+        td->shape[0] = ck->r;
+    }
+    snprintf(ck->adapter_type, sizeof(ck->adapter_type), "%s", vd_adapter_type_name(VD_ADAPTER_VERA));
+    return 0;
+}
+
+void vd_checkpoint_set_adapter(vd_checkpoint *ck, const vd_adapter *a, const char *targets, int save_saved) {
+    snprintf(ck->adapter_type, sizeof(ck->adapter_type), "%s", vd_adapter_type_name(a->type));
+    ck->r = a->opt.r;
+    ck->max_in = a->max_in;
+    ck->max_out = a->max_out;
+    ck->projection_prng_key = a->opt.key;
+    snprintf(ck->target_modules, sizeof(ck->target_modules), "%s", targets);
+    ck->projection_checksum = a->identity_checksum;
+    ck->n_trainable = a->n_trainable;
+    ck->n_tensors = a->n_tensors;
+    ck->tensors = callocCheck((size_t)a->n_tensors, sizeof(vd_ckpt_tensor));
+    for (int32_t i = 0; i < a->n_tensors; i++) {
+        const vd_adapter_tensor *t = &a->tensors[i];
+        vd_ckpt_tensor *c = &ck->tensors[i];
+        snprintf(c->path, sizeof(c->path), "%s", t->ckpt_path);
+        c->offset = t->offset;
+        c->numel = t->numel;
+        c->ndim = t->ndim;
+        memcpy(c->shape, t->shape, sizeof(c->shape));
+    }
+    if (a->type == VD_ADAPTER_VERA) {
+        /* versions 1 and 2 are VeRA's files: its module table, from the tensor table's pairs */
+        ck->n_modules = a->n_modules;
+        ck->modules = callocCheck((size_t)a->n_modules, sizeof(vd_ckpt_module));
+        for (int32_t i = 0; i < a->n_modules; i++) {
+            snprintf(ck->modules[i].name, sizeof(ck->modules[i].name), "%s", a->modules[i].name);
+            ck->modules[i].out = a->modules[i].out;
+            ck->modules[i].off_b = a->tensors[2 * i].offset;
+            ck->modules[i].off_d = a->tensors[2 * i + 1].offset;
+        }
+    }
+    /* the saved tensors go to /projection as A and B (VeRA's; no other method saves any) */
+    if (save_saved && a->n_saved) {
+        vd_require(a->n_saved == 2);
+        ck->A = mallocCheck(sizeof(float) * a->saved[0].numel);
+        ck->B = mallocCheck(sizeof(float) * a->saved[1].numel);
+        a->be->to_host(ck->A, a->saved[0].data, sizeof(float) * a->saved[0].numel);
+        a->be->to_host(ck->B, a->saved[1].data, sizeof(float) * a->saved[1].numel);
+    }
+}
+
+int vd_checkpoint_adapter_difference(const vd_checkpoint *ck, const vd_adapter *a, char *out, size_t cap) {
+    const char *here = vd_adapter_type_name(a->type);
+    if (strcmp(ck->adapter_type, here) != 0) {
+        snprintf(out, cap, "adapter_type %s in the checkpoint, %s here", ck->adapter_type, here);
+        return 1;
+    }
+    if (ck->r != a->opt.r || ck->max_in != a->max_in || ck->max_out != a->max_out) {
+        snprintf(out, cap, "r %d, max_in %d, max_out %d in the checkpoint; %d, %d, %d here", (int)ck->r, (int)ck->max_in,
+                 (int)ck->max_out, (int)a->opt.r, (int)a->max_in, (int)a->max_out);
+        return 1;
+    }
+    if (ck->projection_checksum != a->identity_checksum) {
+        snprintf(out, cap, "projection checksum %016llx in the checkpoint; the projections regenerated from "
+                 "projection_prng_key %llu give %016llx", (unsigned long long)ck->projection_checksum,
+                 (unsigned long long)a->opt.key, (unsigned long long)a->identity_checksum);
+        return 1;
+    }
+    if (ck->n_trainable != a->n_trainable || ck->n_tensors != a->n_tensors) {
+        snprintf(out, cap, "%zu trainable values in %d tensors in the checkpoint; %zu in %d here", ck->n_trainable,
+                 (int)ck->n_tensors, a->n_trainable, (int)a->n_tensors);
+        return 1;
+    }
+    for (int32_t i = 0; i < ck->n_tensors; i++) {
+        const vd_ckpt_tensor *c = &ck->tensors[i];
+        const vd_adapter_tensor *t = &a->tensors[i];
+        int same = !strcmp(c->path, t->ckpt_path) && c->offset == t->offset && c->numel == t->numel;
+        if (!same) {
+            snprintf(out, cap, "tensor %d is %s (%zu values at %zu) in the checkpoint, %s (%zu at %zu) here", (int)i, c->path,
+                     c->numel, c->offset, t->ckpt_path, t->numel, t->offset);
+            return 1;
+        }
+    }
+    return 0;
 }

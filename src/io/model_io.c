@@ -65,17 +65,23 @@ size_t vd_gpt2_num_params(const vd_gpt2_config *cfg) {
     return total;
 }
 
-void vd_gpt2_params_point(vd_gpt2_params *p, const vd_gpt2_config *cfg, float *buf) {
-    size_t sizes[VD_GPT2_NUM_PARAMS];
-    vd_gpt2_param_sizes(cfg, sizes);
+void vd_gpt2_params_set(vd_gpt2_params *p, float *const addr[VD_GPT2_NUM_PARAMS]) {
     float **ptrs[VD_GPT2_NUM_PARAMS] = {
         &p->wte,  &p->wpe,  &p->ln1w, &p->ln1b, &p->qkvw,    &p->qkvb,    &p->attprojw, &p->attprojb,
         &p->ln2w, &p->ln2b, &p->fcw,  &p->fcb,  &p->fcprojw, &p->fcprojb, &p->lnfw,     &p->lnfb,
     };
+    for (int i = 0; i < VD_GPT2_NUM_PARAMS; i++) *ptrs[i] = addr[i];
+}
+
+void vd_gpt2_params_point(vd_gpt2_params *p, const vd_gpt2_config *cfg, float *buf) {
+    size_t sizes[VD_GPT2_NUM_PARAMS];
+    vd_gpt2_param_sizes(cfg, sizes);
+    float *addr[VD_GPT2_NUM_PARAMS];
     for (int i = 0; i < VD_GPT2_NUM_PARAMS; i++) {
-        *ptrs[i] = buf;
+        addr[i] = buf;
         buf += sizes[i];
     }
+    vd_gpt2_params_set(p, addr);
 }
 
 void vd_gpt2_param_name(int which, int32_t l, char *out, size_t cap) {
@@ -305,14 +311,6 @@ float *vd_gpt2_load_hf(const char *dir, vd_gpt2_config *cfg) {
 #define VD_LLMC_MAGIC 20240326
 #define VD_LLMC_HEADER_INTS 256
 
-/* bfloat16 is the top half of a float: widening is exact. */
-static float vd_llmc_bf16(uint16_t b) {
-    uint32_t u = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &u, sizeof(f));
-    return f;
-}
-
 /* Reads n parameters of `esize` bytes (4: fp32, 2: bf16) from f into dst as fp32. */
 static void vd_llmc_read(FILE *f, const char *path, float *dst, size_t n, int esize, void *scratch) {
     if (esize == 4) {
@@ -321,7 +319,7 @@ static void vd_llmc_read(FILE *f, const char *path, float *dst, size_t n, int es
     }
     uint16_t *b = scratch;
     freadCheck(b, sizeof(uint16_t), n, f, path);
-    for (size_t i = 0; i < n; i++) dst[i] = vd_llmc_bf16(b[i]);
+    for (size_t i = 0; i < n; i++) dst[i] = vd_bf16_to_f32(b[i]); /* tensor.h: exact */
 }
 
 /* A header field in [lo, hi], or die naming the file and the field. */

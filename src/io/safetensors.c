@@ -84,14 +84,6 @@ static float vd_f16_to_f32(uint16_t h) {
     return f;
 }
 
-/* bfloat16 is the top half of a float: widening is exact, NaN and inf included. */
-static float vd_bf16_to_f32(uint16_t b) {
-    uint32_t bits = (uint32_t)b << 16;
-    float f;
-    memcpy(&f, &bits, sizeof(f));
-    return f;
-}
-
 /* ----------------------------------------------------------------------------------------- */
 /* reader */
 
@@ -268,6 +260,19 @@ void vd_safetensors_read_f32(const vd_safetensors *st, const vd_st_tensor *t, fl
     }
 }
 
+void vd_safetensors_read_int(const vd_safetensors *st, const vd_st_tensor *t, int64_t *dst) {
+    size_t n = (size_t)vd_st_tensor_numel(t);
+    const uint8_t *src = st->data + t->begin;
+    const char *d = t->dtype_name;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(d, "U8") == 0) dst[i] = src[i];
+        else if (strcmp(d, "I16") == 0) { int16_t v; memcpy(&v, src + 2 * i, 2); dst[i] = v; }
+        else if (strcmp(d, "I32") == 0) { int32_t v; memcpy(&v, src + 4 * i, 4); dst[i] = v; }
+        else if (strcmp(d, "I64") == 0) { int64_t v; memcpy(&v, src + 8 * i, 8); dst[i] = v; }
+        else vd_die("%s: tensor %s has dtype %s (expected U8, I16, I32 or I64)", st->path, t->name, d);
+    }
+}
+
 void vd_safetensors_close(vd_safetensors *st) {
     if (st->map && munmap(st->map, st->map_size) != 0) vd_warn("%s: munmap failed (%s)", st->path, strerror(errno));
     free(st->tensors);
@@ -348,11 +353,15 @@ void vd_safetensors_write_f32(const char *path, const vd_st_entry *entries, int3
             vd_require(e->shape[d] >= 0);
             numel *= (uint64_t)e->shape[d];
         }
-        nbytes[i] = numel * sizeof(float);
+        const vd_dtype_info *dt = vd_dtype_lookup(e->dtype ? e->dtype : "F32");
+        vd_require(dt != NULL);
+        nbytes[i] = numel * dt->size;
         if (!first) vd_sb_puts(&h, ",");
         first = 0;
         vd_sb_json_string(&h, e->name);
-        vd_sb_puts(&h, ":{\"dtype\":\"F32\",\"shape\":[");
+        vd_sb_puts(&h, ":{\"dtype\":");
+        vd_sb_json_string(&h, dt->name);
+        vd_sb_puts(&h, ",\"shape\":[");
         for (int32_t d = 0; d < e->ndim; d++) {
             snprintf(num, sizeof(num), "%s%lld", d ? "," : "", (long long)e->shape[d]);
             vd_sb_puts(&h, num);
@@ -374,7 +383,7 @@ void vd_safetensors_write_f32(const char *path, const vd_st_entry *entries, int3
     memcpy(file + 8, h.buf, (size_t)header_len);
     uint8_t *p = file + 8 + header_len;
     for (int32_t i = 0; i < n; i++) {
-        if (nbytes[i]) memcpy(p, entries[i].data, (size_t)nbytes[i]);
+        if (nbytes[i]) memcpy(p, entries[i].dtype ? entries[i].raw : (const void *)entries[i].data, (size_t)nbytes[i]);
         p += nbytes[i];
     }
     vd_write_file_atomic(path, file, (size_t)total);

@@ -33,29 +33,26 @@ const vd_model_family vd_family_gpt2 = {
     .num_params = vd_gpt2_num_params,
 };
 
-void vd_gpt2_sites(const vd_gpt2 *m, vd_linear_site *sites) {
-    const vd_gpt2_params *p = &m->params;
-    float *const base[4] = {p->qkvw, p->attprojw, p->fcw, p->fcprojw};
-    for (int32_t l = 0; l < m->config.n_layer; l++) {
-        for (int32_t kind = 0; kind < 4; kind++) {
-            vd_linear_site *s = &sites[l * 4 + kind];
-            s->layer = l;
-            s->kind = kind;
-            gpt2_kind_shape(&m->config, kind, &s->in, &s->out);
-            vd_model_site_name(&vd_family_gpt2, l, kind, s->name, sizeof(s->name));
-            s->W = (vd_tensor){base[kind] + (size_t)l * s->in * s->out, VD_DTYPE_F32, 2, {s->in, s->out}};
-        }
-    }
-}
+/* the four linear weights, by kind: indices into vd_gpt2_params order */
+static const int k_gpt2_kind_tensor[4] = {4, 6, 10, 12}; /* qkvw, attprojw, fcw, fcprojw */
 
-void vd_gpt2_init(vd_gpt2 *m, const vd_backend *be, const vd_gpt2_config *cfg, const float *host_params) {
+void vd_gpt2_init(vd_gpt2 *m, const vd_backend *be, const vd_gpt2_config *cfg, const float *host_params,
+                  vd_dtype wdtype, vd_linear_site *sites) {
     memset(m, 0, sizeof(*m));
     m->config = *cfg;
     m->be = be;
     m->num_params = vd_gpt2_num_params(cfg);
-    m->params_memory = be->alloc(sizeof(float) * m->num_params);
-    be->to_device(m->params_memory, host_params, sizeof(float) * m->num_params);
-    vd_gpt2_params_point(&m->params, cfg, m->params_memory);
+    size_t sizes[VD_GPT2_NUM_PARAMS], host_off[VD_GPT2_NUM_PARAMS];
+    float *f32[VD_GPT2_NUM_PARAMS];
+    void *lin[VD_GPT2_NUM_PARAMS];
+    vd_gpt2_param_sizes(cfg, sizes);
+    uint32_t linear = 0;
+    for (int k = 0; k < 4; k++) linear |= 1u << k_gpt2_kind_tensor[k];
+    vd_model_upload(be, host_params, sizes, VD_GPT2_NUM_PARAMS, linear, wdtype, &m->params_memory, &m->lin_memory,
+                    f32, lin, host_off);
+    vd_gpt2_params_set(&m->params, f32);
+    vd_model_fill_sites(&vd_family_gpt2, cfg, k_gpt2_kind_tensor, lin, host_off, wdtype, sites);
+    m->sites = sites;
 }
 
 /* The activation buffers, in one place: allocates them when be is set, and returns their
@@ -115,8 +112,11 @@ size_t vd_gpt2_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T) {
     return gpt2_acts(&scratch, NULL, cfg, B, T);
 }
 
+/* the frozen weight of block l's linear layer `kind` (F32 or BF16) */
+static const vd_tensor *gpt2_w(const vd_gpt2 *m, int32_t l, int kind) { return &m->sites[l * 4 + kind].W; }
+
 static int32_t gpt2_module(const vd_gpt2 *m, int32_t l, int kind) {
-    return m->vera ? m->vera->module_of[l * 4 + kind] : -1;
+    return m->adapter ? m->adapter->module_of[l * 4 + kind] : -1;
 }
 
 double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets, const int32_t *pos, int32_t nb,
@@ -127,7 +127,7 @@ double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets
     int32_t L = m->config.n_layer, N = B * T;
     float eps = m->config.ln_eps;
     vd_gpt2_params *p = &m->params;
-    vd_vera *vera = m->vera;
+    vd_adapter *ad = m->adapter;
     m->last_B = nb;
 
     be->to_device(m->inputs, inputs, sizeof(int32_t) * (size_t)N);
@@ -147,21 +147,21 @@ double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets
         float *fch = m->fch + l * NC * 4, *fch_gelu = m->fch_gelu + l * NC * 4, *res3 = m->residual3 + l * NC;
         be->layernorm_forward(ln1, m->ln1_mean + (size_t)l * N, m->ln1_rstd + (size_t)l * N, residual,
                               p->ln1w + (size_t)l * C, p->ln1b + (size_t)l * C, N, C, eps);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 0), qkv, ln1, p->qkvw + (size_t)l * C * 3 * C,
+        vd_linear_forward(ad, be, gpt2_module(m, l, 0), qkv, ln1, gpt2_w(m, l, 0),
                           p->qkvb + (size_t)l * 3 * C, N, C, 3 * C, ctx);
         vd_attn_shape ash = {.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
                              .q_stride = 3 * C, .kv_stride = 3 * C, .pos = m->last_pos};
         be->attention_forward(atty, att, qkv, qkv + C, qkv + 2 * C, &ash);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 1), m->proj_out, atty, p->attprojw + (size_t)l * C * C,
+        vd_linear_forward(ad, be, gpt2_module(m, l, 1), m->proj_out, atty, gpt2_w(m, l, 1),
                           p->attprojb + (size_t)l * C, N, C, C, ctx);
         be->add(res2, residual, m->proj_out, NC);
         be->layernorm_forward(ln2, m->ln2_mean + (size_t)l * N, m->ln2_rstd + (size_t)l * N, res2,
                               p->ln2w + (size_t)l * C, p->ln2b + (size_t)l * C, N, C, eps);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 2), fch, ln2, p->fcw + (size_t)l * C * 4 * C,
+        vd_linear_forward(ad, be, gpt2_module(m, l, 2), fch, ln2, gpt2_w(m, l, 2),
                           p->fcb + (size_t)l * 4 * C, N, C, 4 * C, ctx);
         be->gelu_forward(fch_gelu, fch, NC * 4);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 3), m->proj_out, fch_gelu,
-                          p->fcprojw + (size_t)l * 4 * C * C, p->fcprojb + (size_t)l * C, N, 4 * C, C, ctx);
+        vd_linear_forward(ad, be, gpt2_module(m, l, 3), m->proj_out, fch_gelu,
+                          gpt2_w(m, l, 3), p->fcprojb + (size_t)l * C, N, 4 * C, C, ctx);
         be->add(res3, res2, m->proj_out, NC);
     }
     const float *last = m->residual3 + (size_t)(L - 1) * N * C;
@@ -181,7 +181,7 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
     int32_t L = m->config.n_layer, N = B * T;
     size_t NC = (size_t)N * C;
     vd_gpt2_params *p = &m->params;
-    vd_vera *vera = m->vera;
+    vd_adapter *ad = m->adapter;
 
     be->softmax_xent_backward(m->logits, m->logits, m->targets, dloss, N, V);
     float *dlnf = m->dbuf_a;
@@ -193,16 +193,16 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
     for (int32_t l = L - 1; l >= 0; l--) {
         const float *residual = l == 0 ? m->encoded : m->residual3 + (size_t)(l - 1) * NC;
         float *dfch_gelu = m->dbuf_a, *dfch = m->dbuf_b;
-        vd_linear_backward(vera, be, gpt2_module(m, l, 3), dfch_gelu, m->dresidual,
-                           p->fcprojw + (size_t)l * 4 * C * C, N, 4 * C, C, ctx);
+        vd_linear_backward(ad, be, gpt2_module(m, l, 3), dfch_gelu, m->dresidual,
+                           gpt2_w(m, l, 3), N, 4 * C, C, ctx);
         be->gelu_backward(dfch, m->fch + l * NC * 4, dfch_gelu, NC * 4);
         float *dln2 = m->dbuf_a;
-        vd_linear_backward(vera, be, gpt2_module(m, l, 2), dln2, dfch, p->fcw + (size_t)l * C * 4 * C, N, C,
+        vd_linear_backward(ad, be, gpt2_module(m, l, 2), dln2, dfch, gpt2_w(m, l, 2), N, C,
                            4 * C, ctx);
         be->layernorm_backward(m->dresidual, dln2, m->residual2 + l * NC, p->ln2w + (size_t)l * C,
                                m->ln2_mean + (size_t)l * N, m->ln2_rstd + (size_t)l * N, N, C);
         float *datty = m->dbuf_a;
-        vd_linear_backward(vera, be, gpt2_module(m, l, 1), datty, m->dresidual, p->attprojw + (size_t)l * C * C,
+        vd_linear_backward(ad, be, gpt2_module(m, l, 1), datty, m->dresidual, gpt2_w(m, l, 1),
                            N, C, C, ctx);
         const float *qkv = m->qkv + l * NC * 3;
         vd_attn_shape ash = {.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
@@ -210,7 +210,7 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
         be->attention_backward(m->dqkv, m->dqkv + C, m->dqkv + 2 * C, m->datt, datty, qkv, qkv + C, qkv + 2 * C,
                                m->att + (size_t)l * B * NH * T * T, &ash);
         float *dln1 = m->dbuf_a;
-        vd_linear_backward(vera, be, gpt2_module(m, l, 0), dln1, m->dqkv, p->qkvw + (size_t)l * C * 3 * C, N, C,
+        vd_linear_backward(ad, be, gpt2_module(m, l, 0), dln1, m->dqkv, gpt2_w(m, l, 0), N, C,
                            3 * C, ctx);
         be->layernorm_backward(m->dresidual, dln1, residual, p->ln1w + (size_t)l * C,
                                m->ln1_mean + (size_t)l * N, m->ln1_rstd + (size_t)l * N, N, C);
@@ -219,6 +219,7 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
 
 void vd_gpt2_free(vd_gpt2 *m) {
     const vd_backend *be = m->be;
+    if (m->lin_memory) be->free(m->lin_memory);
     float *bufs[] = {m->params_memory, m->encoded, m->ln1, m->ln1_mean, m->ln1_rstd, m->qkv, m->atty, m->att,
                      m->residual2, m->ln2, m->ln2_mean, m->ln2_rstd, m->fch, m->fch_gelu, m->residual3, m->lnf,
                      m->lnf_mean, m->lnf_rstd, m->logits, m->losses, m->dresidual, m->dbuf_a, m->dbuf_b,
@@ -257,8 +258,8 @@ void vd_gpt2_decode(vd_gpt2 *m, vd_kv_cache *kv, const int32_t *tokens, int32_t 
     int32_t C = m->config.channels, NH = m->config.n_head, V = m->config.vocab_size, L = m->config.n_layer;
     float eps = m->config.ln_eps;
     const vd_gpt2_params *p = &m->params;
-    vd_vera *vera = m->vera;
-    if (vera && vera->N < n) vd_die("internal: adapter activations hold %d tokens, decode of %d", (int)vera->N, (int)n);
+    vd_adapter *ad = m->adapter;
+    if (ad && ad->N < n) vd_die("internal: adapter activations hold %d tokens, decode of %d", (int)ad->N, (int)n);
     const vd_fwd_ctx ctx = {0, 0, 0}; /* eval: no dropout */
     size_t NC = (size_t)n * C, layer_rows = (size_t)kv->max_T * 3 * C;
 
@@ -268,20 +269,20 @@ void vd_gpt2_decode(vd_gpt2 *m, vd_kv_cache *kv, const int32_t *tokens, int32_t 
         float *cache = kv->k + (size_t)l * layer_rows, *qkv = cache + (size_t)pos0 * 3 * C;
         be->layernorm_forward(kv->xn, kv->mean, kv->rstd, kv->x, p->ln1w + (size_t)l * C, p->ln1b + (size_t)l * C, n,
                               C, eps);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 0), qkv, kv->xn, p->qkvw + (size_t)l * C * 3 * C,
+        vd_linear_forward(ad, be, gpt2_module(m, l, 0), qkv, kv->xn, gpt2_w(m, l, 0),
                           p->qkvb + (size_t)l * 3 * C, n, C, 3 * C, &ctx);
         vd_attn_shape ash = {.B = 1, .T = n, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
                              .q_stride = 3 * C, .kv_stride = 3 * C};
         be->attention_cached(kv->atty, qkv, cache + C, cache + 2 * C, n, pos0, &ash);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 1), kv->proj, kv->atty, p->attprojw + (size_t)l * C * C,
+        vd_linear_forward(ad, be, gpt2_module(m, l, 1), kv->proj, kv->atty, gpt2_w(m, l, 1),
                           p->attprojb + (size_t)l * C, n, C, C, &ctx);
         be->accumulate(kv->x, kv->proj, NC);
         be->layernorm_forward(kv->xn, kv->mean, kv->rstd, kv->x, p->ln2w + (size_t)l * C, p->ln2b + (size_t)l * C, n,
                               C, eps);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 2), kv->h1, kv->xn, p->fcw + (size_t)l * C * 4 * C,
+        vd_linear_forward(ad, be, gpt2_module(m, l, 2), kv->h1, kv->xn, gpt2_w(m, l, 2),
                           p->fcb + (size_t)l * 4 * C, n, C, 4 * C, &ctx);
         be->gelu_forward(kv->h2, kv->h1, NC * 4);
-        vd_linear_forward(vera, be, gpt2_module(m, l, 3), kv->proj, kv->h2, p->fcprojw + (size_t)l * 4 * C * C,
+        vd_linear_forward(ad, be, gpt2_module(m, l, 3), kv->proj, kv->h2, gpt2_w(m, l, 3),
                           p->fcprojb + (size_t)l * C, n, 4 * C, C, &ctx);
         be->accumulate(kv->x, kv->proj, NC);
     }

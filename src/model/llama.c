@@ -125,15 +125,12 @@ const vd_model_family vd_family_llama = {
     .num_params = llama_num_params,
 };
 
-static void llama_params_point(vd_llama_params *p, const vd_model_config *c, float *buf) {
+/* Sets the named pointers to addr[i] (k_params order; NULL allowed). */
+static void llama_params_set(vd_llama_params *p, float *const addr[VD_LLAMA_NUM_PARAMS]) {
     float **ptrs[VD_LLAMA_NUM_PARAMS] = {&p->embed, &p->attn_norm, &p->wq, &p->bq, &p->wk, &p->bk, &p->wv,
                                          &p->bv, &p->wo, &p->bo, &p->mlp_norm, &p->wg, &p->bg, &p->wu,
                                          &p->bu, &p->wd, &p->bd, &p->norm, &p->lm_head};
-    for (int i = 0; i < VD_LLAMA_NUM_PARAMS; i++) {
-        size_t n = llama_param_count(c, i);
-        *ptrs[i] = n ? buf : NULL;
-        buf += n;
-    }
+    for (int i = 0; i < VD_LLAMA_NUM_PARAMS; i++) *ptrs[i] = addr[i];
 }
 
 /* ---- config.json ---- */
@@ -430,37 +427,31 @@ void vd_llama_save_hf(const char *dir, const vd_model_config *cfg, const float *
 
 /* ---- the model on a backend ---- */
 
-void vd_llama_init(vd_llama *m, const vd_backend *be, const vd_model_config *cfg, const float *host_params) {
+void vd_llama_init(vd_llama *m, const vd_backend *be, const vd_model_config *cfg, const float *host_params,
+                   vd_dtype wdtype, vd_linear_site *sites) {
     memset(m, 0, sizeof(*m));
     m->config = *cfg;
     m->be = be;
     m->num_params = llama_num_params(cfg);
-    m->params_memory = be->alloc(sizeof(float) * m->num_params);
-    be->to_device(m->params_memory, host_params, sizeof(float) * m->num_params);
-    llama_params_point(&m->params, cfg, m->params_memory);
+    /* the seven linear weights, by kind: indices into k_params (vd_llama_params order) */
+    static const int kind_tensor[K_COUNT] = {2, 4, 6, 8, 11, 13, 15}; /* wq wk wv wo wg wu wd */
+    size_t count[VD_LLAMA_NUM_PARAMS], host_off[VD_LLAMA_NUM_PARAMS];
+    float *f32[VD_LLAMA_NUM_PARAMS];
+    void *lin[VD_LLAMA_NUM_PARAMS];
+    uint32_t linear = 0;
+    for (int i = 0; i < VD_LLAMA_NUM_PARAMS; i++) count[i] = llama_param_count(cfg, i);
+    for (int k = 0; k < K_COUNT; k++) linear |= 1u << kind_tensor[k];
+    vd_model_upload(be, host_params, count, VD_LLAMA_NUM_PARAMS, linear, wdtype, &m->params_memory, &m->lin_memory,
+                    f32, lin, host_off);
+    llama_params_set(&m->params, f32);
+    vd_model_fill_sites(&vd_family_llama, cfg, kind_tensor, lin, host_off, wdtype, sites);
+    m->sites = sites;
     size_t nf = (size_t)cfg->head_dim / 2;
     float *inv = mallocCheck(sizeof(float) * nf);
     llama_inv_freq(cfg, inv);
     m->inv_freq = be->alloc(sizeof(float) * nf);
     be->to_device(m->inv_freq, inv, sizeof(float) * nf);
     free(inv);
-}
-
-/* Site list: block by block, kinds in family order; W points at the layer's slice. */
-void vd_llama_sites(const vd_llama *m, vd_linear_site *sites) {
-    const vd_model_config *c = &m->config;
-    const vd_llama_params *p = &m->params;
-    float *const base[K_COUNT] = {p->wq, p->wk, p->wv, p->wo, p->wg, p->wu, p->wd};
-    for (int32_t l = 0; l < c->n_layer; l++) {
-        for (int32_t kind = 0; kind < K_COUNT; kind++) {
-            vd_linear_site *s = &sites[l * K_COUNT + kind];
-            s->layer = l;
-            s->kind = kind;
-            llama_kind_shape(c, kind, &s->in, &s->out);
-            vd_model_site_name(&vd_family_llama, l, kind, s->name, sizeof(s->name));
-            s->W = (vd_tensor){base[kind] + (size_t)l * s->in * s->out, VD_DTYPE_F32, 2, {s->in, s->out}};
-        }
-    }
 }
 
 /* The activation buffers, in one place: allocates them when be is set, and returns their
@@ -526,8 +517,11 @@ size_t vd_llama_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T) {
     return llama_acts(&scratch, NULL, cfg, B, T);
 }
 
+/* the frozen weight of block l's linear layer `kind` (F32 or BF16) */
+static const vd_tensor *llama_w(const vd_llama *m, int32_t l, int32_t kind) { return &m->sites[l * K_COUNT + kind].W; }
+
 static int32_t llama_module(const vd_llama *m, int32_t l, int32_t kind) {
-    return m->vera ? m->vera->module_of[l * K_COUNT + kind] : -1;
+    return m->adapter ? m->adapter->module_of[l * K_COUNT + kind] : -1;
 }
 
 static vd_attn_shape llama_attn_shape(const vd_llama *m, int32_t B) {
@@ -546,7 +540,7 @@ double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targe
     int32_t B = nb, T = m->T, C = c->channels, Q = llama_q(c), KV = llama_kv(c), I = c->intermediate;
     int32_t V = c->vocab_size, L = c->n_layer, N = B * T, NH = c->n_head, NKV = c->n_kv_head, hd = c->head_dim;
     const vd_llama_params *p = &m->params;
-    vd_vera *vera = m->vera;
+    vd_adapter *ad = m->adapter;
     size_t NC = (size_t)N * C;
     m->last_B = nb;
     /* positions (packed examples restart them): RoPE angles and the attention window; NULL = t */
@@ -567,26 +561,26 @@ double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targe
         float *gate = m->gate + (size_t)l * N * I, *up = m->up + (size_t)l * N * I, *act = m->act + (size_t)l * N * I;
         /* attention */
         be->rmsnorm_forward(xn1, m->rstd1 + (size_t)l * N, x, p->attn_norm + (size_t)l * C, N, C, c->ln_eps);
-        vd_linear_forward(vera, be, llama_module(m, l, K_Q), q, xn1, p->wq + (size_t)l * C * Q, llama_bias(p->bq, l, Q),
+        vd_linear_forward(ad, be, llama_module(m, l, K_Q), q, xn1, llama_w(m, l, K_Q), llama_bias(p->bq, l, Q),
                           N, C, Q, ctx);
-        vd_linear_forward(vera, be, llama_module(m, l, K_K), k, xn1, p->wk + (size_t)l * C * KV,
+        vd_linear_forward(ad, be, llama_module(m, l, K_K), k, xn1, llama_w(m, l, K_K),
                           llama_bias(p->bk, l, KV), N, C, KV, ctx);
-        vd_linear_forward(vera, be, llama_module(m, l, K_V), v, xn1, p->wv + (size_t)l * C * KV,
+        vd_linear_forward(ad, be, llama_module(m, l, K_V), v, xn1, llama_w(m, l, K_V),
                           llama_bias(p->bv, l, KV), N, C, KV, ctx);
         be->rope(q, m->inv_freq, m->last_pos, B, T, NH, hd, Q, 0);
         be->rope(k, m->inv_freq, m->last_pos, B, T, NKV, hd, KV, 0);
         be->attention_forward(atty, att, q, k, v, &sh);
-        vd_linear_forward(vera, be, llama_module(m, l, K_O), m->proj_out, atty, p->wo + (size_t)l * Q * C,
+        vd_linear_forward(ad, be, llama_module(m, l, K_O), m->proj_out, atty, llama_w(m, l, K_O),
                           llama_bias(p->bo, l, C), N, Q, C, ctx);
         be->add(mid, x, m->proj_out, NC);
         /* MLP */
         be->rmsnorm_forward(xn2, m->rstd2 + (size_t)l * N, mid, p->mlp_norm + (size_t)l * C, N, C, c->ln_eps);
-        vd_linear_forward(vera, be, llama_module(m, l, K_GATE), gate, xn2, p->wg + (size_t)l * C * I,
+        vd_linear_forward(ad, be, llama_module(m, l, K_GATE), gate, xn2, llama_w(m, l, K_GATE),
                           llama_bias(p->bg, l, I), N, C, I, ctx);
-        vd_linear_forward(vera, be, llama_module(m, l, K_UP), up, xn2, p->wu + (size_t)l * C * I,
+        vd_linear_forward(ad, be, llama_module(m, l, K_UP), up, xn2, llama_w(m, l, K_UP),
                           llama_bias(p->bu, l, I), N, C, I, ctx);
         be->swiglu_forward(act, gate, up, (size_t)N * I);
-        vd_linear_forward(vera, be, llama_module(m, l, K_DOWN), m->proj_out, act, p->wd + (size_t)l * I * C,
+        vd_linear_forward(ad, be, llama_module(m, l, K_DOWN), m->proj_out, act, llama_w(m, l, K_DOWN),
                           llama_bias(p->bd, l, C), N, I, C, ctx);
         be->add(m->resid + (size_t)(l + 1) * NC, mid, m->proj_out, NC);
     }
@@ -605,7 +599,7 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
     int32_t B = m->last_B, T = m->T, C = c->channels, Q = llama_q(c), KV = llama_kv(c), I = c->intermediate;
     int32_t V = c->vocab_size, L = c->n_layer, N = B * T, NH = c->n_head, NKV = c->n_kv_head, hd = c->head_dim;
     const vd_llama_params *p = &m->params;
-    vd_vera *vera = m->vera;
+    vd_adapter *ad = m->adapter;
     size_t NC = (size_t)N * C;
     vd_attn_shape sh = llama_attn_shape(m, B);
 
@@ -621,21 +615,21 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
         const float *att = m->att + (size_t)l * B * NH * T * T;
         const float *gate = m->gate + (size_t)l * N * I, *up = m->up + (size_t)l * N * I;
         /* MLP: down, SwiGLU, then gate and up share the normed input */
-        vd_linear_backward(vera, be, llama_module(m, l, K_DOWN), m->dx, m->dres, p->wd + (size_t)l * I * C, N, I, C, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_DOWN), m->dx, m->dres, llama_w(m, l, K_DOWN), N, I, C, ctx);
         be->swiglu_backward(m->dgate, m->dup, gate, up, m->dx, (size_t)N * I);
-        vd_linear_backward(vera, be, llama_module(m, l, K_GATE), m->dx, m->dgate, p->wg + (size_t)l * C * I, N, C, I, ctx);
-        vd_linear_backward(vera, be, llama_module(m, l, K_UP), m->dtmp, m->dup, p->wu + (size_t)l * C * I, N, C, I, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_GATE), m->dx, m->dgate, llama_w(m, l, K_GATE), N, C, I, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_UP), m->dtmp, m->dup, llama_w(m, l, K_UP), N, C, I, ctx);
         be->accumulate(m->dx, m->dtmp, NC);
         be->rmsnorm_backward(m->dres, m->dx, mid, p->mlp_norm + (size_t)l * C, m->rstd2 + (size_t)l * N, N, C);
         /* attention: o_proj, attention, RoPE backwards, then q, k, v share the normed input */
-        vd_linear_backward(vera, be, llama_module(m, l, K_O), m->dx, m->dres, p->wo + (size_t)l * Q * C, N, Q, C, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_O), m->dx, m->dres, llama_w(m, l, K_O), N, Q, C, ctx);
         be->attention_backward(m->dq, m->dk, m->dv, m->datt, m->dx, q, k, v, att, &sh);
         be->rope(m->dq, m->inv_freq, m->last_pos, B, T, NH, hd, Q, 1);
         be->rope(m->dk, m->inv_freq, m->last_pos, B, T, NKV, hd, KV, 1);
-        vd_linear_backward(vera, be, llama_module(m, l, K_Q), m->dx, m->dq, p->wq + (size_t)l * C * Q, N, C, Q, ctx);
-        vd_linear_backward(vera, be, llama_module(m, l, K_K), m->dtmp, m->dk, p->wk + (size_t)l * C * KV, N, C, KV, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_Q), m->dx, m->dq, llama_w(m, l, K_Q), N, C, Q, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_K), m->dtmp, m->dk, llama_w(m, l, K_K), N, C, KV, ctx);
         be->accumulate(m->dx, m->dtmp, NC);
-        vd_linear_backward(vera, be, llama_module(m, l, K_V), m->dtmp, m->dv, p->wv + (size_t)l * C * KV, N, C, KV, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_V), m->dtmp, m->dv, llama_w(m, l, K_V), N, C, KV, ctx);
         be->accumulate(m->dx, m->dtmp, NC);
         be->rmsnorm_backward(m->dres, m->dx, x, p->attn_norm + (size_t)l * C, m->rstd1 + (size_t)l * N, N, C);
     }
@@ -643,6 +637,7 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
 
 void vd_llama_free(vd_llama *m) {
     const vd_backend *be = m->be;
+    if (m->lin_memory) be->free(m->lin_memory);
     float *bufs[] = {m->params_memory, m->inv_freq, m->resid, m->xn1, m->rstd1, m->q, m->k, m->v, m->att, m->atty,
                      m->resid_mid, m->xn2, m->rstd2, m->gate, m->up, m->act, m->xnf, m->rstdf, m->logits,
                      m->losses, m->dres, m->dx, m->dtmp, m->dq, m->dk, m->dv, m->dgate, m->dup, m->datt,
@@ -685,8 +680,8 @@ void vd_llama_decode(vd_llama *m, vd_kv_cache *kv, const int32_t *tokens, int32_
     int32_t C = c->channels, Q = llama_q(c), KV = llama_kv(c), I = c->intermediate, V = c->vocab_size;
     int32_t L = c->n_layer, NH = c->n_head, NKV = c->n_kv_head, hd = c->head_dim;
     const vd_llama_params *p = &m->params;
-    vd_vera *vera = m->vera;
-    if (vera && vera->N < n) vd_die("internal: adapter activations hold %d tokens, decode of %d", (int)vera->N, (int)n);
+    vd_adapter *ad = m->adapter;
+    if (ad && ad->N < n) vd_die("internal: adapter activations hold %d tokens, decode of %d", (int)ad->N, (int)n);
     const vd_fwd_ctx ctx = {0, 0, 0}; /* eval: no dropout */
     size_t NC = (size_t)n * C, layer_rows = (size_t)kv->max_T * KV;
     const int32_t *pos = kv->pos + pos0; /* RoPE angles of the new rows */
@@ -699,26 +694,26 @@ void vd_llama_decode(vd_llama *m, vd_kv_cache *kv, const int32_t *tokens, int32_
         float *knew = kc + (size_t)pos0 * KV, *vnew = vc + (size_t)pos0 * KV;
         /* attention: the new keys and values go straight into the cache */
         be->rmsnorm_forward(kv->xn, kv->rstd, kv->x, p->attn_norm + (size_t)l * C, n, C, c->ln_eps);
-        vd_linear_forward(vera, be, llama_module(m, l, K_Q), kv->q, kv->xn, p->wq + (size_t)l * C * Q,
+        vd_linear_forward(ad, be, llama_module(m, l, K_Q), kv->q, kv->xn, llama_w(m, l, K_Q),
                           llama_bias(p->bq, l, Q), n, C, Q, &ctx);
-        vd_linear_forward(vera, be, llama_module(m, l, K_K), knew, kv->xn, p->wk + (size_t)l * C * KV,
+        vd_linear_forward(ad, be, llama_module(m, l, K_K), knew, kv->xn, llama_w(m, l, K_K),
                           llama_bias(p->bk, l, KV), n, C, KV, &ctx);
-        vd_linear_forward(vera, be, llama_module(m, l, K_V), vnew, kv->xn, p->wv + (size_t)l * C * KV,
+        vd_linear_forward(ad, be, llama_module(m, l, K_V), vnew, kv->xn, llama_w(m, l, K_V),
                           llama_bias(p->bv, l, KV), n, C, KV, &ctx);
         be->rope(kv->q, m->inv_freq, pos, 1, n, NH, hd, Q, 0);
         be->rope(knew, m->inv_freq, pos, 1, n, NKV, hd, KV, 0);
         be->attention_cached(kv->atty, kv->q, kc, vc, n, pos0, &sh);
-        vd_linear_forward(vera, be, llama_module(m, l, K_O), kv->proj, kv->atty, p->wo + (size_t)l * Q * C,
+        vd_linear_forward(ad, be, llama_module(m, l, K_O), kv->proj, kv->atty, llama_w(m, l, K_O),
                           llama_bias(p->bo, l, C), n, Q, C, &ctx);
         be->accumulate(kv->x, kv->proj, NC);
         /* MLP */
         be->rmsnorm_forward(kv->xn, kv->rstd, kv->x, p->mlp_norm + (size_t)l * C, n, C, c->ln_eps);
-        vd_linear_forward(vera, be, llama_module(m, l, K_GATE), kv->h1, kv->xn, p->wg + (size_t)l * C * I,
+        vd_linear_forward(ad, be, llama_module(m, l, K_GATE), kv->h1, kv->xn, llama_w(m, l, K_GATE),
                           llama_bias(p->bg, l, I), n, C, I, &ctx);
-        vd_linear_forward(vera, be, llama_module(m, l, K_UP), kv->h2, kv->xn, p->wu + (size_t)l * C * I,
+        vd_linear_forward(ad, be, llama_module(m, l, K_UP), kv->h2, kv->xn, llama_w(m, l, K_UP),
                           llama_bias(p->bu, l, I), n, C, I, &ctx);
         be->swiglu_forward(kv->h3, kv->h1, kv->h2, (size_t)n * I);
-        vd_linear_forward(vera, be, llama_module(m, l, K_DOWN), kv->proj, kv->h3, p->wd + (size_t)l * I * C,
+        vd_linear_forward(ad, be, llama_module(m, l, K_DOWN), kv->proj, kv->h3, llama_w(m, l, K_DOWN),
                           llama_bias(p->bd, l, C), n, I, C, &ctx);
         be->accumulate(kv->x, kv->proj, NC);
     }

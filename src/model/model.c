@@ -140,7 +140,84 @@ void vd_model_save_hf(const char *dir, const vd_model_config *cfg, const float *
 
 /* ---- the model on a backend ---- */
 
-void vd_model_init(vd_model *m, const vd_backend *be, const vd_model_config *cfg, const float *host_params) {
+vd_dtype vd_precision_weight_dtype(const char *precision) {
+    return !strcmp(precision, "bf16") ? VD_DTYPE_BF16 : VD_DTYPE_F32;
+}
+
+size_t vd_model_linear_params(const vd_model_config *cfg) {
+    const vd_model_family *f = vd_model_family_of(cfg->arch);
+    size_t n = 0;
+    for (int32_t k = 0; k < f->n_kinds; k++) {
+        int32_t in, out;
+        f->kind_shape(cfg, k, &in, &out);
+        n += (size_t)cfg->n_layer * (size_t)in * (size_t)out;
+    }
+    return n;
+}
+
+void vd_model_upload(const vd_backend *be, const float *host, const size_t *count, int n, uint32_t linear,
+                     vd_dtype wdtype, float **f32_mem, void **lin_mem, float **f32, void **lin, size_t *host_off) {
+    vd_require(wdtype == VD_DTYPE_F32 || wdtype == VD_DTYPE_BF16);
+    size_t total = 0, n_lin = 0;
+    for (int i = 0; i < n; i++) {
+        host_off[i] = total;
+        total += count[i];
+        if (linear & (1u << i)) n_lin += count[i];
+    }
+    *lin_mem = NULL;
+    if (wdtype == VD_DTYPE_F32) {
+        *f32_mem = be->alloc(sizeof(float) * total);
+        be->to_device(*f32_mem, host, sizeof(float) * total);
+        for (int i = 0; i < n; i++) {
+            f32[i] = count[i] ? *f32_mem + host_off[i] : NULL;
+            lin[i] = f32[i];
+        }
+        return;
+    }
+    /* BF16: the rest compacted into fp32; each linear tensor rounded on the host, then uploaded
+     * (one tensor of staging at a time) */
+    *f32_mem = be->alloc(sizeof(float) * (total - n_lin));
+    *lin_mem = be->alloc(sizeof(uint16_t) * n_lin);
+    size_t at32 = 0, at16 = 0, biggest = 0;
+    for (int i = 0; i < n; i++)
+        if ((linear & (1u << i)) && count[i] > biggest) biggest = count[i];
+    uint16_t *stage = mallocCheck(sizeof(uint16_t) * (biggest ? biggest : 1));
+    for (int i = 0; i < n; i++) {
+        f32[i] = lin[i] = NULL;
+        if (!count[i]) continue;
+        if (linear & (1u << i)) {
+            vd_cpu_bf16_narrow(stage, host + host_off[i], count[i]);
+            lin[i] = (uint16_t *)*lin_mem + at16;
+            be->to_device(lin[i], stage, sizeof(uint16_t) * count[i]);
+            at16 += count[i];
+        } else {
+            f32[i] = *f32_mem + at32;
+            be->to_device(f32[i], host + host_off[i], sizeof(float) * count[i]);
+            at32 += count[i];
+        }
+    }
+    free(stage);
+}
+
+void vd_model_fill_sites(const vd_model_family *f, const vd_model_config *cfg, const int *kind_tensor,
+                         void *const *lin, const size_t *host_off, vd_dtype wdtype, vd_linear_site *sites) {
+    size_t es = vd_dtype_size(wdtype);
+    for (int32_t l = 0; l < cfg->n_layer; l++) {
+        for (int32_t kind = 0; kind < f->n_kinds; kind++) {
+            vd_linear_site *s = &sites[l * f->n_kinds + kind];
+            s->layer = l;
+            s->kind = kind;
+            f->kind_shape(cfg, kind, &s->in, &s->out);
+            vd_model_site_name(f, l, kind, s->name, sizeof(s->name));
+            size_t slice = (size_t)s->in * s->out * (size_t)l;
+            s->W = (vd_tensor){(char *)lin[kind_tensor[kind]] + es * slice, wdtype, 2, {s->in, s->out}};
+            s->host_off = host_off[kind_tensor[kind]] + slice;
+        }
+    }
+}
+
+void vd_model_init_typed(vd_model *m, const vd_backend *be, const vd_model_config *cfg, const float *host_params,
+                         vd_dtype wdtype) {
     memset(m, 0, sizeof(*m));
     m->config = *cfg;
     m->family = vd_model_family_of(cfg->arch);
@@ -150,13 +227,15 @@ void vd_model_init(vd_model *m, const vd_backend *be, const vd_model_config *cfg
     m->sites = callocCheck((size_t)m->n_sites, sizeof(vd_linear_site));
     if (cfg->arch == VD_ARCH_GPT2) {
         m->gpt2 = callocCheck(1, sizeof(vd_gpt2));
-        vd_gpt2_init(m->gpt2, be, cfg, host_params);
-        vd_gpt2_sites(m->gpt2, m->sites);
+        vd_gpt2_init(m->gpt2, be, cfg, host_params, wdtype, m->sites);
     } else {
         m->llama = callocCheck(1, sizeof(vd_llama));
-        vd_llama_init(m->llama, be, cfg, host_params);
-        vd_llama_sites(m->llama, m->sites);
+        vd_llama_init(m->llama, be, cfg, host_params, wdtype, m->sites);
     }
+}
+
+void vd_model_init(vd_model *m, const vd_backend *be, const vd_model_config *cfg, const float *host_params) {
+    vd_model_init_typed(m, be, cfg, host_params, VD_DTYPE_F32);
 }
 
 size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T) {
@@ -168,9 +247,9 @@ void vd_model_alloc_acts(vd_model *m, int32_t B, int32_t T) {
     else vd_llama_alloc_acts(m->llama, B, T);
 }
 
-void vd_model_set_adapter(vd_model *m, vd_vera *v) {
-    if (m->gpt2) m->gpt2->vera = v;
-    else m->llama->vera = v;
+void vd_model_set_adapter(vd_model *m, vd_adapter *a) {
+    if (m->gpt2) m->gpt2->adapter = a;
+    else m->llama->adapter = a;
 }
 
 double vd_model_forward(vd_model *m, const int32_t *inputs, const int32_t *targets, const int32_t *pos, int32_t nb,
@@ -186,10 +265,7 @@ void vd_model_backward(vd_model *m, float dloss, const vd_fwd_ctx *ctx) {
 
 const float *vd_model_logits(const vd_model *m) { return m->gpt2 ? m->gpt2->logits : m->llama->logits; }
 
-size_t vd_model_site_host_offset(const vd_model *m, int32_t site) {
-    const float *base = m->gpt2 ? m->gpt2->params_memory : m->llama->params_memory;
-    return (size_t)(vd_tensor_f32(&m->sites[site].W) - base);
-}
+size_t vd_model_site_host_offset(const vd_model *m, int32_t site) { return m->sites[site].host_off; }
 
 void vd_model_free(vd_model *m) {
     if (m->gpt2) vd_gpt2_free(m->gpt2);

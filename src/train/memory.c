@@ -22,7 +22,9 @@ void vd_memory_estimate_run(const vd_model_config *mc, uint32_t mask, const vd_c
     size_t n_train = vd_model_count_trainable(mc, mask, r, &max_in, &max_out, &n_adapted);
     /* what the trainer allocates (model.c, adapter.c, optimizer.c) */
     size_t N = (size_t)cfg->batch_size * (size_t)cfg->seq_len;
-    e->weights = sizeof(float) * f->num_params(mc);
+    int bf16 = vd_precision_weight_dtype(cfg->precision) == VD_DTYPE_BF16;
+    size_t n_lin = vd_model_linear_params(mc);
+    e->weights = sizeof(float) * f->num_params(mc) - (bf16 ? (sizeof(float) - sizeof(uint16_t)) * n_lin : 0);
     e->acts = vd_model_act_bytes(mc, cfg->batch_size, cfg->seq_len);
     size_t wide = (size_t)(max_out > max_in ? max_out : max_in);
     e->adapter = sizeof(float) * ((size_t)r * max_in + (size_t)max_out * r   /* A, B */
@@ -31,7 +33,7 @@ void vd_memory_estimate_run(const vd_model_config *mc, uint32_t mask, const vd_c
                                   + N * (size_t)max_in + N * r + N * wide + (size_t)max_out * r);
     /* merged W0 + dW on the layers where it pays (adapter.c's rule, no dropout) */
     int64_t tokens_per_step = (int64_t)N * cfg->grad_accum;
-    if (cfg->vera_dropout == 0.0f)
+    if (cfg->vera_dropout == 0.0f && !bf16) /* never merged into a bf16 W0 */
         for (int32_t k = 0; k < f->n_kinds; k++) {
             if (!(mask & (1u << k))) continue;
             int32_t in, out;
@@ -40,6 +42,17 @@ void vd_memory_estimate_run(const vd_model_config *mc, uint32_t mask, const vd_c
                 e->merged += sizeof(float) * (size_t)mc->n_layer * (size_t)in * (size_t)out;
         }
     if (e->merged) e->merged += sizeof(float) * (size_t)max_in * (size_t)max_out; /* build scratch */
+    if (bf16) { /* the CPU's gemm_ex scratch: the widest weight and the widest input, as fp32 */
+        size_t wmax = 0, imax = 0;
+        for (int32_t k = 0; k < f->n_kinds; k++) {
+            int32_t in, out;
+            f->kind_shape(mc, k, &in, &out);
+            if ((size_t)in * out > wmax) wmax = (size_t)in * out;
+            if ((size_t)(in > out ? in : out) > imax) imax = (size_t)(in > out ? in : out);
+        }
+        e->merged = sizeof(float) * (wmax + N * imax);
+        e->adapter += sizeof(uint16_t) * ((size_t)r * max_in + (size_t)max_out * r); /* bf16 A, B */
+    }
     e->total = e->weights + e->acts + e->adapter + e->merged;
 }
 
@@ -201,7 +214,8 @@ void vd_memory_check_run(const vd_model_config *mc, uint32_t target_mask, const 
     vd_memory_estimate e;
     vd_memory_estimate_run(mc, target_mask, cfg, &e);
     if (!be->device_free_bytes) {
-        vd_memory_check_or_die(&e, e.weights, ranks_on_node, cfg);
+        /* held: the loaded host buffer, fp32 whatever the precision */
+        vd_memory_check_or_die(&e, sizeof(float) * vd_model_family_of(mc->arch)->num_params(mc), ranks_on_node, cfg);
         return;
     }
     /* a GPU backend holds weights, activations and the adapter in device memory: compare with

@@ -31,7 +31,8 @@ float vd_lr_schedule(const vd_adamw_options *opt, int32_t step) {
     return (float)(min_lr + 0.5 * (1.0 + cos(3.14159265358979323846 * progress)) * ((double)opt->lr - min_lr));
 }
 
-float vd_adamw_step(vd_adamw *o, float *params, const float *grads, float lr) {
+float vd_adamw_step_ranges(vd_adamw *o, float *params, const float *grads, const size_t *offset, const size_t *count,
+                           const float *lr, int32_t n_ranges) {
     double norm = sqrt(o->be->sum_sq(grads, o->n));
     float scale = 1.0f;
     if (o->opt.grad_clip > 0.0f) {
@@ -39,7 +40,13 @@ float vd_adamw_step(vd_adamw *o, float *params, const float *grads, float lr) {
         if (coef < 1.0) scale = (float)coef;
     }
     o->t += 1;
-    o->be->adamw(params, grads, o->m, o->v, o->n, lr, o->opt.beta1, o->opt.beta2, o->opt.eps,
-                 o->opt.weight_decay, o->t, scale);
+    for (int32_t i = 0; i < n_ranges; i++)
+        o->be->adamw(params + offset[i], grads + offset[i], o->m + offset[i], o->v + offset[i], count[i], lr[i],
+                     o->opt.beta1, o->opt.beta2, o->opt.eps, o->opt.weight_decay, o->t, scale);
     return (float)norm;
+}
+
+float vd_adamw_step(vd_adamw *o, float *params, const float *grads, float lr) {
+    size_t offset = 0, count = o->n;
+    return vd_adamw_step_ranges(o, params, grads, &offset, &count, &lr, 1);
 }

@@ -94,8 +94,9 @@ static void train_check_config(const vd_config *cfg, const vd_comm *comm) {
 /* The backend for `device` (docs/gpu.md): cpu; cuda (or a one-line error on every rank); auto =
  * cuda when a device is usable, else cpu, saying which and why. The only code that knows
  * whether this build has the CUDA backend. vd_backend_cuda_init is collective and answers the
- * same on every rank, so all ranks take the same branch. Then `precision`: fp32 everywhere;
- * bf16 is designed (docs/gpu.md, "Precision") but not implemented on either backend yet. */
+ * same on every rank, so all ranks take the same branch. Then `precision`: tf32 is a cuBLAS
+ * mode (refused on a backend without it); bf16 is how the model stores its weights
+ * (train_weight_dtype), the same on every backend. */
 static const vd_backend *train_pick_backend(const vd_config *cfg, const vd_comm *comm) {
     const char *dev = cfg->device;
     const vd_backend *be = NULL;
@@ -121,11 +122,11 @@ static const vd_backend *train_pick_backend(const vd_config *cfg, const vd_comm 
     if (!strcmp(dev, "auto")) vd_log("device: auto -> cpu (this build has no CUDA backend)\n");
 #endif
     if (!be) be = vd_backend_cpu_init(comm);
-    if (!strcmp(cfg->precision, "bf16")) {
-        if (!strcmp(be->name, "cpu"))
-            vd_die("precision: bf16 needs the cuda backend; the cpu backend computes in fp32 (HINT: --precision fp32)");
-        vd_die("precision: bf16 is not implemented yet on the cuda backend (design in docs/gpu.md, \"Precision\"); "
-               "use --precision fp32");
+    if (!strcmp(cfg->precision, "tf32")) {
+        if (!be->set_tf32)
+            vd_die("precision: tf32 needs the cuda backend; the %s backend has no TF32 arithmetic (HINT: --precision "
+                   "fp32 or bf16)", be->name);
+        be->set_tf32(1);
     }
     return be;
 }
@@ -140,7 +141,7 @@ typedef struct {
     uint64_t model_fingerprint;
     vd_model model;
     uint32_t target_mask;      /* kinds of the family that get an adapter */
-    vd_vera vera;
+    vd_adapter ad;             /* the adapter (any method: the driver never asks which) */
     vd_adamw opt;
     vd_adamw_options ao;
     vd_dataset train, val;
@@ -164,14 +165,15 @@ static void train_write_status(const train_run *run, const char *state) {
 }
 
 /* Adapter tensors under PEFT's names, so the final file reads like a PEFT adapter. */
-static void train_save_adapter(const char *path, const vd_vera *v, const vd_config *cfg) {
-    float *hp = mallocCheck(sizeof(float) * v->n_trainable);
-    v->be->to_host(hp, v->params, sizeof(float) * v->n_trainable);
+static void train_save_adapter(const char *path, const vd_adapter *a, const vd_config *cfg) {
+    float *hp = mallocCheck(sizeof(float) * a->n_trainable);
+    a->be->to_host(hp, a->params, sizeof(float) * a->n_trainable);
     char r[32], key[32];
-    snprintf(r, sizeof(r), "%d", (int)v->opt.r);
-    snprintf(key, sizeof(key), "%llu", (unsigned long long)v->opt.key);
-    const char *meta[] = {"format", "pt", "r", r, "projection_prng_key", key, "target_modules", cfg->target_modules};
-    vd_peft_write_safetensors(path, v, hp, NULL, NULL, meta, 4);
+    snprintf(r, sizeof(r), "%d", (int)a->opt.r);
+    snprintf(key, sizeof(key), "%llu", (unsigned long long)a->opt.key);
+    const char *meta[] = {"format", "pt", "r", r, "projection_prng_key", key, "target_modules", cfg->target_modules,
+                          "adapter_type", cfg->adapter_type};
+    vd_peft_write_safetensors(path, a, hp, 0, meta, 5);
     free(hp);
 }
 
@@ -180,19 +182,14 @@ static void train_save_adapter(const char *path, const vd_vera *v, const vd_conf
 static void train_write_checkpoint(train_run *run) {
     if (run->comm.rank != 0) return;
     const vd_backend *be = run->be;
-    const vd_vera *v = &run->vera;
+    const vd_adapter *a = &run->ad;
     vd_checkpoint ck;
     memset(&ck, 0, sizeof(ck));
     ck.config_text = run->config_text;
     ck.config_hash = vd_hash64(run->config_text, strlen(run->config_text), 0);
     ck.model = run->mc;
     ck.model_fingerprint = run->model_fingerprint;
-    ck.r = v->opt.r;
-    ck.max_in = v->max_in;
-    ck.max_out = v->max_out;
-    ck.projection_prng_key = v->opt.key;
-    snprintf(ck.target_modules, sizeof(ck.target_modules), "%s", run->cfg.target_modules);
-    ck.projection_checksum = v->proj_checksum;
+    vd_checkpoint_set_adapter(&ck, a, run->cfg.target_modules, run->cfg.save_projection);
     ck.step = run->step;
     ck.tokens_seen = (uint64_t)run->step * run->S * (uint64_t)run->T;
     ck.next_sequence = (uint64_t)run->step * run->S;
@@ -201,29 +198,13 @@ static void train_write_checkpoint(train_run *run) {
     ck.dropout_seed = run->cfg.seed;
     ck.adam_t = run->opt.t;
     ck.last_loss = run->last_loss;
-    ck.n_modules = v->n_modules;
-    ck.modules = callocCheck((size_t)v->n_modules, sizeof(vd_ckpt_module));
-    for (int32_t i = 0; i < v->n_modules; i++) {
-        snprintf(ck.modules[i].name, sizeof(ck.modules[i].name), "%s", v->modules[i].name);
-        ck.modules[i].out = v->modules[i].out;
-        ck.modules[i].off_b = v->modules[i].off_b;
-        ck.modules[i].off_d = v->modules[i].off_d;
-    }
-    ck.n_trainable = v->n_trainable;
-    size_t bytes = sizeof(float) * v->n_trainable;
+    size_t bytes = sizeof(float) * a->n_trainable;
     ck.params = mallocCheck(bytes);
     ck.exp_avg = mallocCheck(bytes);
     ck.exp_avg_sq = mallocCheck(bytes);
-    be->to_host(ck.params, v->params, bytes);
+    be->to_host(ck.params, a->params, bytes);
     be->to_host(ck.exp_avg, run->opt.m, bytes);
     be->to_host(ck.exp_avg_sq, run->opt.v, bytes);
-    if (run->cfg.save_projection) {
-        size_t na = sizeof(float) * (size_t)v->opt.r * v->max_in, nb = sizeof(float) * (size_t)v->max_out * v->opt.r;
-        ck.A = mallocCheck(na);
-        ck.B = mallocCheck(nb);
-        be->to_host(ck.A, v->A, na);
-        be->to_host(ck.B, v->B, nb);
-    }
     char path[VD_PATH_MAX + 64];
     vd_checkpoint_path(run->cfg.out_dir, run->step, path, sizeof(path));
     vd_checkpoint_write(path, &ck, run->cfg.ckpt_delay_ms);
@@ -276,20 +257,10 @@ static void train_check_compatible(const train_run *run, const vd_checkpoint *ck
                "ranks = %llu (HINT: keep batch_size * grad_accum * ranks unchanged)", path,
                (unsigned long long)ck->global_batch_seqs, (int)run->B, (int)run->cfg.grad_accum,
                (int)run->comm.world, (unsigned long long)run->S);
-    if (ck->r != run->vera.opt.r || ck->max_in != run->vera.max_in || ck->max_out != run->vera.max_out)
-        vd_die("resume: %s has projections of r %d, %dx%d; this run %d, %dx%d", path, (int)ck->r,
-               (int)ck->max_in, (int)ck->max_out, (int)run->vera.opt.r, (int)run->vera.max_in, (int)run->vera.max_out);
-    if (ck->projection_checksum != run->vera.proj_checksum)
-        vd_die("resume: %s: projection checksum %016llx does not match the projections regenerated from "
-               "projection_prng_key %llu (%016llx)", path, (unsigned long long)ck->projection_checksum,
-               (unsigned long long)run->vera.opt.key, (unsigned long long)run->vera.proj_checksum);
-    if (ck->n_trainable != run->vera.n_trainable || ck->n_modules != run->vera.n_modules)
-        vd_die("resume: %s has %zu trainable values in %d layers; this run has %zu in %d", path, ck->n_trainable,
-               (int)ck->n_modules, run->vera.n_trainable, (int)run->vera.n_modules);
-    for (int32_t i = 0; i < ck->n_modules; i++)
-        if (strcmp(ck->modules[i].name, run->vera.modules[i].name) != 0 || ck->modules[i].off_b != run->vera.modules[i].off_b)
-            vd_die("resume: %s: adapted layer %d is %s, this run has %s", path, (int)i, ck->modules[i].name,
-                   run->vera.modules[i].name);
+    char diff[512];
+    if (vd_checkpoint_adapter_difference(ck, &run->ad, diff, sizeof(diff)))
+        vd_die("resume: %s belongs to another adapter: %s (HINT: resume with the checkpoint's adapter_type and "
+               "settings, or --resume none --overwrite 1 to start over)", path, diff);
     if (model_was[0]) {
         const char *was = strchr(model_was, '=');
         was = was ? was + 1 + (was[1] == ' ') : model_was;
@@ -364,7 +335,7 @@ static void train_resume(train_run *run) {
     const vd_config *cfg = &run->cfg;
     typedef struct { int32_t found, step, adam_t; float last_loss; } resume_head;
     resume_head head = {0, 0, 0, 0.0f};
-    size_t n = run->vera.n_trainable;
+    size_t n = run->ad.n_trainable;
     float *state = callocCheck(3 * n, sizeof(float)); /* params, exp_avg, exp_avg_sq */
     char chosen[VD_PATH_MAX + 64] = "";
     if (run->comm.rank == 0) {
@@ -456,16 +427,17 @@ static void train_resume(train_run *run) {
     if (head.found) {
         vd_comm_bcast(&run->comm, state, sizeof(float) * 3 * n, 0);
         const vd_backend *be = run->be;
-        be->to_device(run->vera.params, state, sizeof(float) * n);
+        be->to_device(run->ad.params, state, sizeof(float) * n);
         be->to_device(run->opt.m, state + n, sizeof(float) * n);
         be->to_device(run->opt.v, state + 2 * n, sizeof(float) * n);
         run->opt.t = head.adam_t;
         run->step = head.step;
         run->last_loss = head.last_loss;
-        vd_vera_refresh(&run->vera);
+        vd_adapter_refresh(&run->ad);
         vd_log("resume: continuing from %s at step %d\n", run->comm.rank == 0 ? chosen : "checkpoint", (int)head.step);
     } else if (run->cfg.init_adapter[0]) {
-        vd_peft_load_dir(&run->vera, run->cfg.init_adapter);
+        vd_peft_load_dir(&run->ad, run->cfg.init_adapter);
+        vd_adapter_check_trainable(&run->ad);
         vd_log("resume: starting fresh from the PEFT adapter %s\n", run->cfg.init_adapter);
     } else {
         vd_log("resume: starting fresh\n");
@@ -533,10 +505,10 @@ static uint64_t train_step_targets(const train_run *run, int32_t step) {
 static int train_step(train_run *run, uint64_t n_targets, float *loss_out, float *lr_out, float *norm_out,
                       int *skipped) {
     const vd_backend *be = run->be;
-    vd_vera *vera = &run->vera;
+    vd_adapter *ad = &run->ad;
     int32_t B = run->B, T = run->T, world = run->comm.world, rank = run->comm.rank, step = run->step;
     uint64_t S = run->S;
-    vd_vera_zero_grads(vera);
+    vd_adapter_zero_grads(ad);
     double loss_sum = 0.0;
     *skipped = n_targets == 0;
     float dloss = n_targets ? (float)(1.0 / (double)n_targets) : 0.0f;
@@ -551,21 +523,43 @@ static int train_step(train_run *run, uint64_t n_targets, float *loss_out, float
         vd_model_backward(&run->model, dloss, &ctx);
     }
     float extra[2] = {(float)loss_sum, g_stop_signal ? 1.0f : 0.0f};
-    be->to_device(vera->grads + vera->n_trainable, extra, sizeof(extra));
+    be->to_device(ad->grads + ad->n_trainable, extra, sizeof(extra));
     /* the one collective of the step: every gradient, the loss and the stop flag, one buffer */
-    be->allreduce_sum(vera->grads, vera->n_reduce);
-    be->to_host(extra, vera->grads + vera->n_trainable, sizeof(extra));
-    *lr_out = vd_lr_schedule(&run->ao, step);
+    vd_comm_set_step(&run->comm, step);
+    be->allreduce_sum(ad->grads, ad->n_reduce);
+    be->to_host(extra, ad->grads + ad->n_trainable, sizeof(extra));
+    /* each optimizer group at its own peak, on the one schedule; the first group's is logged */
+    size_t g_off[VD_ADAPTER_MAX_GROUPS], g_count[VD_ADAPTER_MAX_GROUPS];
+    float g_lr[VD_ADAPTER_MAX_GROUPS];
+    for (int32_t g = 0; g < ad->n_groups; g++) {
+        vd_adamw_options go = run->ao;
+        go.lr = ad->groups[g].lr;
+        g_off[g] = ad->groups[g].offset;
+        g_count[g] = ad->groups[g].count;
+        g_lr[g] = vd_lr_schedule(&go, step);
+    }
+    *lr_out = g_lr[0];
     if (*skipped) {
         *loss_out = NAN;
         *norm_out = 0.0f;
     } else {
         *loss_out = (float)((double)extra[0] / (double)n_targets);
-        *norm_out = vd_adamw_step(&run->opt, vera->params, vera->grads, *lr_out);
-        vd_vera_refresh(vera);
+        *norm_out = vd_adamw_step_ranges(&run->opt, ad->params, ad->grads, g_off, g_count, g_lr, ad->n_groups);
+        vd_adapter_refresh(ad);
     }
     run->step++;
     return extra[1] > 0.0f;
+}
+
+/* The collectives' patience (docs/multinode.md, "Lost and frozen nodes"): collective_timeout
+ * seconds of waiting inside one collective, ten times that while the ranks may legitimately be
+ * far apart: start-up (each rank loads the model and checks its part of the data; page caches
+ * and file systems differ between nodes), the first step, and the end (rank 0 writes the last
+ * checkpoint and the adapter while the others wait in the last barrier). */
+#define TRAIN_SLOW_PHASE_FACTOR 10.0
+
+static void train_set_patience(train_run *run, int slow_phase) {
+    vd_comm_set_timeout(&run->comm, (double)run->cfg.collective_timeout * (slow_phase ? TRAIN_SLOW_PHASE_FACTOR : 1.0));
 }
 
 static void train_setup(train_run *run, int argc, char **argv) {
@@ -574,6 +568,7 @@ static void train_setup(train_run *run, int argc, char **argv) {
     vd_config_defaults(cfg);
     vd_config_parse(cfg, argc, argv, 1);
     vd_config_validate(cfg);
+    train_set_patience(run, 1);
     train_check_config(cfg, &run->comm);
     vd_config_serialize(cfg, run->config_text, sizeof(run->config_text));
 
@@ -617,21 +612,22 @@ static void train_setup(train_run *run, int argc, char **argv) {
     run->S = (uint64_t)run->B * (uint64_t)cfg->grad_accum * (uint64_t)run->comm.world;
     /* refuse what cannot fit before allocating it (the kernel would kill the rank silently) */
     vd_memory_check_run(&run->mc, run->target_mask, cfg, run->comm.local_size, run->be);
-    vd_model_init(&run->model, run->be, &run->mc, host_params);
+    vd_model_init_typed(&run->model, run->be, &run->mc, host_params, vd_precision_weight_dtype(cfg->precision));
     free(host_params);
     vd_model_alloc_acts(&run->model, run->B, run->T);
-    vd_vera_options vo = {cfg->r, cfg->d_initial, cfg->projection_prng_key, run->target_mask, cfg->vera_dropout};
-    vd_vera_init(&run->vera, run->be, &run->model, &vo);
-    vd_model_set_adapter(&run->model, &run->vera);
+    vd_adapter_options ao;
+    vd_adapter_options_from_config(&ao, cfg, run->target_mask);
+    vd_adapter_init(&run->ad, run->be, &run->model, &ao);
+    vd_model_set_adapter(&run->model, &run->ad);
     vd_weff_policy policy = VD_WEFF_AUTO;
     const char *weff_env = getenv("VERA_WEFF"); /* debugging / benchmarking knob */
     if (weff_env && !strcmp(weff_env, "always")) policy = VD_WEFF_ALWAYS;
     if (weff_env && !strcmp(weff_env, "never")) policy = VD_WEFF_NEVER;
-    vd_vera_alloc_acts(&run->vera, run->B * run->T, (int64_t)run->B * run->T * cfg->grad_accum, policy);
+    vd_adapter_alloc_acts(&run->ad, run->B * run->T, (int64_t)run->B * run->T * cfg->grad_accum, policy);
 
-    /* every rank generated A and B itself: they must agree */
+    /* every rank generated the frozen state (VeRA's A and B) itself: it must agree */
     uint64_t *all = mallocCheck(sizeof(uint64_t) * (size_t)run->comm.world);
-    vd_comm_allgather_u64(&run->comm, run->vera.proj_checksum, all);
+    vd_comm_allgather_u64(&run->comm, run->ad.identity_checksum, all);
     for (int32_t i = 0; i < run->comm.world; i++)
         if (all[i] != all[0])
             vd_die("projection checksum differs between rank 0 (%016llx) and rank %d (%016llx): the ranks "
@@ -640,7 +636,7 @@ static void train_setup(train_run *run, int argc, char **argv) {
     free(all);
     run->ao = (vd_adamw_options){cfg->lr, cfg->min_lr_ratio, cfg->warmup_steps, cfg->max_steps, cfg->beta1,
                                  cfg->beta2, cfg->adam_eps, cfg->weight_decay, cfg->grad_clip};
-    vd_adamw_init(&run->opt, run->be, run->vera.n_trainable, &run->ao);
+    vd_adamw_init(&run->opt, run->be, run->ad.n_trainable, &run->ao);
     run->inputs = mallocCheck(sizeof(int32_t) * (size_t)run->B * run->T);
     run->targets = mallocCheck(sizeof(int32_t) * (size_t)run->B * run->T);
     run->pos = mallocCheck(sizeof(int32_t) * (size_t)run->B * run->T);
@@ -648,7 +644,7 @@ static void train_setup(train_run *run, int argc, char **argv) {
 
 static void train_print_summary(const train_run *run) {
     const vd_config *cfg = &run->cfg;
-    const vd_vera *v = &run->vera;
+    const vd_adapter *v = &run->ad;
     int32_t n_weff = 0;
     for (int32_t i = 0; i < v->n_modules; i++) n_weff += v->modules[i].weff != NULL;
     vd_log("vera-dist: %d rank(s), %d thread(s) per rank, backend %s, BLAS OpenBLAS kernel %s%s\n",
@@ -657,14 +653,24 @@ static void train_print_summary(const train_run *run) {
            cfg->model, run->mc.hf_architecture, run->model.family->name, (int)run->mc.n_layer, (int)run->mc.n_head,
            (int)(run->mc.n_kv_head ? run->mc.n_kv_head : run->mc.n_head), (int)run->mc.channels,
            (int)run->mc.vocab_size, (int)run->mc.max_seq_len, run->model.num_params);
-    vd_log("vera: r=%d, %d adapted layers (%s), A %dx%d, B %dx%d, projection checksum %016llx\n", (int)cfg->r,
-           (int)v->n_modules, cfg->target_modules, (int)cfg->r, (int)v->max_in, (int)v->max_out, (int)cfg->r,
-           (unsigned long long)v->proj_checksum);
-    vd_log("trainable parameters: %zu (sum over adapted layers of out + r)\n", v->n_trainable);
+    char method[256] = "";
+    if (v->ops->describe) v->ops->describe(v, method, sizeof(method));
+    vd_log("%s: r=%d, %d adapted layers (%s)%s\n", v->ops->name, (int)cfg->r, (int)v->n_modules, cfg->target_modules,
+           method);
+    vd_log("trainable parameters: %zu (%s)\n", v->n_trainable, v->ops->trainable_formula);
+    for (int32_t g = 0; v->n_groups > 1 && g < v->n_groups; g++)
+        vd_log("optimizer group %s: %zu values, peak lr %g\n", v->groups[g].name, v->groups[g].count,
+               (double)v->groups[g].lr);
     vd_log("all-reduce per optimizer step: %zu floats = %zu bytes (trainable gradients + loss + stop flag)\n",
            v->n_reduce, sizeof(float) * v->n_reduce);
     vd_log("input gradient: merged W0+dW on %d of %d adapted layers, factored on the rest\n", (int)n_weff,
            (int)v->n_modules);
+    if (!strcmp(cfg->precision, "bf16"))
+        vd_log("precision: bf16: %zu frozen linear-layer weights stored bf16 (gemm_ex: bf16 inputs, fp32 accumulation); "
+               "embeddings, norms, biases, adapter, gradients, AdamW and the residual stream fp32\n",
+               vd_model_linear_params(&run->mc));
+    else if (!strcmp(cfg->precision, "tf32"))
+        vd_log("precision: tf32: fp32 storage, TF32 GEMMs (cuBLAS CUBLAS_COMPUTE_32F_FAST_TF32)\n");
     vd_log("data: %s: %llu sequences of %d tokens per epoch; global batch %llu sequences = %llu tokens\n",
            cfg->train_data, (unsigned long long)run->train.n_seqs, (int)run->T, (unsigned long long)run->S,
            (unsigned long long)(run->S * (uint64_t)run->T));
@@ -675,7 +681,7 @@ static void train_free(train_run *run) {
     free(run->targets);
     free(run->pos);
     vd_adamw_free(&run->opt);
-    vd_vera_free(&run->vera);
+    vd_adapter_free(&run->ad);
     vd_model_free(&run->model);
     vd_dataset_close(&run->train);
     if (run->has_val) vd_dataset_close(&run->val);
@@ -707,7 +713,7 @@ int vd_train_main(int argc, char **argv) {
 
     train_eval ev = {&run.comm, &run.model, run.has_val ? &run.val : NULL, run.inputs, run.targets, run.pos, run.B, run.T,
                      cfg->eval_seqs};
-    size_t allreduce_bytes = sizeof(float) * run.vera.n_reduce;
+    size_t allreduce_bytes = sizeof(float) * run.ad.n_reduce;
     uint64_t epoch = run.step > 0 ? vd_dataset_epoch(&run.train, (uint64_t)run.step * run.S - 1) : 0;
     int32_t first_step = run.step;
     double t_start = vd_time_s();
@@ -723,6 +729,7 @@ int vd_train_main(int argc, char **argv) {
         int skipped;
         uint64_t n_targets = train_step_targets(&run, run.step);
         stopped = train_step(&run, n_targets, &loss, &lr, &norm, &skipped);
+        train_set_patience(&run, 0); /* the first step is done: from now on the ranks move in step */
         double ms = 1e3 * (vd_time_s() - t0);
         int32_t step = run.step; /* 1-based number of the step just taken */
         if (skipped) {
@@ -773,10 +780,11 @@ int vd_train_main(int argc, char **argv) {
         }
     }
 
+    train_set_patience(&run, 1);
     /* every rank must hold the same vectors: one hash per rank, compared */
-    float *hp = mallocCheck(sizeof(float) * run.vera.n_trainable);
-    run.be->to_host(hp, run.vera.params, sizeof(float) * run.vera.n_trainable);
-    uint64_t h = vd_hash64(hp, sizeof(float) * run.vera.n_trainable, 0);
+    float *hp = mallocCheck(sizeof(float) * run.ad.n_trainable);
+    run.be->to_host(hp, run.ad.params, sizeof(float) * run.ad.n_trainable);
+    uint64_t h = vd_hash64(hp, sizeof(float) * run.ad.n_trainable, 0);
     free(hp);
     uint64_t *all = mallocCheck(sizeof(uint64_t) * (size_t)run.comm.world);
     vd_comm_allgather_u64(&run.comm, h, all);
@@ -791,7 +799,7 @@ int vd_train_main(int argc, char **argv) {
         vd_log("vera-dist: stopped by signal after step %d; checkpoint written; continue with --resume auto\n",
                (int)run.step);
     } else {
-        if (rank == 0) train_save_adapter(run.adapter_path, &run.vera, cfg);
+        if (rank == 0) train_save_adapter(run.adapter_path, &run.ad, cfg);
         train_write_status(&run, "finished");
         vd_log("done: %d steps, final loss %.4f, %.1f s; trainable vectors hash %016llx (identical on all %d "
                "ranks); wrote %s\n",

@@ -4,7 +4,7 @@
 #  * --device cuda fails with exactly one "vera-dist: error: device: cuda requested but ..." line
 #    and a non-zero exit, before writing anything; with 2 ranks too (one line per rank at most);
 #  * --device auto falls back to cpu, says so and why, and trains;
-#  * --precision bf16 is refused in one line (not implemented on either backend yet).
+#  * --precision tf32 (a cuBLAS mode) is refused in one line on the cpu fallback; bf16 trains there.
 # Exit 77 ("SKIPPED: ...") where a CUDA device is usable: this checks the machine without one.
 #   usage: bash tests/gpu/device_cuda_unavailable.sh PATH/TO/vera-dist
 source "$(dirname "$0")/../integration/common.sh"
@@ -41,11 +41,14 @@ grep -q "backend cpu" "$TMP/auto.log" || fail "auto: did not run on the cpu back
 note "auto: $(grep -E '^device: auto' "$TMP/auto.log")"
 
 for dev in cpu auto; do
-  rc=0; run_logged "$TMP/bf16.log" "$VD" "${COMMON[@]}" --device "$dev" --precision bf16 --out_dir "$TMP/bf16" || rc=$?
-  [[ $rc -ne 0 ]] || fail "--device $dev --precision bf16 was accepted"
-  assert_error "$TMP/bf16.log" "precision: bf16"
-  n=$(grep -c -E "$ERR_RE" "$TMP/bf16.log" || true)
-  [[ $n -eq 1 ]] || fail "--precision bf16: expected one error line, got $n"
+  rc=0; run_logged "$TMP/tf32.log" "$VD" "${COMMON[@]}" --device "$dev" --precision tf32 --out_dir "$TMP/tf32" || rc=$?
+  [[ $rc -ne 0 ]] || fail "--device $dev --precision tf32 was accepted"
+  assert_error "$TMP/tf32.log" "precision: tf32 needs the cuda backend"
+  n=$(grep -c -E "$ERR_RE" "$TMP/tf32.log" || true)
+  [[ $n -eq 1 ]] || fail "--precision tf32: expected one error line, got $n"
+  [[ ! -e "$TMP/tf32/metrics.jsonl" ]] || fail "--precision tf32 wrote metrics.jsonl"
 done
-note "bf16 refused: $(grep -E "$ERR_RE" "$TMP/bf16.log")"
+note "tf32 refused: $(grep -E "$ERR_RE" "$TMP/tf32.log")"
+vd_run "$TMP/bf16.log" "${COMMON[@]}" --device auto --precision bf16 --out_dir "$TMP/bf16"
+grep -q "^precision: bf16" "$TMP/bf16.log" || fail "auto + bf16: no precision line"
 note "PASS"

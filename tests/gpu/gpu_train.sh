@@ -14,12 +14,16 @@
 #    ran is printed; VERA_GPU_TEST_REQUIRE_NCCL2=1 makes a 2-rank run without NCCL a failure;
 #  * checkpoints across devices: a cuda run's step-10 checkpoint resumed on cpu, and a cpu
 #    run's resumed on cuda, continue their runs within 1e-4 relative.
+#  * precision: --precision bf16 on cuda vs bf16 on cpu within 1e-3 relative (the same bf16
+#    products; a last-bit difference can move a value across a bf16 rounding boundary) and vs
+#    fp32 on cpu within 1 % (the bf16 loss curve); two bf16 cuda runs bit-identical;
+#    --precision tf32 within 1e-3 of fp32 on cpu.
 # Exit 77 ("SKIPPED: ...") when vera-dist cannot use a CUDA device here.
-# Environment: VERA_GPU_TEST_PARTS (default "parity determinism ranks resume") selects parts;
+# Environment: VERA_GPU_TEST_PARTS (default "parity determinism ranks resume precision") selects parts;
 # VERA_GPU_TEST_SIZE=small uses a smaller model and batch (the host emulation of CUDA is slow).
 source "$(dirname "$0")/../integration/common.sh"
 
-PARTS="${VERA_GPU_TEST_PARTS:-parity determinism ranks resume}"
+PARTS="${VERA_GPU_TEST_PARTS:-parity determinism ranks resume precision}"
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 STEPS=20
 # VD_TEST_ARCH=llama: the same parts on a Llama model (GQA: key/value heads = heads / 2)
@@ -124,5 +128,17 @@ if want resume; then
     tail -n 10 "$TMP/$from/metrics.jsonl" > "$TMP/${from}_tail.jsonl"
     compare_losses "$TMP/${from}_tail.jsonl" "$TMP/resume_$to/metrics.jsonl" 1e-4 "$from checkpoint resumed on $to"
   done
+fi
+if want precision; then
+  run cpu_bf16 1 cpu 2 --precision bf16
+  run cuda_bf16 1 cuda 2 --precision bf16
+  grep -q "^precision: bf16" "$TMP/cuda_bf16.log" || fail "the cuda bf16 run does not say bf16"
+  compare_losses "$TMP/cpu_bf16/metrics.jsonl" "$TMP/cuda_bf16/metrics.jsonl" 1e-3 "cuda bf16 vs cpu bf16"
+  compare_losses "$TMP/cpu/metrics.jsonl" "$TMP/cuda_bf16/metrics.jsonl" 1e-2 "cuda bf16 vs cpu fp32 (loss curve)"
+  run cuda_bf16_again 1 cuda 2 --precision bf16
+  cmp -s <(metrics_field "$TMP/cuda_bf16/metrics.jsonl" loss) <(metrics_field "$TMP/cuda_bf16_again/metrics.jsonl" loss) ||
+    fail "two identical cuda bf16 runs: losses differ"
+  run cuda_tf32 1 cuda 2 --precision tf32
+  compare_losses "$TMP/cpu/metrics.jsonl" "$TMP/cuda_tf32/metrics.jsonl" 1e-3 "cuda tf32 vs cpu fp32"
 fi
 note "PASS ($PARTS)"

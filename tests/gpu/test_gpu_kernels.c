@@ -12,6 +12,8 @@
  *              backward, AdamW
  *   1e-5       reductions over a row in another order: LayerNorm, RMSNorm, attention forward,
  *              softmax cross-entropy forward, the VeRA vector gradients, GEMMs (K up to 3072)
+ *   1e-6       VB-LoRA top-k weights (expf) and composition; indices exact (shared selection code,
+ *              src/backend/vblora_row.h); 1e-5 its backward (dot products over vector_length)
  *   1e-4       attention backward (two chained reductions over T)
  *   1e-12      sum, sum_sq (double accumulation on both sides)
  *   model      loss 1e-5 relative, gradients of every lambda_b / lambda_d 1e-4, vectors after
@@ -27,6 +29,7 @@
 
 #include "../test_util.h"
 #include "vera/adapter.h"
+#include "../test_adapter.h"
 #include "vera/backend.h"
 #include "vera/backend_cuda.h"
 #include "vera/comm.h"
@@ -129,6 +132,63 @@ static void test_gemm_case(int ta, int tb, int M, int N, int K, int pad, float a
     pair_free(&C);
 }
 
+/* gemm_ex with a bf16 weight (B) and an fp32 activation (A), or both bf16: the same bf16
+ * products on both backends (the CPU's widened-fp32 sgemm vs cublasGemmEx), summed in fp32 in
+ * different orders: bound 1e-5 of max |C|, as fp32's. Also checked: the result is not the fp32
+ * product (the rounding of the inputs shows, ~2^-9 relative). */
+static void test_gemm_bf16_case(int ta, int tb, int M, int N, int K, int pad, int both) {
+    int ar = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
+    int lda = ac + pad, ldb = bc + pad, ldc = N + pad;
+    pair A = pair_new((size_t)ar * lda, 1.0f), B = pair_new((size_t)br * ldb, 1.0f), C = pair_new((size_t)M * ldc, 1.0f);
+    pair C32 = pair_new((size_t)M * ldc, 1.0f);
+    memcpy(C32.c, C.c, sizeof(float) * C.n);
+    size_t na = (size_t)ar * lda, nb = (size_t)br * ldb;
+    uint16_t *a16c = cpu->alloc(2 * na), *b16c = cpu->alloc(2 * nb), *a16g = gpu->alloc(2 * na), *b16g = gpu->alloc(2 * nb);
+    cpu->to_bf16(a16c, A.c, na);
+    cpu->to_bf16(b16c, B.c, nb);
+    gpu->to_bf16(a16g, A.g, na);
+    gpu->to_bf16(b16g, B.g, nb);
+    uint16_t *h16 = malloc(2 * nb);
+    gpu->to_host(h16, b16g, 2 * nb);
+    report("to_bf16 (cuda kernel vs host rounding)", memcmp(h16, b16c, 2 * nb) ? 1.0 : 0.0, 0);
+    free(h16);
+    const void *ac_ = both ? (const void *)a16c : A.c, *ag_ = both ? (const void *)a16g : A.g;
+    vd_dtype tta = both ? VD_DTYPE_BF16 : VD_DTYPE_F32;
+    cpu->gemm_ex(ta, tb, M, N, K, 0.5f, ac_, tta, lda, b16c, VD_DTYPE_BF16, ldb, 1.0f, C.c, ldc);
+    gpu->gemm_ex(ta, tb, M, N, K, 0.5f, ag_, tta, lda, b16g, VD_DTYPE_BF16, ldb, 1.0f, C.g, ldc);
+    cpu->gemm(ta, tb, M, N, K, 0.5f, A.c, lda, B.c, ldb, 1.0f, C32.c, ldc);
+    char what[128];
+    snprintf(what, sizeof(what), "gemm_ex bf16 %c%c M %d N %d K %d pad %d, A %s", ta ? 'T' : 'N', tb ? 'T' : 'N', M, N,
+             K, pad, both ? "bf16" : "f32");
+    compare(what, &C, 1e-5);
+    double vs32 = max_err(C.c, C32.c, C.n);
+    snprintf(what, sizeof(what), "  (bf16 vs fp32 product: rounding visible, above 1e-4)");
+    printf("  %-58s err %.3e  %s\n", what, vs32, vs32 > 1e-4 ? "ok" : "FAIL");
+    CHECK(vs32 > 1e-4 && vs32 < 2e-2, "bf16 gemm vs fp32: %.3e (expected the inputs' rounding, ~2^-9)", vs32);
+    cpu->free(a16c); cpu->free(b16c); gpu->free(a16g); gpu->free(b16g);
+    pair_free(&A); pair_free(&B); pair_free(&C); pair_free(&C32);
+}
+
+/* --precision tf32: the fp32 GEMM with TF32 inputs (10 mantissa bits): within 2e-3 of max |C|
+ * of the CPU's fp32 product, and visibly not it. */
+static void test_gemm_tf32(void) {
+    const int M = 64, N = 96, K = 768;
+    pair A = pair_new((size_t)M * K, 1.0f), B = pair_new((size_t)K * N, 1.0f), C = pair_new((size_t)M * N, 1.0f);
+    gpu->set_tf32(1);
+    cpu->gemm(0, 0, M, N, K, 1.0f, A.c, K, B.c, N, 0.0f, C.c, N);
+    gpu->gemm(0, 0, M, N, K, 1.0f, A.g, K, B.g, N, 0.0f, C.g, N);
+    float *h = malloc(sizeof(float) * C.n);
+    gpu->to_host(h, C.g, sizeof(float) * C.n);
+    double e = max_err(h, C.c, C.n);
+    report("gemm with tf32 on vs the fp32 CPU product (M 64 N 96 K 768)", e, 2e-3);
+    CHECK(e > 1e-6, "tf32 gemm is bit-close to fp32 (%.3e): TF32 not in use", e);
+    gpu->set_tf32(0);
+    gpu->gemm(0, 0, M, N, K, 1.0f, A.g, K, B.g, N, 0.0f, C.g, N);
+    compare("gemm with tf32 off again", &C, 1e-5);
+    free(h);
+    pair_free(&A); pair_free(&B); pair_free(&C);
+}
+
 static void test_gemm(void) {
     printf("gemm (row-major on column-major cuBLAS)\n");
     for (int ta = 0; ta < 2; ta++)
@@ -141,6 +201,15 @@ static void test_gemm(void) {
     test_gemm_case(0, 1, 256, 768, 2304, 0, 1.0f, 0.0f, 1e-5);  /* its input gradient */
     test_gemm_case(1, 0, 2304, 256, 256, 0, 1.0f, 0.0f, 1e-5);  /* M = G^T U */
     test_gemm_case(0, 1, 256, 256, 3072, 0, 1.0f, 1.0f, 1e-5);  /* U = X A^T, c_proj of the MLP */
+    printf("gemm_ex (bf16 operands, fp32 accumulation)\n");
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            test_gemm_bf16_case(ta, tb, 37, 53, 129, 3, 0);
+            test_gemm_bf16_case(ta, tb, 37, 53, 129, 0, 1);
+        }
+    test_gemm_bf16_case(0, 0, 256, 2304, 768, 0, 0); /* c_attn forward, bf16 weight */
+    test_gemm_bf16_case(0, 1, 256, 768, 2304, 0, 0); /* its input gradient */
+    test_gemm_tf32();
 }
 
 static void test_elementwise(void) {
@@ -551,6 +620,44 @@ static void test_vera_vector_grads(int out, int r) {
     pair_free(&dd);
 }
 
+/* VB-LoRA: top-k of each logits row (indices exact: the same selection code), its softmax,
+ * composition into A's and B's layouts, and the backward into logits and bank (accumulating). */
+static void test_vblora_case(int n_outer, int n_inner, int L, int nv, int k, int b_layout) {
+    vd_vblora_shape sh = {n_outer, n_inner, L, nv, k, 0, 0, 0};
+    if (b_layout) { sh.so = L * n_inner; sh.si = 1; sh.sl = n_inner; }
+    else { sh.so = n_inner * L; sh.si = L; sh.sl = 1; }
+    int n = n_outer * n_inner;
+    size_t nm = (size_t)n * L;
+    pair logits = pair_new((size_t)n * nv, 1.0f), bank = pair_new((size_t)nv * L, 0.5f), w = pair_new((size_t)n * k, 1.0f);
+    pair mat = pair_new(nm, 1.0f), dmat = pair_new(nm, 1.0f);
+    pair dlogits = pair_new((size_t)n * nv, 1.0f), dbank = pair_new((size_t)nv * L, 1.0f);
+    int32_t *ic = cpu->alloc(sizeof(int32_t) * (size_t)n * k), *ig = gpu->alloc(sizeof(int32_t) * (size_t)n * k);
+    int32_t *ih = malloc(sizeof(int32_t) * (size_t)n * k);
+    cpu->vblora_topk(ic, w.c, logits.c, n, nv, k);
+    gpu->vblora_topk(ig, w.g, logits.g, n, nv, k);
+    gpu->to_host(ih, ig, sizeof(int32_t) * (size_t)n * k);
+    char what[128];
+    snprintf(what, sizeof(what), "vblora_topk %d rows of %d, k %d: indices", n, nv, k);
+    report(what, memcmp(ih, ic, sizeof(int32_t) * (size_t)n * k) ? 1.0 : 0.0, 0);
+    snprintf(what, sizeof(what), "vblora_topk %d rows of %d, k %d: softmax weights", n, nv, k);
+    compare(what, &w, 1e-6);
+    cpu->vblora_compose(mat.c, bank.c, ic, w.c, &sh);
+    gpu->vblora_compose(mat.g, bank.g, ig, w.g, &sh);
+    snprintf(what, sizeof(what), "vblora_compose %s layout %dx%d L %d", b_layout ? "B" : "A", n_outer, n_inner, L);
+    compare(what, &mat, 1e-6);
+    cpu->vblora_compose_backward(dlogits.c, dbank.c, dmat.c, bank.c, ic, w.c, &sh);
+    gpu->vblora_compose_backward(dlogits.g, dbank.g, dmat.g, bank.g, ig, w.g, &sh);
+    snprintf(what, sizeof(what), "vblora_compose_backward %s layout: dlogits", b_layout ? "B" : "A");
+    compare(what, &dlogits, 1e-5);
+    snprintf(what, sizeof(what), "vblora_compose_backward %s layout: dbank", b_layout ? "B" : "A");
+    compare(what, &dbank, 1e-5);
+    pair_free(&logits); pair_free(&bank); pair_free(&w); pair_free(&mat); pair_free(&dmat);
+    pair_free(&dlogits); pair_free(&dbank);
+    cpu->free(ic);
+    gpu->free(ig);
+    free(ih);
+}
+
 static void test_dropout(void) {
     printf("dropout (bit-identical mask)\n");
     const int N = 129, C = 301;
@@ -602,36 +709,49 @@ static void test_allreduce(void) {
 
 typedef struct {
     vd_model m; /* through the model seam, as the trainer runs it */
-    vd_vera v;
+    vd_adapter v;
     vd_adamw o;
 } stack;
 
+/* storage of the frozen linear weights in stack_init (test_model under bf16 sets BF16). With bf16
+ * GEMM inputs a last-bit difference between the backends' fp32 sums can move a value across a
+ * bf16 rounding boundary (a 2^-9 relative step), so test_model's loss and gradient bounds grow
+ * by g_bf16_slack: 10x for the loss, 50x for the gradients (1e-4 and 5e-3). */
+static vd_dtype g_stack_wdtype = VD_DTYPE_F32;
+static double g_bf16_slack(int grads) { return g_stack_wdtype == VD_DTYPE_BF16 ? (grads ? 50.0 : 10.0) : 1.0; }
+
+/* VeRA r 8 on all four layers, or VB-LoRA (vblora: r 4, a bank of 32 x 16, top-2) */
 static void stack_init(stack *s, const vd_backend *be, const vd_gpt2_config *cfg, const float *params, int B, int T,
-                       float dropout, vd_weff_policy pol) {
+                       float dropout, vd_weff_policy pol, int vblora) {
     memset(s, 0, sizeof(*s));
-    vd_model_init(&s->m, be, cfg, params);
+    vd_model_init_typed(&s->m, be, cfg, params, g_stack_wdtype);
     vd_model_alloc_acts(&s->m, B, T);
-    vd_vera_options vo = {8, 0.1f, 3, 0xF /* all four */, dropout};
-    vd_vera_init(&s->v, be, &s->m, &vo);
+    vd_adapter_options vo = vblora ? vd_test_vblora_options(4, 32, 16, 2, 0.02f, 0.1f, dropout)
+                                   : vd_test_vera_options(8, 0.1f, 3, 0xF /* all four */, dropout);
+    vd_adapter_init(&s->v, be, &s->m, &vo);
     vd_model_set_adapter(&s->m, &s->v);
-    vd_vera_alloc_acts(&s->v, B * T, (int64_t)B * T, pol);
-    /* non-zero b so the adapter term and both gradient paths matter */
+    vd_adapter_alloc_acts(&s->v, B * T, (int64_t)B * T, pol);
+    /* non-zero b so the adapter term and both gradient paths matter; VB-LoRA: distinct logits in
+     * (-1, 1) (no ties in the top-k) and a bank in (-0.1, 0.1) */
     float *hp = malloc(sizeof(float) * s->v.n_trainable);
-    for (size_t i = 0; i < s->v.n_trainable; i++) hp[i] = 0.1f + 0.05f * (float)((i * 37) % 11) / 11.0f;
+    for (size_t i = 0; i < s->v.n_trainable; i++) {
+        float u = (float)(vd_mix64(i + 77) >> 40) / 16777216.0f * 2.0f - 1.0f;
+        hp[i] = !vblora ? 0.1f + 0.05f * (float)((i * 37) % 11) / 11.0f : i < 32 * 16 ? 0.1f * u : u;
+    }
     be->to_device(s->v.params, hp, sizeof(float) * s->v.n_trainable);
     free(hp);
-    vd_vera_refresh(&s->v);
+    vd_adapter_refresh(&s->v);
     vd_adamw_options ao = {1e-2f, 0.1f, 0, 10, 0.9f, 0.999f, 1e-8f, 0.0f, 1.0f};
     vd_adamw_init(&s->o, be, s->v.n_trainable, &ao);
 }
 
 static void stack_free(stack *s) {
     vd_adamw_free(&s->o);
-    vd_vera_free(&s->v);
+    vd_adapter_free(&s->v);
     vd_model_free(&s->m);
 }
 
-static void test_model(float dropout, vd_weff_policy pol) {
+static void test_model(float dropout, vd_weff_policy pol, int vblora) {
     vd_gpt2_config cfg = {32, 97, 2, 3, 48, 1e-5f};
     const int B = 2, T = 19;
     size_t np = vd_gpt2_num_params(&cfg);
@@ -643,17 +763,18 @@ static void test_model(float dropout, vd_weff_policy pol) {
         tgt[i] = (int32_t)(vd_mix64((uint64_t)i + 500) % 97);
     }
     stack sc, sg;
-    stack_init(&sc, cpu, &cfg, params, B, T, dropout, pol);
-    stack_init(&sg, gpu, &cfg, params, B, T, dropout, pol);
+    stack_init(&sc, cpu, &cfg, params, B, T, dropout, pol, vblora);
+    stack_init(&sg, gpu, &cfg, params, B, T, dropout, pol, vblora);
     vd_fwd_ctx ctx = {1, vd_mix64(42), 1000};
     char what[128];
-    const char *path = pol == VD_WEFF_ALWAYS ? "merged" : "factored";
+    const char *path = pol == VD_WEFF_ALWAYS ? (vblora ? "VB-LoRA, merged" : "merged")
+                                             : (vblora ? "VB-LoRA, factored" : "factored");
     for (int micro = 0; micro < 2; micro++) { /* two micro-batches accumulate */
         ctx.row0 = 1000 + (uint64_t)micro * B * T;
         double lc = vd_model_forward(&sc.m, tok, tgt, NULL, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, NULL, B, &ctx);
         snprintf(what, sizeof(what), "model loss (dropout %g, %s input gradient), micro-batch %d", (double)dropout, path,
                  micro);
-        report(what, fabs(lg - lc) / fabs(lc), 1e-5);
+        report(what, fabs(lg - lc) / fabs(lc), 1e-5 * g_bf16_slack(0));
         vd_model_backward(&sc.m, 1.0f / (2 * B * T), &ctx);
         vd_model_backward(&sg.m, 1.0f / (2 * B * T), &ctx);
     }
@@ -661,7 +782,7 @@ static void test_model(float dropout, vd_weff_policy pol) {
     float *gg = malloc(sizeof(float) * n), *pg = malloc(sizeof(float) * n);
     sg.v.be->to_host(gg, sg.v.grads, sizeof(float) * n);
     snprintf(what, sizeof(what), "model lambda_b / lambda_d gradients (dropout %g, %s)", (double)dropout, path);
-    report(what, max_err(gg, sc.v.grads, n), 1e-4);
+    report(what, max_err(gg, sc.v.grads, n), 1e-4 * g_bf16_slack(1));
     /* AdamW's first steps are nearly sign(g): a gradient entry near 0 may flip between
      * backends. The step is compared from the same (the CPU's) gradients. */
     gpu->to_device(sg.v.grads, sc.v.grads, sizeof(float) * n);
@@ -669,15 +790,15 @@ static void test_model(float dropout, vd_weff_policy pol) {
     float ng = vd_adamw_step(&sg.o, sg.v.params, sg.v.grads, 1e-2f);
     snprintf(what, sizeof(what), "model gradient norm, clipping (dropout %g, %s)", (double)dropout, path);
     report(what, fabs((double)ng - nc) / nc, 1e-12);
-    vd_vera_refresh(&sc.v);
-    vd_vera_refresh(&sg.v);
+    vd_adapter_refresh(&sc.v);
+    vd_adapter_refresh(&sg.v);
     sg.v.be->to_host(pg, sg.v.params, sizeof(float) * n);
     snprintf(what, sizeof(what), "model vectors after one AdamW step (dropout %g, %s)", (double)dropout, path);
     report(what, max_err(pg, sc.v.params, n), 1e-6);
     /* the next forward sees the refreshed merged weights */
     double lc = vd_model_forward(&sc.m, tok, tgt, NULL, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, NULL, B, &ctx);
     snprintf(what, sizeof(what), "model loss after the step (dropout %g, %s)", (double)dropout, path);
-    report(what, fabs(lg - lc) / fabs(lc), 1e-5);
+    report(what, fabs(lg - lc) / fabs(lc), 1e-5 * g_bf16_slack(0));
     stack_free(&sc);
     stack_free(&sg);
     free(gg);
@@ -705,8 +826,8 @@ static void test_model_packed(const vd_model_config *cfg, const char *name) {
         n_targets += tgt[i] != VD_TARGET_NONE;
     }
     stack sc, sg;
-    stack_init(&sc, cpu, cfg, params, B, T, 0.0f, VD_WEFF_AUTO);
-    stack_init(&sg, gpu, cfg, params, B, T, 0.0f, VD_WEFF_AUTO);
+    stack_init(&sc, cpu, cfg, params, B, T, 0.0f, VD_WEFF_AUTO, 0);
+    stack_init(&sg, gpu, cfg, params, B, T, 0.0f, VD_WEFF_AUTO, 0);
     vd_fwd_ctx ctx = {1, vd_mix64(42), 0};
     double lc = vd_model_forward(&sc.m, tok, tgt, pos, B, &ctx), lg = vd_model_forward(&sg.m, tok, tgt, pos, B, &ctx);
     char what[128];
@@ -790,13 +911,26 @@ int main(int argc, char **argv) {
     printf("vera vector gradients\n");
     test_vera_vector_grads(2304, 256);
     test_vera_vector_grads(37, 5);
+    printf("VB-LoRA top-k admixture\n");
+    test_vblora_case(4, 12, 64, 256, 2, 0);    /* A of a 768-wide layer, PEFT's defaults */
+    test_vblora_case(36, 4, 64, 256, 2, 1);    /* B of a 2304-wide layer */
+    test_vblora_case(3, 5, 16, 2048, 5, 1);    /* the paper's bank, k 5 */
     test_dropout();
     test_adamw();
     test_allreduce();
     printf("model (GPT-2 2 layers, C 48, 3 heads, V 97, B 2, T 19, VeRA r 8 on all four layers)\n");
-    test_model(0.0f, VD_WEFF_NEVER);
-    test_model(0.0f, VD_WEFF_ALWAYS);
-    test_model(0.2f, VD_WEFF_AUTO);
+    test_model(0.0f, VD_WEFF_NEVER, 0);
+    test_model(0.0f, VD_WEFF_ALWAYS, 0);
+    test_model(0.2f, VD_WEFF_AUTO, 0);
+    printf("model with bf16 frozen linear weights (the same on both backends; factored: never merged)\n");
+    g_stack_wdtype = VD_DTYPE_BF16;
+    test_model(0.0f, VD_WEFF_AUTO, 0);
+    test_model(0.2f, VD_WEFF_AUTO, 0);
+    g_stack_wdtype = VD_DTYPE_F32;
+    printf("model (the same GPT-2, VB-LoRA r 4, bank 32 x 16, top-2 on all four layers)\n");
+    test_model(0.0f, VD_WEFF_NEVER, 1);
+    test_model(0.0f, VD_WEFF_ALWAYS, 1);
+    test_model(0.2f, VD_WEFF_AUTO, 1);
     vd_model_config g = {32, 97, 2, 3, 48, 1e-5f};
     test_model_packed(&g, "GPT-2");
     vd_model_config l = {.max_seq_len = 32, .vocab_size = 97, .n_layer = 2, .n_head = 4, .channels = 32,

@@ -158,3 +158,16 @@ compare_losses() {
   [[ "$out" == OK* ]] || fail "$what: $out"
   note "$what: ${out#OK }"
 }
+
+# The adapter a parameterised script trains (VD_TEST_ADAPTER, default vera; docs/adapters.md):
+# ADAPTER_ARGS (adapter_type, rank and the method's own keys), DROPOUT_KEY (its dropout key),
+# HAS_PROJECTION (1: the method has frozen projections that save_projection stores) and
+# OTHER_ADAPTER (another adapter type, for refusals).
+case "${VD_TEST_ADAPTER:-vera}" in
+  vera) ADAPTER_ARGS=(--adapter_type vera --r 16); DROPOUT_KEY=--vera_dropout; HAS_PROJECTION=1; OTHER_ADAPTER=lora ;;
+  lora) ADAPTER_ARGS=(--adapter_type lora --r 4 --lora_alpha 8); DROPOUT_KEY=--lora_dropout; HAS_PROJECTION=0
+        OTHER_ADAPTER=vera ;;
+  vblora) ADAPTER_ARGS=(--adapter_type vblora --r 4 --num_vectors 32 --vector_length 16 --topk 2 --lr_vector_bank 1e-3)
+          DROPOUT_KEY=--vblora_dropout; HAS_PROJECTION=0; OTHER_ADAPTER=lora ;;
+  *) fail "VD_TEST_ADAPTER=${VD_TEST_ADAPTER} is not vera, lora or vblora" ;;
+esac

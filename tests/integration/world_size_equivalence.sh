@@ -7,7 +7,8 @@
 #  * with vera_dropout > 0 the trajectories of np=1 and np=2 still agree (the mask does not
 #    depend on the world size), and differ from the dropout-free ones (dropout is active).
 # VD_TEST_ARCH=llama runs the same checks on a Llama model (GQA: 4 heads, 2 key/value heads, all
-# seven projection types adapted); ctest registers both.
+# seven projection types adapted); VD_TEST_ADAPTER=lora with LoRA instead of VeRA (common.sh);
+# ctest registers gpt2, llama and gpt2 + lora.
 source "$(dirname "$0")/common.sh"
 
 STEPS=20
@@ -18,7 +19,7 @@ else
 fi
 make_data "$TMP/data" 30000
 COMMON=(--model "$TMP/model" --train_data "$TMP/data/train_*.bin" --val_data "$TMP/data/val_*.bin"
-        --batch_size 2 --seq_len 32 --max_steps "$STEPS" --warmup_steps 2 --lr 3e-2 --r 16
+        --batch_size 2 --seq_len 32 --max_steps "$STEPS" --warmup_steps 2 --lr 3e-2 "${ADAPTER_ARGS[@]}"
         --target_modules all --eval_every 5 --eval_seqs 8 --threads 1 --log_every 5)
 
 # run NAME NP GRAD_ACCUM [extra args]
@@ -50,10 +51,10 @@ cmp -s "$TMP/np2/adapter_final.safetensors" "$TMP/np2b/adapter_final.safetensors
 note "np=2 twice: bit-identical losses and adapters"
 
 # dropout: the mask is a function of (seed, step, global position), not of the world size
-run drop1 1 4 --vera_dropout 0.2
-run drop2 2 2 --vera_dropout 0.2
+run drop1 1 4 "$DROPOUT_KEY" 0.2
+run drop2 2 2 "$DROPOUT_KEY" 0.2
 compare_losses "$TMP/drop1/metrics.jsonl" "$TMP/drop2/metrics.jsonl" 1e-5 "dropout 0.2: np=1 ga=4 vs np=2 ga=2"
 if cmp -s <(metrics_field "$TMP/np1/metrics.jsonl" loss) <(metrics_field "$TMP/drop1/metrics.jsonl" loss); then
-  fail "vera_dropout 0.2 gives the same losses as no dropout: dropout is not applied"
+  fail "$DROPOUT_KEY 0.2 gives the same losses as no dropout: dropout is not applied"
 fi
 note "PASS"

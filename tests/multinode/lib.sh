@@ -30,7 +30,10 @@
 #   mn_up N             make the cluster; sets MN_PREFIX, MN_DIR, MN_NODES, MN_SUBNET, MN_HOSTFILE;
 #                       installs an EXIT/INT/TERM trap that runs mn_down (chained before any EXIT
 #                       trap already set, e.g. common.sh's temp-dir cleanup); first removes stale
-#                       clusters of this harness whose creator is dead (mn_sweep)
+#                       clusters of this harness whose creator is dead (mn_sweep). Call it in the
+#                       test's own shell, not in a ( subshell ): a subshell lists its parent's
+#                       EXIT trap, which mn_up would then run when the subshell ends
+#                       (one cluster per process: the prefix is the shell's pid)
 #   mn_down [PREFIX]    kill every process in the cluster's namespaces (TERM, CONT, then KILL),
 #                       delete the namespaces, /etc/netns entries and $MN_DIR
 #   mn_sweep            mn_down for every cluster whose creator process is gone
@@ -263,13 +266,18 @@ mn_mpirun() {
     [[ -n "${!v:-}" ]] && fwd+=(-x "$v")
   done
   local mpirun="${MN_MPIRUN:-${VERA_MPIRUN:-mpirun}}"
+  # in the background + wait: bash runs a trap only when its foreground command ends, but `wait`
+  # returns at once, so a TERM/INT to the test cleans up now instead of after mpirun
+  local rc=0
   # shellcheck disable=SC2086 # MN_MPIRUN_ARGS is word-split on purpose
   timeout -k 5 "${MN_TIMEOUT:-300}" bash "$MN_LIB_DIR/lib.sh" exec 0 \
     "$mpirun" --hostfile "$MN_HOSTFILE" -np $((rpn * nodes)) --map-by slot \
     --mca plm_rsh_agent "$MN_LIB_DIR/agent.sh" --mca plm_rsh_no_tree_spawn 1 \
     --mca pml ob1 --mca btl self,vader,tcp \
     --mca btl_tcp_if_include "$MN_SUBNET" --mca oob_tcp_if_include "$MN_SUBNET" \
-    "${fwd[@]}" ${MN_MPIRUN_ARGS:-} "$@"
+    "${fwd[@]}" ${MN_MPIRUN_ARGS:-} "$@" <&0 &
+  wait $! || rc=$?
+  return $rc
 }
 
 mn_shape() {

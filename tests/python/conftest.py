@@ -93,15 +93,16 @@ def error_lines(proc):
     return [ln for ln in proc.stderr.splitlines() if "vera-dist: error:" in ln]
 
 
-def vd_forward(out, model_dir, tokens, B, T, r, key, targets, d_initial, adapter=None):
-    """`vera-dist forward`: one forward + backward on the first B sequences of `tokens`.
-    Returns the output file's tensors (torch, fp32)."""
+def vd_forward(out, model_dir, tokens, B, T, r, key, targets, d_initial, adapter=None, extra=()):
+    """`vera-dist forward`: one forward + backward on the first B sequences of `tokens`; extra:
+    more options (e.g. --adapter_type lora --lora_alpha 16). Returns the output file's tensors
+    (torch, fp32)."""
     args = ["forward", "--model", model_dir, "--tokens", tokens, "--out", out, "--batch_size", B, "--seq_len", T,
             "--r", r, "--projection_prng_key", key, "--target_modules", targets, "--d_initial", repr(float(d_initial)),
             "--threads", THREADS]
     if adapter is not None:
         args += ["--adapter", adapter]
-    run_vd(*args)
+    run_vd(*args, *extra)
     return load_file(str(out))
 
 

@@ -6,7 +6,9 @@
  *   - memory: cudaMalloc (no managed memory), zero-filled like the CPU backend's alloc;
  *   - one CUDA stream orders every op; to_host, to_device, sum and sum_sq synchronise with it,
  *     so host code (train.c) sees finished results exactly where the CPU backend would;
- *   - GEMMs through cuBLAS (fp32, no TF32: CUBLAS_DEFAULT_MATH), the row-major mapping below;
+ *   - GEMMs through cuBLAS, the row-major mapping below: fp32 (no TF32 unless --precision tf32
+ *     turns it on), and gemm_ex's bf16 operands through cublasGemmEx (CUDA_R_16BF inputs,
+ *     CUBLAS_COMPUTE_32F: fp32 accumulation, fp32 C);
  *   - everything else is a custom kernel; every reduction runs in a fixed order (warp
  *     shuffles in a fixed tree, block partials summed in index order, never atomics), so two
  *     identical runs give bit-identical results;
@@ -16,6 +18,7 @@
  * report file:line and end every rank through vd_die_at. Set VERA_CUDA_SYNC=1 to synchronise
  * after every op: an asynchronous kernel fault then names the op that caused it. */
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -34,6 +37,7 @@ extern "C" {
 #include "vera/backend_cuda.h"
 
 #include "dropout_hash.h"
+#include "../vblora_row.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* state */
@@ -55,6 +59,9 @@ typedef struct {
     int attention_gemm;         /* 1 (default): attention through cuBLAS; VERA_CUDA_ATTENTION=kernel: 0 */
     float *cached_scores;       /* attention_cached's scores, grown on demand (generation) */
     size_t cached_scores_count;
+    uint16_t *bf16_scratch;     /* gemm_ex: an fp32 operand rounded to bf16, grown on demand */
+    size_t bf16_scratch_count;
+    int tf32;                   /* --precision tf32: fp32 GEMMs with CUBLAS_COMPUTE_32F_FAST_TF32 */
     vd_backend table;
 } cuda_state;
 
@@ -267,14 +274,78 @@ static void cu_copy(void *dst, const void *src, size_t bytes) {
  * The operands swap places, the transpose flags pass through unchanged, and every leading
  * dimension stays what the row-major caller gave. (Check: trans_a = trans_b = 0: cuBLAS
  * computes the N x M product (B^T)(A^T) = (AB)^T, column-major in C's buffer = AB row-major.)
- * fp32 in, fp32 accumulation, no TF32 (CUBLAS_DEFAULT_MATH; NVIDIA_TF32_OVERRIDE=0 is not
- * needed). cuBLAS is deterministic for a fixed problem, GPU and library version (no atomics:
+ * fp32 in, fp32 accumulation (CUBLAS_COMPUTE_32F), no TF32 unless --precision tf32 asks for
+ * CUBLAS_COMPUTE_32F_FAST_TF32 (NVIDIA_TF32_OVERRIDE=0 is not needed). cuBLAS is deterministic for a fixed problem, GPU and library version (no atomics:
  * the default CUBLAS_ATOMICS_NOT_ALLOWED). */
+static void cu_gemm_ex(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A, vd_dtype ta, int lda,
+                       const void *B, vd_dtype tb, int ldb, float beta, float *C, int ldc);
+
 static void cu_gemm(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A, int lda,
                     const float *B, int ldb, float beta, float *C, int ldc) {
+    cu_gemm_ex(trans_a, trans_b, M, N, K, alpha, A, VD_DTYPE_F32, lda, B, VD_DTYPE_F32, ldb, beta, C, ldc);
+}
+
+/* dst (rows x cols compact bf16) = round-to-nearest-even of src (rows x cols, leading dimension ld) */
+__global__ void k_to_bf16(uint16_t *dst, const float *src, size_t n, size_t cols, size_t ld) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __bfloat16_as_ushort(__float2bfloat16_rn(src[(i / cols) * ld + i % cols]));
+}
+
+static void cu_to_bf16_strided(uint16_t *dst, const float *src, size_t rows, size_t cols, size_t ld) {
+    size_t n = rows * cols;
+    if (!n) return;
+    VD_LAUNCH(k_to_bf16, vd_grid(n, VD_THREADS), VD_THREADS, 0, dst, src, n, cols, ld);
+    VD_LAUNCHED("to_bf16");
+}
+
+static void cu_to_bf16(void *dst, const float *src, size_t n) { cu_to_bf16_strided((uint16_t *)dst, src, n, 1, 1); }
+
+static void cu_set_tf32(int on) {
+    g.tf32 = on != 0;
+    /* the attention's strided-batched fp32 GEMMs follow the handle's math mode */
+    cublasCheck(cublasSetMathMode(g.cublas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+}
+
+/* The seam's gemm_ex (backend.h): both F32 is the fp32 GEMM (TF32 inputs under --precision
+ * tf32); otherwise both operands enter as bf16 (an F32 one rounded by k_to_bf16 into
+ * g.bf16_scratch, compact) and cublasGemmEx multiplies them with fp32 accumulation into fp32 C.
+ * The same row-major mapping as above: operands swap, flags and leading dimensions pass through. */
+static void cu_gemm_ex(int trans_a, int trans_b, int M, int N, int K, float alpha, const void *A, vd_dtype ta, int lda,
+                       const void *B, vd_dtype tb, int ldb, float beta, float *C, int ldc) {
+    if ((ta != VD_DTYPE_F32 && ta != VD_DTYPE_BF16) || (tb != VD_DTYPE_F32 && tb != VD_DTYPE_BF16))
+        vd_die("internal: gemm_ex on %s x %s operands (expected F32 or BF16)", vd_dtype_name(ta), vd_dtype_name(tb));
     if (M <= 0 || N <= 0) return;
-    cublasCheck(cublasSgemm(g.cublas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M,
-                            K, &alpha, B, ldb, A, lda, &beta, C, ldc));
+    cublasOperation_t opa = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, opb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (ta == VD_DTYPE_F32 && tb == VD_DTYPE_F32) {
+        cublasCheck(cublasGemmEx(g.cublas, opb, opa, N, M, K, &alpha, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta, C,
+                                 CUDA_R_32F, ldc, g.tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F,
+                                 CUBLAS_GEMM_DEFAULT));
+    } else {
+        /* stored shapes: A is M x K (K x M transposed), B is K x N (N x K transposed) */
+        size_t ar = trans_a ? K : M, ac = trans_a ? M : K, br = trans_b ? N : K, bc = trans_b ? K : N;
+        /* B's copy starts 16-byte aligned after A's (what cuBLAS's tensor-core kernels want) */
+        size_t a_room = ta == VD_DTYPE_F32 ? (ar * ac + 7) / 8 * 8 : 0;
+        size_t need = a_room + (tb == VD_DTYPE_F32 ? br * bc : 0);
+        if (need > g.bf16_scratch_count) {
+            cu_free(g.bf16_scratch);
+            g.bf16_scratch = (uint16_t *)cu_alloc(sizeof(uint16_t) * need);
+            g.bf16_scratch_count = need;
+        }
+        uint16_t *scratch = g.bf16_scratch;
+        if (ta == VD_DTYPE_F32) {
+            cu_to_bf16_strided(scratch, (const float *)A, ar, ac, (size_t)lda);
+            A = scratch;
+            lda = (int)ac;
+            scratch += a_room;
+        }
+        if (tb == VD_DTYPE_F32) {
+            cu_to_bf16_strided(scratch, (const float *)B, br, bc, (size_t)ldb);
+            B = scratch;
+            ldb = (int)bc;
+        }
+        cublasCheck(cublasGemmEx(g.cublas, opb, opa, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta,
+                                 C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
     if (g.debug_sync) cudaCheck(cudaStreamSynchronize(g.stream));
 }
 
@@ -1128,6 +1199,79 @@ static void cu_dropout(float *out, const float *inp, int N, int C, float p, uint
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* VB-LoRA: the CPU backend's semantics; the per-row pieces are shared (src/backend/vblora_row.h) */
+
+/* one thread per row of logits (rows are few: r * in / vector_length per matrix) */
+__global__ void k_vblora_topk(int32_t *idx, float *w, const float *logits, int n, int nv, int k) {
+    for (int s = blockIdx.x * blockDim.x + threadIdx.x; s < n; s += gridDim.x * blockDim.x)
+        vd_vblora_topk_row(idx + (size_t)s * k, w + (size_t)s * k, logits + (size_t)s * nv, nv, k);
+}
+
+static void cu_vblora_topk(int32_t *idx, float *w, const float *logits, int n, int nv, int k) {
+    if (n <= 0) return;
+    VD_LAUNCH(k_vblora_topk, vd_grid((size_t)n, VD_THREADS), VD_THREADS, 0, idx, w, logits, n, nv, k);
+    VD_LAUNCHED("vblora_topk");
+}
+
+/* one thread per composed element (s, l), j ascending as the CPU */
+__global__ void k_vblora_compose(float *out, const float *bank, const int32_t *idx, const float *w,
+                                 vd_vblora_shape sh) {
+    size_t n = (size_t)sh.n_outer * sh.n_inner * sh.L;
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
+        size_t s = e / (size_t)sh.L;
+        int l = (int)(e % (size_t)sh.L);
+        const int32_t *ix = idx + s * sh.k;
+        const float *ws = w + s * sh.k;
+        float acc = 0.0f;
+        for (int j = 0; j < sh.k; j++) acc += ws[j] * bank[(size_t)ix[j] * sh.L + l];
+        out[(s / sh.n_inner) * sh.so + (s % sh.n_inner) * sh.si + (size_t)l * sh.sl] = acc;
+    }
+}
+
+static void cu_vblora_compose(float *out, const float *bank, const int32_t *idx, const float *w,
+                              const vd_vblora_shape *sh) {
+    size_t n = (size_t)sh->n_outer * sh->n_inner * sh->L;
+    if (!n) return;
+    VD_LAUNCH(k_vblora_compose, vd_grid(n, VD_THREADS), VD_THREADS, 0, out, bank, idx, w, *sh);
+    VD_LAUNCHED("vblora_compose");
+}
+
+/* logits: one thread per sub-vector (it owns its row) */
+__global__ void k_vblora_dlogits(float *dlogits, const float *dmat, const float *bank, const int32_t *idx,
+                                 const float *w, vd_vblora_shape sh) {
+    int n = sh.n_outer * sh.n_inner;
+    for (int s = blockIdx.x * blockDim.x + threadIdx.x; s < n; s += gridDim.x * blockDim.x) {
+        const float *g = dmat + (size_t)(s / sh.n_inner) * sh.so + (size_t)(s % sh.n_inner) * sh.si;
+        vd_vblora_dlogits_row(dlogits + (size_t)s * sh.nv, g, sh.sl, bank, sh.L, idx + (size_t)s * sh.k,
+                              w + (size_t)s * sh.k, sh.k);
+    }
+}
+
+/* bank: one thread per column l, summing s, j ascending (the CPU's order, no atomics). Only L
+ * threads: the loop is n_outer * n_inner * k long, small next to the layer's GEMMs. */
+__global__ void k_vblora_dbank(float *dbank, const float *dmat, const int32_t *idx, const float *w,
+                               vd_vblora_shape sh) {
+    int n = sh.n_outer * sh.n_inner;
+    for (int l = blockIdx.x * blockDim.x + threadIdx.x; l < sh.L; l += gridDim.x * blockDim.x) {
+        for (int s = 0; s < n; s++) {
+            float g = dmat[(size_t)(s / sh.n_inner) * sh.so + (size_t)(s % sh.n_inner) * sh.si + (size_t)l * sh.sl];
+            for (int j = 0; j < sh.k; j++)
+                dbank[(size_t)idx[(size_t)s * sh.k + j] * sh.L + l] += w[(size_t)s * sh.k + j] * g;
+        }
+    }
+}
+
+static void cu_vblora_compose_backward(float *dlogits, float *dbank, const float *dmat, const float *bank,
+                                       const int32_t *idx, const float *w, const vd_vblora_shape *sh) {
+    int n = sh->n_outer * sh->n_inner;
+    if (n <= 0 || sh->L <= 0) return;
+    VD_LAUNCH(k_vblora_dlogits, vd_grid((size_t)n, VD_THREADS), VD_THREADS, 0, dlogits, dmat, bank, idx, w, *sh);
+    VD_LAUNCHED("vblora_compose_backward (logits)");
+    VD_LAUNCH(k_vblora_dbank, vd_grid((size_t)sh->L, VD_THREADS), VD_THREADS, 0, dbank, dmat, idx, w, *sh);
+    VD_LAUNCHED("vblora_compose_backward (bank)");
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* optimizer */
 
 /* torch.optim.AdamW (single-tensor path), as the CPU backend; the step constants come from the
@@ -1162,13 +1306,49 @@ static void cu_adamw(float *params, const float *grads, float *m, float *v, size
 /* ------------------------------------------------------------------------------------------ */
 /* the gradient all-reduce */
 
+/* Waits for the NCCL all-reduce on g.stream with the deadline of MPI's collectives
+ * (vd_comm.timeout_s; docs/multinode.md, "Lost and frozen nodes"): a rank that never arrives
+ * leaves the kernel spinning on the GPU, so after the deadline, or when another rank starts a
+ * roll call, the communicator is aborted (which stops the kernel) and the roll call over MPI
+ * names the ranks that did not answer. Without a deadline: cudaStreamSynchronize. Compiled
+ * here, not yet run on GPUs (one GPU per rank is needed for NCCL). */
+static void cu_nccl_wait(void) {
+    double limit = g.comm ? g.comm->timeout_s : 0.0;
+    if (limit <= 0) {
+        cudaCheck(cudaStreamSynchronize(g.stream));
+        return;
+    }
+    double t0 = vd_time_s(), last_probe = t0;
+    for (;;) {
+        cudaError_t e = cudaStreamQuery(g.stream);
+        if (e == cudaSuccess) return;
+        if (e != cudaErrorNotReady) cudaCheck(e);
+        ncclResult_t async = ncclSuccess;
+        ncclCheck(ncclCommGetAsyncError(g.nccl, &async));
+        ncclCheck(async);
+        double now = vd_time_s();
+        int roll = 0;
+        if (now - last_probe > 1e-3) {
+            last_probe = now;
+            roll = vd_comm_roll_called(g.comm);
+        }
+        if (roll || now - t0 > limit) {
+            (void)ncclCommAbort(g.nccl);
+            g.nccl = NULL;
+            g.use_nccl = 0;
+            vd_comm_lost(g.comm, "gradient all-reduce (NCCL)", now - t0);
+        }
+        usleep(100);
+    }
+}
+
 static void cu_allreduce_sum(float *buf, size_t count) {
     if (!count) return;
     if (g.use_nccl) {
         /* in place on the device buffer, ordered after the backward on the same stream; count
          * in elements (ncclFloat), the same on every rank */
         ncclCheck(ncclAllReduce(buf, buf, count, ncclFloat, ncclSum, g.nccl, g.stream));
-        cudaCheck(cudaStreamSynchronize(g.stream));
+        cu_nccl_wait();
         return;
     }
     if (!g.comm || g.comm->world == 1) return; /* one process: the sum is the buffer */
@@ -1200,6 +1380,7 @@ static void cuda_release(void) {
     if (g.cublas) (void)cublasDestroy(g.cublas);
     if (g.partials) (void)cudaFree(g.partials);
     if (g.cached_scores) (void)cudaFree(g.cached_scores);
+    if (g.bf16_scratch) (void)cudaFree(g.bf16_scratch);
     if (g.host_result) (void)cudaFreeHost(g.host_result);
     if (g.host_reduce) (void)cudaFreeHost(g.host_reduce);
     if (g.stream) (void)cudaStreamDestroy(g.stream);
@@ -1282,6 +1463,9 @@ static void cuda_fill_table(vd_backend *t) {
     t->zero = cu_zero;
     t->copy = cu_copy;
     t->gemm = cu_gemm;
+    t->gemm_ex = cu_gemm_ex;
+    t->to_bf16 = cu_to_bf16;
+    t->set_tf32 = cu_set_tf32;
     t->add_bias = cu_add_bias;
     t->encoder_forward = cu_encoder_forward;
     t->layernorm_forward = cu_layernorm_forward;
@@ -1305,6 +1489,9 @@ static void cuda_fill_table(vd_backend *t) {
     t->scale_cols_add = cu_scale_cols_add;
     t->vera_vector_grads = cu_vera_vector_grads;
     t->dropout = cu_dropout;
+    t->vblora_topk = cu_vblora_topk;
+    t->vblora_compose = cu_vblora_compose;
+    t->vblora_compose_backward = cu_vblora_compose_backward;
     t->sum_sq = cu_sum_sq;
     t->adamw = cu_adamw;
     t->allreduce_sum = cu_allreduce_sum;

@@ -17,6 +17,7 @@ typedef enum cudaError {
     cudaErrorInvalidDevice = 101,
     cudaErrorNoKernelImageForDevice = 209,
     cudaErrorInvalidResourceHandle = 400,
+    cudaErrorNotReady = 600,
 } cudaError_t;
 
 typedef struct vd_emu_stream *cudaStream_t;
@@ -51,6 +52,7 @@ template <typename T> cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *attr
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaStreamQuery(cudaStream_t stream); /* cudaErrorNotReady while work is pending */
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaMalloc(void **p, size_t bytes);
 cudaError_t cudaFree(void *p);

@@ -13,6 +13,7 @@
 #include "cublas_v2.h"
 #include "cuda_runtime.h"
 #include "nccl.h"
+#include "vera/tensor.h"
 
 #include <cblas.h>
 #include <mpi.h>
@@ -67,6 +68,10 @@ struct Alloc {
 };
 std::map<uintptr_t, Alloc> g_allocs;
 int g_access_depth = 0;
+/* The emulated ncclAllReduce is asynchronous like NCCL's: it posts an MPI_Iallreduce on the
+ * device buffer (device memory stays open while it is pending); the stream's next operation,
+ * cudaStreamSynchronize or a cudaStreamQuery that finds it done completes it. */
+MPI_Request g_nccl_req = MPI_REQUEST_NULL;
 int g_protect = -1;
 
 bool protect_enabled() {
@@ -275,7 +280,10 @@ void run_block(unsigned int n) {
 /* ---------------------------------------------------------------------------------------- */
 /* kernels */
 
+static void emu_nccl_drain(void);
+
 void vd_emu_launch(dim3 grid, dim3 block, size_t shmem, const char *name, const std::function<void()> &body) {
+    emu_nccl_drain();
     if (block.x == 0 || block.x > 1024 || block.y != 1 || block.z != 1 || grid.x == 0 || grid.y != 1 || grid.z != 1 ||
         shmem > 48 * 1024) {
         fprintf(stderr, "vera-dist CUDA emulation: invalid launch of %s: grid %u, block %u, %zu bytes dynamic shared\n",
@@ -381,9 +389,32 @@ static cudaError_t check_stream(cudaStream_t s) {
     return s && s->magic == 0x5713 ? cudaSuccess : emu_ret(cudaErrorInvalidResourceHandle);
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t stream) { return check_stream(stream); }
+/* completes the pending all-reduce: waiting (block) or not; 1 when none is pending any more */
+static int emu_nccl_complete(int block) {
+    if (g_nccl_req == MPI_REQUEST_NULL) return 1;
+    int done = 0, rc = MPI_SUCCESS;
+    if (block) { rc = MPI_Wait(&g_nccl_req, MPI_STATUS_IGNORE); done = 1; }
+    else rc = MPI_Test(&g_nccl_req, &done, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) emu_fatal("emulated ncclAllReduce: MPI error %d", rc);
+    if (done) vd_emu_device_access(0);
+    return done;
+}
+
+static void emu_nccl_drain(void) { (void)emu_nccl_complete(1); }
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+    emu_nccl_drain();
+    return check_stream(stream);
+}
+
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+    cudaError_t e = check_stream(stream);
+    if (e != cudaSuccess) return e;
+    return emu_nccl_complete(0) ? cudaSuccess : cudaErrorNotReady;
+}
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+    emu_nccl_drain();
     cudaError_t e = check_stream(stream);
     if (e == cudaSuccess) {
         stream->magic = 0;
@@ -407,6 +438,7 @@ cudaError_t cudaMalloc(void **p, size_t bytes) {
 }
 
 cudaError_t cudaFree(void *p) {
+    emu_nccl_drain();
     if (!p) return cudaSuccess;
     auto it = g_allocs.find((uintptr_t)p);
     if (it == g_allocs.end()) return emu_ret(cudaErrorInvalidValue);
@@ -426,6 +458,7 @@ cudaError_t cudaFreeHost(void *p) {
 }
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream) {
+    emu_nccl_drain();
     if (check_stream(stream) != cudaSuccess) return cudaErrorInvalidResourceHandle;
     int dd = vd_emu_is_device(dst, bytes), sd = vd_emu_is_device(src, bytes);
     int want_dd = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
@@ -447,6 +480,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
 }
 
 cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t stream) {
+    emu_nccl_drain();
     if (check_stream(stream) != cudaSuccess) return cudaErrorInvalidResourceHandle;
     if (!vd_emu_is_device(p, bytes)) return emu_ret(cudaErrorInvalidValue);
     vd_emu_device_access(1);
@@ -478,6 +512,7 @@ const char *cudaGetErrorName(cudaError_t e) {
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorNoKernelImageForDevice: return "cudaErrorNoKernelImageForDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
     }
     return "cudaErrorUnknown";
 }
@@ -493,6 +528,7 @@ const char *cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorNoKernelImageForDevice: return "no kernel image is available for execution on the device";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorNotReady: return "device not ready";
     }
     return "unknown error";
 }
@@ -529,45 +565,30 @@ cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode) {
 }
 
 /* column-major extent of an op(X) of rows x cols stored with leading dimension ld */
-static size_t extent(cublasOperation_t op, int rows, int cols, int ld) {
+static size_t extent(cublasOperation_t op, int rows, int cols, int ld, size_t elem = sizeof(float)) {
     int r = op == CUBLAS_OP_N ? rows : cols, c = op == CUBLAS_OP_N ? cols : rows;
     if (r == 0 || c == 0) return 0;
-    return sizeof(float) * ((size_t)(c - 1) * ld + r);
+    return elem * ((size_t)(c - 1) * ld + r);
 }
+
+/* cublasSgemm is cublasGemmEx on fp32 operands (one set of checks, below) */
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                            int k, const void *alpha, const void *A, cudaDataType Atype, int lda, const void *B,
+                            cudaDataType Btype, int ldb, const void *beta, void *C, cudaDataType Ctype, int ldc,
+                            cublasComputeType_t computeType, cublasGemmAlgo_t algo);
 
 cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
                            int k, const float *alpha, const float *A, int lda, const float *B, int ldb,
                            const float *beta, float *C, int ldc) {
-    if (!handle || handle->magic != 0xB1A5 || !handle->stream) return CUBLAS_STATUS_NOT_INITIALIZED;
-    /* cuBLAS's own argument checks */
-    if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
-    int min_lda = transa == CUBLAS_OP_N ? m : k, min_ldb = transb == CUBLAS_OP_N ? k : n;
-    if (lda < (min_lda > 1 ? min_lda : 1) || ldb < (min_ldb > 1 ? min_ldb : 1) || ldc < (m > 1 ? m : 1)) {
-        fprintf(stderr, "vera-dist CUDA emulation: cublasSgemm(%c, %c, m %d, n %d, k %d, lda %d, ldb %d, ldc %d): "
-                        "leading dimension too small\n",
-                transa == CUBLAS_OP_N ? 'N' : 'T', transb == CUBLAS_OP_N ? 'N' : 'T', m, n, k, lda, ldb, ldc);
-        return CUBLAS_STATUS_INVALID_VALUE;
-    }
-    /* every operand inside one device allocation */
-    size_t ea = k ? extent(transa, m, k, lda) : 0, eb = k ? extent(transb, k, n, ldb) : 0;
-    size_t ec = (m && n) ? sizeof(float) * ((size_t)(n - 1) * ldc + m) : 0;
-    if ((ea && !vd_emu_is_device(A, ea)) || (eb && !vd_emu_is_device(B, eb)) || (ec && !vd_emu_is_device(C, ec)))
-        emu_fatal("cublasSgemm(m %d, n %d, k %d, lda %d, ldb %d, ldc %d): an operand reaches outside its device "
-                  "allocation (A %s, B %s, C %s)",
-                  m, n, k, lda, ldb, ldc, ea && !vd_emu_is_device(A, ea) ? "out" : "ok",
-                  eb && !vd_emu_is_device(B, eb) ? "out" : "ok", ec && !vd_emu_is_device(C, ec) ? "out" : "ok");
-    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-    vd_emu_device_access(1);
-    cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
-                transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *alpha, A, lda, B, ldb, *beta, C, ldc);
-    vd_emu_device_access(0);
-    return CUBLAS_STATUS_SUCCESS;
+    return cublasGemmEx(handle, transa, transb, m, n, k, alpha, A, CUDA_R_32F, lda, B, CUDA_R_32F, ldb, beta, C,
+                        CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
 }
 
 cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
                                          int m, int n, int k, const float *alpha, const float *A, int lda,
                                          long long strideA, const float *B, int ldb, long long strideB,
                                          const float *beta, float *C, int ldc, long long strideC, int batchCount) {
+    emu_nccl_drain();
     if (batchCount < 0) return CUBLAS_STATUS_INVALID_VALUE;
     /* the problems must not write over each other (cuBLAS leaves that undefined) */
     if (batchCount > 1 && m > 0 && n > 0) {
@@ -588,6 +609,79 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_
                                         ldb, beta, C + b * strideC, ldc);
         if (st != CUBLAS_STATUS_SUCCESS) return st;
     }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* TF32: fp32's exponent, 10 mantissa bits; rounded to nearest even (NaN and inf kept) */
+static float emu_tf32_round(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof(u));
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0xfffu + ((u >> 13) & 1u)) & ~0x1fffu;
+    memcpy(&x, &u, sizeof(x));
+    return x;
+}
+
+/* One stored column-major operand (rows x cols of op, leading dimension ld) as fp32 host values. */
+static float *emu_widen(const void *X, cudaDataType t, cublasOperation_t op, int rows, int cols, int ld, int tf32) {
+    int r = op == CUBLAS_OP_N ? rows : cols, c = op == CUBLAS_OP_N ? cols : rows;
+    size_t n = (size_t)ld * (size_t)(c > 0 ? c : 1);
+    float *w = (float *)calloc(n, sizeof(float));
+    if (!w) emu_fatal("out of memory in cublasGemmEx");
+    for (int j = 0; j < c; j++)
+        for (int i = 0; i < r; i++) {
+            size_t at = (size_t)j * ld + i;
+            float v = t == CUDA_R_16BF ? vd_bf16_to_f32(((const uint16_t *)X)[at]) : ((const float *)X)[at];
+            w[at] = tf32 ? emu_tf32_round(v) : v;
+        }
+    return w;
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                            int k, const void *alpha, const void *A, cudaDataType Atype, int lda, const void *B,
+                            cudaDataType Btype, int ldb, const void *beta, void *C, cudaDataType Ctype, int ldc,
+                            cublasComputeType_t computeType, cublasGemmAlgo_t algo) {
+    emu_nccl_drain();
+    if (!handle || handle->magic != 0xB1A5 || !handle->stream) return CUBLAS_STATUS_NOT_INITIALIZED;
+    /* the combinations cuBLAS supports that the backend may use (cuBLAS's GemmEx table) */
+    int inputs_ok = Atype == Btype && (Atype == CUDA_R_32F || Atype == CUDA_R_16BF);
+    int compute_ok = computeType == CUBLAS_COMPUTE_32F || (computeType == CUBLAS_COMPUTE_32F_FAST_TF32 && Atype == CUDA_R_32F);
+    if (!inputs_ok || Ctype != CUDA_R_32F || !compute_ok || algo != CUBLAS_GEMM_DEFAULT) {
+        fprintf(stderr, "vera-dist CUDA emulation: cublasGemmEx(Atype %d, Btype %d, Ctype %d, compute %d, algo %d): "
+                        "not a supported combination\n", (int)Atype, (int)Btype, (int)Ctype, (int)computeType, (int)algo);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    /* cuBLAS's own argument checks */
+    if (m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    int min_lda = transa == CUBLAS_OP_N ? m : k, min_ldb = transb == CUBLAS_OP_N ? k : n;
+    if (lda < (min_lda > 1 ? min_lda : 1) || ldb < (min_ldb > 1 ? min_ldb : 1) || ldc < (m > 1 ? m : 1)) {
+        fprintf(stderr, "vera-dist CUDA emulation: cublasGemmEx(%c, %c, m %d, n %d, k %d, lda %d, ldb %d, ldc %d): "
+                        "leading dimension too small\n",
+                transa == CUBLAS_OP_N ? 'N' : 'T', transb == CUBLAS_OP_N ? 'N' : 'T', m, n, k, lda, ldb, ldc);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    size_t es = Atype == CUDA_R_16BF ? 2 : 4;
+    size_t ea = k ? extent(transa, m, k, lda, es) : 0, eb = k ? extent(transb, k, n, ldb, es) : 0;
+    size_t ec = (m && n) ? sizeof(float) * ((size_t)(n - 1) * ldc + m) : 0;
+    if ((ea && !vd_emu_is_device(A, ea)) || (eb && !vd_emu_is_device(B, eb)) || (ec && !vd_emu_is_device(C, ec)))
+        emu_fatal("cublasGemmEx(m %d, n %d, k %d, lda %d, ldb %d, ldc %d, %zu-byte inputs): an operand reaches outside "
+                  "its device allocation", m, n, k, lda, ldb, ldc, es);
+    if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+    int tf32 = computeType == CUBLAS_COMPUTE_32F_FAST_TF32;
+    vd_emu_device_access(1);
+    if (Atype == CUDA_R_32F && !tf32) { /* fp32 operands as they are */
+        cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                    transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *(const float *)alpha,
+                    (const float *)A, lda, (const float *)B, ldb, *(const float *)beta, (float *)C, ldc);
+        vd_emu_device_access(0);
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    float *a = emu_widen(A, Atype, transa, m, k, lda, tf32), *b = emu_widen(B, Btype, transb, k, n, ldb, tf32);
+    cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, *(const float *)alpha, a, lda, b, ldb,
+                *(const float *)beta, (float *)C, ldc);
+    vd_emu_device_access(0);
+    free(a);
+    free(b);
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -672,7 +766,23 @@ ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
+    emu_nccl_drain();
     delete comm;
+    return ncclSuccess;
+}
+
+/* NCCL stops the communicator's kernels; here the pending MPI request is left behind (an MPI
+ * collective cannot be cancelled) and device memory stays open, since MPI may still write the
+ * peers' parts into it while the caller reports and ends the job */
+ncclResult_t ncclCommAbort(ncclComm_t comm) {
+    g_nccl_req = MPI_REQUEST_NULL;
+    delete comm;
+    return ncclSuccess;
+}
+
+ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *async_error) {
+    if (!comm || !async_error) return ncclInvalidArgument;
+    *async_error = ncclSuccess;
     return ncclSuccess;
 }
 
@@ -688,11 +798,15 @@ ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t count, n
         return ncclInvalidArgument;
     }
     if (count > 0x7fffffff) return ncclInvalidArgument;
+    emu_nccl_drain();
     vd_emu_device_access(1);
-    int rc = MPI_Allreduce(sendbuff == recvbuff ? MPI_IN_PLACE : sendbuff, recvbuff, (int)count, MPI_FLOAT, MPI_SUM,
-                           MPI_COMM_WORLD);
-    vd_emu_device_access(0);
-    return rc == MPI_SUCCESS ? ncclSuccess : ncclSystemError;
+    int rc = MPI_Iallreduce(sendbuff == recvbuff ? MPI_IN_PLACE : sendbuff, recvbuff, (int)count, MPI_FLOAT, MPI_SUM,
+                            MPI_COMM_WORLD, &g_nccl_req);
+    if (rc != MPI_SUCCESS) {
+        vd_emu_device_access(0);
+        return ncclSystemError;
+    }
+    return ncclSuccess;
 }
 
 ncclResult_t ncclGetVersion(int *version) {
