@@ -110,17 +110,25 @@ static double fd(const ref_net *p, double *params, double *v) {
     return (lp - lm) / (2 * h);
 }
 
+/* the model hands vd_linear_* its frozen weight as a tensor: an fp32 (in, out) view of W */
+static vd_tensor f32_weight(const float *W, int in, int out) {
+    vd_tensor t = {(void *)W, VD_DTYPE_F32, 2, {in, out, 0, 0}};
+    return t;
+}
+
 /* forward + backward of every module; returns a host copy of the gradient buffer */
 static float *run_backward(vd_adapter *a, float *const *xf, float *const *y, float *const *dout, float *const *dinp,
                            const float *const *W, const float *const *bias, int N, const vd_fwd_ctx *ctx) {
     vd_adapter_zero_grads(a);
     for (int mi = 0; mi < a->n_modules; mi++) {
         const vd_adapter_module *md = &a->modules[mi];
-        vd_linear_forward(a, a->be, mi, y[mi], xf[mi], W[mi], bias[mi], N, md->in, md->out, ctx);
+        vd_tensor wt = f32_weight(W[mi], md->in, md->out);
+        vd_linear_forward(a, a->be, mi, y[mi], xf[mi], &wt, bias[mi], N, md->in, md->out, ctx);
     }
     for (int mi = a->n_modules - 1; mi >= 0; mi--) { /* the model's order: last layer first */
         const vd_adapter_module *md = &a->modules[mi];
-        vd_linear_backward(a, a->be, mi, dinp[mi], dout[mi], W[mi], N, md->in, md->out, ctx);
+        vd_tensor wt = f32_weight(W[mi], md->in, md->out);
+        vd_linear_backward(a, a->be, mi, dinp[mi], dout[mi], &wt, N, md->in, md->out, ctx);
     }
     float *g = malloc(sizeof(float) * a->n_reduce);
     memcpy(g, a->grads, sizeof(float) * a->n_reduce);
@@ -224,7 +232,8 @@ static void run_case(int topk, float dropout, vd_weff_policy policy) {
     ref_loss(&p, params, yref);
     for (int mi = 0; mi < nm; mi++) {
         const vd_adapter_module *md = &v.modules[mi];
-        vd_linear_forward(&v, be, mi, y[mi], xf[mi], W[mi], bias[mi], N, md->in, md->out, &ctx);
+        vd_tensor wt = f32_weight(W[mi], md->in, md->out);
+        vd_linear_forward(&v, be, mi, y[mi], xf[mi], &wt, bias[mi], N, md->in, md->out, &ctx);
         for (int i = 0; i < N * md->out; i++) CHECK_CLOSE(y[mi][i], yref[mi][i], 1e-5, 1e-5, "forward y");
         for (int i = 0; i < N * md->out; i++)
             dout[mi][i] = (float)(R[mi][i] * (1.0 - tanh(yref[mi][i]) * tanh(yref[mi][i])));
