@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "test_util.h"
 #include "vera/adapter.h"
@@ -58,6 +59,13 @@ static void run_case(vd_weff_policy policy) {
     vd_model_backward(&mm, 1.0f / (float)(B * T), &ctx);
     float *g = malloc(sizeof(float) * v.n_trainable);
     for (size_t i = 0; i < v.n_trainable; i++) g[i] = v.grads[i];
+    /* the head's gradient taken by the forward (a training step's ctx) equals its recompute */
+    vd_fwd_ctx train_ctx = {1, 0, 0, 1.0f / (float)(B * T)};
+    vd_adapter_zero_grads(&v);
+    double loss_fused = vd_model_forward(&mm, tok, tgt, NULL, B, &train_ctx) / (B * T);
+    vd_model_backward(&mm, train_ctx.dloss, &train_ctx);
+    CHECK(loss_fused == loss && memcmp(g, v.grads, sizeof(float) * v.n_trainable) == 0,
+          "the fused head in the forward differs from its recompute in the backward");
 
     const float h = 1e-3f;
     int checked = 0, nonzero = 0;

@@ -125,7 +125,8 @@ static double ref_forward(const ref_model *rm, const double *p) {
     return loss / N;
 }
 
-static void run_case(vd_weff_policy policy) {
+/* B*T rows: 12 (one chunk of the LM head) or 152 (VD_HEAD_CHUNK rows, then a partial chunk). */
+static void run_case(vd_weff_policy policy, int B, int T) {
     const vd_backend *be = vd_backend_cpu();
     vd_gpt2_config mc = {8, 32, 2, 2, 16, 1e-5f};
     float *hp = malloc(sizeof(float) * vd_gpt2_num_params(&mc));
@@ -140,7 +141,6 @@ static void run_case(vd_weff_policy policy) {
         m->params.ln1w[i] = 1.0f + 0.3f * (float)urand(&seed);
         m->params.ln2b[i] = 0.3f * (float)urand(&seed);
     }
-    int B = 2, T = 6;
     vd_gpt2_alloc_acts(m, B, T);
     vd_adapter v;
     vd_adapter_options vo = vd_test_vera_options(4, 0.1f, 1, 0xF /* all four */, 0.0f);
@@ -149,12 +149,44 @@ static void run_case(vd_weff_policy policy) {
     vd_adapter_alloc_acts(&v, B * T, B * T, policy);
     for (size_t i = 0; i < v.n_trainable; i++) v.params[i] = (float)(0.5 * urand(&seed));
     vd_adapter_refresh(&v);
-    int32_t tok[12], tgt[12];
-    for (int i = 0; i < B * T; i++) { tok[i] = (int32_t)(vd_mix64(seed + (uint64_t)i) % 32); tgt[i] = (int32_t)(vd_mix64(seed * 3 + (uint64_t)i) % 32); }
-    vd_fwd_ctx ctx = {1, 0, 0};
+    int N = B * T, V = mc.vocab_size;
+    int32_t *tok = malloc(sizeof(int32_t) * N), *tgt = malloc(sizeof(int32_t) * N);
+    for (int i = 0; i < N; i++) { tok[i] = (int32_t)(vd_mix64(seed + (uint64_t)i) % 32); tgt[i] = (int32_t)(vd_mix64(seed * 3 + (uint64_t)i) % 32); }
+    float dloss = 1.0f / (float)N;
+    /* the head's gradient recomputed by the backward (dloss unknown to the forward) ... */
+    vd_fwd_ctx ctx = {1, 0, 0, 0.0f};
     vd_adapter_zero_grads(&v);
-    double loss = vd_gpt2_forward(m, tok, tgt, NULL, B, &ctx) / (B * T);
-    vd_gpt2_backward(m, 1.0f / (float)(B * T), &ctx);
+    double loss_re = vd_gpt2_forward(m, tok, tgt, NULL, B, &ctx) / N;
+    vd_gpt2_backward(m, dloss, &ctx);
+    float *g_re = malloc(sizeof(float) * v.n_trainable);
+    memcpy(g_re, v.grads, sizeof(float) * v.n_trainable);
+    /* ... and taken by the forward, chunk by chunk (a training step): the same bits */
+    ctx.dloss = dloss;
+    vd_adapter_zero_grads(&v);
+    double loss = vd_gpt2_forward(m, tok, tgt, NULL, B, &ctx) / N;
+    vd_gpt2_backward(m, dloss, &ctx);
+    CHECK(loss == loss_re, "loss %.17g with the head's gradient in the forward, %.17g recomputed", loss, loss_re);
+    CHECK(memcmp(g_re, v.grads, sizeof(float) * v.n_trainable) == 0,
+          "gradients differ between the fused head in the forward and its recompute in the backward");
+    /* the full logits (a forward without targets) give the same loss to float rounding */
+    vd_gpt2_forward(m, tok, NULL, NULL, B, &ctx);
+    CHECK(m->logit_rows == N, "logit_rows %d after a forward without targets, want %d", m->logit_rows, N);
+    double loss_full = 0.0;
+    for (int n = 0; n < N; n++) {
+        const float *l = m->logits + (size_t)n * V;
+        double mx = l[0], sum = 0.0;
+        for (int vv = 1; vv < V; vv++) mx = l[vv] > mx ? l[vv] : mx;
+        for (int vv = 0; vv < V; vv++) sum += exp(l[vv] - mx);
+        loss_full += log(sum) + mx - l[tgt[n]];
+    }
+    CHECK_CLOSE(loss, loss_full / N, 1e-6, 0, "chunked loss vs the full logits");
+    /* and a training forward after that reuses the grown buffer */
+    vd_adapter_zero_grads(&v);
+    double loss_again = vd_gpt2_forward(m, tok, tgt, NULL, B, &ctx) / N;
+    vd_gpt2_backward(m, dloss, &ctx);
+    CHECK(loss_again == loss && memcmp(g_re, v.grads, sizeof(float) * v.n_trainable) == 0,
+          "a rerun after the full-logits forward differs");
+    free(g_re);
 
     double *p = malloc(sizeof(double) * v.n_trainable);
     for (size_t i = 0; i < v.n_trainable; i++) p[i] = v.params[i];
@@ -182,13 +214,16 @@ static void run_case(vd_weff_policy policy) {
     printf("policy %d: %d gradients checked, loss %.8f (ref %.8f), max rel err %.2e\n", (int)policy, checked, loss, ref, max_rel);
     CHECK(checked == (int)(2 * (3 * 16 + 16 + 4 * 16 + 16 + 4 * 4)), "checked %d", checked);
     free(p);
+    free(tok);
+    free(tgt);
     vd_adapter_free(&v);
     vd_model_free(&mm);
     free(hp);
 }
 
 int main(void) {
-    run_case(VD_WEFF_NEVER);
-    run_case(VD_WEFF_ALWAYS);
+    run_case(VD_WEFF_NEVER, 2, 6);
+    run_case(VD_WEFF_ALWAYS, 2, 6);
+    run_case(VD_WEFF_NEVER, 19, 8); /* 152 rows: two chunks of the LM head, the second partial */
     TEST_END();
 }

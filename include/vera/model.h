@@ -120,6 +120,9 @@ typedef struct {
     int32_t training;       /* 1: dropout on; 0: eval */
     uint64_t dropout_seed;  /* mixes run seed and optimizer step */
     uint64_t row0;          /* global index of this micro-batch's first token row */
+    float dloss;            /* the dloss of the backward that follows (training): the forward then
+                             * takes the LM head's gradient with each chunk of logits at hand;
+                             * 0 = unknown, the backward recomputes the head (one GEMM more) */
 } vd_fwd_ctx;
 
 struct vd_linear_site;
@@ -150,7 +153,9 @@ typedef struct vd_gpt2 {
     float *residual3;        /* (L, N, C)     output of each block */
     float *lnf;              /* (N, C) */
     float *lnf_mean, *lnf_rstd; /* (N) */
-    float *logits;           /* (N, V) logits, then softmax, then dlogits in place */
+    float *logits;           /* (logit_rows, V) a chunk's logits, softmax, dlogits in place */
+    int32_t logit_rows;      /* min(N, VD_HEAD_CHUNK); N after a forward without targets */
+    float head_dloss;        /* dloss the last forward took the head's gradient (dbuf_a) with; 0: none */
     float *losses;           /* (N) */
     int32_t *inputs, *targets; /* (N) */
     int32_t *pos;            /* (N) positions of the last forward, when it had any */
@@ -269,6 +274,18 @@ size_t vd_model_linear_params(const vd_model_config *cfg);
  * the rest in a compact fp32 buffer. f32[i]: tensor i's fp32 device address (NULL when it has
  * no elements or went to bf16); lin[i]: tensor i's device address either way; host_off[i]:
  * its offset in host (floats). */
+/* Rows of logits per chunk of the LM head + cross-entropy: a training step never holds the
+ * (N, V) logits, only (VD_HEAD_CHUNK, V), reused. Fixed, not derived from N or the machine, so
+ * the GEMM shapes (and the bits) do not change with the batch size. */
+#define VD_HEAD_CHUNK 128
+/* The LM head and softmax cross-entropy of x (N, C) against head (V, C), for both families.
+ * targets NULL: the logits of all N rows into *logits, grown once to N rows (forward --logits,
+ * the decode test), returns 0. Else chunk by chunk: logits, the row losses (N) and, dx
+ * non-NULL, dlogits = dloss (softmax - onehot) in place, then dx (N, C) = dlogits head.
+ * Returns the sum of the losses, in row order whatever the chunk. targets: device. */
+double vd_model_head(const struct vd_backend *be, float **logits, int32_t *logit_rows, const float *x,
+                     const float *head, const int32_t *targets, float *losses, float dloss, float *dx, int32_t N,
+                     int32_t C, int32_t V);
 void vd_model_upload(const struct vd_backend *be, const float *host, const size_t *count, int n, uint32_t linear,
                      vd_dtype wdtype, float **f32_mem, void **lin_mem, float **f32, void **lin, size_t *host_off);
 /* Fills sites (n_layer * n_kinds, block by block): names, shapes, and W = layer l's slice of
@@ -288,7 +305,8 @@ double vd_model_forward(vd_model *m, const int32_t *inputs, const int32_t *targe
                         const vd_fwd_ctx *ctx);
 /* Backward of dloss * (sum of token losses) of the last forward (its positions included). */
 void vd_model_backward(vd_model *m, float dloss, const vd_fwd_ctx *ctx);
-/* Logits of the last forward, (nb*T, V) on the backend. */
+/* Logits of the last forward without targets, (nb*T, V) on the backend (a forward with
+ * targets keeps only a chunk of them: vd_model_head). */
 const float *vd_model_logits(const vd_model *m);
 /* Offset of a site's weight in the host buffer of vd_model_load, and whether it is stored
  * out x in there (so export can write merged weights back in the file's layout). */
@@ -412,7 +430,9 @@ struct vd_llama {
     float *xn2, *rstd2;      /* (L, N, C), (L, N)  post_attention_layernorm */
     float *gate, *up, *act;  /* (L, N, I)     act = silu(gate) * up */
     float *xnf, *rstdf;      /* (N, C), (N)   final norm */
-    float *logits;           /* (N, V) logits, then softmax, then dlogits in place */
+    float *logits;           /* (logit_rows, V) a chunk's logits, softmax, dlogits in place */
+    int32_t logit_rows;      /* min(N, VD_HEAD_CHUNK); N after a forward without targets */
+    float head_dloss;        /* dloss the last forward took the head's gradient (dx) with; 0: none */
     float *losses;           /* (N) */
     int32_t *inputs, *targets;
     int32_t *pos;            /* (N) positions of the last forward, when it had any */

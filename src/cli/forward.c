@@ -133,8 +133,10 @@ int vd_forward_main(int argc, char **argv) {
     float *logits = mallocCheck(sizeof(float) * (size_t)N * V);
     be->to_host(logits, vd_model_logits(&model), sizeof(float) * (size_t)N * V);
     vd_adapter_zero_grads(&ad);
-    float loss = (float)(vd_model_forward(&model, inputs, targets, pos, B, &ctx) / n_targets);
-    vd_model_backward(&model, (float)(1.0 / n_targets), &ctx);
+    /* as a training step does: the backward's dloss known to the forward (the fused head) */
+    vd_fwd_ctx train_ctx = {0, 0, 0, (float)(1.0 / n_targets)};
+    float loss = (float)(vd_model_forward(&model, inputs, targets, pos, B, &train_ctx) / n_targets);
+    vd_model_backward(&model, train_ctx.dloss, &train_ctx);
 
     /* outputs: logits, loss, the batch, the saved tensors (vera_A, vera_B) and the gradient of
      * every trainable tensor, named by its PEFT key without "base_model.model." ("<module>.vera_lambda_b.grad") */

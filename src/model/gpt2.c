@@ -83,7 +83,7 @@ static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config 
     ACT(m->lnf, N * C);
     ACT(m->lnf_mean, N);
     ACT(m->lnf_rstd, N);
-    ACT(m->logits, N * V);
+    ACT(m->logits, (N < VD_HEAD_CHUNK ? N : VD_HEAD_CHUNK) * V);
     ACT(m->losses, N);
     ACT(m->dresidual, N * C);
     ACT(m->dbuf_a, N * 4 * C);
@@ -97,6 +97,7 @@ static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config 
         m->inputs = be->alloc(sizeof(int32_t) * N);
         m->targets = be->alloc(sizeof(int32_t) * N);
         m->pos = be->alloc(sizeof(int32_t) * N);
+        m->logit_rows = (int32_t)(N < VD_HEAD_CHUNK ? N : VD_HEAD_CHUNK);
     }
     return total;
 }
@@ -166,13 +167,14 @@ double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets
     }
     const float *last = m->residual3 + (size_t)(L - 1) * N * C;
     be->layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, last, p->lnfw, p->lnfb, N, C, eps);
-    /* tied LM head: logits = lnf wte^T */
-    be->gemm(0, 1, N, V, C, 1.0f, m->lnf, C, p->wte, C, 0.0f, m->logits, V);
-    if (!targets) return 0.0;
+    /* tied LM head: logits = lnf wte^T; in training dlnf (dbuf_a) too, chunk by chunk */
+    m->head_dloss = 0.0f;
+    if (!targets) return vd_model_head(be, &m->logits, &m->logit_rows, m->lnf, p->wte, NULL, NULL, 0.0f, NULL, N, C, V);
     be->to_device(m->targets, targets, sizeof(int32_t) * (size_t)N);
-    /* softmax in place over the logits: backward turns them into dlogits in place too */
-    be->softmax_xent_forward(m->losses, m->logits, m->logits, m->targets, N, V);
-    return be->sum(m->losses, (size_t)N);
+    double loss = vd_model_head(be, &m->logits, &m->logit_rows, m->lnf, p->wte, m->targets, m->losses, ctx->dloss,
+                                ctx->dloss != 0.0f ? m->dbuf_a : NULL, N, C, V);
+    m->head_dloss = ctx->dloss;
+    return loss;
 }
 
 void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
@@ -183,9 +185,10 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
     vd_gpt2_params *p = &m->params;
     vd_adapter *ad = m->adapter;
 
-    be->softmax_xent_backward(m->logits, m->logits, m->targets, dloss, N, V);
     float *dlnf = m->dbuf_a;
-    be->gemm(0, 0, N, C, V, 1.0f, m->logits, V, p->wte, C, 0.0f, dlnf, C);
+    if (m->head_dloss == 0.0f || m->head_dloss != dloss) /* the forward did not take it: recompute */
+        vd_model_head(be, &m->logits, &m->logit_rows, m->lnf, p->wte, m->targets, m->losses, dloss, dlnf, N, C, V);
+    m->head_dloss = 0.0f;
     be->zero(m->dresidual, sizeof(float) * NC);
     be->layernorm_backward(m->dresidual, dlnf, m->residual3 + (size_t)(L - 1) * NC, p->lnfw, m->lnf_mean,
                            m->lnf_rstd, N, C);

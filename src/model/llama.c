@@ -484,7 +484,7 @@ static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_confi
     ACT(m->act, L * N * I);
     ACT(m->xnf, N * C);
     ACT(m->rstdf, N);
-    ACT(m->logits, N * V);
+    ACT(m->logits, (N < VD_HEAD_CHUNK ? N : VD_HEAD_CHUNK) * V);
     ACT(m->losses, N);
     ACT(m->dres, N * C);
     ACT(m->dx, N * wide);
@@ -502,6 +502,7 @@ static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_confi
         m->inputs = be->alloc(sizeof(int32_t) * N);
         m->targets = be->alloc(sizeof(int32_t) * N);
         m->pos = be->alloc(sizeof(int32_t) * N);
+        m->logit_rows = (int32_t)(N < VD_HEAD_CHUNK ? N : VD_HEAD_CHUNK);
     }
     return total;
 }
@@ -586,11 +587,14 @@ double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targe
     }
     be->rmsnorm_forward(m->xnf, m->rstdf, m->resid + (size_t)L * NC, p->norm, N, C, c->ln_eps);
     const float *head = p->lm_head ? p->lm_head : p->embed;
-    be->gemm(0, 1, N, V, C, 1.0f, m->xnf, C, head, C, 0.0f, m->logits, V);
-    if (!targets) return 0.0;
+    /* logits = xnf head^T; in training dxnf (dx) too, chunk by chunk */
+    m->head_dloss = 0.0f;
+    if (!targets) return vd_model_head(be, &m->logits, &m->logit_rows, m->xnf, head, NULL, NULL, 0.0f, NULL, N, C, V);
     be->to_device(m->targets, targets, sizeof(int32_t) * (size_t)N);
-    be->softmax_xent_forward(m->losses, m->logits, m->logits, m->targets, N, V);
-    return be->sum(m->losses, (size_t)N);
+    double loss = vd_model_head(be, &m->logits, &m->logit_rows, m->xnf, head, m->targets, m->losses, ctx->dloss,
+                                ctx->dloss != 0.0f ? m->dx : NULL, N, C, V);
+    m->head_dloss = ctx->dloss;
+    return loss;
 }
 
 void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
@@ -603,9 +607,10 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
     size_t NC = (size_t)N * C;
     vd_attn_shape sh = llama_attn_shape(m, B);
 
-    be->softmax_xent_backward(m->logits, m->logits, m->targets, dloss, N, V);
     const float *head = p->lm_head ? p->lm_head : p->embed;
-    be->gemm(0, 0, N, C, V, 1.0f, m->logits, V, head, C, 0.0f, m->dx, C);
+    if (m->head_dloss == 0.0f || m->head_dloss != dloss) /* the forward did not take it: recompute */
+        vd_model_head(be, &m->logits, &m->logit_rows, m->xnf, head, m->targets, m->losses, dloss, m->dx, N, C, V);
+    m->head_dloss = 0.0f;
     be->zero(m->dres, sizeof(float) * NC);
     be->rmsnorm_backward(m->dres, m->dx, m->resid + (size_t)L * NC, p->norm, m->rstdf, N, C);
     /* m->dres holds dL/d(output of block l) */

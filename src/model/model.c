@@ -199,6 +199,32 @@ void vd_model_upload(const vd_backend *be, const float *host, const size_t *coun
     free(stage);
 }
 
+double vd_model_head(const vd_backend *be, float **logits, int32_t *logit_rows, const float *x, const float *head,
+                     const int32_t *targets, float *losses, float dloss, float *dx, int32_t N, int32_t C, int32_t V) {
+    if (!targets) {
+        if (*logit_rows < N) { /* the full matrix only where a caller reads it */
+            be->free(*logits);
+            *logits = be->alloc(sizeof(float) * (size_t)N * V);
+            *logit_rows = N;
+        }
+        be->gemm(0, 1, N, V, C, 1.0f, x, C, head, C, 0.0f, *logits, V);
+        return 0.0;
+    }
+    vd_require(*logit_rows >= (N < VD_HEAD_CHUNK ? N : VD_HEAD_CHUNK));
+    float *lg = *logits;
+    for (int32_t r0 = 0; r0 < N; r0 += VD_HEAD_CHUNK) {
+        int32_t rows = N - r0 < VD_HEAD_CHUNK ? N - r0 : VD_HEAD_CHUNK;
+        const float *xr = x + (size_t)r0 * C;
+        be->gemm(0, 1, rows, V, C, 1.0f, xr, C, head, C, 0.0f, lg, V);
+        /* softmax in place; then dlogits in place over it */
+        be->softmax_xent_forward(losses + r0, lg, lg, targets + r0, rows, V);
+        if (!dx) continue;
+        be->softmax_xent_backward(lg, lg, targets + r0, dloss, rows, V);
+        be->gemm(0, 0, rows, C, V, 1.0f, lg, V, head, C, 0.0f, dx + (size_t)r0 * C, C);
+    }
+    return be->sum(losses, (size_t)N);
+}
+
 void vd_model_fill_sites(const vd_model_family *f, const vd_model_config *cfg, const int *kind_tensor,
                          void *const *lin, const size_t *host_off, vd_dtype wdtype, vd_linear_site *sites) {
     size_t es = vd_dtype_size(wdtype);

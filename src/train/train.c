@@ -518,7 +518,7 @@ static int train_step(train_run *run, uint64_t n_targets, float *loss_out, float
         for (int32_t b = 0; b < B; b++)
             vd_dataset_get(&run->train, first + (uint64_t)b, run->inputs + (size_t)b * T, run->targets + (size_t)b * T,
                            run->pos + (size_t)b * T);
-        vd_fwd_ctx ctx = {1, vd_mix64(run->cfg.seed ^ vd_mix64((uint64_t)step + 1)), first * (uint64_t)T};
+        vd_fwd_ctx ctx = {1, vd_mix64(run->cfg.seed ^ vd_mix64((uint64_t)step + 1)), first * (uint64_t)T, dloss};
         loss_sum += vd_model_forward(&run->model, run->inputs, run->targets, run->pos, B, &ctx);
         vd_model_backward(&run->model, dloss, &ctx);
     }
