@@ -150,8 +150,8 @@ typedef struct vd_adapter_ops {
     void (*linear_forward)(struct vd_adapter *a, int32_t module, float *out, const float *inp, int32_t N,
                            const vd_fwd_ctx *ctx);
     /* After vd_linear_backward's base GEMM dinp = dout (W0 or weff)^T: accumulates the
-     * module's parameter gradients into a->grads and, unless md->weff was used, adds the
-     * adapter path to dinp. */
+     * module's parameter gradients into a->grads and, unless md->weff was used or dinp is
+     * NULL (no input gradient wanted), adds the adapter path to dinp. */
     void (*linear_backward)(struct vd_adapter *a, int32_t module, float *dinp, const float *dout, int32_t N,
                             const vd_fwd_ctx *ctx);
     /* Frees the method's state (not the generic arrays). */
@@ -271,7 +271,9 @@ int32_t vd_adapter_find_tensor(const vd_adapter *a, const char *peft_key);
 void vd_linear_forward(vd_adapter *a, const vd_backend *be, int32_t module, float *out, const float *inp,
                        const vd_tensor *W, const float *bias, int32_t N, int32_t in, int32_t outd,
                        const vd_fwd_ctx *ctx);
-/* dinp (N, in) = dout W^T [+ adapter path]; accumulates the module's gradients into a->grads. */
+/* dinp (N, in) = dout W^T [+ adapter path]; accumulates the module's gradients into a->grads.
+ * dinp NULL: no input gradient (block 0's first layers: the embedding below is frozen), only
+ * the module's gradients. */
 void vd_linear_backward(vd_adapter *a, const vd_backend *be, int32_t module, float *dinp, const float *dout,
                         const vd_tensor *W, int32_t N, int32_t in, int32_t outd, const vd_fwd_ctx *ctx);
 

@@ -173,7 +173,7 @@ static void lora_linear_backward(vd_adapter *a, int32_t module, float *dinp, con
     be->gemm(0, 0, N, r, outd, 1.0f, dout, outd, B, r, 0.0f, s->tmp_r, r);
     const float *x = lora_dropped(a, module, s->x[module], N, ctx);
     be->gemm(1, 0, r, in, N, s->scaling, s->tmp_r, r, x, in, 1.0f, dA, in);
-    if (md->weff) return;
+    if (md->weff || !dinp) return; /* the adapter path is in weff, or no input gradient is wanted */
     if (a->opt.lora_dropout > 0.0f && ctx->training) {
         be->gemm(0, 0, N, in, r, s->scaling, s->tmp_r, r, A, in, 0.0f, s->xdrop, in);
         be->dropout(s->xdrop, s->xdrop, N, in, a->opt.lora_dropout, vd_adapter_dropout_seed(ctx, module), ctx->row0);

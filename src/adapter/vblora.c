@@ -225,7 +225,7 @@ static void vblora_linear_backward(vd_adapter *a, int32_t module, float *dinp, c
     float *dbank = a->grads + s->off_bank;
     be->vblora_compose_backward(a->grads + vm->off_la, dbank, s->dA, bank, vm->idx_a, vm->w_a, &vm->sa);
     be->vblora_compose_backward(a->grads + vm->off_lb, dbank, s->dB, bank, vm->idx_b, vm->w_b, &vm->sb);
-    if (md->weff) return; /* the base GEMM used W0 + A^T B^T */
+    if (md->weff || !dinp) return; /* the base GEMM used W0 + A^T B^T, or no input gradient wanted */
     vd_adapter_input_grad(a, module, dinp, s->dU, vm->A, 1.0f, s->xdrop, a->opt.vblora_dropout, N, ctx);
 }
 

@@ -200,7 +200,7 @@ static void vera_linear_backward(vd_adapter *a, int32_t module, float *dinp, con
     const float *b = a->params + s->off_b[module], *d = a->params + s->off_d[module];
     be->gemm(1, 0, outd, r, N, 1.0f, dout, outd, s->U[module], r, 0.0f, s->M, r);
     be->vera_vector_grads(a->grads + s->off_b[module], a->grads + s->off_d[module], s->M, s->B, b, d, outd, r);
-    if (md->weff) return;
+    if (md->weff || !dinp) return; /* the adapter path is in weff, or no input gradient is wanted */
     be->scale_cols(s->tmp_out, dout, b, N, outd);
     vd_dtype ta, tb;
     const void *A = vera_proj(s->A, s->A16, &ta), *Bp = vera_proj(s->B, s->B16, &tb);

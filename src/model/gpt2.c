@@ -212,9 +212,11 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
                              .q_stride = 3 * C, .kv_stride = 3 * C, .pos = m->last_pos};
         be->attention_backward(m->dqkv, m->dqkv + C, m->dqkv + 2 * C, m->datt, datty, qkv, qkv + C, qkv + 2 * C,
                                m->att + (size_t)l * B * NH * T * T, &ash);
-        float *dln1 = m->dbuf_a;
+        /* block 0's input is the frozen embedding's output: no gradient below c_attn's adapter */
+        float *dln1 = l == 0 ? NULL : m->dbuf_a;
         vd_linear_backward(ad, be, gpt2_module(m, l, 0), dln1, m->dqkv, gpt2_w(m, l, 0), N, C,
                            3 * C, ctx);
+        if (l == 0) break;
         be->layernorm_backward(m->dresidual, dln1, residual, p->ln1w + (size_t)l * C,
                                m->ln1_mean + (size_t)l * N, m->ln1_rstd + (size_t)l * N, N, C);
     }

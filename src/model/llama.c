@@ -631,10 +631,14 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
         be->attention_backward(m->dq, m->dk, m->dv, m->datt, m->dx, q, k, v, att, &sh);
         be->rope(m->dq, m->inv_freq, m->last_pos, B, T, NH, hd, Q, 1);
         be->rope(m->dk, m->inv_freq, m->last_pos, B, T, NKV, hd, KV, 1);
-        vd_linear_backward(ad, be, llama_module(m, l, K_Q), m->dx, m->dq, llama_w(m, l, K_Q), N, C, Q, ctx);
-        vd_linear_backward(ad, be, llama_module(m, l, K_K), m->dtmp, m->dk, llama_w(m, l, K_K), N, C, KV, ctx);
-        be->accumulate(m->dx, m->dtmp, NC);
-        vd_linear_backward(ad, be, llama_module(m, l, K_V), m->dtmp, m->dv, llama_w(m, l, K_V), N, C, KV, ctx);
+        /* block 0's input is the frozen embedding's output: q, k, v give their adapters'
+         * gradients and nothing below */
+        float *dxq = l == 0 ? NULL : m->dx, *dxkv = l == 0 ? NULL : m->dtmp;
+        vd_linear_backward(ad, be, llama_module(m, l, K_Q), dxq, m->dq, llama_w(m, l, K_Q), N, C, Q, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_K), dxkv, m->dk, llama_w(m, l, K_K), N, C, KV, ctx);
+        if (l > 0) be->accumulate(m->dx, m->dtmp, NC);
+        vd_linear_backward(ad, be, llama_module(m, l, K_V), dxkv, m->dv, llama_w(m, l, K_V), N, C, KV, ctx);
+        if (l == 0) break;
         be->accumulate(m->dx, m->dtmp, NC);
         be->rmsnorm_backward(m->dres, m->dx, x, p->attn_norm + (size_t)l * C, m->rstd1 + (size_t)l * N, N, C);
     }
