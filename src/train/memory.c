@@ -25,7 +25,7 @@ void vd_memory_estimate_run(const vd_model_config *mc, uint32_t mask, const vd_c
     int bf16 = vd_precision_weight_dtype(cfg->precision) == VD_DTYPE_BF16;
     size_t n_lin = vd_model_linear_params(mc);
     e->weights = sizeof(float) * f->num_params(mc) - (bf16 ? (sizeof(float) - sizeof(uint16_t)) * n_lin : 0);
-    e->acts = vd_model_act_bytes(mc, cfg->batch_size, cfg->seq_len);
+    e->acts = vd_model_act_bytes(mc, cfg->batch_size, cfg->seq_len, strcmp(cfg->recompute, "block") == 0);
     size_t wide = (size_t)(max_out > max_in ? max_out : max_in);
     e->adapter = sizeof(float) * ((size_t)r * max_in + (size_t)max_out * r   /* A, B */
                                   + 4 * n_train + 2                         /* vectors, grads, AdamW m, v */
