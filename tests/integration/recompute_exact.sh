@@ -3,6 +3,8 @@
 #  - GPT-2 tiny (VeRA, vera_dropout 0.1), Llama tiny (GQA, all-linear; VeRA, vera_dropout 0.1)
 #    and GPT-2 tiny with LoRA (lora_dropout 0.1): 6 steps, grad_accum 2, every loss and the final
 #    adapter file identical with and without recomputation;
+#  - recompute is free on resume: run none's step-3 checkpoint resumed with recompute = block ends
+#    with the same adapter file; a bad value is refused naming the key;
 #  - inspect's activation estimate is smaller with recompute = block.
 source "$(dirname "$0")/common.sh"
 
@@ -30,7 +32,18 @@ run_pair() {
   note "$name: 6 losses and the final adapter bit-identical with and without recompute"
 }
 
-run_pair gpt2_vera "$TMP/gpt2" --adapter_type vera --r 16 --vera_dropout 0.1
+run_pair gpt2_vera "$TMP/gpt2" --adapter_type vera --r 16 --vera_dropout 0.1 --ckpt_every 3
+vd_mpirun 1 "$TMP/resume.log" --model "$TMP/gpt2" --train_data "$TMP/data/train_*.bin" --target_modules all \
+  --seq_len 32 --batch_size 2 --grad_accum 2 --lr 1e-2 --warmup_steps 2 --max_steps 6 --threads 1 \
+  --out_dir "$TMP/resume" --recompute block --adapter_type vera --r 16 --vera_dropout 0.1 \
+  --resume "$TMP/gpt2_vera.none/checkpoints/step_00000003.h5"
+grep -q "continuing from .*step_00000003.h5 at step 3" "$TMP/resume.log" || fail "the resume did not start at step 3"
+cmp -s "$TMP/gpt2_vera.none/adapter_final.safetensors" "$TMP/resume/adapter_final.safetensors" \
+  || fail "resuming a recompute = none checkpoint with recompute = block changed the result"
+note "recompute = none checkpoint resumed with recompute = block: same final adapter"
+rc=0; run_logged "$TMP/bad.log" "$VD" --model "$TMP/gpt2" --recompute layer || rc=$?
+[[ $rc -ne 0 ]] || fail "--recompute layer was accepted"
+assert_error "$TMP/bad.log" "recompute" "none, block"
 run_pair llama_vera "$TMP/llama" --adapter_type vera --r 16 --vera_dropout 0.1
 run_pair gpt2_lora "$TMP/gpt2" --adapter_type lora --r 4 --lora_alpha 8 --lora_dropout 0.1
 
