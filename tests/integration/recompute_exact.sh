@@ -1,8 +1,8 @@
 # recompute_exact: recompute = block (activation recomputation per transformer block,
 # docs/configuration.md) gives the same run as recompute = none, bit for bit on the CPU backend.
 #  - GPT-2 tiny (VeRA, vera_dropout 0.1), Llama tiny (GQA, all-linear; VeRA, vera_dropout 0.1)
-#    and GPT-2 tiny with LoRA (lora_dropout 0.1): 6 steps, grad_accum 2, every loss and the final
-#    adapter file identical with and without recomputation;
+#    and GPT-2 tiny with LoRA (lora_dropout 0.1) and VB-LoRA (vblora_dropout 0.1): 6 steps,
+#    grad_accum 2, every loss and the final adapter file identical with and without recomputation;
 #  - recompute is free on resume: run none's step-3 checkpoint resumed with recompute = block ends
 #    with the same adapter file; a bad value is refused naming the key;
 #  - inspect's activation estimate is smaller with recompute = block.
@@ -46,6 +46,8 @@ rc=0; run_logged "$TMP/bad.log" "$VD" --model "$TMP/gpt2" --recompute layer || r
 assert_error "$TMP/bad.log" "recompute" "none, block"
 run_pair llama_vera "$TMP/llama" --adapter_type vera --r 16 --vera_dropout 0.1
 run_pair gpt2_lora "$TMP/gpt2" --adapter_type lora --r 4 --lora_alpha 8 --lora_dropout 0.1
+run_pair gpt2_vblora "$TMP/gpt2" --adapter_type vblora --r 4 --num_vectors 32 --vector_length 16 --topk 2 \
+  --vblora_dropout 0.1
 
 # inspect: the activation estimate follows the setting
 act_gib() { sed -n 's/.*activations \([0-9.]*\) GiB.*/\1/p' "$1"; }
