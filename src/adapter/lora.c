@@ -59,6 +59,17 @@ static void lora_layout(vd_adapter *a) {
     a->identity_checksum = 0; /* no frozen state beyond the base model */
 }
 
+/* layout's lora_A (r, in) and lora_B (out, r) per module; alloc_acts' XA per module and scratch */
+static void lora_size(const vd_adapter_options *opt, const int32_t *in, const int32_t *out, int32_t n_modules,
+                      int32_t max_in, int32_t max_out, size_t N, int bf16, vd_adapter_size *sz) {
+    (void)max_out;
+    (void)bf16;
+    size_t r = (size_t)opt->r;
+    for (int32_t i = 0; i < n_modules; i++) sz->n_trainable += r * ((size_t)in[i] + (size_t)out[i]);
+    sz->state_bytes = sizeof(float) * ((size_t)n_modules * N * r + N * (size_t)max_in + N * r);
+    sz->merge_dropout = opt->lora_dropout;
+}
+
 /* PEFT's reset_lora_parameters: kaiming_uniform_(lora_A, a=sqrt(5)), lora_B zero. The seed rule:
  * one torch generator seeded with opt.seed draws every module's lora_A in module order. */
 static void lora_init_params(const vd_adapter *a, float *hp) {
@@ -231,6 +242,7 @@ const vd_adapter_ops vd_lora_ops = {
     .trainable_formula = "sum over adapted layers of r * (in + out)",
     .describe = lora_describe,
     .layout = lora_layout,
+    .size = lora_size,
     .init_params = lora_init_params,
     .alloc_acts = lora_alloc_acts,
     .refresh = lora_refresh,
