@@ -191,11 +191,7 @@ static void vera_linear_forward(vd_adapter *a, int32_t module, float *out, const
     vd_adapter_module *md = &a->modules[module];
     int32_t r = a->opt.r, in = md->in, outd = md->out;
     const float *b = a->params + s->off_b[module], *d = a->params + s->off_d[module];
-    const float *x = inp;
-    if (a->opt.dropout > 0.0f && ctx->training) {
-        be->dropout(s->xdrop, inp, N, in, a->opt.dropout, vd_adapter_dropout_seed(ctx, module), ctx->row0);
-        x = s->xdrop;
-    }
+    const float *x = vd_adapter_dropped(a, module, s->xdrop, inp, a->opt.dropout, N, ctx);
     vd_dtype ta, tb;
     const void *A = vera_proj(s->A, s->A16, &ta), *Bp = vera_proj(s->B, s->B16, &tb);
     be->gemm_ex(0, 1, N, r, in, 1.0f, x, VD_DTYPE_F32, in, A, ta, a->max_in, 0.0f, s->U[module], r);
