@@ -92,7 +92,9 @@ int vd_export_main(int argc, char **argv) {
         printf("export: wrote PEFT LoRA adapter %s (step %lld, %d layers, r %d, lora_alpha %d)\n", out,
                (long long)ck.step, (int)ad.n_modules, (int)ad.opt.r, (int)ad.opt.r);
     } else {
-        /* the merged weights are exactly what the trainer's merged backward uses */
+        /* the merged weights are exactly what the trainer's merged backward uses; a merge is for
+         * inference, where no method drops its input, so a run trained with dropout merges too */
+        ad.opt.dropout = ad.opt.lora_dropout = ad.opt.vblora_dropout = 0.0f;
         vd_adapter_alloc_acts(&ad, 1, 1, VD_WEFF_ALWAYS);
         for (int32_t i = 0; i < ad.n_modules; i++) {
             const vd_adapter_module *md = &ad.modules[i];

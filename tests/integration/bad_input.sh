@@ -15,8 +15,7 @@ make_data "$TMP/data" 20000
 OUT="$TMP/out"
 # Builds with checkpoints resume from out_dir by default; a new run over old output is
 # --resume none --overwrite 1.
-NEW_RUN=()
-if "$VD" --help 2>/dev/null | grep -q -- '--resume'; then NEW_RUN=(--resume none); fi
+NEW_RUN=(--resume none)
 BASE0=("${NEW_RUN[@]}" --model "$TMP/model" --train_data "$TMP/data/train_*.bin" --val_data "$TMP/data/val_*.bin"
        --out_dir "$OUT" --batch_size 2 --seq_len 32 --max_steps 2 --warmup_steps 0 --r 8 --threads 1)
 BASE=("${BASE0[@]}" --overwrite 1)
