@@ -16,15 +16,16 @@ static double inspect_gib(size_t bytes) { return (double)bytes / (double)(1ull <
 
 /* the keys read below and by vd_memory_estimate_run */
 static const char *const inspect_keys[] = {"model", "r", "target_modules", "projection_prng_key", "batch_size",
-                                           "seq_len", "grad_accum", "vera_dropout", "precision", VD_ADAPTER_SHAPE_KEYS,
-                                           "lora_dropout", "vblora_dropout", NULL};
+                                           "seq_len", "grad_accum", "vera_dropout", "precision", "recompute",
+                                           VD_ADAPTER_SHAPE_KEYS, "lora_dropout", "vblora_dropout", NULL};
 static const vd_config_uses inspect_uses = {"inspect", inspect_keys, NULL};
 
 int vd_inspect_main(int argc, char **argv) {
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         printf("usage: vera-dist inspect --model DIR|FILE.gguf|FILE.bin [--r R] [--target_modules LIST]\n"
                "                         [--batch_size B --seq_len T --grad_accum K --vera_dropout P]\n"
-               "                         [--projection_prng_key K] [--precision fp32|bf16] [--config FILE]\n"
+               "                         [--projection_prng_key K] [--precision fp32|bf16] [--recompute none|block]\n"
+               "                         [--config FILE]\n"
                "                         [--adapter_type vera|vblora|lora --lora_alpha A --use_rslora 0|1\n"
                "                          --num_vectors V --vector_length L --topk K]\n"
                "Prints the architecture, the frozen parameter count, the adapted layers, the trainable\n"
@@ -88,9 +89,9 @@ int vd_inspect_main(int argc, char **argv) {
     vd_memory_estimate_run(&mc, mask, &cfg, &me);
     size_t weights = me.weights, acts = me.acts, adapter = me.adapter, merged = me.merged, total = me.total;
     int bf16 = vd_precision_weight_dtype(cfg.precision) == VD_DTYPE_BF16;
-    printf("memory per rank (%s, batch_size %d x seq_len %d): weights %.3f GiB%s, activations %.3f GiB, adapter + "
+    printf("memory per rank (%s, batch_size %d x seq_len %d, recompute %s): weights %.3f GiB%s, activations %.3f GiB, adapter + "
            "AdamW %.3f GiB, %s %.3f GiB; total %.3f GiB\n",
-           cfg.precision, (int)cfg.batch_size, (int)cfg.seq_len, inspect_gib(weights),
+           cfg.precision, (int)cfg.batch_size, (int)cfg.seq_len, cfg.recompute, inspect_gib(weights),
            bf16 ? " (linear layers bf16)" : "", inspect_gib(acts), inspect_gib(adapter),
            bf16 ? "bf16 GEMM scratch" : "merged weights", inspect_gib(merged), inspect_gib(total));
     return 0;

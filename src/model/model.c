@@ -238,8 +238,16 @@ void vd_model_init(vd_model *m, const vd_backend *be, const vd_model_config *cfg
     vd_model_init_typed(m, be, cfg, host_params, VD_DTYPE_F32);
 }
 
-size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T) {
-    return cfg->arch == VD_ARCH_GPT2 ? vd_gpt2_act_bytes(cfg, B, T) : vd_llama_act_bytes(cfg, B, T);
+size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute) {
+    return cfg->arch == VD_ARCH_GPT2 ? vd_gpt2_act_bytes(cfg, B, T, recompute)
+                                     : vd_llama_act_bytes(cfg, B, T, recompute);
+}
+
+void vd_model_set_recompute(vd_model *m, int recompute) {
+    /* it decides the activations' shapes: they must not exist yet */
+    vd_require(m->gpt2 ? m->gpt2->encoded == NULL : m->llama->resid == NULL);
+    if (m->gpt2) m->gpt2->recompute = recompute != 0;
+    else m->llama->recompute = recompute != 0;
 }
 
 void vd_model_alloc_acts(vd_model *m, int32_t B, int32_t T) {

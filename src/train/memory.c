@@ -29,7 +29,7 @@ void vd_memory_estimate_run(const vd_model_config *mc, uint32_t mask, const vd_c
     vd_adapter_size_of(mc, &opt, N, bf16, &sz, NULL, &max_in, &max_out);
     size_t n_lin = vd_model_linear_params(mc);
     e->weights = sizeof(float) * f->num_params(mc) - (bf16 ? (sizeof(float) - sizeof(uint16_t)) * n_lin : 0);
-    e->acts = vd_model_act_bytes(mc, cfg->batch_size, cfg->seq_len);
+    e->acts = vd_model_act_bytes(mc, cfg->batch_size, cfg->seq_len, strcmp(cfg->recompute, "block") == 0);
     e->adapter = sizeof(float) * (4 * sz.n_trainable + 2) /* params, grads (+ loss, stop flag), AdamW m, v */
                  + sz.state_bytes;
     /* merged W0 + dW on the layers where it pays (vd_adapter_alloc_weffs' rule, no dropout) */
