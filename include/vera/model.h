@@ -351,9 +351,7 @@ void vd_model_format_targets(const vd_model_family *f, uint32_t mask, char *out,
 /* vd_model_parse_targets that dies naming target_modules and the model; rewrites the string to
  * the canonical spelling (what checkpoints store). */
 uint32_t vd_model_targets_or_die(const vd_model_family *f, char *target_modules, size_t cap, const char *model_path);
-/* Trainable vectors for a target mask: sum over adapted sites of out + r. */
-size_t vd_model_count_trainable(const vd_model_config *cfg, uint32_t mask, int32_t r, int32_t *max_in,
-                                int32_t *max_out, int32_t *n_adapted);
+/* (trainable counts are the adapter method's: vd_adapter_size_of, adapter.h) */
 
 /* ---- the families' entry points (model.c dispatches to them) ---- */
 extern const vd_model_family vd_family_gpt2;

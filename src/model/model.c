@@ -390,26 +390,6 @@ void vd_model_format_targets(const vd_model_family *f, uint32_t mask, char *out,
     }
 }
 
-size_t vd_model_count_trainable(const vd_model_config *cfg, uint32_t mask, int32_t r, int32_t *max_in,
-                                int32_t *max_out, int32_t *n_adapted) {
-    const vd_model_family *f = vd_model_family_of(cfg->arch);
-    size_t n = 0;
-    int32_t mi = 0, mo = 0, na = 0;
-    for (int32_t k = 0; k < f->n_kinds; k++) {
-        if (!(mask & (1u << k))) continue;
-        int32_t in, out;
-        f->kind_shape(cfg, k, &in, &out);
-        n += (size_t)cfg->n_layer * (size_t)(out + r);
-        na += cfg->n_layer;
-        if (in > mi) mi = in;
-        if (out > mo) mo = out;
-    }
-    if (max_in) *max_in = mi;
-    if (max_out) *max_out = mo;
-    if (n_adapted) *n_adapted = na;
-    return n;
-}
-
 uint32_t vd_model_targets_or_die(const vd_model_family *f, char *target_modules, size_t cap, const char *model_path) {
     char err[512];
     uint32_t mask = vd_model_parse_targets(f, target_modules, err, sizeof(err));
