@@ -586,7 +586,7 @@ static void test_serialize(void) {
     CHECK(strstr(s1, "config") == NULL, "config_path is not part of the serialized config");
     int lines = 0;
     for (const char *p = s1; *p; p++) lines += *p == '\n';
-    CHECK(lines == 49, "%d lines", lines);
+    CHECK(lines == 50, "%d lines", lines);
 
     /* round trip through vd_config_set */
     vd_config b;
@@ -682,11 +682,15 @@ static void test_serialize(void) {
         const char *tail = "pack = 0\ncollective_timeout = 20\nadapter_type = vera\nlora_alpha = 8\n"
                            "lora_dropout = 0\nuse_rslora = 0\n"
                            "num_vectors = 256\nvector_length = 256\ntopk = 2\ninit_vector_bank_bound = 0.02\n"
-                           "init_logits_std = 0.1\nvblora_dropout = 0\nlr_vector_bank = 0\nsave_only_topk_weights = 0\n";
+                           "init_logits_std = 0.1\nvblora_dropout = 0\nlr_vector_bank = 0\nsave_only_topk_weights = 0\n"
+                           "recompute = none\n";
         size_t n = strlen(sd), nt = strlen(tail);
         CHECK(n > nt && !strcmp(sd + n - nt, tail), "pack, collective_timeout and the adapter keys are the last keys:\n%s", sd);
         CHECK(vd_config_line_is_default("adapter_type = vera", 19), "adapter_type = vera is the default line");
         CHECK(!vd_config_key_resume_free("adapter_type"), "adapter_type must match on resume");
+        /* recompute never changes the results (bit-identical, recompute_exact.sh): free on resume */
+        CHECK(vd_config_key_resume_free("recompute"), "recompute may differ on resume");
+        CHECK(vd_config_line_is_default("recompute = none", 16), "recompute = none is the default line");
     }
     CHECK(vd_config_key_resume_free("collective_timeout"), "collective_timeout may change on resume");
 }

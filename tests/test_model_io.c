@@ -51,6 +51,7 @@ static void build_tensor_list(tensor_list *tl, const vd_gpt2_config *c, const fl
         int64_t per = t[w].d0 * (t[w].d1 ? t[w].d1 : 1);
         for (int64_t l = 0; l < (t[w].per_layer ? L : 1); l++) {
             vd_st_entry *e = &tl->e[tl->n];
+            *e = (vd_st_entry){0}; /* dtype NULL: F32 */
             if (t[w].per_layer) snprintf(tl->names[tl->n], 128, "%sh.%d.%s", prefix, (int)l, t[w].suffix);
             else snprintf(tl->names[tl->n], 128, "%s%s", prefix, t[w].suffix);
             e->name = tl->names[tl->n];

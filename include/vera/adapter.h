@@ -119,6 +119,19 @@ typedef struct {
     int64_t shape[VD_ADAPTER_MAX_DIM];
 } vd_adapter_saved;
 
+/* A method's sizes from the model's shapes alone, nothing allocated: what inspect prints and the
+ * memory pre-check counts (vd_adapter_size_of). vd_adapter_init checks n_trainable against the
+ * layout's on every run, so the two cannot drift apart. */
+typedef struct {
+    size_t n_trainable;  /* floats in params (the layout's n_trainable) */
+    size_t n_shared;     /* of them, in tensors shared by every module (VB-LoRA's bank; 0 otherwise) */
+    size_t state_bytes;  /* the method's other memory: frozen (VeRA's A, B), derived (VB-LoRA's composed
+                          * A, B and top-k) and per-token buffers for N tokens; not params, grads, AdamW,
+                          * merged weights */
+    float merge_dropout; /* the dropout that decides merged weights (vd_adapter_alloc_weffs: only at 0) */
+    char shared[192];    /* one line on what every module shares, for inspect (may be empty) */
+} vd_adapter_size;
+
 struct vd_adapter;
 
 /* The method table. Every entry is required unless marked optional. */
@@ -134,6 +147,11 @@ typedef struct vd_adapter_ops {
      * Sets a->identity_checksum (hash of that frozen state; 0 if none). Dies naming the option
      * or layer on options the method cannot take. */
     void (*layout)(struct vd_adapter *a);
+    /* The sizes of layout + alloc_acts for n_modules modules of shapes in[i] x out[i] (max_in,
+     * max_out over them) and N tokens per micro-batch, bf16 base weights or not, into sz; no
+     * allocation. Dies as layout does on options the method cannot take. */
+    void (*size)(const vd_adapter_options *opt, const int32_t *in, const int32_t *out, int32_t n_modules,
+                 int32_t max_in, int32_t max_out, size_t N, int bf16, vd_adapter_size *sz);
     /* Initial trainable values into hp (host, n_trainable floats, zeroed): PEFT's init. */
     void (*init_params)(const struct vd_adapter *a, float *hp);
     /* Per-token buffers for N tokens per micro-batch; tokens_per_step (per rank) and policy
@@ -232,6 +250,13 @@ void vd_adapter_config_copy(vd_config *dst, const vd_config *src);
 /* Lays out one module per targeted site of `m`, calls the method's layout, allocates params and
  * grads, fills params with the method's init, binds each module to its site's frozen weight.
  * The caller attaches it to the model with vd_model_set_adapter. */
+/* The method's sizes for model mc (its targeted kinds, every layer) and N tokens per micro-batch:
+ * n_modules, max_in, max_out of the modules vd_adapter_init would lay out (each may be NULL). */
+void vd_adapter_size_of(const vd_model_config *mc, const vd_adapter_options *opt, size_t N, int bf16,
+                        vd_adapter_size *sz, int32_t *n_modules, int32_t *max_in, int32_t *max_out);
+/* Trainable floats of one module of shape in x out, beyond the shared tensors (inspect's per-layer line). */
+size_t vd_adapter_module_trainable(const vd_adapter_options *opt, int32_t in, int32_t out);
+
 void vd_adapter_init(vd_adapter *a, const vd_backend *be, const vd_model *m, const vd_adapter_options *opt);
 void vd_adapter_alloc_acts(vd_adapter *a, int32_t N, int64_t tokens_per_step, vd_weff_policy policy);
 void vd_adapter_refresh(vd_adapter *a);

@@ -31,6 +31,8 @@
 
 #include <stdint.h>
 
+#include "vera/adapter.h"
+
 int vd_train_main(int argc, char **argv);        /* train.c  : vera-dist [train] --config ... */
 int vd_init_model_main(int argc, char **argv);   /* init_model.c : vera-dist init-model --out DIR ... */
 int vd_prepare_data_main(int argc, char **argv); /* prepare_data.c : vera-dist prepare-data --in TEXT --out DIR */
@@ -61,6 +63,16 @@ void vd_cli_config_from_text(struct vd_config *cfg, const char *text, const char
 /* --adapter: a PEFT adapter directory (adapter_config.json checked against the run) or a single
  * safetensors file with PEFT's key names, into a. */
 void vd_cli_load_adapter(struct vd_adapter *a, const char *path);
+/* The options of the adapter a sub-command rebuilds to load `--adapter path` into (forward, eval),
+ * inference only (no dropout): a PEFT directory gives them (its adapter_config.json: method,
+ * targets, r and the method's keys, as generate reads them) unless the command line or --config
+ * sets a key that shapes the adapter (VD_ADAPTER_SHAPE_KEYS, r, target_modules, d_initial,
+ * projection_prng_key): then cfg's, which vd_cli_load_adapter checks against the directory, naming
+ * each field that differs. A safetensors file, or no path: cfg's, with target mask `mask`. */
+/* 1 when vd_cli_adapter_options takes them from the directory path (then the caller's mask is unused). */
+int vd_cli_adapter_from_dir(const struct vd_config *cfg, const char *path);
+void vd_cli_adapter_options(vd_adapter_options *opt, const struct vd_config *cfg, uint32_t mask, const vd_model *m,
+                            const char *path);
 struct vd_checkpoint;
 /* A checkpoint given to export, eval or generate: it belongs to this base model (fingerprint of
  * the weights in `model`), and to the adapter a regenerated from its stored adapter_type, r,

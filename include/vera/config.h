@@ -72,6 +72,7 @@ typedef struct vd_config {
     float vblora_dropout;          /* dropout probability on the adapter input */
     float lr_vector_bank;          /* peak lr of the bank; 0 = lr */
     int32_t save_only_topk_weights; /* PEFT export: top-k indices and weights only */
+    char recompute[8];             /* "none" or "block": activation recomputation (docs/configuration.md) */
     /* not a key: who set each key (defaults 0 = VD_FROM_DEFAULT). A default that conflicts with
      * a value the user gave gives way to it (vd_config_parse adjusts it and logs one line); only
      * values the user gave can conflict with each other (vd_config_validate refuses those). */

@@ -12,7 +12,7 @@
 
 typedef struct vd_memory_estimate {
     size_t weights;  /* frozen model: fp32, the linear layers bf16 under precision bf16 */
-    size_t acts;     /* vd_model_act_bytes(batch_size, seq_len) */
+    size_t acts;     /* vd_model_act_bytes(batch_size, seq_len, recompute) */
     size_t adapter;  /* A, B, vectors, gradients, AdamW m and v, the adapter's activations */
     size_t merged;   /* merged W0 + dW on the layers where it pays (adapter.c's rule; none under
                       * bf16), or under bf16 on the CPU the gemm_ex scratch (cpu_bf16.c) */
@@ -20,7 +20,7 @@ typedef struct vd_memory_estimate {
 } vd_memory_estimate;
 
 /* Bytes one rank allocates for a run of cfg (batch_size, seq_len, grad_accum, r, vera_dropout,
- * precision) on the model mc with the adapted layers in target_mask. */
+ * precision, recompute) on the model mc with the adapted layers in target_mask. */
 void vd_memory_estimate_run(const vd_model_config *mc, uint32_t target_mask, const vd_config *cfg,
                             vd_memory_estimate *e);
 

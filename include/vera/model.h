@@ -138,18 +138,21 @@ typedef struct vd_gpt2 {
     size_t num_params;
     struct vd_adapter *adapter; /* adapter (owned by the caller); NULL = plain GPT-2 */
     int32_t B, T;            /* activation capacity: up to B sequences of exactly T tokens */
-    /* activations kept for backward (device); L = n_layer, N = B*T */
+    int32_t recompute;       /* 1: recompute = block (vd_model_set_recompute): the block activations
+                              * below have one slot (LB = 1), rebuilt per block in the backward;
+                              * 0: LB = L slots, one per layer */
+    /* activations kept for backward (device); L = n_layer, N = B*T; LB = L, or 1 under recompute */
     float *encoded;          /* (N, C)        embeddings = input of block 0 */
-    float *ln1;              /* (L, N, C) */
-    float *ln1_mean, *ln1_rstd; /* (L, N) */
-    float *qkv;              /* (L, N, 3C) */
-    float *atty;             /* (L, N, C)     attention output before c_proj */
-    float *att;              /* (L, B, NH, T, T) causal softmax */
-    float *residual2;        /* (L, N, C) */
-    float *ln2;              /* (L, N, C) */
-    float *ln2_mean, *ln2_rstd; /* (L, N) */
-    float *fch;              /* (L, N, 4C) */
-    float *fch_gelu;         /* (L, N, 4C) */
+    float *ln1;              /* (LB, N, C) */
+    float *ln1_mean, *ln1_rstd; /* (LB, N) */
+    float *qkv;              /* (LB, N, 3C) */
+    float *atty;             /* (LB, N, C)     attention output before c_proj */
+    float *att;              /* (LB, B, NH, T, T) causal softmax */
+    float *residual2;        /* (LB, N, C) */
+    float *ln2;              /* (LB, N, C) */
+    float *ln2_mean, *ln2_rstd; /* (LB, N) */
+    float *fch;              /* (LB, N, 4C) */
+    float *fch_gelu;         /* (LB, N, 4C) */
     float *residual3;        /* (L, N, C)     output of each block */
     float *lnf;              /* (N, C) */
     float *lnf_mean, *lnf_rstd; /* (N) */
@@ -254,8 +257,9 @@ uint64_t vd_model_fingerprint(const vd_model_config *cfg, const float *host_para
 /* Writes DIR as transformers' save_pretrained would (config.json + model.safetensors, F32). */
 void vd_model_save_hf(const char *dir, const vd_model_config *cfg, const float *host_params);
 
-/* Bytes of activations and backward scratch vd_model_alloc_acts(B, T) allocates (inspect). */
-size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T);
+/* Bytes of activations and backward scratch vd_model_alloc_acts(B, T) allocates (inspect), with
+ * recompute = 1 (recompute = block) or 0 (none). */
+size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute);
 /* Uploads host_params to the backend and lists the sites: vd_model_init_typed with F32. */
 void vd_model_init(vd_model *m, const struct vd_backend *be, const vd_model_config *cfg, const float *host_params);
 /* The same with the linear layers' frozen weights stored as wdtype: VD_DTYPE_F32, or
@@ -293,6 +297,11 @@ void vd_model_upload(const struct vd_backend *be, const float *host, const size_
  * vd_model_upload). */
 void vd_model_fill_sites(const vd_model_family *f, const vd_model_config *cfg, const int *kind_tensor,
                          void *const *lin, const size_t *host_off, vd_dtype wdtype, vd_linear_site *sites);
+/* Activation recomputation (config key recompute): 1 keeps only each block's input in the forward
+ * and rebuilds a block's activations into one shared set right before its backward (the same
+ * block forward, so results are bit-identical); 0 keeps every block's activations. Call before
+ * vd_model_alloc_acts (it decides what that allocates); the default is 0. */
+void vd_model_set_recompute(vd_model *m, int recompute);
 void vd_model_alloc_acts(vd_model *m, int32_t B, int32_t T);
 /* The adapter every adapted site calls (NULL: plain model). */
 void vd_model_set_adapter(vd_model *m, struct vd_adapter *a);
@@ -360,15 +369,13 @@ void vd_model_format_targets(const vd_model_family *f, uint32_t mask, char *out,
 /* vd_model_parse_targets that dies naming target_modules and the model; rewrites the string to
  * the canonical spelling (what checkpoints store). */
 uint32_t vd_model_targets_or_die(const vd_model_family *f, char *target_modules, size_t cap, const char *model_path);
-/* Trainable vectors for a target mask: sum over adapted sites of out + r. */
-size_t vd_model_count_trainable(const vd_model_config *cfg, uint32_t mask, int32_t r, int32_t *max_in,
-                                int32_t *max_out, int32_t *n_adapted);
+/* (trainable counts are the adapter method's: vd_adapter_size_of, adapter.h) */
 
 /* ---- the families' entry points (model.c dispatches to them) ---- */
 extern const vd_model_family vd_family_gpt2;
 extern const vd_model_family vd_family_llama;
-size_t vd_gpt2_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T);
-size_t vd_llama_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T);
+size_t vd_gpt2_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute);
+size_t vd_llama_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute);
 void vd_gpt2_config_read_file(const char *config_json, vd_gpt2_config *cfg);
 void vd_llama_config_from_json(const struct cJSON *root, const char *path, const char *architecture,
                                vd_model_config *cfg);
@@ -420,15 +427,17 @@ struct vd_llama {
     float *inv_freq;         /* (hd/2) RoPE frequencies, device */
     struct vd_adapter *adapter; /* adapter (owned by the caller); NULL = plain model */
     int32_t B, T, last_B;
-    /* activations kept for backward (device); N = B*T */
+    int32_t recompute;       /* 1: recompute = block: the block activations xn1 .. act have one slot
+                              * (LB = 1), rebuilt per block in the backward; 0: LB = L */
+    /* activations kept for backward (device); N = B*T; LB = L, or 1 under recompute */
     float *resid;            /* (L+1, N, C)   input of each block; [L] = output of the last */
-    float *xn1, *rstd1;      /* (L, N, C), (L, N)  input_layernorm */
-    float *q, *k, *v;        /* (L, N, Q), (L, N, KV), (L, N, KV)  after RoPE */
-    float *att;              /* (L, B, NH, T, T) */
-    float *atty;             /* (L, N, Q)     attention output before o_proj */
-    float *resid_mid;        /* (L, N, C)     after the attention residual */
-    float *xn2, *rstd2;      /* (L, N, C), (L, N)  post_attention_layernorm */
-    float *gate, *up, *act;  /* (L, N, I)     act = silu(gate) * up */
+    float *xn1, *rstd1;      /* (LB, N, C), (LB, N)  input_layernorm */
+    float *q, *k, *v;        /* (LB, N, Q), (LB, N, KV), (LB, N, KV)  after RoPE */
+    float *att;              /* (LB, B, NH, T, T) */
+    float *atty;             /* (LB, N, Q)     attention output before o_proj */
+    float *resid_mid;        /* (LB, N, C)     after the attention residual */
+    float *xn2, *rstd2;      /* (LB, N, C), (LB, N)  post_attention_layernorm */
+    float *gate, *up, *act;  /* (LB, N, I)     act = silu(gate) * up */
     float *xnf, *rstdf;      /* (N, C), (N)   final norm */
     float *logits;           /* (logit_rows, V) a chunk's logits, softmax, dlogits in place */
     int32_t logit_rows;      /* min(N, VD_HEAD_CHUNK); N after a forward without targets */

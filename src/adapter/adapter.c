@@ -153,6 +153,37 @@ int32_t vd_adapter_find_tensor(const vd_adapter *a, const char *peft_key) {
     return -1;
 }
 
+void vd_adapter_size_of(const vd_model_config *mc, const vd_adapter_options *opt, size_t N, int bf16,
+                        vd_adapter_size *sz, int32_t *n_modules, int32_t *max_in, int32_t *max_out) {
+    const vd_model_family *f = vd_model_family_of(mc->arch);
+    size_t cap = (size_t)mc->n_layer * (size_t)f->n_kinds;
+    int32_t *in = mallocCheck(sizeof(int32_t) * (cap ? cap : 1)), *out = mallocCheck(sizeof(int32_t) * (cap ? cap : 1));
+    int32_t n = 0, mi = 0, mo = 0;
+    /* vd_adapter_init's order: block by block, kinds in the family's order */
+    for (int32_t l = 0; l < mc->n_layer; l++)
+        for (int32_t k = 0; k < f->n_kinds; k++) {
+            if (!(opt->target_mask & (1u << k))) continue;
+            f->kind_shape(mc, k, &in[n], &out[n]);
+            if (in[n] > mi) mi = in[n];
+            if (out[n] > mo) mo = out[n];
+            n++;
+        }
+    memset(sz, 0, sizeof(*sz));
+    vd_adapter_ops_of(opt->type)->size(opt, in, out, n, mi, mo, N, bf16, sz);
+    free(in);
+    free(out);
+    if (n_modules) *n_modules = n;
+    if (max_in) *max_in = mi;
+    if (max_out) *max_out = mo;
+}
+
+size_t vd_adapter_module_trainable(const vd_adapter_options *opt, int32_t in, int32_t out) {
+    vd_adapter_size sz;
+    memset(&sz, 0, sizeof(sz));
+    vd_adapter_ops_of(opt->type)->size(opt, &in, &out, 1, in, out, 1, 0, &sz);
+    return sz.n_trainable - sz.n_shared;
+}
+
 void vd_adapter_init(vd_adapter *a, const vd_backend *be, const vd_model *m, const vd_adapter_options *opt) {
     memset(a, 0, sizeof(*a));
     a->type = opt->type;
@@ -184,6 +215,11 @@ void vd_adapter_init(vd_adapter *a, const vd_backend *be, const vd_model *m, con
     }
     a->ops->layout(a);
     vd_require(a->n_groups >= 1 && a->n_trainable > 0);
+    {   /* inspect and the memory pre-check count with ops->size: it must agree with the layout */
+        vd_adapter_size sz;
+        vd_adapter_size_of(&m->config, opt, 1, 0, &sz, NULL, NULL, NULL);
+        vd_require(sz.n_trainable == a->n_trainable);
+    }
     a->n_reduce = a->n_trainable + 2; /* + loss sum + stop-request count */
     float *hp = callocCheck(a->n_trainable, sizeof(float));
     a->ops->init_params(a, hp);

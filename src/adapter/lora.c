@@ -59,6 +59,17 @@ static void lora_layout(vd_adapter *a) {
     a->identity_checksum = 0; /* no frozen state beyond the base model */
 }
 
+/* layout's lora_A (r, in) and lora_B (out, r) per module; alloc_acts' XA per module and scratch */
+static void lora_size(const vd_adapter_options *opt, const int32_t *in, const int32_t *out, int32_t n_modules,
+                      int32_t max_in, int32_t max_out, size_t N, int bf16, vd_adapter_size *sz) {
+    (void)max_out;
+    (void)bf16;
+    size_t r = (size_t)opt->r;
+    for (int32_t i = 0; i < n_modules; i++) sz->n_trainable += r * ((size_t)in[i] + (size_t)out[i]);
+    sz->state_bytes = sizeof(float) * ((size_t)n_modules * N * r + N * (size_t)max_in + N * r);
+    sz->merge_dropout = opt->lora_dropout;
+}
+
 /* PEFT's reset_lora_parameters: kaiming_uniform_(lora_A, a=sqrt(5)), lora_B zero. The seed rule:
  * one torch generator seeded with opt.seed draws every module's lora_A in module order. */
 static void lora_init_params(const vd_adapter *a, float *hp) {
@@ -134,15 +145,6 @@ static void lora_free(vd_adapter *a) {
     a->state = NULL;
 }
 
-/* dropout(x) into the xdrop scratch (the same counter-based mask in forward and backward), or x. */
-static const float *lora_dropped(vd_adapter *a, int32_t module, const float *x, int32_t N, const vd_fwd_ctx *ctx) {
-    lora_state *s = lora_of(a);
-    if (!(a->opt.lora_dropout > 0.0f && ctx->training)) return x;
-    a->be->dropout(s->xdrop, x, N, a->modules[module].in, a->opt.lora_dropout, vd_adapter_dropout_seed(ctx, module),
-                   ctx->row0);
-    return s->xdrop;
-}
-
 /* After the base GEMM: XA = dropout(x) A^T (kept for dB), then, unless weff holds it,
  * out += s XA B^T. */
 static void lora_linear_forward(vd_adapter *a, int32_t module, float *out, const float *inp, int32_t N,
@@ -153,7 +155,7 @@ static void lora_linear_forward(vd_adapter *a, int32_t module, float *out, const
     int32_t r = a->opt.r, in = md->in, outd = md->out;
     const float *A = a->params + s->off_a[module], *B = a->params + s->off_b[module];
     s->x[module] = inp;
-    const float *x = lora_dropped(a, module, inp, N, ctx);
+    const float *x = vd_adapter_dropped(a, module, s->xdrop, inp, a->opt.lora_dropout, N, ctx);
     be->gemm(0, 1, N, r, in, 1.0f, x, in, A, in, 0.0f, s->XA[module], r);
     if (md->weff) return;
     be->gemm(0, 1, N, outd, r, s->scaling, s->XA[module], r, B, r, 1.0f, out, outd);
@@ -171,16 +173,10 @@ static void lora_linear_backward(vd_adapter *a, int32_t module, float *dinp, con
     float *dA = a->grads + s->off_a[module], *dB = a->grads + s->off_b[module];
     be->gemm(1, 0, outd, r, N, s->scaling, dout, outd, s->XA[module], r, 1.0f, dB, r);
     be->gemm(0, 0, N, r, outd, 1.0f, dout, outd, B, r, 0.0f, s->tmp_r, r);
-    const float *x = lora_dropped(a, module, s->x[module], N, ctx);
+    const float *x = vd_adapter_dropped(a, module, s->xdrop, s->x[module], a->opt.lora_dropout, N, ctx);
     be->gemm(1, 0, r, in, N, s->scaling, s->tmp_r, r, x, in, 1.0f, dA, in);
     if (md->weff || !dinp) return; /* the adapter path is in weff, or no input gradient is wanted */
-    if (a->opt.lora_dropout > 0.0f && ctx->training) {
-        be->gemm(0, 0, N, in, r, s->scaling, s->tmp_r, r, A, in, 0.0f, s->xdrop, in);
-        be->dropout(s->xdrop, s->xdrop, N, in, a->opt.lora_dropout, vd_adapter_dropout_seed(ctx, module), ctx->row0);
-        be->accumulate(dinp, s->xdrop, (size_t)N * in);
-    } else {
-        be->gemm(0, 0, N, in, r, s->scaling, s->tmp_r, r, A, in, 1.0f, dinp, in);
-    }
+    vd_adapter_input_grad(a, module, dinp, s->tmp_r, A, s->scaling, s->xdrop, a->opt.lora_dropout, N, ctx);
 }
 
 static void lora_describe(const vd_adapter *a, char *out, size_t cap) {
@@ -231,6 +227,7 @@ const vd_adapter_ops vd_lora_ops = {
     .trainable_formula = "sum over adapted layers of r * (in + out)",
     .describe = lora_describe,
     .layout = lora_layout,
+    .size = lora_size,
     .init_params = lora_init_params,
     .alloc_acts = lora_alloc_acts,
     .refresh = lora_refresh,

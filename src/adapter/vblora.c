@@ -113,6 +113,32 @@ static void vblora_layout(vd_adapter *a) {
     }
 }
 
+/* layout's bank (num_vectors, vector_length) and per module logits_A (r, in / L, nv), logits_B
+ * (out / L, r, nv), the composed A (r, in), B (out, r) with their top-k indices and weights;
+ * alloc_acts' U per module and scratch */
+static void vblora_size(const vd_adapter_options *opt, const int32_t *in, const int32_t *out, int32_t n_modules,
+                        int32_t max_in, int32_t max_out, size_t N, int bf16, vd_adapter_size *sz) {
+    (void)bf16;
+    vblora_check_options(opt);
+    size_t r = (size_t)opt->r, nv = (size_t)opt->num_vectors, L = (size_t)opt->vector_length;
+    size_t k = (size_t)opt->topk;
+    sz->n_shared = nv * L;
+    sz->n_trainable = sz->n_shared;
+    size_t derived = 0;
+    for (int32_t i = 0; i < n_modules; i++) {
+        if ((size_t)in[i] % L || (size_t)out[i] % L) /* layout names the layer */
+            vd_die("vblora: a layer of shape %d x %d is not divisible by vector_length %d", in[i], out[i], (int)L);
+        size_t rows = r * ((size_t)in[i] / L) + ((size_t)out[i] / L) * r;
+        sz->n_trainable += rows * nv;
+        derived += sizeof(float) * r * ((size_t)in[i] + (size_t)out[i]) + (sizeof(int32_t) + sizeof(float)) * rows * k;
+    }
+    sz->state_bytes = derived + sizeof(float) * ((size_t)n_modules * N * r + N * (size_t)max_in + N * r +
+                                                 r * (size_t)max_in + (size_t)max_out * r);
+    sz->merge_dropout = opt->vblora_dropout;
+    snprintf(sz->shared, sizeof(sz->shared), "shared vector bank: %d x %d (top-%d of %d vectors per sub-vector)",
+             (int)nv, (int)L, (int)k, (int)nv);
+}
+
 /* PEFT's distributions: bank ~ uniform(-bound, bound), logits ~ normal(0, std). The seed rule:
  * one torch generator seeded with opt.seed draws the bank (torch's uniform_ stream), then every
  * logit in params order (module by module, A before B; Box-Muller normals). PEFT draws its bank
@@ -417,6 +443,7 @@ const vd_adapter_ops vd_vblora_ops = {
     .trainable_formula = "num_vectors * vector_length + sum over adapted layers of r * (in + out) / vector_length * num_vectors",
     .describe = vblora_describe,
     .layout = vblora_layout,
+    .size = vblora_size,
     .init_params = vblora_init_params,
     .alloc_acts = vblora_alloc_acts,
     .refresh = vblora_refresh,

@@ -80,6 +80,22 @@ static void vera_layout(vd_adapter *a) {
     vd_adapter_add_saved(a, "base_model.vera_B", "B", s->B, 2, sb);
 }
 
+/* layout's lambda_b (out) and lambda_d (r) per module, the projections A (r, max_in), B (max_out, r)
+ * (and their bf16 copies), alloc_acts' U per module and scratch */
+static void vera_size(const vd_adapter_options *opt, const int32_t *in, const int32_t *out, int32_t n_modules,
+                      int32_t max_in, int32_t max_out, size_t N, int bf16, vd_adapter_size *sz) {
+    (void)in;
+    size_t r = (size_t)opt->r, wide = (size_t)(max_out > max_in ? max_out : max_in), proj = r * max_in + max_out * r;
+    for (int32_t i = 0; i < n_modules; i++) sz->n_trainable += (size_t)out[i] + r;
+    sz->state_bytes = sizeof(float) * (proj + (size_t)n_modules * N * r + N * (size_t)max_in + N * r + N * wide +
+                                       (size_t)max_out * r) +
+                      (bf16 ? sizeof(uint16_t) * proj : 0);
+    sz->merge_dropout = opt->dropout;
+    snprintf(sz->shared, sizeof(sz->shared),
+             "shared projections: A %d x %d, B %d x %d (regenerated on every rank from projection_prng_key %llu)",
+             (int)r, (int)max_in, (int)max_out, (int)r, (unsigned long long)opt->key);
+}
+
 /* b = 0 (so dW = 0 at start), d = d_initial */
 static void vera_init_params(const vd_adapter *a, float *hp) {
     const vera_state *s = vera_of(a);
@@ -175,11 +191,7 @@ static void vera_linear_forward(vd_adapter *a, int32_t module, float *out, const
     vd_adapter_module *md = &a->modules[module];
     int32_t r = a->opt.r, in = md->in, outd = md->out;
     const float *b = a->params + s->off_b[module], *d = a->params + s->off_d[module];
-    const float *x = inp;
-    if (a->opt.dropout > 0.0f && ctx->training) {
-        be->dropout(s->xdrop, inp, N, in, a->opt.dropout, vd_adapter_dropout_seed(ctx, module), ctx->row0);
-        x = s->xdrop;
-    }
+    const float *x = vd_adapter_dropped(a, module, s->xdrop, inp, a->opt.dropout, N, ctx);
     vd_dtype ta, tb;
     const void *A = vera_proj(s->A, s->A16, &ta), *Bp = vera_proj(s->B, s->B16, &tb);
     be->gemm_ex(0, 1, N, r, in, 1.0f, x, VD_DTYPE_F32, in, A, ta, a->max_in, 0.0f, s->U[module], r);
@@ -254,6 +266,7 @@ const vd_adapter_ops vd_vera_ops = {
     .trainable_formula = "sum over adapted layers of out + r",
     .describe = vera_describe,
     .layout = vera_layout,
+    .size = vera_size,
     .init_params = vera_init_params,
     .alloc_acts = vera_alloc_acts,
     .refresh = vera_refresh,

@@ -35,7 +35,7 @@ static inline float vd_vexpf(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    int32_t bits = ((int32_t)kf + 127) << 23;
+    uint32_t bits = (uint32_t)((int32_t)kf + 127) << 23; /* unsigned: a negative biased exponent is not UB */
     float scale;
     memcpy(&scale, &bits, sizeof(scale));
     return p * scale;

@@ -106,6 +106,23 @@ void vd_cli_load_adapter(vd_adapter *a, const char *path) {
     else vd_peft_load_tensors(a, path);
 }
 
+int vd_cli_adapter_from_dir(const vd_config *cfg, const char *path) {
+    static const char *const shape_keys[] = {VD_ADAPTER_SHAPE_KEYS, "r", "target_modules", "d_initial",
+                                             "projection_prng_key"};
+    struct stat st;
+    if (!path || stat(path, &st) != 0 || !S_ISDIR(st.st_mode)) return 0;
+    for (size_t i = 0; i < sizeof(shape_keys) / sizeof(shape_keys[0]); i++)
+        if (vd_config_user_set(cfg, shape_keys[i])) return 0; /* the run's, checked on load */
+    return 1;
+}
+
+void vd_cli_adapter_options(vd_adapter_options *opt, const vd_config *cfg, uint32_t mask, const vd_model *m,
+                            const char *path) {
+    if (vd_cli_adapter_from_dir(cfg, path)) vd_peft_read_options(path, m, opt);
+    else vd_adapter_options_from_config(opt, cfg, mask);
+    opt->dropout = opt->lora_dropout = opt->vblora_dropout = 0.0f; /* inference */
+}
+
 void vd_cli_check_checkpoint_model(const char *who, const char *path, const vd_checkpoint *ck, uint64_t fingerprint,
                                    const char *model) {
     if (ck->model_fingerprint != fingerprint)

@@ -27,8 +27,8 @@ static void eval_usage(void) {
            "                      [--seq_len T] [--batch_size B] [--pack 0|1] [--max_seqs N] [--json]\n"
            "                      [--threads N] [--r R --target_modules ... --projection_prng_key K (with --adapter)]\n"
            "Mean loss and perplexity exp(loss) over the target tokens of the token shards GLOB (masked targets,\n"
-           "such as prompts and padding, take no loss), for the model alone, with a PEFT VeRA adapter (r,\n"
-           "target_modules and projection_prng_key must match its adapter_config.json), or with the vectors of a\n"
+           "such as prompts and padding, take no loss), for the model alone, with a PEFT adapter (VeRA, LoRA,\n"
+           "VB-LoRA: a directory gives its settings; adapter keys given must match its adapter_config.json), or with the vectors of a\n"
            "training checkpoint (HDF5; its stored r, target_modules and key are used, and --model must hold the\n"
            "base model it was trained on). --max_seqs N reads the first N sequences (0 = all). Runs on N ranks\n"
            "with mpirun -np N: the result does not depend on N or on batch_size. --json prints one JSON object.\n");
@@ -106,9 +106,11 @@ int vd_eval_main(int argc, char **argv) {
                (int)mc.max_seq_len, cfg.model);
     uint64_t fingerprint = vd_model_fingerprint(&mc, host_params);
     int with_adapter = adapter || ckpath;
-    uint32_t mask = with_adapter ? vd_model_targets_or_die(vd_model_family_of(mc.arch), cfg.target_modules,
-                                                           sizeof(cfg.target_modules), cfg.model)
-                                 : 0;
+    /* a PEFT directory with no adapter keys given names its own targets (vd_cli_adapter_options) */
+    uint32_t mask = with_adapter && !vd_cli_adapter_from_dir(&cfg, adapter)
+                        ? vd_model_targets_or_die(vd_model_family_of(mc.arch), cfg.target_modules,
+                                                  sizeof(cfg.target_modules), cfg.model)
+                        : 0;
     vd_dataset ds;
     vd_dataset_open(&ds, data, cfg.seq_len, mc.vocab_size, cfg.pack, "data");
     vd_dataset_validate_part(&ds, comm.rank, comm.world);
@@ -124,8 +126,7 @@ int vd_eval_main(int argc, char **argv) {
     memset(&ad, 0, sizeof(ad));
     if (with_adapter) {
         vd_adapter_options ao;
-        vd_adapter_options_from_config(&ao, &cfg, mask);
-        ao.dropout = ao.lora_dropout = ao.vblora_dropout = 0.0f;
+        vd_cli_adapter_options(&ao, &cfg, mask, &model, adapter);
         vd_adapter_init(&ad, be, &model, &ao);
         vd_model_set_adapter(&model, &ad);
         vd_adapter_alloc_acts(&ad, B * T, (int64_t)B * T, VD_WEFF_AUTO);

@@ -49,7 +49,9 @@ int vd_forward_main(int argc, char **argv) {
                "shards of examples, with positions restarting per example) to FILE, and inputs, targets, pos [B,T].\n"
                "--batch FILE instead gives the batch itself (tests): little-endian int32 B, T, then inputs [B,T],\n"
                "targets [B,T] (-1: no loss) and positions [B,T] (query t attends to keys t - pos[t] .. t).\n"
-               "Other configuration keys are refused on the command line (--adapter, not --init_adapter, loads an\n"
+               "--adapter DIR (a PEFT directory) gives the adapter's settings unless adapter keys are given: then they\n"
+               "must match its adapter_config.json. Other configuration keys are refused on the command line\n"
+               "(--adapter, not --init_adapter, loads an\n"
                "adapter); from a --config file they are ignored. A default batch_size or seq_len larger than the\n"
                "shards or the model allow is lowered to fit, with a line saying so.\n");
         return 0;
@@ -78,8 +80,11 @@ int vd_forward_main(int argc, char **argv) {
     float *host_params = vd_model_load(cfg.model, &mc);
     if (vd_config_fit_default(&cfg, "seq_len", mc.max_seq_len, "the model's context (max positions)") < 0)
         vd_die("seq_len: %d is larger than the model's context (max positions %d)", (int)cfg.seq_len, (int)mc.max_seq_len);
-    uint32_t mask = vd_model_targets_or_die(vd_model_family_of(mc.arch), cfg.target_modules, sizeof(cfg.target_modules),
-                                            cfg.model);
+    /* a PEFT directory with no adapter keys given names its own targets (vd_cli_adapter_options) */
+    uint32_t mask = vd_cli_adapter_from_dir(&cfg, adapter)
+                        ? 0
+                        : vd_model_targets_or_die(vd_model_family_of(mc.arch), cfg.target_modules,
+                                                  sizeof(cfg.target_modules), cfg.model);
     vd_dataset ds;
     memset(&ds, 0, sizeof(ds));
     if (tokens) {
@@ -121,8 +126,7 @@ int vd_forward_main(int argc, char **argv) {
     vd_model_alloc_acts(&model, B, T);
     vd_adapter ad;
     vd_adapter_options ao;
-    vd_adapter_options_from_config(&ao, &cfg, mask);
-    ao.dropout = ao.lora_dropout = ao.vblora_dropout = 0.0f;
+    vd_cli_adapter_options(&ao, &cfg, mask, &model, adapter);
     vd_adapter_init(&ad, be, &model, &ao);
     vd_model_set_adapter(&model, &ad);
     vd_adapter_alloc_acts(&ad, N, N, VD_WEFF_AUTO);

@@ -178,6 +178,11 @@ static const vd_key g_keys[] = {
     {"save_only_topk_weights", "vblora", KT_BOOL, FIELD(save_only_topk_weights), "0", 0, 1, RESUME_FREE, NULL,
      "VB-LoRA: PEFT exports keep only the top-k indices and weights of the logits (smaller; for merging "
      "and inference only, never resumed)"},
+    /* appended at the end for the same reason: a checkpoint without this line ran with none */
+    {"recompute", "train", KT_STRING, FIELD(recompute), "none", 0, 0, RESUME_FREE, "none|block",
+     "activation memory: none keeps every block's activations for the backward; block keeps only each "
+     "block's input and recomputes the block's activations right before its backward (less memory, "
+     "one more forward of the blocks; bit-identical results). May differ on resume"},
 };
 #define NKEYS ((int)(sizeof(g_keys) / sizeof(g_keys[0])))
 _Static_assert(sizeof(g_keys) / sizeof(g_keys[0]) <= VD_CONFIG_MAX_KEYS, "vd_config.from has no room for every key");

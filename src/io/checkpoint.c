@@ -1044,6 +1044,16 @@ static int cmp_name_ref(const void *a, const void *b) {
     return c ? c : (x->index > y->index) - (x->index < y->index);
 }
 
+/* Sorts the n names of `what` (an attribute's list) and fails naming the first one listed twice. */
+static int names_unique_or_fail(ck_reader *r, name_ref *sorted, size_t n, const char *what) {
+    qsort(sorted, n, sizeof(name_ref), cmp_name_ref);
+    for (size_t i = 1; i < n; i++)
+        if (strcmp(sorted[i - 1].name, sorted[i].name) == 0)
+            return rfail(r, "%s lists '%s' twice (entries %d and %d)", what, sorted[i].name, (int)sorted[i - 1].index,
+                         (int)sorted[i].index);
+    return 0;
+}
+
 /* /adapter's module table into ck->modules, n_modules and n_trainable (version 2: the stored
  * module_out, module_off_b, module_off_d, n_trainable; version 1: the lengths of the lambda_b
  * datasets and the implied back-to-back layout), then checks that it is self-consistent:
@@ -1117,13 +1127,7 @@ static int r_module_table(ck_reader *r, hid_t g, int32_t version, vd_checkpoint 
         memcpy(ck->modules[i].name, s, strlen(s) + 1);
         sorted[i] = (name_ref){ck->modules[i].name, i};
     }
-    qsort(sorted, (size_t)n, sizeof(name_ref), cmp_name_ref);
-    for (size_t i = 1; i < (size_t)n; i++)
-        if (strcmp(sorted[i - 1].name, sorted[i].name) == 0) {
-            rfail(r, "%s lists '%s' twice (entries %d and %d)", what, sorted[i].name, (int)sorted[i - 1].index,
-                  (int)sorted[i].index);
-            goto done;
-        }
+    if (names_unique_or_fail(r, sorted, (size_t)n, what)) goto done;
 
     uint64_t n_trainable = 0;
     if (version >= 2) {
@@ -1282,13 +1286,7 @@ static int r_tensor_table(ck_reader *r, hid_t g, vd_checkpoint *ck) {
         t->offset = off;
         off += t->numel;
     }
-    qsort(sorted, (size_t)n, sizeof(name_ref), cmp_name_ref);
-    for (size_t i = 1; i < (size_t)n; i++)
-        if (strcmp(sorted[i - 1].name, sorted[i].name) == 0) {
-            rfail(r, "%s lists '%s' twice (entries %d and %d)", what, sorted[i].name, (int)sorted[i - 1].index,
-                  (int)sorted[i].index);
-            goto done;
-        }
+    if (names_unique_or_fail(r, sorted, (size_t)n, what)) goto done;
     if (n_trainable != off) {
         rfail(r, "attribute n_trainable of /adapter is %llu; the tensors of tensor_order add up to %llu",
               (unsigned long long)n_trainable, (unsigned long long)off);

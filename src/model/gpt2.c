@@ -56,10 +56,14 @@ void vd_gpt2_init(vd_gpt2 *m, const vd_backend *be, const vd_gpt2_config *cfg, c
 }
 
 /* The activation buffers, in one place: allocates them when be is set, and returns their
- * total bytes either way (inspect estimates memory with be = NULL). */
-static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config *cfg, int32_t B, int32_t T) {
+ * total bytes either way (inspect estimates memory with be = NULL). The block's own activations
+ * (ln1 .. fch_gelu) exist once per layer, or once in all under recompute (the backward rebuilds
+ * them block by block from residual3, which is always kept: it holds every block's input). */
+static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config *cfg, int32_t B, int32_t T,
+                        int recompute) {
     size_t L = (size_t)cfg->n_layer, C = (size_t)cfg->channels, NH = (size_t)cfg->n_head;
     size_t V = (size_t)cfg->vocab_size, N = (size_t)B * T;
+    size_t LB = recompute ? 1 : L; /* block slots */
     size_t total = 0;
 #define ACT(ptr, count)                                         \
     do {                                                        \
@@ -67,18 +71,18 @@ static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config 
         if (be) (ptr) = be->alloc(sizeof(float) * (count));     \
     } while (0)
     ACT(m->encoded, N * C);
-    ACT(m->ln1, L * N * C);
-    ACT(m->ln1_mean, L * N);
-    ACT(m->ln1_rstd, L * N);
-    ACT(m->qkv, L * N * 3 * C);
-    ACT(m->atty, L * N * C);
-    ACT(m->att, L * (size_t)B * NH * T * T);
-    ACT(m->residual2, L * N * C);
-    ACT(m->ln2, L * N * C);
-    ACT(m->ln2_mean, L * N);
-    ACT(m->ln2_rstd, L * N);
-    ACT(m->fch, L * N * 4 * C);
-    ACT(m->fch_gelu, L * N * 4 * C);
+    ACT(m->ln1, LB * N * C);
+    ACT(m->ln1_mean, LB * N);
+    ACT(m->ln1_rstd, LB * N);
+    ACT(m->qkv, LB * N * 3 * C);
+    ACT(m->atty, LB * N * C);
+    ACT(m->att, LB * (size_t)B * NH * T * T);
+    ACT(m->residual2, LB * N * C);
+    ACT(m->ln2, LB * N * C);
+    ACT(m->ln2_mean, LB * N);
+    ACT(m->ln2_rstd, LB * N);
+    ACT(m->fch, LB * N * 4 * C);
+    ACT(m->fch_gelu, LB * N * 4 * C);
     ACT(m->residual3, L * N * C);
     ACT(m->lnf, N * C);
     ACT(m->lnf_mean, N);
@@ -105,12 +109,12 @@ static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config 
 void vd_gpt2_alloc_acts(vd_gpt2 *m, int32_t B, int32_t T) {
     m->B = B;
     m->T = T;
-    gpt2_acts(m, m->be, &m->config, B, T);
+    gpt2_acts(m, m->be, &m->config, B, T, m->recompute);
 }
 
-size_t vd_gpt2_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T) {
+size_t vd_gpt2_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute) {
     vd_gpt2 scratch;
-    return gpt2_acts(&scratch, NULL, cfg, B, T);
+    return gpt2_acts(&scratch, NULL, cfg, B, T, recompute);
 }
 
 /* the frozen weight of block l's linear layer `kind` (F32 or BF16) */
@@ -120,15 +124,75 @@ static int32_t gpt2_module(const vd_gpt2 *m, int32_t l, int kind) {
     return m->adapter ? m->adapter->module_of[l * 4 + kind] : -1;
 }
 
+/* Block l's activations for a forward of B sequences: layer l's slice, or under recompute the
+ * one shared slot every block uses in turn. */
+typedef struct {
+    float *ln1, *ln1_mean, *ln1_rstd; /* (N, C), (N), (N) */
+    float *qkv;                       /* (N, 3C) */
+    float *atty;                      /* (N, C) */
+    float *att;                       /* (B, NH, T, T) */
+    float *res2;                      /* (N, C) */
+    float *ln2, *ln2_mean, *ln2_rstd; /* (N, C), (N), (N) */
+    float *fch, *fch_gelu;            /* (N, 4C) */
+} gpt2_block_acts;
+
+static gpt2_block_acts gpt2_block(const vd_gpt2 *m, int32_t l, int32_t B) {
+    size_t s = m->recompute ? 0 : (size_t)l, N = (size_t)B * m->T, C = (size_t)m->config.channels;
+    size_t NC = N * C;
+    return (gpt2_block_acts){
+        .ln1 = m->ln1 + s * NC, .ln1_mean = m->ln1_mean + s * N, .ln1_rstd = m->ln1_rstd + s * N,
+        .qkv = m->qkv + s * NC * 3, .atty = m->atty + s * NC,
+        .att = m->att + s * (size_t)B * m->config.n_head * m->T * m->T,
+        .res2 = m->residual2 + s * NC, .ln2 = m->ln2 + s * NC, .ln2_mean = m->ln2_mean + s * N,
+        .ln2_rstd = m->ln2_rstd + s * N, .fch = m->fch + s * NC * 4, .fch_gelu = m->fch_gelu + s * NC * 4};
+}
+
+/* the input of block l (the residual stream entering it) */
+static const float *gpt2_block_input(const vd_gpt2 *m, int32_t l, int32_t B) {
+    return l == 0 ? m->encoded : m->residual3 + (size_t)(l - 1) * B * m->T * m->config.channels;
+}
+
+/* The forward of block l on B sequences: residual3[l] = block(input of block l), the block's
+ * activations into gpt2_block(l). The forward and the recompute in the backward both run this,
+ * so the recomputed activations are bit for bit the forward's. */
+static void gpt2_block_forward(vd_gpt2 *m, int32_t l, int32_t B, const vd_fwd_ctx *ctx) {
+    const vd_backend *be = m->be;
+    int32_t T = m->T, C = m->config.channels, NH = m->config.n_head, N = B * T;
+    size_t NC = (size_t)N * C;
+    float eps = m->config.ln_eps;
+    const vd_gpt2_params *p = &m->params;
+    vd_adapter *ad = m->adapter;
+    gpt2_block_acts a = gpt2_block(m, l, B);
+    const float *residual = gpt2_block_input(m, l, B);
+    float *res3 = m->residual3 + (size_t)l * NC;
+    be->layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, p->ln1w + (size_t)l * C, p->ln1b + (size_t)l * C,
+                          N, C, eps);
+    vd_linear_forward(ad, be, gpt2_module(m, l, 0), a.qkv, a.ln1, gpt2_w(m, l, 0), p->qkvb + (size_t)l * 3 * C, N, C,
+                      3 * C, ctx);
+    vd_attn_shape ash = {.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
+                         .q_stride = 3 * C, .kv_stride = 3 * C, .pos = m->last_pos};
+    be->attention_forward(a.atty, a.att, a.qkv, a.qkv + C, a.qkv + 2 * C, &ash);
+    vd_linear_forward(ad, be, gpt2_module(m, l, 1), m->proj_out, a.atty, gpt2_w(m, l, 1), p->attprojb + (size_t)l * C,
+                      N, C, C, ctx);
+    be->add(a.res2, residual, m->proj_out, NC);
+    be->layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, p->ln2w + (size_t)l * C, p->ln2b + (size_t)l * C, N,
+                          C, eps);
+    vd_linear_forward(ad, be, gpt2_module(m, l, 2), a.fch, a.ln2, gpt2_w(m, l, 2), p->fcb + (size_t)l * 4 * C, N, C,
+                      4 * C, ctx);
+    be->gelu_forward(a.fch_gelu, a.fch, NC * 4);
+    vd_linear_forward(ad, be, gpt2_module(m, l, 3), m->proj_out, a.fch_gelu, gpt2_w(m, l, 3),
+                      p->fcprojb + (size_t)l * C, N, 4 * C, C, ctx);
+    be->add(res3, a.res2, m->proj_out, NC);
+}
+
 double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets, const int32_t *pos, int32_t nb,
                        const vd_fwd_ctx *ctx) {
     const vd_backend *be = m->be;
     vd_require(m->encoded != NULL && nb >= 1 && nb <= m->B);
-    int32_t B = nb, T = m->T, C = m->config.channels, NH = m->config.n_head, V = m->config.vocab_size;
+    int32_t B = nb, T = m->T, C = m->config.channels, V = m->config.vocab_size;
     int32_t L = m->config.n_layer, N = B * T;
     float eps = m->config.ln_eps;
     vd_gpt2_params *p = &m->params;
-    vd_adapter *ad = m->adapter;
     m->last_B = nb;
 
     be->to_device(m->inputs, inputs, sizeof(int32_t) * (size_t)N);
@@ -139,32 +203,7 @@ double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets
         m->last_pos = m->pos;
     }
     be->encoder_forward(m->encoded, m->inputs, p->wte, p->wpe, m->last_pos, B, T, C);
-    for (int32_t l = 0; l < L; l++) {
-        size_t NC = (size_t)N * C;
-        const float *residual = l == 0 ? m->encoded : m->residual3 + (size_t)(l - 1) * NC;
-        float *ln1 = m->ln1 + l * NC, *qkv = m->qkv + l * NC * 3, *atty = m->atty + l * NC;
-        float *att = m->att + (size_t)l * B * NH * T * T;
-        float *res2 = m->residual2 + l * NC, *ln2 = m->ln2 + l * NC;
-        float *fch = m->fch + l * NC * 4, *fch_gelu = m->fch_gelu + l * NC * 4, *res3 = m->residual3 + l * NC;
-        be->layernorm_forward(ln1, m->ln1_mean + (size_t)l * N, m->ln1_rstd + (size_t)l * N, residual,
-                              p->ln1w + (size_t)l * C, p->ln1b + (size_t)l * C, N, C, eps);
-        vd_linear_forward(ad, be, gpt2_module(m, l, 0), qkv, ln1, gpt2_w(m, l, 0),
-                          p->qkvb + (size_t)l * 3 * C, N, C, 3 * C, ctx);
-        vd_attn_shape ash = {.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
-                             .q_stride = 3 * C, .kv_stride = 3 * C, .pos = m->last_pos};
-        be->attention_forward(atty, att, qkv, qkv + C, qkv + 2 * C, &ash);
-        vd_linear_forward(ad, be, gpt2_module(m, l, 1), m->proj_out, atty, gpt2_w(m, l, 1),
-                          p->attprojb + (size_t)l * C, N, C, C, ctx);
-        be->add(res2, residual, m->proj_out, NC);
-        be->layernorm_forward(ln2, m->ln2_mean + (size_t)l * N, m->ln2_rstd + (size_t)l * N, res2,
-                              p->ln2w + (size_t)l * C, p->ln2b + (size_t)l * C, N, C, eps);
-        vd_linear_forward(ad, be, gpt2_module(m, l, 2), fch, ln2, gpt2_w(m, l, 2),
-                          p->fcb + (size_t)l * 4 * C, N, C, 4 * C, ctx);
-        be->gelu_forward(fch_gelu, fch, NC * 4);
-        vd_linear_forward(ad, be, gpt2_module(m, l, 3), m->proj_out, fch_gelu,
-                          gpt2_w(m, l, 3), p->fcprojb + (size_t)l * C, N, 4 * C, C, ctx);
-        be->add(res3, res2, m->proj_out, NC);
-    }
+    for (int32_t l = 0; l < L; l++) gpt2_block_forward(m, l, B, ctx);
     const float *last = m->residual3 + (size_t)(L - 1) * N * C;
     be->layernorm_forward(m->lnf, m->lnf_mean, m->lnf_rstd, last, p->lnfw, p->lnfb, N, C, eps);
     /* tied LM head: logits = lnf wte^T; in training dlnf (dbuf_a) too, chunk by chunk */
@@ -194,31 +233,32 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
                            m->lnf_rstd, N, C);
     /* m->dresidual now holds dL/d(output of block l); walk the blocks backwards */
     for (int32_t l = L - 1; l >= 0; l--) {
-        const float *residual = l == 0 ? m->encoded : m->residual3 + (size_t)(l - 1) * NC;
+        /* recompute: rebuild this block's activations (and the adapter's per-module state, which
+         * the same calls write again with the same values) from its saved input */
+        if (m->recompute) gpt2_block_forward(m, l, B, ctx);
+        gpt2_block_acts a = gpt2_block(m, l, B);
+        const float *residual = gpt2_block_input(m, l, B);
         float *dfch_gelu = m->dbuf_a, *dfch = m->dbuf_b;
         vd_linear_backward(ad, be, gpt2_module(m, l, 3), dfch_gelu, m->dresidual,
                            gpt2_w(m, l, 3), N, 4 * C, C, ctx);
-        be->gelu_backward(dfch, m->fch + l * NC * 4, dfch_gelu, NC * 4);
+        be->gelu_backward(dfch, a.fch, dfch_gelu, NC * 4);
         float *dln2 = m->dbuf_a;
         vd_linear_backward(ad, be, gpt2_module(m, l, 2), dln2, dfch, gpt2_w(m, l, 2), N, C,
                            4 * C, ctx);
-        be->layernorm_backward(m->dresidual, dln2, m->residual2 + l * NC, p->ln2w + (size_t)l * C,
-                               m->ln2_mean + (size_t)l * N, m->ln2_rstd + (size_t)l * N, N, C);
+        be->layernorm_backward(m->dresidual, dln2, a.res2, p->ln2w + (size_t)l * C, a.ln2_mean, a.ln2_rstd, N, C);
         float *datty = m->dbuf_a;
         vd_linear_backward(ad, be, gpt2_module(m, l, 1), datty, m->dresidual, gpt2_w(m, l, 1),
                            N, C, C, ctx);
-        const float *qkv = m->qkv + l * NC * 3;
         vd_attn_shape ash = {.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
                              .q_stride = 3 * C, .kv_stride = 3 * C, .pos = m->last_pos};
-        be->attention_backward(m->dqkv, m->dqkv + C, m->dqkv + 2 * C, m->datt, datty, qkv, qkv + C, qkv + 2 * C,
-                               m->att + (size_t)l * B * NH * T * T, &ash);
+        be->attention_backward(m->dqkv, m->dqkv + C, m->dqkv + 2 * C, m->datt, datty, a.qkv, a.qkv + C, a.qkv + 2 * C,
+                               a.att, &ash);
         /* block 0's input is the frozen embedding's output: no gradient below c_attn's adapter */
         float *dln1 = l == 0 ? NULL : m->dbuf_a;
         vd_linear_backward(ad, be, gpt2_module(m, l, 0), dln1, m->dqkv, gpt2_w(m, l, 0), N, C,
                            3 * C, ctx);
         if (l == 0) break;
-        be->layernorm_backward(m->dresidual, dln1, residual, p->ln1w + (size_t)l * C,
-                               m->ln1_mean + (size_t)l * N, m->ln1_rstd + (size_t)l * N, N, C);
+        be->layernorm_backward(m->dresidual, dln1, residual, p->ln1w + (size_t)l * C, a.ln1_mean, a.ln1_rstd, N, C);
     }
 }
 

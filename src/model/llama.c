@@ -455,8 +455,11 @@ void vd_llama_init(vd_llama *m, const vd_backend *be, const vd_model_config *cfg
 }
 
 /* The activation buffers, in one place: allocates them when be is set, and returns their
- * total bytes either way (inspect estimates memory with be = NULL). */
-static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_config *cfg, int32_t B, int32_t T) {
+ * total bytes either way (inspect estimates memory with be = NULL). The block's own activations
+ * (xn1 .. act) exist once per layer, or once in all under recompute (the backward rebuilds them
+ * block by block from resid, which is always kept: it holds every block's input). */
+static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_config *cfg, int32_t B, int32_t T,
+                         int recompute) {
     const vd_model_config *c = cfg;
     size_t L = (size_t)c->n_layer, C = (size_t)c->channels, Q = (size_t)llama_q(c), KV = (size_t)llama_kv(c);
     size_t I = (size_t)c->intermediate, V = (size_t)c->vocab_size, NH = (size_t)c->n_head, N = (size_t)B * T;
@@ -469,19 +472,20 @@ static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_confi
         if (be) (ptr) = be->alloc(sizeof(float) * (count));     \
     } while (0)
     ACT(m->resid, (L + 1) * N * C);
-    ACT(m->xn1, L * N * C);
-    ACT(m->rstd1, L * N);
-    ACT(m->q, L * N * Q);
-    ACT(m->k, L * N * KV);
-    ACT(m->v, L * N * KV);
-    ACT(m->att, L * (size_t)B * NH * T * T);
-    ACT(m->atty, L * N * Q);
-    ACT(m->resid_mid, L * N * C);
-    ACT(m->xn2, L * N * C);
-    ACT(m->rstd2, L * N);
-    ACT(m->gate, L * N * I);
-    ACT(m->up, L * N * I);
-    ACT(m->act, L * N * I);
+    size_t LB = recompute ? 1 : L; /* block slots */
+    ACT(m->xn1, LB * N * C);
+    ACT(m->rstd1, LB * N);
+    ACT(m->q, LB * N * Q);
+    ACT(m->k, LB * N * KV);
+    ACT(m->v, LB * N * KV);
+    ACT(m->att, LB * (size_t)B * NH * T * T);
+    ACT(m->atty, LB * N * Q);
+    ACT(m->resid_mid, LB * N * C);
+    ACT(m->xn2, LB * N * C);
+    ACT(m->rstd2, LB * N);
+    ACT(m->gate, LB * N * I);
+    ACT(m->up, LB * N * I);
+    ACT(m->act, LB * N * I);
     ACT(m->xnf, N * C);
     ACT(m->rstdf, N);
     ACT(m->logits, (N < VD_HEAD_CHUNK ? N : VD_HEAD_CHUNK) * V);
@@ -510,12 +514,12 @@ static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_confi
 void vd_llama_alloc_acts(vd_llama *m, int32_t B, int32_t T) {
     m->B = B;
     m->T = T;
-    llama_acts(m, m->be, &m->config, B, T);
+    llama_acts(m, m->be, &m->config, B, T, m->recompute);
 }
 
-size_t vd_llama_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T) {
+size_t vd_llama_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute) {
     vd_llama scratch;
-    return llama_acts(&scratch, NULL, cfg, B, T);
+    return llama_acts(&scratch, NULL, cfg, B, T, recompute);
 }
 
 /* the frozen weight of block l's linear layer `kind` (F32 or BF16) */
@@ -533,15 +537,76 @@ static vd_attn_shape llama_attn_shape(const vd_llama *m, int32_t B) {
 /* bias of layer l, or NULL when the model has none */
 static const float *llama_bias(const float *b, int32_t l, int32_t n) { return b ? b + (size_t)l * n : NULL; }
 
+/* Block l's activations for a forward of B sequences: layer l's slice, or under recompute the
+ * one shared slot every block uses in turn. */
+typedef struct {
+    float *xn1, *rstd1;       /* (N, C), (N) */
+    float *q, *k, *v;         /* (N, Q), (N, KV), (N, KV) after RoPE */
+    float *att;               /* (B, NH, T, T) */
+    float *atty;              /* (N, Q) */
+    float *mid;               /* (N, C) after the attention residual */
+    float *xn2, *rstd2;       /* (N, C), (N) */
+    float *gate, *up, *act;   /* (N, I) */
+} llama_block_acts;
+
+static llama_block_acts llama_block(const vd_llama *m, int32_t l, int32_t B) {
+    const vd_model_config *c = &m->config;
+    size_t s = m->recompute ? 0 : (size_t)l, N = (size_t)B * m->T, NC = N * (size_t)c->channels;
+    size_t NQ = N * (size_t)llama_q(c), NKV = N * (size_t)llama_kv(c), NI = N * (size_t)c->intermediate;
+    return (llama_block_acts){
+        .xn1 = m->xn1 + s * NC, .rstd1 = m->rstd1 + s * N, .q = m->q + s * NQ, .k = m->k + s * NKV,
+        .v = m->v + s * NKV, .att = m->att + s * (size_t)B * c->n_head * m->T * m->T, .atty = m->atty + s * NQ,
+        .mid = m->resid_mid + s * NC, .xn2 = m->xn2 + s * NC, .rstd2 = m->rstd2 + s * N, .gate = m->gate + s * NI,
+        .up = m->up + s * NI, .act = m->act + s * NI};
+}
+
+/* The forward of block l on B sequences: resid[l + 1] = block(resid[l]), the block's activations
+ * into llama_block(l). The forward and the recompute in the backward both run this, so the
+ * recomputed activations are bit for bit the forward's. */
+static void llama_block_forward(vd_llama *m, int32_t l, int32_t B, const vd_fwd_ctx *ctx) {
+    const vd_backend *be = m->be;
+    const vd_model_config *c = &m->config;
+    int32_t T = m->T, C = c->channels, Q = llama_q(c), KV = llama_kv(c), I = c->intermediate;
+    int32_t N = B * T, NH = c->n_head, NKV = c->n_kv_head, hd = c->head_dim;
+    const vd_llama_params *p = &m->params;
+    vd_adapter *ad = m->adapter;
+    size_t NC = (size_t)N * C;
+    vd_attn_shape sh = llama_attn_shape(m, B);
+    llama_block_acts a = llama_block(m, l, B);
+    const float *x = m->resid + (size_t)l * NC;
+    /* attention */
+    be->rmsnorm_forward(a.xn1, a.rstd1, x, p->attn_norm + (size_t)l * C, N, C, c->ln_eps);
+    vd_linear_forward(ad, be, llama_module(m, l, K_Q), a.q, a.xn1, llama_w(m, l, K_Q), llama_bias(p->bq, l, Q), N, C,
+                      Q, ctx);
+    vd_linear_forward(ad, be, llama_module(m, l, K_K), a.k, a.xn1, llama_w(m, l, K_K), llama_bias(p->bk, l, KV), N,
+                      C, KV, ctx);
+    vd_linear_forward(ad, be, llama_module(m, l, K_V), a.v, a.xn1, llama_w(m, l, K_V), llama_bias(p->bv, l, KV), N,
+                      C, KV, ctx);
+    be->rope(a.q, m->inv_freq, m->last_pos, B, T, NH, hd, Q, 0);
+    be->rope(a.k, m->inv_freq, m->last_pos, B, T, NKV, hd, KV, 0);
+    be->attention_forward(a.atty, a.att, a.q, a.k, a.v, &sh);
+    vd_linear_forward(ad, be, llama_module(m, l, K_O), m->proj_out, a.atty, llama_w(m, l, K_O),
+                      llama_bias(p->bo, l, C), N, Q, C, ctx);
+    be->add(a.mid, x, m->proj_out, NC);
+    /* MLP */
+    be->rmsnorm_forward(a.xn2, a.rstd2, a.mid, p->mlp_norm + (size_t)l * C, N, C, c->ln_eps);
+    vd_linear_forward(ad, be, llama_module(m, l, K_GATE), a.gate, a.xn2, llama_w(m, l, K_GATE),
+                      llama_bias(p->bg, l, I), N, C, I, ctx);
+    vd_linear_forward(ad, be, llama_module(m, l, K_UP), a.up, a.xn2, llama_w(m, l, K_UP), llama_bias(p->bu, l, I),
+                      N, C, I, ctx);
+    be->swiglu_forward(a.act, a.gate, a.up, (size_t)N * I);
+    vd_linear_forward(ad, be, llama_module(m, l, K_DOWN), m->proj_out, a.act, llama_w(m, l, K_DOWN),
+                      llama_bias(p->bd, l, C), N, I, C, ctx);
+    be->add(m->resid + (size_t)(l + 1) * NC, a.mid, m->proj_out, NC);
+}
+
 double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targets, const int32_t *pos, int32_t nb,
                         const vd_fwd_ctx *ctx) {
     const vd_backend *be = m->be;
     vd_require(m->resid != NULL && nb >= 1 && nb <= m->B);
     const vd_model_config *c = &m->config;
-    int32_t B = nb, T = m->T, C = c->channels, Q = llama_q(c), KV = llama_kv(c), I = c->intermediate;
-    int32_t V = c->vocab_size, L = c->n_layer, N = B * T, NH = c->n_head, NKV = c->n_kv_head, hd = c->head_dim;
+    int32_t B = nb, T = m->T, C = c->channels, V = c->vocab_size, L = c->n_layer, N = B * T;
     const vd_llama_params *p = &m->params;
-    vd_adapter *ad = m->adapter;
     size_t NC = (size_t)N * C;
     m->last_B = nb;
     /* positions (packed examples restart them): RoPE angles and the attention window; NULL = t */
@@ -550,41 +615,10 @@ double vd_llama_forward(vd_llama *m, const int32_t *inputs, const int32_t *targe
         be->to_device(m->pos, pos, sizeof(int32_t) * (size_t)N);
         m->last_pos = m->pos;
     }
-    vd_attn_shape sh = llama_attn_shape(m, B);
 
     be->to_device(m->inputs, inputs, sizeof(int32_t) * (size_t)N);
     be->encoder_forward(m->resid, m->inputs, p->embed, NULL, NULL, B, T, C);
-    for (int32_t l = 0; l < L; l++) {
-        const float *x = m->resid + (size_t)l * NC;
-        float *xn1 = m->xn1 + (size_t)l * NC, *xn2 = m->xn2 + (size_t)l * NC, *mid = m->resid_mid + (size_t)l * NC;
-        float *q = m->q + (size_t)l * N * Q, *k = m->k + (size_t)l * N * KV, *v = m->v + (size_t)l * N * KV;
-        float *atty = m->atty + (size_t)l * N * Q, *att = m->att + (size_t)l * B * NH * T * T;
-        float *gate = m->gate + (size_t)l * N * I, *up = m->up + (size_t)l * N * I, *act = m->act + (size_t)l * N * I;
-        /* attention */
-        be->rmsnorm_forward(xn1, m->rstd1 + (size_t)l * N, x, p->attn_norm + (size_t)l * C, N, C, c->ln_eps);
-        vd_linear_forward(ad, be, llama_module(m, l, K_Q), q, xn1, llama_w(m, l, K_Q), llama_bias(p->bq, l, Q),
-                          N, C, Q, ctx);
-        vd_linear_forward(ad, be, llama_module(m, l, K_K), k, xn1, llama_w(m, l, K_K),
-                          llama_bias(p->bk, l, KV), N, C, KV, ctx);
-        vd_linear_forward(ad, be, llama_module(m, l, K_V), v, xn1, llama_w(m, l, K_V),
-                          llama_bias(p->bv, l, KV), N, C, KV, ctx);
-        be->rope(q, m->inv_freq, m->last_pos, B, T, NH, hd, Q, 0);
-        be->rope(k, m->inv_freq, m->last_pos, B, T, NKV, hd, KV, 0);
-        be->attention_forward(atty, att, q, k, v, &sh);
-        vd_linear_forward(ad, be, llama_module(m, l, K_O), m->proj_out, atty, llama_w(m, l, K_O),
-                          llama_bias(p->bo, l, C), N, Q, C, ctx);
-        be->add(mid, x, m->proj_out, NC);
-        /* MLP */
-        be->rmsnorm_forward(xn2, m->rstd2 + (size_t)l * N, mid, p->mlp_norm + (size_t)l * C, N, C, c->ln_eps);
-        vd_linear_forward(ad, be, llama_module(m, l, K_GATE), gate, xn2, llama_w(m, l, K_GATE),
-                          llama_bias(p->bg, l, I), N, C, I, ctx);
-        vd_linear_forward(ad, be, llama_module(m, l, K_UP), up, xn2, llama_w(m, l, K_UP),
-                          llama_bias(p->bu, l, I), N, C, I, ctx);
-        be->swiglu_forward(act, gate, up, (size_t)N * I);
-        vd_linear_forward(ad, be, llama_module(m, l, K_DOWN), m->proj_out, act, llama_w(m, l, K_DOWN),
-                          llama_bias(p->bd, l, C), N, I, C, ctx);
-        be->add(m->resid + (size_t)(l + 1) * NC, mid, m->proj_out, NC);
-    }
+    for (int32_t l = 0; l < L; l++) llama_block_forward(m, l, B, ctx);
     be->rmsnorm_forward(m->xnf, m->rstdf, m->resid + (size_t)L * NC, p->norm, N, C, c->ln_eps);
     const float *head = p->lm_head ? p->lm_head : p->embed;
     /* logits = xnf head^T; in training dxnf (dx) too, chunk by chunk */
@@ -615,20 +649,21 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
     be->rmsnorm_backward(m->dres, m->dx, m->resid + (size_t)L * NC, p->norm, m->rstdf, N, C);
     /* m->dres holds dL/d(output of block l) */
     for (int32_t l = L - 1; l >= 0; l--) {
-        const float *x = m->resid + (size_t)l * NC, *mid = m->resid_mid + (size_t)l * NC;
-        const float *q = m->q + (size_t)l * N * Q, *k = m->k + (size_t)l * N * KV, *v = m->v + (size_t)l * N * KV;
-        const float *att = m->att + (size_t)l * B * NH * T * T;
-        const float *gate = m->gate + (size_t)l * N * I, *up = m->up + (size_t)l * N * I;
+        /* recompute: rebuild this block's activations (and the adapter's per-module state, which
+         * the same calls write again with the same values) from its saved input */
+        if (m->recompute) llama_block_forward(m, l, B, ctx);
+        llama_block_acts a = llama_block(m, l, B);
+        const float *x = m->resid + (size_t)l * NC;
         /* MLP: down, SwiGLU, then gate and up share the normed input */
         vd_linear_backward(ad, be, llama_module(m, l, K_DOWN), m->dx, m->dres, llama_w(m, l, K_DOWN), N, I, C, ctx);
-        be->swiglu_backward(m->dgate, m->dup, gate, up, m->dx, (size_t)N * I);
+        be->swiglu_backward(m->dgate, m->dup, a.gate, a.up, m->dx, (size_t)N * I);
         vd_linear_backward(ad, be, llama_module(m, l, K_GATE), m->dx, m->dgate, llama_w(m, l, K_GATE), N, C, I, ctx);
         vd_linear_backward(ad, be, llama_module(m, l, K_UP), m->dtmp, m->dup, llama_w(m, l, K_UP), N, C, I, ctx);
         be->accumulate(m->dx, m->dtmp, NC);
-        be->rmsnorm_backward(m->dres, m->dx, mid, p->mlp_norm + (size_t)l * C, m->rstd2 + (size_t)l * N, N, C);
+        be->rmsnorm_backward(m->dres, m->dx, a.mid, p->mlp_norm + (size_t)l * C, a.rstd2, N, C);
         /* attention: o_proj, attention, RoPE backwards, then q, k, v share the normed input */
         vd_linear_backward(ad, be, llama_module(m, l, K_O), m->dx, m->dres, llama_w(m, l, K_O), N, Q, C, ctx);
-        be->attention_backward(m->dq, m->dk, m->dv, m->datt, m->dx, q, k, v, att, &sh);
+        be->attention_backward(m->dq, m->dk, m->dv, m->datt, m->dx, a.q, a.k, a.v, a.att, &sh);
         be->rope(m->dq, m->inv_freq, m->last_pos, B, T, NH, hd, Q, 1);
         be->rope(m->dk, m->inv_freq, m->last_pos, B, T, NKV, hd, KV, 1);
         /* block 0's input is the frozen embedding's output: q, k, v give their adapters'
@@ -640,7 +675,7 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
         vd_linear_backward(ad, be, llama_module(m, l, K_V), dxkv, m->dv, llama_w(m, l, K_V), N, C, KV, ctx);
         if (l == 0) break;
         be->accumulate(m->dx, m->dtmp, NC);
-        be->rmsnorm_backward(m->dres, m->dx, x, p->attn_norm + (size_t)l * C, m->rstd1 + (size_t)l * N, N, C);
+        be->rmsnorm_backward(m->dres, m->dx, x, p->attn_norm + (size_t)l * C, a.rstd1, N, C);
     }
 }
 

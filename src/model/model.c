@@ -264,8 +264,16 @@ void vd_model_init(vd_model *m, const vd_backend *be, const vd_model_config *cfg
     vd_model_init_typed(m, be, cfg, host_params, VD_DTYPE_F32);
 }
 
-size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T) {
-    return cfg->arch == VD_ARCH_GPT2 ? vd_gpt2_act_bytes(cfg, B, T) : vd_llama_act_bytes(cfg, B, T);
+size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute) {
+    return cfg->arch == VD_ARCH_GPT2 ? vd_gpt2_act_bytes(cfg, B, T, recompute)
+                                     : vd_llama_act_bytes(cfg, B, T, recompute);
+}
+
+void vd_model_set_recompute(vd_model *m, int recompute) {
+    /* it decides the activations' shapes: they must not exist yet */
+    vd_require(m->gpt2 ? m->gpt2->encoded == NULL : m->llama->resid == NULL);
+    if (m->gpt2) m->gpt2->recompute = recompute != 0;
+    else m->llama->recompute = recompute != 0;
 }
 
 void vd_model_alloc_acts(vd_model *m, int32_t B, int32_t T) {
@@ -406,26 +414,6 @@ void vd_model_format_targets(const vd_model_family *f, uint32_t mask, char *out,
         if (w < 0 || (size_t)w >= cap - used) break;
         used += (size_t)w;
     }
-}
-
-size_t vd_model_count_trainable(const vd_model_config *cfg, uint32_t mask, int32_t r, int32_t *max_in,
-                                int32_t *max_out, int32_t *n_adapted) {
-    const vd_model_family *f = vd_model_family_of(cfg->arch);
-    size_t n = 0;
-    int32_t mi = 0, mo = 0, na = 0;
-    for (int32_t k = 0; k < f->n_kinds; k++) {
-        if (!(mask & (1u << k))) continue;
-        int32_t in, out;
-        f->kind_shape(cfg, k, &in, &out);
-        n += (size_t)cfg->n_layer * (size_t)(out + r);
-        na += cfg->n_layer;
-        if (in > mi) mi = in;
-        if (out > mo) mo = out;
-    }
-    if (max_in) *max_in = mi;
-    if (max_out) *max_out = mo;
-    if (n_adapted) *n_adapted = na;
-    return n;
 }
 
 uint32_t vd_model_targets_or_die(const vd_model_family *f, char *target_modules, size_t cap, const char *model_path) {

@@ -3,6 +3,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "vera/memory.h"
 
+#include "vera/adapter.h"
 #include "vera/backend.h"
 
 #include <errno.h>
@@ -18,22 +19,22 @@
 void vd_memory_estimate_run(const vd_model_config *mc, uint32_t mask, const vd_config *cfg, vd_memory_estimate *e) {
     memset(e, 0, sizeof(*e));
     const vd_model_family *f = vd_model_family_of(mc->arch);
-    int32_t r = cfg->r, max_in = 0, max_out = 0, n_adapted = 0;
-    size_t n_train = vd_model_count_trainable(mc, mask, r, &max_in, &max_out, &n_adapted);
-    /* what the trainer allocates (model.c, adapter.c, optimizer.c) */
+    /* what the trainer allocates (model.c, adapter.c and the method's file, optimizer.c) */
     size_t N = (size_t)cfg->batch_size * (size_t)cfg->seq_len;
     int bf16 = vd_precision_weight_dtype(cfg->precision) == VD_DTYPE_BF16;
+    vd_adapter_options opt;
+    vd_adapter_options_from_config(&opt, cfg, mask);
+    vd_adapter_size sz;
+    int32_t max_in = 0, max_out = 0;
+    vd_adapter_size_of(mc, &opt, N, bf16, &sz, NULL, &max_in, &max_out);
     size_t n_lin = vd_model_linear_params(mc);
     e->weights = sizeof(float) * f->num_params(mc) - (bf16 ? (sizeof(float) - sizeof(uint16_t)) * n_lin : 0);
-    e->acts = vd_model_act_bytes(mc, cfg->batch_size, cfg->seq_len);
-    size_t wide = (size_t)(max_out > max_in ? max_out : max_in);
-    e->adapter = sizeof(float) * ((size_t)r * max_in + (size_t)max_out * r   /* A, B */
-                                  + 4 * n_train + 2                         /* vectors, grads, AdamW m, v */
-                                  + (size_t)n_adapted * N * r               /* U per adapted layer */
-                                  + N * (size_t)max_in + N * r + N * wide + (size_t)max_out * r);
-    /* merged W0 + dW on the layers where it pays (adapter.c's rule, no dropout) */
+    e->acts = vd_model_act_bytes(mc, cfg->batch_size, cfg->seq_len, strcmp(cfg->recompute, "block") == 0);
+    e->adapter = sizeof(float) * (4 * sz.n_trainable + 2) /* params, grads (+ loss, stop flag), AdamW m, v */
+                 + sz.state_bytes;
+    /* merged W0 + dW on the layers where it pays (vd_adapter_alloc_weffs' rule, no dropout) */
     int64_t tokens_per_step = (int64_t)N * cfg->grad_accum;
-    if (cfg->vera_dropout == 0.0f && !bf16) /* never merged into a bf16 W0 */
+    if (sz.merge_dropout == 0.0f && !bf16) /* never merged into a bf16 W0 */
         for (int32_t k = 0; k < f->n_kinds; k++) {
             if (!(mask & (1u << k))) continue;
             int32_t in, out;
@@ -51,7 +52,6 @@ void vd_memory_estimate_run(const vd_model_config *mc, uint32_t mask, const vd_c
             if ((size_t)(in > out ? in : out) > imax) imax = (size_t)(in > out ? in : out);
         }
         e->merged = sizeof(float) * (wmax + N * imax);
-        e->adapter += sizeof(uint16_t) * ((size_t)r * max_in + (size_t)max_out * r); /* bf16 A, B */
     }
     e->total = e->weights + e->acts + e->adapter + e->merged;
 }

@@ -614,6 +614,7 @@ static void train_setup(train_run *run, int argc, char **argv) {
     vd_memory_check_run(&run->mc, run->target_mask, cfg, run->comm.local_size, run->be);
     vd_model_init_typed(&run->model, run->be, &run->mc, host_params, vd_precision_weight_dtype(cfg->precision));
     free(host_params);
+    vd_model_set_recompute(&run->model, strcmp(cfg->recompute, "block") == 0);
     vd_model_alloc_acts(&run->model, run->B, run->T);
     vd_adapter_options ao;
     vd_adapter_options_from_config(&ao, cfg, run->target_mask);

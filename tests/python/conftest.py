@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -395,3 +396,64 @@ def trainable_count(pm):
     n = sum(p.numel() for p in pm.parameters() if p.requires_grad)
     assert n == pm.get_nb_trainable_parameters()[0]
     return n
+
+
+def peft_load_result(base, adapter_dir):
+    """PeftModel.from_pretrained on a copy of base, failing on any missing/unexpected-key warning,
+    and PEFT's own load result of a second load of the directory: (model in eval mode, missing
+    keys, unexpected keys), each sorted."""
+    from peft import PeftModel
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pm = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter_dir))
+    bad = [str(w.message) for w in caught if "missing" in str(w.message).lower() or "unexpected" in str(w.message).lower()]
+    assert not bad, f"PeftModel.from_pretrained({adapter_dir}) warned: {bad}"
+    res = pm.load_adapter(str(adapter_dir), adapter_name="check")
+    pm.set_adapter("default")
+    pm.eval()
+    return pm, sorted(res.missing_keys), sorted(res.unexpected_keys)
+
+
+def load_peft_cleanly(base, adapter_dir):
+    """peft_load_result with no missing and no unexpected keys; the model."""
+    pm, missing, unexpected = peft_load_result(base, adapter_dir)
+    assert not missing, f"PEFT: missing keys {missing}"
+    assert not unexpected, f"PEFT: unexpected keys {unexpected}"
+    return pm
+
+
+def peft_train_reference(pm, params, tokens, T, B, K, lr, weight_decay, clip):
+    """The reference side of a K-step training check: torch AdamW (one group) on params of pm over
+    vera-dist's batches (step s: global sequences s*B .. s*B+B-1), global-norm clip when clip > 0.
+    Returns (losses, gradient norms before clipping), one per step; fails when clip > 0 never engaged."""
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay, foreach=False)
+    losses, norms = [], []
+    for s in range(K):
+        x, y = batch(tokens, T, s * B, B)
+        opt.zero_grad()
+        _, loss = mean_ce(pm, x, y)
+        loss.backward()
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+        losses.append(loss.item())
+        norms.append(norm.item())
+    if clip > 0:
+        assert max(norms) > clip, "clipping never engaged: the clipped setting tests nothing"
+    return losses, norms
+
+
+def check_train_metrics(rows, losses, norms, loss_rtol, norm_rtol):
+    """vera-dist's metrics rows against peft_train_reference's losses and norms, step by step."""
+    for s in range(len(losses)):
+        got, ref = rows[s]["loss"], losses[s]
+        assert abs(got - ref) <= loss_rtol * abs(ref), f"step {s + 1}: loss {got!r} vs torch {ref!r}"
+        got, ref = rows[s]["grad_norm"], norms[s]
+        assert abs(got - ref) <= norm_rtol * abs(ref), f"step {s + 1}: grad norm {got!r} vs torch {ref!r}"
+
+
+def check_grad_keys(out, want, what):
+    """The gradient tensors of vera-dist's forward output (keys ending ".grad") are exactly want."""
+    got = {k for k in out if k.endswith(".grad")}
+    assert got == want, f"{what}: gradient tensors differ: extra {sorted(got - want)}, missing {sorted(want - got)}"

@@ -30,18 +30,16 @@ vectors gives the checkpoint that the export tests read.
 Tolerances as in test_peft_conformance.py: logits max|diff| <= 1e-5 * max|logits_ref|, loss
 1e-5 relative; exported vectors, projections and LoRA factors exact.
 """
-import copy
 import json
 import re
-import warnings
 
 import pytest
 import torch
 import transformers
-from peft import PeftModel
 from safetensors.torch import load_file
 
-from conftest import (ALL4, LLAMA_PROJ, batch, checkpoint_of, llama_config, llama_modules, llama_peft_model,
+from conftest import (load_peft_cleanly,
+                      ALL4, LLAMA_PROJ, batch, checkpoint_of, llama_config, llama_modules, llama_peft_model,
                       llama_vd_targets, make_gpt2, make_llama, max_rel, mean_ce, peft_model, peft_projections,
                       peft_selected, random_tokens, read_metrics, run_vd, set_vectors, trainable_count, vd_forward,
                       vd_targets, vd_train, vera_config, vera_vectors, write_shard)
@@ -122,20 +120,6 @@ class Run:
 @pytest.fixture(scope="module", params=list(RUNS))
 def run(request, tmp_path_factory):
     return Run(tmp_path_factory.mktemp(f"interop-{request.param}"), request.param)
-
-
-def load_peft_cleanly(base, adapter_dir):
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        pm = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter_dir))
-    bad = [str(w.message) for w in caught if "missing" in str(w.message).lower() or "unexpected" in str(w.message).lower()]
-    assert not bad, f"PeftModel.from_pretrained({adapter_dir}) warned: {bad}"
-    res = pm.load_adapter(str(adapter_dir), adapter_name="check")
-    assert not res.missing_keys, f"PEFT: missing keys {res.missing_keys}"
-    assert not res.unexpected_keys, f"PEFT: unexpected keys {res.unexpected_keys}"
-    pm.set_adapter("default")
-    pm.eval()
-    return pm
 
 
 @pytest.mark.parametrize("save_projection", [1, 0])

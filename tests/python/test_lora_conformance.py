@@ -30,8 +30,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import (ALL4, batch, llama_vd_targets, make_gpt2, make_llama, max_rel, mean_ce, random_tokens,
-                      read_metrics, run_vd, vd_forward, vd_targets, vd_train, write_shard)
+from conftest import (check_grad_keys, check_train_metrics, peft_train_reference,
+                      ALL4, batch, llama_vd_targets, make_gpt2, make_llama, max_rel, mean_ce, random_tokens,
+                      read_metrics, run_vd, THREADS, vd_forward, vd_targets, vd_train, write_shard)
 from test_peft_conformance import (GRAD_RTOL, LOGIT_RTOL, LOSS_RTOL, TRAIN_LOSS_RTOL, TRAIN_NORM_RTOL, TRAIN_VEC_ATOL,
                                    check_close)
 
@@ -115,10 +116,7 @@ def case(request, tmp_path_factory):
 
 def check_lora_grads(out, pm, what, zero_a=False):
     layers = lora_layers(pm)
-    grad_keys = {k for k in out if k.endswith(".grad")}
-    want = {f"{n}.lora_{x}.weight.grad" for n in layers for x in "AB"}
-    assert grad_keys == want, f"{what}: gradient tensors differ: extra {sorted(grad_keys - want)}, " \
-                              f"missing {sorted(want - grad_keys)}"
+    check_grad_keys(out, {f"{n}.lora_{x}.weight.grad" for n in layers for x in "AB"}, what)
     worst = 0.0
     for n, (A, Bw) in layers.items():
         for x, p in (("A", A), ("B", Bw)):
@@ -133,6 +131,18 @@ def check_lora_grads(out, pm, what, zero_a=False):
     print(f"measured: {what}: worst gradient {worst:.3g} (tolerance {GRAD_RTOL:g}, {2 * len(layers)} tensors)")
 
 
+def peft_first_batch(case, pm):
+    """PEFT's logits and loss on vera-dist's first batch, gradients accumulated into pm's tensors,
+    and the base model's logits on the same batch."""
+    x, y = batch(case.tokens, T, 0, B)
+    pm.zero_grad()
+    logits, loss = mean_ce(pm, x, y)
+    loss.backward()
+    with torch.no_grad():
+        base_logits, _ = mean_ce(case.base, x, y)
+    return logits, loss, base_logits
+
+
 def test_init_seed_rule(case):
     out = case.forward("fwd_init.safetensors")
     pm = case.peft()
@@ -141,12 +151,7 @@ def test_init_seed_rule(case):
         for A, Bw in lora_layers(pm).values():  # the documented rule, in PEFT's module order
             torch.nn.init.kaiming_uniform_(A, a=math.sqrt(5), generator=g)
             Bw.zero_()
-    x, y = batch(case.tokens, T, 0, B)
-    pm.zero_grad()
-    logits, loss = mean_ce(pm, x, y)
-    loss.backward()
-    with torch.no_grad():
-        base_logits, _ = mean_ce(case.base, x, y)
+    logits, loss, base_logits = peft_first_batch(case, pm)
     assert torch.equal(logits.detach(), base_logits), "PEFT with lora_B = 0 changed the logits"
     check_close("logits (init) vs transformers", out["logits"], base_logits, LOGIT_RTOL)
     check_close("loss (init) vs PEFT", out["loss"], loss.detach().reshape(1), LOSS_RTOL)
@@ -158,16 +163,30 @@ def test_adapted_forward_grads(case):
     assert cfg["peft_type"] == "LORA" and cfg["r"] == case.r and cfg["use_rslora"] == case.rslora
     out = case.forward("fwd_adapter.safetensors", adapter=case.adapter_dir)
     pm = case.pm
-    x, y = batch(case.tokens, T, 0, B)
-    pm.zero_grad()
-    logits, loss = mean_ce(pm, x, y)
-    loss.backward()
-    with torch.no_grad():
-        base_logits, _ = mean_ce(case.base, x, y)
+    logits, loss, base_logits = peft_first_batch(case, pm)
     assert max_rel(logits.detach(), base_logits) > 100 * LOGIT_RTOL, "the adapter barely changes the logits"
     check_close("logits (PEFT LoRA) vs PEFT", out["logits"], logits.detach(), LOGIT_RTOL)
     check_close("loss (PEFT LoRA) vs PEFT", out["loss"], loss.detach().reshape(1), LOSS_RTOL)
     check_lora_grads(out, pm, "gradients with non-zero A, B")
+
+
+def test_forward_reads_adapter_config(case):
+    """`forward --adapter DIR` with no adapter keys on the command line takes the method, targets,
+    r and LoRA's keys from DIR/adapter_config.json (as generate does): bit-identical output to the
+    run that spells them all out; a key given that disagrees with the directory is named."""
+    want = case.forward("fwd_adapter.safetensors", adapter=case.adapter_dir)
+    out = case.root / "fwd_from_config.safetensors"
+    run_vd("forward", "--model", case.model_dir, "--tokens", case.shard, "--out", out, "--batch_size", B,
+           "--seq_len", T, "--threads", THREADS, "--adapter", case.adapter_dir)
+    got = load_file(str(out))
+    assert set(got) == set(want), f"tensors differ: {sorted(set(got) ^ set(want))}"
+    for k in want:
+        assert torch.equal(got[k], want[k]), f"{k}: forward with the options read from adapter_config.json differs"
+    proc = run_vd("forward", "--model", case.model_dir, "--tokens", case.shard, "--out", case.root / "bad.safetensors",
+                  "--batch_size", B, "--seq_len", T, "--threads", THREADS, "--adapter", case.adapter_dir,
+                  "--adapter_type", "lora", "--r", case.r + 1, "--target_modules", case.vd_targets, ok=False)
+    assert f"r is {case.r}, this run has r = {case.r + 1}" in proc.stderr, proc.stderr
+    assert not (case.root / "bad.safetensors").exists(), "a refused forward wrote its output"
 
 
 def train_dir(case):
@@ -191,26 +210,8 @@ def test_adamw_trajectory(case):
     params = [t for ab in layers.values() for t in ab]
     assert sum(p.numel() for p in pm.parameters() if p.requires_grad) == sum(p.numel() for p in params)
     init = {n: (A.detach().clone(), Bw.detach().clone()) for n, (A, Bw) in layers.items()}
-    opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WEIGHT_DECAY, foreach=False)
-    losses, norms = [], []
-    for s in range(K):
-        x, y = batch(case.tokens, T, s * B, B)
-        opt.zero_grad()
-        _, loss = mean_ce(pm, x, y)
-        loss.backward()
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
-        if case.clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, case.clip)
-        opt.step()
-        losses.append(loss.item())
-        norms.append(norm.item())
-    if case.clip > 0:
-        assert max(norms) > case.clip, "clipping never engaged: the clipped setting tests nothing"
-    for s in range(K):
-        got, ref = rows[s]["loss"], losses[s]
-        assert abs(got - ref) <= TRAIN_LOSS_RTOL * abs(ref), f"step {s + 1}: loss {got!r} vs torch {ref!r}"
-        got, ref = rows[s]["grad_norm"], norms[s]
-        assert abs(got - ref) <= TRAIN_NORM_RTOL * abs(ref), f"step {s + 1}: grad norm {got!r} vs torch {ref!r}"
+    losses, norms = peft_train_reference(pm, params, case.tokens, T, B, K, LR, WEIGHT_DECAY, case.clip)
+    check_train_metrics(rows, losses, norms, TRAIN_LOSS_RTOL, TRAIN_NORM_RTOL)
     final = load_file(str(out_dir / "adapter_final.safetensors"))
     want = {f"base_model.model.{n}.lora_{x}.weight" for n in layers for x in "AB"}
     assert set(final) == want, f"adapter_final keys: extra {sorted(set(final) - want)}, missing {sorted(want - set(final))}"

@@ -41,7 +41,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import (ALL4, batch, make_gpt2, max_rel, mean_ce, peft_model, peft_projections, random_tokens,
+from conftest import (check_grad_keys, check_train_metrics, peft_train_reference,
+                      ALL4, batch, make_gpt2, max_rel, mean_ce, peft_model, peft_projections, random_tokens,
                       read_metrics, set_vectors, vd_forward, vd_targets, vd_train, vera_config, vera_vectors,
                       write_shard)
 
@@ -118,10 +119,7 @@ def check_close(name, got, ref, rtol):
 def check_grads(out, pm, what):
     """Every vera_lambda_b / vera_lambda_d gradient in vera-dist's forward output against PEFT's."""
     vecs = vera_vectors(pm)
-    grad_keys = {k for k in out if k.endswith(".grad")}
-    want = {f"{n}.vera_lambda_{x}.grad" for n in vecs for x in "bd"}
-    assert grad_keys == want, f"{what}: gradient tensors differ: extra {sorted(grad_keys - want)}, " \
-                              f"missing {sorted(want - grad_keys)}"
+    check_grad_keys(out, {f"{n}.vera_lambda_{x}.grad" for n in vecs for x in "bd"}, what)
     worst = 0.0
     for n, (b, d) in vecs.items():
         for x, p in (("b", b), ("d", d)):
@@ -200,27 +198,8 @@ def test_adamw_trajectory(case):
     params = [t for bd in vecs.values() for t in bd]
     assert all(p.requires_grad for p in params)
     assert sum(p.numel() for p in pm.parameters() if p.requires_grad) == sum(p.numel() for p in params)
-    opt = torch.optim.AdamW(params, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WEIGHT_DECAY, foreach=False)
-    losses, norms = [], []
-    for s in range(K):
-        x, y = batch(case.tokens, T, s * B, B)  # vera-dist's step s: global sequences s*B .. s*B+B-1
-        opt.zero_grad()
-        _, loss = mean_ce(pm, x, y)
-        loss.backward()
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
-        if case.clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, case.clip)
-        opt.step()
-        losses.append(loss.item())
-        norms.append(norm.item())
-    if case.clip > 0:
-        assert max(norms) > case.clip, "clipping never engaged: the clipped setting tests nothing"
-
-    for s in range(K):
-        got, ref = rows[s]["loss"], losses[s]
-        assert abs(got - ref) <= TRAIN_LOSS_RTOL * abs(ref), f"step {s + 1}: loss {got!r} vs torch {ref!r}"
-        got, ref = rows[s]["grad_norm"], norms[s]
-        assert abs(got - ref) <= TRAIN_NORM_RTOL * abs(ref), f"step {s + 1}: grad norm {got!r} vs torch {ref!r}"
+    losses, norms = peft_train_reference(pm, params, case.tokens, T, B, K, LR, WEIGHT_DECAY, case.clip)
+    check_train_metrics(rows, losses, norms, TRAIN_LOSS_RTOL, TRAIN_NORM_RTOL)
 
     final = load_file(str(out_dir / "adapter_final.safetensors"))
     want = {f"base_model.model.{n}.vera_lambda_{x}" for n in vecs for x in "bd"}

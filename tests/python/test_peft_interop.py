@@ -25,16 +25,15 @@ Tolerances as in test_peft_conformance.py: logits max|diff| <= 1e-5 * max|logits
 import copy
 import json
 import pathlib
-import warnings
 
 import numpy as np
 import pytest
 import torch
 import transformers
-from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
-from conftest import (ALL4, LLMC_MAGIC, batch, checkpoint_of, error_lines, make_gpt2, max_rel, mean_ce,
+from conftest import (load_peft_cleanly,
+                      ALL4, LLMC_MAGIC, batch, checkpoint_of, error_lines, make_gpt2, max_rel, mean_ce,
                       peft_model, peft_projections, random_tokens, read_metrics, run_vd, set_vectors, vd_forward,
                       vd_targets, vd_train, vera_config, vera_vectors, write_llmc, write_shard)
 
@@ -96,22 +95,6 @@ class Run:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     return Run(tmp_path_factory.mktemp("interop"))
-
-
-def load_peft_cleanly(base, adapter_dir):
-    """PeftModel.from_pretrained, failing on any missing/unexpected-key warning, plus PEFT's own
-    load result for a second load of the same directory (empty missing and unexpected keys)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        pm = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter_dir))
-    bad = [str(w.message) for w in caught if "missing" in str(w.message).lower() or "unexpected" in str(w.message).lower()]
-    assert not bad, f"PeftModel.from_pretrained({adapter_dir}) warned: {bad}"
-    res = pm.load_adapter(str(adapter_dir), adapter_name="check")
-    assert not res.missing_keys, f"PEFT: missing keys {res.missing_keys}"
-    assert not res.unexpected_keys, f"PEFT: unexpected keys {res.unexpected_keys}"
-    pm.set_adapter("default")
-    pm.eval()
-    return pm
 
 
 @pytest.mark.parametrize("save_projection", [1, 0])

@@ -25,14 +25,14 @@ relative, final tensors 2e-5 absolute.
 """
 import copy
 import json
-import warnings
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import (ALL4, batch, llama_vd_targets, make_gpt2, make_llama, max_rel, mean_ce, peft_model,
+from conftest import (peft_load_result,
+                      ALL4, batch, llama_vd_targets, make_gpt2, make_llama, max_rel, mean_ce, peft_model,
                       random_tokens, read_metrics, run_vd, error_lines, vd_targets, write_shard, THREADS)
 from test_peft_conformance import (GRAD_RTOL, LOGIT_RTOL, LOSS_RTOL, TRAIN_LOSS_RTOL, TRAIN_NORM_RTOL, TRAIN_VEC_ATOL,
                                    check_close)
@@ -251,21 +251,6 @@ def test_adamw_trajectory(case, trained):
     assert logit_move > 100 * TRAIN_VEC_ATOL, f"the logits moved only {logit_move:.3g}"
     print(f"measured: {K} AdamW steps: final tensors {worst:.3g} absolute (bank moved "
           f"{moved['vblora_vector_bank']:.3g}, logits {logit_move:.3g})")
-
-
-def peft_load_result(base, adapter_dir):
-    """PeftModel.from_pretrained, failing on any missing/unexpected-key warning, and PEFT's own
-    load result of a second load of the directory: (model, missing keys, unexpected keys)."""
-    from peft import PeftModel
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        pm = PeftModel.from_pretrained(copy.deepcopy(base), str(adapter_dir))
-    bad = [str(w.message) for w in caught if "missing" in str(w.message).lower() or "unexpected" in str(w.message).lower()]
-    assert not bad, f"PeftModel.from_pretrained({adapter_dir}) warned: {bad}"
-    res = pm.load_adapter(str(adapter_dir), adapter_name="check")
-    pm.set_adapter("default")
-    pm.eval()
-    return pm, sorted(res.missing_keys), sorted(res.unexpected_keys)
 
 
 def load_peft_cleanly(case, adapter_dir):
