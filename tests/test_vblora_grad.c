@@ -296,28 +296,15 @@ static void test_ties(void) {
           "top-k of a top-k-only load: %d %d %g %g", idx[0], idx[1], (double)w[0], (double)w[1]);
 }
 
-static void init_bad_width(void *arg) {
-    (void)arg;
+/* vd_adapter_init of VB-LoRA options (arg) on a 1-layer GPT-2 of width 16: dies on bad options */
+static void init_vblora(void *arg) {
     const vd_backend *be = vd_backend_cpu();
     vd_gpt2_config mc = {16, 32, 1, 2, 16, 1e-5f};
     float *hp = calloc(vd_gpt2_num_params(&mc), sizeof(float));
     vd_model mm;
     vd_model_init(&mm, be, &mc, hp);
-    vd_adapter_options vo = vd_test_vblora_options(4, 6, 32, 2, 0.02f, 0.1f, 0.0f); /* 16 % 32 != 0 */
     vd_adapter v;
-    vd_adapter_init(&v, be, &mm, &vo);
-}
-
-static void init_bad_topk(void *arg) {
-    (void)arg;
-    const vd_backend *be = vd_backend_cpu();
-    vd_gpt2_config mc = {16, 32, 1, 2, 16, 1e-5f};
-    float *hp = calloc(vd_gpt2_num_params(&mc), sizeof(float));
-    vd_model mm;
-    vd_model_init(&mm, be, &mc, hp);
-    vd_adapter_options vo = vd_test_vblora_options(4, 6, 8, 7, 0.02f, 0.1f, 0.0f);
-    vd_adapter v;
-    vd_adapter_init(&v, be, &mm, &vo);
+    vd_adapter_init(&v, be, &mm, (const vd_adapter_options *)arg);
 }
 
 int main(void) {
@@ -328,8 +315,10 @@ int main(void) {
     run_case(2, 0.3f, VD_WEFF_NEVER);
     run_case(2, 0.0f, VD_WEFF_ALWAYS); /* the merged weight W0 + A^T B^T in forward and backward */
     run_case(3, 0.3f, VD_WEFF_ALWAYS); /* dropout keeps the factored path */
-    CHECK(vd_expect_die(init_bad_width, NULL, "layer transformer.h.0.attn.c_attn: in_features 16 is not divisible by vector_length 32"),
+    vd_adapter_options bad_width = vd_test_vblora_options(4, 6, 32, 2, 0.02f, 0.1f, 0.0f); /* 16 % 32 != 0 */
+    vd_adapter_options bad_topk = vd_test_vblora_options(4, 6, 8, 7, 0.02f, 0.1f, 0.0f);
+    CHECK(vd_expect_die(init_vblora, &bad_width, "layer transformer.h.0.attn.c_attn: in_features 16 is not divisible by vector_length 32"),
           "a layer vector_length does not divide is refused by name");
-    CHECK(vd_expect_die(init_bad_topk, NULL, "topk must be in 1..num_vectors (6), got 7"), "topk > num_vectors refused");
+    CHECK(vd_expect_die(init_vblora, &bad_topk, "topk must be in 1..num_vectors (6), got 7"), "topk > num_vectors refused");
     TEST_END();
 }
