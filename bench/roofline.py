@@ -53,7 +53,7 @@ def shared_input(cfg):
     return set() if cfg["family"] == "gpt2" else {"k_proj", "v_proj", "up_proj"}
 
 
-HEAD_CHUNK = 128  # VD_HEAD_CHUNK (src/model/model.c): the LM head + cross-entropy in row chunks
+HEAD_CHUNK = 512  # VD_HEAD_CHUNK (src/model/model.c): the LM head + cross-entropy in row chunks
 
 
 def step_flops(cfg, batch, seq, r):

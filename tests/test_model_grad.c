@@ -125,7 +125,7 @@ static double ref_forward(const ref_model *rm, const double *p) {
     return loss / N;
 }
 
-/* B*T rows: 12 (one chunk of the LM head) or 152 (VD_HEAD_CHUNK rows, then a partial chunk). */
+/* B*T rows: 12 (one chunk of the LM head) or 520 (VD_HEAD_CHUNK = 512 rows, then a partial chunk). */
 static void run_case(vd_weff_policy policy, int B, int T) {
     const vd_backend *be = vd_backend_cpu();
     vd_gpt2_config mc = {8, 32, 2, 2, 16, 1e-5f};
@@ -224,6 +224,6 @@ static void run_case(vd_weff_policy policy, int B, int T) {
 int main(void) {
     run_case(VD_WEFF_NEVER, 2, 6);
     run_case(VD_WEFF_ALWAYS, 2, 6);
-    run_case(VD_WEFF_NEVER, 19, 8); /* 152 rows: two chunks of the LM head, the second partial */
+    run_case(VD_WEFF_NEVER, 65, 8); /* 520 rows: two chunks of the LM head, the second partial */
     TEST_END();
 }

@@ -281,7 +281,7 @@ size_t vd_model_linear_params(const vd_model_config *cfg);
 /* Rows of logits per chunk of the LM head + cross-entropy: a training step never holds the
  * (N, V) logits, only (VD_HEAD_CHUNK, V), reused. Fixed, not derived from N or the machine, so
  * the GEMM shapes (and the bits) do not change with the batch size. */
-#define VD_HEAD_CHUNK 128
+#define VD_HEAD_CHUNK 512
 /* The LM head and softmax cross-entropy of x (N, C) against head (V, C), for both families.
  * targets NULL: the logits of all N rows into *logits, grown once to N rows (forward --logits,
  * the decode test), returns 0. Else chunk by chunk: logits, the row losses (N) and, dx
