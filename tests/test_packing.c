@@ -347,13 +347,17 @@ static void model_case(const char *name, const vd_model_config *mc, const float 
     double lu = vd_model_forward(&U.m, utok, utgt, NULL, ub, &ctx); /* one example per row: pos = t */
     vd_model_backward(&U.m, dloss, &ctx);
     CHECK(fabs(lp - lu) <= 1e-5 * fabs(lu), "%s: packed loss sum %.9g, unpacked %.9g", name, lp, lu);
-    double worst = 0.0, gmax = 0.0;
+    /* normwise: the largest difference against the largest gradient. The two runs differ in
+     * rows per GEMM (3 packed, 6 unpacked), so every entry carries fp32 rounding of the whole
+     * network, and entries near 0 carry the same absolute error as the large ones. */
+    double dmax = 0.0, gmax = 0.0;
     for (size_t i = 0; i < P.v.n_trainable; i++) {
         double a = P.v.grads[i], b = U.v.grads[i];
-        worst = max_d(worst, fabs(a - b) / (1e-3 + fabs(b)));
+        dmax = max_d(dmax, fabs(a - b));
         gmax = max_d(gmax, fabs(b));
     }
-    CHECK(worst <= 1e-5, "%s: packed vs unpacked b/d gradients: max rel diff %.3g", name, worst);
+    double worst = dmax / gmax;
+    CHECK(worst <= 1e-5, "%s: packed vs unpacked b/d gradients: max diff / max gradient %.3g", name, worst);
     CHECK(gmax > 1e-4, "%s: gradients are all ~0 (%g): the check would prove nothing", name, gmax);
     /* the control: the packed rows without their positions let examples see each other */
     double lnopos = vd_model_forward(&P.m, ptok, ptgt, NULL, pb, &ctx);
@@ -374,7 +378,7 @@ static void model_case(const char *name, const vd_model_config *mc, const float 
         }
     CHECK(fabs(sum_masked - lu) <= 1e-5 * fabs(lu), "%s: masked loss %.9g, sum of kept token losses %.9g", name, lu,
           sum_masked);
-    printf("%s (%s): %d targets, loss %.6f, packed vs unpacked: loss diff %.2e, max rel grad diff %.2e\n", name,
+    printf("%s (%s): %d targets, loss %.6f, packed vs unpacked: loss diff %.2e, max grad diff / max grad %.2e\n", name,
            gemm ? "gemm" : "loops", n_targets, lu / n_targets, fabs(lp - lu), worst);
     free(vp);
     model_free(&P);
