@@ -13,9 +13,8 @@ mkdir -p "$OUT"
 source launch/demo-common.sh
 VD="$(cd "$(dirname "$VD")" && pwd)/$(basename "$VD")"
 demo_mpi_setup
-CORE="$(./launch/openblas-coretype.sh "$VD" || true)"
-[[ -n "$CORE" ]] && export OPENBLAS_CORETYPE="$CORE"
-echo "cpu: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1); OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-unset}"
+# the kernel vera-dist runs (it restarts itself with OPENBLAS_CORETYPE where OpenBLAS picks a weak one)
+echo "cpu: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1); $("$VD" --version)"
 t0=$SECONDS
 "${MPIRUN[@]}" "$VD" --config configs/demo.ini --model "$GGUF" --max_steps "$STEPS" --eval_every "$EVAL" \
   --out_dir "$OUT/vd" "${FRESH[@]}" "$@" >"$OUT/vd.log" 2>&1

@@ -47,27 +47,38 @@ def first_block_input(cfg):
     return {"c_attn"} if cfg["family"] == "gpt2" else {"q_proj", "k_proj", "v_proj"}
 
 
+def shared_input(cfg):
+    """Kinds whose input is the previous kind's (Llama's k, v after q; up after gate): a merged
+    layer's backward reuses that layer's U = X A^T (src/adapter/vera.c, vera_merged_u)."""
+    return set() if cfg["family"] == "gpt2" else {"k_proj", "v_proj", "up_proj"}
+
+
+HEAD_CHUNK = 128  # VD_HEAD_CHUNK (src/model/model.c): the LM head + cross-entropy in row chunks
+
+
 def step_flops(cfg, batch, seq, r):
     """Useful FLOPs of one optimizer step (dict by part) and the GEMM shapes (M, N, K, count)."""
     N = batch * seq
     L, C, V = cfg["n_layer"], cfg["hidden"], cfg["vocab"]
     parts = dict(linear_fwd=0.0, linear_dgrad=0.0, vera=0.0, vera_rebuild=0.0, attention=0.0, lm_head=0.0)
     shapes = {}
-    skip = first_block_input(cfg)
+    skip, shares = first_block_input(cfg), shared_input(cfg)
     for name, i, o in linear_kinds(cfg):
         parts["linear_fwd"] += 2.0 * N * i * o * L
         parts["linear_dgrad"] += 2.0 * N * i * o * (L - 1 if name in skip else L)
         shapes[(N, o, i)] = shapes.get((N, o, i), 0) + L          # forward
         shapes[(N, i, o)] = shapes.get((N, i, o), 0) + L          # input gradient
-        merged = N * (i + o) > i * o                             # vd_vera_alloc_acts, VD_WEFF_AUTO
+        merged = N * (i + o) > i * o                             # vd_adapter_merge_pays, VD_WEFF_AUTO
         add = lambda s, n: shapes.__setitem__(s, shapes.get(s, 0) + n)  # noqa: E731
-        add((N, r, i), L)                                         # U = X A^T
         add((o, r, N), L)                                         # M = G^T U
-        if merged:   # U (r in), M (r out); rebuild dW = A^T (B d)^T once per step
-            parts["vera"] += 2.0 * N * r * (i + o) * L
+        if merged:   # backward U (r in, once per shared input), M (r out); rebuild once per step
+            if name not in shares:
+                add((N, r, i), L)                                 # U = X A^T
+            parts["vera"] += 2.0 * N * r * ((0 if name in shares else i) + o) * L
             parts["vera_rebuild"] += 2.0 * i * o * r * L
             add((i, o, r), L)
         else:        # forward U (r in), U B^T (r out); backward M (r out), G B (r out), . A (r in)
+            add((N, r, i), L)                                     # U = X A^T
             parts["vera"] += 2.0 * N * r * (2 * i + 3 * o) * L
             add((N, o, r), L)
             add((N, r, o), L)
@@ -75,7 +86,10 @@ def step_flops(cfg, batch, seq, r):
     keys = seq * (seq + 1) / 2.0                                    # causal: keys per sequence
     parts["attention"] = 6 * 2.0 * batch * keys * cfg["n_head"] * cfg["head_dim"] * L
     parts["lm_head"] = 2 * 2.0 * N * V * C
-    shapes[(N, V, C)] = shapes.get((N, V, C), 0) + 2
+    for m0 in range(0, N, HEAD_CHUNK):                            # logits, then dx, per chunk
+        rows = min(HEAD_CHUNK, N - m0)
+        shapes[(rows, V, C)] = shapes.get((rows, V, C), 0) + 1
+        shapes[(rows, C, V)] = shapes.get((rows, C, V), 0) + 1
     return parts, shapes
 
 

@@ -60,10 +60,7 @@ if [[ "$WHAT" == smollm2* ]]; then  # SmolLM2-135M-Instruct (GGUF, dequantized t
   # OpenBLAS 0.3.21 does not know newer CPUs (e.g. Xeon family 6 model 207) and falls back to its Prescott
   # (SSE3) kernels, 5-7x slower GEMMs; name the kernel for such a CPU unless OPENBLAS_CORETYPE is set.
   CORE="${OPENBLAS_CORETYPE:-}"
-  if [[ -z "$CORE" && -x "$ROOT/launch/openblas-coretype.sh" ]]; then
-    CORE="$("$ROOT/launch/openblas-coretype.sh" "$VD")"
-    echo "launch/openblas-coretype.sh: OPENBLAS_CORETYPE=${CORE:-(left unset)} for vera-dist"
-  elif [[ -z "$CORE" ]]; then
+  if [[ -z "$CORE" ]]; then
     LIB="$(ldd "$VD" | sed -n 's/.*libopenblas[^ ]* => \([^ ]*\) .*/\1/p' | head -1)"
     PICKED="$(PYTHONPATH="$ROOT/bench" "$VENV/bin/python" -c 'import sys, bench_cpu; print(bench_cpu.openblas_corename(sys.argv[1]))' "$LIB")"
     if [[ "$PICKED" == Prescott ]]; then

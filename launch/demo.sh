@@ -18,9 +18,9 @@
 # Environment: VERA_DEMO_BUILD=DIR builds into DIR instead of build/; VERA_DEMO_BIN=FILE uses that
 # vera-dist and skips installing and building; VERA_DEMO_OUT=DIR (default out/demo) and
 # VERA_DEMO_DATA=DIR (default data/demo) move the outputs and shards; VERA_DEMO_GGUF=FILE uses that
-# model file instead of fetching it; VERA_MODELS (see fetch-smollm2.sh); OPENBLAS_CORETYPE (else
-# set for CPUs that Debian's OpenBLAS does not know: launch/openblas-coretype.sh; VERA_DEMO_KEEP_BLAS=1
-# leaves it as the environment has it, as tests do). tests/integration/demo_smollm2.sh runs it shortened.
+# model file instead of fetching it; VERA_MODELS (see fetch-smollm2.sh). The OpenBLAS kernel is
+# vera-dist's own choice (it restarts itself with OPENBLAS_CORETYPE on CPUs Debian's OpenBLAS does
+# not know; a user's OPENBLAS_CORETYPE is kept). tests/integration/demo_smollm2.sh runs it shortened.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/demo-common.sh"   # cd to the repository root; ROOT, say
@@ -60,12 +60,6 @@ done
 "$VD" prepare-data --tokenizer "$GGUF" --in "$LICENSES/$VAL_NAME" --out "$DATA/val" --val_fraction 0 --overwrite
 
 demo_mpi_setup   # sets MPIRUN, FRESH
-CORE=""
-[[ "${VERA_DEMO_KEEP_BLAS:-0}" == 1 ]] || CORE="$(./launch/openblas-coretype.sh "$VD" || true)"
-if [[ -n "$CORE" ]]; then
-  export OPENBLAS_CORETYPE="$CORE"
-  echo "OpenBLAS does not know this CPU (it would use its slow Prescott kernels): OPENBLAS_CORETYPE=$CORE"
-fi
 mkdir -p "$OUT"
 
 json_field() { sed -n -E "s/.*\"$2\": *([^,}]+).*/\1/p" "$1" | head -n 1; }

@@ -115,7 +115,7 @@ static void run_case(vd_weff_policy policy, float dropout) {
         for (int i = 0; i < N * out; i++) CHECK_CLOSE(y[i], yref[i], 1e-5, 1e-5, "forward y");
         for (int i = 0; i < N * out; i++) dout[i] = (float)(R[i] * (1.0 - tanh(yref[i]) * tanh(yref[i])));
         vd_adapter_zero_grads(&v);
-        vd_linear_backward(&v, be, mod, dinp, dout, &mm.sites[md->site].W, N, in, out, &ctx);
+        vd_linear_backward(&v, be, mod, dinp, dout, xf, &mm.sites[md->site].W, N, in, out, &ctx);
         char what[256];
         for (int o = 0; o < out; o++) {
             snprintf(what, sizeof(what), "%s dL/db[%d] (weff %d, dropout %.1f)", md->name, o, md->weff != NULL, dropout);

@@ -128,7 +128,7 @@ static float *run_backward(vd_adapter *a, float *const *xf, float *const *y, flo
     for (int mi = a->n_modules - 1; mi >= 0; mi--) { /* the model's order: last layer first */
         const vd_adapter_module *md = &a->modules[mi];
         vd_tensor wt = f32_weight(W[mi], md->in, md->out);
-        vd_linear_backward(a, a->be, mi, dinp[mi], dout[mi], &wt, N, md->in, md->out, ctx);
+        vd_linear_backward(a, a->be, mi, dinp[mi], dout[mi], xf[mi], &wt, N, md->in, md->out, ctx);
     }
     float *g = malloc(sizeof(float) * a->n_reduce);
     memcpy(g, a->grads, sizeof(float) * a->n_reduce);

@@ -1,7 +1,8 @@
 /* test_vmath.c: the CPU backend's vectorised elementwise math against double-precision
  * references written here (libm's exp / tanh in double, not the code under test):
  *   vd_vexpf   every 97th float bit pattern in [-87, 88] (about 350 000 values) within 2 ulp of
- *              exp in double; exact at 0; NaN in, NaN out; the clamped tails as documented;
+ *              exp in double; exact at 0; NaN in, NaN out (every sign and payload, sampled); the
+ *              clamp ends -87 and 88 within 2 ulp and everything past them (inf too) exactly clamped;
  *   GELU       forward (tanh form, transformers' gelu_new) within 2e-7 (1 + 2|u|) relative + 1e-36 (1 + |x|) of
  *              0.5 x (1 + tanh u) in double over [-12, 12] and at the tails; backward against
  *              the derivative in double and against central differences of the double forward;
@@ -9,6 +10,7 @@
  *              (V = 50257, GPT-2's vocabulary; and V = 5): the loss within 1e-6 relative of a
  *              double log-sum-exp, probabilities within 1e-6 relative of exp of the same float
  *              differences l - max in double; 1 vs 3 threads bit for bit. */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -52,12 +54,32 @@ static void test_exp(void) {
     }
     CHECK(vd_vexpf(0.0f) == 1.0f, "vd_vexpf(0) = %.9g", vd_vexpf(0.0f));
     CHECK(vd_vexpf(-0.0f) == 1.0f, "vd_vexpf(-0) = %.9g", vd_vexpf(-0.0f));
-    CHECK(isnan(vd_vexpf(NAN)), "vd_vexpf(NaN) is not NaN");
-    /* the clamped tails: e^-87 and e^88 (finite, normal), documented in cpu_vmath.h */
-    CHECK(ulps(vd_vexpf(-1000.0f), exp(-87.0)) <= 2.0, "vd_vexpf(-1000) = %g", vd_vexpf(-1000.0f));
-    CHECK(ulps(vd_vexpf(-INFINITY), exp(-87.0)) <= 2.0, "vd_vexpf(-inf) = %g", vd_vexpf(-INFINITY));
-    CHECK(ulps(vd_vexpf(1000.0f), exp(88.0)) <= 2.0, "vd_vexpf(1000) = %g", vd_vexpf(1000.0f));
-    CHECK(isfinite(vd_vexpf(INFINITY)), "vd_vexpf(inf) = %g", vd_vexpf(INFINITY));
+    /* NaN in, NaN out, for every sign and payload (quiet and signalling): every 97th pattern
+     * of 0x7F800001 .. 0x7FFFFFFF and 0xFF800001 .. 0xFFFFFFFF, and the first and last */
+    int nan_bad = 0;
+    for (int sign = 0; sign < 2; sign++) {
+        uint32_t first = sign ? 0xFF800001u : 0x7F800001u, last = sign ? 0xFFFFFFFFu : 0x7FFFFFFFu;
+        for (uint64_t b = first;; b += 97) {
+            uint32_t u = b < last ? (uint32_t)b : last;
+            float x;
+            memcpy(&x, &u, 4);
+            if (!isnan(vd_vexpf(x)) && nan_bad++ < 5) CHECK(0, "vd_vexpf(NaN 0x%08x) = %g", u, vd_vexpf(x));
+            if (u == last) break;
+        }
+    }
+    CHECK(nan_bad == 0, "vd_vexpf: %d NaN inputs gave a number", nan_bad);
+    /* the clamp ends: e^-87 and e^88 themselves within 2 ulp (finite, normal); everything past
+     * them, infinities included, exactly the clamped value (documented in cpu_vmath.h) */
+    float e_lo = vd_vexpf(-87.0f), e_hi = vd_vexpf(88.0f);
+    CHECK(ulps(e_lo, exp(-87.0)) <= 2.0, "vd_vexpf(-87) = %.9g, exp = %.9g", e_lo, exp(-87.0));
+    CHECK(ulps(e_hi, exp(88.0)) <= 2.0, "vd_vexpf(88) = %.9g, exp = %.9g", e_hi, exp(88.0));
+    CHECK(isnormal(e_lo) && isfinite(e_hi), "vd_vexpf clamp ends %g, %g not normal", e_lo, e_hi);
+    const float below[] = {nextafterf(-87.0f, -INFINITY), -88.0f, -104.0f, -1000.0f, -FLT_MAX, -INFINITY};
+    const float above[] = {nextafterf(88.0f, INFINITY), 89.0f, 1000.0f, FLT_MAX, INFINITY};
+    for (size_t i = 0; i < sizeof(below) / sizeof(below[0]); i++)
+        CHECK(vd_vexpf(below[i]) == e_lo, "vd_vexpf(%.9g) = %.9g, not e^-87 = %.9g", below[i], vd_vexpf(below[i]), e_lo);
+    for (size_t i = 0; i < sizeof(above) / sizeof(above[0]); i++)
+        CHECK(vd_vexpf(above[i]) == e_hi, "vd_vexpf(%.9g) = %.9g, not e^88 = %.9g", above[i], vd_vexpf(above[i]), e_hi);
 }
 
 #define GELU_K 0.7978845608028654 /* sqrt(2/pi) */

@@ -169,9 +169,10 @@ typedef struct vd_adapter_ops {
                            const vd_fwd_ctx *ctx);
     /* After vd_linear_backward's base GEMM dinp = dout (W0 or weff)^T: accumulates the
      * module's parameter gradients into a->grads and, unless md->weff was used or dinp is
-     * NULL (no input gradient wanted), adds the adapter path to dinp. */
-    void (*linear_backward)(struct vd_adapter *a, int32_t module, float *dinp, const float *dout, int32_t N,
-                            const vd_fwd_ctx *ctx);
+     * NULL (no input gradient wanted), adds the adapter path to dinp. inp is the layer's input
+     * of the forward (the model keeps it for the backward), unchanged since. */
+    void (*linear_backward)(struct vd_adapter *a, int32_t module, float *dinp, const float *dout, const float *inp,
+                            int32_t N, const vd_fwd_ctx *ctx);
     /* Frees the method's state (not the generic arrays). */
     void (*free)(struct vd_adapter *a);
 
@@ -260,9 +261,12 @@ size_t vd_adapter_module_trainable(const vd_adapter_options *opt, int32_t in, in
 void vd_adapter_init(vd_adapter *a, const vd_backend *be, const vd_model *m, const vd_adapter_options *opt);
 void vd_adapter_alloc_acts(vd_adapter *a, int32_t N, int64_t tokens_per_step, vd_weff_policy policy);
 void vd_adapter_refresh(vd_adapter *a);
+/* Whether a layer in x out keeps a merged weight W0 + dW (the one rule: alloc_weffs, the methods'
+ * size hooks and the memory pre-check ask it): where it pays (tokens_per_step (in + out) > in out;
+ * always with VD_WEFF_ALWAYS, never with VD_WEFF_NEVER or dropout > 0). */
+int vd_adapter_merge_pays(float dropout, int64_t tokens_per_step, vd_weff_policy policy, int32_t in, int32_t out);
 /* For a method's alloc_acts: gives md->weff (in x out, device; the method frees it) to every
- * module where the merged weight pays (tokens_per_step (in + out) > in out; every module with
- * VD_WEFF_ALWAYS, none with VD_WEFF_NEVER or dropout > 0). Returns 1 if any module got one. */
+ * module where vd_adapter_merge_pays. Returns 1 if any module got one. */
 int vd_adapter_alloc_weffs(vd_adapter *a, float dropout, int64_t tokens_per_step, vd_weff_policy policy);
 /* For a method's linear_forward / _backward (LoRA-shaped: U = dropout(x) A^T with A (r, in)):
  * dropout(x) of module's input into scratch (N, in), the same mask in forward and backward, or x
@@ -297,10 +301,12 @@ void vd_linear_forward(vd_adapter *a, const vd_backend *be, int32_t module, floa
                        const vd_tensor *W, const float *bias, int32_t N, int32_t in, int32_t outd,
                        const vd_fwd_ctx *ctx);
 /* dinp (N, in) = dout W^T [+ adapter path]; accumulates the module's gradients into a->grads.
- * dinp NULL: no input gradient (block 0's first layers: the embedding below is frozen), only
- * the module's gradients. */
+ * inp (N, in) is the forward's input of the layer, kept by the model (the adapter's gradients
+ * need it). dinp NULL: no input gradient (block 0's first layers: the embedding below is
+ * frozen), only the module's gradients. */
 void vd_linear_backward(vd_adapter *a, const vd_backend *be, int32_t module, float *dinp, const float *dout,
-                        const vd_tensor *W, int32_t N, int32_t in, int32_t outd, const vd_fwd_ctx *ctx);
+                        const float *inp, const vd_tensor *W, int32_t N, int32_t in, int32_t outd,
+                        const vd_fwd_ctx *ctx);
 
 /* Seed of module's dropout mask for this forward (the backend draws element (row, col) from it);
  * every method draws its adapter-input dropout from this stream. */

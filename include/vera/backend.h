@@ -141,6 +141,7 @@ typedef struct vd_backend {
     /* ---- adapter vectors ---- */
     void (*scale_cols)(float *out, const float *inp, const float *vec, int N, int C); /* out[n,c] = inp[n,c]*vec[c] */
     void (*scale_cols_add)(float *out, const float *inp, const float *vec, int N, int C); /* out += */
+    void (*scale_rows)(float *out, const float *inp, const float *vec, int N, int C); /* out[n,c] = inp[n,c]*vec[n] */
     /* From M = G^T U (out x r): db[i] += sum_k B[i,k] d[k] M[i,k]; dd[k] += sum_i b[i] B[i,k] M[i,k]. */
     void (*vera_vector_grads)(float *db, float *dd, const float *M, const float *Bs, const float *b,
                               const float *d, int out, int r);

@@ -57,6 +57,11 @@ void vd_cli_refuse_rest(int argc, char **argv, const char *who, const char *opti
 
 struct vd_config;
 struct vd_adapter;
+struct vd_comm;
+/* train.c. This rank's thread count, the one rule train and eval share: cfg->threads when set,
+ * else the cores the rank is bound to when the launcher binds ranks (fewer than the node's),
+ * else the node's cores divided by the ranks MPI says share the node; at least 1. */
+int32_t vd_train_pick_threads(const struct vd_config *cfg, const struct vd_comm *comm);
 /* A checkpoint's stored configuration text (vd_config_serialize lines) back into cfg, over the
  * defaults; path names the file in errors. */
 void vd_cli_config_from_text(struct vd_config *cfg, const char *text, const char *path);

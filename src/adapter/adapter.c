@@ -236,21 +236,20 @@ void vd_adapter_alloc_acts(vd_adapter *a, int32_t N, int64_t tokens_per_step, vd
     a->ops->alloc_acts(a, N, tokens_per_step, policy);
 }
 
+int vd_adapter_merge_pays(float dropout, int64_t tokens_per_step, vd_weff_policy policy, int32_t in, int32_t out) {
+    /* the merged input gradient G (W0 + dW)^T costs 2*in*out*r once per step to form and saves
+     * 2*r*(in+out) per token; dropout breaks it (the mask sits inside the sum) */
+    if (dropout != 0.0f || policy == VD_WEFF_NEVER) return 0;
+    return policy == VD_WEFF_ALWAYS || (double)tokens_per_step * (in + out) > (double)in * out;
+}
+
 int vd_adapter_alloc_weffs(vd_adapter *a, float dropout, int64_t tokens_per_step, vd_weff_policy policy) {
     int any = 0;
     for (int32_t i = 0; i < a->n_modules; i++) {
         vd_adapter_module *md = &a->modules[i];
-        /* the merged input gradient G (W0 + dW)^T costs 2*in*out*r once per step to form and
-         * saves 2*r*(in+out) per token; dropout breaks it (the mask sits inside the sum) */
-        int use = 0;
-        if (dropout == 0.0f) {
-            if (policy == VD_WEFF_ALWAYS) use = 1;
-            else if (policy == VD_WEFF_AUTO) use = (double)tokens_per_step * (md->in + md->out) > (double)md->in * md->out;
-        }
-        if (use) {
-            md->weff = a->be->alloc(sizeof(float) * (size_t)md->in * md->out);
-            any = 1;
-        }
+        if (!vd_adapter_merge_pays(dropout, tokens_per_step, policy, md->in, md->out)) continue;
+        md->weff = a->be->alloc(sizeof(float) * (size_t)md->in * md->out);
+        any = 1;
     }
     return any;
 }
@@ -314,13 +313,14 @@ void vd_linear_forward(vd_adapter *a, const vd_backend *be, int32_t module, floa
 }
 
 void vd_linear_backward(vd_adapter *a, const vd_backend *be, int32_t module, float *dinp, const float *dout,
-                        const vd_tensor *W, int32_t N, int32_t in, int32_t outd, const vd_fwd_ctx *ctx) {
+                        const float *inp, const vd_tensor *W, int32_t N, int32_t in, int32_t outd,
+                        const vd_fwd_ctx *ctx) {
     vd_adapter_module *md = module >= 0 ? &a->modules[module] : NULL;
     if (!dinp) { /* no input gradient: the module's gradients only */
-        if (md) a->ops->linear_backward(a, module, NULL, dout, N, ctx);
+        if (md) a->ops->linear_backward(a, module, NULL, dout, inp, N, ctx);
         return;
     }
     if (md && md->weff) be->gemm(0, 1, N, in, outd, 1.0f, dout, outd, md->weff, outd, 0.0f, dinp, in);
     else be->gemm_ex(0, 1, N, in, outd, 1.0f, dout, VD_DTYPE_F32, outd, W->data, W->dtype, outd, 0.0f, dinp, in);
-    if (md) a->ops->linear_backward(a, module, dinp, dout, N, ctx);
+    if (md) a->ops->linear_backward(a, module, dinp, dout, inp, N, ctx);
 }

@@ -21,11 +21,9 @@ typedef struct {
     size_t *off_a;       /* (n_modules) offset of lora_A (r, in) in params / grads */
     size_t *off_b;       /* (n_modules) offset of lora_B (out, r) */
     float **XA;          /* (n_modules) of (N, r): dropout(x) A^T of the last forward, kept for backward */
-    const float **x;     /* (n_modules) the layer input of the last forward (the model keeps it until backward) */
     /* scratch, sized for N = B*T tokens */
     float *xdrop;        /* (N, max_in) dropped adapter input */
     float *tmp_r;        /* (N, r) G B */
-    float *tmp_w;        /* (max_in, max_out) dW^T while building weff */
 } lora_state;
 
 static lora_state *lora_of(const vd_adapter *a) { return (lora_state *)a->state; }
@@ -41,7 +39,6 @@ static void lora_layout(vd_adapter *a) {
     s->off_a = callocCheck((size_t)a->n_modules, sizeof(size_t));
     s->off_b = callocCheck((size_t)a->n_modules, sizeof(size_t));
     s->XA = callocCheck((size_t)a->n_modules, sizeof(float *));
-    s->x = callocCheck((size_t)a->n_modules, sizeof(float *));
     int32_t g = vd_adapter_add_group(a, "default", a->opt.lr);
     char key[192], path[160];
     for (int32_t i = 0; i < a->n_modules; i++) {
@@ -91,23 +88,8 @@ static void lora_alloc_acts(vd_adapter *a, int32_t N, int64_t tokens_per_step, v
     int32_t r = a->opt.r;
     s->xdrop = be->alloc(sizeof(float) * (size_t)N * a->max_in);
     s->tmp_r = be->alloc(sizeof(float) * (size_t)N * r);
-    int any_weff = 0;
-    for (int32_t i = 0; i < a->n_modules; i++) {
-        vd_adapter_module *md = &a->modules[i];
-        s->XA[i] = be->alloc(sizeof(float) * (size_t)N * r);
-        /* as VeRA: the merged input gradient costs 2*in*out*r once per step and saves 2*r*(in+out)
-         * per token; dropout breaks it (the mask sits inside the sum) */
-        int use = 0;
-        if (a->opt.lora_dropout == 0.0f) {
-            if (policy == VD_WEFF_ALWAYS) use = 1;
-            else if (policy == VD_WEFF_AUTO) use = (double)tokens_per_step * (md->in + md->out) > (double)md->in * md->out;
-        }
-        if (use) {
-            md->weff = be->alloc(sizeof(float) * (size_t)md->in * md->out);
-            any_weff = 1;
-        }
-    }
-    if (any_weff) s->tmp_w = be->alloc(sizeof(float) * (size_t)a->max_in * a->max_out);
+    for (int32_t i = 0; i < a->n_modules; i++) s->XA[i] = be->alloc(sizeof(float) * (size_t)N * r);
+    vd_adapter_alloc_weffs(a, a->opt.lora_dropout, tokens_per_step, policy);
     vd_adapter_refresh(a);
 }
 
@@ -120,8 +102,8 @@ static void lora_refresh(vd_adapter *a) {
         vd_adapter_module *md = &a->modules[i];
         if (!md->weff) continue;
         const float *A = a->params + s->off_a[i], *B = a->params + s->off_b[i];
-        be->gemm(1, 1, md->in, md->out, r, s->scaling, A, md->in, B, r, 0.0f, s->tmp_w, md->out);
-        be->add(md->weff, md->W0, s->tmp_w, (size_t)md->in * md->out);
+        be->copy(md->weff, md->W0, sizeof(float) * (size_t)md->in * md->out);
+        be->gemm(1, 1, md->in, md->out, r, s->scaling, A, md->in, B, r, 1.0f, md->weff, md->out);
     }
 }
 
@@ -136,11 +118,9 @@ static void lora_free(vd_adapter *a) {
     }
     if (s->xdrop) be->free(s->xdrop);
     if (s->tmp_r) be->free(s->tmp_r);
-    if (s->tmp_w) be->free(s->tmp_w);
     free(s->off_a);
     free(s->off_b);
     free(s->XA);
-    free(s->x);
     free(s);
     a->state = NULL;
 }
@@ -154,7 +134,6 @@ static void lora_linear_forward(vd_adapter *a, int32_t module, float *out, const
     vd_adapter_module *md = &a->modules[module];
     int32_t r = a->opt.r, in = md->in, outd = md->out;
     const float *A = a->params + s->off_a[module], *B = a->params + s->off_b[module];
-    s->x[module] = inp;
     const float *x = vd_adapter_dropped(a, module, s->xdrop, inp, a->opt.lora_dropout, N, ctx);
     be->gemm(0, 1, N, r, in, 1.0f, x, in, A, in, 0.0f, s->XA[module], r);
     if (md->weff) return;
@@ -163,8 +142,8 @@ static void lora_linear_forward(vd_adapter *a, int32_t module, float *out, const
 
 /* After the base GEMM dinp = G (W0 or weff)^T: dB += s G^T XA; GB = G B; dA += s GB^T dropout(x);
  * on the factored path dinp += mask * (s GB A). */
-static void lora_linear_backward(vd_adapter *a, int32_t module, float *dinp, const float *dout, int32_t N,
-                                 const vd_fwd_ctx *ctx) {
+static void lora_linear_backward(vd_adapter *a, int32_t module, float *dinp, const float *dout, const float *inp,
+                                 int32_t N, const vd_fwd_ctx *ctx) {
     const vd_backend *be = a->be;
     lora_state *s = lora_of(a);
     vd_adapter_module *md = &a->modules[module];
@@ -173,7 +152,7 @@ static void lora_linear_backward(vd_adapter *a, int32_t module, float *dinp, con
     float *dA = a->grads + s->off_a[module], *dB = a->grads + s->off_b[module];
     be->gemm(1, 0, outd, r, N, s->scaling, dout, outd, s->XA[module], r, 1.0f, dB, r);
     be->gemm(0, 0, N, r, outd, 1.0f, dout, outd, B, r, 0.0f, s->tmp_r, r);
-    const float *x = vd_adapter_dropped(a, module, s->xdrop, s->x[module], a->opt.lora_dropout, N, ctx);
+    const float *x = vd_adapter_dropped(a, module, s->xdrop, inp, a->opt.lora_dropout, N, ctx);
     be->gemm(1, 0, r, in, N, s->scaling, s->tmp_r, r, x, in, 1.0f, dA, in);
     if (md->weff || !dinp) return; /* the adapter path is in weff, or no input gradient is wanted */
     vd_adapter_input_grad(a, module, dinp, s->tmp_r, A, s->scaling, s->xdrop, a->opt.lora_dropout, N, ctx);

@@ -32,7 +32,6 @@ typedef struct {
     int32_t *idx_b;      /* (out/L * r, topk) */
     float *w_b;          /* (out/L * r, topk) */
     float *U;            /* (N, r) dropout(x) A^T of the last forward (device) */
-    const float *x;      /* (N, in) the layer input of the last forward (the model keeps it until backward) */
 } vblora_module;
 
 /* VB-LoRA's private state (vd_adapter.state). */
@@ -44,7 +43,6 @@ typedef struct {
     float *dU;           /* (N, r) G B */
     float *dA;           /* (r, max_in) dU^T dropout(x) */
     float *dB;           /* (max_out, r) G^T U */
-    float *tmp_w;        /* (max_in, max_out) A^T B^T while building weff */
     /* "" or the file of a save_only_topk_weights import: such logits are -inf outside the top-k
      * (no gradient can revive them), so training is refused, as PEFT refuses it */
     char topk_only_path[VD_PATH_MAX];
@@ -164,8 +162,7 @@ static void vblora_alloc_acts(vd_adapter *a, int32_t N, int64_t tokens_per_step,
     s->dU = be->alloc(sizeof(float) * (size_t)N * r);
     s->dA = be->alloc(sizeof(float) * (size_t)r * a->max_in);
     s->dB = be->alloc(sizeof(float) * (size_t)a->max_out * r);
-    if (vd_adapter_alloc_weffs(a, a->opt.vblora_dropout, tokens_per_step, policy))
-        s->tmp_w = be->alloc(sizeof(float) * (size_t)a->max_in * a->max_out);
+    vd_adapter_alloc_weffs(a, a->opt.vblora_dropout, tokens_per_step, policy);
     vd_adapter_refresh(a);
 }
 
@@ -183,8 +180,8 @@ static void vblora_refresh(vd_adapter *a) {
         be->vblora_compose(vm->B, bank, vm->idx_b, vm->w_b, &vm->sb);
         vd_adapter_module *md = &a->modules[i];
         if (!md->weff) continue;
-        be->gemm(1, 1, md->in, md->out, a->opt.r, 1.0f, vm->A, md->in, vm->B, a->opt.r, 0.0f, s->tmp_w, md->out);
-        be->add(md->weff, md->W0, s->tmp_w, (size_t)md->in * md->out);
+        be->copy(md->weff, md->W0, sizeof(float) * (size_t)md->in * md->out);
+        be->gemm(1, 1, md->in, md->out, a->opt.r, 1.0f, vm->A, md->in, vm->B, a->opt.r, 1.0f, md->weff, md->out);
     }
 }
 
@@ -199,7 +196,7 @@ static void vblora_free(vd_adapter *a) {
             if (bufs[j]) be->free(bufs[j]);
         a->modules[i].weff = NULL;
     }
-    void *bufs[] = {s->xdrop, s->dU, s->dA, s->dB, s->tmp_w};
+    void *bufs[] = {s->xdrop, s->dU, s->dA, s->dB};
     for (size_t j = 0; j < sizeof(bufs) / sizeof(bufs[0]); j++)
         if (bufs[j]) be->free(bufs[j]);
     free(s->m);
@@ -225,7 +222,6 @@ static void vblora_linear_forward(vd_adapter *a, int32_t module, float *out, con
     vblora_module *vm = &s->m[module];
     const vd_adapter_module *md = &a->modules[module];
     int32_t r = a->opt.r;
-    vm->x = inp;
     const float *x = vd_adapter_dropped(a, module, s->xdrop, inp, a->opt.vblora_dropout, N, ctx);
     be->gemm(0, 1, N, r, md->in, 1.0f, x, md->in, vm->A, md->in, 0.0f, vm->U, r);
     if (md->weff) return;
@@ -236,8 +232,8 @@ static void vblora_linear_forward(vd_adapter *a, int32_t module, float *out, con
  * top-k admixture into the module's logits and the shared bank (summed over modules in the
  * order the model calls backward: fixed, so deterministic), and, unless the base GEMM used
  * weff, dinp += mask * (dU A). */
-static void vblora_linear_backward(vd_adapter *a, int32_t module, float *dinp, const float *dout, int32_t N,
-                                   const vd_fwd_ctx *ctx) {
+static void vblora_linear_backward(vd_adapter *a, int32_t module, float *dinp, const float *dout,
+                                   const float *inp, int32_t N, const vd_fwd_ctx *ctx) {
     const vd_backend *be = a->be;
     vblora_state *s = vblora_of(a);
     vblora_module *vm = &s->m[module];
@@ -245,7 +241,7 @@ static void vblora_linear_backward(vd_adapter *a, int32_t module, float *dinp, c
     int32_t r = a->opt.r, in = md->in, outd = md->out;
     be->gemm(1, 0, outd, r, N, 1.0f, dout, outd, vm->U, r, 0.0f, s->dB, r);
     be->gemm(0, 0, N, r, outd, 1.0f, dout, outd, vm->B, r, 0.0f, s->dU, r);
-    const float *x = vd_adapter_dropped(a, module, s->xdrop, vm->x, a->opt.vblora_dropout, N, ctx);
+    const float *x = vd_adapter_dropped(a, module, s->xdrop, inp, a->opt.vblora_dropout, N, ctx);
     be->gemm(1, 0, r, in, N, 1.0f, s->dU, r, x, in, 0.0f, s->dA, in);
     const float *bank = a->params + s->off_bank;
     float *dbank = a->grads + s->off_bank;

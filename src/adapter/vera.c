@@ -24,13 +24,19 @@ typedef struct {
     void *B16;           /* (max_out, r) device bf16 */
     size_t *off_b;       /* (n_modules) offset of lambda_b (out) in params / grads */
     size_t *off_d;       /* (n_modules) offset of lambda_d (r) */
-    float **U;           /* (n_modules) of (N, r): u = A[:, :in] x of the last forward, kept for backward */
+    /* U = A[:, :in] x of a layer (N, r), for the vector gradients: kept by the forward on the
+     * factored path, which needs it anyway (U[i]); formed in the backward from the layer's input
+     * on the merged path (NULL U[i]: the forward needs no U there), into Ub. Ub is reused by the
+     * next backward of the same input (q, k, v; gate, up) until a forward or refresh. */
+    float **U;           /* (n_modules) of (N, r), NULL for merged modules */
+    float *Ub;           /* (N, r) U of the input Ub_inp (Ub_in wide, Ub_N rows), or nothing when Ub_inp is NULL */
+    const float *Ub_inp;
+    int32_t Ub_in, Ub_N;
     /* scratch, sized for N = B*T tokens */
     float *xdrop;        /* (N, max_in) dropped adapter input */
     float *tmp_r;        /* (N, r) */
     float *tmp_out;      /* (N, max(max_out, max_in)) */
-    float *M;            /* (max_out, r) G^T U */
-    float *tmp_w;        /* (max_in, max_out) dW^T while building weff */
+    float *M;            /* (max_out, r) G^T U; diag(b) B[:out] diag(d) while building weff */
 } vera_state;
 
 static vera_state *vera_of(const vd_adapter *a) { return (vera_state *)a->state; }
@@ -81,14 +87,17 @@ static void vera_layout(vd_adapter *a) {
 }
 
 /* layout's lambda_b (out) and lambda_d (r) per module, the projections A (r, max_in), B (max_out, r)
- * (and their bf16 copies), alloc_acts' U per module and scratch */
+ * (and their bf16 copies), alloc_acts' U per factored module (those that do not merge at N tokens
+ * per step: an upper bound when grad_accum > 1 merges more), Ub and scratch */
 static void vera_size(const vd_adapter_options *opt, const int32_t *in, const int32_t *out, int32_t n_modules,
                       int32_t max_in, int32_t max_out, size_t N, int bf16, vd_adapter_size *sz) {
-    (void)in;
     size_t r = (size_t)opt->r, wide = (size_t)(max_out > max_in ? max_out : max_in), proj = r * max_in + max_out * r;
-    for (int32_t i = 0; i < n_modules; i++) sz->n_trainable += (size_t)out[i] + r;
-    sz->state_bytes = sizeof(float) * (proj + (size_t)n_modules * N * r + N * (size_t)max_in + N * r + N * wide +
-                                       (size_t)max_out * r) +
+    size_t n_u = 1; /* Ub */
+    for (int32_t i = 0; i < n_modules; i++) {
+        sz->n_trainable += (size_t)out[i] + r;
+        n_u += bf16 || !vd_adapter_merge_pays(opt->dropout, (int64_t)N, VD_WEFF_AUTO, in[i], out[i]);
+    }
+    sz->state_bytes = sizeof(float) * (proj + n_u * N * r + N * (size_t)max_in + N * r + N * wide + (size_t)max_out * r) +
                       (bf16 ? sizeof(uint16_t) * proj : 0);
     sz->merge_dropout = opt->dropout;
     snprintf(sz->shared, sizeof(sz->shared),
@@ -112,42 +121,29 @@ static void vera_alloc_acts(vd_adapter *a, int32_t N, int64_t tokens_per_step, v
     s->tmp_r = be->alloc(sizeof(float) * (size_t)N * r);
     s->tmp_out = be->alloc(sizeof(float) * (size_t)N * wide);
     s->M = be->alloc(sizeof(float) * (size_t)a->max_out * r);
-    int any_weff = 0;
-    for (int32_t i = 0; i < a->n_modules; i++) {
-        vd_adapter_module *md = &a->modules[i];
-        s->U[i] = be->alloc(sizeof(float) * (size_t)N * r);
-        /* The merged input gradient G (W0 + dW)^T costs 2*in*out*r once per step to form and
-         * saves 2*r*(in+out) per token; dropout breaks it (the mask sits inside the sum). */
-        int use = 0;
-        if (a->opt.dropout == 0.0f) {
-            if (policy == VD_WEFF_ALWAYS) use = 1;
-            else if (policy == VD_WEFF_AUTO)
-                use = (double)tokens_per_step * (md->in + md->out) > (double)md->in * md->out;
-        }
-        if (use) {
-            md->weff = be->alloc(sizeof(float) * (size_t)md->in * md->out);
-            any_weff = 1;
-        }
-    }
-    if (any_weff) s->tmp_w = be->alloc(sizeof(float) * (size_t)a->max_in * a->max_out);
+    s->Ub = be->alloc(sizeof(float) * (size_t)N * r);
+    vd_adapter_alloc_weffs(a, a->opt.dropout, tokens_per_step, policy);
+    for (int32_t i = 0; i < a->n_modules; i++)
+        if (!a->modules[i].weff) s->U[i] = be->alloc(sizeof(float) * (size_t)N * r);
     vd_adapter_refresh(a);
 }
 
+/* weff (in x out) = W0 + dW^T with dW^T = A[:, :in]^T (diag(b) B[:out] diag(d))^T: the vectors
+ * folded into the rank-r factor, the GEMM accumulating onto the copy of W0 (no dW^T buffer). */
 static void vera_refresh(vd_adapter *a) {
     const vd_backend *be = a->be;
     vera_state *s = vera_of(a);
     int32_t r = a->opt.r;
+    s->Ub_inp = NULL;
     for (int32_t i = 0; i < a->n_modules; i++) {
         vd_adapter_module *md = &a->modules[i];
         if (!md->weff) continue;
         const float *b = a->params + s->off_b[i], *d = a->params + s->off_d[i];
-        /* Bd (out x r) = B[:out] diag(d), in the M scratch (max_out x r; unused outside backward) */
-        float *Bd = s->M;
-        be->scale_cols(Bd, s->B, d, md->out, r);
-        /* dW^T (in x out) = A[:, :in]^T Bd^T, then columns scaled by b */
-        be->gemm(1, 1, md->in, md->out, r, 1.0f, s->A, a->max_in, Bd, r, 0.0f, s->tmp_w, md->out);
+        float *Bbd = s->M; /* (out x r) in the M scratch (max_out x r; unused outside backward) */
+        be->scale_cols(Bbd, s->B, d, md->out, r);
+        be->scale_rows(Bbd, Bbd, b, md->out, r);
         be->copy(md->weff, md->W0, sizeof(float) * (size_t)md->in * md->out);
-        be->scale_cols_add(md->weff, s->tmp_w, b, md->in, md->out);
+        be->gemm(1, 1, md->in, md->out, r, 1.0f, s->A, a->max_in, Bbd, r, 1.0f, md->weff, md->out);
     }
 }
 
@@ -160,6 +156,7 @@ static void vera_free(vd_adapter *a) {
         if (a->modules[i].weff) be->free(a->modules[i].weff);
         a->modules[i].weff = NULL;
     }
+    if (s->Ub) be->free(s->Ub);
     be->free(s->A);
     be->free(s->B);
     if (s->A16) be->free(s->A16);
@@ -168,7 +165,6 @@ static void vera_free(vd_adapter *a) {
     if (s->tmp_r) be->free(s->tmp_r);
     if (s->tmp_out) be->free(s->tmp_out);
     if (s->M) be->free(s->M);
-    if (s->tmp_w) be->free(s->tmp_w);
     free(s->off_b);
     free(s->off_d);
     free(s->U);
@@ -182,8 +178,9 @@ static const void *vera_proj(const float *p32, const void *p16, vd_dtype *t) {
     return p16 ? p16 : (const void *)p32;
 }
 
-/* After the base GEMM: U = x A[:, :in]^T (kept for the vector gradients), then, unless the merged
- * weight holds it, the factored term z = (U diag(d)) B[:out]^T, out += z diag(b) (PEFT's order). */
+/* After the base GEMM: nothing where the merged weight holds the adapter term; else
+ * U = x A[:, :in]^T (kept for the vector gradients) and the factored term
+ * z = (U diag(d)) B[:out]^T, out += z diag(b) (PEFT's order). */
 static void vera_linear_forward(vd_adapter *a, int32_t module, float *out, const float *inp, int32_t N,
                                 const vd_fwd_ctx *ctx) {
     const vd_backend *be = a->be;
@@ -191,26 +188,41 @@ static void vera_linear_forward(vd_adapter *a, int32_t module, float *out, const
     vd_adapter_module *md = &a->modules[module];
     int32_t r = a->opt.r, in = md->in, outd = md->out;
     const float *b = a->params + s->off_b[module], *d = a->params + s->off_d[module];
+    s->Ub_inp = NULL; /* the kept inputs may change from here on */
+    if (md->weff) return;
     const float *x = vd_adapter_dropped(a, module, s->xdrop, inp, a->opt.dropout, N, ctx);
     vd_dtype ta, tb;
     const void *A = vera_proj(s->A, s->A16, &ta), *Bp = vera_proj(s->B, s->B16, &tb);
     be->gemm_ex(0, 1, N, r, in, 1.0f, x, VD_DTYPE_F32, in, A, ta, a->max_in, 0.0f, s->U[module], r);
-    if (md->weff) return;
     be->scale_cols(s->tmp_r, s->U[module], d, N, r);
     be->gemm_ex(0, 1, N, outd, r, 1.0f, s->tmp_r, VD_DTYPE_F32, r, Bp, tb, r, 0.0f, s->tmp_out, outd);
     be->scale_cols_add(out, s->tmp_out, b, N, outd);
 }
 
+/* U of a merged module (no dropout, fp32 projections) from the layer's input x, or the one the
+ * previous backward formed from the same input. */
+static const float *vera_merged_u(vd_adapter *a, const float *x, int32_t in, int32_t N) {
+    vera_state *s = vera_of(a);
+    if (s->Ub_inp != x || s->Ub_in != in || s->Ub_N != N) {
+        a->be->gemm(0, 1, N, a->opt.r, in, 1.0f, x, in, s->A, a->max_in, 0.0f, s->Ub, a->opt.r);
+        s->Ub_inp = x;
+        s->Ub_in = in;
+        s->Ub_N = N;
+    }
+    return s->Ub;
+}
+
 /* After the base GEMM dinp = G (W0 or weff)^T: both vector gradients from one rank-r product
  * M = G^T U (out x r); then, on the factored path, dx += mask * (((G diag(b)) B[:out]) diag(d)) A[:, :in]. */
-static void vera_linear_backward(vd_adapter *a, int32_t module, float *dinp, const float *dout, int32_t N,
-                                 const vd_fwd_ctx *ctx) {
+static void vera_linear_backward(vd_adapter *a, int32_t module, float *dinp, const float *dout, const float *inp,
+                                 int32_t N, const vd_fwd_ctx *ctx) {
     const vd_backend *be = a->be;
     vera_state *s = vera_of(a);
     vd_adapter_module *md = &a->modules[module];
     int32_t r = a->opt.r, in = md->in, outd = md->out;
     const float *b = a->params + s->off_b[module], *d = a->params + s->off_d[module];
-    be->gemm(1, 0, outd, r, N, 1.0f, dout, outd, s->U[module], r, 0.0f, s->M, r);
+    const float *U = md->weff ? vera_merged_u(a, inp, in, N) : s->U[module];
+    be->gemm(1, 0, outd, r, N, 1.0f, dout, outd, U, r, 0.0f, s->M, r);
     be->vera_vector_grads(a->grads + s->off_b[module], a->grads + s->off_d[module], s->M, s->B, b, d, outd, r);
     if (md->weff || !dinp) return; /* the adapter path is in weff, or no input gradient is wanted */
     be->scale_cols(s->tmp_out, dout, b, N, outd);

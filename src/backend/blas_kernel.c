@@ -76,7 +76,7 @@ void vd_blas_ensure_kernel(char **argv) {
     }
     if (!want || have_level >= want_level) return;
     if (user && *user) {
-        snprintf(g_blas_note, sizeof(g_blas_note), " (OPENBLAS_CORETYPE=%s is set: kept, though this CPU can run %s)",
+        snprintf(g_blas_note, sizeof(g_blas_note), " (OPENBLAS_CORETYPE=%s is set: kept, though this CPU can run %s; HINT: unset it for the faster kernels)",
                  user, want);
         return;
     }

@@ -647,6 +647,15 @@ static void cpu_scale_cols_add(float *out, const float *inp, const float *vec, i
     }
 }
 
+static void cpu_scale_rows(float *out, const float *inp, const float *vec, int N, int C) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *x = inp + (size_t)n * C;
+        float *o = out + (size_t)n * C;
+        for (int c = 0; c < C; c++) o[c] = x[c] * vec[n];
+    }
+}
+
 static void cpu_vera_vector_grads(float *db, float *dd, const float *M, const float *Bs, const float *b,
                                   const float *d, int out, int r) {
     /* db: one row of M per output */
@@ -802,6 +811,7 @@ static const vd_backend g_cpu = {
     .sum = cpu_sum,
     .scale_cols = cpu_scale_cols,
     .scale_cols_add = cpu_scale_cols_add,
+    .scale_rows = cpu_scale_rows,
     .vera_vector_grads = cpu_vera_vector_grads,
     .dropout = cpu_dropout,
     .vblora_topk = cpu_vblora_topk,

@@ -9,7 +9,9 @@
  * half a float ulp), evaluated by Horner; 2^k built from the exponent bits. Inputs are clamped
  * to [-87, 88] so 2^k stays a normal float: e^x below e^-87 (1.6e-38) is returned as e^-87
  * rather than a denormal or 0, and above e^88 as e^88 rather than inf; every caller here only
- * adds it to 1 or to a sum of terms <= 1, where that makes no difference. NaN propagates.
+ * adds it to 1 or to a sum of terms <= 1, where that makes no difference. NaN in, NaN out: the
+ * clamps keep NaN (their compares are false), the polynomial carries it, and k is read from
+ * bits rather than converted from float to int (undefined for NaN).
  * Accuracy against exp in double: within 2 float ulp on [-87, 88] (tests/test_vmath.c). */
 #ifndef VERA_CPU_VMATH_H
 #define VERA_CPU_VMATH_H
@@ -24,7 +26,8 @@ static inline float vd_vexpf(float x) {
     const float round_magic = 12582912.0f;          /* 1.5 * 2^23: adding it rounds to an integer */
     x = x < -87.0f ? -87.0f : x;
     x = x > 88.0f ? 88.0f : x;
-    float kf = (x * log2e + round_magic) - round_magic;
+    float t = x * log2e + round_magic; /* round_magic + k, k = round(x / ln 2) */
+    float kf = t - round_magic;
     float r = x - kf * ln2_hi;
     r = r - kf * ln2_lo;
     float p = 1.0f / 5040.0f;
@@ -35,7 +38,11 @@ static inline float vd_vexpf(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    uint32_t bits = (uint32_t)((int32_t)kf + 127) << 23; /* unsigned: a negative biased exponent is not UB */
+    /* 2^k: k is also the low bits of t's pattern (t in [2^23, 2^24), where 1 is one ulp), so
+     * no float-to-int conversion, which for NaN would be undefined; NaN's p makes NaN below */
+    uint32_t tbits, bits;
+    memcpy(&tbits, &t, sizeof(tbits));
+    bits = (tbits - (0x4B400000u - 127u)) << 23; /* 0x4B400000: round_magic's pattern; unsigned wraps */
     float scale;
     memcpy(&scale, &bits, sizeof(scale));
     return p * scale;

@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "vera/adapter.h"
 #include "vera/backend.h"
@@ -48,14 +47,6 @@ static void eval_apply_checkpoint(eval_ckpt *e, const char *path, vd_config *cfg
     vd_cli_config_from_text(&stored, e->ck.config_text, path);
     vd_adapter_config_copy(cfg, &stored);
     if (!model_given) snprintf(cfg->model, sizeof(cfg->model), "%s", stored.model);
-}
-
-/* This rank's share of the node's cores, unless threads is set. */
-static int32_t eval_threads(const vd_config *cfg, const vd_comm *comm) {
-    if (cfg->threads > 0) return cfg->threads;
-    long online = sysconf(_SC_NPROCESSORS_ONLN);
-    int32_t n = (int32_t)((online < 1 ? 1 : online) / (comm->local_size < 1 ? 1 : comm->local_size));
-    return n < 1 ? 1 : n;
 }
 
 static int64_t eval_parse_max_seqs(const char *s) {
@@ -97,7 +88,7 @@ int vd_eval_main(int argc, char **argv) {
     snprintf(cfg.train_data, sizeof(cfg.train_data), "%s", data);
     vd_config_validate(&cfg);
     const vd_backend *be = vd_backend_cpu_init(&comm);
-    vd_backend_cpu_set_threads(eval_threads(&cfg, &comm));
+    vd_backend_cpu_set_threads(vd_train_pick_threads(&cfg, &comm));
 
     vd_model_config mc;
     float *host_params = vd_model_load(cfg.model, &mc);

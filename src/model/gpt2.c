@@ -248,22 +248,22 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
         gpt2_block_acts a = gpt2_block(m, l, B);
         const float *residual = gpt2_block_input(m, l, B);
         float *dfch_gelu = m->dbuf_a, *dfch = m->dbuf_b;
-        vd_linear_backward(ad, be, gpt2_module(m, l, 3), dfch_gelu, m->dresidual,
+        vd_linear_backward(ad, be, gpt2_module(m, l, 3), dfch_gelu, m->dresidual, a.fch_gelu,
                            gpt2_w(m, l, 3), N, 4 * C, C, ctx);
         be->gelu_backward(dfch, a.fch, dfch_gelu, NC * 4);
         float *dln2 = m->dbuf_a;
-        vd_linear_backward(ad, be, gpt2_module(m, l, 2), dln2, dfch, gpt2_w(m, l, 2), N, C,
+        vd_linear_backward(ad, be, gpt2_module(m, l, 2), dln2, dfch, a.ln2, gpt2_w(m, l, 2), N, C,
                            4 * C, ctx);
         be->layernorm_backward(m->dresidual, dln2, a.res2, p->ln2w + (size_t)l * C, a.ln2_mean, a.ln2_rstd, N, C);
         float *datty = m->dbuf_a;
-        vd_linear_backward(ad, be, gpt2_module(m, l, 1), datty, m->dresidual, gpt2_w(m, l, 1),
+        vd_linear_backward(ad, be, gpt2_module(m, l, 1), datty, m->dresidual, a.atty, gpt2_w(m, l, 1),
                            N, C, C, ctx);
         vd_attn_shape ash = gpt2_attn_shape(&m->config, B, T, m->last_pos);
         be->attention_backward(m->dqkv, m->dqkv + C, m->dqkv + 2 * C, m->datt, datty, a.qkv, a.qkv + C, a.qkv + 2 * C,
                                a.att, &ash);
         /* block 0's input is the frozen embedding's output: no gradient below c_attn's adapter */
         float *dln1 = l == 0 ? NULL : m->dbuf_a;
-        vd_linear_backward(ad, be, gpt2_module(m, l, 0), dln1, m->dqkv, gpt2_w(m, l, 0), N, C,
+        vd_linear_backward(ad, be, gpt2_module(m, l, 0), dln1, m->dqkv, a.ln1, gpt2_w(m, l, 0), N, C,
                            3 * C, ctx);
         if (l == 0) break;
         be->layernorm_backward(m->dresidual, dln1, residual, p->ln1w + (size_t)l * C, a.ln1_mean, a.ln1_rstd, N, C);

@@ -659,24 +659,24 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
         llama_block_acts a = llama_block(m, l, B);
         const float *x = m->resid + (size_t)l * NC;
         /* MLP: down, SwiGLU, then gate and up share the normed input */
-        vd_linear_backward(ad, be, llama_module(m, l, K_DOWN), m->dx, m->dres, llama_w(m, l, K_DOWN), N, I, C, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_DOWN), m->dx, m->dres, a.act, llama_w(m, l, K_DOWN), N, I, C, ctx);
         be->swiglu_backward(m->dgate, m->dup, a.gate, a.up, m->dx, (size_t)N * I);
-        vd_linear_backward(ad, be, llama_module(m, l, K_GATE), m->dx, m->dgate, llama_w(m, l, K_GATE), N, C, I, ctx);
-        vd_linear_backward(ad, be, llama_module(m, l, K_UP), m->dtmp, m->dup, llama_w(m, l, K_UP), N, C, I, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_GATE), m->dx, m->dgate, a.xn2, llama_w(m, l, K_GATE), N, C, I, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_UP), m->dtmp, m->dup, a.xn2, llama_w(m, l, K_UP), N, C, I, ctx);
         be->accumulate(m->dx, m->dtmp, NC);
         be->rmsnorm_backward(m->dres, m->dx, a.mid, p->mlp_norm + (size_t)l * C, a.rstd2, N, C);
         /* attention: o_proj, attention, RoPE backwards, then q, k, v share the normed input */
-        vd_linear_backward(ad, be, llama_module(m, l, K_O), m->dx, m->dres, llama_w(m, l, K_O), N, Q, C, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_O), m->dx, m->dres, a.atty, llama_w(m, l, K_O), N, Q, C, ctx);
         be->attention_backward(m->dq, m->dk, m->dv, m->datt, m->dx, a.q, a.k, a.v, a.att, &sh);
         be->rope(m->dq, m->inv_freq, m->last_pos, B, T, NH, hd, Q, 1);
         be->rope(m->dk, m->inv_freq, m->last_pos, B, T, NKV, hd, KV, 1);
         /* block 0's input is the frozen embedding's output: q, k, v give their adapters'
          * gradients and nothing below */
         float *dxq = l == 0 ? NULL : m->dx, *dxkv = l == 0 ? NULL : m->dtmp;
-        vd_linear_backward(ad, be, llama_module(m, l, K_Q), dxq, m->dq, llama_w(m, l, K_Q), N, C, Q, ctx);
-        vd_linear_backward(ad, be, llama_module(m, l, K_K), dxkv, m->dk, llama_w(m, l, K_K), N, C, KV, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_Q), dxq, m->dq, a.xn1, llama_w(m, l, K_Q), N, C, Q, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_K), dxkv, m->dk, a.xn1, llama_w(m, l, K_K), N, C, KV, ctx);
         if (l > 0) be->accumulate(m->dx, m->dtmp, NC);
-        vd_linear_backward(ad, be, llama_module(m, l, K_V), dxkv, m->dv, llama_w(m, l, K_V), N, C, KV, ctx);
+        vd_linear_backward(ad, be, llama_module(m, l, K_V), dxkv, m->dv, a.xn1, llama_w(m, l, K_V), N, C, KV, ctx);
         if (l == 0) break;
         be->accumulate(m->dx, m->dtmp, NC);
         be->rmsnorm_backward(m->dres, m->dx, x, p->attn_norm + (size_t)l * C, a.rstd1, N, C);

@@ -25,24 +25,22 @@ void vd_memory_estimate_run(const vd_model_config *mc, uint32_t mask, const vd_c
     vd_adapter_options opt;
     vd_adapter_options_from_config(&opt, cfg, mask);
     vd_adapter_size sz;
-    int32_t max_in = 0, max_out = 0;
-    vd_adapter_size_of(mc, &opt, N, bf16, &sz, NULL, &max_in, &max_out);
+    vd_adapter_size_of(mc, &opt, N, bf16, &sz, NULL, NULL, NULL);
     size_t n_lin = vd_model_linear_params(mc);
     e->weights = sizeof(float) * f->num_params(mc) - (bf16 ? (sizeof(float) - sizeof(uint16_t)) * n_lin : 0);
     e->acts = vd_model_act_bytes(mc, cfg->batch_size, cfg->seq_len, strcmp(cfg->recompute, "block") == 0);
     e->adapter = sizeof(float) * (4 * sz.n_trainable + 2) /* params, grads (+ loss, stop flag), AdamW m, v */
                  + sz.state_bytes;
-    /* merged W0 + dW on the layers where it pays (vd_adapter_alloc_weffs' rule, no dropout) */
+    /* merged W0 + dW on the layers where it pays (built in place: no scratch) */
     int64_t tokens_per_step = (int64_t)N * cfg->grad_accum;
-    if (sz.merge_dropout == 0.0f && !bf16) /* never merged into a bf16 W0 */
+    if (!bf16) /* never merged into a bf16 W0 */
         for (int32_t k = 0; k < f->n_kinds; k++) {
             if (!(mask & (1u << k))) continue;
             int32_t in, out;
             f->kind_shape(mc, k, &in, &out);
-            if ((double)tokens_per_step * (in + out) > (double)in * out)
+            if (vd_adapter_merge_pays(sz.merge_dropout, tokens_per_step, VD_WEFF_AUTO, in, out))
                 e->merged += sizeof(float) * (size_t)mc->n_layer * (size_t)in * (size_t)out;
         }
-    if (e->merged) e->merged += sizeof(float) * (size_t)max_in * (size_t)max_out; /* build scratch */
     if (bf16) { /* the CPU's gemm_ex scratch: the widest weight and the widest input, as fp32 */
         size_t wmax = 0, imax = 0;
         for (int32_t k = 0; k < f->n_kinds; k++) {

@@ -54,16 +54,15 @@ static void train_install_signals(void) {
         vd_die("cannot install signal handlers");
 }
 
-/* This rank's share of the node's cores: the cores it is bound to when the launcher binds
- * ranks, otherwise the node's cores divided by the ranks MPI says share the node. */
-static int32_t train_pick_threads(const vd_config *cfg, const vd_comm *comm) {
+/* vd_train_pick_threads (cli.h): train and eval pick a rank's thread count here, one rule. */
+int32_t vd_train_pick_threads(const vd_config *cfg, const vd_comm *comm) {
     if (cfg->threads > 0) return cfg->threads;
     cpu_set_t set;
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     if (online < 1) online = 1;
     int bound = (int)online;
     if (sched_getaffinity(0, sizeof(set), &set) == 0) bound = CPU_COUNT(&set);
-    int32_t n = bound < online ? bound : (int32_t)(online / comm->local_size);
+    int32_t n = bound < online ? bound : (int32_t)(online / (comm->local_size < 1 ? 1 : comm->local_size));
     return n < 1 ? 1 : n;
 }
 
@@ -573,7 +572,7 @@ static void train_setup(train_run *run, int argc, char **argv) {
     vd_config_serialize(cfg, run->config_text, sizeof(run->config_text));
 
     run->be = train_pick_backend(cfg, &run->comm);
-    run->threads = train_pick_threads(cfg, &run->comm);
+    run->threads = vd_train_pick_threads(cfg, &run->comm);
     vd_backend_cpu_set_threads(run->threads);
     snprintf(run->metrics_path, sizeof(run->metrics_path), "%s/metrics.jsonl", cfg->out_dir);
     snprintf(run->adapter_path, sizeof(run->adapter_path), "%s/adapter_final.safetensors", cfg->out_dir);

@@ -6,7 +6,7 @@
  * Error measure: max_i |gpu_i - cpu_i| / max_i |cpu_i| (relative to the tensor's largest
  * entry; 0 when the tensors are equal). Bounds, and why:
  *   exact (0)  memory ops, dropout (the mask stream is bit-identical, src/backend/cuda/dropout_hash.h),
- *              add, add_bias, scale_cols, encoder (one IEEE float operation per element)
+ *              add, add_bias, scale_cols, scale_rows, encoder (one IEEE float operation per element)
  *   1e-6       elementwise with a multiply-add the GPU may fuse or a libm function (GELU's
  *              tanhf: 2 ulp on the GPU; SwiGLU's expf; RoPE's cosf / sinf), softmax-xent
  *              backward, AdamW
@@ -236,6 +236,14 @@ static void test_elementwise(void) {
     cpu->scale_cols_add(out.c, b.c, vec.c, N, C);
     gpu->scale_cols_add(out.g, b.g, vec.g, N, C);
     compare("scale_cols_add", &out, 1e-6);
+    pair rvec = pair_new(N, 2.0f);
+    cpu->scale_rows(out.c, b.c, rvec.c, N, C);
+    gpu->scale_rows(out.g, b.g, rvec.g, N, C);
+    compare("scale_rows", &out, 0);
+    cpu->scale_rows(b.c, b.c, rvec.c, N, C);
+    gpu->scale_rows(b.g, b.g, rvec.g, N, C);
+    compare("scale_rows in place", &b, 0);
+    pair_free(&rvec);
     pair x = pair_new(n, 4.0f);
     cpu->gelu_forward(out.c, x.c, n);
     gpu->gelu_forward(out.g, x.g, n);

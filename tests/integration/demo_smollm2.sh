@@ -11,8 +11,8 @@
 #  * export --format peft and --format lora of the last checkpoint: adapter_config.json has the
 #    PEFT keys with the right values, and every tensor in adapter_model.safetensors has a
 #    data size equal to its shape (F32), the expected count and the shapes PEFT loads.
-# About 1-2 minutes on 2 cores. Unlike the demo, the test leaves OPENBLAS_CORETYPE as the
-# environment has it (tests and CI must not change the BLAS kernel choice).
+# About 1-2 minutes on 2 cores. Like the demo, the test leaves OPENBLAS_CORETYPE as the
+# environment has it (vera-dist itself picks the kernel: src/backend/blas_kernel.c).
 source "$(dirname "$0")/common.sh"
 # shellcheck disable=SC2034 # read by vd_mpirun in common.sh: a 135M model needs more than its 120 s
 MPI_TIMEOUT="${VERA_TEST_TIMEOUT:-300}"

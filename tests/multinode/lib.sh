@@ -40,8 +40,14 @@
 #   mn_leftovers [PREFIX] print what is left of PREFIX (namespaces, links named after it in the
 #                       root namespace, /etc/netns entries, state dir); prints nothing when clean
 #   mn_ns K / mn_host K / mn_addr K   namespace, hostname, address of node K
-#   mn_exec K CMD...    run CMD in node K (its netns, a fresh UTS namespace with its hostname,
-#                       its TMPDIR); exit code of CMD
+#   mn_enter K [HOW]    set the array MN_ENTER to the words that run a command in node K (append
+#                       CMD): its network namespace, a fresh UTS namespace with its hostname, its
+#                       TMPDIR; each word execs the next, so `exec "${MN_ENTER[@]}" CMD` makes CMD
+#                       the caller's own process. HOW: netns (default) is `ip netns exec`, which
+#                       also bind-mounts /etc/netns/NS/hosts (every node name resolves) and mounts
+#                       a fresh /sys; nsenter is `nsenter --net`, the network namespace alone, the
+#                       host's mounts kept (slurmd needs the cgroup hierarchies a fresh /sys lacks)
+#   mn_exec K CMD...    run CMD in node K (mn_enter K netns); exit code of CMD
 #   mn_mpirun RPN -- CMD...  mpirun inside node 0 launching RPN ranks on each node (N*RPN in all,
 #                       by slot: ranks K*RPN..K*RPN+RPN-1 on node K; N = $MN_USE_NODES if set,
 #                       nodes 0..N-1, else all) through agent.sh;
@@ -242,15 +248,25 @@ mn_leftovers() {
   echo -n "$out"
 }
 
-mn_exec() {
-  local k="${1:?usage: mn_exec K CMD...}"; shift
-  local ns
+mn_enter() {
+  local k="${1:?usage: mn_enter K [netns|nsenter]}" how="${2:-netns}" ns
   ns="$(mn_ns "$k")"
   [[ -e "/run/netns/$ns" ]] || { mn__err "no node $k in cluster $MN_PREFIX"; return 2; }
-  # ip netns exec and unshare both exec: CMD keeps the pid this function's child got
+  MN_ENTER=(env "TMPDIR=$MN_DIR/n$k-tmp")
+  case "$how" in
+    netns) MN_ENTER+=(ip netns exec "$ns") ;;
+    nsenter) MN_ENTER+=(nsenter --net="/run/netns/$ns") ;;
+    *) mn__err "mn_enter: how is netns or nsenter, got '$how'"; return 2 ;;
+  esac
+  # env, ip netns exec / nsenter, unshare and sh all exec: CMD keeps the pid the words started as
   # shellcheck disable=SC2016 # $0 and $@ belong to the inner sh
-  TMPDIR="$MN_DIR/n$k-tmp" ip netns exec "$ns" unshare --uts -- \
-    sh -c 'hostname "$0" || exit 1; exec "$@"' "$(mn_host "$k")" "$@"
+  MN_ENTER+=(unshare --uts -- sh -c 'hostname "$0" || exit 1; exec "$@"' "$(mn_host "$k")")
+}
+
+mn_exec() {
+  local k="${1:?usage: mn_exec K CMD...}"; shift
+  mn_enter "$k" netns || return
+  "${MN_ENTER[@]}" "$@"
 }
 
 mn_mpirun() {

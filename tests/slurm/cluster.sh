@@ -276,13 +276,12 @@ mn_load() { # DIR: the harness's functions and this cluster's MN_* variables
 }
 
 # node_daemon K CMD...: exec CMD in node K: its network namespace and hostname, its TMPDIR.
-# Not mn_exec: `ip netns exec` mounts a fresh /sys without the cgroup hierarchies that slurmd
-# 22.05 refuses to start without; nsenter enters the network namespace and keeps the mounts.
+# Entered with nsenter, not mn_exec's `ip netns exec`: that mounts a fresh /sys without the
+# cgroup hierarchies that slurmd 22.05 refuses to start without (mn_enter in lib.sh).
 node_daemon() {
   local k="$1"; shift
-  # shellcheck disable=SC2016  # ($0 and $@ are the inner shell's)
-  TMPDIR="$MN_DIR/n$k-tmp" exec nsenter --net="/run/netns/$(mn_ns "$k")" unshare --uts -- \
-    sh -c 'hostname "$0" || exit 1; exec "$@"' "$(mn_host "$k")" "$@"
+  mn_enter "$k" nsenter || exit
+  exec "${MN_ENTER[@]}" "$@"
 }
 
 # cmd_exec DIR CMD...: CMD with this cluster's SLURM_CONF on its login node (node 0 of the

@@ -1154,6 +1154,18 @@ static void cu_scale_cols_add(float *out, const float *inp, const float *vec, in
     VD_LAUNCHED("scale_cols_add");
 }
 
+__global__ void k_scale_rows(float *out, const float *inp, const float *vec, size_t n, int C) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = inp[i] * vec[i / (size_t)C];
+}
+
+static void cu_scale_rows(float *out, const float *inp, const float *vec, int N, int C) {
+    size_t n = (size_t)N * C;
+    if (!n) return;
+    VD_LAUNCH(k_scale_rows, vd_grid(n, VD_THREADS), VD_THREADS, 0, out, inp, vec, n, C);
+    VD_LAUNCHED("scale_rows");
+}
+
 /* db[i] += sum_k B[i,k] d[k] M[i,k]: one warp per row i. */
 __global__ void k_vera_db(float *db, const float *M, const float *Bs, const float *d, int out, int r) {
     const int lane = threadIdx.x & 31;
@@ -1493,6 +1505,7 @@ static void cuda_fill_table(vd_backend *t) {
     t->sum = cu_sum;
     t->scale_cols = cu_scale_cols;
     t->scale_cols_add = cu_scale_cols_add;
+    t->scale_rows = cu_scale_rows;
     t->vera_vector_grads = cu_vera_vector_grads;
     t->dropout = cu_dropout;
     t->vblora_topk = cu_vblora_topk;
