@@ -98,13 +98,19 @@ typedef struct vd_backend {
     /* Causal scaled-dot-product attention with grouped-query heads (shape in vd_attn_shape):
      * q (B,T,.) rows of s->q_stride floats, head h at column h*head_dim; k, v rows of
      * s->kv_stride floats, kv head h / (n_head / n_kv_head). out (B,T,n_head*head_dim)
-     * contiguous; att (B,n_head,T,T) keeps the softmax for backward (0 outside each query's
-     * keys t - pos[t] .. t). Scale 1/sqrt(head_dim).
+     * contiguous. Each query t sees keys t - pos[t] .. t. Scale 1/sqrt(head_dim).
+     * att is the backend's saved state for attention_backward, attention_saved_floats(s)
+     * floats, private to the backend: the CPU keeps per-row softmax statistics and recomputes
+     * the probabilities, the CUDA backend keeps the softmax (B,n_head,T,T).
      * GPT-2 passes its fused qkv (q = qkv, k = qkv + C, v = qkv + 2C, strides 3C). */
     void (*attention_forward)(float *out, float *att, const float *q, const float *k, const float *v,
                               const struct vd_attn_shape *s);
+    /* Floats attention_forward writes into att for attention_backward (depends on s->B, s->T,
+     * s->n_head only). */
+    size_t (*attention_saved_floats)(const struct vd_attn_shape *s);
     /* dq, dk, dv (same strides as q, k, v; written, not accumulated; dk/dv summed over the
-     * heads of a group) from dout (B,T,n_head*head_dim); datt is scratch of att's size. */
+     * heads of a group) from dout (B,T,n_head*head_dim) and the forward's att (with the same
+     * q, k, v); datt is scratch of B*n_head*T*T floats. */
     void (*attention_backward)(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *q,
                                const float *k, const float *v, const float *att, const struct vd_attn_shape *s);
     /* Generation against a KV cache (one sequence; s->B and s->T are not used): query i (row i of
@@ -176,6 +182,9 @@ struct vd_comm;
 const vd_backend *vd_backend_cpu_init(const struct vd_comm *comm);
 /* The CPU backend without a communicator (single process: allreduce_sum is the identity). */
 const vd_backend *vd_backend_cpu(void);
+/* be->attention_saved_floats(s), or the CPU backend's when be is NULL (memory estimates made
+ * without a backend: inspect, the trainer's pre-check). */
+size_t vd_attention_saved_floats(const vd_backend *be, const vd_attn_shape *s);
 /* The dropout stream every backend must reproduce: uniform in [0,1) for element (row, col). */
 float vd_dropout_uniform(uint64_t seed, uint64_t row, uint64_t col);
 /* The CPU backend runs attention through BLAS GEMMs for seq_len >= this (default 128), with

@@ -147,7 +147,7 @@ typedef struct vd_gpt2 {
     float *ln1_mean, *ln1_rstd; /* (LB, N) */
     float *qkv;              /* (LB, N, 3C) */
     float *atty;             /* (LB, N, C)     attention output before c_proj */
-    float *att;              /* (LB, B, NH, T, T) causal softmax */
+    float *att;              /* (LB, attention_saved_floats) attention's saved state (the backend's) */
     float *residual2;        /* (LB, N, C) */
     float *ln2;              /* (LB, N, C) */
     float *ln2_mean, *ln2_rstd; /* (LB, N) */
@@ -258,7 +258,8 @@ uint64_t vd_model_fingerprint(const vd_model_config *cfg, const float *host_para
 void vd_model_save_hf(const char *dir, const vd_model_config *cfg, const float *host_params);
 
 /* Bytes of activations and backward scratch vd_model_alloc_acts(B, T) allocates (inspect), with
- * recompute = 1 (recompute = block) or 0 (none). */
+ * recompute = 1 (recompute = block) or 0 (none), on the CPU backend: attention's saved state is
+ * the CPU's (a CUDA backend keeps B*NH*T*T floats per layer there instead). */
 size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute);
 /* Uploads host_params to the backend and lists the sites: vd_model_init_typed with F32. */
 void vd_model_init(vd_model *m, const struct vd_backend *be, const vd_model_config *cfg, const float *host_params);
@@ -433,7 +434,7 @@ struct vd_llama {
     float *resid;            /* (L+1, N, C)   input of each block; [L] = output of the last */
     float *xn1, *rstd1;      /* (LB, N, C), (LB, N)  input_layernorm */
     float *q, *k, *v;        /* (LB, N, Q), (LB, N, KV), (LB, N, KV)  after RoPE */
-    float *att;              /* (LB, B, NH, T, T) */
+    float *att;              /* (LB, attention_saved_floats) attention's saved state (the backend's) */
     float *atty;             /* (LB, N, Q)     attention output before o_proj */
     float *resid_mid;        /* (LB, N, C)     after the attention residual */
     float *xn2, *rstd2;      /* (LB, N, C), (LB, N)  post_attention_layernorm */

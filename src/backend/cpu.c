@@ -231,9 +231,48 @@ static inline int attn_first_key(const vd_attn_shape *s, int b, int t) {
  * only the keys up to its last row, so about half of T x T (the masked half) is skipped. */
 #define ATTN_BLOCK 64
 
+/* What the CPU's attention keeps for its backward (the seam's att): per query row (b, h, t)
+ * the softmax's max score and 1/sum, ATTN_STATS floats at attn_stat_at, never the T x T
+ * probabilities (those of every layer would be B*NH*T*T floats each). The backward recomputes
+ * the scores from q and k with the forward's own code and these two floats: the same bits. */
+#define ATTN_STATS 2
+
+static size_t cpu_attention_saved_floats(const vd_attn_shape *s) {
+    return (size_t)s->B * s->n_head * s->T * ATTN_STATS;
+}
+
+static inline size_t attn_stat_at(const vd_attn_shape *s, int b, int h, int t) {
+    return (((size_t)b * s->n_head + h) * s->T + t) * ATTN_STATS;
+}
+
+/* Per-thread scratch of the attention kernels: ATTN_BLOCK rows of T floats per thread (a block
+ * of scores, or the direct loops' rows), grown on demand and kept until exit, so no call
+ * allocates per head. Taken outside the parallel region; thread i uses slice i. */
+static float *g_attn_scratch;
+static size_t g_attn_scratch_floats;
+
+static void attn_scratch_free(void) {
+    free(g_attn_scratch);
+    g_attn_scratch = NULL;
+    g_attn_scratch_floats = 0;
+}
+
+static float *attn_scratch(int T, size_t *per_thread) {
+    static int registered;
+    *per_thread = (size_t)ATTN_BLOCK * (size_t)T;
+    size_t need = *per_thread * (size_t)omp_get_max_threads();
+    if (need > g_attn_scratch_floats) {
+        if (!registered && atexit(attn_scratch_free) == 0) registered = 1;
+        free(g_attn_scratch);
+        g_attn_scratch = mallocCheck(sizeof(float) * need);
+        g_attn_scratch_floats = need;
+    }
+    return g_attn_scratch;
+}
+
 /* Softmax of scores a[lo..t] in place: every attention row (both paths, the KV cache) goes
- * through this one summation order. */
-static void attn_softmax_span(float *a, int lo, int t) {
+ * through this one summation order. keep (or NULL) receives the max and 1/sum. */
+static void attn_softmax_span(float *a, int lo, int t, float *keep) {
     float maxv = -INFINITY;
     for (int t2 = lo; t2 <= t; t2++) if (a[t2] > maxv) maxv = a[t2];
     float sum = 0.0f;
@@ -241,41 +280,57 @@ static void attn_softmax_span(float *a, int lo, int t) {
     for (int t2 = lo; t2 <= t; t2++) sum += a[t2];
     float inv = 1.0f / sum;
     for (int t2 = lo; t2 <= t; t2++) a[t2] *= inv;
+    if (keep) { keep[0] = maxv; keep[1] = inv; }
 }
 
-/* Softmax of rows t0 .. t1-1 of S (rows of T floats) in place over keys lo(t) .. t, every other
- * entry of the row 0. Serial: it runs inside the per-head parallel loop. */
-static void attn_softmax_rows(float *S, const vd_attn_shape *s, int b, int t0, int t1) {
+/* The probabilities attn_softmax_span made of the same scores a[lo..t], from what it kept:
+ * each element goes through the same two operations (exp of the difference, times 1/sum). */
+static void attn_softmax_again(float *a, int lo, int t, const float *kept) {
+    float maxv = kept[0], inv = kept[1];
+    for (int t2 = lo; t2 <= t; t2++) a[t2] = vd_vexpf(a[t2] - maxv);
+    for (int t2 = lo; t2 <= t; t2++) a[t2] *= inv;
+}
+
+/* Probabilities of query block i0..i1-1 of head (b, h) over keys 0..i1-1 into S (rows of T
+ * floats; columns i1.. untouched): S = scale Q K^T, then each row's causal softmax over keys
+ * lo(t) .. t, 0 elsewhere. The forward (keep: the rows' statistics) and the backward's
+ * recompute (kept: from them) both come here, so the backward's P is the forward's bit for
+ * bit. Serial: it runs inside the per-head parallel loop. */
+static void attn_block_probs(float *S, const float *q, const float *k, const vd_attn_shape *s, int b, int h,
+                             int i0, int i1, float scale, float *keep, const float *kept) {
     int T = s->T;
-    for (int t = t0; t < t1; t++) {
-        float *a = S + (size_t)(t - t0) * T;
+    cpu_gemm(0, 1, i1 - i0, i1, s->head_dim, scale, q + attn_q_at(s, b, i0, h), s->q_stride,
+             k + attn_kv_at(s, b, 0, attn_kv_head(s, h)), s->kv_stride, 0.0f, S, T);
+    for (int t = i0; t < i1; t++) {
+        float *a = S + (size_t)(t - i0) * T;
         int lo = attn_first_key(s, b, t);
-        attn_softmax_span(a, lo, t);
+        if (keep) attn_softmax_span(a, lo, t, keep + (size_t)(t - i0) * ATTN_STATS);
+        else attn_softmax_again(a, lo, t, kept + (size_t)(t - i0) * ATTN_STATS);
         for (int t2 = 0; t2 < lo; t2++) a[t2] = 0.0f;
-        for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+        for (int t2 = t + 1; t2 < i1; t2++) a[t2] = 0.0f;
     }
 }
 
 /* One (batch, head) per iteration of one parallel loop; each thread runs its head's GEMMs on
  * its own (the OpenMP OpenBLAS is single-threaded inside a parallel region), so no thread team
  * is woken per head and the result does not depend on the thread count. Per block of
- * ATTN_BLOCK queries: S = scale Q K^T over the keys up to the block's end, the causal softmax,
- * O = S V over the same keys. */
+ * ATTN_BLOCK queries, in the thread's scratch: P = softmax(scale Q K^T) over the keys up to the
+ * block's end (attn_block_probs), then O = P V over the same keys; only the row statistics
+ * stay (att). */
 static void cpu_attention_forward_gemm(float *out, float *att, const float *q, const float *k, const float *v,
                                        const vd_attn_shape *s) {
     int T = s->T, NH = s->n_head, hs = s->head_dim, OC = NH * hs;
     float scale = 1.0f / sqrtf((float)hs);
+    size_t per;
+    float *scratch = attn_scratch(T, &per);
     #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < s->B; b++) {
         for (int h = 0; h < NH; h++) {
-            int kvh = attn_kv_head(s, h);
-            const float *kh = k + attn_kv_at(s, b, 0, kvh), *vh = v + attn_kv_at(s, b, 0, kvh);
+            float *S = scratch + (size_t)omp_get_thread_num() * per;
+            const float *vh = v + attn_kv_at(s, b, 0, attn_kv_head(s, h));
             for (int i0 = 0; i0 < T; i0 += ATTN_BLOCK) {
                 int i1 = i0 + ATTN_BLOCK < T ? i0 + ATTN_BLOCK : T;
-                float *S = att + (((size_t)b * NH + h) * T + i0) * T;
-                cpu_gemm(0, 1, i1 - i0, i1, hs, scale, q + attn_q_at(s, b, i0, h), s->q_stride, kh, s->kv_stride,
-                         0.0f, S, T);
-                attn_softmax_rows(S, s, b, i0, i1);
+                attn_block_probs(S, q, k, s, b, h, i0, i1, scale, att + attn_stat_at(s, b, h, i0), NULL);
                 cpu_gemm(0, 0, i1 - i0, hs, i1, 1.0f, S, T, vh, s->kv_stride, 0.0f, out + attn_o_at(s, b, i0, h), OC);
             }
         }
@@ -284,65 +339,82 @@ static void cpu_attention_forward_gemm(float *out, float *att, const float *q, c
 
 /* One (batch, kv head) per iteration: it owns that kv head's dK, dV and its group's dQ, so no two
  * threads write the same floats; the heads of a group run in order (the first writes dK, dV with
- * beta 0, the others add). Per head: by query blocks dP = dO V^T, dS = P (dP - rowsum(P dP)) scale
- * in place over dP, dQ = dS K (keys up to the block's end); then by key blocks dV (+)= P^T dO and
- * dK (+)= dS^T Q over the queries from the block's start (the rows above it are masked). */
+ * beta 0, the others add). Per head, in its T x T slot of datt: P again, block by block as the
+ * forward made it; by key blocks dV (+)= P^T dO over the queries from the block's start (the
+ * rows above it are masked); by query blocks dP = dO V^T (the thread's scratch), dS = P (dP -
+ * rowsum(P dP)) scale over P, dQ = dS K (keys up to the block's end); by key blocks dK (+)= dS^T Q. */
 static void cpu_attention_backward_gemm(float *dq, float *dk, float *dv, float *datt, const float *dout,
                                         const float *q, const float *k, const float *v, const float *att,
                                         const vd_attn_shape *s) {
     int T = s->T, NH = s->n_head, NKV = s->n_kv_head, hs = s->head_dim, OC = NH * hs, group = NH / NKV;
     float scale = 1.0f / sqrtf((float)hs);
+    size_t per;
+    float *scratch = attn_scratch(T, &per);
     #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < s->B; b++) {
         for (int kvh = 0; kvh < NKV; kvh++) {
+            float *dP = scratch + (size_t)omp_get_thread_num() * per; /* one query block of dO V^T */
             const float *kh = k + attn_kv_at(s, b, 0, kvh), *vh = v + attn_kv_at(s, b, 0, kvh);
             float *dkh = dk + attn_kv_at(s, b, 0, kvh), *dvh = dv + attn_kv_at(s, b, 0, kvh);
             for (int h = kvh * group; h < (kvh + 1) * group; h++) {
                 float beta_kv = h == kvh * group ? 0.0f : 1.0f;
-                const float *P = att + (((size_t)b * NH + h) * T) * T;
-                float *dP = datt + (((size_t)b * NH + h) * T) * T;
+                float *P = datt + (((size_t)b * NH + h) * T) * T; /* P, then dS in its place */
+                for (int i0 = 0; i0 < T; i0 += ATTN_BLOCK) {
+                    int i1 = i0 + ATTN_BLOCK < T ? i0 + ATTN_BLOCK : T;
+                    attn_block_probs(P + (size_t)i0 * T, q, k, s, b, h, i0, i1, scale, NULL,
+                                     att + attn_stat_at(s, b, h, i0));
+                }
+                /* rows j0.., columns j0..j1-1: inside the blocks' columns 0..i1-1 that were written */
+                for (int j0 = 0; j0 < T; j0 += ATTN_BLOCK) {
+                    int j1 = j0 + ATTN_BLOCK < T ? j0 + ATTN_BLOCK : T;
+                    cpu_gemm(1, 0, j1 - j0, hs, T - j0, 1.0f, P + (size_t)j0 * T + j0, T, dout + attn_o_at(s, b, j0, h),
+                             OC, beta_kv, dvh + (size_t)j0 * s->kv_stride, s->kv_stride);
+                }
                 for (int i0 = 0; i0 < T; i0 += ATTN_BLOCK) {
                     int i1 = i0 + ATTN_BLOCK < T ? i0 + ATTN_BLOCK : T;
                     cpu_gemm(0, 1, i1 - i0, i1, hs, 1.0f, dout + attn_o_at(s, b, i0, h), OC, vh, s->kv_stride, 0.0f,
-                             dP + (size_t)i0 * T, T);
+                             dP, T);
                     for (int t = i0; t < i1; t++) {
-                        const float *p = P + (size_t)t * T;
-                        float *d = dP + (size_t)t * T;
+                        float *p = P + (size_t)t * T; /* 0 outside keys lo .. t: so is dS */
+                        const float *d = dP + (size_t)(t - i0) * T;
                         int lo = attn_first_key(s, b, t);
                         float dot = 0.0f;
                         for (int t2 = lo; t2 <= t; t2++) dot += p[t2] * d[t2];
-                        for (int t2 = lo; t2 <= t; t2++) d[t2] = p[t2] * (d[t2] - dot) * scale;
-                        for (int t2 = 0; t2 < lo; t2++) d[t2] = 0.0f;
-                        for (int t2 = t + 1; t2 < T; t2++) d[t2] = 0.0f;
+                        for (int t2 = lo; t2 <= t; t2++) p[t2] = p[t2] * (d[t2] - dot) * scale;
                     }
-                    cpu_gemm(0, 0, i1 - i0, hs, i1, 1.0f, dP + (size_t)i0 * T, T, kh, s->kv_stride, 0.0f,
+                    cpu_gemm(0, 0, i1 - i0, hs, i1, 1.0f, P + (size_t)i0 * T, T, kh, s->kv_stride, 0.0f,
                              dq + attn_q_at(s, b, i0, h), s->q_stride);
                 }
                 for (int j0 = 0; j0 < T; j0 += ATTN_BLOCK) {
                     int j1 = j0 + ATTN_BLOCK < T ? j0 + ATTN_BLOCK : T;
-                    size_t corner = (size_t)j0 * T + (size_t)j0; /* rows j0.., columns j0.. */
-                    cpu_gemm(1, 0, j1 - j0, hs, T - j0, 1.0f, P + corner, T, dout + attn_o_at(s, b, j0, h), OC,
-                             beta_kv, dvh + (size_t)j0 * s->kv_stride, s->kv_stride);
-                    cpu_gemm(1, 0, j1 - j0, hs, T - j0, 1.0f, dP + corner, T, q + attn_q_at(s, b, j0, h), s->q_stride,
-                             beta_kv, dkh + (size_t)j0 * s->kv_stride, s->kv_stride);
+                    cpu_gemm(1, 0, j1 - j0, hs, T - j0, 1.0f, P + (size_t)j0 * T + j0, T, q + attn_q_at(s, b, j0, h),
+                             s->q_stride, beta_kv, dkh + (size_t)j0 * s->kv_stride, s->kv_stride);
                 }
             }
         }
     }
 }
 
-/* One query row of the direct attention loops (the forward's and the KV cache's): key / value t2
- * at k0 / v0 + t2 * stride; scores of keys lo..t into a[lo..t], softmaxed there, then
- * o = sum a[t2] v[t2]. One summation order for both, so a decode step reproduces the forward's row. */
-static void attn_row(float *o, float *a, const float *qt, const float *k0, const float *v0, size_t stride, int lo,
-                     int t, int hs, float scale) {
+/* Scores of query qt against keys lo..t into a[lo..t] (key t2 at k0 + t2 * stride), scaled:
+ * the direct loops' forward, their backward's recompute and the KV cache all use this. */
+static void attn_scores_row(float *a, const float *qt, const float *k0, size_t stride, int lo, int t, int hs,
+                            float scale) {
     for (int t2 = lo; t2 <= t; t2++) {
         const float *kt = k0 + (size_t)t2 * stride;
         float sc = 0.0f;
         for (int i = 0; i < hs; i++) sc += qt[i] * kt[i];
         a[t2] = sc * scale;
     }
-    attn_softmax_span(a, lo, t);
+}
+
+/* One query row of the direct attention loops (the forward's and the KV cache's): key / value t2
+ * at k0 / v0 + t2 * stride; scores of keys lo..t into a[lo..t], softmaxed there (keep: the
+ * row's statistics, or NULL), then o = sum a[t2] v[t2]. One summation order for both, so a
+ * decode step reproduces the forward's row. */
+static void attn_row(float *o, float *a, const float *qt, const float *k0, const float *v0, size_t stride, int lo,
+                     int t, int hs, float scale, float *keep) {
+    attn_scores_row(a, qt, k0, stride, lo, t, hs, scale);
+    attn_softmax_span(a, lo, t, keep);
     for (int i = 0; i < hs; i++) o[i] = 0.0f;
     for (int t2 = lo; t2 <= t; t2++) {
         const float *vt = v0 + (size_t)t2 * stride;
@@ -360,17 +432,17 @@ static void cpu_attention_forward(float *out, float *att, const float *q, const 
     }
     int B = s->B, T = s->T, NH = s->n_head, hs = s->head_dim;
     float scale = 1.0f / sqrtf((float)hs);
+    size_t per;
+    float *scratch = attn_scratch(T, &per);
     #pragma omp parallel for collapse(3) schedule(static)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < NH; h++) {
             for (int t = 0; t < T; t++) {
                 int kvh = attn_kv_head(s, h), lo = attn_first_key(s, b, t);
-                const float *qt = q + attn_q_at(s, b, t, h);
-                float *a = att + (((size_t)b * NH + h) * T + t) * T;
-                attn_row(out + attn_o_at(s, b, t, h), a, qt, k + attn_kv_at(s, b, 0, kvh), v + attn_kv_at(s, b, 0, kvh),
-                         (size_t)s->kv_stride, lo, t, hs, scale);
-                for (int t2 = 0; t2 < lo; t2++) a[t2] = 0.0f;
-                for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+                float *a = scratch + (size_t)omp_get_thread_num() * per; /* the row's scores */
+                attn_row(out + attn_o_at(s, b, t, h), a, q + attn_q_at(s, b, t, h), k + attn_kv_at(s, b, 0, kvh),
+                         v + attn_kv_at(s, b, 0, kvh), (size_t)s->kv_stride, lo, t, hs, scale,
+                         att + attn_stat_at(s, b, h, t));
             }
         }
     }
@@ -384,14 +456,17 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, float *datt,
         cpu_attention_backward_gemm(dq, dk, dv, datt, dout, q, k, v, att, s);
         return;
     }
-    int B = s->B, T = s->T, NH = s->n_head, NKV = s->n_kv_head, hs = s->head_dim, group = NH / NKV;
+    int B = s->B, T = s->T, NKV = s->n_kv_head, hs = s->head_dim, group = s->n_head / NKV;
     float scale = 1.0f / sqrtf((float)hs);
+    size_t per;
+    float *scratch = attn_scratch(T, &per);
     /* one (b, kv head) pair per iteration: it owns that kv head's dk, dv slices and the dq slices
      * of its group's query heads, so no two threads write the same floats. The heads of a group
      * run in order, so with group 1 this is GPT-2's (b, h) loop in the same summation order. */
     #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++) {
         for (int kvh = 0; kvh < NKV; kvh++) {
+            float *a = scratch + (size_t)omp_get_thread_num() * per, *da = a + T; /* one row of P, of dP */
             for (int t = 0; t < T; t++) {
                 float *dkt = dk + attn_kv_at(s, b, t, kvh), *dvt = dv + attn_kv_at(s, b, t, kvh);
                 for (int i = 0; i < hs; i++) dkt[i] = 0.0f;
@@ -403,12 +478,13 @@ static void cpu_attention_backward(float *dq, float *dk, float *dv, float *datt,
             }
             for (int h = kvh * group; h < (kvh + 1) * group; h++) {
                 for (int t = 0; t < T; t++) {
-                    const float *a = att + (((size_t)b * NH + h) * T + t) * T;
-                    float *da = datt + (((size_t)b * NH + h) * T + t) * T;
                     const float *go = dout + attn_o_at(s, b, t, h);
                     const float *qt = q + attn_q_at(s, b, t, h);
                     float *dqt = dq + attn_q_at(s, b, t, h);
                     int lo = attn_first_key(s, b, t);
+                    /* the forward's probabilities of this row, recomputed as attn_row made them */
+                    attn_scores_row(a, qt, k + attn_kv_at(s, b, 0, kvh), (size_t)s->kv_stride, lo, t, hs, scale);
+                    attn_softmax_again(a, lo, t, att + attn_stat_at(s, b, h, t));
                     /* through the weighted sum of values */
                     float dot = 0.0f;
                     for (int t2 = lo; t2 <= t; t2++) {
@@ -449,7 +525,7 @@ static void cpu_attention_cached(float *out, const float *q, const float *kcache
                 int t = pos0 + i, kvh = h / group;
                 const float *qt = q + (size_t)i * s->q_stride + (size_t)h * hs;
                 attn_row(out + (size_t)i * NH * hs + (size_t)h * hs, a, qt, kcache + (size_t)kvh * hs,
-                         vcache + (size_t)kvh * hs, (size_t)s->kv_stride, 0, t, hs, scale);
+                         vcache + (size_t)kvh * hs, (size_t)s->kv_stride, 0, t, hs, scale, NULL);
             }
         }
         free(a);
@@ -721,6 +797,7 @@ static const vd_backend g_cpu = {
     .rmsnorm_backward = cpu_rmsnorm_backward,
     .rope = cpu_rope,
     .attention_forward = cpu_attention_forward,
+    .attention_saved_floats = cpu_attention_saved_floats,
     .attention_backward = cpu_attention_backward,
     .attention_cached = cpu_attention_cached,
     .gelu_forward = cpu_gelu_forward,
@@ -751,3 +828,7 @@ const vd_backend *vd_backend_cpu_init(const vd_comm *comm) {
 }
 
 const vd_backend *vd_backend_cpu(void) { return &g_cpu; }
+
+size_t vd_attention_saved_floats(const vd_backend *be, const vd_attn_shape *s) {
+    return (be ? be : &g_cpu)->attention_saved_floats(s);
+}

@@ -55,6 +55,13 @@ void vd_gpt2_init(vd_gpt2 *m, const vd_backend *be, const vd_gpt2_config *cfg, c
     m->sites = sites;
 }
 
+/* GPT-2's attention call: q, k, v in the fused qkv rows (3C floats), no kv groups */
+static vd_attn_shape gpt2_attn_shape(const vd_model_config *c, int32_t B, int32_t T, const int32_t *pos) {
+    int32_t C = c->channels, NH = c->n_head;
+    return (vd_attn_shape){.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
+                           .q_stride = 3 * C, .kv_stride = 3 * C, .pos = pos};
+}
+
 /* The activation buffers, in one place: allocates them when be is set, and returns their
  * total bytes either way (inspect estimates memory with be = NULL). The block's own activations
  * (ln1 .. fch_gelu) exist once per layer, or once in all under recompute (the backward rebuilds
@@ -64,6 +71,8 @@ static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config 
     size_t L = (size_t)cfg->n_layer, C = (size_t)cfg->channels, NH = (size_t)cfg->n_head;
     size_t V = (size_t)cfg->vocab_size, N = (size_t)B * T;
     size_t LB = recompute ? 1 : L; /* block slots */
+    vd_attn_shape ash = gpt2_attn_shape(cfg, B, T, NULL);
+    size_t natt = vd_attention_saved_floats(be, &ash); /* the CPU's when be is NULL */
     size_t total = 0;
 #define ACT(ptr, count)                                         \
     do {                                                        \
@@ -76,7 +85,7 @@ static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config 
     ACT(m->ln1_rstd, LB * N);
     ACT(m->qkv, LB * N * 3 * C);
     ACT(m->atty, LB * N * C);
-    ACT(m->att, LB * (size_t)B * NH * T * T);
+    ACT(m->att, LB * natt);
     ACT(m->residual2, LB * N * C);
     ACT(m->ln2, LB * N * C);
     ACT(m->ln2_mean, LB * N);
@@ -130,7 +139,7 @@ typedef struct {
     float *ln1, *ln1_mean, *ln1_rstd; /* (N, C), (N), (N) */
     float *qkv;                       /* (N, 3C) */
     float *atty;                      /* (N, C) */
-    float *att;                       /* (B, NH, T, T) */
+    float *att;                       /* attention_saved_floats: the backend's saved state */
     float *res2;                      /* (N, C) */
     float *ln2, *ln2_mean, *ln2_rstd; /* (N, C), (N), (N) */
     float *fch, *fch_gelu;            /* (N, 4C) */
@@ -139,10 +148,11 @@ typedef struct {
 static gpt2_block_acts gpt2_block(const vd_gpt2 *m, int32_t l, int32_t B) {
     size_t s = m->recompute ? 0 : (size_t)l, N = (size_t)B * m->T, C = (size_t)m->config.channels;
     size_t NC = N * C;
+    vd_attn_shape ash = gpt2_attn_shape(&m->config, B, m->T, NULL);
     return (gpt2_block_acts){
         .ln1 = m->ln1 + s * NC, .ln1_mean = m->ln1_mean + s * N, .ln1_rstd = m->ln1_rstd + s * N,
         .qkv = m->qkv + s * NC * 3, .atty = m->atty + s * NC,
-        .att = m->att + s * (size_t)B * m->config.n_head * m->T * m->T,
+        .att = m->att + s * vd_attention_saved_floats(m->be, &ash),
         .res2 = m->residual2 + s * NC, .ln2 = m->ln2 + s * NC, .ln2_mean = m->ln2_mean + s * N,
         .ln2_rstd = m->ln2_rstd + s * N, .fch = m->fch + s * NC * 4, .fch_gelu = m->fch_gelu + s * NC * 4};
 }
@@ -157,7 +167,7 @@ static const float *gpt2_block_input(const vd_gpt2 *m, int32_t l, int32_t B) {
  * so the recomputed activations are bit for bit the forward's. */
 static void gpt2_block_forward(vd_gpt2 *m, int32_t l, int32_t B, const vd_fwd_ctx *ctx) {
     const vd_backend *be = m->be;
-    int32_t T = m->T, C = m->config.channels, NH = m->config.n_head, N = B * T;
+    int32_t T = m->T, C = m->config.channels, N = B * T;
     size_t NC = (size_t)N * C;
     float eps = m->config.ln_eps;
     const vd_gpt2_params *p = &m->params;
@@ -169,8 +179,7 @@ static void gpt2_block_forward(vd_gpt2 *m, int32_t l, int32_t B, const vd_fwd_ct
                           N, C, eps);
     vd_linear_forward(ad, be, gpt2_module(m, l, 0), a.qkv, a.ln1, gpt2_w(m, l, 0), p->qkvb + (size_t)l * 3 * C, N, C,
                       3 * C, ctx);
-    vd_attn_shape ash = {.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
-                         .q_stride = 3 * C, .kv_stride = 3 * C, .pos = m->last_pos};
+    vd_attn_shape ash = gpt2_attn_shape(&m->config, B, T, m->last_pos);
     be->attention_forward(a.atty, a.att, a.qkv, a.qkv + C, a.qkv + 2 * C, &ash);
     vd_linear_forward(ad, be, gpt2_module(m, l, 1), m->proj_out, a.atty, gpt2_w(m, l, 1), p->attprojb + (size_t)l * C,
                       N, C, C, ctx);
@@ -218,7 +227,7 @@ double vd_gpt2_forward(vd_gpt2 *m, const int32_t *inputs, const int32_t *targets
 
 void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
     const vd_backend *be = m->be;
-    int32_t B = m->last_B, T = m->T, C = m->config.channels, NH = m->config.n_head, V = m->config.vocab_size;
+    int32_t B = m->last_B, T = m->T, C = m->config.channels, V = m->config.vocab_size;
     int32_t L = m->config.n_layer, N = B * T;
     size_t NC = (size_t)N * C;
     vd_gpt2_params *p = &m->params;
@@ -249,8 +258,7 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
         float *datty = m->dbuf_a;
         vd_linear_backward(ad, be, gpt2_module(m, l, 1), datty, m->dresidual, a.atty, gpt2_w(m, l, 1),
                            N, C, C, ctx);
-        vd_attn_shape ash = {.B = B, .T = T, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
-                             .q_stride = 3 * C, .kv_stride = 3 * C, .pos = m->last_pos};
+        vd_attn_shape ash = gpt2_attn_shape(&m->config, B, T, m->last_pos);
         be->attention_backward(m->dqkv, m->dqkv + C, m->dqkv + 2 * C, m->datt, datty, a.qkv, a.qkv + C, a.qkv + 2 * C,
                                a.att, &ash);
         /* block 0's input is the frozen embedding's output: no gradient below c_attn's adapter */
@@ -300,7 +308,7 @@ void vd_gpt2_kv_alloc(const vd_gpt2 *m, vd_kv_cache *kv, int32_t max_T) {
 
 void vd_gpt2_decode(vd_gpt2 *m, vd_kv_cache *kv, const int32_t *tokens, int32_t n, int32_t pos0, float *logits_host) {
     const vd_backend *be = m->be;
-    int32_t C = m->config.channels, NH = m->config.n_head, V = m->config.vocab_size, L = m->config.n_layer;
+    int32_t C = m->config.channels, V = m->config.vocab_size, L = m->config.n_layer;
     float eps = m->config.ln_eps;
     const vd_gpt2_params *p = &m->params;
     vd_adapter *ad = m->adapter;
@@ -316,8 +324,7 @@ void vd_gpt2_decode(vd_gpt2 *m, vd_kv_cache *kv, const int32_t *tokens, int32_t 
                               C, eps);
         vd_linear_forward(ad, be, gpt2_module(m, l, 0), qkv, kv->xn, gpt2_w(m, l, 0),
                           p->qkvb + (size_t)l * 3 * C, n, C, 3 * C, &ctx);
-        vd_attn_shape ash = {.B = 1, .T = n, .n_head = NH, .n_kv_head = NH, .head_dim = C / NH,
-                             .q_stride = 3 * C, .kv_stride = 3 * C};
+        vd_attn_shape ash = gpt2_attn_shape(&m->config, 1, n, NULL);
         be->attention_cached(kv->atty, qkv, cache + C, cache + 2 * C, n, pos0, &ash);
         vd_linear_forward(ad, be, gpt2_module(m, l, 1), kv->proj, kv->atty, gpt2_w(m, l, 1),
                           p->attprojb + (size_t)l * C, n, C, C, &ctx);

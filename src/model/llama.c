@@ -454,6 +454,11 @@ void vd_llama_init(vd_llama *m, const vd_backend *be, const vd_model_config *cfg
     free(inv);
 }
 
+/* The attention call of B sequences of T tokens: q, k, v in separate buffers */
+static vd_attn_shape llama_attn_shape(const vd_model_config *c, int32_t B, int32_t T, const int32_t *pos) {
+    return (vd_attn_shape){B, T, c->n_head, c->n_kv_head, c->head_dim, llama_q(c), llama_kv(c), pos};
+}
+
 /* The activation buffers, in one place: allocates them when be is set, and returns their
  * total bytes either way (inspect estimates memory with be = NULL). The block's own activations
  * (xn1 .. act) exist once per layer, or once in all under recompute (the backward rebuilds them
@@ -465,6 +470,8 @@ static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_confi
     size_t I = (size_t)c->intermediate, V = (size_t)c->vocab_size, NH = (size_t)c->n_head, N = (size_t)B * T;
     size_t wide = C > Q ? C : Q;
     if (I > wide) wide = I;
+    vd_attn_shape sh = llama_attn_shape(c, B, T, NULL);
+    size_t natt = vd_attention_saved_floats(be, &sh); /* the CPU's when be is NULL */
     size_t total = 0;
 #define ACT(ptr, count)                                         \
     do {                                                        \
@@ -478,7 +485,7 @@ static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_confi
     ACT(m->q, LB * N * Q);
     ACT(m->k, LB * N * KV);
     ACT(m->v, LB * N * KV);
-    ACT(m->att, LB * (size_t)B * NH * T * T);
+    ACT(m->att, LB * natt);
     ACT(m->atty, LB * N * Q);
     ACT(m->resid_mid, LB * N * C);
     ACT(m->xn2, LB * N * C);
@@ -529,10 +536,6 @@ static int32_t llama_module(const vd_llama *m, int32_t l, int32_t kind) {
     return m->adapter ? m->adapter->module_of[l * K_COUNT + kind] : -1;
 }
 
-static vd_attn_shape llama_attn_shape(const vd_llama *m, int32_t B) {
-    const vd_model_config *c = &m->config;
-    return (vd_attn_shape){B, m->T, c->n_head, c->n_kv_head, c->head_dim, llama_q(c), llama_kv(c), m->last_pos};
-}
 
 /* bias of layer l, or NULL when the model has none */
 static const float *llama_bias(const float *b, int32_t l, int32_t n) { return b ? b + (size_t)l * n : NULL; }
@@ -542,7 +545,7 @@ static const float *llama_bias(const float *b, int32_t l, int32_t n) { return b 
 typedef struct {
     float *xn1, *rstd1;       /* (N, C), (N) */
     float *q, *k, *v;         /* (N, Q), (N, KV), (N, KV) after RoPE */
-    float *att;               /* (B, NH, T, T) */
+    float *att;               /* attention_saved_floats: the backend's saved state */
     float *atty;              /* (N, Q) */
     float *mid;               /* (N, C) after the attention residual */
     float *xn2, *rstd2;       /* (N, C), (N) */
@@ -553,9 +556,10 @@ static llama_block_acts llama_block(const vd_llama *m, int32_t l, int32_t B) {
     const vd_model_config *c = &m->config;
     size_t s = m->recompute ? 0 : (size_t)l, N = (size_t)B * m->T, NC = N * (size_t)c->channels;
     size_t NQ = N * (size_t)llama_q(c), NKV = N * (size_t)llama_kv(c), NI = N * (size_t)c->intermediate;
+    vd_attn_shape sh = llama_attn_shape(c, B, m->T, NULL);
     return (llama_block_acts){
         .xn1 = m->xn1 + s * NC, .rstd1 = m->rstd1 + s * N, .q = m->q + s * NQ, .k = m->k + s * NKV,
-        .v = m->v + s * NKV, .att = m->att + s * (size_t)B * c->n_head * m->T * m->T, .atty = m->atty + s * NQ,
+        .v = m->v + s * NKV, .att = m->att + s * vd_attention_saved_floats(m->be, &sh), .atty = m->atty + s * NQ,
         .mid = m->resid_mid + s * NC, .xn2 = m->xn2 + s * NC, .rstd2 = m->rstd2 + s * N, .gate = m->gate + s * NI,
         .up = m->up + s * NI, .act = m->act + s * NI};
 }
@@ -571,7 +575,7 @@ static void llama_block_forward(vd_llama *m, int32_t l, int32_t B, const vd_fwd_
     const vd_llama_params *p = &m->params;
     vd_adapter *ad = m->adapter;
     size_t NC = (size_t)N * C;
-    vd_attn_shape sh = llama_attn_shape(m, B);
+    vd_attn_shape sh = llama_attn_shape(&m->config, B, m->T, m->last_pos);
     llama_block_acts a = llama_block(m, l, B);
     const float *x = m->resid + (size_t)l * NC;
     /* attention */
@@ -639,7 +643,7 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
     const vd_llama_params *p = &m->params;
     vd_adapter *ad = m->adapter;
     size_t NC = (size_t)N * C;
-    vd_attn_shape sh = llama_attn_shape(m, B);
+    vd_attn_shape sh = llama_attn_shape(&m->config, B, m->T, m->last_pos);
 
     const float *head = p->lm_head ? p->lm_head : p->embed;
     if (m->head_dloss == 0.0f || m->head_dloss != dloss) /* the forward did not take it: recompute */
@@ -729,7 +733,7 @@ void vd_llama_decode(vd_llama *m, vd_kv_cache *kv, const int32_t *tokens, int32_
     const vd_fwd_ctx ctx = {0, 0, 0}; /* eval: no dropout */
     size_t NC = (size_t)n * C, layer_rows = (size_t)kv->max_T * KV;
     const int32_t *pos = kv->pos + pos0; /* RoPE angles of the new rows */
-    vd_attn_shape sh = {.B = 1, .T = n, .n_head = NH, .n_kv_head = NKV, .head_dim = hd, .q_stride = Q, .kv_stride = KV};
+    vd_attn_shape sh = llama_attn_shape(c, 1, n, NULL);
 
     be->to_device(kv->tokens, tokens, sizeof(int32_t) * (size_t)n);
     be->encoder_forward(kv->x, kv->tokens, p->embed, NULL, pos, 1, n, C);

@@ -864,6 +864,11 @@ static void cu_attention_forward(float *out, float *att, const float *q, const f
     VD_LAUNCHED("attention_forward");
 }
 
+/* the CUDA kernels keep the whole softmax (B, NH, T, T) for the backward */
+static size_t cu_attention_saved_floats(const vd_attn_shape *s) {
+    return (size_t)s->B * s->n_head * s->T * s->T;
+}
+
 static void cu_attention_backward(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *q,
                                   const float *k, const float *v, const float *att, const vd_attn_shape *s) {
     const vd_attn_dims d = vd_attn_dims_of(s);
@@ -1486,6 +1491,7 @@ static void cuda_fill_table(vd_backend *t) {
     t->rmsnorm_backward = cu_rmsnorm_backward;
     t->rope = cu_rope;
     t->attention_forward = cu_attention_forward;
+    t->attention_saved_floats = cu_attention_saved_floats;
     t->attention_backward = cu_attention_backward;
     t->attention_cached = cu_attention_cached;
     t->gelu_forward = cu_gelu_forward;
