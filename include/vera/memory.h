@@ -10,9 +10,11 @@
 #include "vera/config.h"
 #include "vera/model.h"
 
+struct vd_backend;
+
 typedef struct vd_memory_estimate {
     size_t weights;  /* frozen model: fp32, the linear layers bf16 under precision bf16 */
-    size_t acts;     /* vd_model_act_bytes(batch_size, seq_len, recompute) */
+    size_t acts;     /* vd_model_act_bytes(batch_size, seq_len, recompute, be) */
     size_t adapter;  /* A, B, vectors, gradients, AdamW m and v, the adapter's activations */
     size_t merged;   /* merged W0 + dW on the layers where it pays (adapter.c's rule; none under
                       * bf16), or under bf16 on the CPU the gemm_ex scratch (cpu_bf16.c) */
@@ -20,9 +22,10 @@ typedef struct vd_memory_estimate {
 } vd_memory_estimate;
 
 /* Bytes one rank allocates for a run of cfg (batch_size, seq_len, grad_accum, r, vera_dropout,
- * precision, recompute) on the model mc with the adapted layers in target_mask. */
+ * precision, recompute) on the model mc with the adapted layers in target_mask, on backend be
+ * (what its attention keeps for the backward); be NULL: the CPU backend's figure. */
 void vd_memory_estimate_run(const vd_model_config *mc, uint32_t target_mask, const vd_config *cfg,
-                            vd_memory_estimate *e);
+                            const struct vd_backend *be, vd_memory_estimate *e);
 
 /* Bytes this rank can still allocate: MemAvailable (/proc/meminfo) and the cgroup's free
  * room (v2 memory.max - memory.current, or v1's limit - usage), the smaller, divided by the
@@ -39,7 +42,6 @@ void vd_memory_check_or_die(const vd_memory_estimate *e, size_t held_bytes, int3
 /* The trainer's one call, right before it allocates the model and activations (the weights
  * are loaded): estimate, compare, refuse. Host memory for the CPU backend; the device's free
  * memory (be->device_free_bytes) for a GPU backend. VERA_MEMORY_LIMIT_BYTES overrides both. */
-struct vd_backend;
 void vd_memory_check_run(const vd_model_config *mc, uint32_t target_mask, const vd_config *cfg,
                          int32_t ranks_on_node, const struct vd_backend *be);
 

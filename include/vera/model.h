@@ -257,10 +257,12 @@ uint64_t vd_model_fingerprint(const vd_model_config *cfg, const float *host_para
 /* Writes DIR as transformers' save_pretrained would (config.json + model.safetensors, F32). */
 void vd_model_save_hf(const char *dir, const vd_model_config *cfg, const float *host_params);
 
-/* Bytes of activations and backward scratch vd_model_alloc_acts(B, T) allocates (inspect), with
- * recompute = 1 (recompute = block) or 0 (none), on the CPU backend: attention's saved state is
- * the CPU's (a CUDA backend keeps B*NH*T*T floats per layer there instead). */
-size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute);
+/* Bytes of activations and backward scratch vd_model_alloc_acts(B, T) allocates (inspect, the
+ * memory pre-check), with recompute = 1 (recompute = block) or 0 (none), on backend be:
+ * attention's saved state is be's (the CPU keeps 2 floats per query row, a CUDA backend
+ * B*NH*T*T floats per layer); be NULL: the CPU backend's. */
+size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute,
+                          const struct vd_backend *be);
 /* Uploads host_params to the backend and lists the sites: vd_model_init_typed with F32. */
 void vd_model_init(vd_model *m, const struct vd_backend *be, const vd_model_config *cfg, const float *host_params);
 /* The same with the linear layers' frozen weights stored as wdtype: VD_DTYPE_F32, or
@@ -375,8 +377,10 @@ uint32_t vd_model_targets_or_die(const vd_model_family *f, char *target_modules,
 /* ---- the families' entry points (model.c dispatches to them) ---- */
 extern const vd_model_family vd_family_gpt2;
 extern const vd_model_family vd_family_llama;
-size_t vd_gpt2_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute);
-size_t vd_llama_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute);
+size_t vd_gpt2_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute,
+                          const struct vd_backend *be);
+size_t vd_llama_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute,
+                          const struct vd_backend *be);
 void vd_gpt2_config_read_file(const char *config_json, vd_gpt2_config *cfg);
 void vd_llama_config_from_json(const struct cJSON *root, const char *path, const char *architecture,
                                vd_model_config *cfg);

@@ -86,7 +86,7 @@ int vd_inspect_main(int argc, char **argv) {
 
     /* memory of one rank, fp32: what the trainer allocates, and checks before it does (memory.c) */
     vd_memory_estimate me;
-    vd_memory_estimate_run(&mc, mask, &cfg, &me);
+    vd_memory_estimate_run(&mc, mask, &cfg, NULL, &me); /* the CPU backend's figure */
     size_t weights = me.weights, acts = me.acts, adapter = me.adapter, merged = me.merged, total = me.total;
     int bf16 = vd_precision_weight_dtype(cfg.precision) == VD_DTYPE_BF16;
     printf("memory per rank (%s, batch_size %d x seq_len %d, recompute %s): weights %.3f GiB%s, activations %.3f GiB, adapter + "

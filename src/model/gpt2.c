@@ -62,12 +62,13 @@ static vd_attn_shape gpt2_attn_shape(const vd_model_config *c, int32_t B, int32_
                            .q_stride = 3 * C, .kv_stride = 3 * C, .pos = pos};
 }
 
-/* The activation buffers, in one place: allocates them when be is set, and returns their
- * total bytes either way (inspect estimates memory with be = NULL). The block's own activations
+/* The activation buffers, in one place: allocates them on be when alloc is set, and returns
+ * their total bytes either way (the memory estimate: be's attention state, the CPU's when be is
+ * NULL). The block's own activations
  * (ln1 .. fch_gelu) exist once per layer, or once in all under recompute (the backward rebuilds
  * them block by block from residual3, which is always kept: it holds every block's input). */
 static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config *cfg, int32_t B, int32_t T,
-                        int recompute) {
+                        int recompute, int alloc) {
     size_t L = (size_t)cfg->n_layer, C = (size_t)cfg->channels, NH = (size_t)cfg->n_head;
     size_t V = (size_t)cfg->vocab_size, N = (size_t)B * T;
     size_t LB = recompute ? 1 : L; /* block slots */
@@ -77,7 +78,7 @@ static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config 
 #define ACT(ptr, count)                                         \
     do {                                                        \
         total += sizeof(float) * (count);                       \
-        if (be) (ptr) = be->alloc(sizeof(float) * (count));     \
+        if (alloc) (ptr) = be->alloc(sizeof(float) * (count));  \
     } while (0)
     ACT(m->encoded, N * C);
     ACT(m->ln1, LB * N * C);
@@ -118,12 +119,12 @@ static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config 
 void vd_gpt2_alloc_acts(vd_gpt2 *m, int32_t B, int32_t T) {
     m->B = B;
     m->T = T;
-    gpt2_acts(m, m->be, &m->config, B, T, m->recompute);
+    gpt2_acts(m, m->be, &m->config, B, T, m->recompute, 1);
 }
 
-size_t vd_gpt2_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute) {
+size_t vd_gpt2_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute, const vd_backend *be) {
     vd_gpt2 scratch;
-    return gpt2_acts(&scratch, NULL, cfg, B, T, recompute);
+    return gpt2_acts(&scratch, be, cfg, B, T, recompute, 0);
 }
 
 /* the frozen weight of block l's linear layer `kind` (F32 or BF16) */

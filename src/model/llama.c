@@ -459,12 +459,13 @@ static vd_attn_shape llama_attn_shape(const vd_model_config *c, int32_t B, int32
     return (vd_attn_shape){B, T, c->n_head, c->n_kv_head, c->head_dim, llama_q(c), llama_kv(c), pos};
 }
 
-/* The activation buffers, in one place: allocates them when be is set, and returns their
- * total bytes either way (inspect estimates memory with be = NULL). The block's own activations
+/* The activation buffers, in one place: allocates them on be when alloc is set, and returns
+ * their total bytes either way (the memory estimate: be's attention state, the CPU's when be is
+ * NULL). The block's own activations
  * (xn1 .. act) exist once per layer, or once in all under recompute (the backward rebuilds them
  * block by block from resid, which is always kept: it holds every block's input). */
 static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_config *cfg, int32_t B, int32_t T,
-                         int recompute) {
+                         int recompute, int alloc) {
     const vd_model_config *c = cfg;
     size_t L = (size_t)c->n_layer, C = (size_t)c->channels, Q = (size_t)llama_q(c), KV = (size_t)llama_kv(c);
     size_t I = (size_t)c->intermediate, V = (size_t)c->vocab_size, NH = (size_t)c->n_head, N = (size_t)B * T;
@@ -476,7 +477,7 @@ static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_confi
 #define ACT(ptr, count)                                         \
     do {                                                        \
         total += sizeof(float) * (count);                       \
-        if (be) (ptr) = be->alloc(sizeof(float) * (count));     \
+        if (alloc) (ptr) = be->alloc(sizeof(float) * (count));  \
     } while (0)
     ACT(m->resid, (L + 1) * N * C);
     size_t LB = recompute ? 1 : L; /* block slots */
@@ -521,12 +522,12 @@ static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_confi
 void vd_llama_alloc_acts(vd_llama *m, int32_t B, int32_t T) {
     m->B = B;
     m->T = T;
-    llama_acts(m, m->be, &m->config, B, T, m->recompute);
+    llama_acts(m, m->be, &m->config, B, T, m->recompute, 1);
 }
 
-size_t vd_llama_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute) {
+size_t vd_llama_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute, const vd_backend *be) {
     vd_llama scratch;
-    return llama_acts(&scratch, NULL, cfg, B, T, recompute);
+    return llama_acts(&scratch, be, cfg, B, T, recompute, 0);
 }
 
 /* the frozen weight of block l's linear layer `kind` (F32 or BF16) */

@@ -264,9 +264,9 @@ void vd_model_init(vd_model *m, const vd_backend *be, const vd_model_config *cfg
     vd_model_init_typed(m, be, cfg, host_params, VD_DTYPE_F32);
 }
 
-size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute) {
-    return cfg->arch == VD_ARCH_GPT2 ? vd_gpt2_act_bytes(cfg, B, T, recompute)
-                                     : vd_llama_act_bytes(cfg, B, T, recompute);
+size_t vd_model_act_bytes(const vd_model_config *cfg, int32_t B, int32_t T, int recompute, const vd_backend *be) {
+    return cfg->arch == VD_ARCH_GPT2 ? vd_gpt2_act_bytes(cfg, B, T, recompute, be)
+                                     : vd_llama_act_bytes(cfg, B, T, recompute, be);
 }
 
 void vd_model_set_recompute(vd_model *m, int recompute) {

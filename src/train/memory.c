@@ -16,7 +16,8 @@
 
 #include "vera/common.h"
 
-void vd_memory_estimate_run(const vd_model_config *mc, uint32_t mask, const vd_config *cfg, vd_memory_estimate *e) {
+void vd_memory_estimate_run(const vd_model_config *mc, uint32_t mask, const vd_config *cfg, const vd_backend *be,
+                            vd_memory_estimate *e) {
     memset(e, 0, sizeof(*e));
     const vd_model_family *f = vd_model_family_of(mc->arch);
     /* what the trainer allocates (model.c, adapter.c and the method's file, optimizer.c) */
@@ -28,7 +29,7 @@ void vd_memory_estimate_run(const vd_model_config *mc, uint32_t mask, const vd_c
     vd_adapter_size_of(mc, &opt, N, bf16, &sz, NULL, NULL, NULL);
     size_t n_lin = vd_model_linear_params(mc);
     e->weights = sizeof(float) * f->num_params(mc) - (bf16 ? (sizeof(float) - sizeof(uint16_t)) * n_lin : 0);
-    e->acts = vd_model_act_bytes(mc, cfg->batch_size, cfg->seq_len, strcmp(cfg->recompute, "block") == 0);
+    e->acts = vd_model_act_bytes(mc, cfg->batch_size, cfg->seq_len, strcmp(cfg->recompute, "block") == 0, be);
     e->adapter = sizeof(float) * (4 * sz.n_trainable + 2) /* params, grads (+ loss, stop flag), AdamW m, v */
                  + sz.state_bytes;
     /* merged W0 + dW on the layers where it pays (built in place: no scratch) */
@@ -210,7 +211,7 @@ void vd_memory_check_or_die(const vd_memory_estimate *e, size_t held_bytes, int3
 void vd_memory_check_run(const vd_model_config *mc, uint32_t target_mask, const vd_config *cfg,
                          int32_t ranks_on_node, const vd_backend *be) {
     vd_memory_estimate e;
-    vd_memory_estimate_run(mc, target_mask, cfg, &e);
+    vd_memory_estimate_run(mc, target_mask, cfg, be, &e);
     if (!be->device_free_bytes) {
         /* held: the loaded host buffer, fp32 whatever the precision */
         vd_memory_check_or_die(&e, sizeof(float) * vd_model_family_of(mc->arch)->num_params(mc), ranks_on_node, cfg);
