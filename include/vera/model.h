@@ -152,7 +152,7 @@ typedef struct vd_gpt2 {
     float *ln2;              /* (LB, N, C) */
     float *ln2_mean, *ln2_rstd; /* (LB, N) */
     float *fch;              /* (LB, N, 4C) */
-    float *fch_gelu;         /* (LB, N, 4C) */
+    float *fch_gelu;         /* (N, 4C): one slot, the backward rebuilds it from fch */
     float *residual3;        /* (L, N, C)     output of each block */
     float *lnf;              /* (N, C) */
     float *lnf_mean, *lnf_rstd; /* (N) */
@@ -442,7 +442,8 @@ struct vd_llama {
     float *atty;             /* (LB, N, Q)     attention output before o_proj */
     float *resid_mid;        /* (LB, N, C)     after the attention residual */
     float *xn2, *rstd2;      /* (LB, N, C), (LB, N)  post_attention_layernorm */
-    float *gate, *up, *act;  /* (LB, N, I)     act = silu(gate) * up */
+    float *gate, *up;        /* (LB, N, I) */
+    float *act;              /* (N, I) act = silu(gate) * up: one slot, the backward rebuilds it */
     float *xnf, *rstdf;      /* (N, C), (N)   final norm */
     float *logits;           /* (logit_rows, V) a chunk's logits, softmax, dlogits in place */
     int32_t logit_rows;      /* min(N, VD_HEAD_CHUNK); N after a forward without targets */

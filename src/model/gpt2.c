@@ -65,8 +65,10 @@ static vd_attn_shape gpt2_attn_shape(const vd_model_config *c, int32_t B, int32_
 /* The activation buffers, in one place: allocates them on be when alloc is set, and returns
  * their total bytes either way (the memory estimate: be's attention state, the CPU's when be is
  * NULL). The block's own activations
- * (ln1 .. fch_gelu) exist once per layer, or once in all under recompute (the backward rebuilds
- * them block by block from residual3, which is always kept: it holds every block's input). */
+ * (ln1 .. fch) exist once per layer, or once in all under recompute (the backward rebuilds
+ * them block by block from residual3, which is always kept: it holds every block's input).
+ * fch_gelu exists once in all: the backward rebuilds it from fch (one GELU) where mlp.c_proj's
+ * adapter needs its input. */
 static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config *cfg, int32_t B, int32_t T,
                         int recompute, int alloc) {
     size_t L = (size_t)cfg->n_layer, C = (size_t)cfg->channels, NH = (size_t)cfg->n_head;
@@ -92,7 +94,7 @@ static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config 
     ACT(m->ln2_mean, LB * N);
     ACT(m->ln2_rstd, LB * N);
     ACT(m->fch, LB * N * 4 * C);
-    ACT(m->fch_gelu, LB * N * 4 * C);
+    ACT(m->fch_gelu, N * 4 * C);
     ACT(m->residual3, L * N * C);
     ACT(m->lnf, N * C);
     ACT(m->lnf_mean, N);
@@ -143,7 +145,7 @@ typedef struct {
     float *att;                       /* attention_saved_floats: the backend's saved state */
     float *res2;                      /* (N, C) */
     float *ln2, *ln2_mean, *ln2_rstd; /* (N, C), (N), (N) */
-    float *fch, *fch_gelu;            /* (N, 4C) */
+    float *fch, *fch_gelu;            /* (N, 4C); fch_gelu one slot for every block */
 } gpt2_block_acts;
 
 static gpt2_block_acts gpt2_block(const vd_gpt2 *m, int32_t l, int32_t B) {
@@ -155,7 +157,7 @@ static gpt2_block_acts gpt2_block(const vd_gpt2 *m, int32_t l, int32_t B) {
         .qkv = m->qkv + s * NC * 3, .atty = m->atty + s * NC,
         .att = m->att + s * vd_attention_saved_floats(m->be, &ash),
         .res2 = m->residual2 + s * NC, .ln2 = m->ln2 + s * NC, .ln2_mean = m->ln2_mean + s * N,
-        .ln2_rstd = m->ln2_rstd + s * N, .fch = m->fch + s * NC * 4, .fch_gelu = m->fch_gelu + s * NC * 4};
+        .ln2_rstd = m->ln2_rstd + s * N, .fch = m->fch + s * NC * 4, .fch_gelu = m->fch_gelu};
 }
 
 /* the input of block l (the residual stream entering it) */
@@ -249,6 +251,8 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
         gpt2_block_acts a = gpt2_block(m, l, B);
         const float *residual = gpt2_block_input(m, l, B);
         float *dfch_gelu = m->dbuf_a, *dfch = m->dbuf_b;
+        /* the adapter's gradients need the layer's input: GELU(fch) again (one slot for all blocks) */
+        if (!m->recompute && gpt2_module(m, l, 3) >= 0) be->gelu_forward(a.fch_gelu, a.fch, NC * 4);
         vd_linear_backward(ad, be, gpt2_module(m, l, 3), dfch_gelu, m->dresidual, a.fch_gelu,
                            gpt2_w(m, l, 3), N, 4 * C, C, ctx);
         be->gelu_backward(dfch, a.fch, dfch_gelu, NC * 4);

@@ -462,8 +462,10 @@ static vd_attn_shape llama_attn_shape(const vd_model_config *c, int32_t B, int32
 /* The activation buffers, in one place: allocates them on be when alloc is set, and returns
  * their total bytes either way (the memory estimate: be's attention state, the CPU's when be is
  * NULL). The block's own activations
- * (xn1 .. act) exist once per layer, or once in all under recompute (the backward rebuilds them
- * block by block from resid, which is always kept: it holds every block's input). */
+ * (xn1 .. up) exist once per layer, or once in all under recompute (the backward rebuilds them
+ * block by block from resid, which is always kept: it holds every block's input). act exists
+ * once in all: the backward rebuilds it from gate and up where down_proj's adapter needs its
+ * input. */
 static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_config *cfg, int32_t B, int32_t T,
                          int recompute, int alloc) {
     const vd_model_config *c = cfg;
@@ -493,7 +495,7 @@ static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_confi
     ACT(m->rstd2, LB * N);
     ACT(m->gate, LB * N * I);
     ACT(m->up, LB * N * I);
-    ACT(m->act, LB * N * I);
+    ACT(m->act, N * I);
     ACT(m->xnf, N * C);
     ACT(m->rstdf, N);
     ACT(m->logits, (N < VD_HEAD_CHUNK ? N : VD_HEAD_CHUNK) * V);
@@ -550,7 +552,7 @@ typedef struct {
     float *atty;              /* (N, Q) */
     float *mid;               /* (N, C) after the attention residual */
     float *xn2, *rstd2;       /* (N, C), (N) */
-    float *gate, *up, *act;   /* (N, I) */
+    float *gate, *up, *act;   /* (N, I); act one slot for every block */
 } llama_block_acts;
 
 static llama_block_acts llama_block(const vd_llama *m, int32_t l, int32_t B) {
@@ -562,7 +564,7 @@ static llama_block_acts llama_block(const vd_llama *m, int32_t l, int32_t B) {
         .xn1 = m->xn1 + s * NC, .rstd1 = m->rstd1 + s * N, .q = m->q + s * NQ, .k = m->k + s * NKV,
         .v = m->v + s * NKV, .att = m->att + s * vd_attention_saved_floats(m->be, &sh), .atty = m->atty + s * NQ,
         .mid = m->resid_mid + s * NC, .xn2 = m->xn2 + s * NC, .rstd2 = m->rstd2 + s * N, .gate = m->gate + s * NI,
-        .up = m->up + s * NI, .act = m->act + s * NI};
+        .up = m->up + s * NI, .act = m->act};
 }
 
 /* The forward of block l on B sequences: resid[l + 1] = block(resid[l]), the block's activations
@@ -659,7 +661,9 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
         if (m->recompute) llama_block_forward(m, l, B, ctx);
         llama_block_acts a = llama_block(m, l, B);
         const float *x = m->resid + (size_t)l * NC;
-        /* MLP: down, SwiGLU, then gate and up share the normed input */
+        /* MLP: down, SwiGLU, then gate and up share the normed input. down's adapter needs its
+         * input: silu(gate) * up again (one slot for all blocks) */
+        if (!m->recompute && llama_module(m, l, K_DOWN) >= 0) be->swiglu_forward(a.act, a.gate, a.up, (size_t)N * I);
         vd_linear_backward(ad, be, llama_module(m, l, K_DOWN), m->dx, m->dres, a.act, llama_w(m, l, K_DOWN), N, I, C, ctx);
         be->swiglu_backward(m->dgate, m->dup, a.gate, a.up, m->dx, (size_t)N * I);
         vd_linear_backward(ad, be, llama_module(m, l, K_GATE), m->dx, m->dgate, a.xn2, llama_w(m, l, K_GATE), N, C, I, ctx);
