@@ -224,6 +224,10 @@ typedef struct vd_adapter {
     float *grads;                  /* (n_reduce) device: gradients, then the loss sum, then the number of
                                     * ranks that received a stop signal (SIGTERM/SIGUSR1) */
     int32_t N;                     /* tokens per micro-batch the activations hold (alloc_acts) */
+    int share_input;               /* set by vd_adapter_share_input for the next vd_linear_backward only */
+    uint64_t input_epoch;          /* which layer input the current backward reads: advanced by every
+                                    * vd_linear_backward not promised the previous one's input, so a
+                                    * method may reuse what it formed from an input while it is unchanged */
     void *state;                   /* the method's private state */
 } vd_adapter;
 
@@ -307,6 +311,11 @@ void vd_linear_forward(vd_adapter *a, const vd_backend *be, int32_t module, floa
 void vd_linear_backward(vd_adapter *a, const vd_backend *be, int32_t module, float *dinp, const float *dout,
                         const float *inp, const vd_tensor *W, int32_t N, int32_t in, int32_t outd,
                         const vd_fwd_ctx *ctx);
+
+/* The model says that the next vd_linear_backward's input is the previous one's, unchanged
+ * (Llama's k and v after q, up after gate): the method may reuse what it formed from it (VeRA's
+ * U). Only a promise for that one call; without it every call forms its own (never wrong). */
+void vd_adapter_share_input(vd_adapter *a);
 
 /* Seed of module's dropout mask for this forward (the backend draws element (row, col) from it);
  * every method draws its adapter-input dropout from this stream. */

@@ -143,13 +143,13 @@ typedef struct vd_gpt2 {
                               * 0: LB = L slots, one per layer */
     /* activations kept for backward (device); L = n_layer, N = B*T; LB = L, or 1 under recompute */
     float *encoded;          /* (N, C)        embeddings = input of block 0 */
-    float *ln1;              /* (LB, N, C) */
+    float *ln1;              /* (N, C): one slot, the backward rebuilds it */
     float *ln1_mean, *ln1_rstd; /* (LB, N) */
     float *qkv;              /* (LB, N, 3C) */
     float *atty;             /* (LB, N, C)     attention output before c_proj */
     float *att;              /* (LB, attention_saved_floats) attention's saved state (the backend's) */
     float *residual2;        /* (LB, N, C) */
-    float *ln2;              /* (LB, N, C) */
+    float *ln2;              /* (N, C): one slot, the backward rebuilds it */
     float *ln2_mean, *ln2_rstd; /* (LB, N) */
     float *fch;              /* (LB, N, 4C) */
     float *fch_gelu;         /* (N, 4C): one slot, the backward rebuilds it from fch */
@@ -436,12 +436,12 @@ struct vd_llama {
                               * (LB = 1), rebuilt per block in the backward; 0: LB = L */
     /* activations kept for backward (device); N = B*T; LB = L, or 1 under recompute */
     float *resid;            /* (L+1, N, C)   input of each block; [L] = output of the last */
-    float *xn1, *rstd1;      /* (LB, N, C), (LB, N)  input_layernorm */
+    float *xn1, *rstd1;      /* (N, C), (LB, N)  input_layernorm (xn1 one slot, rebuilt in the backward) */
     float *q, *k, *v;        /* (LB, N, Q), (LB, N, KV), (LB, N, KV)  after RoPE */
     float *att;              /* (LB, attention_saved_floats) attention's saved state (the backend's) */
     float *atty;             /* (LB, N, Q)     attention output before o_proj */
     float *resid_mid;        /* (LB, N, C)     after the attention residual */
-    float *xn2, *rstd2;      /* (LB, N, C), (LB, N)  post_attention_layernorm */
+    float *xn2, *rstd2;      /* (N, C), (LB, N)  post_attention_layernorm (xn2 one slot, rebuilt) */
     float *gate, *up;        /* (LB, N, I) */
     float *act;              /* (N, I) act = silu(gate) * up: one slot, the backward rebuilds it */
     float *xnf, *rstdf;      /* (N, C), (N)   final norm */

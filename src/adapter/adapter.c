@@ -316,6 +316,10 @@ void vd_linear_backward(vd_adapter *a, const vd_backend *be, int32_t module, flo
                         const float *inp, const vd_tensor *W, int32_t N, int32_t in, int32_t outd,
                         const vd_fwd_ctx *ctx) {
     vd_adapter_module *md = module >= 0 ? &a->modules[module] : NULL;
+    if (a) {
+        if (!a->share_input) a->input_epoch++;
+        a->share_input = 0;
+    }
     if (!dinp) { /* no input gradient: the module's gradients only */
         if (md) a->ops->linear_backward(a, module, NULL, dout, inp, N, ctx);
         return;
@@ -323,4 +327,8 @@ void vd_linear_backward(vd_adapter *a, const vd_backend *be, int32_t module, flo
     if (md && md->weff) be->gemm(0, 1, N, in, outd, 1.0f, dout, outd, md->weff, outd, 0.0f, dinp, in);
     else be->gemm_ex(0, 1, N, in, outd, 1.0f, dout, VD_DTYPE_F32, outd, W->data, W->dtype, outd, 0.0f, dinp, in);
     if (md) a->ops->linear_backward(a, module, dinp, dout, inp, N, ctx);
+}
+
+void vd_adapter_share_input(vd_adapter *a) {
+    if (a) a->share_input = 1;
 }

@@ -26,11 +26,11 @@ typedef struct {
     size_t *off_d;       /* (n_modules) offset of lambda_d (r) */
     /* U = A[:, :in] x of a layer (N, r), for the vector gradients: kept by the forward on the
      * factored path, which needs it anyway (U[i]); formed in the backward from the layer's input
-     * on the merged path (NULL U[i]: the forward needs no U there), into Ub. Ub is reused by the
-     * next backward of the same input (q, k, v; gate, up) until a forward or refresh. */
+     * on the merged path (NULL U[i]: the forward needs no U there), into Ub. The next backward
+     * reuses Ub when the model promises the same input (vd_adapter_share_input: q, k, v; gate, up). */
     float **U;           /* (n_modules) of (N, r), NULL for merged modules */
-    float *Ub;           /* (N, r) U of the input Ub_inp (Ub_in wide, Ub_N rows), or nothing when Ub_inp is NULL */
-    const float *Ub_inp;
+    float *Ub;           /* (N, r) U of the input of a->input_epoch Ub_epoch (Ub_in wide, Ub_N rows) */
+    uint64_t Ub_epoch;   /* 0: none */
     int32_t Ub_in, Ub_N;
     /* scratch, sized for N = B*T tokens */
     float *xdrop;        /* (N, max_in) dropped adapter input */
@@ -134,7 +134,7 @@ static void vera_refresh(vd_adapter *a) {
     const vd_backend *be = a->be;
     vera_state *s = vera_of(a);
     int32_t r = a->opt.r;
-    s->Ub_inp = NULL;
+    s->Ub_epoch = 0;
     for (int32_t i = 0; i < a->n_modules; i++) {
         vd_adapter_module *md = &a->modules[i];
         if (!md->weff) continue;
@@ -188,7 +188,6 @@ static void vera_linear_forward(vd_adapter *a, int32_t module, float *out, const
     vd_adapter_module *md = &a->modules[module];
     int32_t r = a->opt.r, in = md->in, outd = md->out;
     const float *b = a->params + s->off_b[module], *d = a->params + s->off_d[module];
-    s->Ub_inp = NULL; /* the kept inputs may change from here on */
     if (md->weff) return;
     const float *x = vd_adapter_dropped(a, module, s->xdrop, inp, a->opt.dropout, N, ctx);
     vd_dtype ta, tb;
@@ -199,13 +198,13 @@ static void vera_linear_forward(vd_adapter *a, int32_t module, float *out, const
     be->scale_cols_add(out, s->tmp_out, b, N, outd);
 }
 
-/* U of a merged module (no dropout, fp32 projections) from the layer's input x, or the one the
- * previous backward formed from the same input. */
+/* U of a merged module (no dropout, fp32 projections) from the layer's input x, or the one an
+ * earlier backward formed from the same input (the model promised it: a->input_epoch). */
 static const float *vera_merged_u(vd_adapter *a, const float *x, int32_t in, int32_t N) {
     vera_state *s = vera_of(a);
-    if (s->Ub_inp != x || s->Ub_in != in || s->Ub_N != N) {
+    if (!(s->Ub_epoch == a->input_epoch && s->Ub_in == in && s->Ub_N == N)) {
         a->be->gemm(0, 1, N, a->opt.r, in, 1.0f, x, in, s->A, a->max_in, 0.0f, s->Ub, a->opt.r);
-        s->Ub_inp = x;
+        s->Ub_epoch = a->input_epoch;
         s->Ub_in = in;
         s->Ub_N = N;
     }

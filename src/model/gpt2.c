@@ -67,8 +67,9 @@ static vd_attn_shape gpt2_attn_shape(const vd_model_config *c, int32_t B, int32_
  * NULL). The block's own activations
  * (ln1 .. fch) exist once per layer, or once in all under recompute (the backward rebuilds
  * them block by block from residual3, which is always kept: it holds every block's input).
- * fch_gelu exists once in all: the backward rebuilds it from fch (one GELU) where mlp.c_proj's
- * adapter needs its input. */
+ * The adapted layers' inputs that are cheap to rebuild, ln1, ln2 and fch_gelu, exist once in
+ * all: the backward rebuilds them (a layernorm, a GELU) where that layer's adapter needs its
+ * input; the layernorm backward itself needs only the block input, mean and rstd. */
 static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config *cfg, int32_t B, int32_t T,
                         int recompute, int alloc) {
     size_t L = (size_t)cfg->n_layer, C = (size_t)cfg->channels, NH = (size_t)cfg->n_head;
@@ -83,14 +84,14 @@ static size_t gpt2_acts(vd_gpt2 *m, const vd_backend *be, const vd_model_config 
         if (alloc) (ptr) = be->alloc(sizeof(float) * (count));  \
     } while (0)
     ACT(m->encoded, N * C);
-    ACT(m->ln1, LB * N * C);
+    ACT(m->ln1, N * C);
     ACT(m->ln1_mean, LB * N);
     ACT(m->ln1_rstd, LB * N);
     ACT(m->qkv, LB * N * 3 * C);
     ACT(m->atty, LB * N * C);
     ACT(m->att, LB * natt);
     ACT(m->residual2, LB * N * C);
-    ACT(m->ln2, LB * N * C);
+    ACT(m->ln2, N * C);
     ACT(m->ln2_mean, LB * N);
     ACT(m->ln2_rstd, LB * N);
     ACT(m->fch, LB * N * 4 * C);
@@ -153,10 +154,10 @@ static gpt2_block_acts gpt2_block(const vd_gpt2 *m, int32_t l, int32_t B) {
     size_t NC = N * C;
     vd_attn_shape ash = gpt2_attn_shape(&m->config, B, m->T, NULL);
     return (gpt2_block_acts){
-        .ln1 = m->ln1 + s * NC, .ln1_mean = m->ln1_mean + s * N, .ln1_rstd = m->ln1_rstd + s * N,
+        .ln1 = m->ln1, .ln1_mean = m->ln1_mean + s * N, .ln1_rstd = m->ln1_rstd + s * N,
         .qkv = m->qkv + s * NC * 3, .atty = m->atty + s * NC,
         .att = m->att + s * vd_attention_saved_floats(m->be, &ash),
-        .res2 = m->residual2 + s * NC, .ln2 = m->ln2 + s * NC, .ln2_mean = m->ln2_mean + s * N,
+        .res2 = m->residual2 + s * NC, .ln2 = m->ln2, .ln2_mean = m->ln2_mean + s * N,
         .ln2_rstd = m->ln2_rstd + s * N, .fch = m->fch + s * NC * 4, .fch_gelu = m->fch_gelu};
 }
 
@@ -251,12 +252,17 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
         gpt2_block_acts a = gpt2_block(m, l, B);
         const float *residual = gpt2_block_input(m, l, B);
         float *dfch_gelu = m->dbuf_a, *dfch = m->dbuf_b;
-        /* the adapter's gradients need the layer's input: GELU(fch) again (one slot for all blocks) */
-        if (!m->recompute && gpt2_module(m, l, 3) >= 0) be->gelu_forward(a.fch_gelu, a.fch, NC * 4);
+        /* the adapters' gradients need their layers' inputs: ln1, ln2 and GELU(fch) again (one
+         * slot each for all blocks; under recompute the block forward above wrote them) */
+        int rebuild = !m->recompute;
+        if (rebuild && gpt2_module(m, l, 3) >= 0) be->gelu_forward(a.fch_gelu, a.fch, NC * 4);
         vd_linear_backward(ad, be, gpt2_module(m, l, 3), dfch_gelu, m->dresidual, a.fch_gelu,
                            gpt2_w(m, l, 3), N, 4 * C, C, ctx);
         be->gelu_backward(dfch, a.fch, dfch_gelu, NC * 4);
         float *dln2 = m->dbuf_a;
+        if (rebuild && gpt2_module(m, l, 2) >= 0)
+            be->layernorm_forward(a.ln2, a.ln2_mean, a.ln2_rstd, a.res2, p->ln2w + (size_t)l * C,
+                                  p->ln2b + (size_t)l * C, N, C, m->config.ln_eps);
         vd_linear_backward(ad, be, gpt2_module(m, l, 2), dln2, dfch, a.ln2, gpt2_w(m, l, 2), N, C,
                            4 * C, ctx);
         be->layernorm_backward(m->dresidual, dln2, a.res2, p->ln2w + (size_t)l * C, a.ln2_mean, a.ln2_rstd, N, C);
@@ -268,6 +274,9 @@ void vd_gpt2_backward(vd_gpt2 *m, float dloss, const vd_fwd_ctx *ctx) {
                                a.att, &ash);
         /* block 0's input is the frozen embedding's output: no gradient below c_attn's adapter */
         float *dln1 = l == 0 ? NULL : m->dbuf_a;
+        if (rebuild && gpt2_module(m, l, 0) >= 0)
+            be->layernorm_forward(a.ln1, a.ln1_mean, a.ln1_rstd, residual, p->ln1w + (size_t)l * C,
+                                  p->ln1b + (size_t)l * C, N, C, m->config.ln_eps);
         vd_linear_backward(ad, be, gpt2_module(m, l, 0), dln1, m->dqkv, a.ln1, gpt2_w(m, l, 0), N, C,
                            3 * C, ctx);
         if (l == 0) break;

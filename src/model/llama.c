@@ -463,9 +463,10 @@ static vd_attn_shape llama_attn_shape(const vd_model_config *c, int32_t B, int32
  * their total bytes either way (the memory estimate: be's attention state, the CPU's when be is
  * NULL). The block's own activations
  * (xn1 .. up) exist once per layer, or once in all under recompute (the backward rebuilds them
- * block by block from resid, which is always kept: it holds every block's input). act exists
- * once in all: the backward rebuilds it from gate and up where down_proj's adapter needs its
- * input. */
+ * block by block from resid, which is always kept: it holds every block's input). The adapted
+ * layers' inputs that are cheap to rebuild, xn1, xn2 and act, exist once in all: the backward
+ * rebuilds them (an RMSNorm, a SwiGLU) where those layers' adapters need their input; the
+ * RMSNorm backward itself needs only its input and rstd. */
 static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_config *cfg, int32_t B, int32_t T,
                          int recompute, int alloc) {
     const vd_model_config *c = cfg;
@@ -483,7 +484,7 @@ static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_confi
     } while (0)
     ACT(m->resid, (L + 1) * N * C);
     size_t LB = recompute ? 1 : L; /* block slots */
-    ACT(m->xn1, LB * N * C);
+    ACT(m->xn1, N * C);
     ACT(m->rstd1, LB * N);
     ACT(m->q, LB * N * Q);
     ACT(m->k, LB * N * KV);
@@ -491,7 +492,7 @@ static size_t llama_acts(vd_llama *m, const vd_backend *be, const vd_model_confi
     ACT(m->att, LB * natt);
     ACT(m->atty, LB * N * Q);
     ACT(m->resid_mid, LB * N * C);
-    ACT(m->xn2, LB * N * C);
+    ACT(m->xn2, N * C);
     ACT(m->rstd2, LB * N);
     ACT(m->gate, LB * N * I);
     ACT(m->up, LB * N * I);
@@ -561,9 +562,9 @@ static llama_block_acts llama_block(const vd_llama *m, int32_t l, int32_t B) {
     size_t NQ = N * (size_t)llama_q(c), NKV = N * (size_t)llama_kv(c), NI = N * (size_t)c->intermediate;
     vd_attn_shape sh = llama_attn_shape(c, B, m->T, NULL);
     return (llama_block_acts){
-        .xn1 = m->xn1 + s * NC, .rstd1 = m->rstd1 + s * N, .q = m->q + s * NQ, .k = m->k + s * NKV,
+        .xn1 = m->xn1, .rstd1 = m->rstd1 + s * N, .q = m->q + s * NQ, .k = m->k + s * NKV,
         .v = m->v + s * NKV, .att = m->att + s * vd_attention_saved_floats(m->be, &sh), .atty = m->atty + s * NQ,
-        .mid = m->resid_mid + s * NC, .xn2 = m->xn2 + s * NC, .rstd2 = m->rstd2 + s * N, .gate = m->gate + s * NI,
+        .mid = m->resid_mid + s * NC, .xn2 = m->xn2, .rstd2 = m->rstd2 + s * N, .gate = m->gate + s * NI,
         .up = m->up + s * NI, .act = m->act};
 }
 
@@ -661,12 +662,17 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
         if (m->recompute) llama_block_forward(m, l, B, ctx);
         llama_block_acts a = llama_block(m, l, B);
         const float *x = m->resid + (size_t)l * NC;
-        /* MLP: down, SwiGLU, then gate and up share the normed input. down's adapter needs its
-         * input: silu(gate) * up again (one slot for all blocks) */
-        if (!m->recompute && llama_module(m, l, K_DOWN) >= 0) be->swiglu_forward(a.act, a.gate, a.up, (size_t)N * I);
+        /* the adapters' gradients need their layers' inputs: act, xn2 and xn1 again (one slot
+         * each for all blocks; under recompute the block forward above wrote them) */
+        int rebuild = !m->recompute;
+        /* MLP: down, SwiGLU, then gate and up share the normed input */
+        if (rebuild && llama_module(m, l, K_DOWN) >= 0) be->swiglu_forward(a.act, a.gate, a.up, (size_t)N * I);
         vd_linear_backward(ad, be, llama_module(m, l, K_DOWN), m->dx, m->dres, a.act, llama_w(m, l, K_DOWN), N, I, C, ctx);
         be->swiglu_backward(m->dgate, m->dup, a.gate, a.up, m->dx, (size_t)N * I);
+        if (rebuild && (llama_module(m, l, K_GATE) >= 0 || llama_module(m, l, K_UP) >= 0))
+            be->rmsnorm_forward(a.xn2, a.rstd2, a.mid, p->mlp_norm + (size_t)l * C, N, C, m->config.ln_eps);
         vd_linear_backward(ad, be, llama_module(m, l, K_GATE), m->dx, m->dgate, a.xn2, llama_w(m, l, K_GATE), N, C, I, ctx);
+        vd_adapter_share_input(ad);
         vd_linear_backward(ad, be, llama_module(m, l, K_UP), m->dtmp, m->dup, a.xn2, llama_w(m, l, K_UP), N, C, I, ctx);
         be->accumulate(m->dx, m->dtmp, NC);
         be->rmsnorm_backward(m->dres, m->dx, a.mid, p->mlp_norm + (size_t)l * C, a.rstd2, N, C);
@@ -678,9 +684,13 @@ void vd_llama_backward(vd_llama *m, float dloss, const vd_fwd_ctx *ctx) {
         /* block 0's input is the frozen embedding's output: q, k, v give their adapters'
          * gradients and nothing below */
         float *dxq = l == 0 ? NULL : m->dx, *dxkv = l == 0 ? NULL : m->dtmp;
+        if (rebuild && (llama_module(m, l, K_Q) >= 0 || llama_module(m, l, K_K) >= 0 || llama_module(m, l, K_V) >= 0))
+            be->rmsnorm_forward(a.xn1, a.rstd1, x, p->attn_norm + (size_t)l * C, N, C, m->config.ln_eps);
         vd_linear_backward(ad, be, llama_module(m, l, K_Q), dxq, m->dq, a.xn1, llama_w(m, l, K_Q), N, C, Q, ctx);
+        vd_adapter_share_input(ad);
         vd_linear_backward(ad, be, llama_module(m, l, K_K), dxkv, m->dk, a.xn1, llama_w(m, l, K_K), N, C, KV, ctx);
         if (l > 0) be->accumulate(m->dx, m->dtmp, NC);
+        vd_adapter_share_input(ad);
         vd_linear_backward(ad, be, llama_module(m, l, K_V), dxkv, m->dv, a.xn1, llama_w(m, l, K_V), N, C, KV, ctx);
         if (l == 0) break;
         be->accumulate(m->dx, m->dtmp, NC);
