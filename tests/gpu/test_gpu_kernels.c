@@ -212,6 +212,16 @@ static void test_gemm(void) {
     test_gemm_tf32();
 }
 
+typedef void (*scale_fn)(float *out, const float *inp, const float *vec, int N, int C);
+
+/* one of the scale ops on both backends: out from in and vec, then compared */
+static void check_scale(const char *what, scale_fn on_cpu, scale_fn on_gpu, pair *out, const pair *in,
+                        const pair *vec, int N, int C, double bound) {
+    on_cpu(out->c, in->c, vec->c, N, C);
+    on_gpu(out->g, in->g, vec->g, N, C);
+    compare(what, out, bound);
+}
+
 static void test_elementwise(void) {
     printf("elementwise\n");
     const int N = 67, C = 193;
@@ -227,22 +237,12 @@ static void test_elementwise(void) {
     cpu->accumulate(out.c, a.c, n);
     gpu->accumulate(out.g, a.g, n);
     compare("accumulate", &out, 0);
-    cpu->scale_cols(out.c, a.c, vec.c, N, C);
-    gpu->scale_cols(out.g, a.g, vec.g, N, C);
-    compare("scale_cols", &out, 0);
-    cpu->scale_cols(a.c, a.c, vec.c, N, C);
-    gpu->scale_cols(a.g, a.g, vec.g, N, C);
-    compare("scale_cols in place", &a, 0);
-    cpu->scale_cols_add(out.c, b.c, vec.c, N, C);
-    gpu->scale_cols_add(out.g, b.g, vec.g, N, C);
-    compare("scale_cols_add", &out, 1e-6);
     pair rvec = pair_new(N, 2.0f);
-    cpu->scale_rows(out.c, b.c, rvec.c, N, C);
-    gpu->scale_rows(out.g, b.g, rvec.g, N, C);
-    compare("scale_rows", &out, 0);
-    cpu->scale_rows(b.c, b.c, rvec.c, N, C);
-    gpu->scale_rows(b.g, b.g, rvec.g, N, C);
-    compare("scale_rows in place", &b, 0);
+    check_scale("scale_cols", cpu->scale_cols, gpu->scale_cols, &out, &a, &vec, N, C, 0);
+    check_scale("scale_cols in place", cpu->scale_cols, gpu->scale_cols, &a, &a, &vec, N, C, 0);
+    check_scale("scale_cols_add", cpu->scale_cols_add, gpu->scale_cols_add, &out, &b, &vec, N, C, 1e-6);
+    check_scale("scale_rows", cpu->scale_rows, gpu->scale_rows, &out, &b, &rvec, N, C, 0);
+    check_scale("scale_rows in place", cpu->scale_rows, gpu->scale_rows, &b, &b, &rvec, N, C, 0);
     pair_free(&rvec);
     pair x = pair_new(n, 4.0f);
     cpu->gelu_forward(out.c, x.c, n);
