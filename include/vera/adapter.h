@@ -38,7 +38,9 @@ typedef enum { VD_ADAPTER_VERA = 0, VD_ADAPTER_VBLORA = 1, VD_ADAPTER_LORA = 2, 
 #define VD_ADAPTER_MAX_GROUPS 4
 #define VD_ADAPTER_MAX_DIM 4
 
-typedef enum { VD_WEFF_AUTO = 0, VD_WEFF_ALWAYS, VD_WEFF_NEVER } vd_weff_policy;
+/* Which adapted layers keep a merged weight (vd_adapter_merge_pays). INFERENCE: every layer, and
+ * the adapter dropout is ignored (no forward drops its input there: export's merge). */
+typedef enum { VD_WEFF_AUTO = 0, VD_WEFF_ALWAYS, VD_WEFF_NEVER, VD_WEFF_INFERENCE } vd_weff_policy;
 
 /* Every method's options, flat (a method reads its own block). Built from vd_config by
  * vd_adapter_options_from_config, or from an adapter_config.json by vd_peft_read_options. */
@@ -224,6 +226,7 @@ typedef struct vd_adapter {
     float *grads;                  /* (n_reduce) device: gradients, then the loss sum, then the number of
                                     * ranks that received a stop signal (SIGTERM/SIGUSR1) */
     int32_t N;                     /* tokens per micro-batch the activations hold (alloc_acts) */
+    vd_dtype wdtype;               /* the base linear weights' dtype (every site has the same): BF16 never merges */
     int share_input;               /* set by vd_adapter_share_input for the next vd_linear_backward only */
     uint64_t input_epoch;          /* which layer input the current backward reads: advanced by every
                                     * vd_linear_backward not promised the previous one's input, so a
@@ -267,7 +270,8 @@ void vd_adapter_alloc_acts(vd_adapter *a, int32_t N, int64_t tokens_per_step, vd
 void vd_adapter_refresh(vd_adapter *a);
 /* Whether a layer in x out keeps a merged weight W0 + dW (the one rule: alloc_weffs, the methods'
  * size hooks and the memory pre-check ask it): where it pays (tokens_per_step (in + out) > in out;
- * always with VD_WEFF_ALWAYS, never with VD_WEFF_NEVER or dropout > 0). */
+ * always with VD_WEFF_ALWAYS, never with VD_WEFF_NEVER or dropout > 0; always with
+ * VD_WEFF_INFERENCE, whatever the dropout). */
 int vd_adapter_merge_pays(float dropout, int64_t tokens_per_step, vd_weff_policy policy, int32_t in, int32_t out);
 /* For a method's alloc_acts: gives md->weff (in x out, device; the method frees it) to every
  * module where vd_adapter_merge_pays. Returns 1 if any module got one. */

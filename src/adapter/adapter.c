@@ -194,6 +194,7 @@ void vd_adapter_init(vd_adapter *a, const vd_backend *be, const vd_model *m, con
     a->family = m->family;
     snprintf(a->base_model_class, sizeof(a->base_model_class), "%s", m->config.hf_architecture);
     a->n_sites = m->n_sites;
+    a->wdtype = m->n_sites > 0 ? m->sites[0].W.dtype : VD_DTYPE_F32;
     a->module_of = mallocCheck(sizeof(int32_t) * (size_t)m->n_sites);
     a->modules = callocCheck((size_t)m->n_sites, sizeof(vd_adapter_module));
     /* sites come block by block, kinds in the family's order: PEFT's module order */
@@ -231,14 +232,15 @@ void vd_adapter_init(vd_adapter *a, const vd_backend *be, const vd_model *m, con
 
 void vd_adapter_alloc_acts(vd_adapter *a, int32_t N, int64_t tokens_per_step, vd_weff_policy policy) {
     a->N = N;
-    /* bf16 base weights (W0 NULL; every site has the same dtype): the factored path everywhere */
-    if (a->n_modules > 0 && !a->modules[0].W0) policy = VD_WEFF_NEVER;
+    /* bf16 base weights: the factored path everywhere */
+    if (a->wdtype == VD_DTYPE_BF16) policy = VD_WEFF_NEVER;
     a->ops->alloc_acts(a, N, tokens_per_step, policy);
 }
 
 int vd_adapter_merge_pays(float dropout, int64_t tokens_per_step, vd_weff_policy policy, int32_t in, int32_t out) {
     /* the merged input gradient G (W0 + dW)^T costs 2*in*out*r once per step to form and saves
      * 2*r*(in+out) per token; dropout breaks it (the mask sits inside the sum) */
+    if (policy == VD_WEFF_INFERENCE) return 1;
     if (dropout != 0.0f || policy == VD_WEFF_NEVER) return 0;
     return policy == VD_WEFF_ALWAYS || (double)tokens_per_step * (in + out) > (double)in * out;
 }

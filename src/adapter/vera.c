@@ -73,7 +73,7 @@ static void vera_layout(vd_adapter *a) {
     s->B = be->alloc(sizeof(float) * nbm);
     be->to_device(s->A, hA, sizeof(float) * na);
     be->to_device(s->B, hB, sizeof(float) * nbm);
-    if (a->n_modules > 0 && !a->modules[0].W0) { /* bf16 base weights */
+    if (a->wdtype == VD_DTYPE_BF16) { /* bf16 base weights: bf16 projections for their GEMMs */
         s->A16 = be->alloc(sizeof(uint16_t) * na);
         s->B16 = be->alloc(sizeof(uint16_t) * nbm);
         be->to_bf16(s->A16, s->A, na);

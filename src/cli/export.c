@@ -94,8 +94,7 @@ int vd_export_main(int argc, char **argv) {
     } else {
         /* the merged weights are exactly what the trainer's merged backward uses; a merge is for
          * inference, where no method drops its input, so a run trained with dropout merges too */
-        ad.opt.dropout = ad.opt.lora_dropout = ad.opt.vblora_dropout = 0.0f;
-        vd_adapter_alloc_acts(&ad, 1, 1, VD_WEFF_ALWAYS);
+        vd_adapter_alloc_acts(&ad, 1, 1, VD_WEFF_INFERENCE);
         for (int32_t i = 0; i < ad.n_modules; i++) {
             const vd_adapter_module *md = &ad.modules[i];
             vd_require(md->weff != NULL);
