@@ -111,8 +111,13 @@ rank_pid() {
 t0=$SECONDS
 while (($(rows) < AT)) && kill -0 "$JOB" 2>/dev/null && ((SECONDS - t0 < 60)); do sleep 0.02; done
 kill -0 "$JOB" 2>/dev/null || { cat "$TMP/run.log" >&2; fail "the run ended before the fault"; }
-victim="$(rank_pid "$LOST_RANK")"
-[[ -n "$victim" ]] || fail "rank $LOST_RANK not found"
+victim=""
+for _ in $(seq 50); do # a rank may be between ps and /proc reads: look again for up to 1 s
+  victim="$(rank_pid "$LOST_RANK")"
+  [[ -n "$victim" ]] && break
+  sleep 0.02
+done
+[[ -n "$victim" ]] || { tail -n 40 "$TMP/run.log" >&2; describe $(session_pids) >&2; echo >&2; fail "rank $LOST_RANK not found"; }
 t_fault=$(now)
 case "$CASE" in
   kill) kill -9 $(ip netns pids "$(mn_ns 1)") ;;
